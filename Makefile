@@ -1,0 +1,51 @@
+# `make test` installs what the tests need (Python packages, ffmpeg, a MinIO server built
+# from its Go module) and runs them. Binaries are cached outside the clone, so a fresh
+# clone on the same machine skips the build.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE ?= $(HOME)/.cache/streamer
+BIN := $(CACHE)/bin
+MINIO_MODULE := github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
+MINIO_BIN ?= $(BIN)/minio
+
+.PHONY: test unit lint deps minio ffmpeg run-local clean
+
+test: deps minio ffmpeg lint
+	MINIO_BIN=$(MINIO_BIN) $(PY) -m pytest
+
+unit: deps
+	$(PY) -m pytest -m "not integration"
+
+lint: deps
+	$(PY) -m ruff check streamer tests
+	$(PY) -m ruff format --check streamer tests
+
+deps: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+minio: $(MINIO_BIN)
+
+$(MINIO_BIN):
+	mkdir -p $(BIN)
+	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(MINIO_MODULE)
+
+ffmpeg:
+	@command -v ffmpeg >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "ffmpeg is missing: apt-get install ffmpeg" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; }
+
+# A local MinIO on :9000 with a throwaway data directory, for trying streamer without Docker.
+run-local: minio
+	mkdir -p $(CACHE)/minio-data
+	MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin \
+	  $(MINIO_BIN) server $(CACHE)/minio-data --address 127.0.0.1:9000 --console-address 127.0.0.1:9001
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,97 @@
+"""The S3 side: where objects go (layout) and the verbs to put and inspect them.
+
+No policy lives here: what to upload and when to retry is the uploader's business.
+A ChunkStore holds a minio client and an HTTP pool; build it in the process that uses it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from streamer.config import S3Config
+
+# Below this, S3 refuses multipart parts; minio-py needs part_size >= it even for one PUT.
+MIN_PART_SIZE = 5 * 1024 * 1024
+SHA256_META = "sha256"
+
+
+@dataclass(frozen=True)
+class Layout:
+    prefix: str
+
+    def stream_prefix(self, stream_id: str) -> str:
+        base = self.prefix.strip("/")
+        return f"{base}/{stream_id}/" if base else f"{stream_id}/"
+
+    def chunk_key(self, stream_id: str, index: int) -> str:
+        return f"{self.stream_prefix(stream_id)}chunks/{index:06d}"
+
+    def manifest_key(self, stream_id: str) -> str:
+        return f"{self.stream_prefix(stream_id)}metadata.json"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    etag: str
+    sha256: str | None
+
+
+class ChunkStore:
+    def __init__(self, config: S3Config):
+        self.bucket = config.bucket
+        self.layout = Layout(config.prefix)
+        # Our own pool: minio-py's default waits 5 minutes and retries behind our back;
+        # the uploader owns retries so it can log, count and cancel them.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            retries=False,
+            maxsize=4,
+        )
+        self._client = Minio(
+            config.endpoint,
+            access_key=config.access_key or None,
+            secret_key=config.secret_key or None,
+            secure=config.secure,
+            region=config.region,
+            http_client=http,
+        )
+
+    def ensure_bucket(self) -> None:
+        if not self._client.bucket_exists(self.bucket):
+            try:
+                self._client.make_bucket(self.bucket)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put(self, key: str, data: bytes, sha256: str, content_type: str) -> str:
+        """Upload `data` in one PUT and return its ETag."""
+        result = self._client.put_object(
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+            metadata={SHA256_META: sha256},
+            part_size=max(len(data), MIN_PART_SIZE),
+        )
+        return result.etag
+
+    def stat(self, key: str) -> StoredObject | None:
+        try:
+            info = self._client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return None
+            raise
+        sha256 = next(
+            (v for k, v in info.metadata.items() if k.lower() == f"x-amz-meta-{SHA256_META}"),
+            None,
+        )
+        return StoredObject(size=info.size, etag=info.etag, sha256=sha256)

@@ -1,0 +1,168 @@
+"""Configuration: a JSON file decoded into Structs, with STREAMER_<SECTION>_<KEY> overrides.
+
+Every setting has a default, so `streamer run` works with environment variables alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+MiB = 1024 * 1024
+ENV_PREFIX = "STREAMER_"
+
+Seconds = Annotated[float, Meta(gt=0, le=86400)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+# S3 caps a single PUT at 5 GiB; below 64 KiB the per-object overhead dominates.
+ChunkSize = Annotated[int, Meta(ge=64 * 1024, le=5 * 1024 * MiB)]
+
+
+class Section(Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class WatchConfig(Section):
+    directory: NonEmpty = "/input"
+    pattern: NonEmpty = "*.mp4"
+    rescan_interval: Seconds = 10.0
+
+
+class StreamConfig(Section):
+    chunk_size: ChunkSize = 10 * MiB
+    idle_timeout: Seconds = 30.0
+
+
+class S3Config(Section):
+    endpoint: NonEmpty = "localhost:9000"
+    bucket: Annotated[str, Meta(min_length=3, max_length=63)] = "recordings"
+    prefix: str = "streams"
+    access_key: str = ""
+    secret_key: str = ""
+    region: NonEmpty = "us-east-1"
+    secure: bool = False
+    connect_timeout: Seconds = 5.0
+    read_timeout: Seconds = 60.0
+
+
+class CheckpointConfig(Section):
+    path: NonEmpty = "/var/lib/streamer"
+    map_size: Annotated[int, Meta(ge=MiB)] = 1024 * MiB
+
+
+class MetricsConfig(Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: Port = 9108
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Config(Section):
+    watch: WatchConfig = msgspec.field(default_factory=WatchConfig)
+    stream: StreamConfig = msgspec.field(default_factory=StreamConfig)
+    s3: S3Config = msgspec.field(default_factory=S3Config)
+    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    workers: Annotated[int, Meta(ge=1, le=64)] = 2
+    grace_period: Seconds = 20.0
+
+
+SECRET_KEYS = frozenset({("s3", "secret_key")})
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending setting."""
+
+
+def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
+    raw = _read_file(path) if path else {}
+    overrides = _env_overrides(environ)
+    for (section, key), (_, value) in overrides.items():
+        if section is None:
+            raw[key] = value
+        else:
+            if not isinstance(raw.get(section, {}), dict):
+                raise ConfigError(f"{section}: expected an object in the config file")
+            raw.setdefault(section, {})[key] = value
+    try:
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), overrides)) from None
+    _check(config)
+    return config
+
+
+def env_name(section: str | None, key: str) -> str:
+    return ENV_PREFIX + (f"{section}_{key}" if section else key).upper()
+
+
+def settings() -> list[tuple[str | None, str]]:
+    """Every (section, key) the configuration knows, in declaration order."""
+    result: list[tuple[str | None, str]] = []
+    for field in msgspec.structs.fields(Config):
+        if isinstance(field.default_factory, type) and issubclass(field.default_factory, Section):
+            result += [(field.name, f.name) for f in msgspec.structs.fields(field.default_factory)]
+        else:
+            result.append((None, field.name))
+    return result
+
+
+def redacted(config: Config) -> dict:
+    data = msgspec.to_builtins(config)
+    for section, key in SECRET_KEYS:
+        if data[section][key]:
+            data[section][key] = "***"
+    return data
+
+
+def _read_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = msgspec.json.decode(f.read())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict:
+    known = {env_name(s, k): (s, k) for s, k in settings()}
+    overrides = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "STREAMER_CONFIG":
+            continue
+        if name not in known:
+            raise ConfigError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
+        overrides[known[name]] = (name, value)
+    return overrides
+
+
+def _explain(message: str, overrides: dict) -> str:
+    # msgspec says "... - at `$.stream.chunk_size`"; name the setting the way users write it.
+    text, _, where = message.rpartition(" - at ")
+    if not text:
+        return message
+    dotted = where.strip("`").removeprefix("$.")
+    parts = tuple(dotted.split(".", 1))
+    key = (None, parts[0]) if len(parts) == 1 else parts
+    source = f" (from {overrides[key][0]})" if key in overrides else ""
+    return f"{dotted}{source}: {text}"
+
+
+def _check(config: Config) -> None:
+    if "://" in config.s3.endpoint:
+        raise ConfigError("s3.endpoint: give host[:port] without a scheme; set s3.secure for https")
+    if "/" in config.watch.pattern:
+        raise ConfigError("watch.pattern: a file name pattern cannot contain '/'")

@@ -1,0 +1,67 @@
+"""Structured logs: one line per event, JSON by default, `event key=value` for terminals."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+
+import msgspec
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            "role": record.name.removeprefix("streamer."),
+            "pid": record.process,
+            **getattr(record, "fields", {}),
+        }
+        return msgspec.json.encode(line).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
+        return f"{_timestamp(record)} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
+
+
+class EventLog:
+    """`log.info("chunk_uploaded", stream_id=..., index=...)`: an event name and its fields."""
+
+    def __init__(self, role: str):
+        self._logger = logging.getLogger(f"streamer.{role}")
+
+    def debug(self, event: str, **fields) -> None:
+        self._logger.debug(event, extra={"fields": fields})
+
+    def info(self, event: str, **fields) -> None:
+        self._logger.info(event, extra={"fields": fields})
+
+    def warning(self, event: str, **fields) -> None:
+        self._logger.warning(event, extra={"fields": fields})
+
+    def error(self, event: str, **fields) -> None:
+        self._logger.error(event, extra={"fields": fields})
+
+
+def configure(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("streamer")
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS[level])
+    root.propagate = False
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")

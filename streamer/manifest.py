@@ -1,0 +1,98 @@
+"""metadata.json: what a finished stream is, written next to its chunks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+from msgspec import Struct
+
+from streamer.checkpoint import UTC as UTCTime
+from streamer.checkpoint import ChunkRecord, StreamRecord
+from streamer.chunkstore import Layout
+
+SCHEMA_VERSION = 1
+
+
+class ManifestChunk(Struct, kw_only=True):
+    index: int
+    key: str
+    offset: int
+    size: int
+    sha256: str
+    etag: str
+    uploaded_at: UTCTime
+
+
+class Source(Struct, kw_only=True):
+    path: str
+    name: str
+    inode: int
+    modified_at: UTCTime
+
+
+class Duration(Struct, kw_only=True):
+    # The span streamer watched the file being written: first seen to last modification.
+    wall_seconds: float
+
+
+class Manifest(Struct, kw_only=True):
+    schema_version: int = SCHEMA_VERSION
+    stream_id: str
+    status: str
+    source: Source
+    total_size: int
+    sha256: str
+    chunk_size: int
+    chunk_count: int
+    reuploaded_chunks: int
+    chunks: list[ManifestChunk]
+    first_seen_at: UTCTime
+    first_upload_at: UTCTime | None
+    last_upload_at: UTCTime | None
+    completed_at: UTCTime
+    duration: Duration
+
+
+def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Manifest:
+    assert record.completed_at is not None and record.sha256 is not None
+    modified_at = datetime.fromtimestamp(record.mtime_ns / 1e9, UTC)
+    return Manifest(
+        stream_id=record.stream_id,
+        status=record.state.value,
+        source=Source(
+            path=record.path, name=record.name, inode=record.inode, modified_at=modified_at
+        ),
+        total_size=record.total_size,
+        sha256=record.sha256,
+        chunk_size=record.chunk_size,
+        chunk_count=len(chunks),
+        reuploaded_chunks=record.reuploaded_chunks,
+        chunks=[
+            ManifestChunk(
+                index=c.index,
+                key=layout.chunk_key(record.stream_id, c.index),
+                offset=c.offset,
+                size=c.size,
+                sha256=c.sha256,
+                etag=c.etag,
+                uploaded_at=c.uploaded_at,
+            )
+            for c in chunks
+        ],
+        first_seen_at=record.first_seen_at,
+        first_upload_at=record.first_upload_at,
+        last_upload_at=record.last_upload_at,
+        completed_at=record.completed_at,
+        duration=Duration(
+            wall_seconds=max(0.0, (modified_at - record.first_seen_at).total_seconds())
+        ),
+    )
+
+
+def encode(manifest: Manifest) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
+
+
+def decode(data: bytes) -> Manifest:
+    return msgspec.json.decode(data, type=Manifest)

@@ -1,0 +1,107 @@
+"""Every message between the supervisor and its uploaders, and the mailbox that carries them.
+
+Each uploader has two mailboxes of its own (commands in, events out): a process killed
+while writing to a queue can only corrupt that one queue, which dies with it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import msgspec
+from msgspec import Struct
+
+
+class Message(Struct, frozen=True, tag=True):
+    pass
+
+
+# Supervisor -> uploader
+
+
+class Assign(Message):
+    """Take ownership of a stream and resume it from its checkpoint."""
+
+    stream_id: str
+
+
+class Grow(Message):
+    """The file grew: at least `size` bytes now exist."""
+
+    stream_id: str
+    size: int
+
+
+class Finish(Message):
+    """The file has been idle with this size and mtime: finalise it if it still has them."""
+
+    stream_id: str
+    size: int
+    mtime_ns: int
+
+
+class Stop(Message):
+    """Finish or abandon the chunk in flight, then exit."""
+
+
+# Uploader -> supervisor
+
+
+class ChunkCommitted(Message):
+    stream_id: str
+    index: int
+    committed_bytes: int
+
+
+class FinishDeclined(Message):
+    """The file changed after the supervisor saw it idle; keep streaming."""
+
+    stream_id: str
+
+
+class StreamFinished(Message):
+    stream_id: str
+    status: str
+
+
+Command = Assign | Grow | Finish | Stop
+Event = ChunkCommitted | FinishDeclined | StreamFinished
+
+_encoder = msgspec.msgpack.Encoder()
+_command_decoder = msgspec.msgpack.Decoder(Command)
+_event_decoder = msgspec.msgpack.Decoder(Event)
+
+
+class Mailbox:
+    """A one-way channel for one kind of message, between exactly two processes.
+
+    A SimpleQueue writes straight to its pipe from the calling thread: the supervisor
+    never starts a feeder thread, so it can still fork replacement uploaders safely.
+    """
+
+    def __init__(self, ctx: multiprocessing.context.BaseContext, decoder: msgspec.msgpack.Decoder):
+        self._queue = ctx.SimpleQueue()
+        self._decoder = decoder
+
+    @classmethod
+    def for_commands(cls, ctx) -> Mailbox:
+        return cls(ctx, _command_decoder)
+
+    @classmethod
+    def for_events(cls, ctx) -> Mailbox:
+        return cls(ctx, _event_decoder)
+
+    def put(self, message: Message) -> None:
+        self._queue.put(_encoder.encode(message))
+
+    def get(self, timeout: float = 0.0):
+        """The next message, or None if none arrives within `timeout` seconds."""
+        if not self._queue._reader.poll(timeout):
+            return None
+        return self._decoder.decode(self._queue.get())
+
+    def fileno(self) -> int:
+        return self._queue._reader.fileno()
+
+    def close(self) -> None:
+        self._queue.close()

@@ -1,0 +1,480 @@
+"""The supervisor: watches the directory, owns the table of streams, hands each stream to
+exactly one uploader process, and keeps the uploaders alive.
+
+Its life is one loop: sleep until something happens (a file event, a message from an
+uploader, an uploader's death, a signal, a metrics request, or a timer), then deal with it.
+Signal handlers only queue the signal; the loop handles it by name.
+"""
+
+from __future__ import annotations
+
+import enum
+import multiprocessing
+import os
+import select
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from streamer import logs, metrics, naming, uploader
+from streamer.checkpoint import CheckpointError, CheckpointStore, StreamRecord, StreamState
+from streamer.config import Config, redacted
+from streamer.messages import (
+    Assign,
+    ChunkCommitted,
+    Finish,
+    FinishDeclined,
+    Grow,
+    Mailbox,
+    Stop,
+    StreamFinished,
+)
+from streamer.policy import choose_uploader, is_idle
+from streamer.watcher import FileStat, Watcher
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BOOT_ERROR = 3
+
+TICK = 0.5
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+class Phase(enum.Enum):
+    UPLOADING = "uploading"  # its uploader sends chunks as they fill
+    FINISHING = "finishing"  # idle: its uploader was told to finalise it
+
+
+_PHASE_MOVES = {Phase.UPLOADING: {Phase.FINISHING}, Phase.FINISHING: {Phase.UPLOADING}}
+
+
+@dataclass
+class Tracked:
+    """A stream the supervisor is responsible for until its uploader reports it finished."""
+
+    stream_id: str
+    file: FileStat
+    chunk_size: int
+    changed_at: float
+    owner: int
+    told_size: int
+    phase: Phase = Phase.UPLOADING
+
+    def move_to(self, phase: Phase) -> None:
+        assert phase in _PHASE_MOVES[self.phase], f"{self.stream_id}: {self.phase} -> {phase}"
+        self.phase = phase
+
+
+class WorkerState(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+@dataclass
+class Worker:
+    worker_id: int
+    process: multiprocessing.Process
+    commands: Mailbox
+    events: Mailbox
+    state: WorkerState = WorkerState.RUNNING
+    streams: set[str] = field(default_factory=set)
+
+
+class Supervisor:
+    def __init__(self, config: Config, clock=time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.ctx = multiprocessing.get_context("fork")
+        self.log = logs.EventLog("supervisor")
+        self.watcher = Watcher(config.watch.directory, config.watch.pattern)
+        self.workers: dict[int, Worker] = {}
+        self.streams: dict[str, Tracked] = {}  # by path
+        self.settled: dict[str, tuple[int, int, int]] = {}  # finished files: path -> identity
+        self.signals: deque[int] = deque()
+        self.restarts: deque[float] = deque()
+        self.store: CheckpointStore | None = None
+        self.metrics_server: metrics.MetricsServer | None = None
+        self.stop_deadline: float | None = None
+        self.exit_code: int | None = None
+        self.next_rescan = 0.0
+
+    # Life
+
+    def run(self) -> int:
+        try:
+            self.initialize()
+        except (CheckpointError, OSError) as exc:
+            self.log.error("start_failed", error=str(exc))
+            self.murder_workers()
+            return EXIT_BOOT_ERROR
+        while self.exit_code is None:
+            self.loop(self.clock())
+        self.shutdown()
+        return self.exit_code
+
+    def initialize(self) -> None:
+        self.log.info("starting", config=redacted(self.config), pid=os.getpid())
+        self.check_directories()
+        self.install_signals()
+        for worker_id in range(self.config.workers):
+            self.spawn_worker(worker_id)
+        self.open_store()
+        cleared = self.store.clear_stale_readers()
+        if cleared:
+            self.log.info("stale_readers_cleared", count=cleared)
+        if self.config.metrics.enabled:
+            self.metrics_server = metrics.MetricsServer(
+                self.config.metrics.host, self.config.metrics.port
+            )
+            self.log.info(
+                "metrics_listening", host=self.config.metrics.host, port=self.metrics_server.port
+            )
+        self.watcher.open()
+        self.rescan(self.clock())
+
+    def loop(self, now: float) -> None:
+        for ready in self.sleep():
+            self.dispatch(ready, now)
+        while self.signals:
+            self.handle_signal(self.signals.popleft())
+        self.reap_workers(now)
+        if self.stop_deadline is None:
+            if now >= self.next_rescan:
+                self.rescan(now)
+            self.finish_idle_streams(now)
+        else:
+            self.check_stop(now)
+        self.update_gauges()
+
+    def shutdown(self) -> None:
+        self.watcher.close()
+        if self.metrics_server:
+            self.metrics_server.close()
+        if self.store:
+            self.store.close()
+        self.log.info("stopped", exit_code=self.exit_code)
+
+    # Waiting and dispatching
+
+    def sleep(self) -> list:
+        waitables = [self.wakeup_r, *self.worker_events(), *self.worker_sentinels()]
+        if self.stop_deadline is None:
+            waitables.append(self.watcher)
+        if self.metrics_server:
+            waitables.append(self.metrics_server)
+        try:
+            ready, _, _ = select.select(waitables, [], [], TICK)
+        except InterruptedError:
+            return []
+        return ready
+
+    def dispatch(self, ready, now: float) -> None:
+        if isinstance(ready, int) and ready == self.wakeup_r:
+            os.read(self.wakeup_r, 512)
+        elif ready is self.watcher:
+            self.handle_file_events(now)
+        elif ready is self.metrics_server:
+            self.metrics_server.handle()
+        elif isinstance(ready, Mailbox):
+            self.handle_worker_events(ready, now)
+        # Otherwise a worker's sentinel: reap_workers sees that it died.
+
+    def worker_events(self) -> list[Mailbox]:
+        return [w.events for w in self.workers.values()]
+
+    def worker_sentinels(self) -> list[int]:
+        return [w.process.sentinel for w in self.workers.values()]
+
+    # Signals
+
+    def install_signals(self) -> None:
+        self.wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup_w = wakeup_w
+        signal.set_wakeup_fd(wakeup_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.queue_signal)
+
+    def queue_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def handle_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name.removeprefix("SIG").lower()
+        getattr(self, f"handle_{name}")()
+
+    def handle_term(self) -> None:
+        if self.stop_deadline is not None:
+            self.log.warning("forced_stop")
+            self.murder_workers()
+            self.exit_code = EXIT_FAILURE
+            return
+        self.log.info("stopping", grace_period=self.config.grace_period)
+        self.stop_deadline = self.clock() + self.config.grace_period
+        self.watcher.close()
+        for worker in self.workers.values():
+            self.stop_worker(worker)
+
+    handle_int = handle_term
+
+    def check_stop(self, now: float) -> None:
+        if not self.workers:
+            self.exit_code = EXIT_OK
+        elif now >= self.stop_deadline:
+            self.log.warning("grace_period_expired", uploaders=sorted(self.workers))
+            self.murder_workers()
+            self.exit_code = EXIT_OK
+
+    # Workers
+
+    def spawn_worker(self, worker_id: int) -> None:
+        commands = Mailbox.for_commands(self.ctx)
+        events = Mailbox.for_events(self.ctx)
+        process = self.ctx.Process(
+            target=uploader.main,
+            name=f"streamer-uploader-{worker_id}",
+            args=(worker_id, self.config, commands, events, self.inherited_fds()),
+        )
+        # An LMDB handle must not cross a fork: close ours, fork, open again.
+        reopen = self.store is not None
+        if reopen:
+            self.store.close()
+        process.start()
+        if reopen:
+            self.open_store()
+        self.workers[worker_id] = Worker(worker_id, process, commands, events)
+        self.log.info("uploader_spawned", worker=worker_id, pid=process.pid)
+
+    def inherited_fds(self) -> list[int]:
+        fds = [self.wakeup_r, self.wakeup_w]
+        if self.watcher._inotify is not None:
+            fds.append(self.watcher.fileno())
+        if self.metrics_server:
+            fds.append(self.metrics_server.fileno())
+        return fds
+
+    def stop_worker(self, worker: Worker) -> None:
+        worker.state = WorkerState.STOPPING
+        worker.commands.put(Stop())
+
+    def murder_workers(self) -> None:
+        for worker in self.workers.values():
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGKILL)
+        for worker in list(self.workers.values()):
+            worker.process.join()
+            self.forget_worker(worker)
+
+    def reap_workers(self, now: float) -> None:
+        for worker in list(self.workers.values()):
+            if worker.process.exitcode is None:
+                continue
+            self.forget_worker(worker)
+            if worker.state is WorkerState.STOPPING:
+                self.log.info(
+                    "uploader_exited", worker=worker.worker_id, exit_code=worker.process.exitcode
+                )
+            else:
+                self.handle_worker_death(worker, now)
+
+    def forget_worker(self, worker: Worker) -> None:
+        worker.process.join()
+        metrics.mark_process_dead(worker.process.pid)
+        worker.commands.close()
+        worker.events.close()
+        self.workers.pop(worker.worker_id, None)
+
+    def handle_worker_death(self, worker: Worker, now: float) -> None:
+        code = worker.process.exitcode
+        self.log.error(
+            "uploader_died", worker=worker.worker_id, exit_code=code, streams=sorted(worker.streams)
+        )
+        if code == uploader.EXIT_BOOT_ERROR:
+            self.log.error("halting", reason="an uploader could not start")
+            self.murder_workers()
+            self.exit_code = EXIT_BOOT_ERROR
+            return
+        self.restarts.append(now)
+        while self.restarts and now - self.restarts[0] > RESTART_WINDOW:
+            self.restarts.popleft()
+        if len(self.restarts) > MAX_RESTARTS:
+            self.log.error(
+                "halting",
+                reason=f"more than {MAX_RESTARTS} uploader restarts in {RESTART_WINDOW:.0f} s",
+            )
+            self.murder_workers()
+            self.exit_code = EXIT_FAILURE
+            return
+        metrics.UPLOADER_RESTARTS.inc()
+        self.spawn_worker(worker.worker_id)
+        for tracked in self.streams.values():
+            if tracked.owner == worker.worker_id:
+                self.assign(tracked, now)
+
+    def handle_worker_events(self, events: Mailbox, now: float) -> None:
+        message = events.get(0)
+        while message is not None:
+            self.handle_event(message, now)
+            message = events.get(0)
+
+    def handle_event(self, message, now: float) -> None:
+        match message:
+            case ChunkCommitted():
+                pass
+            case FinishDeclined(stream_id=stream_id):
+                tracked = self.tracked(stream_id)
+                if tracked:
+                    tracked.move_to(Phase.UPLOADING)
+                    tracked.changed_at = now
+                    self.observe(tracked.file.path, now)
+            case StreamFinished(stream_id=stream_id):
+                tracked = self.tracked(stream_id)
+                if tracked:
+                    del self.streams[tracked.file.path]
+                    self.workers_streams(tracked.owner).discard(stream_id)
+                    self.settled[tracked.file.path] = _identity(tracked.file)
+
+    def tracked(self, stream_id: str) -> Tracked | None:
+        return next((t for t in self.streams.values() if t.stream_id == stream_id), None)
+
+    def workers_streams(self, worker_id: int) -> set[str]:
+        worker = self.workers.get(worker_id)
+        return worker.streams if worker else set()
+
+    # Files
+
+    def handle_file_events(self, now: float) -> None:
+        batch = self.watcher.read()
+        if batch.overflow:
+            self.log.warning("inotify_overflow")
+            self.rescan(now)
+        for path in batch.paths:
+            self.observe(path, now)
+
+    def rescan(self, now: float) -> None:
+        self.next_rescan = now + self.config.watch.rescan_interval
+        found = self.watcher.scan()
+        for path in found.keys() | self.streams.keys():
+            self.observe(path, now, found.get(path))
+
+    def observe(self, path: str, now: float, file: FileStat | None = None) -> None:
+        file = file or self.watcher.stat(path)
+        tracked = self.streams.get(path)
+        if file is None or (tracked and file.inode != tracked.file.inode):
+            return  # gone or replaced: the uploader reports it when it next reads
+        if tracked is None:
+            if self.settled.get(path) != _identity(file):
+                self.discover(file, now)
+            return
+        if file.changed_since(tracked.file):
+            tracked.file = file
+            tracked.changed_at = now
+            if file.size // tracked.chunk_size > tracked.told_size // tracked.chunk_size:
+                tracked.told_size = file.size
+                self.tell_owner(tracked, Grow(stream_id=tracked.stream_id, size=file.size))
+
+    def discover(self, file: FileStat, now: float) -> None:
+        record = self.store.stream_at(file.path)
+        if record and (record.inode, record.device) == (file.inode, file.device):
+            if record.state is StreamState.ACTIVE:
+                self.track(record, file, now, "stream_resumed")
+                return
+            if (record.total_size, record.mtime_ns) == (file.size, file.mtime_ns):
+                self.settled[file.path] = _identity(file)
+                return
+        record = self.new_stream(file)
+        self.track(record, file, now, "stream_discovered")
+
+    def new_stream(self, file: FileStat) -> StreamRecord:
+        first_seen = datetime.now(UTC)
+        stream_id = naming.stream_id_for(
+            os.path.basename(file.path), first_seen, self.store.has_stream
+        )
+        record = StreamRecord(
+            stream_id=stream_id,
+            path=file.path,
+            inode=file.inode,
+            device=file.device,
+            chunk_size=self.config.stream.chunk_size,
+            first_seen_at=first_seen,
+        )
+        self.store.create_stream(record)
+        return record
+
+    def track(self, record: StreamRecord, file: FileStat, now: float, event: str) -> None:
+        tracked = Tracked(
+            stream_id=record.stream_id,
+            file=file,
+            chunk_size=record.chunk_size,
+            changed_at=now,
+            owner=-1,
+            told_size=file.size,
+        )
+        self.streams[file.path] = tracked
+        self.log.info(
+            event,
+            stream_id=record.stream_id,
+            path=file.path,
+            size=file.size,
+            position=str(record.position),
+        )
+        self.assign(tracked, now)
+
+    def assign(self, tracked: Tracked, now: float) -> None:
+        loads = {
+            w.worker_id: len(w.streams)
+            for w in self.workers.values()
+            if w.state is WorkerState.RUNNING
+        }
+        tracked.owner = choose_uploader(loads)
+        if tracked.phase is Phase.FINISHING:
+            tracked.move_to(Phase.UPLOADING)
+            tracked.changed_at = now
+        self.workers[tracked.owner].streams.add(tracked.stream_id)
+        self.tell_owner(tracked, Assign(stream_id=tracked.stream_id))
+
+    def tell_owner(self, tracked: Tracked, message) -> None:
+        self.workers[tracked.owner].commands.put(message)
+
+    def finish_idle_streams(self, now: float) -> None:
+        timeout = self.config.stream.idle_timeout
+        for tracked in list(self.streams.values()):
+            if tracked.phase is not Phase.UPLOADING or not is_idle(
+                tracked.changed_at, now, timeout
+            ):
+                continue
+            self.observe(tracked.file.path, now)  # trust a fresh stat, not the last event
+            if is_idle(tracked.changed_at, now, timeout):
+                tracked.move_to(Phase.FINISHING)
+                self.tell_owner(
+                    tracked,
+                    Finish(
+                        stream_id=tracked.stream_id,
+                        size=tracked.file.size,
+                        mtime_ns=tracked.file.mtime_ns,
+                    ),
+                )
+
+    # Checkpoint store and health
+
+    def check_directories(self) -> None:
+        if not os.path.isdir(self.config.watch.directory):
+            raise OSError(f"watch.directory {self.config.watch.directory} is not a directory")
+        path = self.config.checkpoint.path
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise OSError(f"checkpoint.path {path} is not writable")
+
+    def open_store(self) -> None:
+        self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
+
+    def update_gauges(self) -> None:
+        for phase in Phase:
+            metrics.STREAMS.labels(phase=phase.value).set(
+                sum(1 for t in self.streams.values() if t.phase is phase)
+            )
+
+
+def _identity(file: FileStat) -> tuple[int, int, int]:
+    return (file.inode, file.size, file.mtime_ns)

@@ -1,0 +1,116 @@
+"""The checkpoint store on real LMDB files, across real processes."""
+
+import multiprocessing
+from datetime import UTC, datetime
+
+import pytest
+
+from streamer.checkpoint import (
+    CheckpointStore,
+    ChunkOutOfOrder,
+    ChunkRecord,
+    StreamRecord,
+    StreamState,
+    UnknownStream,
+)
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+def stream(stream_id="cam-1", path="/in/cam.mp4") -> StreamRecord:
+    return StreamRecord(stream_id=stream_id, path=path, inode=7, device=1, chunk_size=100,
+                        first_seen_at=NOW)
+
+
+def chunk(index, size=100) -> ChunkRecord:
+    return ChunkRecord(index=index, offset=index * 100, size=size, sha256=f"{index:064x}",
+                       etag=f"e{index}", uploaded_at=NOW)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = CheckpointStore(str(tmp_path / "ck"), map_size=1 << 20)
+    yield s
+    s.close()
+
+
+def test_chunks_commit_in_order_and_survive_reopening(store, tmp_path):
+    store.create_stream(stream())
+    for i in range(3):
+        store.commit_chunk("cam-1", chunk(i))
+    store.close()
+    reopened = CheckpointStore(str(tmp_path / "ck"), map_size=1 << 20)
+    record = reopened.get_stream("cam-1")
+    assert (record.chunk_count, record.committed_bytes) == (3, 300)
+    assert str(record.position) == "cam-1#000003@300"
+    assert [c.index for c in reopened.chunks("cam-1")] == [0, 1, 2]
+    assert reopened.stream_at("/in/cam.mp4").stream_id == "cam-1"
+    reopened.close()
+
+
+def test_a_gap_is_refused(store):
+    store.create_stream(stream())
+    with pytest.raises(ChunkOutOfOrder):
+        store.commit_chunk("cam-1", chunk(1))
+
+
+def test_a_reupload_replaces_the_chunk_and_is_counted(store):
+    store.create_stream(stream())
+    store.commit_chunk("cam-1", chunk(0))
+    store.commit_chunk("cam-1", chunk(1))
+    record = store.commit_chunk("cam-1", chunk(1, size=40))
+    assert (record.chunk_count, record.committed_bytes, record.reuploaded_chunks) == (2, 140, 1)
+
+
+def test_drop_chunks_from(store):
+    store.create_stream(stream())
+    for i in range(4):
+        store.commit_chunk("cam-1", chunk(i))
+    record = store.drop_chunks_from("cam-1", 2)
+    assert (record.chunk_count, record.committed_bytes) == (2, 200)
+    assert [c.index for c in store.chunks("cam-1")] == [0, 1]
+
+
+def test_chunks_of_one_stream_do_not_leak_into_another(store):
+    store.create_stream(stream("cam"))
+    store.create_stream(stream("cam-2", "/in/cam2.mp4"))
+    store.commit_chunk("cam", chunk(0))
+    store.commit_chunk("cam-2", chunk(0))
+    assert len(store.chunks("cam")) == 1
+
+
+def test_unknown_and_duplicate_streams(store):
+    with pytest.raises(UnknownStream):
+        store.get_stream("nope")
+    store.create_stream(stream())
+    with pytest.raises(Exception, match="exists already"):
+        store.create_stream(stream())
+
+
+def test_a_full_map_grows(store):
+    store.create_stream(stream())
+    for i in range(3000):  # about 3 MiB of records in a 1 MiB map
+        store.commit_chunk("cam-1", chunk(i))
+    assert store.get_stream("cam-1").chunk_count == 3000
+
+
+def _commit_in_child(path, start, count):
+    store = CheckpointStore(path, map_size=1 << 20)
+    for i in range(start, start + count):
+        store.create_stream(stream(f"s{i}", f"/in/{i}.mp4"))
+        store.commit_chunk(f"s{i}", chunk(0))
+    store.close()
+
+
+def test_processes_write_one_environment_each_with_its_own_handle(tmp_path):
+    path = str(tmp_path / "ck")
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_commit_in_child, args=(path, n * 500, 500)) for n in range(3)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(60)
+        assert c.exitcode == 0
+    store = CheckpointStore(path, map_size=1 << 20)
+    assert sum(1 for _ in store.streams(StreamState.ACTIVE)) == 1500
+    store.close()

@@ -1,0 +1,88 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from streamer import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def test_defaults_need_no_file():
+    cfg = config.load(None, environ={})
+    assert cfg.stream.chunk_size == 10 * 1024 * 1024
+    assert cfg.stream.idle_timeout == 30
+    assert cfg.watch.pattern == "*.mp4"
+    assert cfg.log.format == "json"
+
+
+def test_environment_wins_over_the_file(tmp_path):
+    path = write(tmp_path, {"stream": {"idle_timeout": 5}, "s3": {"secret_key": "from-file"}})
+    env = {"STREAMER_STREAM_IDLE_TIMEOUT": "7.5", "STREAMER_S3_SECRET_KEY": "from-env",
+           "STREAMER_WORKERS": "4", "STREAMER_S3_SECURE": "true", "STREAMER_CONFIG": path}
+    cfg = config.load(path, environ=env)
+    assert cfg.stream.idle_timeout == 7.5
+    assert cfg.s3.secret_key == "from-env"
+    assert cfg.workers == 4 and cfg.s3.secure is True
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "expected"),
+    [
+        ({"stream": {"chunk_size": 100}}, {}, "stream.chunk_size: Expected `int` >= 65536"),
+        ({"stream": {"idle_timeout": "soon"}}, {}, "stream.idle_timeout"),
+        ({"watch": {"directroy": "/x"}}, {}, "watch: Object contains unknown field `directroy`"),
+        ({}, {"STREAMER_STREAM_IDLE_TIMEOUT": "-1"},
+         "stream.idle_timeout (from STREAMER_STREAM_IDLE_TIMEOUT): Expected `float` > 0"),
+        ({}, {"STREAMER_WORKERS": "many"}, "workers (from STREAMER_WORKERS)"),
+        ({}, {"STREAMER_S3_SECRETKEY": "x"}, "STREAMER_S3_SECRETKEY: unknown setting"),
+        ({"log": {"format": "xml"}}, {}, "log.format"),
+        ({"s3": {"endpoint": "http://minio:9000"}}, {}, "s3.endpoint: give host[:port]"),
+        ("{not json", {}, "is not valid JSON"),
+        ([1, 2], {}, "must hold a JSON object"),
+    ],
+)
+def test_invalid_settings_name_the_field(tmp_path, data, env, expected):
+    with pytest.raises(config.ConfigError) as raised:
+        config.load(write(tmp_path, data), environ=env)
+    assert expected in str(raised.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(config.ConfigError, match="cannot read config file"):
+        config.load(str(tmp_path / "nope.json"), environ={})
+
+
+def test_example_config_shows_every_setting_with_its_default():
+    example = json.loads((ROOT / "config.example.json").read_text())
+    assert example == msgspec.to_builtins(config.Config())
+
+
+def test_redacted_hides_the_secret():
+    cfg = config.load(None, environ={"STREAMER_S3_SECRET_KEY": "hunter2"})
+    assert "hunter2" not in json.dumps(config.redacted(cfg))
+
+
+def test_every_setting_has_an_environment_variable_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [config.env_name(s, k) for s, k in config.settings()
+               if config.env_name(s, k) not in readme]
+    assert not missing
+
+
+def test_run_with_an_invalid_config_exits_2_naming_the_field(tmp_path):
+    path = write(tmp_path, {"stream": {"chunk_size": 1}})
+    result = subprocess.run([sys.executable, "-m", "streamer", "run", "--config", path],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "stream.chunk_size" in result.stderr
+    assert result.stderr.count("\n") == 1, "one clear message"
