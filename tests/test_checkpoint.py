@@ -18,13 +18,20 @@ NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
 
 def stream(stream_id="cam-1", path="/in/cam.mp4") -> StreamRecord:
-    return StreamRecord(stream_id=stream_id, path=path, inode=7, device=1, chunk_size=100,
-                        first_seen_at=NOW)
+    return StreamRecord(
+        stream_id=stream_id, path=path, inode=7, device=1, chunk_size=100, first_seen_at=NOW
+    )
 
 
 def chunk(index, size=100) -> ChunkRecord:
-    return ChunkRecord(index=index, offset=index * 100, size=size, sha256=f"{index:064x}",
-                       etag=f"e{index}", uploaded_at=NOW)
+    return ChunkRecord(
+        index=index,
+        offset=index * 100,
+        size=size,
+        sha256=f"{index:064x}",
+        etag=f"e{index}",
+        uploaded_at=NOW,
+    )
 
 
 @pytest.fixture

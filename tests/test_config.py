@@ -27,8 +27,13 @@ def test_defaults_need_no_file():
 
 def test_environment_wins_over_the_file(tmp_path):
     path = write(tmp_path, {"stream": {"idle_timeout": 5}, "s3": {"secret_key": "from-file"}})
-    env = {"STREAMER_STREAM_IDLE_TIMEOUT": "7.5", "STREAMER_S3_SECRET_KEY": "from-env",
-           "STREAMER_WORKERS": "4", "STREAMER_S3_SECURE": "true", "STREAMER_CONFIG": path}
+    env = {
+        "STREAMER_STREAM_IDLE_TIMEOUT": "7.5",
+        "STREAMER_S3_SECRET_KEY": "from-env",
+        "STREAMER_WORKERS": "4",
+        "STREAMER_S3_SECURE": "true",
+        "STREAMER_CONFIG": path,
+    }
     cfg = config.load(path, environ=env)
     assert cfg.stream.idle_timeout == 7.5
     assert cfg.s3.secret_key == "from-env"
@@ -41,8 +46,11 @@ def test_environment_wins_over_the_file(tmp_path):
         ({"stream": {"chunk_size": 100}}, {}, "stream.chunk_size: Expected `int` >= 65536"),
         ({"stream": {"idle_timeout": "soon"}}, {}, "stream.idle_timeout"),
         ({"watch": {"directroy": "/x"}}, {}, "watch: Object contains unknown field `directroy`"),
-        ({}, {"STREAMER_STREAM_IDLE_TIMEOUT": "-1"},
-         "stream.idle_timeout (from STREAMER_STREAM_IDLE_TIMEOUT): Expected `float` > 0"),
+        (
+            {},
+            {"STREAMER_STREAM_IDLE_TIMEOUT": "-1"},
+            "stream.idle_timeout (from STREAMER_STREAM_IDLE_TIMEOUT): Expected `float` > 0",
+        ),
         ({}, {"STREAMER_WORKERS": "many"}, "workers (from STREAMER_WORKERS)"),
         ({}, {"STREAMER_S3_SECRETKEY": "x"}, "STREAMER_S3_SECRETKEY: unknown setting"),
         ({"log": {"format": "xml"}}, {}, "log.format"),
@@ -74,15 +82,20 @@ def test_redacted_hides_the_secret():
 
 def test_every_setting_has_an_environment_variable_in_the_readme():
     readme = (ROOT / "README.md").read_text()
-    missing = [config.env_name(s, k) for s, k in config.settings()
-               if config.env_name(s, k) not in readme]
+    missing = [
+        config.env_name(s, k) for s, k in config.settings() if config.env_name(s, k) not in readme
+    ]
     assert not missing
 
 
 def test_run_with_an_invalid_config_exits_2_naming_the_field(tmp_path):
     path = write(tmp_path, {"stream": {"chunk_size": 1}})
-    result = subprocess.run([sys.executable, "-m", "streamer", "run", "--config", path],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "streamer", "run", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "stream.chunk_size" in result.stderr
     assert result.stderr.count("\n") == 1, "one clear message"
