@@ -138,9 +138,12 @@ class Supervisor:
     def loop(self, now: float) -> None:
         for ready in self.sleep():
             self.dispatch(ready, now)
-        while self.signals:
+        while self.signals and self.exit_code is None:
             self.handle_signal(self.signals.popleft())
-        self.reap_workers(now)
+        if self.exit_code is None:
+            self.reap_workers(now)
+        if self.exit_code is not None:
+            return
         if self.stop_deadline is None:
             if now >= self.next_rescan:
                 self.rescan(now)
@@ -268,7 +271,7 @@ class Supervisor:
 
     def reap_workers(self, now: float) -> None:
         for worker in list(self.workers.values()):
-            if worker.process.exitcode is None:
+            if worker.process.exitcode is None or self.exit_code is not None:
                 continue
             self.forget_worker(worker)
             if worker.state is WorkerState.STOPPING:
