@@ -5,11 +5,13 @@ Three databases:
   streams  stream_id            -> StreamRecord
   chunks   stream_id \\0 index   -> ChunkRecord (big-endian index, so a cursor walks in order)
   paths    path                 -> stream_id of the newest generation at that path
+  inodes   device:inode         -> stream_id of the newest stream made from that file
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -19,12 +21,20 @@ import lmdb
 import msgspec
 from msgspec import Meta, Struct
 
+from streamer.mp4 import Mp4Facts
+
 UTC = Annotated[datetime, Meta(tz=True)]
 
 
 class StreamState(enum.Enum):
     ACTIVE = "active"
-    COMPLETE = "complete"
+    COMPLETE = "complete"  # ended, every byte in S3, and a playable MP4
+    PARTIAL = "partial"  # ended, but not a finished MP4, or its file went away first
+    INVALID = "invalid"  # ended, but not an MP4 at all: uploaded anyway
+
+    @property
+    def finished(self) -> bool:
+        return self is not StreamState.ACTIVE
 
 
 class ChunkRecord(Struct, frozen=True, kw_only=True):
@@ -34,6 +44,18 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     sha256: str
     etag: str
     uploaded_at: UTC
+    # Objects are never overwritten: bytes the recorder rewrote go to a new revision's key.
+    revision: int = 0
+    reason: str | None = None  # why this revision was uploaded, if it is not the first
+
+
+class Assembled(Struct, frozen=True, kw_only=True):
+    """The whole recording as one object, made from the chunks after completion."""
+
+    key: str
+    size: int
+    etag: str
+    method: str  # "compose" (server-side copy of the chunks) or "upload" (streamed from disk)
 
 
 class StreamRecord(Struct, kw_only=True):
@@ -47,12 +69,17 @@ class StreamRecord(Struct, kw_only=True):
     committed_bytes: int = 0
     chunk_count: int = 0
     reuploaded_chunks: int = 0
+    # Revisions below this were used by chunks since dropped (the file shrank): never reuse.
+    min_revision: int = 0
     first_upload_at: UTC | None = None
     last_upload_at: UTC | None = None
     total_size: int | None = None
     mtime_ns: int | None = None
     sha256: str | None = None
     completed_at: UTC | None = None
+    status_reason: str | None = None
+    mp4: Mp4Facts | None = None
+    assembled: Assembled | None = None
 
     @property
     def name(self) -> str:
@@ -95,6 +122,21 @@ def _chunk_key(stream_id: str, index: int) -> bytes:
     return stream_id.encode() + b"\0" + index.to_bytes(8, "big")
 
 
+def _inode_key(device: int, inode: int) -> bytes:
+    return f"{device}:{inode}".encode()
+
+
+def _chunk_end(chunk: ChunkRecord) -> int:
+    return chunk.offset + chunk.size
+
+
+def _path_key(path: str) -> bytes:
+    # Any name the filesystem allows (fsencode keeps undecodable bytes); LMDB keys stop at
+    # 511 bytes, so a longer path is keyed by its digest.
+    raw = os.fsencode(path)
+    return raw if len(raw) <= 400 else b"sha256:" + hashlib.sha256(raw).digest()
+
+
 class CheckpointStore:
     """One process's handle on the shared environment. Open it after fork."""
 
@@ -118,6 +160,7 @@ class CheckpointStore:
         self._streams = self._env.open_db(b"streams", create=not readonly)
         self._chunks = self._env.open_db(b"chunks", create=not readonly)
         self._paths = self._env.open_db(b"paths", create=not readonly)
+        self._inodes = self._env.open_db(b"inodes", create=not readonly)
 
     def close(self) -> None:
         self._env.close()
@@ -133,7 +176,12 @@ class CheckpointStore:
 
     def stream_at(self, path: str) -> StreamRecord | None:
         with self._read() as txn:
-            stream_id = txn.get(path.encode(), db=self._paths)
+            stream_id = txn.get(_path_key(path), db=self._paths)
+            return None if stream_id is None else self._load(txn, stream_id.decode())
+
+    def stream_with_inode(self, device: int, inode: int) -> StreamRecord | None:
+        with self._read() as txn:
+            stream_id = txn.get(_inode_key(device, inode), db=self._inodes)
             return None if stream_id is None else self._load(txn, stream_id.decode())
 
     def has_stream(self, stream_id: str) -> bool:
@@ -170,7 +218,10 @@ class CheckpointStore:
                 overwrite=False,
             ):
                 raise CheckpointError(f"stream {record.stream_id} exists already")
-            txn.put(record.path.encode(), record.stream_id.encode(), db=self._paths)
+            txn.put(_path_key(record.path), record.stream_id.encode(), db=self._paths)
+            txn.put(
+                _inode_key(record.device, record.inode), record.stream_id.encode(), db=self._inodes
+            )
 
         self._write(write)
 
@@ -202,11 +253,27 @@ class CheckpointStore:
         def write(txn):
             record = self._load(txn, stream_id)
             for i in range(index, record.chunk_count):
-                txn.delete(_chunk_key(stream_id, i), db=self._chunks)
+                dropped = _chunk_decoder.decode(txn.pop(_chunk_key(stream_id, i), db=self._chunks))
+                record.min_revision = max(record.min_revision, dropped.revision + 1)
             if index < record.chunk_count:
                 record.chunk_count = index
-                record.committed_bytes = index * record.chunk_size
+                last = txn.get(_chunk_key(stream_id, index - 1), db=self._chunks) if index else None
+                record.committed_bytes = _chunk_end(_chunk_decoder.decode(last)) if last else 0
                 self._save(txn, record)
+            return record
+
+        return self._write(write)
+
+    def move_stream(self, stream_id: str, path: str) -> StreamRecord:
+        """The stream's file was renamed: same file, new path."""
+
+        def write(txn):
+            record = self._load(txn, stream_id)
+            if txn.get(_path_key(record.path), db=self._paths) == stream_id.encode():
+                txn.delete(_path_key(record.path), db=self._paths)
+            record.path = path
+            txn.put(_path_key(path), stream_id.encode(), db=self._paths)
+            self._save(txn, record)
             return record
 
         return self._write(write)

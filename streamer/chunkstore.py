@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ComposeSource
 from minio.error import S3Error
 
 from streamer.config import S3Config
+from streamer.policy import MIN_PART_SIZE
 
-# Below this, S3 refuses multipart parts; minio-py needs part_size >= it even for one PUT.
-MIN_PART_SIZE = 5 * 1024 * 1024
 SHA256_META = "sha256"
 
 
@@ -28,8 +29,12 @@ class Layout:
         base = self.prefix.strip("/")
         return f"{base}/{stream_id}/" if base else f"{stream_id}/"
 
-    def chunk_key(self, stream_id: str, index: int) -> str:
-        return f"{self.stream_prefix(stream_id)}chunks/{index:06d}"
+    def chunk_key(self, stream_id: str, index: int, revision: int = 0) -> str:
+        suffix = f".r{revision}" if revision else ""
+        return f"{self.stream_prefix(stream_id)}chunks/{index:06d}{suffix}"
+
+    def assembled_key(self, stream_id: str, file_name: str) -> str:
+        return f"{self.stream_prefix(stream_id)}{file_name}"
 
     def manifest_key(self, stream_id: str) -> str:
         return f"{self.stream_prefix(stream_id)}metadata.json"
@@ -80,6 +85,31 @@ class ChunkStore:
             content_type=content_type,
             metadata={SHA256_META: sha256},
             part_size=max(len(data), MIN_PART_SIZE),
+        )
+        return result.etag
+
+    def put_stream(
+        self, key: str, stream: BinaryIO, length: int, sha256: str, content_type: str
+    ) -> str:
+        """Upload `length` bytes read from `stream` (multipart when large); return the ETag."""
+        result = self._client.put_object(
+            self.bucket,
+            key,
+            stream,
+            length,
+            content_type=content_type,
+            metadata={SHA256_META: sha256},
+            num_parallel_uploads=1,  # read the stream in order: the caller may be hashing it
+        )
+        return result.etag
+
+    def compose(self, key: str, sources: list[str], sha256: str, content_type: str) -> str:
+        """Join `sources` (each but the last >= 5 MiB) into `key` by server-side copy."""
+        result = self._client.compose_object(
+            self.bucket,
+            key,
+            [ComposeSource(self.bucket, source) for source in sources],
+            metadata={"Content-Type": content_type, SHA256_META: sha256},
         )
         return result.etag
 

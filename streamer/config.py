@@ -6,6 +6,7 @@ Every setting has a default, so `streamer run` works with environment variables 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
@@ -35,6 +36,7 @@ class WatchConfig(Section):
 class StreamConfig(Section):
     chunk_size: ChunkSize = 10 * MiB
     idle_timeout: Seconds = 30.0
+    assemble: bool = True
 
 
 class S3Config(Section):
@@ -164,5 +166,12 @@ def _explain(message: str, overrides: dict) -> str:
 def _check(config: Config) -> None:
     if "://" in config.s3.endpoint:
         raise ConfigError("s3.endpoint: give host[:port] without a scheme; set s3.secure for https")
+    parts = urllib.parse.urlsplit("//" + config.s3.endpoint)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.path or parts.query or not parts.hostname or not port_ok:
+        raise ConfigError(f"s3.endpoint: {config.s3.endpoint!r} is not host[:port]")
     if "/" in config.watch.pattern:
         raise ConfigError("watch.pattern: a file name pattern cannot contain '/'")

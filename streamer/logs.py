@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -26,7 +27,11 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             **getattr(record, "fields", {}),
         }
-        return msgspec.json.encode(line).decode()
+        try:
+            return msgspec.json.encode(line).decode()
+        except (TypeError, UnicodeEncodeError):
+            # A value msgspec cannot take, such as a file name that is not UTF-8.
+            return json.dumps(line, default=repr)
 
 
 class TextFormatter(logging.Formatter):

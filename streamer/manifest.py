@@ -8,8 +8,9 @@ import msgspec
 from msgspec import Struct
 
 from streamer.checkpoint import UTC as UTCTime
-from streamer.checkpoint import ChunkRecord, StreamRecord
+from streamer.checkpoint import Assembled, ChunkRecord, StreamRecord
 from streamer.chunkstore import Layout
+from streamer.mp4 import Mp4Facts
 
 SCHEMA_VERSION = 1
 
@@ -22,44 +23,55 @@ class ManifestChunk(Struct, kw_only=True):
     sha256: str
     etag: str
     uploaded_at: UTCTime
+    revision: int
+    reupload_reason: str | None
 
 
 class Source(Struct, kw_only=True):
     path: str
     name: str
     inode: int
-    modified_at: UTCTime
+    modified_at: UTCTime | None  # None when the file went away before it finished
 
 
 class Duration(Struct, kw_only=True):
     # The span streamer watched the file being written: first seen to last modification.
-    wall_seconds: float
+    wall_seconds: float | None
+    # The recording's own duration, from its MP4 boxes.
+    media_seconds: float | None
 
 
 class Manifest(Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
     stream_id: str
     status: str
+    status_reason: str | None
     source: Source
     total_size: int
-    sha256: str
+    sha256: str | None  # of the whole file; None when the file went away before it finished
     chunk_size: int
     chunk_count: int
     reuploaded_chunks: int
     chunks: list[ManifestChunk]
+    assembled: Assembled | None
     first_seen_at: UTCTime
     first_upload_at: UTCTime | None
     last_upload_at: UTCTime | None
     completed_at: UTCTime
     duration: Duration
+    mp4: Mp4Facts | None
 
 
 def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Manifest:
-    assert record.completed_at is not None and record.sha256 is not None
-    modified_at = datetime.fromtimestamp(record.mtime_ns / 1e9, UTC)
+    assert record.completed_at is not None and record.total_size is not None
+    modified_at = (
+        datetime.fromtimestamp(record.mtime_ns / 1e9, UTC) if record.mtime_ns is not None else None
+    )
+    wall = (modified_at - record.first_seen_at).total_seconds() if modified_at else None
     return Manifest(
         stream_id=record.stream_id,
         status=record.state.value,
+        status_reason=record.status_reason,
         source=Source(
             path=record.path, name=record.name, inode=record.inode, modified_at=modified_at
         ),
@@ -71,22 +83,27 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
         chunks=[
             ManifestChunk(
                 index=c.index,
-                key=layout.chunk_key(record.stream_id, c.index),
+                key=layout.chunk_key(record.stream_id, c.index, c.revision),
                 offset=c.offset,
                 size=c.size,
                 sha256=c.sha256,
                 etag=c.etag,
                 uploaded_at=c.uploaded_at,
+                revision=c.revision,
+                reupload_reason=c.reason,
             )
             for c in chunks
         ],
+        assembled=record.assembled,
         first_seen_at=record.first_seen_at,
         first_upload_at=record.first_upload_at,
         last_upload_at=record.last_upload_at,
         completed_at=record.completed_at,
         duration=Duration(
-            wall_seconds=max(0.0, (modified_at - record.first_seen_at).total_seconds())
+            wall_seconds=max(0.0, wall) if wall is not None else None,
+            media_seconds=record.mp4.duration_seconds if record.mp4 else None,
         ),
+        mp4=record.mp4,
     )
 
 

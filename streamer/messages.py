@@ -7,6 +7,7 @@ while writing to a queue can only corrupt that one queue, which dies with it.
 from __future__ import annotations
 
 import multiprocessing
+import select
 
 import msgspec
 from msgspec import Struct
@@ -40,17 +41,24 @@ class Finish(Message):
     mtime_ns: int
 
 
+class Moved(Message):
+    """The stream's file was renamed; its record has the new path."""
+
+    stream_id: str
+
+
+class Abandon(Message):
+    """The stream's file is gone (deleted or replaced): finish it as partial with what S3 has."""
+
+    stream_id: str
+    reason: str
+
+
 class Stop(Message):
     """Finish or abandon the chunk in flight, then exit."""
 
 
 # Uploader -> supervisor
-
-
-class ChunkCommitted(Message):
-    stream_id: str
-    index: int
-    committed_bytes: int
 
 
 class FinishDeclined(Message):
@@ -60,12 +68,16 @@ class FinishDeclined(Message):
 
 
 class StreamFinished(Message):
+    """Finished, as the file was when its size and mtime were these (-1: the file is gone)."""
+
     stream_id: str
     status: str
+    size: int
+    mtime_ns: int
 
 
-Command = Assign | Grow | Finish | Stop
-Event = ChunkCommitted | FinishDeclined | StreamFinished
+Command = Assign | Grow | Finish | Moved | Abandon | Stop
+Event = FinishDeclined | StreamFinished
 
 _encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)
@@ -93,6 +105,17 @@ class Mailbox:
 
     def put(self, message: Message) -> None:
         self._queue.put(_encoder.encode(message))
+
+    def put_nowait(self, message: Message) -> bool:
+        """Send only if the pipe has room now (every message is far below PIPE_BUF, which a
+        writable pipe always has), so a stuck reader cannot block the writer."""
+        _, writable, _ = select.select([], [self.writer_fileno()], [], 0)
+        if writable:
+            self.put(message)
+        return bool(writable)
+
+    def writer_fileno(self) -> int:
+        return self._queue._writer.fileno()
 
     def get(self, timeout: float = 0.0):
         """The next message, or None if none arrives within `timeout` seconds."""

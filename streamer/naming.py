@@ -28,3 +28,10 @@ def stream_id_for(name: str, first_seen: datetime, taken: Callable[[str], bool])
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+def object_name(name: str) -> str:
+    """A key-safe file name, extension kept: `Front Door.MP4` -> `Front_Door.mp4`."""
+    _, ext = os.path.splitext(name)
+    safe_ext = _UNSAFE.sub("", ext.lower())[:16]
+    return slug(name) + (safe_ext if safe_ext not in ("", ".") else "")

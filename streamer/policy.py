@@ -7,6 +7,12 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from streamer.checkpoint import StreamState
+from streamer.mp4 import Mp4Facts
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+
 
 @dataclass(frozen=True)
 class UploadChunk:
@@ -56,3 +62,26 @@ def backoff_delay(
 ) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt))."""
     return rand() * min(cap, base * 2 ** min(attempt, 32))
+
+
+def final_status(facts: Mp4Facts) -> tuple[StreamState, str | None]:
+    """What a stream that ended with these bytes is: complete, partial, or invalid."""
+    if not facts.is_mp4:
+        return StreamState.INVALID, "not an MP4 file"
+    if not facts.has_moov:
+        return StreamState.PARTIAL, "no moov box: the recorder stopped before finishing the file"
+    if facts.truncated:
+        return StreamState.PARTIAL, "the file ends inside a box"
+    if not facts.playable:
+        return StreamState.PARTIAL, "no audio or video track"
+    return StreamState.COMPLETE, None
+
+
+def assembly_method(chunk_sizes: list[int]) -> str:
+    """'compose' (server-side multipart copy of the chunks) when S3 allows it: at most
+    10,000 parts, each but the last at least 5 MiB; else 'upload' (stream the file)."""
+    if not chunk_sizes or len(chunk_sizes) > MAX_PARTS:
+        return "upload"
+    if any(size < MIN_PART_SIZE for size in chunk_sizes[:-1]):
+        return "upload"
+    return "compose"

@@ -22,12 +22,13 @@ from streamer import logs, metrics, naming, uploader
 from streamer.checkpoint import CheckpointError, CheckpointStore, StreamRecord, StreamState
 from streamer.config import Config, redacted
 from streamer.messages import (
+    Abandon,
     Assign,
-    ChunkCommitted,
     Finish,
     FinishDeclined,
     Grow,
     Mailbox,
+    Moved,
     Stop,
     StreamFinished,
 )
@@ -46,9 +47,14 @@ RESTART_WINDOW = 60.0
 class Phase(enum.Enum):
     UPLOADING = "uploading"  # its uploader sends chunks as they fill
     FINISHING = "finishing"  # idle: its uploader was told to finalise it
+    ABANDONING = "abandoning"  # its file is gone: its uploader was told to finish it as partial
 
 
-_PHASE_MOVES = {Phase.UPLOADING: {Phase.FINISHING}, Phase.FINISHING: {Phase.UPLOADING}}
+_PHASE_MOVES = {
+    Phase.UPLOADING: {Phase.FINISHING, Phase.ABANDONING},
+    Phase.FINISHING: {Phase.UPLOADING, Phase.ABANDONING},
+    Phase.ABANDONING: set(),
+}
 
 
 @dataclass
@@ -62,6 +68,11 @@ class Tracked:
     owner: int
     told_size: int
     phase: Phase = Phase.UPLOADING
+    reason: str = ""  # why it is being abandoned
+
+    def is_at(self, file: FileStat) -> bool:
+        """Is `file` this stream's file (perhaps under another name)?"""
+        return self.phase is not Phase.ABANDONING and file.same_file(self.file)
 
     def move_to(self, phase: Phase) -> None:
         assert phase in _PHASE_MOVES[self.phase], f"{self.stream_id}: {self.phase} -> {phase}"
@@ -81,6 +92,16 @@ class Worker:
     events: Mailbox
     state: WorkerState = WorkerState.RUNNING
     streams: set[str] = field(default_factory=set)
+    # Commands its pipe had no room for yet: the supervisor never blocks on a slow uploader.
+    outbox: deque = field(default_factory=deque)
+
+    def send(self, message) -> None:
+        self.outbox.append(message)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox and self.commands.put_nowait(self.outbox[0]):
+            self.outbox.popleft()
 
 
 class Supervisor:
@@ -91,7 +112,8 @@ class Supervisor:
         self.log = logs.EventLog("supervisor")
         self.watcher = Watcher(config.watch.directory, config.watch.pattern)
         self.workers: dict[int, Worker] = {}
-        self.streams: dict[str, Tracked] = {}  # by path
+        self.streams: dict[str, Tracked] = {}  # unfinished streams, by stream id
+        self.paths: dict[str, str] = {}  # path -> id of the stream whose file is there
         self.settled: dict[str, tuple[int, int, int]] = {}  # finished files: path -> identity
         self.signals: deque[int] = deque()
         self.restarts: deque[float] = deque()
@@ -110,9 +132,16 @@ class Supervisor:
             self.log.error("start_failed", error=str(exc))
             self.murder_workers()
             return EXIT_BOOT_ERROR
-        while self.exit_code is None:
-            self.loop(self.clock())
-        self.shutdown()
+        try:
+            while self.exit_code is None:
+                self.loop(self.clock())
+        except BaseException as exc:
+            # Never leave uploaders behind, nor a process that no longer loops.
+            self.log.error("supervisor_crashed", error=f"{type(exc).__name__}: {exc}")
+            self.murder_workers()
+            raise
+        finally:
+            self.shutdown()
         return self.exit_code
 
     def initialize(self) -> None:
@@ -134,6 +163,7 @@ class Supervisor:
             )
         self.watcher.open()
         self.rescan(self.clock())
+        self.abandon_missing(self.clock())
 
     def loop(self, now: float) -> None:
         for ready in self.sleep():
@@ -168,10 +198,13 @@ class Supervisor:
             waitables.append(self.watcher)
         if self.metrics_server:
             waitables.append(self.metrics_server)
+        blocked = [w.commands.writer_fileno() for w in self.workers.values() if w.outbox]
         try:
-            ready, _, _ = select.select(waitables, [], [], TICK)
+            ready, writable, _ = select.select(waitables, blocked, [], TICK)
         except InterruptedError:
             return []
+        if writable:
+            self.flush_outboxes()
         return ready
 
     def dispatch(self, ready, now: float) -> None:
@@ -237,15 +270,20 @@ class Supervisor:
         process = self.ctx.Process(
             target=uploader.main,
             name=f"streamer-uploader-{worker_id}",
-            args=(worker_id, self.config, commands, events, self.inherited_fds()),
+            args=(worker_id, self.config, commands, events, os.getpid(), self.inherited_fds()),
         )
-        # An LMDB handle must not cross a fork: close ours, fork, open again.
+        # An LMDB handle must not cross a fork: close ours, fork, open again. Signals wait
+        # until the child has its own handlers (it unblocks them), and ours are back.
         reopen = self.store is not None
         if reopen:
             self.store.close()
-        process.start()
-        if reopen:
-            self.open_store()
+        signal.pthread_sigmask(signal.SIG_BLOCK, uploader.FORK_BLOCKED_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, uploader.FORK_BLOCKED_SIGNALS)
+            if reopen:
+                self.open_store()
         self.workers[worker_id] = Worker(worker_id, process, commands, events)
         self.log.info("uploader_spawned", worker=worker_id, pid=process.pid)
 
@@ -259,7 +297,11 @@ class Supervisor:
 
     def stop_worker(self, worker: Worker) -> None:
         worker.state = WorkerState.STOPPING
-        worker.commands.put(Stop())
+        worker.send(Stop())
+
+    def flush_outboxes(self) -> None:
+        for worker in self.workers.values():
+            worker.flush()
 
     def murder_workers(self) -> None:
         for worker in self.workers.values():
@@ -323,27 +365,22 @@ class Supervisor:
 
     def handle_event(self, message, now: float) -> None:
         match message:
-            case ChunkCommitted():
-                pass
-            case FinishDeclined(stream_id=stream_id):
-                tracked = self.tracked(stream_id)
-                if tracked:
+            case FinishDeclined(stream_id=stream_id) if stream_id in self.streams:
+                tracked = self.streams[stream_id]
+                if tracked.phase is Phase.FINISHING:
                     tracked.move_to(Phase.UPLOADING)
                     tracked.changed_at = now
                     self.observe(tracked.file.path, now)
-            case StreamFinished(stream_id=stream_id):
-                tracked = self.tracked(stream_id)
-                if tracked:
-                    del self.streams[tracked.file.path]
-                    self.workers_streams(tracked.owner).discard(stream_id)
-                    self.settled[tracked.file.path] = _identity(tracked.file)
-
-    def tracked(self, stream_id: str) -> Tracked | None:
-        return next((t for t in self.streams.values() if t.stream_id == stream_id), None)
-
-    def workers_streams(self, worker_id: int) -> set[str]:
-        worker = self.workers.get(worker_id)
-        return worker.streams if worker else set()
+            case StreamFinished(stream_id=stream_id) if stream_id in self.streams:
+                tracked = self.streams.pop(stream_id)
+                if tracked.owner in self.workers:
+                    self.workers[tracked.owner].streams.discard(stream_id)
+                path = tracked.file.path
+                if self.paths.get(path) == stream_id:
+                    del self.paths[path]
+                    # Settled as the uploader finished it; a change since then is seen now.
+                    self.settled[path] = (tracked.file.inode, message.size, message.mtime_ns)
+                    self.observe(path, now)
 
     # Files
 
@@ -353,21 +390,41 @@ class Supervisor:
             self.log.warning("inotify_overflow")
             self.rescan(now)
         for path in batch.paths:
-            self.observe(path, now)
+            self.observe_safely(path, now)
 
     def rescan(self, now: float) -> None:
         self.next_rescan = now + self.config.watch.rescan_interval
-        found = self.watcher.scan()
-        for path in found.keys() | self.streams.keys():
-            self.observe(path, now, found.get(path))
+        try:
+            found = self.watcher.scan()
+        except OSError as exc:
+            self.log.error("scan_failed", directory=self.watcher.directory, error=str(exc))
+            return
+        for path in found.keys() | self.paths.keys():
+            self.observe_safely(path, now, found.get(path))
+
+    def observe_safely(self, path: str, now: float, file: FileStat | None = None) -> None:
+        """One odd file must never stop the daemon: log it and go on with the others."""
+        try:
+            self.observe(path, now, file)
+        except (OSError, ValueError, CheckpointError) as exc:
+            self.log.error("file_failed", path=path, error=f"{type(exc).__name__}: {exc}")
 
     def observe(self, path: str, now: float, file: FileStat | None = None) -> None:
+        """Bring what is known of `path` up to date with a fresh stat of it."""
         file = file or self.watcher.stat(path)
-        tracked = self.streams.get(path)
-        if file is None or (tracked and file.inode != tracked.file.inode):
-            return  # gone or replaced: the uploader reports it when it next reads
+        tracked = self.streams.get(self.paths.get(path, ""))
+        if tracked and (file is None or not file.same_file(tracked.file)):
+            self.lose(tracked, now)
+            tracked = None
+        if file is None:
+            return
         if tracked is None:
-            if self.settled.get(path) != _identity(file):
+            moved = next((t for t in self.streams.values() if t.is_at(file)), None)
+            if moved:
+                self.move(moved, file, now)
+            elif self.watcher.matches(os.path.basename(path)) and self.settled.get(
+                path
+            ) != _identity(file):
                 self.discover(file, now)
             return
         if file.changed_since(tracked.file):
@@ -377,17 +434,70 @@ class Supervisor:
                 tracked.told_size = file.size
                 self.tell_owner(tracked, Grow(stream_id=tracked.stream_id, size=file.size))
 
+    def lose(self, tracked: Tracked, now: float) -> None:
+        """Its path no longer holds its file: follow the file if it was renamed within the
+        directory, else finish the stream with what S3 has."""
+        found = self.watcher.find(tracked.file.inode, tracked.file.device)
+        if found is not None:
+            self.move(tracked, found, now)
+        elif os.path.lexists(tracked.file.path):
+            self.abandon(tracked, "replaced by another file before it finished")
+        else:
+            self.abandon(tracked, "deleted before it finished")
+
+    def move(self, tracked: Tracked, file: FileStat, now: float) -> None:
+        displaced = self.streams.get(self.paths.get(file.path, ""))
+        if displaced is not None and displaced is not tracked:
+            self.lose(displaced, now)
+        old_path = tracked.file.path
+        if self.paths.get(old_path) == tracked.stream_id:
+            del self.paths[old_path]
+        self.paths[file.path] = tracked.stream_id
+        tracked.file = file
+        tracked.changed_at = now
+        self.store.move_stream(tracked.stream_id, file.path)
+        self.log.info(
+            "stream_renamed", stream_id=tracked.stream_id, old_path=old_path, path=file.path
+        )
+        self.tell_owner(tracked, Moved(stream_id=tracked.stream_id))
+
+    def abandon(self, tracked: Tracked, reason: str) -> None:
+        if self.paths.get(tracked.file.path) == tracked.stream_id:
+            del self.paths[tracked.file.path]
+        tracked.move_to(Phase.ABANDONING)
+        tracked.reason = reason
+        self.log.warning(
+            "stream_lost", stream_id=tracked.stream_id, path=tracked.file.path, reason=reason
+        )
+        self.tell_owner(tracked, Abandon(stream_id=tracked.stream_id, reason=reason))
+
     def discover(self, file: FileStat, now: float) -> None:
+        """A file no tracked stream owns: an unfinished stream from before a restart, a
+        finished one (perhaps renamed), or a new stream."""
         record = self.store.stream_at(file.path)
-        if record and (record.inode, record.device) == (file.inode, file.device):
+        if record is None or not file.is_of(record):
+            record = self.store.stream_with_inode(file.device, file.inode)
+        if record is not None and file.is_of(record):
             if record.state is StreamState.ACTIVE:
+                if record.path != file.path:
+                    record = self.store.move_stream(record.stream_id, file.path)
                 self.track(record, file, now, "stream_resumed")
                 return
             if (record.total_size, record.mtime_ns) == (file.size, file.mtime_ns):
+                if record.path != file.path:
+                    self.store.move_stream(record.stream_id, file.path)
                 self.settled[file.path] = _identity(file)
                 return
         record = self.new_stream(file)
         self.track(record, file, now, "stream_discovered")
+
+    def abandon_missing(self, now: float) -> None:
+        """Unfinished streams whose files went away while streamer was not running."""
+        for record in self.store.streams(StreamState.ACTIVE):
+            if record.stream_id not in self.streams:
+                file = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
+                tracked = self.track(record, file, now, "stream_resumed")
+                self.abandon(tracked, "deleted before it finished")
 
     def new_stream(self, file: FileStat) -> StreamRecord:
         first_seen = datetime.now(UTC)
@@ -405,7 +515,7 @@ class Supervisor:
         self.store.create_stream(record)
         return record
 
-    def track(self, record: StreamRecord, file: FileStat, now: float, event: str) -> None:
+    def track(self, record: StreamRecord, file: FileStat, now: float, event: str) -> Tracked:
         tracked = Tracked(
             stream_id=record.stream_id,
             file=file,
@@ -414,7 +524,8 @@ class Supervisor:
             owner=-1,
             told_size=file.size,
         )
-        self.streams[file.path] = tracked
+        self.streams[record.stream_id] = tracked
+        self.paths[file.path] = record.stream_id
         self.log.info(
             event,
             stream_id=record.stream_id,
@@ -423,6 +534,7 @@ class Supervisor:
             position=str(record.position),
         )
         self.assign(tracked, now)
+        return tracked
 
     def assign(self, tracked: Tracked, now: float) -> None:
         loads = {
@@ -436,9 +548,11 @@ class Supervisor:
             tracked.changed_at = now
         self.workers[tracked.owner].streams.add(tracked.stream_id)
         self.tell_owner(tracked, Assign(stream_id=tracked.stream_id))
+        if tracked.phase is Phase.ABANDONING:
+            self.tell_owner(tracked, Abandon(stream_id=tracked.stream_id, reason=tracked.reason))
 
     def tell_owner(self, tracked: Tracked, message) -> None:
-        self.workers[tracked.owner].commands.put(message)
+        self.workers[tracked.owner].send(message)
 
     def finish_idle_streams(self, now: float) -> None:
         timeout = self.config.stream.idle_timeout
@@ -448,7 +562,7 @@ class Supervisor:
             ):
                 continue
             self.observe(tracked.file.path, now)  # trust a fresh stat, not the last event
-            if is_idle(tracked.changed_at, now, timeout):
+            if tracked.phase is Phase.UPLOADING and is_idle(tracked.changed_at, now, timeout):
                 tracked.move_to(Phase.FINISHING)
                 self.tell_owner(
                     tracked,

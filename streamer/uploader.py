@@ -12,6 +12,7 @@ import hashlib
 import os
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,8 +20,9 @@ import msgspec
 import urllib3
 from minio.error import MinioException
 
-from streamer import logs, manifest, metrics
+from streamer import logs, manifest, metrics, mp4, naming
 from streamer.checkpoint import (
+    Assembled,
     CheckpointError,
     CheckpointStore,
     ChunkRecord,
@@ -30,16 +32,25 @@ from streamer.checkpoint import (
 from streamer.chunkstore import ChunkStore
 from streamer.config import Config
 from streamer.messages import (
+    Abandon,
     Assign,
-    ChunkCommitted,
     Finish,
     FinishDeclined,
     Grow,
     Mailbox,
+    Moved,
     Stop,
     StreamFinished,
 )
-from streamer.policy import Finalise, UploadChunk, Wait, backoff_delay, next_step
+from streamer.policy import (
+    Finalise,
+    UploadChunk,
+    Wait,
+    assembly_method,
+    backoff_delay,
+    final_status,
+    next_step,
+)
 
 # Exit codes are a contract with the supervisor.
 EXIT_OK = 0
@@ -49,6 +60,7 @@ RETRY_BASE = 0.5
 RETRY_CAP = 30.0
 IDLE_WAIT = 1.0
 PR_SET_PDEATHSIG = 1
+FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 # What a failed upload step may raise: S3 and HTTP trouble, and file trouble.
 TRANSIENT = (MinioException, urllib3.exceptions.HTTPError, OSError)
@@ -66,6 +78,8 @@ class Job:
     finish: Finish | None = None
     waiting: bool = False  # nothing to do until the supervisor says the file changed
     probe: bool = True  # the next chunk may be in S3 already from before a restart
+    abandon: str | None = None  # why the file is gone, once the supervisor says so
+    shrank: bool = False
     attempt: int = 0
     retry_at: float = 0.0
     log_fields: dict = field(default_factory=dict)
@@ -75,10 +89,16 @@ class Job:
 
 
 def main(
-    worker_id: int, config: Config, commands: Mailbox, events: Mailbox, inherited_fds: list[int]
+    worker_id: int,
+    config: Config,
+    commands: Mailbox,
+    events: Mailbox,
+    parent_pid: int,
+    inherited_fds: list[int],
 ) -> None:
     """Entry point in the forked child; its exit code tells the supervisor how it ended."""
-    raise SystemExit(Uploader(worker_id, config, commands, events, inherited_fds).run())
+    uploader = Uploader(worker_id, config, commands, events, parent_pid, inherited_fds)
+    raise SystemExit(uploader.run())
 
 
 class Uploader:
@@ -88,6 +108,7 @@ class Uploader:
         config: Config,
         commands: Mailbox,
         events: Mailbox,
+        parent_pid: int,
         inherited_fds: list[int],
         clock=time.monotonic,
     ):
@@ -97,7 +118,7 @@ class Uploader:
         self.events = events
         self.inherited_fds = inherited_fds
         self.clock = clock
-        self.parent_pid = os.getppid()
+        self.parent_pid = parent_pid
         self.jobs: dict[str, Job] = {}
         self.stopping = False
         self.bucket_ready = False
@@ -124,6 +145,8 @@ class Uploader:
         signal.set_wakeup_fd(-1)  # the supervisor's wakeup pipe, closed just below
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the supervisor's
         signal.signal(signal.SIGTERM, self.handle_term)
+        # The supervisor blocked these around the fork, so none reached its handlers here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
         for fd in self.inherited_fds:
             os.close(fd)
         logs.configure(self.config.log.level, self.config.log.format)
@@ -156,6 +179,16 @@ class Uploader:
             case Finish(stream_id=stream_id) if stream_id in self.jobs:
                 job = self.jobs[stream_id]
                 job.finish = message
+                job.wake()
+            case Moved(stream_id=stream_id) if stream_id in self.jobs:
+                job = self.jobs[stream_id]
+                job.record = self.store.get_stream(stream_id)
+                job.retry_at = 0.0
+                job.wake()
+            case Abandon(stream_id=stream_id, reason=reason) if stream_id in self.jobs:
+                job = self.jobs[stream_id]
+                job.abandon = reason
+                job.retry_at = 0.0
                 job.wake()
             case Stop():
                 self.stopping = True
@@ -195,13 +228,34 @@ class Uploader:
                 attempt=job.attempt,
                 delay=round(delay, 3),
             )
+        except Exception as exc:
+            # A bug or a file we cannot handle: this stream waits, the others go on.
+            job.attempt += 1
+            job.retry_at = now + RETRY_CAP
+            metrics.UPLOAD_ERRORS.labels(kind=type(exc).__name__).inc()
+            self.log.error(
+                "stream_failed",
+                **job.log_fields,
+                error=_describe(exc),
+                traceback=traceback.format_exc(limit=5),
+                attempt=job.attempt,
+                delay=RETRY_CAP,
+            )
 
     def step(self, job: Job) -> None:
         if not self.bucket_ready:
             self.s3.ensure_bucket()
             self.bucket_ready = True
+        if job.abandon is not None:
+            self.abandon(job, job.abandon)
+            return
         record = job.record
         size = _file_size(record)
+        if size < record.committed_bytes and not job.shrank:
+            job.shrank = True
+            self.log.warning(
+                "stream_shrank", **job.log_fields, size=size, committed_bytes=record.committed_bytes
+            )
         match next_step(
             record.chunk_count,
             record.committed_bytes,
@@ -222,7 +276,8 @@ class Uploader:
         record = job.record
         data = _read_range(record, chunk.offset, chunk.size)
         sha256 = hashlib.sha256(data).hexdigest()
-        key = self.s3.layout.chunk_key(record.stream_id, chunk.index)
+        revision = record.min_revision
+        key = self.s3.layout.chunk_key(record.stream_id, chunk.index, revision)
         etag = self.find_in_s3(key, data, sha256) if job.probe else None
         job.probe = False
         fields = {
@@ -250,6 +305,7 @@ class Uploader:
                 sha256=sha256,
                 etag=etag,
                 uploaded_at=_utcnow(),
+                revision=revision,
             ),
         )
 
@@ -264,57 +320,86 @@ class Uploader:
     def commit(self, job: Job, chunk: ChunkRecord) -> None:
         with metrics.CHECKPOINT_COMMIT_SECONDS.time():
             job.record = self.store.commit_chunk(job.record.stream_id, chunk)
-        self.events.put(
-            ChunkCommitted(
-                stream_id=job.record.stream_id,
-                index=chunk.index,
-                committed_bytes=job.record.committed_bytes,
-            )
-        )
 
     # Completion
 
     def finalise(self, job: Job) -> None:
         """Check every uploaded range against the file's final bytes, re-upload what the
-        recorder rewrote, then write the manifest and mark the stream complete."""
+        recorder rewrote, assemble the whole object, then write the manifest and mark the
+        stream finished. Called off if the file changes meanwhile."""
         record, finish = job.record, job.finish
         if not self.still_idle(job, finish):
             return
         sha256 = self.reconcile(job, finish.size)
+        facts = mp4.inspect_file(record.path)
         if not self.still_idle(job, finish):
             return
-        completion = {
-            "state": StreamState.COMPLETE,
-            "total_size": finish.size,
-            "mtime_ns": finish.mtime_ns,
-            "sha256": sha256,
-            "completed_at": _utcnow(),
-        }
+        state, reason = final_status(facts)
+        assembled = None
+        if self.config.stream.assemble:
+            content_type = "video/mp4" if facts.is_mp4 else "application/octet-stream"
+            assembled = self.assemble(job, finish.size, sha256, content_type)
+            if not self.still_idle(job, finish):
+                return
+        self.conclude(
+            job,
+            state=state,
+            status_reason=reason,
+            total_size=finish.size,
+            mtime_ns=finish.mtime_ns,
+            sha256=sha256,
+            mp4=facts,
+            assembled=assembled,
+        )
+
+    def abandon(self, job: Job, reason: str) -> None:
+        """The file is gone: what S3 has is what the stream is."""
+        self.log.warning(
+            "stream_abandoned",
+            **job.log_fields,
+            reason=reason,
+            uploaded_bytes=job.record.committed_bytes,
+        )
+        self.conclude(
+            job,
+            state=StreamState.PARTIAL,
+            status_reason=reason,
+            total_size=job.record.committed_bytes,
+        )
+
+    def conclude(self, job: Job, **completion) -> None:
+        completion["completed_at"] = _utcnow()
+        stream_id = job.record.stream_id
         done = msgspec.structs.replace(job.record, **completion)
-        chunks = self.store.chunks(record.stream_id)
-        document = manifest.build(done, chunks, self.s3.layout)
-        body = manifest.encode(document)
-        # The manifest goes first: a stream marked complete always has its metadata.json.
+        chunks = self.store.chunks(stream_id)
+        body = manifest.encode(manifest.build(done, chunks, self.s3.layout))
+        # The manifest goes first: a finished stream always has its metadata.json.
         self.s3.put(
-            self.s3.layout.manifest_key(record.stream_id),
+            self.s3.layout.manifest_key(stream_id),
             body,
             hashlib.sha256(body).hexdigest(),
             "application/json",
         )
-        self.store.update_stream(
-            record.stream_id, lambda r: msgspec.structs.replace(r, **completion)
-        )
-        del self.jobs[record.stream_id]
+        self.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
+        del self.jobs[stream_id]
         metrics.STREAMS_FINISHED.labels(status=done.state.value).inc()
-        self.events.put(StreamFinished(stream_id=record.stream_id, status=done.state.value))
+        self.events.put(
+            StreamFinished(
+                stream_id=stream_id,
+                status=done.state.value,
+                size=done.total_size if done.mtime_ns is not None else -1,
+                mtime_ns=done.mtime_ns if done.mtime_ns is not None else -1,
+            )
+        )
         self.log.info(
             "stream_finished",
             **job.log_fields,
             status=done.state.value,
+            reason=done.status_reason,
             size=done.total_size,
             chunks=len(chunks),
             reuploaded_chunks=done.reuploaded_chunks,
-            sha256=sha256,
+            sha256=done.sha256,
         )
 
     def still_idle(self, job: Job, finish: Finish) -> bool:
@@ -341,12 +426,15 @@ class Uploader:
             data = _read_range(job.record, chunk.offset, length)
             whole.update(data)
             sha256 = hashlib.sha256(data).hexdigest()
-            if sha256 != chunk.sha256 or length != chunk.size:
-                self.reupload(job, chunk, data, sha256)
+            if length != chunk.size:
+                self.reupload(job, chunk, data, sha256, "file shrank")
+            elif sha256 != chunk.sha256:
+                self.reupload(job, chunk, data, sha256, "bytes changed after upload")
         return whole.hexdigest()
 
-    def reupload(self, job: Job, old: ChunkRecord, data: bytes, sha256: str) -> None:
-        key = self.s3.layout.chunk_key(job.record.stream_id, old.index)
+    def reupload(self, job: Job, old: ChunkRecord, data: bytes, sha256: str, reason: str) -> None:
+        revision = max(old.revision + 1, job.record.min_revision)
+        key = self.s3.layout.chunk_key(job.record.stream_id, old.index, revision)
         etag = self.s3.put(key, data, sha256, "application/octet-stream")
         metrics.BYTES_UPLOADED.inc(len(data))
         self.log.info(
@@ -355,7 +443,8 @@ class Uploader:
             index=old.index,
             offset=old.offset,
             size=len(data),
-            reason="bytes changed after upload",
+            revision=revision,
+            reason=reason,
         )
         self.commit(
             job,
@@ -366,8 +455,45 @@ class Uploader:
                 sha256=sha256,
                 etag=etag,
                 uploaded_at=_utcnow(),
+                revision=revision,
+                reason=reason,
             ),
         )
+
+    def assemble(self, job: Job, size: int, sha256: str, content_type: str) -> Assembled:
+        """The whole recording as one object: joined in S3 from the chunks where S3 allows,
+        else streamed from the file (checked against the sha256 just computed)."""
+        record = job.record
+        chunks = self.store.chunks(record.stream_id)
+        key = self.s3.layout.assembled_key(record.stream_id, naming.object_name(record.name))
+        method = assembly_method([c.size for c in chunks])
+        if method == "compose":
+            sources = [
+                self.s3.layout.chunk_key(record.stream_id, c.index, c.revision) for c in chunks
+            ]
+            etag = self.s3.compose(key, sources, sha256, content_type)
+        else:
+            with open(record.path, "rb") as f:
+                reader = _HashingReader(f)
+                etag = self.s3.put_stream(key, reader, size, sha256, content_type)
+            if reader.hexdigest() != sha256:
+                raise SourceChanged(f"{record.path} changed while it was being assembled")
+        self.log.info("stream_assembled", **job.log_fields, key=key, method=method, size=size)
+        return Assembled(key=key, size=size, etag=etag, method=method)
+
+
+class _HashingReader:
+    def __init__(self, f):
+        self._f = f
+        self._sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._sha256.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
 
 
 def _file_size(record: StreamRecord) -> int:

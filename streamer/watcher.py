@@ -29,10 +29,18 @@ class FileStat:
     def changed_since(self, other: FileStat) -> bool:
         return (self.size, self.mtime_ns) != (other.size, other.mtime_ns)
 
+    def same_file(self, other: FileStat) -> bool:
+        return (self.inode, self.device) == (other.inode, other.device)
+
+    def is_of(self, record) -> bool:
+        """Is this the file a checkpoint StreamRecord was made from?"""
+        return (self.inode, self.device) == (record.inode, record.device)
+
 
 @dataclass(frozen=True)
 class Batch:
-    """What one read of the inotify queue said: names to look at, or look at everything."""
+    """What one read of the inotify queue said: paths to look at again (whatever their
+    name: a stream's file may be renamed to anything), and whether events were lost."""
 
     paths: frozenset[str]
     overflow: bool
@@ -59,9 +67,7 @@ class Watcher:
     def read(self) -> Batch:
         events = self._inotify.read(timeout=0)
         overflow = any(e.mask & F.Q_OVERFLOW for e in events)
-        paths = frozenset(
-            os.path.join(self.directory, e.name) for e in events if e.name and self.matches(e.name)
-        )
+        paths = frozenset(os.path.join(self.directory, e.name) for e in events if e.name)
         return Batch(paths=paths, overflow=overflow)
 
     def matches(self, name: str) -> bool:
@@ -76,6 +82,16 @@ class Watcher:
                     if observed is not None:
                         found[entry.path] = observed
         return found
+
+    def find(self, inode: int, device: int) -> FileStat | None:
+        """The regular file in the directory with this identity, whatever its name."""
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.inode() == inode:
+                    found = self.stat(entry.path)
+                    if found is not None and found.device == device:
+                        return found
+        return None
 
     @staticmethod
     def stat(path: str) -> FileStat | None:

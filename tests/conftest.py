@@ -97,7 +97,7 @@ def bucket(minio) -> str:
     return name
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ffmpeg() -> str:
     path = shutil.which("ffmpeg")
     if not path:
@@ -247,8 +247,11 @@ class GrowingFile:
         assert self.done.wait(timeout), "writer did not finish"
 
 
-def record(ffmpeg: str, path: Path, seconds: float, kind: str) -> subprocess.Popen:
-    """ffmpeg writing a real recording live (-re): kind is plain, faststart or fragmented."""
+def record(
+    ffmpeg: str, path: Path, seconds: float, kind: str, live: bool = True
+) -> subprocess.Popen:
+    """ffmpeg writing a real recording (in real time if `live`): kind is plain, faststart
+    or fragmented."""
     movflags = {
         "plain": [],
         "faststart": ["-movflags", "+faststart"],
@@ -260,7 +263,7 @@ def record(ffmpeg: str, path: Path, seconds: float, kind: str) -> subprocess.Pop
             "-loglevel",
             "error",
             "-nostdin",
-            "-re",
+            *(["-re"] if live else []),
             "-f",
             "lavfi",
             "-i",

@@ -96,9 +96,10 @@ def test_unknown_and_duplicate_streams(store):
 
 def test_a_full_map_grows(store):
     store.create_stream(stream())
-    for i in range(3000):  # about 3 MiB of records in a 1 MiB map
+    for i in range(12000):  # about 2.5 MiB of records in a 1 MiB map
         store.commit_chunk("cam-1", chunk(i))
-    assert store.get_stream("cam-1").chunk_count == 3000
+    assert store.get_stream("cam-1").chunk_count == 12000
+    assert store._env.info()["map_size"] > 1 << 20
 
 
 def _commit_in_child(path, start, count):

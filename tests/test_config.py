@@ -55,6 +55,8 @@ def test_environment_wins_over_the_file(tmp_path):
         ({}, {"STREAMER_S3_SECRETKEY": "x"}, "STREAMER_S3_SECRETKEY: unknown setting"),
         ({"log": {"format": "xml"}}, {}, "log.format"),
         ({"s3": {"endpoint": "http://minio:9000"}}, {}, "s3.endpoint: give host[:port]"),
+        ({"s3": {"endpoint": "minio:99999"}}, {}, "s3.endpoint: 'minio:99999' is not host[:port]"),
+        ({"s3": {"endpoint": "minio/path"}}, {}, "is not host[:port]"),
         ("{not json", {}, "is not valid JSON"),
         ([1, 2], {}, "must hold a JSON object"),
     ],

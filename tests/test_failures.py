@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from conftest import (
@@ -102,6 +103,38 @@ def test_a_file_that_shrinks_before_it_finishes_is_reconciled(make_daemon, minio
     assert [c["size"] for c in manifest["chunks"]] == [64 * KiB, 36 * KiB]
     data = reassemble(minio.client, daemon.bucket, manifest)
     assert hashlib.sha256(data).hexdigest() == sha256_file(path)
+
+
+def test_a_stuck_uploader_does_not_stall_the_supervisor(make_daemon):
+    daemon = make_daemon(workers=1, grace_period=2).start()
+    [uploader] = daemon.uploader_pids()
+    os.kill(uploader, signal.SIGSTOP)
+    # 3,000 chunk boundaries: more commands than a pipe holds, none of them read.
+    with open(daemon.watch / "flood.mp4", "wb") as f:
+        for _ in range(3000):
+            f.write(b"\0" * 64 * KiB)
+            f.flush()
+    daemon.wait_for("stream_discovered")
+    time.sleep(1)
+    port = json.loads(daemon.config_path.read_text())["metrics"]["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+        assert reply.status == 200
+    daemon.signal(signal.SIGTERM)
+    assert daemon.process.wait(15) == 0
+    assert daemon.find("grace_period_expired")
+
+
+def test_a_file_name_that_is_not_utf8_does_not_stop_the_others(make_daemon, minio):
+    daemon = make_daemon().start()
+    bad = os.path.join(os.fsencode(daemon.watch), b"bad-\xff.mp4")
+    with open(bad, "wb") as f:
+        f.write(b"x" * 100 * KiB)
+    good = daemon.watch / "good.mp4"
+    good.write_bytes(b"y" * 100 * KiB)
+    event = daemon.wait_for("stream_finished", timeout=30)[0]
+    assert event["stream_id"].startswith("good-")
+    assert daemon.process.poll() is None
+    assert daemon.stop() == 0
 
 
 def run_once(tmp_path, config: dict, timeout=30) -> subprocess.CompletedProcess:

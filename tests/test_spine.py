@@ -62,7 +62,9 @@ def test_chunks_appear_in_s3_while_the_file_is_still_growing(make_daemon, minio)
     writer.wait()
     finished(daemon)
     manifest = assert_exact(minio, daemon, stream_id, writer.path)
-    assert manifest["chunk_count"] == 16 and manifest["status"] == "complete"
+    assert manifest["chunk_count"] == 16
+    # Synthetic bytes are uploaded exactly, and flagged for what they are.
+    assert (manifest["status"], manifest["status_reason"]) == ("invalid", "not an MP4 file")
 
 
 def test_three_ffmpeg_recordings_at_once_are_byte_exact(make_daemon, minio, ffmpeg):
@@ -156,7 +158,11 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
 
     assert daemon.find("stream_resumed", stream_id=stream_id)
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
-    assert sorted(uploaded) == list(range(manifest["chunk_count"])), "each chunk exactly once"
+    # A chunk whose PUT ended just before the kill, but whose log line did not, is found in
+    # S3 after the restart instead of being sent again.
+    found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
+    assert sorted(uploaded + found) == list(range(manifest["chunk_count"])), "each chunk once"
+    assert len(found) <= 1
     after = {
         o.object_name: o.last_modified
         for o in minio.client.list_objects(

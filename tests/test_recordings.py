@@ -1,0 +1,256 @@
+"""Recordings as real recorders write them: rewritten bytes, replaced, renamed, deleted and
+crashed files, MP4 facts, and the assembled object. Against a real MinIO."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import (
+    GrowingFile,
+    manifest_of,
+    object_bytes,
+    reassemble,
+    record,
+    sha256_file,
+)
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+MiB = 1024 * KiB
+FRAME = 1 / 25
+
+
+def ffprobe_duration(path) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(json.loads(out)["format"]["duration"])
+
+
+def objects(minio, bucket, stream_id) -> dict:
+    return {
+        o.object_name: (o.etag, o.last_modified)
+        for o in minio.client.list_objects(bucket, prefix=f"rec/{stream_id}/", recursive=True)
+    }
+
+
+def check_exact(minio, bucket, stream_id, path) -> dict:
+    manifest = manifest_of(minio.client, bucket, stream_id)
+    expected = sha256_file(path)
+    data = reassemble(minio.client, bucket, manifest)
+    assert hashlib.sha256(data).hexdigest() == expected == manifest["sha256"]
+    assembled = manifest["assembled"]
+    whole = object_bytes(minio.client, bucket, assembled["key"])
+    assert hashlib.sha256(whole).hexdigest() == expected
+    assert assembled["size"] == len(whole) == manifest["total_size"]
+    return manifest
+
+
+@pytest.mark.parametrize("kind", ["plain", "faststart", "fragmented"])
+def test_live_ffmpeg_recording_is_exact_playable_and_described(
+    make_daemon, minio, ffmpeg, tmp_path, kind
+):
+    daemon = make_daemon(stream={"idle_timeout": 3}).start()
+    path = daemon.watch / f"{kind}.mp4"
+    recorder = record(ffmpeg, path, 5, kind)
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", stream_id=stream_id)
+    assert recorder.poll() is None, "a chunk should be in S3 while ffmpeg is still recording"
+    assert recorder.wait(30) == 0
+    before = objects(minio, daemon.bucket, stream_id)
+    daemon.wait_for("stream_finished", timeout=60)
+    manifest = check_exact(minio, daemon.bucket, stream_id, path)
+
+    assert manifest["status"] == "complete" and manifest["status_reason"] is None
+    facts = manifest["mp4"]
+    assert facts["playable"] and facts["has_moov"] and facts["fragmented"] == (kind == "fragmented")
+    assert abs(manifest["duration"]["media_seconds"] - ffprobe_duration(path)) <= FRAME
+    codecs = sorted((t["kind"], t["codec"]) for t in facts["tracks"])
+    assert codecs == [("soun", "mp4a"), ("vide", "avc1")]
+    video = next(t for t in facts["tracks"] if t["kind"] == "vide")
+    assert (video["width"], video["height"]) == (640, 360)
+
+    # Rewritten chunks went to new revision keys; what was uploaded first is still there.
+    revised = [c for c in manifest["chunks"] if c["revision"] > 0]
+    assert manifest["reuploaded_chunks"] == len(revised)
+    if kind == "fragmented":
+        assert not revised
+    else:
+        assert revised and all(
+            c["reupload_reason"] == "bytes changed after upload" for c in revised
+        )
+        assert all(c["key"].endswith(f".r{c['revision']}") for c in revised)
+    after = objects(minio, daemon.bucket, stream_id)
+    assert {k: after[k] for k in before} == before, "an uploaded object was overwritten"
+
+    assembled = manifest["assembled"]
+    assert assembled["key"] == f"rec/{stream_id}/{kind}.mp4" and assembled["method"] == "upload"
+    copy = tmp_path / "assembled.mp4"
+    copy.write_bytes(object_bytes(minio.client, daemon.bucket, assembled["key"]))
+    assert abs(ffprobe_duration(copy) - manifest["duration"]["media_seconds"]) <= FRAME
+
+
+def test_chunks_of_5_mib_are_assembled_in_s3_without_uploading_again(make_daemon, minio):
+    daemon = make_daemon(stream={"chunk_size": 5 * MiB}).start()
+    path = daemon.watch / "big.mp4"
+    path.write_bytes(hashlib.shake_256(b"big").digest(12 * MiB))
+    event = daemon.wait_for("stream_finished", timeout=60)[0]
+    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    assert manifest["assembled"]["method"] == "compose"
+    assert [c["size"] for c in manifest["chunks"]] == [5 * MiB, 5 * MiB, 2 * MiB]
+    assert len(daemon.find("chunk_uploaded")) == 3
+
+
+def test_a_recorder_that_crashes_leaves_a_partial_stream(make_daemon, minio, ffmpeg):
+    daemon = make_daemon(stream={"idle_timeout": 3}).start()
+    path = daemon.watch / "crashed.mp4"
+    recorder = record(ffmpeg, path, 30, "plain")
+    daemon.wait_for("chunk_uploaded", count=3)
+    recorder.send_signal(signal.SIGKILL)
+    recorder.wait()
+    event = daemon.wait_for("stream_finished", timeout=60)[0]
+    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    assert manifest["status"] == "partial"
+    assert "moov" in manifest["status_reason"]
+    assert manifest["mp4"]["is_mp4"] and not manifest["mp4"]["playable"]
+
+
+def test_a_file_renamed_within_the_directory_keeps_its_stream(make_daemon, minio):
+    daemon = make_daemon().start()
+    writer = GrowingFile(daemon.watch / "before.mp4", total=1024 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    os.rename(writer.path, daemon.watch / "after.mp4")  # the writer keeps its open file
+    writer.wait()
+    event = daemon.wait_for("stream_finished", timeout=60)[0]
+    assert event["stream_id"] == stream_id
+    assert daemon.find("stream_renamed", stream_id=stream_id)
+    manifest = check_exact(minio, daemon.bucket, stream_id, daemon.watch / "after.mp4")
+    assert manifest["source"]["name"] == "after.mp4"
+    assert len(daemon.find("stream_discovered")) == 1
+
+
+def test_a_part_file_renamed_into_the_pattern_is_picked_up_whole(make_daemon, minio):
+    daemon = make_daemon().start()
+    part = daemon.watch / "cam.mp4.part"
+    part.write_bytes(hashlib.shake_256(b"part").digest(200 * KiB))
+    time.sleep(1)
+    assert not daemon.find("stream_discovered")
+    os.rename(part, daemon.watch / "cam.mp4")
+    discovered = daemon.wait_for("stream_discovered")[0]
+    assert discovered["size"] == 200 * KiB
+    daemon.wait_for("stream_finished")
+    check_exact(minio, daemon.bucket, discovered["stream_id"], daemon.watch / "cam.mp4")
+
+
+def test_a_file_replaced_mid_stream_starts_a_new_generation(make_daemon, minio):
+    daemon = make_daemon().start()
+    path = daemon.watch / "cam.mp4"
+    GrowingFile(path, total=4096 * KiB, rate=256 * KiB).start()
+    first = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=3)
+    staged = daemon.watch / "cam.staged"
+    staged.write_bytes(hashlib.shake_256(b"second").digest(300 * KiB))
+    uploaded_before = objects(minio, daemon.bucket, first)
+    os.rename(staged, path)
+
+    lost = daemon.wait_for("stream_finished", stream_id=first)[0]
+    assert lost["status"] == "partial"
+    old = manifest_of(minio.client, daemon.bucket, first)
+    assert old["status_reason"] == "replaced by another file before it finished"
+    assert old["sha256"] is None and old["total_size"] == sum(c["size"] for c in old["chunks"])
+    second = [e for e in daemon.wait_for("stream_discovered", count=2)][1]["stream_id"]
+    assert second != first
+    daemon.wait_for("stream_finished", stream_id=second, timeout=60)
+    check_exact(minio, daemon.bucket, second, path)
+    after = objects(minio, daemon.bucket, first)
+    assert {k: after[k] for k in uploaded_before} == uploaded_before
+
+
+def test_a_file_deleted_mid_stream_is_finished_as_partial(make_daemon, minio):
+    daemon = make_daemon().start()
+    path = daemon.watch / "gone.mp4"
+    path.write_bytes(hashlib.shake_256(b"gone").digest(256 * KiB))
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=4)
+    path.unlink()
+    event = daemon.wait_for("stream_finished", timeout=30)[0]
+    assert (event["stream_id"], event["status"]) == (stream_id, "partial")
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    assert manifest["status_reason"] == "deleted before it finished"
+    assert manifest["chunk_count"] == 4 and manifest["total_size"] == 256 * KiB
+    data = reassemble(minio.client, daemon.bucket, manifest)
+    assert data == hashlib.shake_256(b"gone").digest(256 * KiB)
+
+
+def test_a_file_deleted_while_streamer_was_stopped_is_finished_as_partial(make_daemon, minio):
+    daemon = make_daemon().start()
+    writer = GrowingFile(daemon.watch / "away.mp4", total=2048 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    assert daemon.stop() == 0
+    writer.wait()
+    writer.path.unlink()
+    daemon.start()
+    event = daemon.wait_for("stream_finished", timeout=30)[0]
+    assert (event["stream_id"], event["status"]) == (stream_id, "partial")
+    assert manifest_of(minio.client, daemon.bucket, stream_id)["chunk_count"] >= 2
+
+
+def test_a_finished_file_renamed_is_not_uploaded_again(make_daemon, minio):
+    daemon = make_daemon().start()
+    path = daemon.watch / "finished.mp4"
+    path.write_bytes(hashlib.shake_256(b"finished").digest(100 * KiB))
+    daemon.wait_for("stream_finished")
+    os.rename(path, daemon.watch / "archived.mp4")
+    time.sleep(3)  # more than the idle timeout and a rescan
+    assert daemon.stop() == 0
+    os.rename(daemon.watch / "archived.mp4", daemon.watch / "archived-again.mp4")
+    daemon.start()
+    time.sleep(3)
+    assert len(daemon.find("stream_discovered")) == 1
+    assert len(daemon.find("chunk_uploaded")) == 2
+
+
+def test_shrunk_chunks_get_new_revisions_and_a_reason(make_daemon, minio):
+    daemon = make_daemon(stream={"idle_timeout": 3}).start()
+    path = daemon.watch / "shrink.mp4"
+    path.write_bytes(hashlib.shake_256(b"shrink").digest(300 * KiB))
+    daemon.wait_for("chunk_uploaded", count=4)
+    with open(path, "r+b") as f:
+        f.truncate(100 * KiB)
+    event = daemon.wait_for("stream_finished", timeout=30)[0]
+    assert daemon.find("stream_shrank")
+    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    last = manifest["chunks"][-1]
+    assert (last["revision"], last["reupload_reason"]) == (1, "file shrank")
+
+
+def test_a_file_that_shrinks_then_grows_again_is_exact(make_daemon, minio):
+    daemon = make_daemon(stream={"idle_timeout": 3}).start()
+    path = daemon.watch / "regrow.mp4"
+    first = hashlib.shake_256(b"first").digest(300 * KiB)
+    path.write_bytes(first)
+    daemon.wait_for("chunk_uploaded", count=4)
+    with open(path, "r+b") as f:
+        f.truncate(100 * KiB)
+    daemon.wait_for("stream_shrank")
+    # Let finalisation start on the shrunk file, then grow it well past where it was.
+    daemon.wait_for("chunk_reuploaded", timeout=30)
+    with open(path, "ab") as f:
+        f.write(hashlib.shake_256(b"more").digest(400 * KiB))
+    event = daemon.wait_for("stream_finished", timeout=60)[-1]
+    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    assert manifest["total_size"] == 500 * KiB
+    ends = [c["offset"] + c["size"] for c in manifest["chunks"]]
+    assert [c["offset"] for c in manifest["chunks"][1:]] == ends[:-1], "chunks are contiguous"
