@@ -71,6 +71,7 @@ class StreamRecord(Struct, kw_only=True):
     reuploaded_chunks: int = 0
     # Revisions below this were used by chunks since dropped (the file shrank): never reuse.
     min_revision: int = 0
+    head: bytes | None = None  # the file's first bytes as uploaded: another recording differs
     first_upload_at: UTC | None = None
     last_upload_at: UTC | None = None
     total_size: int | None = None
@@ -225,11 +226,16 @@ class CheckpointStore:
 
         self._write(write)
 
-    def commit_chunk(self, stream_id: str, chunk: ChunkRecord) -> StreamRecord:
-        """Record a chunk S3 confirmed: the next in order, or a re-upload of an earlier one."""
+    def commit_chunk(
+        self, stream_id: str, chunk: ChunkRecord, head: bytes | None = None
+    ) -> StreamRecord:
+        """Record a chunk S3 confirmed: the next in order, or a re-upload of an earlier one.
+        `head` is the file's first bytes, given with chunk 0."""
 
         def write(txn):
             record = self._load(txn, stream_id)
+            if head is not None:
+                record.head = head
             if chunk.index > record.chunk_count:
                 raise ChunkOutOfOrder(f"{record.position}: chunk {chunk.index} would leave a gap")
             if chunk.index == record.chunk_count:

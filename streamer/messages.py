@@ -67,6 +67,12 @@ class FinishDeclined(Message):
     stream_id: str
 
 
+class SourceRewritten(Message):
+    """The file now starts with other bytes: another recording was written over it."""
+
+    stream_id: str
+
+
 class StreamFinished(Message):
     """Finished, as the file was when its size and mtime were these (-1: the file is gone)."""
 
@@ -77,7 +83,7 @@ class StreamFinished(Message):
 
 
 Command = Assign | Grow | Finish | Moved | Abandon | Stop
-Event = FinishDeclined | StreamFinished
+Event = FinishDeclined | SourceRewritten | StreamFinished
 
 _encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)

@@ -29,6 +29,7 @@ from streamer.messages import (
     Grow,
     Mailbox,
     Moved,
+    SourceRewritten,
     Stop,
     StreamFinished,
 )
@@ -40,6 +41,7 @@ EXIT_FAILURE = 1
 EXIT_BOOT_ERROR = 3
 
 TICK = 0.5
+REWRITTEN = "another recording was written over it before it finished"
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 
@@ -371,6 +373,11 @@ class Supervisor:
                     tracked.move_to(Phase.UPLOADING)
                     tracked.changed_at = now
                     self.observe(tracked.file.path, now)
+            case SourceRewritten(stream_id=stream_id) if stream_id in self.streams:
+                tracked = self.streams[stream_id]
+                if tracked.phase is not Phase.ABANDONING:
+                    self.abandon(tracked, REWRITTEN)
+                    self.start_stream(tracked.file.path, now)
             case StreamFinished(stream_id=stream_id) if stream_id in self.streams:
                 tracked = self.streams.pop(stream_id)
                 if tracked.owner in self.workers:
@@ -481,7 +488,10 @@ class Supervisor:
             if record.state is StreamState.ACTIVE:
                 if record.path != file.path:
                     record = self.store.move_stream(record.stream_id, file.path)
-                self.track(record, file, now, "stream_resumed")
+                tracked = self.track(record, file, now, "stream_resumed")
+                if self.watcher.head_changed(file.path, record.head):
+                    self.abandon(tracked, REWRITTEN)
+                    self.start_stream(file.path, now)
                 return
             if (record.total_size, record.mtime_ns) == (file.size, file.mtime_ns):
                 if record.path != file.path:
@@ -490,6 +500,11 @@ class Supervisor:
                 return
         record = self.new_stream(file)
         self.track(record, file, now, "stream_discovered")
+
+    def start_stream(self, path: str, now: float) -> None:
+        file = self.watcher.stat(path)
+        if file is not None:
+            self.track(self.new_stream(file), file, now, "stream_discovered")
 
     def abandon_missing(self, now: float) -> None:
         """Unfinished streams whose files went away while streamer was not running."""

@@ -39,6 +39,7 @@ from streamer.messages import (
     Grow,
     Mailbox,
     Moved,
+    SourceRewritten,
     Stop,
     StreamFinished,
 )
@@ -51,6 +52,7 @@ from streamer.policy import (
     final_status,
     next_step,
 )
+from streamer.watcher import HEAD_SIZE, Watcher
 
 # Exit codes are a contract with the supervisor.
 EXIT_OK = 0
@@ -256,6 +258,11 @@ class Uploader:
             self.log.warning(
                 "stream_shrank", **job.log_fields, size=size, committed_bytes=record.committed_bytes
             )
+            if Watcher.head_changed(record.path, record.head):
+                # Not this recording any more: the supervisor ends it and starts a new one.
+                self.events.put(SourceRewritten(stream_id=record.stream_id))
+                job.waiting = True
+                return
         match next_step(
             record.chunk_count,
             record.committed_bytes,
@@ -307,6 +314,7 @@ class Uploader:
                 uploaded_at=_utcnow(),
                 revision=revision,
             ),
+            data,
         )
 
     def find_in_s3(self, key: str, data: bytes, sha256: str) -> str | None:
@@ -317,9 +325,10 @@ class Uploader:
             return stored.etag
         return None
 
-    def commit(self, job: Job, chunk: ChunkRecord) -> None:
+    def commit(self, job: Job, chunk: ChunkRecord, data: bytes) -> None:
+        head = data[:HEAD_SIZE] if chunk.index == 0 else None
         with metrics.CHECKPOINT_COMMIT_SECONDS.time():
-            job.record = self.store.commit_chunk(job.record.stream_id, chunk)
+            job.record = self.store.commit_chunk(job.record.stream_id, chunk, head)
 
     # Completion
 
@@ -458,6 +467,7 @@ class Uploader:
                 revision=revision,
                 reason=reason,
             ),
+            data,
         )
 
     def assemble(self, job: Job, size: int, sha256: str, content_type: str) -> Assembled:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
+# How many first bytes tell one recording from another written over it in place.
+HEAD_SIZE = 16
 WATCH_FLAGS = F.CREATE | F.MODIFY | F.CLOSE_WRITE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.ATTRIB
 
 
@@ -92,6 +94,20 @@ class Watcher:
                     if found is not None and found.device == device:
                         return found
         return None
+
+    @staticmethod
+    def head_changed(path: str, head: bytes | None) -> bool:
+        """Do the file's first bytes differ from `head` (a recording rewritten in place by
+        another one)? Only bytes both have are compared; an unreadable file has not."""
+        if not head:
+            return False
+        try:
+            with open(path, "rb") as f:
+                now = f.read(HEAD_SIZE)
+        except OSError:
+            return False
+        common = min(len(now), len(head))
+        return now[:common] != head[:common]
 
     @staticmethod
     def stat(path: str) -> FileStat | None:

@@ -254,3 +254,53 @@ def test_a_file_that_shrinks_then_grows_again_is_exact(make_daemon, minio):
     assert manifest["total_size"] == 500 * KiB
     ends = [c["offset"] + c["size"] for c in manifest["chunks"]]
     assert [c["offset"] for c in manifest["chunks"][1:]] == ends[:-1], "chunks are contiguous"
+
+
+def test_a_recording_written_over_in_place_starts_a_new_generation(make_daemon, minio):
+    daemon = make_daemon(stream={"idle_timeout": 3}).start()
+    path = daemon.watch / "inplace.mp4"
+    path.write_bytes(hashlib.shake_256(b"first take").digest(300 * KiB))
+    first = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=4)
+    uploaded_before = objects(minio, daemon.bucket, first)
+    inode = path.stat().st_ino
+    with open(path, "wb") as f:  # same inode, truncated, then another recording
+        f.flush()
+        time.sleep(1.5)
+        f.write(hashlib.shake_256(b"second take").digest(200 * KiB))
+    assert path.stat().st_ino == inode
+
+    old = daemon.wait_for("stream_finished", stream_id=first, timeout=30)[0]
+    assert old["status"] == "partial"
+    assert old["reason"] == "another recording was written over it before it finished"
+    second = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
+    assert second != first
+    daemon.wait_for("stream_finished", stream_id=second, timeout=30)
+    check_exact(minio, daemon.bucket, second, path)
+    after = objects(minio, daemon.bucket, first)
+    assert {k: after[k] for k in uploaded_before} == uploaded_before
+    old_manifest = manifest_of(minio.client, daemon.bucket, first)
+    assert (
+        reassemble(minio.client, daemon.bucket, old_manifest)
+        == hashlib.shake_256(b"first take").digest(300 * KiB)[: old_manifest["total_size"]]
+    )
+
+
+def test_a_recording_written_over_while_streamer_was_stopped_is_a_new_generation(
+    make_daemon, minio
+):
+    daemon = make_daemon().start()
+    path = daemon.watch / "overnight.mp4"
+    writer = GrowingFile(path, total=2048 * KiB, rate=256 * KiB).start()
+    first = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    assert daemon.stop() == 0
+    writer.wait()
+    with open(path, "r+b") as f:  # same inode, same size, other first bytes
+        f.write(b"another recorder")
+    daemon.start()
+    old = daemon.wait_for("stream_finished", stream_id=first, timeout=30)[0]
+    assert old["status"] == "partial"
+    second = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
+    daemon.wait_for("stream_finished", stream_id=second, timeout=30)
+    check_exact(minio, daemon.bucket, second, path)
