@@ -10,10 +10,14 @@ BIN := $(CACHE)/bin
 MINIO_MODULE := github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
 MINIO_BIN ?= $(BIN)/minio
 
-.PHONY: test unit lint deps minio ffmpeg run-local clean
+.PHONY: test soak unit lint deps minio ffmpeg run-local clean
 
 test: deps minio ffmpeg lint
 	MINIO_BIN=$(MINIO_BIN) $(PY) -m pytest
+
+# The longer fault runs: a hundred random kills, three times.
+soak: deps minio
+	MINIO_BIN=$(MINIO_BIN) $(PY) -m pytest -m slow
 
 unit: deps
 	$(PY) -m pytest -m "not integration"

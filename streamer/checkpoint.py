@@ -6,6 +6,7 @@ Three databases:
   chunks   stream_id \\0 index   -> ChunkRecord (big-endian index, so a cursor walks in order)
   paths    path                 -> stream_id of the newest generation at that path
   inodes   device:inode         -> stream_id of the newest stream made from that file
+  active   stream_id            -> (nothing): the streams not finished yet
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class StreamState(enum.Enum):
     COMPLETE = "complete"  # ended, every byte in S3, and a playable MP4
     PARTIAL = "partial"  # ended, but not a finished MP4, or its file went away first
     INVALID = "invalid"  # ended, but not an MP4 at all: uploaded anyway
+    CANCELLED = "cancelled"  # stopped by an operator; not picked up again unless retried
 
     @property
     def finished(self) -> bool:
@@ -72,6 +74,7 @@ class StreamRecord(Struct, kw_only=True):
     # Revisions below this were used by chunks since dropped (the file shrank): never reuse.
     min_revision: int = 0
     head: bytes | None = None  # the file's first bytes as uploaded: another recording differs
+    cancel_requested: bool = False  # set by `streamer streams cancel`, acted on by the daemon
     first_upload_at: UTC | None = None
     last_upload_at: UTC | None = None
     total_size: int | None = None
@@ -114,6 +117,8 @@ class ChunkOutOfOrder(CheckpointError):
     pass
 
 
+DATABASES = (b"streams", b"chunks", b"paths", b"inodes", b"active")
+
 _encoder = msgspec.msgpack.Encoder()
 _stream_decoder = msgspec.msgpack.Decoder(StreamRecord)
 _chunk_decoder = msgspec.msgpack.Decoder(ChunkRecord)
@@ -148,7 +153,7 @@ class CheckpointStore:
             self._env = lmdb.open(
                 path,
                 map_size=map_size,
-                max_dbs=4,
+                max_dbs=8,
                 readonly=readonly,
                 lock=True,
                 sync=True,
@@ -158,10 +163,16 @@ class CheckpointStore:
             )
         except lmdb.Error as exc:
             raise CheckpointError(f"cannot open checkpoint store at {path}: {exc}") from None
-        self._streams = self._env.open_db(b"streams", create=not readonly)
-        self._chunks = self._env.open_db(b"chunks", create=not readonly)
-        self._paths = self._env.open_db(b"paths", create=not readonly)
-        self._inodes = self._env.open_db(b"inodes", create=not readonly)
+        try:
+            self._streams, self._chunks, self._paths, self._inodes, self._active = (
+                self._env.open_db(name, create=not readonly) for name in DATABASES
+            )
+        except lmdb.NotFoundError:
+            self._env.close()
+            raise CheckpointError(
+                f"checkpoint store at {path} lacks databases this version needs; "
+                "start `streamer run` once to add them"
+            ) from None
 
     def close(self) -> None:
         self._env.close()
@@ -196,6 +207,11 @@ class CheckpointStore:
                 if state is None or record.state is state:
                     yield record
 
+    def active_streams(self) -> list[StreamRecord]:
+        with self._read() as txn:
+            ids = [key for key, _ in txn.cursor(db=self._active)]
+            return [self._load(txn, stream_id.decode()) for stream_id in ids]
+
     def chunks(self, stream_id: str) -> list[ChunkRecord]:
         prefix = stream_id.encode() + b"\0"
         result = []
@@ -212,13 +228,9 @@ class CheckpointStore:
 
     def create_stream(self, record: StreamRecord) -> None:
         def write(txn):
-            if not txn.put(
-                record.stream_id.encode(),
-                _encoder.encode(record),
-                db=self._streams,
-                overwrite=False,
-            ):
+            if txn.get(record.stream_id.encode(), db=self._streams) is not None:
                 raise CheckpointError(f"stream {record.stream_id} exists already")
+            self._save(txn, record)
             txn.put(_path_key(record.path), record.stream_id.encode(), db=self._paths)
             txn.put(
                 _inode_key(record.device, record.inode), record.stream_id.encode(), db=self._inodes
@@ -303,7 +315,12 @@ class CheckpointStore:
         return _stream_decoder.decode(value)
 
     def _save(self, txn, record: StreamRecord) -> None:
-        txn.put(record.stream_id.encode(), _encoder.encode(record), db=self._streams)
+        key = record.stream_id.encode()
+        txn.put(key, _encoder.encode(record), db=self._streams)
+        if record.state is StreamState.ACTIVE:
+            txn.put(key, b"", db=self._active)
+        else:
+            txn.delete(key, db=self._active)
 
     def _read(self):
         try:

@@ -40,6 +40,10 @@ class Layout:
         return f"{self.stream_prefix(stream_id)}metadata.json"
 
 
+class BucketMissing(Exception):
+    """The bucket is not there, and streamer may not create it."""
+
+
 @dataclass(frozen=True)
 class StoredObject:
     size: int
@@ -67,13 +71,18 @@ class ChunkStore:
             http_client=http,
         )
 
-    def ensure_bucket(self) -> None:
-        if not self._client.bucket_exists(self.bucket):
-            try:
-                self._client.make_bucket(self.bucket)
-            except S3Error as exc:
-                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
+    def ensure_bucket(self, create: bool) -> None:
+        if self._client.bucket_exists(self.bucket):
+            return
+        if not create:
+            raise BucketMissing(
+                f"bucket {self.bucket!r} does not exist and s3.create_bucket is off"
+            )
+        try:
+            self._client.make_bucket(self.bucket)
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
 
     def put(self, key: str, data: bytes, sha256: str, content_type: str) -> str:
         """Upload `data` in one PUT and return its ETag."""

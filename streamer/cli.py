@@ -1,17 +1,38 @@
-"""The `streamer` command: run the daemon."""
+"""The `streamer` command: run the daemon, and inspect or act on its streams."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 
 import click
+import msgspec
 
 from streamer import __version__, config, logs
+from streamer.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    StreamRecord,
+    StreamState,
+    UnknownStream,
+)
 
 EXIT_CONFIG = 2
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    envvar="STREAMER_CONFIG",
+    metavar="PATH",
+    type=click.Path(dir_okay=False),
+    help="JSON config file (env STREAMER_CONFIG). Without it: defaults and "
+    "STREAMER_<SECTION>_<KEY> environment variables.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,15 +42,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    envvar="STREAMER_CONFIG",
-    metavar="PATH",
-    type=click.Path(dir_okay=False),
-    help="JSON config file (env STREAMER_CONFIG). Without it: defaults and "
-    "STREAMER_<SECTION>_<KEY> environment variables.",
-)
+@config_option
 def run(config_path: str | None) -> None:
     """Watch the directory and upload every recording in it, until SIGTERM or SIGINT.
 
@@ -45,12 +58,144 @@ def run(config_path: str | None) -> None:
     sys.exit(Supervisor(cfg).run())
 
 
+@main.group()
+def streams() -> None:
+    """Inspect and act on streams. Safe while the daemon runs: it reads the same
+    checkpoint store, which serialises writers."""
+
+
+@streams.command("list")
+@config_option
+@click.option(
+    "--state", type=click.Choice([s.value for s in StreamState]), help="Only streams in this state."
+)
+@json_option
+def list_streams(config_path: str | None, state: str | None, as_json: bool) -> None:
+    """One line per stream: id, state, bytes uploaded, chunks, last upload, file."""
+    with open_store(config_path, readonly=True) as store:
+        records = [r for r in store.streams() if state is None or r.state.value == state]
+    if as_json:
+        click.echo(msgspec.json.encode([_summary(r) for r in records]))
+        return
+    click.echo(f"{'STREAM':<40} {'STATE':<9} {'UPLOADED':>12} {'CHUNKS':>6}  LAST UPLOAD  PATH")
+    for r in records:
+        last = r.last_upload_at.strftime("%Y-%m-%dT%H:%M:%SZ") if r.last_upload_at else "-"
+        click.echo(
+            f"{r.stream_id:<40} {r.state.value:<9} {r.committed_bytes:>12} {r.chunk_count:>6}  "
+            f"{last:<11}  {r.path}"
+        )
+
+
+@streams.command("show")
+@config_option
+@click.argument("stream_id")
+@json_option
+def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
+    """The stream's full checkpoint, with its chunk table."""
+    with open_store(config_path, readonly=True) as store:
+        record = get_or_exit(store, stream_id)
+        chunks = store.chunks(stream_id)
+    if as_json:
+        click.echo(msgspec.json.encode({**_summary(record), "record": record, "chunks": chunks}))
+        return
+    for key, value in _summary(record).items():
+        click.echo(f"{key:<16} {value}")
+    click.echo(f"\n{'INDEX':>6} {'REV':>3} {'OFFSET':>12} {'SIZE':>10}  SHA256")
+    for c in chunks:
+        click.echo(f"{c.index:>6} {c.revision:>3} {c.offset:>12} {c.size:>10}  {c.sha256}")
+
+
+@streams.command("cancel")
+@config_option
+@click.argument("stream_id")
+def cancel_stream(config_path: str | None, stream_id: str) -> None:
+    """Stop uploading a stream; what is in S3 stays, and it is finished as cancelled.
+    It is not picked up again unless retried."""
+    with open_store(config_path) as store:
+        record = get_or_exit(store, stream_id)
+        if record.state is not StreamState.ACTIVE:
+            fail(f"stream {stream_id} is {record.state.value} already: nothing to cancel")
+        store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, cancel_requested=True))
+    click.echo(f"{stream_id}: cancel requested; the daemon finishes it as cancelled")
+
+
+@streams.command("retry")
+@config_option
+@click.argument("stream_id")
+def retry_stream(config_path: str | None, stream_id: str) -> None:
+    """Put a cancelled or partial stream back to work: the daemon resumes it where it was,
+    if its file is still there."""
+    with open_store(config_path) as store:
+        record = get_or_exit(store, stream_id)
+        if record.state not in (StreamState.CANCELLED, StreamState.PARTIAL):
+            fail(
+                f"stream {stream_id} is {record.state.value}: only cancelled or partial "
+                "streams can be retried"
+            )
+        store.update_stream(
+            stream_id,
+            lambda r: msgspec.structs.replace(
+                r,
+                state=StreamState.ACTIVE,
+                cancel_requested=False,
+                status_reason=None,
+                completed_at=None,
+            ),
+        )
+    click.echo(f"{stream_id}: back to active; the daemon resumes it at its next scan")
+
+
 def load_or_exit(config_path: str | None) -> config.Config:
     try:
         return config.load(config_path)
     except config.ConfigError as exc:
         click.echo(f"streamer: invalid configuration: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
+
+
+@contextlib.contextmanager
+def open_store(config_path: str | None, readonly: bool = False) -> Iterator[CheckpointStore]:
+    cfg = load_or_exit(config_path)
+    path = cfg.checkpoint.path
+    if not os.path.exists(os.path.join(path, "data.mdb")):
+        fail(f"no checkpoint store at {path} (checkpoint.path): has streamer run here?")
+    try:
+        store = CheckpointStore(path, cfg.checkpoint.map_size, readonly=readonly)
+    except CheckpointError as exc:
+        fail(str(exc))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def get_or_exit(store: CheckpointStore, stream_id: str) -> StreamRecord:
+    try:
+        return store.get_stream(stream_id)
+    except UnknownStream:
+        fail(f"no stream {stream_id!r}; `streamer streams list` shows them")
+
+
+def fail(message: str) -> None:
+    click.echo(f"streamer: {message}", err=True)
+    sys.exit(1)
+
+
+def _summary(r: StreamRecord) -> dict:
+    return {
+        "stream_id": r.stream_id,
+        "state": r.state.value,
+        "reason": r.status_reason,
+        "path": r.path,
+        "uploaded_bytes": r.committed_bytes,
+        "total_size": r.total_size,
+        "chunks": r.chunk_count,
+        "reuploaded_chunks": r.reuploaded_chunks,
+        "first_seen_at": r.first_seen_at,
+        "last_upload_at": r.last_upload_at,
+        "completed_at": r.completed_at,
+        "cancel_requested": r.cancel_requested,
+    }
 
 
 def prepare_metrics_dir() -> None:

@@ -49,6 +49,9 @@ class S3Config(Section):
     secure: bool = False
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 60.0
+    retry_base: Seconds = 0.5
+    retry_cap: Seconds = 30.0
+    create_bucket: bool = True
 
 
 class CheckpointConfig(Section):

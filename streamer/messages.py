@@ -48,10 +48,12 @@ class Moved(Message):
 
 
 class Abandon(Message):
-    """The stream's file is gone (deleted or replaced): finish it as partial with what S3 has."""
+    """Stop the stream and finish it with what S3 has, as `status`: its file is gone
+    (partial), or an operator cancelled it (cancelled)."""
 
     stream_id: str
     reason: str
+    status: str = "partial"
 
 
 class Stop(Message):

@@ -64,6 +64,33 @@ def backoff_delay(
     return rand() * min(cap, base * 2 ** min(attempt, 32))
 
 
+# S3 error codes worth retrying at once: the server is busy, restarting or timed out.
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+        "XMinioServerNotInitialized",
+        "XMinioStorageFull",
+    }
+)
+
+
+def is_rejection(status: int, code: str | None) -> bool:
+    """Did S3 refuse the request for a reason retrying soon cannot fix (credentials, access,
+    a missing bucket)? Such errors are still retried, but slowly."""
+    return status < 500 and code not in TRANSIENT_CODES
+
+
+def retry_delay(
+    attempt: int, rejected: bool, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Backoff with full jitter; a rejection waits the whole cap, never in a hot loop."""
+    return cap if rejected else backoff_delay(attempt, base, cap, rand)
+
+
 def final_status(facts: Mp4Facts) -> tuple[StreamState, str | None]:
     """What a stream that ended with these bytes is: complete, partial, or invalid."""
     if not facts.is_mp4:

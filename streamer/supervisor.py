@@ -70,10 +70,11 @@ class Tracked:
     owner: int
     told_size: int
     phase: Phase = Phase.UPLOADING
-    reason: str = ""  # why it is being abandoned
+    abandon: Abandon | None = None  # what its uploader was told, once it is abandoning
 
     def is_at(self, file: FileStat) -> bool:
-        """Is `file` this stream's file (perhaps under another name)?"""
+        """Could `file` be this stream's file under another name? (Its inode, at least: a
+        deleted file's inode number is soon given to a new file.)"""
         return self.phase is not Phase.ABANDONING and file.same_file(self.file)
 
     def move_to(self, phase: Phase) -> None:
@@ -124,6 +125,7 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.exit_code: int | None = None
         self.next_rescan = 0.0
+        self.next_request_check = 0.0
 
     # Life
 
@@ -165,7 +167,6 @@ class Supervisor:
             )
         self.watcher.open()
         self.rescan(self.clock())
-        self.abandon_missing(self.clock())
 
     def loop(self, now: float) -> None:
         for ready in self.sleep():
@@ -179,6 +180,9 @@ class Supervisor:
         if self.stop_deadline is None:
             if now >= self.next_rescan:
                 self.rescan(now)
+            if now >= self.next_request_check:
+                self.next_request_check = now + TICK
+                self.check_cancellations()
             self.finish_idle_streams(now)
         else:
             self.check_stop(now)
@@ -396,8 +400,18 @@ class Supervisor:
         if batch.overflow:
             self.log.warning("inotify_overflow")
             self.rescan(now)
+        for path in batch.deleted:
+            self.forget_deleted(path)
         for path in batch.paths:
             self.observe_safely(path, now)
+
+    def forget_deleted(self, path: str) -> None:
+        tracked = self.streams.get(self.paths.get(path, ""))
+        if tracked is None:
+            return
+        file = self.watcher.stat(path)
+        if file is None or not file.same_file(tracked.file):
+            self.abandon(tracked, "deleted before it finished")
 
     def rescan(self, now: float) -> None:
         self.next_rescan = now + self.config.watch.rescan_interval
@@ -408,6 +422,7 @@ class Supervisor:
             return
         for path in found.keys() | self.paths.keys():
             self.observe_safely(path, now, found.get(path))
+        self.adopt_untracked(now)
 
     def observe_safely(self, path: str, now: float, file: FileStat | None = None) -> None:
         """One odd file must never stop the daemon: log it and go on with the others."""
@@ -427,7 +442,7 @@ class Supervisor:
             return
         if tracked is None:
             moved = next((t for t in self.streams.values() if t.is_at(file)), None)
-            if moved:
+            if moved and self.still_the_recording(moved.stream_id, file):
                 self.move(moved, file, now)
             elif self.watcher.matches(os.path.basename(path)) and self.settled.get(
                 path
@@ -445,12 +460,20 @@ class Supervisor:
         """Its path no longer holds its file: follow the file if it was renamed within the
         directory, else finish the stream with what S3 has."""
         found = self.watcher.find(tracked.file.inode, tracked.file.device)
-        if found is not None:
+        if found is not None and self.still_the_recording(tracked.stream_id, found):
             self.move(tracked, found, now)
         elif os.path.lexists(tracked.file.path):
             self.abandon(tracked, "replaced by another file before it finished")
         else:
             self.abandon(tracked, "deleted before it finished")
+
+    def still_the_recording(self, stream_id: str, file: FileStat) -> bool:
+        """A renamed recording keeps what was uploaded of it: at least as many bytes, and the
+        same first bytes. A new file that merely reuses a deleted file's inode does not."""
+        record = self.store.get_stream(stream_id)
+        return file.size >= record.committed_bytes and not self.watcher.head_changed(
+            file.path, record.head
+        )
 
     def move(self, tracked: Tracked, file: FileStat, now: float) -> None:
         displaced = self.streams.get(self.paths.get(file.path, ""))
@@ -468,15 +491,19 @@ class Supervisor:
         )
         self.tell_owner(tracked, Moved(stream_id=tracked.stream_id))
 
-    def abandon(self, tracked: Tracked, reason: str) -> None:
+    def abandon(self, tracked: Tracked, reason: str, status: str = "partial") -> None:
         if self.paths.get(tracked.file.path) == tracked.stream_id:
             del self.paths[tracked.file.path]
         tracked.move_to(Phase.ABANDONING)
-        tracked.reason = reason
+        tracked.abandon = Abandon(stream_id=tracked.stream_id, reason=reason, status=status)
         self.log.warning(
-            "stream_lost", stream_id=tracked.stream_id, path=tracked.file.path, reason=reason
+            "stream_lost",
+            stream_id=tracked.stream_id,
+            path=tracked.file.path,
+            reason=reason,
+            status=status,
         )
-        self.tell_owner(tracked, Abandon(stream_id=tracked.stream_id, reason=reason))
+        self.tell_owner(tracked, tracked.abandon)
 
     def discover(self, file: FileStat, now: float) -> None:
         """A file no tracked stream owns: an unfinished stream from before a restart, a
@@ -484,6 +511,9 @@ class Supervisor:
         record = self.store.stream_at(file.path)
         if record is None or not file.is_of(record):
             record = self.store.stream_with_inode(file.device, file.inode)
+            active = record is not None and record.state is StreamState.ACTIVE
+            if active and not self.still_the_recording(record.stream_id, file):
+                record = None
         if record is not None and file.is_of(record):
             if record.state is StreamState.ACTIVE:
                 if record.path != file.path:
@@ -493,7 +523,10 @@ class Supervisor:
                     self.abandon(tracked, REWRITTEN)
                     self.start_stream(file.path, now)
                 return
-            if (record.total_size, record.mtime_ns) == (file.size, file.mtime_ns):
+            if record.state is StreamState.CANCELLED or (record.total_size, record.mtime_ns) == (
+                file.size,
+                file.mtime_ns,
+            ):
                 if record.path != file.path:
                     self.store.move_stream(record.stream_id, file.path)
                 self.settled[file.path] = _identity(file)
@@ -506,13 +539,29 @@ class Supervisor:
         if file is not None:
             self.track(self.new_stream(file), file, now, "stream_discovered")
 
-    def abandon_missing(self, now: float) -> None:
-        """Unfinished streams whose files went away while streamer was not running."""
-        for record in self.store.streams(StreamState.ACTIVE):
+    def adopt_untracked(self, now: float) -> None:
+        """Unfinished streams no one is working on: from before a restart (their files may
+        have gone meanwhile), or put back by `streamer streams retry`."""
+        for record in self.store.active_streams():
+            if record.stream_id in self.streams:
+                continue
+            file = self.watcher.stat(record.path)
+            if file is None or not file.is_of(record):
+                file = self.watcher.find(record.inode, record.device)
+            if file is not None:
+                self.settled.pop(file.path, None)
+                self.discover(file, now)
             if record.stream_id not in self.streams:
-                file = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
-                tracked = self.track(record, file, now, "stream_resumed")
+                gone = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
+                tracked = self.track(record, gone, now, "stream_resumed")
                 self.abandon(tracked, "deleted before it finished")
+
+    def check_cancellations(self) -> None:
+        for tracked in list(self.streams.values()):
+            if tracked.phase is Phase.ABANDONING:
+                continue
+            if self.store.get_stream(tracked.stream_id).cancel_requested:
+                self.abandon(tracked, "cancelled by an operator", StreamState.CANCELLED.value)
 
     def new_stream(self, file: FileStat) -> StreamRecord:
         first_seen = datetime.now(UTC)
@@ -563,8 +612,8 @@ class Supervisor:
             tracked.changed_at = now
         self.workers[tracked.owner].streams.add(tracked.stream_id)
         self.tell_owner(tracked, Assign(stream_id=tracked.stream_id))
-        if tracked.phase is Phase.ABANDONING:
-            self.tell_owner(tracked, Abandon(stream_id=tracked.stream_id, reason=tracked.reason))
+        if tracked.abandon is not None:
+            self.tell_owner(tracked, tracked.abandon)
 
     def tell_owner(self, tracked: Tracked, message) -> None:
         self.workers[tracked.owner].send(message)

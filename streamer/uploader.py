@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import msgspec
 import urllib3
-from minio.error import MinioException
+from minio.error import MinioException, S3Error
 
 from streamer import logs, manifest, metrics, mp4, naming
 from streamer.checkpoint import (
@@ -29,7 +29,7 @@ from streamer.checkpoint import (
     StreamRecord,
     StreamState,
 )
-from streamer.chunkstore import ChunkStore
+from streamer.chunkstore import BucketMissing, ChunkStore
 from streamer.config import Config
 from streamer.messages import (
     Abandon,
@@ -48,9 +48,10 @@ from streamer.policy import (
     UploadChunk,
     Wait,
     assembly_method,
-    backoff_delay,
     final_status,
+    is_rejection,
     next_step,
+    retry_delay,
 )
 from streamer.watcher import HEAD_SIZE, Watcher
 
@@ -58,14 +59,11 @@ from streamer.watcher import HEAD_SIZE, Watcher
 EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # cannot start at all: restarting would only fail again
 
-RETRY_BASE = 0.5
-RETRY_CAP = 30.0
 IDLE_WAIT = 1.0
 PR_SET_PDEATHSIG = 1
 FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-# What a failed upload step may raise: S3 and HTTP trouble, and file trouble.
-TRANSIENT = (MinioException, urllib3.exceptions.HTTPError, OSError)
+REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
 
 
 class SourceChanged(Exception):
@@ -80,7 +78,8 @@ class Job:
     finish: Finish | None = None
     waiting: bool = False  # nothing to do until the supervisor says the file changed
     probe: bool = True  # the next chunk may be in S3 already from before a restart
-    abandon: str | None = None  # why the file is gone, once the supervisor says so
+    # Why to stop it, and as what, once the supervisor says so (file gone, or cancelled).
+    abandon: tuple[str, StreamState] | None = None
     shrank: bool = False
     attempt: int = 0
     retry_at: float = 0.0
@@ -187,9 +186,11 @@ class Uploader:
                 job.record = self.store.get_stream(stream_id)
                 job.retry_at = 0.0
                 job.wake()
-            case Abandon(stream_id=stream_id, reason=reason) if stream_id in self.jobs:
+            case Abandon(stream_id=stream_id, reason=reason, status=status) if (
+                stream_id in self.jobs
+            ):
                 job = self.jobs[stream_id]
-                job.abandon = reason
+                job.abandon = (reason, StreamState(status))
                 job.retry_at = 0.0
                 job.wake()
             case Stop():
@@ -218,38 +219,38 @@ class Uploader:
         try:
             self.step(job)
             job.attempt = 0
-        except (SourceChanged, *TRANSIENT) as exc:
-            delay = backoff_delay(job.attempt, RETRY_BASE, RETRY_CAP)
-            job.attempt += 1
-            job.retry_at = now + delay
-            metrics.UPLOAD_ERRORS.labels(kind=type(exc).__name__).inc()
-            self.log.warning(
-                "upload_retry",
-                **job.log_fields,
-                error=_describe(exc),
-                attempt=job.attempt,
-                delay=round(delay, 3),
-            )
         except Exception as exc:
-            # A bug or a file we cannot handle: this stream waits, the others go on.
-            job.attempt += 1
-            job.retry_at = now + RETRY_CAP
-            metrics.UPLOAD_ERRORS.labels(kind=type(exc).__name__).inc()
-            self.log.error(
-                "stream_failed",
-                **job.log_fields,
-                error=_describe(exc),
-                traceback=traceback.format_exc(limit=5),
-                attempt=job.attempt,
-                delay=RETRY_CAP,
-            )
+            self.retry_later(job, exc, now)
+
+    def retry_later(self, job: Job, exc: Exception, now: float) -> None:
+        """Every error is retried, for ever: a stream is never given up because S3 or the
+        file was away. Only how soon, and how loudly, depends on the error."""
+        kind = _classify(exc)
+        s3 = self.config.s3
+        delay = retry_delay(job.attempt, kind != "transient", s3.retry_base, s3.retry_cap)
+        job.attempt += 1
+        job.retry_at = now + delay
+        metrics.UPLOAD_ERRORS.labels(kind=type(exc).__name__).inc()
+        fields = {
+            **job.log_fields,
+            "error": _describe(exc),
+            "attempt": job.attempt,
+            "delay": round(delay, 3),
+        }
+        if kind == "transient":
+            self.log.warning("upload_retry", **fields)
+        elif kind == "rejected":
+            self.log.error("s3_rejected", **fields, hint=REJECTED_HINT)
+        else:
+            # A bug, or a file we cannot handle: this stream waits, the others go on.
+            self.log.error("stream_failed", **fields, traceback=traceback.format_exc(limit=5))
 
     def step(self, job: Job) -> None:
         if not self.bucket_ready:
-            self.s3.ensure_bucket()
+            self.s3.ensure_bucket(self.config.s3.create_bucket)
             self.bucket_ready = True
         if job.abandon is not None:
-            self.abandon(job, job.abandon)
+            self.abandon(job, *job.abandon)
             return
         record = job.record
         size = _file_size(record)
@@ -361,8 +362,9 @@ class Uploader:
             assembled=assembled,
         )
 
-    def abandon(self, job: Job, reason: str) -> None:
-        """The file is gone: what S3 has is what the stream is."""
+    def abandon(self, job: Job, reason: str, state: StreamState) -> None:
+        """The file is gone, or an operator cancelled the stream: what S3 has is what the
+        stream is."""
         self.log.warning(
             "stream_abandoned",
             **job.log_fields,
@@ -371,7 +373,7 @@ class Uploader:
         )
         self.conclude(
             job,
-            state=StreamState.PARTIAL,
+            state=state,
             status_reason=reason,
             total_size=job.record.committed_bytes,
         )
@@ -528,6 +530,19 @@ def _read_range(record: StreamRecord, offset: int, size: int) -> bytes:
         return parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
         os.close(fd)
+
+
+def _classify(exc: Exception) -> str:
+    """'transient' (S3 or the network or the file was away), 'rejected' (S3 said no, for a
+    reason that persists), or 'failed' (anything else)."""
+    if isinstance(exc, S3Error):
+        status = exc.response.status if exc.response is not None else 500
+        return "rejected" if is_rejection(status, exc.code) else "transient"
+    if isinstance(exc, BucketMissing):
+        return "rejected"
+    if isinstance(exc, SourceChanged | MinioException | urllib3.exceptions.HTTPError | OSError):
+        return "transient"
+    return "failed"
 
 
 def _utcnow() -> datetime:

@@ -42,9 +42,11 @@ class FileStat:
 @dataclass(frozen=True)
 class Batch:
     """What one read of the inotify queue said: paths to look at again (whatever their
-    name: a stream's file may be renamed to anything), and whether events were lost."""
+    name: a stream's file may be renamed to anything), paths whose file was unlinked, and
+    whether events were lost."""
 
     paths: frozenset[str]
+    deleted: frozenset[str]
     overflow: bool
 
 
@@ -70,7 +72,10 @@ class Watcher:
         events = self._inotify.read(timeout=0)
         overflow = any(e.mask & F.Q_OVERFLOW for e in events)
         paths = frozenset(os.path.join(self.directory, e.name) for e in events if e.name)
-        return Batch(paths=paths, overflow=overflow)
+        deleted = frozenset(
+            os.path.join(self.directory, e.name) for e in events if e.name and e.mask & F.DELETE
+        )
+        return Batch(paths=paths, deleted=deleted, overflow=overflow)
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name.lower(), self._pattern)

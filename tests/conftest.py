@@ -50,6 +50,7 @@ def sha256_file(path) -> str:
 
 class MinioServer:
     def __init__(self, binary: str, data_dir: Path):
+        self.binary, self.data_dir = binary, data_dir
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         env = {
@@ -58,15 +59,19 @@ class MinioServer:
             "MINIO_ROOT_PASSWORD": SECRET_KEY,
             "MINIO_BROWSER": "off",
         }
-        with open(data_dir.parent / "minio.log", "wb") as log:
+        self.env = env
+        self.start()
+        self.client = Minio(self.endpoint, ACCESS_KEY, SECRET_KEY, secure=False, region="us-east-1")
+
+    def start(self) -> None:
+        with open(self.data_dir.parent / "minio.log", "ab") as log:
             self.process = subprocess.Popen(
-                [binary, "server", str(data_dir), "--address", self.endpoint, "--quiet"],
-                env=env,
+                [self.binary, "server", str(self.data_dir), "--address", self.endpoint, "--quiet"],
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         wait_until(self._live, 30, what="MinIO to start")
-        self.client = Minio(self.endpoint, ACCESS_KEY, SECRET_KEY, secure=False, region="us-east-1")
 
     def _live(self) -> bool:
         try:
@@ -80,12 +85,16 @@ class MinioServer:
         self.process.wait(10)
 
 
-@pytest.fixture(scope="session")
-def minio(tmp_path_factory):
+def minio_binary() -> str:
     binary = os.environ.get("MINIO_BIN") or shutil.which("minio")
     if not binary or not os.access(binary, os.X_OK):
         pytest.fail("no MinIO server binary: run `make minio` or set MINIO_BIN")
-    server = MinioServer(binary, tmp_path_factory.mktemp("minio") / "data")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def minio(tmp_path_factory):
+    server = MinioServer(minio_binary(), tmp_path_factory.mktemp("minio") / "data")
     yield server
     server.stop()
 
@@ -108,8 +117,9 @@ def ffmpeg() -> str:
 class Daemon:
     """`streamer run` as a real process, with its JSON log lines parsed as they come."""
 
-    def __init__(self, config_path: Path, log_path: Path, env: dict | None = None):
+    def __init__(self, config_path: Path, log_path: Path, env: dict | None = None, wrapper=()):
         self.config_path = config_path
+        self.wrapper = list(wrapper)
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(config_path.parent / "metrics")
@@ -120,7 +130,15 @@ class Daemon:
     def start(self) -> Daemon:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamer", "run", "--config", str(self.config_path)],
+                [
+                    *self.wrapper,
+                    sys.executable,
+                    "-m",
+                    "streamer",
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -184,7 +202,7 @@ def make_daemon(tmp_path, minio, bucket):
     watch = tmp_path / "input"
     watch.mkdir()
 
-    def make(**overrides) -> Daemon:
+    def make(wrapper=(), env=None, **overrides) -> Daemon:
         config = {
             "watch": {"directory": str(watch), "rescan_interval": 2},
             "stream": {"chunk_size": 64 * 1024, "idle_timeout": 2},
@@ -207,7 +225,7 @@ def make_daemon(tmp_path, minio, bucket):
                 config[section] = values
         config_path = tmp_path / "config.json"
         config_path.write_text(json.dumps(config))
-        daemon = Daemon(config_path, tmp_path / "streamer.log")
+        daemon = Daemon(config_path, tmp_path / "streamer.log", env=env, wrapper=wrapper)
         daemon.watch = watch
         daemon.bucket = bucket
         daemons.append(daemon)

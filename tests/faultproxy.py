@@ -1,0 +1,121 @@
+"""A TCP proxy between streamer and MinIO that misbehaves on command.
+
+Modes: pass (forward), refuse (nothing listens: connection refused, open connections
+reset), reset (every connection reset), blackhole (connections, open or new, go silent:
+bytes are read and dropped, nothing is answered), throttle (forward at a byte rate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+
+
+class FaultProxy:
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.mode = "pass"
+        self.rate = 0  # bytes per second, in throttle mode
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self._stopped = False
+        self._listen()
+
+    def set(self, mode: str, rate: int = 0) -> None:
+        assert mode in ("pass", "refuse", "reset", "blackhole", "throttle")
+        with self._lock:
+            self.mode, self.rate = mode, rate
+            if mode in ("refuse", "reset"):
+                self._cut_all()
+        if mode == "refuse":
+            self._close_listener()
+        elif self._listener is None:
+            self._listen()
+
+    def close(self) -> None:
+        self._stopped = True
+        self._close_listener()
+        with self._lock:
+            self._cut_all()
+
+    def _listen(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._stopped:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            mode = self.mode
+            self._conns.append(client)
+        if mode == "reset":
+            _reset(client)
+            return
+        if mode == "blackhole":
+            with contextlib.suppress(OSError):
+                while client.recv(65536):
+                    pass
+            return
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=5)
+        except OSError:
+            _reset(client)
+            return
+        with self._lock:
+            self._conns.append(upstream)
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        self._pump(upstream, client)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536 if self.mode != "throttle" else 4096)
+                if not data:
+                    break
+                if self.mode == "blackhole":
+                    continue  # the line went silent: no reset, no answer
+                sink.sendall(data)
+                if self.mode == "throttle" and self.rate:
+                    time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def _cut_all(self) -> None:
+        for conn in self._conns:
+            _reset(conn)
+        self._conns.clear()
+
+
+def _reset(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()

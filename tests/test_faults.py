@@ -1,0 +1,394 @@
+"""Faults, for real: a misbehaving network between streamer and MinIO, MinIO itself going
+away, wrong credentials, an operator cancelling, and odd files in the directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import (
+    GrowingFile,
+    MinioServer,
+    manifest_of,
+    minio_binary,
+    reassemble,
+    sha256_file,
+    wait_until,
+)
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+FAST_RETRIES = {"connect_timeout": 1, "read_timeout": 2, "retry_base": 0.2, "retry_cap": 2}
+
+
+@pytest.fixture
+def proxy(minio):
+    proxy = FaultProxy(("127.0.0.1", minio.port))
+    yield proxy
+    proxy.close()
+
+
+def proxied(make_daemon, proxy, **overrides):
+    return make_daemon(s3={"endpoint": proxy.endpoint, **FAST_RETRIES}, **overrides)
+
+
+def assert_exact(minio, daemon, stream_id, path) -> dict:
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    data = reassemble(minio.client, daemon.bucket, manifest)
+    assert hashlib.sha256(data).hexdigest() == sha256_file(path) == manifest["sha256"]
+    assert [c["index"] for c in manifest["chunks"]] == list(range(manifest["chunk_count"]))
+    ends = [c["offset"] + c["size"] for c in manifest["chunks"]]
+    assert [c["offset"] for c in manifest["chunks"]] == [0, *ends[:-1]]
+    return manifest
+
+
+def test_a_silent_connection_is_given_up_within_the_read_timeout(make_daemon, minio, proxy):
+    daemon = proxied(make_daemon, proxy).start()
+    writer = GrowingFile(daemon.watch / "silent.mp4", total=1536 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    proxy.set("blackhole")
+    silenced = time.monotonic()
+    retry = daemon.wait_for("upload_retry", timeout=30)[0]
+    # read_timeout is 2 s; minio-py's own default would have waited 5 minutes.
+    assert time.monotonic() - silenced < 20
+    assert "timed out" in retry["error"].lower() or "timeout" in retry["error"].lower()
+    time.sleep(3)
+    proxy.set("pass")
+    writer.wait()
+    daemon.wait_for("stream_finished", timeout=60)
+    assert_exact(minio, daemon, stream_id, writer.path)
+
+
+def test_resets_and_refusals_are_retried_until_s3_is_back(make_daemon, minio, proxy):
+    daemon = proxied(make_daemon, proxy).start()
+    writer = GrowingFile(daemon.watch / "flaky.mp4", total=1536 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    proxy.set("reset")
+    daemon.wait_for("upload_retry", count=2, timeout=30)
+    proxy.set("refuse")
+    retries = len(daemon.find("upload_retry"))
+    refused = daemon.wait_for("upload_retry", count=retries + 2, timeout=30)
+    assert any("refused" in r["error"].lower() for r in refused[retries:])
+    proxy.set("pass")
+    writer.wait()
+    daemon.wait_for("stream_finished", timeout=60)
+    manifest = assert_exact(minio, daemon, stream_id, writer.path)
+    attempts = [r["attempt"] for r in daemon.find("upload_retry")]
+    assert max(attempts) >= 3, "the same step was retried, with backoff, several times"
+    assert manifest["status"] == "invalid"  # synthetic bytes: uploaded exactly all the same
+
+
+def test_a_throttled_link_still_delivers(make_daemon, minio, proxy):
+    proxy.set("throttle", rate=512 * KiB)
+    daemon = proxied(make_daemon, proxy).start()
+    writer = GrowingFile(daemon.watch / "thin.mp4", total=768 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    writer.wait()
+    daemon.wait_for("stream_finished", timeout=60)
+    assert_exact(minio, daemon, stream_id, writer.path)
+
+
+@pytest.fixture
+def own_minio(tmp_path):
+    (tmp_path / "own-minio").mkdir()
+    server = MinioServer(minio_binary(), tmp_path / "own-minio" / "data")
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def test_minio_stopped_mid_stream_and_started_again(make_daemon, own_minio):
+    own_minio.client.make_bucket("outage")
+    daemon = make_daemon(s3={"endpoint": own_minio.endpoint, "bucket": "outage", **FAST_RETRIES})
+    daemon.start()
+    writer = GrowingFile(daemon.watch / "outage.mp4", total=2048 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    own_minio.stop()
+    daemon.wait_for("upload_retry", count=2, timeout=30)
+    time.sleep(3)
+    own_minio.start()
+    writer.wait()
+    daemon.wait_for("stream_finished", timeout=60)
+    daemon.bucket = "outage"
+    assert_exact(own_minio, daemon, stream_id, writer.path)
+
+
+def test_wrong_credentials_are_a_clear_slow_error_and_the_secret_stays_secret(make_daemon, minio):
+    secret = "Sup3r-Secret-Value-for-the-test"
+    daemon = make_daemon(s3={"secret_key": secret, **FAST_RETRIES, "retry_cap": 3}).start()
+    (daemon.watch / "denied.mp4").write_bytes(b"z" * 100 * KiB)
+    rejected = daemon.wait_for("s3_rejected", count=2, timeout=30)
+    # A HEAD request's 403 has no body: minio-py names it AccessDenied.
+    codes = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied")
+    assert any(code in rejected[0]["error"] for code in codes)
+    assert all(r["delay"] == 3 for r in rejected), "rejections wait the full cap"
+    assert "check s3.access_key" in rejected[0]["hint"]
+    assert daemon.process.poll() is None
+    metrics_port = json.loads(daemon.config_path.read_text())["metrics"]["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        exposed = r.read().decode()
+    assert 'streamer_upload_errors_total{kind="S3Error"}' in exposed
+    stream_id = daemon.find("stream_discovered")[0]["stream_id"]
+    outputs = [
+        cli(daemon, *args)
+        for args in (
+            ("streams", "list"),
+            ("streams", "list", "--json"),
+            ("streams", "show", stream_id, "--json"),
+        )
+    ]
+    assert all(o.returncode == 0 for o in outputs)
+    assert daemon.stop() == 0
+    everything = [daemon.log_path.read_bytes(), exposed.encode()]
+    everything += [(o.stdout + o.stderr).encode() for o in outputs]
+    checkpoint = daemon.config_path.parent / "checkpoint"
+    everything += [p.read_bytes() for p in checkpoint.iterdir()]
+    for blob in everything:
+        assert secret.encode() not in blob
+
+
+def test_a_missing_bucket_that_may_not_be_created_is_reported(make_daemon, minio):
+    daemon = make_daemon(
+        s3={"bucket": "no-such-bucket-here", "create_bucket": False, **FAST_RETRIES}
+    ).start()
+    (daemon.watch / "nowhere.mp4").write_bytes(b"n" * 10 * KiB)
+    rejected = daemon.wait_for("s3_rejected", timeout=30)[0]
+    assert "does not exist and s3.create_bucket is off" in rejected["error"]
+    assert not minio.client.bucket_exists("no-such-bucket-here")
+
+
+def cli(daemon, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args, "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_an_operator_cancels_a_stream_and_retries_it(make_daemon, minio):
+    daemon = make_daemon().start()
+    writer = GrowingFile(daemon.watch / "cancel.mp4", total=3072 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    result = cli(daemon, "streams", "cancel", stream_id)
+    assert result.returncode == 0, result.stderr
+    event = daemon.wait_for("stream_finished", timeout=30)[0]
+    assert event["status"] == "cancelled"
+    uploaded = len(daemon.find("chunk_uploaded"))
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    assert manifest["status_reason"] == "cancelled by an operator"
+    assert manifest["chunk_count"] == uploaded
+
+    time.sleep(3)  # the file keeps growing: it is not picked up again
+    assert len(daemon.find("chunk_uploaded")) == uploaded
+    assert len(daemon.find("stream_discovered")) == 1
+    assert cli(daemon, "streams", "cancel", stream_id).returncode == 1
+
+    assert cli(daemon, "streams", "retry", stream_id).returncode == 0
+    writer.wait()
+    daemon.wait_for("stream_finished", count=2, timeout=60)
+    assert_exact(minio, daemon, stream_id, writer.path)
+    uploaded_indices = [e["index"] for e in daemon.find("chunk_uploaded")]
+    assert len(uploaded_indices) == len(set(uploaded_indices)), "retry resumed, not restarted"
+
+
+def test_streams_list_and_show(make_daemon, minio):
+    daemon = make_daemon().start()
+    (daemon.watch / "listed.mp4").write_bytes(b"l" * 70 * KiB)
+    stream_id = daemon.wait_for("stream_finished")[0]["stream_id"]
+    listing = cli(daemon, "streams", "list", "--json")
+    rows = json.loads(listing.stdout)
+    assert [(r["stream_id"], r["state"], r["uploaded_bytes"]) for r in rows] == [
+        (stream_id, "invalid", 70 * KiB)
+    ]
+    shown = cli(daemon, "streams", "show", stream_id)
+    assert shown.returncode == 0 and "65536" in shown.stdout and stream_id in shown.stdout
+    missing = cli(daemon, "streams", "show", "nope")
+    assert missing.returncode == 1 and "no stream 'nope'" in missing.stderr
+
+
+# Odd files in the directory: each has a defined outcome, and the other streams go on.
+
+
+def with_a_good_stream(daemon):
+    good = GrowingFile(daemon.watch / "good.mp4", total=256 * KiB, rate=512 * KiB).start()
+    return good
+
+
+def finished_stream(daemon, name_prefix: str) -> dict:
+    return wait_until(
+        lambda: [
+            e for e in daemon.find("stream_finished") if e["stream_id"].startswith(name_prefix)
+        ],
+        30,
+        what=f"{name_prefix}* to finish",
+    )[0]
+
+
+def good_stream_finished(minio, daemon, good) -> None:
+    good.wait()
+    assert_exact(minio, daemon, finished_stream(daemon, "good-")["stream_id"], good.path)
+
+
+def test_a_zero_byte_file_is_finished_as_invalid(make_daemon, minio):
+    daemon = make_daemon().start()
+    (daemon.watch / "empty.mp4").touch()
+    good = with_a_good_stream(daemon)
+    event = finished_stream(daemon, "empty-")
+    manifest = manifest_of(minio.client, daemon.bucket, event["stream_id"])
+    assert (manifest["status"], manifest["total_size"], manifest["chunks"]) == ("invalid", 0, [])
+    assert manifest["sha256"] == hashlib.sha256(b"").hexdigest()
+    good_stream_finished(minio, daemon, good)
+
+
+def test_directories_and_symlinks_named_like_recordings_are_ignored(make_daemon, minio, tmp_path):
+    daemon = make_daemon().start()
+    (daemon.watch / "folder.mp4").mkdir()
+    target = tmp_path / "outside.mp4"
+    target.write_bytes(b"outside the watch directory" * 100)
+    (daemon.watch / "link.mp4").symlink_to(target)
+    good = with_a_good_stream(daemon)
+    good_stream_finished(minio, daemon, good)
+    time.sleep(2.5)  # a rescan has passed
+    assert [e["path"] for e in daemon.find("stream_discovered")] == [str(good.path)]
+
+
+def test_an_unreadable_file_is_reported_and_uploaded_once_readable(make_daemon, minio):
+    # Without CAP_DAC_OVERRIDE, root meets file permissions like any user.
+    daemon = make_daemon(
+        wrapper=["setpriv", "--bounding-set", "-dac_override,-dac_read_search"],
+        s3=FAST_RETRIES,
+    ).start()
+    locked = daemon.watch / "locked.mp4"
+    locked.write_bytes(b"k" * 100 * KiB)
+    locked.chmod(0)
+    good = with_a_good_stream(daemon)
+    retry = daemon.wait_for("upload_retry", timeout=30)[0]
+    assert "Permission denied" in retry["error"]
+    good_stream_finished(minio, daemon, good)
+    locked.chmod(0o644)
+    event = finished_stream(daemon, "locked-")
+    assert_exact(minio, daemon, event["stream_id"], locked)
+
+
+def test_a_file_created_and_removed_at_once_changes_nothing(make_daemon, minio):
+    daemon = make_daemon().start()
+    for n in range(20):
+        flash = daemon.watch / f"flash-{n}.mp4"
+        flash.write_bytes(b"f" * 1000)
+        flash.unlink()
+    good = with_a_good_stream(daemon)
+    good_stream_finished(minio, daemon, good)
+    time.sleep(2.5)
+    for event in daemon.find("stream_finished"):
+        if event["stream_id"].startswith("flash-"):
+            assert event["status"] == "partial"
+    assert daemon.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "with spaces.mp4",
+        "caméra-ünïcode.mp4",
+        "new\nline.mp4",
+        "..dots..mp4",
+        ".hidden.mp4",
+        "x" * 251 + ".mp4",
+    ],
+)
+def test_odd_names_get_safe_keys_inside_the_prefix(make_daemon, minio, name):
+    daemon = make_daemon().start()
+    path = daemon.watch / name
+    path.write_bytes(hashlib.shake_256(name.encode()).digest(100 * KiB))
+    event = daemon.wait_for("stream_finished", timeout=30)[0]
+    manifest = assert_exact(minio, daemon, event["stream_id"], path)
+    assert manifest["source"]["name"] == name
+    keys = [c["key"] for c in manifest["chunks"]] + [manifest["assembled"]["key"]]
+    for key in keys:
+        assert key.startswith(f"rec/{event['stream_id']}/")
+        assert all(c.isascii() and (c.isalnum() or c in "._-/") for c in key), key
+        assert "/../" not in key and "/./" not in key and "//" not in key
+
+
+def test_an_inotify_overflow_is_caught_by_a_rescan(make_daemon, minio):
+    limit = "/proc/sys/fs/inotify/max_queued_events"
+    with open(limit) as f:
+        saved = f.read().strip()
+    with open(limit, "w") as f:
+        f.write("16")  # read when the daemon's inotify instance is made
+    try:
+        daemon = make_daemon(watch={"rescan_interval": 3600}).start()
+    finally:
+        with open(limit, "w") as f:
+            f.write(saved)
+    os.kill(daemon.process.pid, 19)  # SIGSTOP: let events pile up unread
+    try:
+        for n in range(60):
+            (daemon.watch / f"burst-{n:02d}.mp4").write_bytes(b"b" * (1000 + n))
+    finally:
+        os.kill(daemon.process.pid, 18)  # SIGCONT
+    daemon.wait_for("inotify_overflow", timeout=10)
+    daemon.wait_for("stream_finished", count=60, timeout=90)
+    assert len({e["stream_id"] for e in daemon.find("stream_finished")}) == 60
+
+
+def test_ten_thousand_files_in_the_directory(make_daemon, minio):
+    daemon = make_daemon(stream={"assemble": False}, watch={"rescan_interval": 5})
+    for n in range(10_000):
+        (daemon.watch / f"many-{n:05d}.mp4").write_bytes(b"%05d" % n)
+    started = time.monotonic()
+    daemon.start()
+    daemon.wait_for("stream_finished", count=10_000, timeout=600)
+    elapsed = time.monotonic() - started
+    finished = daemon.find("stream_finished")
+    assert len({e["stream_id"] for e in finished}) == 10_000
+    listed = sum(1 for _ in minio.client.list_objects(daemon.bucket, prefix="rec/", recursive=True))
+    assert listed == 20_000  # one chunk and one metadata.json each
+    print(f"10,000 files uploaded in {elapsed:.0f} s")
+
+
+def _hold_the_store(path: str, read: bool) -> None:
+    from streamer.checkpoint import CheckpointStore
+
+    store = CheckpointStore(path, 1 << 20)
+    txn = store._env.begin() if read else None  # a reader slot, held until the process dies
+    if txn is not None:
+        txn.get(b"anything")
+    time.sleep(120)
+
+
+def test_stale_lmdb_readers_of_killed_processes_are_cleared_at_start(make_daemon):
+    import multiprocessing
+
+    daemon = make_daemon()
+    checkpoint = str(daemon.config_path.parent / "checkpoint")
+    fork = multiprocessing.get_context("fork")
+    # While any process has the environment open, a dead reader's slot stays taken.
+    keeper = fork.Process(target=_hold_the_store, args=(checkpoint, False))
+    reader = fork.Process(target=_hold_the_store, args=(checkpoint, True))
+    keeper.start()
+    reader.start()
+    try:
+        time.sleep(1)
+        os.kill(reader.pid, signal.SIGKILL)
+        reader.join()
+        daemon.start()
+        cleared = daemon.wait_for("stale_readers_cleared")[0]
+        assert cleared["count"] >= 1
+    finally:
+        keeper.kill()
+        keeper.join()
