@@ -7,6 +7,7 @@ Three databases:
   paths    path                 -> stream_id of the newest generation at that path
   inodes   device:inode         -> stream_id of the newest stream made from that file
   active   stream_id            -> (nothing): the streams not finished yet
+  meta     b"instance"          -> the name this host writes its keys under
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class ChunkOutOfOrder(CheckpointError):
     pass
 
 
-DATABASES = (b"streams", b"chunks", b"paths", b"inodes", b"active")
+DATABASES = (b"streams", b"chunks", b"paths", b"inodes", b"active", b"meta")
 
 _encoder = msgspec.msgpack.Encoder()
 _stream_decoder = msgspec.msgpack.Decoder(StreamRecord)
@@ -164,7 +165,7 @@ class CheckpointStore:
         except lmdb.Error as exc:
             raise CheckpointError(f"cannot open checkpoint store at {path}: {exc}") from None
         try:
-            self._streams, self._chunks, self._paths, self._inodes, self._active = (
+            self._streams, self._chunks, self._paths, self._inodes, self._active, self._meta = (
                 self._env.open_db(name, create=not readonly) for name in DATABASES
             )
         except lmdb.NotFoundError:
@@ -176,6 +177,25 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._env.close()
+
+    def claim_instance(self, wanted: str, default: str) -> str:
+        """The instance name, fixed at first start: `wanted` (or `default`) then, and
+        whatever was fixed ever after. A different `wanted` later is an error: the keys
+        already in S3 would no longer be found."""
+
+        def write(txn):
+            stored = txn.get(b"instance", db=self._meta)
+            if stored is None:
+                txn.put(b"instance", (wanted or default).encode(), db=self._meta)
+                return wanted or default
+            if wanted and wanted != stored.decode():
+                raise CheckpointError(
+                    f"instance is {wanted!r} in the configuration, but this checkpoint store "
+                    f"belongs to instance {stored.decode()!r}"
+                )
+            return stored.decode()
+
+        return self._write(write)
 
     def clear_stale_readers(self) -> int:
         return self._env.reader_check()
@@ -295,6 +315,29 @@ class CheckpointStore:
             return record
 
         return self._write(write)
+
+    def forget_stream(self, stream_id: str) -> None:
+        """Remove every trace of a stream: its file, if still there, is then a new stream."""
+
+        def write(txn):
+            record = self._load(txn, stream_id)
+            for i in range(record.chunk_count):
+                txn.delete(_chunk_key(stream_id, i), db=self._chunks)
+            for key, db in (
+                (_path_key(record.path), self._paths),
+                (_inode_key(record.device, record.inode), self._inodes),
+            ):
+                if txn.get(key, db=db) == stream_id.encode():
+                    txn.delete(key, db=db)
+            txn.delete(stream_id.encode(), db=self._active)
+            txn.delete(stream_id.encode(), db=self._streams)
+
+        self._write(write)
+
+    def instance(self) -> str | None:
+        with self._read() as txn:
+            stored = txn.get(b"instance", db=self._meta)
+            return stored.decode() if stored is not None else None
 
     def update_stream(
         self, stream_id: str, change: Callable[[StreamRecord], StreamRecord]

@@ -6,6 +6,7 @@ A ChunkStore holds a minio client and an HTTP pool; build it in the process that
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -24,10 +25,11 @@ SHA256_META = "sha256"
 @dataclass(frozen=True)
 class Layout:
     prefix: str
+    instance: str
 
     def stream_prefix(self, stream_id: str) -> str:
-        base = self.prefix.strip("/")
-        return f"{base}/{stream_id}/" if base else f"{stream_id}/"
+        parts = (self.prefix.strip("/"), self.instance, stream_id)
+        return "/".join(p for p in parts if p) + "/"
 
     def chunk_key(self, stream_id: str, index: int, revision: int = 0) -> str:
         suffix = f".r{revision}" if revision else ""
@@ -52,9 +54,9 @@ class StoredObject:
 
 
 class ChunkStore:
-    def __init__(self, config: S3Config):
+    def __init__(self, config: S3Config, instance: str):
         self.bucket = config.bucket
-        self.layout = Layout(config.prefix)
+        self.layout = Layout(config.prefix, instance)
         # Our own pool: minio-py's default waits 5 minutes and retries behind our back;
         # the uploader owns retries so it can log, count and cancel them.
         http = urllib3.PoolManager(
@@ -121,6 +123,18 @@ class ChunkStore:
             metadata={"Content-Type": content_type, SHA256_META: sha256},
         )
         return result.etag
+
+    def sha256_of(self, key: str) -> str:
+        """The sha256 of an object's bytes, read from S3."""
+        digest = hashlib.sha256()
+        response = self._client.get_object(self.bucket, key)
+        try:
+            for block in response.stream(1024 * 1024):
+                digest.update(block)
+        finally:
+            response.close()
+            response.release_conn()
+        return digest.hexdigest()
 
     def stat(self, key: str) -> StoredObject | None:
         try:

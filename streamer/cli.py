@@ -1,9 +1,10 @@
-"""The `streamer` command: run the daemon, and inspect or act on its streams."""
+"""The `streamer` command: run the daemon; inspect, verify and act on its streams."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import sys
 import tempfile
@@ -143,6 +144,149 @@ def retry_stream(config_path: str | None, stream_id: str) -> None:
             ),
         )
     click.echo(f"{stream_id}: back to active; the daemon resumes it at its next scan")
+
+
+@streams.command("forget")
+@config_option
+@click.argument("stream_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def forget_stream(config_path: str | None, stream_id: str, yes: bool) -> None:
+    """Remove a finished stream from the checkpoint store. Its objects stay in S3; its file,
+    if still in the directory, is uploaded again as a new stream after the next restart."""
+    with open_store(config_path) as store:
+        record = get_or_exit(store, stream_id)
+        if record.state is StreamState.ACTIVE:
+            fail(f"stream {stream_id} is active: cancel it first")
+        if not yes:
+            click.confirm(f"Forget stream {stream_id} ({record.path})?", abort=True)
+        store.forget_stream(stream_id)
+    click.echo(f"{stream_id}: forgotten")
+
+
+@main.command()
+@config_option
+@json_option
+def status(config_path: str | None, as_json: bool) -> None:
+    """One screen: streams by state, and how far each unfinished stream has got."""
+    with open_store(config_path, readonly=True) as store:
+        records = list(store.streams())
+    counts = {s.value: sum(1 for r in records if r.state is s) for s in StreamState}
+    active = []
+    for r in records:
+        if r.state is StreamState.ACTIVE:
+            try:
+                on_disk = os.stat(r.path).st_size
+            except OSError:
+                on_disk = None
+            active.append({**_summary(r), "on_disk": on_disk})
+    if as_json:
+        click.echo(msgspec.json.encode({"streams": counts, "active": active}))
+        return
+    click.echo("streams: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    for a in active:
+        total = a["on_disk"] if a["on_disk"] is not None else a["uploaded_bytes"]
+        click.echo(
+            f"{a['stream_id']:<40} {_bar(a['uploaded_bytes'], total)} "
+            f"{a['uploaded_bytes']:>12} / {total if a['on_disk'] is not None else '?'}"
+        )
+
+
+@main.command()
+@config_option
+@click.argument("stream_id", required=False)
+@click.option("--all", "check_all", is_flag=True, help="Verify every stream.")
+def verify(config_path: str | None, stream_id: str | None, check_all: bool) -> None:
+    """Compare streams' checkpoints with S3 (objects present, sizes, sha256 of the bytes)
+    and, where the file is still there unchanged, with the file. Exit status 1 on any
+    mismatch, naming the chunk."""
+    if bool(stream_id) == check_all:
+        fail("give a STREAM_ID or --all")
+    from streamer.chunkstore import ChunkStore
+
+    cfg = load_or_exit(config_path)
+    with open_store(config_path, readonly=True) as store:
+        records = list(store.streams()) if check_all else [get_or_exit(store, stream_id)]
+        chunks = {r.stream_id: store.chunks(r.stream_id) for r in records}
+        instance = store.instance() or ""
+    s3 = ChunkStore(cfg.s3, instance)
+    problems = 0
+    for record in records:
+        found = _verify_stream(s3, record, chunks[record.stream_id])
+        for problem in found:
+            click.echo(f"{record.stream_id}: {problem}")
+        if not found:
+            click.echo(f"{record.stream_id}: ok ({len(chunks[record.stream_id])} chunks)")
+        problems += len(found)
+    if problems:
+        fail(f"{problems} problem(s) found")
+
+
+def _verify_stream(s3, record: StreamRecord, chunks: list) -> list[str]:
+    problems = []
+    file_matches = _file_unchanged(record)
+    for c in chunks:
+        key = s3.layout.chunk_key(record.stream_id, c.index, c.revision)
+        try:
+            stored = s3.stat(key)
+            if stored is None:
+                problems.append(f"chunk {c.index}: {key} is missing from S3")
+                continue
+            if stored.size != c.size:
+                problems.append(f"chunk {c.index}: {stored.size} bytes in S3, {c.size} recorded")
+                continue
+            if s3.sha256_of(key) != c.sha256:
+                problems.append(f"chunk {c.index}: the bytes in S3 differ from those recorded")
+        except Exception as exc:
+            fail(f"cannot read {key} from S3: {type(exc).__name__}: {exc}")
+        if file_matches:
+            with open(record.path, "rb") as f:
+                f.seek(c.offset)
+                if hashlib.sha256(f.read(c.size)).hexdigest() != c.sha256:
+                    problems.append(f"chunk {c.index}: the file's bytes differ from S3's")
+    if (
+        record.state is not StreamState.ACTIVE
+        and s3.stat(s3.layout.manifest_key(record.stream_id)) is None
+    ):
+        problems.append("metadata.json is missing from S3")
+    return problems
+
+
+def _file_unchanged(record: StreamRecord) -> bool:
+    """Is the stream's file still there, as it was when the stream finished?"""
+    try:
+        st = os.stat(record.path)
+    except OSError:
+        return False
+    return (
+        record.state is not StreamState.ACTIVE
+        and st.st_ino == record.inode
+        and (st.st_size, st.st_mtime_ns) == (record.total_size, record.mtime_ns)
+    )
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width if not total else min(width, width * done // total)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check or show the effective configuration (file, then STREAMER_* variables)."""
+
+
+@config_group.command("check")
+@config_option
+def config_check(config_path: str | None) -> None:
+    """Exit 0 if the configuration is valid, else 2 with a message naming the setting."""
+    load_or_exit(config_path)
+    click.echo("configuration ok")
+
+
+@config_group.command("show")
+@config_option
+def config_show(config_path: str | None) -> None:
+    """The effective configuration as JSON, secrets shown as ***."""
+    click.echo(msgspec.json.format(msgspec.json.encode(config.redacted(load_or_exit(config_path)))))
 
 
 def load_or_exit(config_path: str | None) -> config.Config:

@@ -77,6 +77,9 @@ class Config(Section):
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    # This host's name in every object key, so hosts can share a bucket; empty: the host
+    # name. Fixed in the checkpoint store at first start.
+    instance: Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{0,64}$")] = ""
     workers: Annotated[int, Meta(ge=1, le=64)] = 2
     grace_period: Seconds = 20.0
 

@@ -63,6 +63,27 @@ class Stop(Message):
 # Uploader -> supervisor
 
 
+class ChunkUploaded(Message):
+    """S3 confirmed the stream's bytes up to `end` (its checkpoint commit comes next)."""
+
+    stream_id: str
+    end: int
+
+
+class ChunkCommitted(Message):
+    """The checkpoint holds the stream's bytes up to `committed_bytes`."""
+
+    stream_id: str
+    committed_bytes: int
+
+
+class S3State(Message):
+    """Whether this uploader can reach S3 now, and the last error if it cannot."""
+
+    reachable: bool
+    error: str = ""
+
+
 class FinishDeclined(Message):
     """The file changed after the supervisor saw it idle; keep streaming."""
 
@@ -85,7 +106,7 @@ class StreamFinished(Message):
 
 
 Command = Assign | Grow | Finish | Moved | Abandon | Stop
-Event = FinishDeclined | SourceRewritten | StreamFinished
+Event = ChunkUploaded | ChunkCommitted | S3State | FinishDeclined | SourceRewritten | StreamFinished
 
 _encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)

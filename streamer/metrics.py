@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,14 +26,49 @@ CHUNK_UPLOAD_SECONDS = Histogram(
     "Time to upload one chunk",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-UPLOAD_ERRORS = Counter("streamer_upload_errors_total", "Failed S3 operations", ["kind"])
+UPLOAD_ERRORS = Counter(
+    "streamer_upload_errors_total",
+    "Failed upload steps, by kind: transient, rejected (by S3) or failed",
+    ["kind"],
+)
+UPLOAD_RETRIES = Counter("streamer_upload_retries_total", "Upload steps scheduled again")
 CHECKPOINT_COMMIT_SECONDS = Histogram(
     "streamer_checkpoint_commit_seconds",
     "Time to commit one checkpoint transaction",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 STREAMS = Gauge(
-    "streamer_streams", "Streams being uploaded, by phase", ["phase"], multiprocess_mode="livesum"
+    "streamer_streams", "Unfinished streams, by state", ["state"], multiprocess_mode="livesum"
+)
+BYTES_ON_DISK = Gauge(
+    "streamer_delivery_bytes_on_disk",
+    "Bytes in the files of unfinished streams",
+    multiprocess_mode="livesum",
+)
+BYTES_CONFIRMED = Gauge(
+    "streamer_delivery_bytes_uploaded",
+    "Bytes of unfinished streams that S3 has confirmed",
+    multiprocess_mode="livesum",
+)
+BYTES_COMMITTED = Gauge(
+    "streamer_delivery_bytes_committed",
+    "Bytes of unfinished streams recorded in the checkpoint store",
+    multiprocess_mode="livesum",
+)
+OLDEST_UNCOMMITTED_AGE = Gauge(
+    "streamer_delivery_oldest_uncommitted_age_seconds",
+    "How long the oldest byte on disk not yet in the checkpoint store has waited",
+    multiprocess_mode="livesum",
+)
+SINCE_LAST_UPLOAD = Gauge(
+    "streamer_seconds_since_last_upload",
+    "Seconds since S3 last confirmed a chunk (since start, if none yet)",
+    multiprocess_mode="livesum",
+)
+S3_REACHABLE = Gauge(
+    "streamer_s3_reachable",
+    "1 if the latest S3 request of any uploader succeeded, 0 if it failed",
+    multiprocess_mode="livemostrecent",
 )
 STREAMS_FINISHED = Counter("streamer_streams_finished_total", "Finished streams", ["status"])
 UPLOADER_RESTARTS = Counter("streamer_uploader_restarts_total", "Uploaders replaced after dying")
@@ -43,7 +79,7 @@ def mark_process_dead(pid: int) -> None:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    timeout = 5  # a client that stalls cannot hold the supervisor's loop for long
+    timeout = 2  # a client that stalls cannot hold the supervisor's loop for long
 
     def do_GET(self) -> None:
         if self.path == "/metrics":
@@ -51,9 +87,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             multiprocess.MultiProcessCollector(registry)
             self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
         elif self.path == "/healthz":
-            self._reply(200, "application/json", json.dumps({"status": "ok"}).encode())
+            # Answered from the supervisor's own loop: an answer means the loop runs.
+            self._json(200, {"status": "ok"})
+        elif self.path == "/readyz":
+            ready, checks = self.server.readiness()
+            self._json(200 if ready else 503, {"ready": ready, "checks": checks})
         else:
             self._reply(404, "text/plain", b"not found\n")
+
+    def _json(self, status: int, body: dict) -> None:
+        self._reply(status, "application/json", json.dumps(body).encode())
 
     def _reply(self, status: int, content_type: str, body: bytes) -> None:
         self.send_response(status)
@@ -67,10 +110,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """Serves /metrics and /healthz one request at a time from the supervisor's own loop."""
+    """Serves /metrics, /healthz and /readyz one request at a time from the supervisor's
+    own loop. `readiness()` returns (ready, checks) for /readyz."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, readiness: Callable[[], tuple[bool, dict]]):
         self._server = http.server.HTTPServer((host, port), _Handler)
+        self._server.readiness = readiness
         self.port = self._server.server_address[1]
 
     def fileno(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import unicodedata
 from collections.abc import Callable
 from datetime import datetime
@@ -28,6 +29,11 @@ def stream_id_for(name: str, first_seen: datetime, taken: Callable[[str], bool])
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+def host_instance() -> str:
+    """This host's name, key-safe: the default instance name."""
+    return _UNSAFE.sub("_", socket.gethostname()).strip("._-")[:64] or "streamer"
 
 
 def object_name(name: str) -> str:

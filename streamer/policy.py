@@ -4,7 +4,7 @@ which uploader owns it, how long to wait before trying again. Tested without pro
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streamer.checkpoint import StreamState
@@ -89,6 +89,18 @@ def retry_delay(
 ) -> float:
     """Backoff with full jitter; a rejection waits the whole cap, never in a hot loop."""
     return cap if rejected else backoff_delay(attempt, base, cap, rand)
+
+
+def oldest_uncommitted_age(
+    arrivals: Sequence[tuple[int, float]], committed: int, now: float
+) -> float:
+    """Seconds the oldest byte on disk but not in the checkpoint has waited. `arrivals`
+    are (file size, when first seen), oldest first: the byte at offset `committed` arrived
+    with the first size beyond it."""
+    for size, seen_at in arrivals:
+        if size > committed:
+            return now - seen_at
+    return 0.0
 
 
 def final_status(facts: Mp4Facts) -> tuple[StreamState, str | None]:

@@ -18,22 +18,27 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import msgspec
+
 from streamer import logs, metrics, naming, uploader
 from streamer.checkpoint import CheckpointError, CheckpointStore, StreamRecord, StreamState
 from streamer.config import Config, redacted
 from streamer.messages import (
     Abandon,
     Assign,
+    ChunkCommitted,
+    ChunkUploaded,
     Finish,
     FinishDeclined,
     Grow,
     Mailbox,
     Moved,
+    S3State,
     SourceRewritten,
     Stop,
     StreamFinished,
 )
-from streamer.policy import choose_uploader, is_idle
+from streamer.policy import choose_uploader, is_idle, oldest_uncommitted_age
 from streamer.watcher import FileStat, Watcher
 
 EXIT_OK = 0
@@ -71,6 +76,11 @@ class Tracked:
     told_size: int
     phase: Phase = Phase.UPLOADING
     abandon: Abandon | None = None  # what its uploader was told, once it is abandoning
+    # Delivery state: bytes S3 confirmed, bytes in the checkpoint, and when the file reached
+    # each size not yet committed (for the age of the oldest byte waiting).
+    confirmed: int = 0
+    committed: int = 0
+    arrivals: deque = field(default_factory=deque)
 
     def is_at(self, file: FileStat) -> bool:
         """Could `file` be this stream's file under another name? (Its inode, at least: a
@@ -126,6 +136,10 @@ class Supervisor:
         self.exit_code: int | None = None
         self.next_rescan = 0.0
         self.next_request_check = 0.0
+        self.started_at = clock()
+        self.last_upload: float | None = None
+        self.s3_reachable: bool | None = None
+        self.s3_error = "no answer from S3 yet"
 
     # Life
 
@@ -151,16 +165,14 @@ class Supervisor:
     def initialize(self) -> None:
         self.log.info("starting", config=redacted(self.config), pid=os.getpid())
         self.check_directories()
+        self.prepare_store()
         self.install_signals()
         for worker_id in range(self.config.workers):
             self.spawn_worker(worker_id)
         self.open_store()
-        cleared = self.store.clear_stale_readers()
-        if cleared:
-            self.log.info("stale_readers_cleared", count=cleared)
         if self.config.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
-                self.config.metrics.host, self.config.metrics.port
+                self.config.metrics.host, self.config.metrics.port, self.readiness
             )
             self.log.info(
                 "metrics_listening", host=self.config.metrics.host, port=self.metrics_server.port
@@ -186,7 +198,7 @@ class Supervisor:
             self.finish_idle_streams(now)
         else:
             self.check_stop(now)
-        self.update_gauges()
+        self.update_gauges(now)
 
     def shutdown(self) -> None:
         self.watcher.close()
@@ -363,6 +375,24 @@ class Supervisor:
             if tracked.owner == worker.worker_id:
                 self.assign(tracked, now)
 
+    def readiness(self) -> tuple[bool, dict]:
+        alive = sum(
+            1
+            for w in self.workers.values()
+            if w.state is WorkerState.RUNNING and w.process.is_alive()
+        )
+        checks = {
+            "s3": {"ok": self.s3_reachable is True, "error": self.s3_error},
+            "checkpoint": {"ok": self.store is not None},
+            "uploaders": {
+                "ok": alive == self.config.workers,
+                "alive": alive,
+                "expected": self.config.workers,
+            },
+            "running": {"ok": self.stop_deadline is None},
+        }
+        return all(c["ok"] for c in checks.values()), checks
+
     def handle_worker_events(self, events: Mailbox, now: float) -> None:
         message = events.get(0)
         while message is not None:
@@ -371,6 +401,21 @@ class Supervisor:
 
     def handle_event(self, message, now: float) -> None:
         match message:
+            case ChunkUploaded(stream_id=stream_id, end=end) if stream_id in self.streams:
+                tracked = self.streams[stream_id]
+                tracked.confirmed = max(tracked.confirmed, end)
+                self.last_upload = now
+            case ChunkCommitted(stream_id=stream_id, committed_bytes=committed) if (
+                stream_id in self.streams
+            ):
+                tracked = self.streams[stream_id]
+                tracked.committed = tracked.confirmed = committed
+                while tracked.arrivals and tracked.arrivals[0][0] <= committed:
+                    tracked.arrivals.popleft()
+            case S3State(reachable=reachable, error=error):
+                if reachable != self.s3_reachable:
+                    self.log.info("s3_state", reachable=reachable, error=error)
+                self.s3_reachable, self.s3_error = reachable, error
             case FinishDeclined(stream_id=stream_id) if stream_id in self.streams:
                 tracked = self.streams[stream_id]
                 if tracked.phase is Phase.FINISHING:
@@ -450,6 +495,8 @@ class Supervisor:
                 self.discover(file, now)
             return
         if file.changed_since(tracked.file):
+            if file.size > tracked.file.size:
+                tracked.arrivals.append((file.size, now))
             tracked.file = file
             tracked.changed_at = now
             if file.size // tracked.chunk_size > tracked.told_size // tracked.chunk_size:
@@ -587,7 +634,11 @@ class Supervisor:
             changed_at=now,
             owner=-1,
             told_size=file.size,
+            confirmed=record.committed_bytes,
+            committed=record.committed_bytes,
         )
+        if file.size > record.committed_bytes:
+            tracked.arrivals.append((file.size, now))
         self.streams[record.stream_id] = tracked
         self.paths[file.path] = record.stream_id
         self.log.info(
@@ -647,14 +698,38 @@ class Supervisor:
         if not os.access(path, os.W_OK):
             raise OSError(f"checkpoint.path {path} is not writable")
 
+    def prepare_store(self) -> None:
+        """Before any uploader opens it: clear what killed processes left, and settle this
+        host's instance name, which every uploader then writes its keys under."""
+        self.open_store()
+        try:
+            cleared = self.store.clear_stale_readers()
+            if cleared:
+                self.log.info("stale_readers_cleared", count=cleared)
+            instance = self.store.claim_instance(self.config.instance, naming.host_instance())
+        finally:
+            self.store.close()
+            self.store = None
+        self.config = msgspec.structs.replace(self.config, instance=instance)
+        self.log.info("instance", instance=instance)
+
     def open_store(self) -> None:
         self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
 
-    def update_gauges(self) -> None:
+    def update_gauges(self, now: float) -> None:
+        streams = list(self.streams.values())
         for phase in Phase:
-            metrics.STREAMS.labels(phase=phase.value).set(
-                sum(1 for t in self.streams.values() if t.phase is phase)
+            metrics.STREAMS.labels(state=phase.value).set(
+                sum(1 for t in streams if t.phase is phase)
             )
+        live = [t for t in streams if t.phase is not Phase.ABANDONING]
+        metrics.BYTES_ON_DISK.set(sum(t.file.size for t in live))
+        metrics.BYTES_CONFIRMED.set(sum(t.confirmed for t in live))
+        metrics.BYTES_COMMITTED.set(sum(t.committed for t in live))
+        metrics.OLDEST_UNCOMMITTED_AGE.set(
+            max((oldest_uncommitted_age(t.arrivals, t.committed, now) for t in live), default=0)
+        )
+        metrics.SINCE_LAST_UPLOAD.set(now - (self.last_upload or self.started_at))
 
 
 def _identity(file: FileStat) -> tuple[int, int, int]:

@@ -34,11 +34,14 @@ from streamer.config import Config
 from streamer.messages import (
     Abandon,
     Assign,
+    ChunkCommitted,
+    ChunkUploaded,
     Finish,
     FinishDeclined,
     Grow,
     Mailbox,
     Moved,
+    S3State,
     SourceRewritten,
     Stop,
     StreamFinished,
@@ -63,6 +66,8 @@ IDLE_WAIT = 1.0
 PR_SET_PDEATHSIG = 1
 FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
+# Errors that say S3 itself (or the way to it) is in trouble, not the file.
+S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing)
 REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
 
 
@@ -123,6 +128,9 @@ class Uploader:
         self.jobs: dict[str, Job] = {}
         self.stopping = False
         self.bucket_ready = False
+        self.bucket_attempt = 0
+        self.bucket_retry_at = 0.0
+        self.s3_reachable: bool | None = None
         self.log = logs.EventLog(f"uploader.{worker_id}")
 
     def run(self) -> int:
@@ -152,16 +160,48 @@ class Uploader:
             os.close(fd)
         logs.configure(self.config.log.level, self.config.log.format)
         self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
-        self.s3 = ChunkStore(self.config.s3)
+        self.s3 = ChunkStore(self.config.s3, self.config.instance)
 
     def handle_term(self, signum, frame) -> None:
         self.stopping = True
 
     def loop(self, now: float) -> None:
-        job = self.next_job(now)
+        if not self.bucket_ready and now >= self.bucket_retry_at:
+            self.check_bucket(now)
+        job = self.next_job(now) if self.bucket_ready else None
         self.handle_commands(timeout=0 if job else self.wait_time(now))
         if job and not self.stopping and job.record.stream_id in self.jobs:
             self.work_on(job, now)
+
+    def check_bucket(self, now: float) -> None:
+        """S3 is asked first thing, so /readyz tells whether S3 works before any file comes."""
+        try:
+            self.s3.ensure_bucket(self.config.s3.create_bucket)
+        except Exception as exc:
+            self.bucket_attempt += 1
+            rejected = _classify(exc) != "transient"
+            s3 = self.config.s3
+            delay = retry_delay(self.bucket_attempt, rejected, s3.retry_base, s3.retry_cap)
+            self.bucket_retry_at = now + delay
+            metrics.UPLOAD_ERRORS.labels(kind="rejected" if rejected else "transient").inc()
+            self.s3_state(False, exc)
+            event = "s3_rejected" if rejected else "s3_unreachable"
+            self.log.error(
+                event,
+                error=_describe(exc),
+                attempt=self.bucket_attempt,
+                delay=round(delay, 3),
+                hint=REJECTED_HINT,
+            )
+            return
+        self.bucket_ready = True
+        self.s3_state(True)
+
+    def s3_state(self, reachable: bool, exc: Exception | None = None) -> None:
+        if reachable != self.s3_reachable:
+            self.s3_reachable = reachable
+            metrics.S3_REACHABLE.set(1 if reachable else 0)
+            self.events.put(S3State(reachable=reachable, error=_describe(exc) if exc else ""))
 
     # Commands
 
@@ -212,6 +252,8 @@ class Uploader:
         return None
 
     def wait_time(self, now: float) -> float:
+        if not self.bucket_ready:
+            return max(0.0, min(IDLE_WAIT, self.bucket_retry_at - now))
         retries = [j.retry_at - now for j in self.jobs.values() if not j.waiting]
         return max(0.0, min([IDLE_WAIT, *retries]))
 
@@ -230,7 +272,10 @@ class Uploader:
         delay = retry_delay(job.attempt, kind != "transient", s3.retry_base, s3.retry_cap)
         job.attempt += 1
         job.retry_at = now + delay
-        metrics.UPLOAD_ERRORS.labels(kind=type(exc).__name__).inc()
+        metrics.UPLOAD_ERRORS.labels(kind=kind).inc()
+        metrics.UPLOAD_RETRIES.inc()
+        if isinstance(exc, S3_TROUBLE):
+            self.s3_state(False, exc)
         fields = {
             **job.log_fields,
             "error": _describe(exc),
@@ -246,9 +291,6 @@ class Uploader:
             self.log.error("stream_failed", **fields, traceback=traceback.format_exc(limit=5))
 
     def step(self, job: Job) -> None:
-        if not self.bucket_ready:
-            self.s3.ensure_bucket(self.config.s3.create_bucket)
-            self.bucket_ready = True
         if job.abandon is not None:
             self.abandon(job, *job.abandon)
             return
@@ -304,6 +346,8 @@ class Uploader:
             metrics.CHUNKS_UPLOADED.inc()
             metrics.BYTES_UPLOADED.inc(chunk.size)
             self.log.info("chunk_uploaded", **fields, seconds=round(seconds, 3))
+        self.s3_state(True)
+        self.events.put(ChunkUploaded(stream_id=record.stream_id, end=chunk.offset + chunk.size))
         self.commit(
             job,
             ChunkRecord(
@@ -330,6 +374,11 @@ class Uploader:
         head = data[:HEAD_SIZE] if chunk.index == 0 else None
         with metrics.CHECKPOINT_COMMIT_SECONDS.time():
             job.record = self.store.commit_chunk(job.record.stream_id, chunk, head)
+        self.events.put(
+            ChunkCommitted(
+                stream_id=job.record.stream_id, committed_bytes=job.record.committed_bytes
+            )
+        )
 
     # Completion
 

@@ -120,6 +120,7 @@ class Daemon:
     def __init__(self, config_path: Path, log_path: Path, env: dict | None = None, wrapper=()):
         self.config_path = config_path
         self.wrapper = list(wrapper)
+        self.start_event = "metrics_listening"  # the last step of a start
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(config_path.parent / "metrics")
@@ -143,7 +144,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_for("metrics_listening")
+        self.wait_for(self.start_event)
         return self
 
     def read_events(self) -> list[dict]:
@@ -217,6 +218,7 @@ def make_daemon(tmp_path, minio, bucket):
             "metrics": {"host": "127.0.0.1", "port": free_port()},
             "workers": 2,
             "grace_period": 10,
+            "instance": "test-host",
         }
         for section, values in overrides.items():
             if isinstance(values, dict):
@@ -315,7 +317,7 @@ def object_bytes(client: Minio, bucket: str, key: str) -> bytes:
         response.release_conn()
 
 
-def manifest_of(client: Minio, bucket: str, stream_id: str, prefix: str = "rec") -> dict:
+def manifest_of(client: Minio, bucket: str, stream_id: str, prefix: str = "rec/test-host") -> dict:
     return json.loads(object_bytes(client, bucket, f"{prefix}/{stream_id}/metadata.json"))
 
 

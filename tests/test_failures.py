@@ -15,6 +15,7 @@ import pytest
 from conftest import (
     ACCESS_KEY,
     SECRET_KEY,
+    Daemon,
     GrowingFile,
     free_port,
     manifest_of,
@@ -81,9 +82,11 @@ def test_s3_unreachable_is_retried_with_backoff_not_fatal(make_daemon):
     dead = f"127.0.0.1:{free_port()}"
     daemon = make_daemon(s3={"endpoint": dead, "connect_timeout": 1}).start()
     (daemon.watch / "waiting.mp4").write_bytes(b"x" * 100 * KiB)
-    retries = daemon.wait_for("upload_retry", count=3, timeout=30)
-    assert [r["attempt"] for r in retries[:3]] == [1, 2, 3]
-    assert all(r["stream_id"] for r in retries)
+    retries = daemon.wait_for("s3_unreachable", count=6, timeout=30)
+    first = [r for r in retries if r["role"] == "uploader.0"]
+    assert [r["attempt"] for r in first[:3]] == [1, 2, 3]
+    assert "refused" in first[0]["error"].lower()
+    assert daemon.find("stream_discovered") and not daemon.find("chunk_uploaded")
     assert daemon.process.poll() is None
     assert daemon.stop() == 0
 
@@ -196,3 +199,69 @@ def test_a_corrupt_checkpoint_store_halts_instead_of_restart_looping(tmp_path, m
     assert "cannot open checkpoint store" in result.stderr
     assert result.stderr.count('"uploader_spawned"') <= 2, "no uploader was restarted"
     assert time.monotonic() - started < 20
+
+
+def test_two_instances_share_one_bucket_without_colliding(tmp_path, minio, bucket):
+    streams = {}
+    for host in ("host-a", "host-b"):
+        base = tmp_path / host
+        (base / "in").mkdir(parents=True)
+        (base / "in" / "cam.mp4").write_bytes(hashlib.shake_256(host.encode()).digest(100 * KiB))
+        config = {
+            "watch": {"directory": str(base / "in")},
+            "stream": {"chunk_size": 65536, "idle_timeout": 2},
+            "s3": {
+                "endpoint": minio.endpoint,
+                "bucket": bucket,
+                "prefix": "rec",
+                "access_key": ACCESS_KEY,
+                "secret_key": SECRET_KEY,
+            },
+            "checkpoint": {"path": str(base / "ck")},
+            "metrics": {"enabled": False},
+            "instance": host,
+        }
+        (base / "config.json").write_text(json.dumps(config))
+        daemon = Daemon(base / "config.json", base / "streamer.log")
+        daemon.start_event = "instance"
+        streams[host] = daemon.start()
+    for host, daemon in streams.items():
+        event = daemon.wait_for("stream_finished", timeout=30)[0]
+        manifest = manifest_of(minio.client, bucket, event["stream_id"], prefix=f"rec/{host}")
+        data = reassemble(minio.client, bucket, manifest)
+        assert data == hashlib.shake_256(host.encode()).digest(100 * KiB)
+        assert all(c["key"].startswith(f"rec/{host}/") for c in manifest["chunks"])
+        assert daemon.stop() == 0
+
+
+def test_a_checkpoint_store_keeps_its_instance(tmp_path, minio):
+    (tmp_path / "in").mkdir()
+    config = {
+        "watch": {"directory": str(tmp_path / "in")},
+        "checkpoint": {"path": str(tmp_path / "ck")},
+        "s3": {"endpoint": minio.endpoint},
+        "metrics": {"enabled": False},
+    }
+    first = run_once_briefly(tmp_path, config)
+    assert '"instance":"' in first
+    config["instance"] = "another-name"
+    result = run_once(tmp_path, config)
+    assert result.returncode == 3
+    assert "belongs to instance" in result.stderr
+
+
+def run_once_briefly(tmp_path, config: dict) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "run", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    return stderr

@@ -27,7 +27,7 @@ def chunk_keys(minio, bucket, stream_id):
     return sorted(
         o.object_name
         for o in minio.client.list_objects(
-            bucket, prefix=f"rec/{stream_id}/chunks/", recursive=True
+            bucket, prefix=f"rec/test-host/{stream_id}/chunks/", recursive=True
         )
     )
 
@@ -57,7 +57,7 @@ def test_chunks_appear_in_s3_while_the_file_is_still_growing(make_daemon, minio)
         lambda: chunk_keys(minio, daemon.bucket, stream_id), 20, what="a chunk in MinIO"
     )
     assert not writer.done.is_set(), "the first chunk should be in S3 before the writer ends"
-    assert keys[0] == f"rec/{stream_id}/chunks/000000"
+    assert keys[0] == f"rec/test-host/{stream_id}/chunks/000000"
 
     writer.wait()
     finished(daemon)
@@ -107,7 +107,7 @@ def test_metadata_describes_the_stream(make_daemon, minio):
     assert manifest["chunk_size"] == 64 * KiB and manifest["chunk_count"] == 4
     assert [c["size"] for c in manifest["chunks"]] == [65536, 65536, 65536, 8192]
     for chunk in manifest["chunks"]:
-        assert chunk["key"] == f"rec/{event['stream_id']}/chunks/{chunk['index']:06d}"
+        assert chunk["key"] == f"rec/test-host/{event['stream_id']}/chunks/{chunk['index']:06d}"
         assert len(chunk["sha256"]) == 64 and chunk["etag"]
     stamps = [
         manifest[k] for k in ("first_seen_at", "first_upload_at", "last_upload_at", "completed_at")
@@ -144,7 +144,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     before = {
         o.object_name: o.last_modified
         for o in minio.client.list_objects(
-            daemon.bucket, prefix=f"rec/{stream_id}/", recursive=True
+            daemon.bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
         )
     }
     # The uploaders die with the supervisor: no orphan keeps uploading.
@@ -166,7 +166,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     after = {
         o.object_name: o.last_modified
         for o in minio.client.list_objects(
-            daemon.bucket, prefix=f"rec/{stream_id}/", recursive=True
+            daemon.bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
         )
     }
     assert {k: after[k] for k in before} == before, "chunks from before the kill were re-sent"

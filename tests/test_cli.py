@@ -1,0 +1,114 @@
+"""The admin commands against a real checkpoint store and a real MinIO."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import GrowingFile
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+
+
+def cli(daemon, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args, "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
+
+
+@pytest.fixture
+def finished(make_daemon):
+    daemon = make_daemon().start()
+    (daemon.watch / "kept.mp4").write_bytes(b"k" * 200 * KiB)
+    stream_id = daemon.wait_for("stream_finished")[0]["stream_id"]
+    return daemon, stream_id
+
+
+def test_verify_finds_a_good_stream_good_and_names_a_bad_chunk(finished, minio):
+    daemon, stream_id = finished
+    ok = cli(daemon, "verify", stream_id)
+    assert ok.returncode == 0 and f"{stream_id}: ok (4 chunks)" in ok.stdout
+
+    key = f"rec/test-host/{stream_id}/chunks/000001"
+    minio.client.put_object(daemon.bucket, key, io.BytesIO(b"x" * 65536), 65536)
+    minio.client.remove_object(daemon.bucket, f"rec/test-host/{stream_id}/chunks/000002")
+    bad = cli(daemon, "verify", "--all")
+    assert bad.returncode == 1
+    assert "chunk 1: the bytes in S3 differ from those recorded" in bad.stdout
+    assert "chunk 2: " in bad.stdout and "is missing from S3" in bad.stdout
+
+
+def test_verify_compares_with_the_file_still_on_disk(finished):
+    daemon, stream_id = finished
+    daemon.stop()
+    path = daemon.watch / "kept.mp4"
+    stat = path.stat()
+    with open(path, "r+b") as f:
+        f.write(b"K")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime
+    result = cli(daemon, "verify", stream_id)
+    assert result.returncode == 1
+    assert "chunk 0: the file's bytes differ from S3's" in result.stdout
+
+
+def test_status_shows_progress_of_active_streams(make_daemon):
+    daemon = make_daemon(stream={"idle_timeout": 30}).start()
+    GrowingFile(daemon.watch / "live.mp4", total=300 * KiB, rate=1024 * KiB).start().wait()
+    daemon.wait_for("chunk_uploaded", count=4)
+    result = cli(daemon, "status")
+    assert result.returncode == 0
+    assert "1 active" in result.stdout and "#" in result.stdout and "/ 307200" in result.stdout
+    data = json.loads(cli(daemon, "status", "--json").stdout)
+    assert data["streams"]["active"] == 1 and data["active"][0]["on_disk"] == 300 * KiB
+
+
+def test_forget_asks_first_and_refuses_active_streams(finished, make_daemon):
+    daemon, stream_id = finished
+    declined = cli(daemon, "streams", "forget", stream_id, stdin="n\n")
+    assert declined.returncode == 1
+    assert stream_id in cli(daemon, "streams", "list").stdout
+    assert cli(daemon, "streams", "forget", stream_id, "--yes").returncode == 0
+    assert stream_id not in cli(daemon, "streams", "list").stdout
+
+    (daemon.watch / "growing.mp4").write_bytes(b"g" * 10)
+    active = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
+    refused = cli(daemon, "streams", "forget", active, "--yes")
+    assert refused.returncode == 1 and "cancel it first" in refused.stderr
+
+
+def test_config_check_and_show_keep_secrets(make_daemon, tmp_path):
+    daemon = make_daemon()
+    shown = cli(daemon, "config", "show")
+    assert shown.returncode == 0
+    config = json.loads(shown.stdout)
+    assert config["s3"]["secret_key"] == "***" and config["stream"]["chunk_size"] == 65536
+    assert "streamer-test-secret" not in shown.stdout
+    assert cli(daemon, "config", "check").stdout.strip() == "configuration ok"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"workers": 0}')
+    result = subprocess.run(
+        [sys.executable, "-m", "streamer", "config", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "workers" in result.stderr
+
+
+def test_helpful_errors(make_daemon):
+    daemon = make_daemon()
+    missing = cli(daemon, "streams", "list")
+    assert missing.returncode == 1 and "no checkpoint store at" in missing.stderr
+    daemon.start()
+    unknown = cli(daemon, "verify", "nope")
+    assert unknown.returncode == 1 and "no stream 'nope'" in unknown.stderr
+    assert "give a STREAM_ID or --all" in cli(daemon, "verify").stderr

@@ -1,0 +1,106 @@
+"""The metrics endpoint, scraped while streams upload: the values move as they should."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import GrowingFile, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+
+
+def port_of(daemon) -> int:
+    return json.loads(daemon.config_path.read_text())["metrics"]["port"]
+
+
+def scrape(daemon) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port_of(daemon)}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def get_json(daemon, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port_of(daemon)}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_delivery_state_moves_during_an_upload(make_daemon, minio):
+    daemon = make_daemon(stream={"idle_timeout": 3}).start()
+    assert get_json(daemon, "/healthz") == (200, {"status": "ok"})
+    wait_until(lambda: get_json(daemon, "/readyz")[0] == 200, 10, what="ready")
+    writer = GrowingFile(daemon.watch / "watched.mp4", total=1536 * KiB, rate=256 * KiB).start()
+    daemon.wait_for("chunk_uploaded", count=2)
+
+    samples = []
+    while not writer.done.is_set():
+        samples.append(scrape(daemon))
+        time.sleep(0.5)
+    during = samples[len(samples) // 2]
+    assert during["streamer_streams{state=uploading}"] == 1
+    assert during["streamer_s3_reachable"] == 1
+    assert (
+        0
+        < during["streamer_delivery_bytes_committed"]
+        <= during["streamer_delivery_bytes_uploaded"]
+    )
+    assert during["streamer_delivery_bytes_uploaded"] <= during["streamer_delivery_bytes_on_disk"]
+    on_disk = [s["streamer_delivery_bytes_on_disk"] for s in samples]
+    committed = [s["streamer_delivery_bytes_committed"] for s in samples]
+    chunks = [s["streamer_chunks_uploaded_total"] for s in samples]
+    assert on_disk == sorted(on_disk) and on_disk[-1] > on_disk[0]
+    assert committed == sorted(committed) and committed[-1] > committed[0]
+    assert chunks[-1] > chunks[0]
+    assert all(s["streamer_delivery_oldest_uncommitted_age_seconds"] < 30 for s in samples)
+
+    daemon.wait_for("stream_finished", timeout=30)
+    after = scrape(daemon)
+    assert after["streamer_streams{state=uploading}"] == 0
+    assert after["streamer_streams_finished_total{status=invalid}"] == 1
+    assert after["streamer_bytes_uploaded_total"] == 1536 * KiB
+    assert after["streamer_chunks_uploaded_total"] == 24
+    assert after["streamer_chunk_upload_seconds_count"] == 24
+    assert after["streamer_checkpoint_commit_seconds_count"] >= 24
+    assert after["streamer_delivery_bytes_on_disk"] == 0
+
+
+def test_the_tail_waiting_for_the_idle_timeout_shows_as_lag(make_daemon, minio):
+    daemon = make_daemon(stream={"idle_timeout": 6}).start()
+    (daemon.watch / "tail.mp4").write_bytes(b"t" * (64 * KiB + 1000))
+    daemon.wait_for("chunk_uploaded")
+    time.sleep(2.5)
+    values = scrape(daemon)
+    assert (
+        values["streamer_delivery_bytes_on_disk"] - values["streamer_delivery_bytes_committed"]
+        == 1000
+    )
+    assert values["streamer_delivery_oldest_uncommitted_age_seconds"] >= 2
+
+
+def test_readyz_says_why_when_s3_cannot_be_reached(make_daemon):
+    daemon = make_daemon(
+        s3={"endpoint": f"127.0.0.1:{free_port()}", "connect_timeout": 1, "retry_cap": 2}
+    ).start()
+    status, body = wait_until(
+        lambda: (r := get_json(daemon, "/readyz")) and r[1]["checks"]["s3"]["error"] and r,
+        20,
+        what="an S3 error on /readyz",
+    )
+    assert status == 503 and body["ready"] is False
+    assert "refused" in body["checks"]["s3"]["error"].lower()
+    assert body["checks"]["uploaders"] == {"ok": True, "alive": 2, "expected": 2}
+    assert scrape(daemon)["streamer_s3_reachable"] == 0
