@@ -9,18 +9,25 @@ CACHE ?= $(HOME)/.cache/streamer
 BIN := $(CACHE)/bin
 MINIO_MODULE := github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
 MINIO_BIN ?= $(BIN)/minio
+MC_MODULE := github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9
+MC_BIN ?= $(BIN)/mc
 
-.PHONY: test soak unit lint deps minio ffmpeg run-local clean
+.PHONY: test soak unit compose lint deps minio mc ffmpeg docker run-local clean
 
-test: deps minio ffmpeg lint
+# Everything, the Docker Compose test included (it needs root: it may install and start a
+# Docker engine, and builds local stand-ins for images no registry here serves).
+test: deps minio ffmpeg docker lint
 	MINIO_BIN=$(MINIO_BIN) $(PY) -m pytest
+
+compose: deps ffmpeg docker
+	$(PY) -m pytest -m compose tests/compose
 
 # The longer fault runs: a hundred random kills, three times.
 soak: deps minio
 	MINIO_BIN=$(MINIO_BIN) $(PY) -m pytest -m slow
 
 unit: deps
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -m "not integration and not compose"
 
 lint: deps
 	$(PY) -m ruff check streamer tests
@@ -39,6 +46,16 @@ minio: $(MINIO_BIN)
 $(MINIO_BIN):
 	mkdir -p $(BIN)
 	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(MINIO_MODULE)
+
+mc: $(MC_BIN)
+
+$(MC_BIN):
+	mkdir -p $(BIN)
+	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(MC_MODULE)
+
+docker: minio mc
+	CACHE=$(CACHE) bash tests/compose/engine.sh
+	CACHE=$(CACHE) MINIO_BIN=$(MINIO_BIN) MC_BIN=$(MC_BIN) bash tests/compose/standins.sh
 
 ffmpeg:
 	@command -v ffmpeg >/dev/null || { \

@@ -1,0 +1,218 @@
+"""The real Dockerfile and docker-compose.yml on a real Docker engine: recordings in
+./input end up in MinIO, byte-exact, through kills, restarts and a stop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from minio import Minio
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "streamertest"
+SECRET = "compose-Secret-4711"
+pytestmark = pytest.mark.compose
+
+
+def compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed")
+
+
+class Stack:
+    def __init__(self):
+        self.command = [*compose_command(), "-p", PROJECT]
+        self.env = {
+            **os.environ,
+            "MINIO_ROOT_USER": "streamer-admin",
+            "MINIO_ROOT_PASSWORD": SECRET,
+            "STREAMER_STREAM_CHUNK_SIZE": str(1024 * 1024),
+            "STREAMER_STREAM_IDLE_TIMEOUT": "5",
+        }
+
+    def run(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [*self.command, *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args}: {result.stdout}\n{result.stderr}")
+        return result
+
+    def container(self, service: str) -> str:
+        return self.run("ps", "-q", service).stdout.strip()
+
+    def logs(self, service: str = "") -> str:
+        return self.run("logs", "--no-color", *([service] if service else [])).stdout
+
+    def events(self) -> list[dict]:
+        found = []
+        for line in self.logs("streamer").splitlines():
+            _, _, payload = line.partition("| ")
+            try:
+                found.append(json.loads(payload))
+            except ValueError:
+                continue
+        return found
+
+    def wait_for(self, event: str, count: int = 1, timeout: float = 120, **fields) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [
+                e
+                for e in self.events()
+                if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+            ]
+            if len(found) >= count:
+                return found
+            time.sleep(1)
+        raise AssertionError(f"no {count} x {event} {fields}:\n{self.logs()[-5000:]}")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    stack = Stack()
+    stack.run("down", "-v", "--remove-orphans", check=False)
+    input_dir = ROOT / "input"
+    shutil.rmtree(input_dir, ignore_errors=True)
+    input_dir.mkdir()
+    stack.run("up", "-d", "--build", timeout=1200)
+    yield stack
+    stack.run("down", "-v", "--remove-orphans", check=False)
+    shutil.rmtree(input_dir, ignore_errors=True)
+
+
+def s3() -> Minio:
+    return Minio("127.0.0.1:9000", "streamer-admin", SECRET, secure=False, region="us-east-1")
+
+
+def exact(stream_id: str, path: Path) -> dict:
+    client = s3()
+    stream_prefix = None
+    for obj in client.list_objects("recordings", prefix="streams/", recursive=True):
+        if obj.object_name.endswith(f"/{stream_id}/metadata.json"):
+            stream_prefix = obj.object_name.rsplit("/", 1)[0]
+    assert stream_prefix, f"no metadata.json for {stream_id}"
+    response = client.get_object("recordings", f"{stream_prefix}/metadata.json")
+    manifest = json.loads(response.read())
+    data = b"".join(client.get_object("recordings", c["key"]).read() for c in manifest["chunks"])
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert hashlib.sha256(data).hexdigest() == expected == manifest["sha256"]
+    return manifest
+
+
+def ffmpeg_live(path: Path, seconds: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-nostdin",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-b:v",
+            "4M",
+            "-movflags",
+            "frag_keyframe+empty_moov",
+            "-g",
+            "25",
+            str(path),
+        ],
+    )
+
+
+def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, tmp_path):
+    stack.wait_for("metrics_listening")
+    finished = tmp_path / "finished.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=rate=25",
+            "-t",
+            "4",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            str(finished),
+        ],
+        check=True,
+    )
+    shutil.copy(finished, ROOT / "input" / "finished.mp4")
+    live_path = ROOT / "input" / "live.mp4"
+    recorder = ffmpeg_live(live_path, 40)
+
+    first = stack.wait_for("stream_discovered", count=2)
+    live_id = next(e["stream_id"] for e in first if e["path"].endswith("live.mp4"))
+    time.sleep(8)
+    # SIGKILL the streamer mid-recording, then start it again.
+    subprocess.run(["docker", "kill", "-s", "KILL", stack.container("streamer")], check=True)
+    time.sleep(2)
+    stack.run("start", "streamer")
+    stack.wait_for("stream_resumed", stream_id=live_id)
+    time.sleep(5)
+    # MinIO restarts mid-stream.
+    stack.run("restart", "minio")
+    assert recorder.wait(120) == 0
+
+    done = stack.wait_for("stream_finished", count=2, timeout=180)
+    by_name = {e["stream_id"].split("-2")[0]: e["stream_id"] for e in done}
+    exact(by_name["finished"], ROOT / "input" / "finished.mp4")
+    manifest = exact(live_id, live_path)
+    assert manifest["status"] == "complete"
+
+    # A stop is graceful, and within the grace period.
+    started = time.monotonic()
+    stack.run("stop", "streamer")
+    assert time.monotonic() - started < 30
+    inspect = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.ExitCode}}", f"{PROJECT}_streamer_1"],
+        capture_output=True,
+        text=True,
+    )
+    if inspect.returncode != 0:  # compose v2 names containers with dashes
+        inspect = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.ExitCode}}", f"{PROJECT}-streamer-1"],
+            capture_output=True,
+            text=True,
+        )
+    assert inspect.stdout.strip() == "0"
+
+    # down and up again, volumes kept: nothing is uploaded again.
+    uploaded_before = len(stack.wait_for("chunk_uploaded"))
+    stack.run("down")
+    stack.run("up", "-d")
+    stack.wait_for("metrics_listening")
+    time.sleep(10)
+    events = stack.events()
+    assert not [e for e in events if e.get("event") == "chunk_uploaded"], "re-uploaded"
+    assert not [e for e in events if e.get("event") == "stream_discovered"]
+    assert uploaded_before >= 5
+    assert SECRET not in stack.logs()
