@@ -48,6 +48,16 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def ffprobe_duration(path) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(json.loads(out)["format"]["duration"])
+
+
 class MinioServer:
     def __init__(self, binary: str, data_dir: Path):
         self.binary, self.data_dir = binary, data_dir

@@ -91,23 +91,6 @@ def test_s3_unreachable_is_retried_with_backoff_not_fatal(make_daemon):
     assert daemon.stop() == 0
 
 
-def test_a_file_that_shrinks_before_it_finishes_is_reconciled(make_daemon, minio):
-    daemon = make_daemon(stream={"idle_timeout": 3}).start()
-    path = daemon.watch / "shrink.mp4"
-    path.write_bytes(hashlib.shake_256(b"shrink").digest(300 * KiB))
-    daemon.wait_for("chunk_uploaded", count=4)
-    with open(path, "r+b") as f:
-        f.truncate(100 * KiB)
-    event = daemon.wait_for("stream_finished", timeout=30)[0]
-    dropped = daemon.find("chunks_dropped")[0]
-    assert dropped["from_index"] == 2
-    manifest = manifest_of(minio.client, daemon.bucket, event["stream_id"])
-    assert manifest["total_size"] == 100 * KiB
-    assert [c["size"] for c in manifest["chunks"]] == [64 * KiB, 36 * KiB]
-    data = reassemble(minio.client, daemon.bucket, manifest)
-    assert hashlib.sha256(data).hexdigest() == sha256_file(path)
-
-
 def test_a_stuck_uploader_does_not_stall_the_supervisor(make_daemon):
     daemon = make_daemon(workers=1, grace_period=2).start()
     [uploader] = daemon.uploader_pids()

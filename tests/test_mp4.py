@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import random
 import struct
-import subprocess
 
 import pytest
-from conftest import record
+from conftest import ffprobe_duration, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer import mp4
 
 FRAME = 1 / 25
-
-
-def ffprobe_duration(path) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return float(json.loads(out)["format"]["duration"])
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,14 @@ crashed files, MP4 facts, and the assembled object. Against a real MinIO."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 from conftest import (
     GrowingFile,
+    ffprobe_duration,
     manifest_of,
     object_bytes,
     reassemble,
@@ -25,16 +24,6 @@ pytestmark = pytest.mark.integration
 KiB = 1024
 MiB = 1024 * KiB
 FRAME = 1 / 25
-
-
-def ffprobe_duration(path) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return float(json.loads(out)["format"]["duration"])
 
 
 def objects(minio, bucket, stream_id) -> dict:
@@ -237,6 +226,9 @@ def test_shrunk_chunks_get_new_revisions_and_a_reason(make_daemon, minio):
     event = daemon.wait_for("stream_finished", timeout=30)[0]
     assert daemon.find("stream_shrank")
     manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    assert daemon.find("chunks_dropped")[0]["from_index"] == 2
+    assert manifest["total_size"] == 100 * KiB
+    assert [c["size"] for c in manifest["chunks"]] == [64 * KiB, 36 * KiB]
     last = manifest["chunks"][-1]
     assert (last["revision"], last["reupload_reason"]) == (1, "file shrank")
 
