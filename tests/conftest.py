@@ -130,7 +130,6 @@ class Daemon:
     def __init__(self, config_path: Path, log_path: Path, env: dict | None = None, wrapper=()):
         self.config_path = config_path
         self.wrapper = list(wrapper)
-        self.start_event = "metrics_listening"  # the last step of a start
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(config_path.parent / "metrics")
@@ -154,7 +153,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_for(self.start_event)
+        self.wait_for("metrics_listening")  # the last step of a start
         return self
 
     def read_events(self) -> list[dict]:
@@ -208,12 +207,15 @@ class Daemon:
 
 @pytest.fixture
 def make_daemon(tmp_path, minio, bucket):
-    """Build a config for a fresh watch directory and checkpoint store; start daemons on it."""
+    """Build a config for a fresh watch directory and checkpoint store; start daemons on it.
+    Daemons made with the same `home` share them (a restart); another `home` is another
+    host, with its own directory, store and log."""
     daemons: list[Daemon] = []
-    watch = tmp_path / "input"
-    watch.mkdir()
 
-    def make(wrapper=(), env=None, **overrides) -> Daemon:
+    def make(wrapper=(), env=None, home: str = "", **overrides) -> Daemon:
+        base = tmp_path / home
+        watch = base / "input"
+        watch.mkdir(parents=True, exist_ok=True)
         config = {
             "watch": {"directory": str(watch), "rescan_interval": 2},
             "stream": {"chunk_size": 64 * 1024, "idle_timeout": 2},
@@ -224,7 +226,7 @@ def make_daemon(tmp_path, minio, bucket):
                 "access_key": ACCESS_KEY,
                 "secret_key": SECRET_KEY,
             },
-            "checkpoint": {"path": str(tmp_path / "checkpoint")},
+            "checkpoint": {"path": str(base / "checkpoint")},
             "metrics": {"host": "127.0.0.1", "port": free_port()},
             "workers": 2,
             "grace_period": 10,
@@ -235,9 +237,9 @@ def make_daemon(tmp_path, minio, bucket):
                 config.setdefault(section, {}).update(values)
             else:
                 config[section] = values
-        config_path = tmp_path / "config.json"
+        config_path = base / "config.json"
         config_path.write_text(json.dumps(config))
-        daemon = Daemon(config_path, tmp_path / "streamer.log", env=env, wrapper=wrapper)
+        daemon = Daemon(config_path, base / "streamer.log", env=env, wrapper=wrapper)
         daemon.watch = watch
         daemon.bucket = bucket
         daemons.append(daemon)

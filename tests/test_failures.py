@@ -15,7 +15,6 @@ import pytest
 from conftest import (
     ACCESS_KEY,
     SECRET_KEY,
-    Daemon,
     GrowingFile,
     free_port,
     manifest_of,
@@ -184,29 +183,11 @@ def test_a_corrupt_checkpoint_store_halts_instead_of_restart_looping(tmp_path, m
     assert time.monotonic() - started < 20
 
 
-def test_two_instances_share_one_bucket_without_colliding(tmp_path, minio, bucket):
+def test_two_instances_share_one_bucket_without_colliding(make_daemon, minio, bucket):
     streams = {}
     for host in ("host-a", "host-b"):
-        base = tmp_path / host
-        (base / "in").mkdir(parents=True)
-        (base / "in" / "cam.mp4").write_bytes(hashlib.shake_256(host.encode()).digest(100 * KiB))
-        config = {
-            "watch": {"directory": str(base / "in")},
-            "stream": {"chunk_size": 65536, "idle_timeout": 2},
-            "s3": {
-                "endpoint": minio.endpoint,
-                "bucket": bucket,
-                "prefix": "rec",
-                "access_key": ACCESS_KEY,
-                "secret_key": SECRET_KEY,
-            },
-            "checkpoint": {"path": str(base / "ck")},
-            "metrics": {"enabled": False},
-            "instance": host,
-        }
-        (base / "config.json").write_text(json.dumps(config))
-        daemon = Daemon(base / "config.json", base / "streamer.log")
-        daemon.start_event = "instance"
+        daemon = make_daemon(home=host, instance=host)
+        (daemon.watch / "cam.mp4").write_bytes(hashlib.shake_256(host.encode()).digest(100 * KiB))
         streams[host] = daemon.start()
     for host, daemon in streams.items():
         event = daemon.wait_for("stream_finished", timeout=30)[0]

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import record
 from minio import Minio
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,35 +115,6 @@ def exact(stream_id: str, path: Path) -> dict:
     return manifest
 
 
-def ffmpeg_live(path: Path, seconds: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-            "-t",
-            str(seconds),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "4M",
-            "-movflags",
-            "frag_keyframe+empty_moov",
-            "-g",
-            "25",
-            str(path),
-        ],
-    )
-
-
 def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, tmp_path):
     stack.wait_for("metrics_listening")
     finished = tmp_path / "finished.mp4"
@@ -167,7 +139,7 @@ def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, 
     )
     shutil.copy(finished, ROOT / "input" / "finished.mp4")
     live_path = ROOT / "input" / "live.mp4"
-    recorder = ffmpeg_live(live_path, 40)
+    recorder = record("ffmpeg", live_path, 40, "fragmented")
 
     first = stack.wait_for("stream_discovered", count=2)
     live_id = next(e["stream_id"] for e in first if e["path"].endswith("live.mp4"))
