@@ -1,6 +1,6 @@
-# `make test` installs what the tests need (Python packages, ffmpeg, a MinIO server built
-# from its Go module) and runs them. Binaries are cached outside the clone, so a fresh
-# clone on the same machine skips the build.
+# `make test` installs what the tests need (Python packages, ffmpeg, the MinIO and versitygw
+# S3 servers built from their Go modules) and runs them. Binaries are cached outside the
+# clone, so a fresh clone on the same machine skips the build.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,27 +11,30 @@ MINIO_MODULE := github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
 MINIO_BIN ?= $(BIN)/minio
 MC_MODULE := github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9
 MC_BIN ?= $(BIN)/mc
+VERSITYGW_MODULE := github.com/versity/versitygw/cmd/versitygw@v1.8.0
+VERSITYGW_BIN ?= $(BIN)/versitygw
+SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN)
 
-.PHONY: test soak unit compose lint deps minio mc ffmpeg docker run-local clean
+.PHONY: test soak unit compose lint deps minio mc versitygw ffmpeg docker run-local clean
 
 # Everything, the Docker Compose test included (it needs root: it may install and start a
 # Docker engine, and builds local stand-ins for images no registry here serves).
-test: deps minio ffmpeg docker lint
-	MINIO_BIN=$(MINIO_BIN) $(PY) -m pytest
+test: deps minio versitygw ffmpeg docker lint
+	$(SERVERS) $(PY) -m pytest
 
 compose: deps ffmpeg docker
 	$(PY) -m pytest -m compose tests/compose
 
 # The longer fault runs: a hundred random kills, three times.
-soak: deps minio
-	MINIO_BIN=$(MINIO_BIN) $(PY) -m pytest -m slow
+soak: deps minio versitygw
+	$(SERVERS) $(PY) -m pytest -m slow
 
 unit: deps
 	$(PY) -m pytest -m "not integration and not compose"
 
 lint: deps
-	$(PY) -m ruff check streamer tests
-	$(PY) -m ruff format --check streamer tests
+	$(PY) -m ruff check streamer tests ops
+	$(PY) -m ruff format --check streamer tests ops
 
 deps: $(VENV)/.installed
 
@@ -46,6 +49,12 @@ minio: $(MINIO_BIN)
 $(MINIO_BIN):
 	mkdir -p $(BIN)
 	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(MINIO_MODULE)
+
+versitygw: $(VERSITYGW_BIN)
+
+$(VERSITYGW_BIN):
+	mkdir -p $(BIN)
+	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(VERSITYGW_MODULE)
 
 mc: $(MC_BIN)
 

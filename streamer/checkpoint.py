@@ -178,6 +178,17 @@ class CheckpointStore:
     def close(self) -> None:
         self._env.close()
 
+    def backup(self, destination: str) -> None:
+        """A consistent copy taken in one read transaction, while writers go on: copying
+        data.mdb with cp while streamer runs can catch a half-written page."""
+        os.makedirs(destination, exist_ok=True)
+        if os.listdir(destination):
+            raise CheckpointError(f"backup destination {destination} is not empty")
+        try:
+            self._env.copy(destination, compact=True)
+        except lmdb.Error as exc:
+            raise CheckpointError(f"cannot back up to {destination}: {exc}") from None
+
     def claim_instance(self, wanted: str, default: str) -> str:
         """The instance name, fixed at first start: `wanted` (or `default`) then, and
         whatever was fixed ever after. A different `wanted` later is an error: the keys

@@ -14,7 +14,16 @@ from typing import BinaryIO
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource
+from minio.credentials import (
+    AWSConfigProvider,
+    ChainedProvider,
+    EnvAWSProvider,
+    IamAwsProvider,
+    Provider,
+    StaticProvider,
+)
 from minio.error import S3Error
+from minio.sse import Sse, SseKMS, SseS3
 
 from streamer.config import S3Config
 from streamer.policy import MIN_PART_SIZE
@@ -42,6 +51,54 @@ class Layout:
         return f"{self.stream_prefix(stream_id)}metadata.json"
 
 
+def http_pool(config: S3Config) -> urllib3.PoolManager:
+    # Our own pool: minio-py's default waits 5 minutes and retries behind our back;
+    # the uploader owns retries so it can log, count and cancel them.
+    tls = {}
+    if config.tls_skip_verify:
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        tls = {"cert_reqs": "CERT_NONE"}
+    elif config.ca_file:
+        tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": config.ca_file}
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+        retries=False,
+        maxsize=4,
+        **tls,
+    )
+
+
+def credentials(config: S3Config, http: urllib3.PoolManager) -> Provider:
+    if config.access_key:
+        return StaticProvider(config.access_key, config.secret_key, config.session_token or None)
+    return AwsChain([EnvAWSProvider(), AWSConfigProvider(), IamAwsProvider(http_client=http)])
+
+
+class NoCredentials(Exception):
+    """Neither the configuration nor the AWS chain gave S3 credentials."""
+
+
+class AwsChain(ChainedProvider):
+    def retrieve(self):
+        try:
+            return super().retrieve()
+        # The role lookup's own connection errors would read as "S3 unreachable".
+        except (ValueError, urllib3.exceptions.HTTPError) as exc:
+            raise NoCredentials(
+                "no S3 credentials: s3.access_key/s3.secret_key are empty, and the AWS chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the shared credentials file, an "
+                f"instance or container role) gave none ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def server_side_encryption(setting: str) -> Sse | None:
+    if setting == "s3":
+        return SseS3()
+    if setting.startswith("kms:"):
+        return SseKMS(setting.removeprefix("kms:"), None)
+    return None
+
+
 class BucketMissing(Exception):
     """The bucket is not there, and streamer may not create it."""
 
@@ -57,20 +114,14 @@ class ChunkStore:
     def __init__(self, config: S3Config, instance: str):
         self.bucket = config.bucket
         self.layout = Layout(config.prefix, instance)
-        # Our own pool: minio-py's default waits 5 minutes and retries behind our back;
-        # the uploader owns retries so it can log, count and cancel them.
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
-            retries=False,
-            maxsize=4,
-        )
+        self._sse = server_side_encryption(config.sse)
+        http = http_pool(config)
         self._client = Minio(
             config.endpoint,
-            access_key=config.access_key or None,
-            secret_key=config.secret_key or None,
             secure=config.secure,
             region=config.region,
             http_client=http,
+            credentials=credentials(config, http),
         )
 
     def ensure_bucket(self, create: bool) -> None:
@@ -95,6 +146,7 @@ class ChunkStore:
             len(data),
             content_type=content_type,
             metadata={SHA256_META: sha256},
+            sse=self._sse,
             part_size=max(len(data), MIN_PART_SIZE),
         )
         return result.etag
@@ -110,6 +162,7 @@ class ChunkStore:
             length,
             content_type=content_type,
             metadata={SHA256_META: sha256},
+            sse=self._sse,
             num_parallel_uploads=1,  # read the stream in order: the caller may be hashing it
         )
         return result.etag
@@ -121,6 +174,7 @@ class ChunkStore:
             key,
             [ComposeSource(self.bucket, source) for source in sources],
             metadata={"Content-Type": content_type, SHA256_META: sha256},
+            sse=self._sse,
         )
         return result.etag
 

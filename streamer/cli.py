@@ -269,6 +269,25 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+@main.group("checkpoint")
+def checkpoint_group() -> None:
+    """Look after the checkpoint store."""
+
+
+@checkpoint_group.command("backup")
+@config_option
+@click.argument("destination", type=click.Path(file_okay=False))
+def backup(config_path: str | None, destination: str) -> None:
+    """Copy the checkpoint store to DESTINATION (a new or empty directory), consistently,
+    while the daemon runs. Restore by pointing checkpoint.path at the copy."""
+    with open_store(config_path, readonly=True) as store:
+        try:
+            store.backup(destination)
+        except CheckpointError as exc:
+            fail(str(exc))
+    click.echo(f"checkpoint store copied to {destination}")
+
+
 @main.group("config")
 def config_group() -> None:
     """Check or show the effective configuration (file, then STREAMER_* variables)."""
@@ -285,8 +304,11 @@ def config_check(config_path: str | None) -> None:
 @config_group.command("show")
 @config_option
 def config_show(config_path: str | None) -> None:
-    """The effective configuration as JSON, secrets shown as ***."""
-    click.echo(msgspec.json.format(msgspec.json.encode(config.redacted(load_or_exit(config_path)))))
+    """The effective configuration as JSON, secrets shown as ***; on stderr, where the S3
+    credentials come from."""
+    cfg = load_or_exit(config_path)
+    click.echo(msgspec.json.format(msgspec.json.encode(config.redacted(cfg))))
+    click.echo(f"credentials: {config.credential_source(cfg)}", err=True)
 
 
 def load_or_exit(config_path: str | None) -> config.Config:

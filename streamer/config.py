@@ -43,10 +43,16 @@ class S3Config(Section):
     endpoint: NonEmpty = "localhost:9000"
     bucket: Annotated[str, Meta(min_length=3, max_length=63)] = "recordings"
     prefix: str = "streams"
+    # Empty access and secret key: the AWS chain (AWS_* variables, the shared credentials
+    # file, an instance or container role).
     access_key: str = ""
     secret_key: str = ""
+    session_token: str = ""
     region: NonEmpty = "us-east-1"
     secure: bool = False
+    ca_file: str = ""
+    tls_skip_verify: bool = False
+    sse: Annotated[str, Meta(pattern=r"^(none|s3|kms:\S+)$")] = "none"
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 60.0
     retry_base: Seconds = 0.5
@@ -84,7 +90,10 @@ class Config(Section):
     grace_period: Seconds = 20.0
 
 
-SECRET_KEYS = frozenset({("s3", "secret_key")})
+SECRET_KEYS = frozenset({("s3", "secret_key"), ("s3", "session_token")})
+# Settings that may come from a file named by <VARIABLE>_FILE, the Docker secrets convention.
+FILE_KEYS = SECRET_KEYS | {("s3", "access_key")}
+FILE_SUFFIX = "_FILE"
 
 
 class ConfigError(Exception):
@@ -145,16 +154,51 @@ def _read_file(path: str) -> dict:
     return data
 
 
+def credential_source(config: Config, environ: Mapping[str, str] = os.environ) -> str:
+    """Where the S3 credentials come from, for the start log and `config show`: never the
+    values themselves."""
+    if not config.s3.access_key:
+        return "AWS chain (AWS_* variables, shared credentials file, instance or container role)"
+    parts = []
+    for key in ("access_key", "secret_key", "session_token"):
+        name = env_name("s3", key)
+        if name + FILE_SUFFIX in environ:
+            parts.append(f"{key} from the file in {name}{FILE_SUFFIX}")
+        elif name in environ:
+            parts.append(f"{key} from {name}")
+        elif getattr(config.s3, key):
+            parts.append(f"{key} from the config file")
+    return "static: " + ", ".join(parts)
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict:
     known = {env_name(s, k): (s, k) for s, k in settings()}
+    from_files = {
+        name + FILE_SUFFIX: known[name] for name in map(lambda k: env_name(*k), FILE_KEYS)
+    }
     overrides = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "STREAMER_CONFIG":
             continue
-        if name not in known:
+        if name in from_files:
+            if name.removesuffix(FILE_SUFFIX) in environ:
+                raise ConfigError(f"{name}: set either it or {name.removesuffix(FILE_SUFFIX)}")
+            overrides[from_files[name]] = (name, _read_secret(name, value))
+        elif name in known:
+            overrides[known[name]] = (name, value)
+        else:
             raise ConfigError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
-        overrides[known[name]] = (name, value)
     return overrides
+
+
+def _read_secret(name: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            # Editors and `echo` end files with a newline that is not part of the secret.
+            return f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{name}: cannot read {path}: {reason}") from None
 
 
 def _explain(message: str, overrides: dict) -> str:
@@ -179,5 +223,16 @@ def _check(config: Config) -> None:
         port_ok = False
     if parts.path or parts.query or not parts.hostname or not port_ok:
         raise ConfigError(f"s3.endpoint: {config.s3.endpoint!r} is not host[:port]")
+    s3 = config.s3
+    if bool(s3.access_key) != bool(s3.secret_key):
+        raise ConfigError(
+            "s3.access_key, s3.secret_key: give both, or neither to use the AWS credential chain"
+        )
+    if s3.sse.startswith("kms:") and not s3.secure:
+        raise ConfigError("s3.sse: SSE-KMS needs s3.secure=true (S3 refuses it over http)")
+    if s3.ca_file and not s3.secure:
+        raise ConfigError("s3.ca_file: set s3.secure=true too, or the CA is never used")
+    if s3.ca_file and not os.access(s3.ca_file, os.R_OK):
+        raise ConfigError(f"s3.ca_file: cannot read {s3.ca_file}")
     if "/" in config.watch.pattern:
         raise ConfigError("watch.pattern: a file name pattern cannot contain '/'")

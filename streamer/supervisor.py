@@ -22,7 +22,7 @@ import msgspec
 
 from streamer import logs, metrics, naming, uploader
 from streamer.checkpoint import CheckpointError, CheckpointStore, StreamRecord, StreamState
-from streamer.config import Config, redacted
+from streamer.config import Config, credential_source, redacted
 from streamer.messages import (
     Abandon,
     Assign,
@@ -163,7 +163,18 @@ class Supervisor:
         return self.exit_code
 
     def initialize(self) -> None:
-        self.log.info("starting", config=redacted(self.config), pid=os.getpid())
+        self.log.info(
+            "starting",
+            config=redacted(self.config),
+            credentials=credential_source(self.config),
+            pid=os.getpid(),
+        )
+        if self.config.s3.tls_skip_verify:
+            self.log.warning(
+                "tls_verification_off",
+                message="s3.tls_skip_verify is on: anyone on the path to S3 can read and change "
+                "the uploads. For development only; use s3.ca_file for a private CA.",
+            )
         self.check_directories()
         self.prepare_store()
         self.install_signals()

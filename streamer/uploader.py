@@ -29,7 +29,7 @@ from streamer.checkpoint import (
     StreamRecord,
     StreamState,
 )
-from streamer.chunkstore import BucketMissing, ChunkStore
+from streamer.chunkstore import BucketMissing, ChunkStore, NoCredentials
 from streamer.config import Config
 from streamer.messages import (
     Abandon,
@@ -67,8 +67,9 @@ PR_SET_PDEATHSIG = 1
 FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
-S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing)
+S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
 REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
+UNTRUSTED_HINT = "S3's certificate is not trusted: set s3.ca_file to the CA certificate (PEM)"
 
 
 class SourceChanged(Exception):
@@ -191,7 +192,7 @@ class Uploader:
                 error=_describe(exc),
                 attempt=self.bucket_attempt,
                 delay=round(delay, 3),
-                hint=REJECTED_HINT,
+                **_hint(exc, rejected),
             )
             return
         self.bucket_ready = True
@@ -283,9 +284,9 @@ class Uploader:
             "delay": round(delay, 3),
         }
         if kind == "transient":
-            self.log.warning("upload_retry", **fields)
+            self.log.warning("upload_retry", **fields, **_hint(exc, False))
         elif kind == "rejected":
-            self.log.error("s3_rejected", **fields, hint=REJECTED_HINT)
+            self.log.error("s3_rejected", **fields, **_hint(exc, True))
         else:
             # A bug, or a file we cannot handle: this stream waits, the others go on.
             self.log.error("stream_failed", **fields, traceback=traceback.format_exc(limit=5))
@@ -587,11 +588,17 @@ def _classify(exc: Exception) -> str:
     if isinstance(exc, S3Error):
         status = exc.response.status if exc.response is not None else 500
         return "rejected" if is_rejection(status, exc.code) else "transient"
-    if isinstance(exc, BucketMissing):
+    if isinstance(exc, BucketMissing | NoCredentials):
         return "rejected"
     if isinstance(exc, SourceChanged | MinioException | urllib3.exceptions.HTTPError | OSError):
         return "transient"
     return "failed"
+
+
+def _hint(exc: Exception, rejected: bool) -> dict:
+    if "certificate verify failed" in str(exc):
+        return {"hint": UNTRUSTED_HINT}
+    return {"hint": REJECTED_HINT} if rejected else {}
 
 
 def _utcnow() -> datetime:

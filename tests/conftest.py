@@ -1,23 +1,27 @@
-"""Real parts for the tests: a MinIO server process, the streamer daemon as a subprocess,
-and recordings written live by ffmpeg or by a synthetic writer."""
+"""Real parts for the tests: S3 server processes (MinIO and versitygw), the streamer daemon
+as a subprocess, and recordings written live by ffmpeg or by a synthetic writer."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+import urllib3
 from minio import Minio
 
 ACCESS_KEY = "streamer-test"
@@ -58,61 +62,221 @@ def ffprobe_duration(path) -> float:
     return float(json.loads(out)["format"]["duration"])
 
 
-class MinioServer:
-    def __init__(self, binary: str, data_dir: Path):
-        self.binary, self.data_dir = binary, data_dir
+class S3Server:
+    """A real S3 server process on a free port, stopped and started again on its data."""
+
+    name = ""
+
+    def __init__(
+        self, binary: str, data_dir: Path, env: dict | None = None, ca_file: Path | None = None
+    ):
+        self.binary, self.data_dir, self.ca_file = binary, data_dir, ca_file
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "MINIO_ROOT_USER": ACCESS_KEY,
-            "MINIO_ROOT_PASSWORD": SECRET_KEY,
-            "MINIO_BROWSER": "off",
-        }
-        self.env = env
+        self.env = {**os.environ, **(env or {})}
         self.start()
-        self.client = Minio(self.endpoint, ACCESS_KEY, SECRET_KEY, secure=False, region="us-east-1")
+        tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": str(ca_file)} if ca_file else {}
+        self.client = Minio(
+            self.endpoint,
+            ACCESS_KEY,
+            SECRET_KEY,
+            secure=bool(ca_file),
+            region="us-east-1",
+            http_client=urllib3.PoolManager(**tls),
+        )
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        with open(self.data_dir.parent / "minio.log", "ab") as log:
+        with open(self.data_dir.parent / f"{self.name}.log", "ab") as log:
             self.process = subprocess.Popen(
-                [self.binary, "server", str(self.data_dir), "--address", self.endpoint, "--quiet"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        wait_until(self._live, 30, what="MinIO to start")
+        wait_until(self._live, 30, what=f"{self.name} to start")
 
     def _live(self) -> bool:
+        scheme = "https" if self.ca_file else "http"
+        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
         try:
-            urllib.request.urlopen(f"http://{self.endpoint}/minio/health/live", timeout=1)
-            return True
+            urllib.request.urlopen(f"{scheme}://{self.endpoint}/", timeout=1, context=context)
+        except urllib.error.HTTPError:
+            return True  # it answers
         except OSError:
             return False
+        return True
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
 
 
-def minio_binary() -> str:
-    binary = os.environ.get("MINIO_BIN") or shutil.which("minio")
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.fail("no MinIO server binary: run `make minio` or set MINIO_BIN")
-    return binary
+class MinioServer(S3Server):
+    name = "minio"
+
+    def __init__(
+        self, binary: str, data_dir: Path, env: dict | None = None, certs_dir: Path | None = None
+    ):
+        self.certs_dir = certs_dir
+        env = {
+            "MINIO_ROOT_USER": ACCESS_KEY,
+            "MINIO_ROOT_PASSWORD": SECRET_KEY,
+            "MINIO_BROWSER": "off",
+            **(env or {}),
+        }
+        super().__init__(
+            binary, data_dir, env, ca_file=certs_dir / "CAs" / "ca.crt" if certs_dir else None
+        )
+
+    def command(self) -> list[str]:
+        certs = ["--certs-dir", str(self.certs_dir)] if self.certs_dir else []
+        return [
+            self.binary,
+            "server",
+            str(self.data_dir),
+            "--address",
+            self.endpoint,
+            "--quiet",
+            *certs,
+        ]
+
+
+def make_certificates(directory: Path) -> Path:
+    """A private CA and a certificate for 127.0.0.1 signed by it, laid out as MinIO's
+    --certs-dir wants them (public.crt, private.key, CAs/ca.crt)."""
+    (directory / "CAs").mkdir(parents=True)
+    ca_crt, ca_key = directory / "CAs" / "ca.crt", directory / "ca.key"
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        *key,
+        "-keyout",
+        ca_key,
+        "-out",
+        ca_crt,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=streamer test CA",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    csr = directory / "server.csr"
+    openssl(
+        "req", *key, "-keyout", directory / "private.key", "-out", csr, "-subj", "/CN=127.0.0.1"
+    )
+    extensions = directory / "server.ext"
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca_crt,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-out",
+        directory / "public.crt",
+        "-days",
+        "2",
+        "-extfile",
+        extensions,
+    )
+    return directory
+
+
+class VersityServer(S3Server):
+    """versitygw serving S3 from a plain directory: a second, independent implementation."""
+
+    name = "versitygw"
+
+    def __init__(self, binary: str, data_dir: Path):
+        super().__init__(
+            binary, data_dir, {"ROOT_ACCESS_KEY": ACCESS_KEY, "ROOT_SECRET_KEY": SECRET_KEY}
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, "--port", self.endpoint, "posix", str(self.data_dir)]
+
+
+def binary(variable: str, name: str) -> str:
+    path = os.environ.get(variable) or shutil.which(name)
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail(f"no {name} binary: run `make {name}` or set {variable}")
+    return path
+
+
+SERVERS = {
+    "minio": lambda data: MinioServer(binary("MINIO_BIN", "minio"), data),
+    "versitygw": lambda data: VersityServer(binary("VERSITYGW_BIN", "versitygw"), data),
+}
+# The cases that matter run against both servers: `@both_servers` on a test that takes
+# `server` (and so `make_daemon`, `bucket`); other tests get MinIO.
+both_servers = pytest.mark.parametrize("server", sorted(SERVERS), indirect=True)
 
 
 @pytest.fixture(scope="session")
 def minio(tmp_path_factory):
-    server = MinioServer(minio_binary(), tmp_path_factory.mktemp("minio") / "data")
+    server = SERVERS["minio"](tmp_path_factory.mktemp("minio") / "data")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def versitygw(tmp_path_factory):
+    server = SERVERS["versitygw"](tmp_path_factory.mktemp("versitygw") / "data")
+    yield server
+    server.stop()
+
+
+KMS_KEY_ID = "streamer-test-key"
+
+
+@pytest.fixture(scope="session")
+def tls_minio(tmp_path_factory):
+    """MinIO over https with a certificate from a private CA, and a static KMS key so it
+    can encrypt at rest (SSE-S3 and SSE-KMS)."""
+    base = tmp_path_factory.mktemp("tls-minio")
+    key = base64.b64encode(hashlib.sha256(b"streamer test kms key").digest()).decode()
+    server = MinioServer(
+        binary("MINIO_BIN", "minio"),
+        base / "data",
+        env={"MINIO_KMS_SECRET_KEY": f"{KMS_KEY_ID}:{key}"},
+        certs_dir=make_certificates(base / "certs"),
+    )
     yield server
     server.stop()
 
 
 @pytest.fixture
-def bucket(minio) -> str:
+def server(request) -> S3Server:
+    return request.getfixturevalue(getattr(request, "param", "minio"))
+
+
+@pytest.fixture
+def own_server(server, tmp_path) -> S3Server:
+    """A server of the same kind for this test alone, free to be stopped and started."""
+    own = SERVERS[server.name](tmp_path / f"own-{server.name}" / "data")
+    yield own
+    if own.process.poll() is None:
+        own.stop()
+
+
+@pytest.fixture
+def bucket(server) -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
-    minio.client.make_bucket(name)
+    server.client.make_bucket(name)
     return name
 
 
@@ -137,7 +301,7 @@ class Daemon:
         self._offset = 0
         self.events: list[dict] = []
 
-    def start(self) -> Daemon:
+    def start(self, wait: bool = True) -> Daemon:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -153,7 +317,8 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_for("metrics_listening")  # the last step of a start
+        if wait:
+            self.wait_for("metrics_listening")  # the last step of a start
         return self
 
     def read_events(self) -> list[dict]:
@@ -205,8 +370,20 @@ class Daemon:
         return self.process.returncode
 
 
+def cli(daemon, *args, stdin: str | None = None, env=None) -> subprocess.CompletedProcess:
+    """An admin command against the daemon's configuration."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args, "--config", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+        env={**daemon.env, **(env or {})},
+    )
+
+
 @pytest.fixture
-def make_daemon(tmp_path, minio, bucket):
+def make_daemon(tmp_path, server, bucket):
     """Build a config for a fresh watch directory and checkpoint store; start daemons on it.
     Daemons made with the same `home` share them (a restart); another `home` is another
     host, with its own directory, store and log."""
@@ -220,7 +397,7 @@ def make_daemon(tmp_path, minio, bucket):
             "watch": {"directory": str(watch), "rescan_interval": 2},
             "stream": {"chunk_size": 64 * 1024, "idle_timeout": 2},
             "s3": {
-                "endpoint": minio.endpoint,
+                "endpoint": server.endpoint,
                 "bucket": bucket,
                 "prefix": "rec",
                 "access_key": ACCESS_KEY,

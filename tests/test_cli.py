@@ -9,21 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import GrowingFile
+from conftest import GrowingFile, cli
 
 pytestmark = pytest.mark.integration
 
 KiB = 1024
-
-
-def cli(daemon, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamer", *args, "--config", str(daemon.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
 
 
 @pytest.fixture
@@ -112,3 +102,25 @@ def test_helpful_errors(make_daemon):
     unknown = cli(daemon, "verify", "nope")
     assert unknown.returncode == 1 and "no stream 'nope'" in unknown.stderr
     assert "give a STREAM_ID or --all" in cli(daemon, "verify").stderr
+
+
+def test_backup_copies_the_store_while_the_daemon_writes(make_daemon, tmp_path):
+    daemon = make_daemon(stream={"idle_timeout": 30}).start()
+    (daemon.watch / "done.mp4").write_bytes(b"d" * 100 * KiB)
+    writer = GrowingFile(daemon.watch / "live.mp4", total=600 * KiB, rate=200 * KiB).start()
+    daemon.wait_for("chunk_uploaded", count=3)
+    copy = tmp_path / "backup"
+    result = cli(daemon, "checkpoint", "backup", str(copy))
+    assert result.returncode == 0, result.stderr
+    writer.wait()
+
+    from_copy = cli(
+        daemon, "streams", "list", "--json", env={"STREAMER_CHECKPOINT_PATH": str(copy)}
+    )
+    live = {s["stream_id"]: s for s in json.loads(cli(daemon, "streams", "list", "--json").stdout)}
+    copied = {s["stream_id"]: s for s in json.loads(from_copy.stdout)}
+    assert copied.keys() == live.keys() and len(copied) == 2
+    assert all(0 < s["uploaded_bytes"] <= live[i]["uploaded_bytes"] for i, s in copied.items())
+
+    again = cli(daemon, "checkpoint", "backup", str(copy))
+    assert again.returncode == 1 and "is not empty" in again.stderr

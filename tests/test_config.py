@@ -26,7 +26,10 @@ def test_defaults_need_no_file():
 
 
 def test_environment_wins_over_the_file(tmp_path):
-    path = write(tmp_path, {"stream": {"idle_timeout": 5}, "s3": {"secret_key": "from-file"}})
+    path = write(
+        tmp_path,
+        {"stream": {"idle_timeout": 5}, "s3": {"access_key": "k", "secret_key": "from-file"}},
+    )
     env = {
         "STREAMER_STREAM_IDLE_TIMEOUT": "7.5",
         "STREAMER_S3_SECRET_KEY": "from-env",
@@ -57,6 +60,23 @@ def test_environment_wins_over_the_file(tmp_path):
         ({"s3": {"endpoint": "http://minio:9000"}}, {}, "s3.endpoint: give host[:port]"),
         ({"s3": {"endpoint": "minio:99999"}}, {}, "s3.endpoint: 'minio:99999' is not host[:port]"),
         ({"s3": {"endpoint": "minio/path"}}, {}, "is not host[:port]"),
+        ({"s3": {"access_key": "only"}}, {}, "s3.access_key, s3.secret_key: give both"),
+        ({"s3": {"sse": "kms:"}}, {}, "s3.sse"),
+        ({"s3": {"sse": "aes"}}, {}, "s3.sse"),
+        ({"s3": {"sse": "kms:key-1"}}, {}, "s3.sse: SSE-KMS needs s3.secure=true"),
+        ({"s3": {"ca_file": "/etc/hostname"}}, {}, "s3.ca_file: set s3.secure=true too"),
+        ({"s3": {"ca_file": "/nonexistent.pem", "secure": True}}, {}, "cannot read /nonexistent"),
+        (
+            {},
+            {"STREAMER_S3_SECRET_KEY_FILE": "/nonexistent", "STREAMER_S3_ACCESS_KEY": "k"},
+            "STREAMER_S3_SECRET_KEY_FILE: cannot read /nonexistent: No such file",
+        ),
+        (
+            {},
+            {"STREAMER_S3_SECRET_KEY_FILE": "/etc/hostname", "STREAMER_S3_SECRET_KEY": "x"},
+            "STREAMER_S3_SECRET_KEY_FILE: set either it or STREAMER_S3_SECRET_KEY",
+        ),
+        ({}, {"STREAMER_S3_REGION_FILE": "/etc/hostname"}, "STREAMER_S3_REGION_FILE: unknown"),
         ("{not json", {}, "is not valid JSON"),
         ([1, 2], {}, "must hold a JSON object"),
     ],
@@ -77,9 +97,40 @@ def test_example_config_shows_every_setting_with_its_default():
     assert example == msgspec.to_builtins(config.Config())
 
 
-def test_redacted_hides_the_secret():
-    cfg = config.load(None, environ={"STREAMER_S3_SECRET_KEY": "hunter2"})
-    assert "hunter2" not in json.dumps(config.redacted(cfg))
+def test_redacted_hides_the_secrets():
+    env = {
+        "STREAMER_S3_ACCESS_KEY": "key",
+        "STREAMER_S3_SECRET_KEY": "hunter2",
+        "STREAMER_S3_SESSION_TOKEN": "token-hunter3",
+    }
+    shown = json.dumps(config.redacted(config.load(None, environ=env)))
+    assert "hunter2" not in shown and "hunter3" not in shown
+
+
+def test_secrets_from_files_lose_the_trailing_newline(tmp_path):
+    (tmp_path / "secret").write_text("s3cr3t\n")
+    env = {"STREAMER_S3_ACCESS_KEY": "key", "STREAMER_S3_SECRET_KEY_FILE": str(tmp_path / "secret")}
+    assert config.load(None, environ=env).s3.secret_key == "s3cr3t"
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "expected"),
+    [
+        (
+            {},
+            {},
+            "AWS chain (AWS_* variables, shared credentials file, instance or container role)",
+        ),
+        (
+            {"s3": {"access_key": "k", "secret_key": "s"}},
+            {"STREAMER_S3_SECRET_KEY": "t"},
+            "static: access_key from the config file, secret_key from STREAMER_S3_SECRET_KEY",
+        ),
+    ],
+)
+def test_the_credential_source_is_named_never_shown(tmp_path, data, env, expected):
+    cfg = config.load(write(tmp_path, data), environ=env)
+    assert config.credential_source(cfg, env) == expected
 
 
 def test_every_setting_has_an_environment_variable_in_the_readme():

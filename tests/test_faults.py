@@ -7,17 +7,15 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 from conftest import (
     GrowingFile,
-    MinioServer,
+    both_servers,
+    cli,
     manifest_of,
-    minio_binary,
     reassemble,
     sha256_file,
     wait_until,
@@ -99,30 +97,22 @@ def test_a_throttled_link_still_delivers(make_daemon, minio, proxy):
     assert_exact(minio, daemon, stream_id, writer.path)
 
 
-@pytest.fixture
-def own_minio(tmp_path):
-    (tmp_path / "own-minio").mkdir()
-    server = MinioServer(minio_binary(), tmp_path / "own-minio" / "data")
-    yield server
-    if server.process.poll() is None:
-        server.stop()
-
-
-def test_minio_stopped_mid_stream_and_started_again(make_daemon, own_minio):
-    own_minio.client.make_bucket("outage")
-    daemon = make_daemon(s3={"endpoint": own_minio.endpoint, "bucket": "outage", **FAST_RETRIES})
+@both_servers
+def test_the_server_stopped_mid_stream_and_started_again(make_daemon, own_server):
+    own_server.client.make_bucket("outage")
+    daemon = make_daemon(s3={"endpoint": own_server.endpoint, "bucket": "outage", **FAST_RETRIES})
     daemon.start()
     writer = GrowingFile(daemon.watch / "outage.mp4", total=2048 * KiB, rate=256 * KiB).start()
     stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
     daemon.wait_for("chunk_uploaded", count=2)
-    own_minio.stop()
+    own_server.stop()
     daemon.wait_for("upload_retry", count=2, timeout=30)
     time.sleep(3)
-    own_minio.start()
+    own_server.start()
     writer.wait()
     daemon.wait_for("stream_finished", timeout=60)
     daemon.bucket = "outage"
-    assert_exact(own_minio, daemon, stream_id, writer.path)
+    assert_exact(own_server, daemon, stream_id, writer.path)
 
 
 def test_wrong_credentials_are_a_clear_slow_error_and_the_secret_stays_secret(make_daemon, minio):
@@ -167,15 +157,6 @@ def test_a_missing_bucket_that_may_not_be_created_is_reported(make_daemon, minio
     rejected = daemon.wait_for("s3_rejected", timeout=30)[0]
     assert "does not exist and s3.create_bucket is off" in rejected["error"]
     assert not minio.client.bucket_exists("no-such-bucket-here")
-
-
-def cli(daemon, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamer", *args, "--config", str(daemon.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_an_operator_cancels_a_stream_and_retries_it(make_daemon, minio):

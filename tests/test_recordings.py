@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import (
     GrowingFile,
+    both_servers,
     ffprobe_duration,
     manifest_of,
     object_bytes,
@@ -26,30 +27,31 @@ MiB = 1024 * KiB
 FRAME = 1 / 25
 
 
-def objects(minio, bucket, stream_id) -> dict:
+def objects(server, bucket, stream_id) -> dict:
     return {
         o.object_name: (o.etag, o.last_modified)
-        for o in minio.client.list_objects(
+        for o in server.client.list_objects(
             bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
         )
     }
 
 
-def check_exact(minio, bucket, stream_id, path) -> dict:
-    manifest = manifest_of(minio.client, bucket, stream_id)
+def check_exact(server, bucket, stream_id, path) -> dict:
+    manifest = manifest_of(server.client, bucket, stream_id)
     expected = sha256_file(path)
-    data = reassemble(minio.client, bucket, manifest)
+    data = reassemble(server.client, bucket, manifest)
     assert hashlib.sha256(data).hexdigest() == expected == manifest["sha256"]
     assembled = manifest["assembled"]
-    whole = object_bytes(minio.client, bucket, assembled["key"])
+    whole = object_bytes(server.client, bucket, assembled["key"])
     assert hashlib.sha256(whole).hexdigest() == expected
     assert assembled["size"] == len(whole) == manifest["total_size"]
     return manifest
 
 
+@both_servers
 @pytest.mark.parametrize("kind", ["plain", "faststart", "fragmented"])
 def test_live_ffmpeg_recording_is_exact_playable_and_described(
-    make_daemon, minio, ffmpeg, tmp_path, kind
+    make_daemon, server, ffmpeg, tmp_path, kind
 ):
     daemon = make_daemon(stream={"idle_timeout": 3}).start()
     path = daemon.watch / f"{kind}.mp4"
@@ -58,9 +60,9 @@ def test_live_ffmpeg_recording_is_exact_playable_and_described(
     daemon.wait_for("chunk_uploaded", stream_id=stream_id)
     assert recorder.poll() is None, "a chunk should be in S3 while ffmpeg is still recording"
     assert recorder.wait(30) == 0
-    before = objects(minio, daemon.bucket, stream_id)
+    before = objects(server, daemon.bucket, stream_id)
     daemon.wait_for("stream_finished", timeout=60)
-    manifest = check_exact(minio, daemon.bucket, stream_id, path)
+    manifest = check_exact(server, daemon.bucket, stream_id, path)
 
     assert manifest["status"] == "complete" and manifest["status_reason"] is None
     facts = manifest["mp4"]
@@ -81,7 +83,7 @@ def test_live_ffmpeg_recording_is_exact_playable_and_described(
             c["reupload_reason"] == "bytes changed after upload" for c in revised
         )
         assert all(c["key"].endswith(f".r{c['revision']}") for c in revised)
-    after = objects(minio, daemon.bucket, stream_id)
+    after = objects(server, daemon.bucket, stream_id)
     assert {k: after[k] for k in before} == before, "an uploaded object was overwritten"
 
     assembled = manifest["assembled"]
@@ -90,22 +92,23 @@ def test_live_ffmpeg_recording_is_exact_playable_and_described(
         and assembled["method"] == "upload"
     )
     copy = tmp_path / "assembled.mp4"
-    copy.write_bytes(object_bytes(minio.client, daemon.bucket, assembled["key"]))
+    copy.write_bytes(object_bytes(server.client, daemon.bucket, assembled["key"]))
     assert abs(ffprobe_duration(copy) - manifest["duration"]["media_seconds"]) <= FRAME
 
 
-def test_chunks_of_5_mib_are_assembled_in_s3_without_uploading_again(make_daemon, minio):
+@both_servers
+def test_chunks_of_5_mib_are_assembled_in_s3_without_uploading_again(make_daemon, server):
     daemon = make_daemon(stream={"chunk_size": 5 * MiB}).start()
     path = daemon.watch / "big.mp4"
     path.write_bytes(hashlib.shake_256(b"big").digest(12 * MiB))
     event = daemon.wait_for("stream_finished", timeout=60)[0]
-    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    manifest = check_exact(server, daemon.bucket, event["stream_id"], path)
     assert manifest["assembled"]["method"] == "compose"
     assert [c["size"] for c in manifest["chunks"]] == [5 * MiB, 5 * MiB, 2 * MiB]
     assert len(daemon.find("chunk_uploaded")) == 3
 
 
-def test_a_recorder_that_crashes_leaves_a_partial_stream(make_daemon, minio, ffmpeg):
+def test_a_recorder_that_crashes_leaves_a_partial_stream(make_daemon, server, ffmpeg):
     daemon = make_daemon(stream={"idle_timeout": 3}).start()
     path = daemon.watch / "crashed.mp4"
     recorder = record(ffmpeg, path, 30, "plain")
@@ -113,13 +116,13 @@ def test_a_recorder_that_crashes_leaves_a_partial_stream(make_daemon, minio, ffm
     recorder.send_signal(signal.SIGKILL)
     recorder.wait()
     event = daemon.wait_for("stream_finished", timeout=60)[0]
-    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    manifest = check_exact(server, daemon.bucket, event["stream_id"], path)
     assert manifest["status"] == "partial"
     assert "moov" in manifest["status_reason"]
     assert manifest["mp4"]["is_mp4"] and not manifest["mp4"]["playable"]
 
 
-def test_a_file_renamed_within_the_directory_keeps_its_stream(make_daemon, minio):
+def test_a_file_renamed_within_the_directory_keeps_its_stream(make_daemon, server):
     daemon = make_daemon().start()
     writer = GrowingFile(daemon.watch / "before.mp4", total=1024 * KiB, rate=256 * KiB).start()
     stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
@@ -129,12 +132,12 @@ def test_a_file_renamed_within_the_directory_keeps_its_stream(make_daemon, minio
     event = daemon.wait_for("stream_finished", timeout=60)[0]
     assert event["stream_id"] == stream_id
     assert daemon.find("stream_renamed", stream_id=stream_id)
-    manifest = check_exact(minio, daemon.bucket, stream_id, daemon.watch / "after.mp4")
+    manifest = check_exact(server, daemon.bucket, stream_id, daemon.watch / "after.mp4")
     assert manifest["source"]["name"] == "after.mp4"
     assert len(daemon.find("stream_discovered")) == 1
 
 
-def test_a_part_file_renamed_into_the_pattern_is_picked_up_whole(make_daemon, minio):
+def test_a_part_file_renamed_into_the_pattern_is_picked_up_whole(make_daemon, server):
     daemon = make_daemon().start()
     part = daemon.watch / "cam.mp4.part"
     part.write_bytes(hashlib.shake_256(b"part").digest(200 * KiB))
@@ -144,10 +147,10 @@ def test_a_part_file_renamed_into_the_pattern_is_picked_up_whole(make_daemon, mi
     discovered = daemon.wait_for("stream_discovered")[0]
     assert discovered["size"] == 200 * KiB
     daemon.wait_for("stream_finished")
-    check_exact(minio, daemon.bucket, discovered["stream_id"], daemon.watch / "cam.mp4")
+    check_exact(server, daemon.bucket, discovered["stream_id"], daemon.watch / "cam.mp4")
 
 
-def test_a_file_replaced_mid_stream_starts_a_new_generation(make_daemon, minio):
+def test_a_file_replaced_mid_stream_starts_a_new_generation(make_daemon, server):
     daemon = make_daemon().start()
     path = daemon.watch / "cam.mp4"
     GrowingFile(path, total=4096 * KiB, rate=256 * KiB).start()
@@ -155,23 +158,23 @@ def test_a_file_replaced_mid_stream_starts_a_new_generation(make_daemon, minio):
     daemon.wait_for("chunk_uploaded", count=3)
     staged = daemon.watch / "cam.staged"
     staged.write_bytes(hashlib.shake_256(b"second").digest(300 * KiB))
-    uploaded_before = objects(minio, daemon.bucket, first)
+    uploaded_before = objects(server, daemon.bucket, first)
     os.rename(staged, path)
 
     lost = daemon.wait_for("stream_finished", stream_id=first)[0]
     assert lost["status"] == "partial"
-    old = manifest_of(minio.client, daemon.bucket, first)
+    old = manifest_of(server.client, daemon.bucket, first)
     assert old["status_reason"] == "replaced by another file before it finished"
     assert old["sha256"] is None and old["total_size"] == sum(c["size"] for c in old["chunks"])
     second = [e for e in daemon.wait_for("stream_discovered", count=2)][1]["stream_id"]
     assert second != first
     daemon.wait_for("stream_finished", stream_id=second, timeout=60)
-    check_exact(minio, daemon.bucket, second, path)
-    after = objects(minio, daemon.bucket, first)
+    check_exact(server, daemon.bucket, second, path)
+    after = objects(server, daemon.bucket, first)
     assert {k: after[k] for k in uploaded_before} == uploaded_before
 
 
-def test_a_file_deleted_mid_stream_is_finished_as_partial(make_daemon, minio):
+def test_a_file_deleted_mid_stream_is_finished_as_partial(make_daemon, server):
     daemon = make_daemon().start()
     path = daemon.watch / "gone.mp4"
     path.write_bytes(hashlib.shake_256(b"gone").digest(256 * KiB))
@@ -180,14 +183,14 @@ def test_a_file_deleted_mid_stream_is_finished_as_partial(make_daemon, minio):
     path.unlink()
     event = daemon.wait_for("stream_finished", timeout=30)[0]
     assert (event["stream_id"], event["status"]) == (stream_id, "partial")
-    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    manifest = manifest_of(server.client, daemon.bucket, stream_id)
     assert manifest["status_reason"] == "deleted before it finished"
     assert manifest["chunk_count"] == 4 and manifest["total_size"] == 256 * KiB
-    data = reassemble(minio.client, daemon.bucket, manifest)
+    data = reassemble(server.client, daemon.bucket, manifest)
     assert data == hashlib.shake_256(b"gone").digest(256 * KiB)
 
 
-def test_a_file_deleted_while_streamer_was_stopped_is_finished_as_partial(make_daemon, minio):
+def test_a_file_deleted_while_streamer_was_stopped_is_finished_as_partial(make_daemon, server):
     daemon = make_daemon().start()
     writer = GrowingFile(daemon.watch / "away.mp4", total=2048 * KiB, rate=256 * KiB).start()
     stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
@@ -198,10 +201,10 @@ def test_a_file_deleted_while_streamer_was_stopped_is_finished_as_partial(make_d
     daemon.start()
     event = daemon.wait_for("stream_finished", timeout=30)[0]
     assert (event["stream_id"], event["status"]) == (stream_id, "partial")
-    assert manifest_of(minio.client, daemon.bucket, stream_id)["chunk_count"] >= 2
+    assert manifest_of(server.client, daemon.bucket, stream_id)["chunk_count"] >= 2
 
 
-def test_a_finished_file_renamed_is_not_uploaded_again(make_daemon, minio):
+def test_a_finished_file_renamed_is_not_uploaded_again(make_daemon, server):
     daemon = make_daemon().start()
     path = daemon.watch / "finished.mp4"
     path.write_bytes(hashlib.shake_256(b"finished").digest(100 * KiB))
@@ -216,7 +219,8 @@ def test_a_finished_file_renamed_is_not_uploaded_again(make_daemon, minio):
     assert len(daemon.find("chunk_uploaded")) == 2
 
 
-def test_shrunk_chunks_get_new_revisions_and_a_reason(make_daemon, minio):
+@both_servers
+def test_shrunk_chunks_get_new_revisions_and_a_reason(make_daemon, server):
     daemon = make_daemon(stream={"idle_timeout": 3}).start()
     path = daemon.watch / "shrink.mp4"
     path.write_bytes(hashlib.shake_256(b"shrink").digest(300 * KiB))
@@ -225,7 +229,7 @@ def test_shrunk_chunks_get_new_revisions_and_a_reason(make_daemon, minio):
         f.truncate(100 * KiB)
     event = daemon.wait_for("stream_finished", timeout=30)[0]
     assert daemon.find("stream_shrank")
-    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    manifest = check_exact(server, daemon.bucket, event["stream_id"], path)
     assert daemon.find("chunks_dropped")[0]["from_index"] == 2
     assert manifest["total_size"] == 100 * KiB
     assert [c["size"] for c in manifest["chunks"]] == [64 * KiB, 36 * KiB]
@@ -233,7 +237,7 @@ def test_shrunk_chunks_get_new_revisions_and_a_reason(make_daemon, minio):
     assert (last["revision"], last["reupload_reason"]) == (1, "file shrank")
 
 
-def test_a_file_that_shrinks_then_grows_again_is_exact(make_daemon, minio):
+def test_a_file_that_shrinks_then_grows_again_is_exact(make_daemon, server):
     daemon = make_daemon(stream={"idle_timeout": 3}).start()
     path = daemon.watch / "regrow.mp4"
     first = hashlib.shake_256(b"first").digest(300 * KiB)
@@ -249,19 +253,19 @@ def test_a_file_that_shrinks_then_grows_again_is_exact(make_daemon, minio):
     # If finishing beat the growth, the growth is a new generation: either way, a stream
     # ends holding exactly the final 500 KiB.
     event = daemon.wait_for("stream_finished", timeout=60, size=500 * KiB)[0]
-    manifest = check_exact(minio, daemon.bucket, event["stream_id"], path)
+    manifest = check_exact(server, daemon.bucket, event["stream_id"], path)
     assert manifest["total_size"] == 500 * KiB
     ends = [c["offset"] + c["size"] for c in manifest["chunks"]]
     assert [c["offset"] for c in manifest["chunks"][1:]] == ends[:-1], "chunks are contiguous"
 
 
-def test_a_recording_written_over_in_place_starts_a_new_generation(make_daemon, minio):
+def test_a_recording_written_over_in_place_starts_a_new_generation(make_daemon, server):
     daemon = make_daemon(stream={"idle_timeout": 3}).start()
     path = daemon.watch / "inplace.mp4"
     path.write_bytes(hashlib.shake_256(b"first take").digest(300 * KiB))
     first = daemon.wait_for("stream_discovered")[0]["stream_id"]
     daemon.wait_for("chunk_uploaded", count=4)
-    uploaded_before = objects(minio, daemon.bucket, first)
+    uploaded_before = objects(server, daemon.bucket, first)
     inode = path.stat().st_ino
     with open(path, "wb") as f:  # same inode, truncated, then another recording
         f.flush()
@@ -275,18 +279,18 @@ def test_a_recording_written_over_in_place_starts_a_new_generation(make_daemon, 
     second = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
     assert second != first
     daemon.wait_for("stream_finished", stream_id=second, timeout=30)
-    check_exact(minio, daemon.bucket, second, path)
-    after = objects(minio, daemon.bucket, first)
+    check_exact(server, daemon.bucket, second, path)
+    after = objects(server, daemon.bucket, first)
     assert {k: after[k] for k in uploaded_before} == uploaded_before
-    old_manifest = manifest_of(minio.client, daemon.bucket, first)
+    old_manifest = manifest_of(server.client, daemon.bucket, first)
     assert (
-        reassemble(minio.client, daemon.bucket, old_manifest)
+        reassemble(server.client, daemon.bucket, old_manifest)
         == hashlib.shake_256(b"first take").digest(300 * KiB)[: old_manifest["total_size"]]
     )
 
 
 def test_a_recording_written_over_while_streamer_was_stopped_is_a_new_generation(
-    make_daemon, minio
+    make_daemon, server
 ):
     daemon = make_daemon().start()
     path = daemon.watch / "overnight.mp4"
@@ -302,4 +306,4 @@ def test_a_recording_written_over_while_streamer_was_stopped_is_a_new_generation
     assert old["status"] == "partial"
     second = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
     daemon.wait_for("stream_finished", stream_id=second, timeout=30)
-    check_exact(minio, daemon.bucket, second, path)
+    check_exact(server, daemon.bucket, second, path)

@@ -11,6 +11,7 @@ from datetime import datetime
 import pytest
 from conftest import (
     GrowingFile,
+    both_servers,
     manifest_of,
     reassemble,
     record,
@@ -23,10 +24,10 @@ pytestmark = pytest.mark.integration
 KiB = 1024
 
 
-def chunk_keys(minio, bucket, stream_id):
+def chunk_keys(server, bucket, stream_id):
     return sorted(
         o.object_name
-        for o in minio.client.list_objects(
+        for o in server.client.list_objects(
             bucket, prefix=f"rec/test-host/{stream_id}/chunks/", recursive=True
         )
     )
@@ -36,9 +37,9 @@ def finished(daemon, count=1, timeout=60):
     return daemon.wait_for("stream_finished", timeout=timeout, count=count)
 
 
-def assert_exact(minio, daemon, stream_id, path):
-    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
-    data = reassemble(minio.client, daemon.bucket, manifest)
+def assert_exact(server, daemon, stream_id, path):
+    manifest = manifest_of(server.client, daemon.bucket, stream_id)
+    data = reassemble(server.client, daemon.bucket, manifest)
     assert hashlib.sha256(data).hexdigest() == sha256_file(path) == manifest["sha256"]
     assert manifest["total_size"] == len(data) == path.stat().st_size
     offsets = [c["offset"] for c in manifest["chunks"]]
@@ -48,26 +49,28 @@ def assert_exact(minio, daemon, stream_id, path):
     return manifest
 
 
-def test_chunks_appear_in_s3_while_the_file_is_still_growing(make_daemon, minio):
+@both_servers
+def test_chunks_appear_in_s3_while_the_file_is_still_growing(make_daemon, server):
     daemon = make_daemon().start()
     writer = GrowingFile(daemon.watch / "live.mp4", total=1024 * KiB, rate=256 * KiB).start()
     stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
 
     keys = wait_until(
-        lambda: chunk_keys(minio, daemon.bucket, stream_id), 20, what="a chunk in MinIO"
+        lambda: chunk_keys(server, daemon.bucket, stream_id), 20, what="a chunk in MinIO"
     )
     assert not writer.done.is_set(), "the first chunk should be in S3 before the writer ends"
     assert keys[0] == f"rec/test-host/{stream_id}/chunks/000000"
 
     writer.wait()
     finished(daemon)
-    manifest = assert_exact(minio, daemon, stream_id, writer.path)
+    manifest = assert_exact(server, daemon, stream_id, writer.path)
     assert manifest["chunk_count"] == 16
     # Synthetic bytes are uploaded exactly, and flagged for what they are.
     assert (manifest["status"], manifest["status_reason"]) == ("invalid", "not an MP4 file")
 
 
-def test_three_ffmpeg_recordings_at_once_are_byte_exact(make_daemon, minio, ffmpeg):
+@both_servers
+def test_three_ffmpeg_recordings_at_once_are_byte_exact(make_daemon, server, ffmpeg):
     daemon = make_daemon(stream={"idle_timeout": 3}).start()
     kinds = ["plain", "faststart", "fragmented"]
     recorders = [record(ffmpeg, daemon.watch / f"cam-{kind}.mp4", 6, kind) for kind in kinds]
@@ -79,7 +82,7 @@ def test_three_ffmpeg_recordings_at_once_are_byte_exact(make_daemon, minio, ffmp
     by_name = {e["stream_id"].split("-2")[0]: e["stream_id"] for e in done}
     assert sorted(by_name) == sorted(f"cam-{kind}" for kind in kinds)
     manifests = {
-        kind: assert_exact(minio, daemon, by_name[f"cam-{kind}"], daemon.watch / f"cam-{kind}.mp4")
+        kind: assert_exact(server, daemon, by_name[f"cam-{kind}"], daemon.watch / f"cam-{kind}.mp4")
         for kind in kinds
     }
     # ffmpeg rewrote bytes it had written: streamer noticed and uploaded them again.
@@ -90,13 +93,14 @@ def test_three_ffmpeg_recordings_at_once_are_byte_exact(make_daemon, minio, ffmp
     assert len(uploaders) == 2, f"streams should be spread over both uploaders: {uploaders}"
 
 
-def test_metadata_describes_the_stream(make_daemon, minio):
+@both_servers
+def test_metadata_describes_the_stream(make_daemon, server):
     daemon = make_daemon().start()
     writer = GrowingFile(daemon.watch / "meta.mp4", total=200 * KiB, rate=400 * KiB).start()
     writer.wait()
     last_write = time.time()
     event = finished(daemon)[0]
-    manifest = assert_exact(minio, daemon, event["stream_id"], writer.path)
+    manifest = assert_exact(server, daemon, event["stream_id"], writer.path)
 
     assert manifest["stream_id"] == event["stream_id"]
     assert manifest["source"] == {
@@ -120,7 +124,7 @@ def test_metadata_describes_the_stream(make_daemon, minio):
     assert 0 < manifest["duration"]["wall_seconds"] < 10
 
 
-def test_files_present_at_start_are_uploaded(make_daemon, minio, tmp_path):
+def test_files_present_at_start_are_uploaded(make_daemon, server, tmp_path):
     daemon = make_daemon()
     source = daemon.watch / "Old Recording.MP4"
     source.write_bytes(hashlib.shake_256(b"old").digest(300 * KiB))
@@ -128,11 +132,12 @@ def test_files_present_at_start_are_uploaded(make_daemon, minio, tmp_path):
     daemon.start()
     event = finished(daemon)[0]
     assert event["stream_id"].startswith("Old_Recording-")
-    assert_exact(minio, daemon, event["stream_id"], source)
+    assert_exact(server, daemon, event["stream_id"], source)
     assert len(daemon.find("stream_discovered")) == 1
 
 
-def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(make_daemon, minio):
+@both_servers
+def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(make_daemon, server):
     daemon = make_daemon()
     daemon.start()
     writer = GrowingFile(daemon.watch / "crash.mp4", total=2048 * KiB, rate=256 * KiB).start()
@@ -143,7 +148,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     daemon.process.wait()
     before = {
         o.object_name: o.last_modified
-        for o in minio.client.list_objects(
+        for o in server.client.list_objects(
             daemon.bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
         )
     }
@@ -154,7 +159,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     daemon.start()
     writer.wait()
     finished(daemon, timeout=60)
-    manifest = assert_exact(minio, daemon, stream_id, writer.path)
+    manifest = assert_exact(server, daemon, stream_id, writer.path)
 
     assert daemon.find("stream_resumed", stream_id=stream_id)
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
@@ -165,14 +170,14 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     assert len(found) <= 1
     after = {
         o.object_name: o.last_modified
-        for o in minio.client.list_objects(
+        for o in server.client.list_objects(
             daemon.bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
         )
     }
     assert {k: after[k] for k in before} == before, "chunks from before the kill were re-sent"
 
 
-def test_finished_streams_stay_finished_after_restart(make_daemon, minio):
+def test_finished_streams_stay_finished_after_restart(make_daemon, server):
     daemon = make_daemon()
     source = daemon.watch / "done.mp4"
     source.write_bytes(hashlib.shake_256(b"done").digest(150 * KiB))
@@ -188,7 +193,7 @@ def test_finished_streams_stay_finished_after_restart(make_daemon, minio):
     assert len(daemon.find("chunk_uploaded")) == 3
 
 
-def test_sigterm_stops_gracefully_and_the_stream_resumes(make_daemon, minio):
+def test_sigterm_stops_gracefully_and_the_stream_resumes(make_daemon, server):
     daemon = make_daemon(grace_period=5).start()
     writer = GrowingFile(daemon.watch / "term.mp4", total=1024 * KiB, rate=256 * KiB).start()
     daemon.wait_for("chunk_uploaded", count=2)
@@ -202,12 +207,12 @@ def test_sigterm_stops_gracefully_and_the_stream_resumes(make_daemon, minio):
     daemon.start()
     writer.wait()
     event = finished(daemon)[0]
-    assert_exact(minio, daemon, event["stream_id"], writer.path)
+    assert_exact(server, daemon, event["stream_id"], writer.path)
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded")]
     assert len(uploaded) == len(set(uploaded))
 
 
-def test_a_new_recording_with_a_finished_name_gets_a_new_stream(make_daemon, minio):
+def test_a_new_recording_with_a_finished_name_gets_a_new_stream(make_daemon, server):
     daemon = make_daemon().start()
     source = daemon.watch / "reuse.mp4"
     source.write_bytes(b"first recording" * 1000)
@@ -217,8 +222,8 @@ def test_a_new_recording_with_a_finished_name_gets_a_new_stream(make_daemon, min
     shutil.move(staged, source)
     second = finished(daemon, count=2)[1]["stream_id"]
     assert first != second
-    assert_exact(minio, daemon, second, source)
-    assert manifest_of(minio.client, daemon.bucket, first)["total_size"] == 15000
+    assert_exact(server, daemon, second, source)
+    assert manifest_of(server.client, daemon.bucket, first)["total_size"] == 15000
 
 
 def _alive(pid: int) -> bool:

@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers, with Compose: install Debian's docker.io and
-# docker-compose (and debootstrap, for the image stand-ins) if missing, and start dockerd
-# if nothing runs it. Needs root for both; does nothing when `docker info` already works.
+# Make sure a Docker engine answers, with both Composes: install Debian's docker.io and
+# docker-compose 1.29 (and debootstrap, for the image stand-ins) if missing, build Compose
+# v2 from its Go module if `docker compose` is missing, and start dockerd if nothing runs
+# it. Needs root; skips each step whose result is already there.
 set -euo pipefail
 CACHE=${CACHE:-$HOME/.cache/streamer}
+COMPOSE_V2=v2.40.3
 
 missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
-command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# `go install` refuses Compose's module (its go.mod has exclude directives), so it is built
+# inside its own module directory.
+if ! docker compose version >/dev/null 2>&1; then
+  plugin="$CACHE/bin/docker-compose-$COMPOSE_V2"
+  if [ ! -x "$plugin" ]; then
+    src=$(cd /tmp && go mod download -json "github.com/docker/compose/v2@$COMPOSE_V2" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+    (cd "$src" && go build -trimpath -o "$plugin" \
+      -ldflags "-X github.com/docker/compose/v2/internal.Version=$COMPOSE_V2" ./cmd)
+  fi
+  mkdir -p "$HOME/.docker/cli-plugins"
+  cp "$plugin" "$HOME/.docker/cli-plugins/docker-compose"
 fi
 
 if ! docker info >/dev/null 2>&1; then

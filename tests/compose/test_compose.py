@@ -21,21 +21,24 @@ SECRET = "compose-Secret-4711"
 pytestmark = pytest.mark.compose
 
 
-def compose_command() -> list[str]:
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed")
+# Compose v2 (the docker CLI plugin) and Debian's docker-compose 1.29: users have either.
+IMPLEMENTATIONS = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
+
+
+def compose_command(version: str) -> list[str]:
+    command = IMPLEMENTATIONS[version]
+    if subprocess.run([*command, "version"], capture_output=True).returncode != 0:
+        pytest.fail(f"`{' '.join(command)}` is not installed: `make docker` installs it")
+    return command
 
 
 class Stack:
-    def __init__(self):
-        self.command = [*compose_command(), "-p", PROJECT]
+    def __init__(self, version: str, secret_file: Path | None = None):
+        self.command = [*compose_command(version), "-p", PROJECT]
         self.env = {
             **os.environ,
             "MINIO_ROOT_USER": "streamer-admin",
-            "MINIO_ROOT_PASSWORD": SECRET,
+            "S3_SECRET_KEY_FILE": str(secret_file or ""),
             "STREAMER_STREAM_CHUNK_SIZE": str(1024 * 1024),
             "STREAMER_STREAM_IDLE_TIMEOUT": "5",
         }
@@ -83,9 +86,12 @@ class Stack:
         raise AssertionError(f"no {count} x {event} {fields}:\n{self.logs()[-5000:]}")
 
 
-@pytest.fixture(scope="module")
-def stack():
-    stack = Stack()
+@pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
+def stack(request, tmp_path_factory):
+    secret_file = tmp_path_factory.mktemp("secrets") / "s3_secret_key"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o644)  # read by streamer's own user in its container
+    stack = Stack(request.param, secret_file)
     stack.run("down", "-v", "--remove-orphans", check=False)
     input_dir = ROOT / "input"
     shutil.rmtree(input_dir, ignore_errors=True)
@@ -188,3 +194,9 @@ def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, 
     assert not [e for e in events if e.get("event") == "stream_discovered"]
     assert uploaded_before >= 5
     assert SECRET not in stack.logs()
+
+
+@pytest.mark.parametrize("version", sorted(IMPLEMENTATIONS))
+def test_the_monitoring_profile_adds_prometheus_and_grafana(version):
+    services = Stack(version).run("--profile", "monitoring", "config", "--services").stdout.split()
+    assert {"minio", "streamer", "prometheus", "grafana"} <= set(services)

@@ -1,0 +1,65 @@
+"""The monitoring material in ops/ asks only for series streamer exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from prometheus_client.metrics import MetricWrapperBase
+
+from streamer import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ROOT / "ops"
+DASHBOARD = OPS / "grafana" / "dashboards" / "streamer.json"
+
+
+def exported_series() -> set[str]:
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    names = set()
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            for family in metric.describe():
+                names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def asked_series() -> dict[str, set[str]]:
+    files = [*OPS.rglob("*.yml"), *OPS.rglob("*.json")]
+    return {
+        str(f.relative_to(ROOT)): set(re.findall(r"\bstreamer_[a-z0-9_]+", f.read_text()))
+        for f in files
+    }
+
+
+def test_dashboard_and_alerts_ask_only_for_exported_series():
+    exported = exported_series()
+    asked = asked_series()
+    assert asked[str(DASHBOARD.relative_to(ROOT))], "the dashboard queries nothing"
+    unknown = {f: names - exported for f, names in asked.items() if names - exported}
+    assert not unknown
+
+
+def test_dashboard_shows_what_an_operator_asks_first():
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for series in (
+        "streamer_bytes_uploaded_total",
+        "streamer_delivery_bytes_committed",
+        "streamer_delivery_oldest_uncommitted_age_seconds",
+        "streamer_upload_errors_total",
+        "streamer_streams",
+        "streamer_streams_finished_total",
+    ):
+        assert re.search(rf"\b{series}\b", queries), series
+    sources = {p["datasource"]["uid"] for p in dashboard["panels"]}
+    provisioned = (OPS / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    assert sources == {"prometheus"} and "uid: prometheus" in provisioned
+
+
+def test_compose_mounts_only_files_that_exist():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    mounted = re.findall(r"- (\./ops/[\w/.-]+):", compose)
+    assert mounted
+    assert all((ROOT / path).exists() for path in mounted), mounted
