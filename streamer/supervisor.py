@@ -9,6 +9,7 @@ Signal handlers only queue the signal; the loop handles it by name.
 from __future__ import annotations
 
 import enum
+import math
 import multiprocessing
 import os
 import select
@@ -136,6 +137,7 @@ class Supervisor:
         self.exit_code: int | None = None
         self.next_rescan = 0.0
         self.next_request_check = 0.0
+        self.next_idle_at = math.inf
         self.started_at = clock()
         self.last_upload: float | None = None
         self.s3_reachable: bool | None = None
@@ -229,12 +231,18 @@ class Supervisor:
             waitables.append(self.metrics_server)
         blocked = [w.commands.writer_fileno() for w in self.workers.values() if w.outbox]
         try:
-            ready, writable, _ = select.select(waitables, blocked, [], TICK)
+            ready, writable, _ = select.select(waitables, blocked, [], self.sleep_time())
         except InterruptedError:
             return []
         if writable:
             self.flush_outboxes()
         return ready
+
+    def sleep_time(self) -> float:
+        """Up to a tick, but no later than the moment the next stream falls idle (one
+        already due is handled by this loop, or, while stopping, not at all)."""
+        wait = self.next_idle_at - self.clock()
+        return min(TICK, wait) if wait > 0 else TICK
 
     def dispatch(self, ready, now: float) -> None:
         if isinstance(ready, int) and ready == self.wakeup_r:
@@ -682,10 +690,12 @@ class Supervisor:
 
     def finish_idle_streams(self, now: float) -> None:
         timeout = self.config.stream.idle_timeout
+        self.next_idle_at = math.inf
         for tracked in list(self.streams.values()):
-            if tracked.phase is not Phase.UPLOADING or not is_idle(
-                tracked.changed_at, now, timeout
-            ):
+            if tracked.phase is not Phase.UPLOADING:
+                continue
+            if not is_idle(tracked.changed_at, now, timeout):
+                self.next_idle_at = min(self.next_idle_at, tracked.changed_at + timeout)
                 continue
             self.observe(tracked.file.path, now)  # trust a fresh stat, not the last event
             if tracked.phase is Phase.UPLOADING and is_idle(tracked.changed_at, now, timeout):

@@ -1,18 +1,29 @@
-"""An uploader process: owns the streams the supervisor assigns, uploads their chunks in
-order, commits each to the checkpoint store, and finalises a stream when told it is idle.
+"""An uploader process: owns the streams the supervisor assigns, uploads their chunks,
+commits each to the checkpoint store in chunk order, and finalises a stream when told it
+is idle.
 
-It handles commands only between chunks, so a chunk in flight always ends in a
-consistent state: committed, or not at all.
+Up to `stream.upload_window` chunks of a stream are in flight at once, each read, hashed
+and sent by a sender thread; everything else (commands, the checkpoint store, decisions)
+happens in the main loop. A chunk is committed only after every chunk before it, so a
+restart resumes from the last contiguous committed chunk, and on stop the chunks in flight
+land and are committed before the process exits.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import ctypes
+import functools
 import hashlib
 import os
+import select
 import signal
+import threading
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_all
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -48,6 +59,7 @@ from streamer.messages import (
 )
 from streamer.policy import (
     Finalise,
+    Pending,
     UploadChunk,
     Wait,
     assembly_method,
@@ -55,6 +67,7 @@ from streamer.policy import (
     is_rejection,
     next_step,
     retry_delay,
+    settled,
 )
 from streamer.watcher import HEAD_SIZE, Watcher
 
@@ -64,6 +77,8 @@ EXIT_BOOT_ERROR = 3  # cannot start at all: restarting would only fail again
 
 IDLE_WAIT = 1.0
 PR_SET_PDEATHSIG = 1
+M_MMAP_THRESHOLD = -3
+MiB = 1024 * 1024
 FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
@@ -76,14 +91,66 @@ class SourceChanged(Exception):
     """The file no longer holds the bytes the step was planned on."""
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A sender thread's report: S3 holds this chunk's bytes."""
+
+    chunk: UploadChunk
+    revision: int
+    sha256: str
+    etag: str
+    head: bytes | None  # the file's first bytes, with chunk 0
+    seconds: float | None  # None: found in S3 already, not sent again
+    read_at_ns: int
+    read_mtime_ns: int
+
+
+class PrefixHash:
+    """sha256 of a file's first `size` bytes, fed by sender threads as their chunks reach
+    S3, in any order: a chunk that comes back early waits, with its bytes, for those before
+    it. Fed twice at one offset (a chunk sent again), it is no longer trusted."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._sha256 = hashlib.sha256()
+        self._early: dict[int, bytes] = {}
+        self.size = 0
+        self.broken = False
+
+    def feed(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            if offset < self.size or offset in self._early:
+                self.broken, self._early = True, {}
+            if self.broken:
+                return
+            self._early[offset] = data
+            while (part := self._early.pop(self.size, None)) is not None:
+                self._sha256.update(part)
+                self.size += len(part)
+
+    def hexdigest(self, size: int) -> str | None:
+        """The sha256 of the first `size` bytes, if this is what it holds."""
+        with self._lock:
+            whole = not self.broken and self.size == size
+            return self._sha256.hexdigest() if whole else None
+
+
 @dataclass
 class Job:
     """One owned stream, as this uploader sees it."""
 
     record: StreamRecord
     finish: Finish | None = None
-    waiting: bool = False  # nothing to do until the supervisor says the file changed
-    probe: bool = True  # the next chunk may be in S3 already from before a restart
+    waiting: bool = False  # nothing to do until the file changes or a chunk comes back
+    # Chunks below this index may be in S3 already, uncommitted (sent before a restart, or
+    # before a failed commit): look before sending them.
+    probe_below: int = 0
+    in_flight: dict[int, Future] = field(default_factory=dict)  # by chunk index
+    # Chunks S3 confirmed, waiting for the chunks before them to be committed first.
+    arrived: dict[int, Sent] = field(default_factory=dict)
+    # The sha256 of what this process sent, from the first byte; None for a resumed
+    # stream, whose earlier chunks finalisation reads again.
+    sent_hash: PrefixHash | None = None
     # Why to stop it, and as what, once the supervisor says so (file gone, or cancelled).
     abandon: tuple[str, StreamState] | None = None
     shrank: bool = False
@@ -143,13 +210,19 @@ class Uploader:
         self.log.info("uploader_started", worker=self.worker_id)
         while not self.stopping:
             self.loop(self.clock())
+        self.settle()
         self.store.close()
         self.log.info("uploader_stopped", worker=self.worker_id)
         return EXIT_OK
 
     def init_process(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
         # Die with the supervisor: an orphan would keep uploading streams it no longer owns.
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Chunks are large, short-lived buffers. glibc would raise its mmap threshold after
+        # the first one is freed and then keep freed chunks in each sender thread's arena;
+        # a fixed threshold maps and unmaps every chunk, so memory stays at what is in use.
+        libc.mallopt(M_MMAP_THRESHOLD, MiB)
         if os.getppid() != self.parent_pid:
             os._exit(EXIT_OK)
         signal.set_wakeup_fd(-1)  # the supervisor's wakeup pipe, closed just below
@@ -161,7 +234,13 @@ class Uploader:
             os.close(fd)
         logs.configure(self.config.log.level, self.config.log.format)
         self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
-        self.s3 = ChunkStore(self.config.s3, self.config.instance)
+        self.window = self.config.stream.upload_window
+        self.s3 = ChunkStore(self.config.s3, self.config.instance, connections=self.window + 1)
+        self.senders = ThreadPoolExecutor(self.window, thread_name_prefix="sender")
+        # Sender threads name the stream here when a chunk comes back, and write a byte to
+        # the pipe to wake the main loop.
+        self.returned: collections.deque[str] = collections.deque()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def handle_term(self, signum, frame) -> None:
         self.stopping = True
@@ -169,6 +248,7 @@ class Uploader:
     def loop(self, now: float) -> None:
         if not self.bucket_ready and now >= self.bucket_retry_at:
             self.check_bucket(now)
+        self.collect(now)
         job = self.next_job(now) if self.bucket_ready else None
         self.handle_commands(timeout=0 if job else self.wait_time(now))
         if job and not self.stopping and job.record.stream_id in self.jobs:
@@ -207,7 +287,11 @@ class Uploader:
     # Commands
 
     def handle_commands(self, timeout: float) -> None:
-        message = self.commands.get(timeout)
+        ready, _, _ = select.select([self.commands.fileno(), self.wake_r], [], [], timeout)
+        if self.wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.wake_r, 4096)
+        message = self.commands.get(0)
         while message is not None:
             self.handle(message)
             message = self.commands.get(0)
@@ -239,7 +323,12 @@ class Uploader:
 
     def adopt(self, stream_id: str) -> None:
         record = self.store.get_stream(stream_id)
-        self.jobs[stream_id] = Job(record=record, log_fields={"stream_id": stream_id})
+        self.jobs[stream_id] = Job(
+            record=record,
+            probe_below=record.chunk_count + self.window,
+            sent_hash=PrefixHash() if record.chunk_count == 0 else None,
+            log_fields={"stream_id": stream_id},
+        )
         self.log.info("stream_adopted", stream_id=stream_id, position=str(record.position))
 
     # Scheduling
@@ -261,7 +350,6 @@ class Uploader:
     def work_on(self, job: Job, now: float) -> None:
         try:
             self.step(job)
-            job.attempt = 0
         except Exception as exc:
             self.retry_later(job, exc, now)
 
@@ -289,10 +377,14 @@ class Uploader:
             self.log.error("s3_rejected", **fields, **_hint(exc, True))
         else:
             # A bug, or a file we cannot handle: this stream waits, the others go on.
-            self.log.error("stream_failed", **fields, traceback=traceback.format_exc(limit=5))
+            trace = "".join(traceback.format_exception(exc, limit=5))
+            self.log.error("stream_failed", **fields, traceback=trace)
 
     def step(self, job: Job) -> None:
         if job.abandon is not None:
+            if job.in_flight:
+                job.waiting = True  # what is on the wire lands first
+                return
             self.abandon(job, *job.abandon)
             return
         record = job.record
@@ -313,40 +405,93 @@ class Uploader:
             record.chunk_size,
             size,
             finishing=job.finish is not None,
+            in_flight=job.in_flight.keys() | job.arrived.keys(),
+            window=self.window,
         ):
             case UploadChunk() as chunk:
-                self.upload_chunk(job, chunk)
+                self.send(job, chunk)
             case Finalise():
                 self.finalise(job)
-            case Wait():
+            case Wait() | Pending():
                 job.waiting = True
 
     # Chunks
 
-    def upload_chunk(self, job: Job, chunk: UploadChunk) -> None:
+    def send(self, job: Job, chunk: UploadChunk) -> None:
         record = job.record
-        data = _read_range(record, chunk.offset, chunk.size)
-        sha256 = hashlib.sha256(data).hexdigest()
         revision = record.min_revision
         key = self.s3.layout.chunk_key(record.stream_id, chunk.index, revision)
-        etag = self.find_in_s3(key, data, sha256) if job.probe else None
-        job.probe = False
-        fields = {
-            **job.log_fields,
-            "index": chunk.index,
-            "offset": chunk.offset,
-            "size": chunk.size,
-        }
-        if etag is not None:
-            self.log.info("chunk_found_in_s3", **fields)
-        else:
+        probe = chunk.index < job.probe_below
+        future = self.senders.submit(
+            self.transfer, record, chunk, key, revision, probe, job.sent_hash
+        )
+        job.in_flight[chunk.index] = future
+        future.add_done_callback(functools.partial(self.chunk_returned, record.stream_id))
+
+    def transfer(
+        self,
+        record: StreamRecord,
+        chunk: UploadChunk,
+        key: str,
+        revision: int,
+        probe: bool,
+        sent_hash: PrefixHash | None,
+    ) -> Sent:
+        """In a sender thread: read the chunk once, hash it, and put it in S3 unless S3
+        holds exactly these bytes already. Touches neither the checkpoint nor the jobs."""
+        read_at_ns = time.time_ns()
+        data, mtime_ns = _read_range(record, chunk.offset, chunk.size)
+        sha256 = hashlib.sha256(data).hexdigest()
+        head = data[:HEAD_SIZE] if chunk.index == 0 else None
+        seconds = None
+        etag = self.find_in_s3(key, data, sha256) if probe else None
+        if etag is None:
             started = time.perf_counter()
             etag = self.s3.put(key, data, sha256, "application/octet-stream")
             seconds = time.perf_counter() - started
-            metrics.CHUNK_UPLOAD_SECONDS.observe(seconds)
-            metrics.CHUNKS_UPLOADED.inc()
-            metrics.BYTES_UPLOADED.inc(chunk.size)
-            self.log.info("chunk_uploaded", **fields, seconds=round(seconds, 3))
+        if sent_hash is not None:
+            sent_hash.feed(chunk.offset, data)  # S3 holds these bytes, sent or found
+        return Sent(chunk, revision, sha256, etag, head, seconds, read_at_ns, mtime_ns)
+
+    def chunk_returned(self, stream_id: str, future: Future) -> None:
+        self.returned.append(stream_id)
+        with contextlib.suppress(BlockingIOError):  # full: the loop wakes anyway
+            os.write(self.wake_w, b"\0")
+
+    def collect(self, now: float) -> None:
+        """Take the chunks that came back. They are committed strictly in index order; a
+        failed one is sent again after its backoff, and those after it wait for it."""
+        while self.returned:
+            job = self.jobs.get(self.returned.popleft())
+            if job is None:
+                continue
+            done = sorted(i for i, future in job.in_flight.items() if future.done())
+            if not done:
+                continue
+            job.wake()
+            errors = []
+            for index in done:
+                future = job.in_flight.pop(index)
+                if future.exception() is None:
+                    job.arrived[index] = future.result()
+                else:
+                    errors.append(future.exception())
+            if errors:
+                self.retry_later(job, errors[0], now)
+            self.land_in_order(job, now)
+
+    def land_in_order(self, job: Job, now: float) -> None:
+        while (sent := job.arrived.pop(job.record.chunk_count, None)) is not None:
+            try:
+                self.land(job, sent)
+            except Exception as exc:
+                # In S3 but not committed: look there before sending it again.
+                job.probe_below = max(job.probe_below, sent.chunk.index + 1)
+                self.retry_later(job, exc, now)
+                return
+
+    def land(self, job: Job, sent: Sent) -> None:
+        record, chunk = job.record, sent.chunk
         self.s3_state(True)
         self.events.put(ChunkUploaded(stream_id=record.stream_id, end=chunk.offset + chunk.size))
         self.commit(
@@ -355,13 +500,40 @@ class Uploader:
                 index=chunk.index,
                 offset=chunk.offset,
                 size=chunk.size,
-                sha256=sha256,
-                etag=etag,
+                sha256=sent.sha256,
+                etag=sent.etag,
                 uploaded_at=_utcnow(),
-                revision=revision,
+                revision=sent.revision,
+                read_at_ns=sent.read_at_ns,
+                read_mtime_ns=sent.read_mtime_ns,
             ),
-            data,
+            sent.head,
         )
+        job.attempt = 0
+        fields = {
+            **job.log_fields,
+            "index": chunk.index,
+            "offset": chunk.offset,
+            "size": chunk.size,
+        }
+        if sent.seconds is None:
+            self.log.info("chunk_found_in_s3", **fields)
+            return
+        metrics.CHUNK_UPLOAD_SECONDS.observe(sent.seconds)
+        metrics.CHUNKS_UPLOADED.inc()
+        metrics.BYTES_UPLOADED.inc(chunk.size)
+        self.log.info("chunk_uploaded", **fields, seconds=round(sent.seconds, 3))
+
+    def settle(self) -> None:
+        """On stop: chunks not yet started are dropped, those on the wire land and are
+        committed (the supervisor's grace period bounds the wait)."""
+        for job in self.jobs.values():
+            for index, future in list(job.in_flight.items()):
+                if future.cancel():
+                    del job.in_flight[index]
+        wait_for_all([f for job in self.jobs.values() for f in job.in_flight.values()])
+        self.collect(self.clock())
+        self.senders.shutdown(wait=False)
 
     def find_in_s3(self, key: str, data: bytes, sha256: str) -> str | None:
         """The ETag of an object already holding exactly these bytes (a chunk whose upload
@@ -371,8 +543,7 @@ class Uploader:
             return stored.etag
         return None
 
-    def commit(self, job: Job, chunk: ChunkRecord, data: bytes) -> None:
-        head = data[:HEAD_SIZE] if chunk.index == 0 else None
+    def commit(self, job: Job, chunk: ChunkRecord, head: bytes | None) -> None:
         with metrics.CHECKPOINT_COMMIT_SECONDS.time():
             job.record = self.store.commit_chunk(job.record.stream_id, chunk, head)
         self.events.put(
@@ -390,7 +561,7 @@ class Uploader:
         record, finish = job.record, job.finish
         if not self.still_idle(job, finish):
             return
-        sha256 = self.reconcile(job, finish.size)
+        sha256 = self.reconcile(job, finish.size, finish.mtime_ns)
         facts = mp4.inspect_file(record.path)
         if not self.still_idle(job, finish):
             return
@@ -472,11 +643,18 @@ class Uploader:
         self.log.info("finish_declined", **job.log_fields, size=st.st_size)
         return False
 
-    def reconcile(self, job: Job, size: int) -> str:
-        """Make the committed chunks equal the file's `size` bytes; return the file's sha256."""
+    def reconcile(self, job: Job, size: int, mtime_ns: int) -> str:
+        """Make the committed chunks equal the file's `size` bytes; return the file's sha256.
+        Chunks read after the file's last write are known to hold its bytes: if all are,
+        and their sha256 chain is whole, nothing is read again."""
         stream_id = job.record.stream_id
+        chunks = self.store.chunks(stream_id)
+        unchanged = [settled(c.read_at_ns, c.read_mtime_ns, mtime_ns) for c in chunks]
+        sent = job.sent_hash.hexdigest(size) if job.sent_hash and all(unchanged) else None
+        if sent is not None and sum(c.size for c in chunks) == size:
+            return sent
         whole = hashlib.sha256()
-        for chunk in self.store.chunks(stream_id):
+        for chunk, known in zip(chunks, unchanged, strict=True):
             if chunk.offset >= size:
                 job.record = self.store.drop_chunks_from(stream_id, chunk.index)
                 self.log.warning(
@@ -484,8 +662,10 @@ class Uploader:
                 )
                 break
             length = min(chunk.size, size - chunk.offset)
-            data = _read_range(job.record, chunk.offset, length)
+            data, _ = _read_range(job.record, chunk.offset, length)
             whole.update(data)
+            if known and length == chunk.size:
+                continue
             sha256 = hashlib.sha256(data).hexdigest()
             if length != chunk.size:
                 self.reupload(job, chunk, data, sha256, "file shrank")
@@ -519,7 +699,7 @@ class Uploader:
                 revision=revision,
                 reason=reason,
             ),
-            data,
+            data[:HEAD_SIZE] if old.index == 0 else None,
         )
 
     def assemble(self, job: Job, size: int, sha256: str, content_type: str) -> Assembled:
@@ -565,10 +745,12 @@ def _file_size(record: StreamRecord) -> int:
     return st.st_size
 
 
-def _read_range(record: StreamRecord, offset: int, size: int) -> bytes:
+def _read_range(record: StreamRecord, offset: int, size: int) -> tuple[bytes, int]:
+    """The bytes, and the file's mtime just before they were read."""
     fd = os.open(record.path, os.O_RDONLY)
     try:
-        if os.fstat(fd).st_ino != record.inode:
+        st = os.fstat(fd)
+        if st.st_ino != record.inode:
             raise SourceChanged(f"{record.path} is now another file")
         parts, done = [], 0
         while done < size:
@@ -577,7 +759,7 @@ def _read_range(record: StreamRecord, offset: int, size: int) -> bytes:
                 raise SourceChanged(f"{record.path} ends before byte {offset + size}")
             parts.append(part)
             done += len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), st.st_mtime_ns
     finally:
         os.close(fd)
 

@@ -19,6 +19,10 @@ class FaultProxy:
         self.upstream = upstream
         self.mode = "pass"
         self.rate = 0  # bytes per second, in throttle mode
+        # Connections open to the server at once, at most: an HTTP pool opens one only when
+        # all its open ones are busy, so this is the peak of requests in flight.
+        self.peak_connections = 0
+        self._open = 0
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
@@ -89,8 +93,12 @@ class FaultProxy:
             return
         with self._lock:
             self._conns.append(upstream)
+            self._open += 1
+            self.peak_connections = max(self.peak_connections, self._open)
         threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
         self._pump(upstream, client)
+        with self._lock:
+            self._open -= 1
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:

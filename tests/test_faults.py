@@ -97,6 +97,25 @@ def test_a_throttled_link_still_delivers(make_daemon, minio, proxy):
     assert_exact(minio, daemon, stream_id, writer.path)
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_chunks_in_flight_follow_the_window_and_commit_in_order(make_daemon, minio, proxy, window):
+    # Slow enough that requests overlap, fast enough that the whole file (assembled at
+    # the end) passes within the 2 s read timeout.
+    proxy.set("throttle", rate=512 * KiB)
+    daemon = proxied(make_daemon, proxy, workers=1, stream={"upload_window": window}).start()
+    path = daemon.watch / "window.mp4"
+    path.write_bytes(os.urandom(8 * 64 * KiB + 100))
+    stream_id = daemon.wait_for("stream_finished", timeout=60)[0]["stream_id"]
+    committed = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
+    assert committed == list(range(9)), "committed strictly in chunk order"
+    assert_exact(minio, daemon, stream_id, path)
+    # The pool opens a connection only when its open ones are all busy.
+    if window == 1:
+        assert proxy.peak_connections <= 2  # one sender, and the loop's own requests
+    else:
+        assert proxy.peak_connections >= 3
+
+
 @both_servers
 def test_the_server_stopped_mid_stream_and_started_again(make_daemon, own_server):
     own_server.client.make_bucket("outage")

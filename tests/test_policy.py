@@ -1,3 +1,4 @@
+import hashlib
 from datetime import UTC, datetime
 
 import pytest
@@ -5,13 +6,16 @@ import pytest
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
     Finalise,
+    Pending,
     UploadChunk,
     Wait,
     backoff_delay,
     choose_uploader,
     is_idle,
     next_step,
+    settled,
 )
+from streamer.uploader import PrefixHash
 
 CS = 100
 
@@ -33,6 +37,23 @@ CS = 100
 )
 def test_next_step(chunks, committed, size, finishing, expected):
     assert next_step(chunks, committed, CS, size, finishing) == expected
+
+
+@pytest.mark.parametrize(
+    ("chunks", "committed", "size", "finishing", "in_flight", "expected"),
+    [
+        (0, 0, 350, False, {0}, UploadChunk(1, 100, 100)),
+        (0, 0, 350, False, {0, 1}, UploadChunk(2, 200, 100)),
+        (0, 0, 350, False, {0, 1, 2}, Pending()),  # the window is full
+        (0, 0, 500, False, {1}, UploadChunk(0, 0, 100)),  # a failed chunk goes again first
+        (0, 0, 150, False, {0}, Pending()),  # chunk 1 is not all there yet
+        (0, 0, 150, True, {0}, UploadChunk(1, 100, 50)),  # the tail, once done
+        (2, 200, 200, True, {}, Finalise()),
+        (2, 200, 250, False, {}, Wait()),
+    ],
+)
+def test_next_step_with_a_window_of_three(chunks, committed, size, finishing, in_flight, expected):
+    assert next_step(chunks, committed, CS, size, finishing, in_flight, window=3) == expected
 
 
 def test_is_idle():
@@ -74,3 +95,33 @@ def test_stream_ids_are_readable_and_unique_per_generation():
     taken = {"cam-20261125T030405Z", "cam-20261125T030405Z-2"}
     assert stream_id_for("cam.mp4", seen, lambda s: False) == "cam-20261125T030405Z"
     assert stream_id_for("cam.mp4", seen, taken.__contains__) == "cam-20261125T030405Z-3"
+
+
+S = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("read_at", "read_mtime", "final_mtime", "expected"),
+    [
+        (100 * S, 90 * S, 90 * S, True),  # read well after the last write, none since
+        (100 * S, 90 * S, 95 * S, False),  # written after the read
+        (int(90.5 * S), 90 * S, 90 * S, False),  # read too soon after a write to be sure
+        (None, None, 90 * S, False),  # recorded before reads were timed: read it again
+    ],
+)
+def test_a_chunk_is_settled_only_if_read_well_after_the_last_write(
+    read_at, read_mtime, final_mtime, expected
+):
+    assert settled(read_at, read_mtime, final_mtime) is expected
+
+
+def test_the_prefix_hash_takes_chunks_in_any_order_and_distrusts_a_second_feed():
+    data = bytes(range(256)) * 40
+    parts = [(0, data[:4000]), (8000, data[8000:]), (4000, data[4000:8000])]
+    prefix = PrefixHash()
+    for offset, part in parts:
+        prefix.feed(offset, part)
+    assert prefix.hexdigest(len(data)) == hashlib.sha256(data).hexdigest()
+    assert prefix.hexdigest(len(data) - 1) is None
+    prefix.feed(4000, data[4000:8000])
+    assert prefix.hexdigest(len(data)) is None

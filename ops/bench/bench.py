@@ -1,0 +1,576 @@
+"""`make bench`: streamer against the S3 tools users would script instead (mc, s5cmd, the
+AWS CLI, rclone), every figure measured in one run against one MinIO. Prints the table
+and writes it to ops/bench/RESULTS.md.
+
+Figures from one run are compared with each other only: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB, GiB = 1 << 20, 1 << 30
+HERE = Path(__file__).resolve().parent
+# The test suite's real parts: a MinIO server process, and its small helpers.
+sys.path.insert(0, str(HERE.parents[1] / "tests"))
+from conftest import ACCESS_KEY as ACCESS  # noqa: E402
+from conftest import SECRET_KEY as SECRET  # noqa: E402
+from conftest import Daemon, MinioServer, free_port, wait_until  # noqa: E402
+from minio.deleteobjects import DeleteObject  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# Processes: CPU and memory of a whole process tree
+
+
+def children_of() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def tree_of(pid: int) -> list[int]:
+    tree, found, todo = children_of(), [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += tree.get(p, [])
+    return found
+
+
+def rss_and_cpu(pids: list[int]) -> tuple[int, float]:
+    """Memory of `pids` together (proportional set size: a page shared by forked processes
+    counts once in all), and the CPU seconds they used (plus their reaped children's)."""
+    rss, ticks = 0, 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                rss += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        except OSError:
+            continue
+    return rss, ticks / TICK
+
+
+class Sampler:
+    """Peak memory (PSS) of a process tree, sampled every 50 ms."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self.cpu = pid, 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss, cpu = rss_and_cpu(tree_of(self.pid))
+            self.peak, self.cpu = max(self.peak, rss), max(self.cpu, cpu)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float  # CPU seconds of the whole process tree
+    peak_rss: int  # bytes: the tree's proportional set size, at its peak
+    extra: dict = field(default_factory=dict)
+
+
+def measured(command: list[str], env: dict) -> Run:
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = Sampler(process.pid)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    sampler.stop()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"bench: {command[0]} failed: {process.stderr.read().decode()[-2000:]}")
+    return Run(seconds, usage.ru_utime + usage.ru_stime, sampler.peak)
+
+
+# The S3 server
+
+
+def clear(minio: MinioServer) -> None:
+    """Empty the bucket between runs, so every tool writes into the same state."""
+    listed = minio.client.list_objects("bench", recursive=True)
+    names = [DeleteObject(o.object_name) for o in listed]
+    for error in minio.client.remove_objects("bench", names):
+        raise SystemExit(f"bench: cannot clear the bucket: {error}")
+
+
+# The peers
+
+
+def peer_env(minio: MinioServer, work: Path) -> dict:
+    return {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": ACCESS,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(work / "aws-config"),
+        "MC_HOST_bench": f"http://{ACCESS}:{SECRET}@{minio.endpoint}",
+        "MC_CONFIG_DIR": str(work / "mc"),
+        "RCLONE_CONFIG": str(work / "rclone.conf"),
+        "HOME": str(work),
+    }
+
+
+def peer_commands(tools: dict, minio: MinioServer, source: Path, name: str) -> dict[str, list[str]]:
+    """How each peer copies `source` (a directory, or one file called `name`) to bench/<tool>/."""
+    many, url = source.is_dir(), f"http://{minio.endpoint}"
+    recursive = ["--recursive"] if many else []
+    rclone_s3 = [
+        "--s3-provider=Minio",
+        f"--s3-endpoint={url}",
+        f"--s3-access-key-id={ACCESS}",
+        f"--s3-secret-access-key={SECRET}",
+        "--s3-region=us-east-1",
+    ]
+    return {
+        "mc": [tools["mc"], "cp", "--quiet", *recursive,
+               f"{source}/" if many else str(source), f"bench/bench/mc/{name}"],
+        "s5cmd": [tools["s5cmd"], "--endpoint-url", url, "cp",
+                  f"{source}/*" if many else str(source), f"s3://bench/s5cmd/{name}"],
+        "aws s3 cp": [tools["aws"], "s3", "cp", "--only-show-errors", "--endpoint-url",
+                      url, *recursive, str(source), f"s3://bench/aws/{name}"],
+        "rclone": [tools["rclone"], "copy" if many else "copyto", *rclone_s3, str(source),
+                   f":s3:bench/rclone/{name}"],
+    }  # fmt: skip
+
+
+# streamer
+
+
+class Streamer(Daemon):
+    """`streamer run` as the test suite runs it, configured by environment variables, with
+    its process tree's CPU and memory measured."""
+
+    def __init__(self, work: Path, minio: MinioServer, watch: Path, **settings):
+        self.metrics_port = free_port()
+        env = {
+            "STREAMER_WATCH_DIRECTORY": str(watch),
+            "STREAMER_CHECKPOINT_PATH": str(work / "checkpoint"),
+            "STREAMER_S3_ENDPOINT": minio.endpoint,
+            "STREAMER_S3_BUCKET": "bench",
+            "STREAMER_S3_ACCESS_KEY": ACCESS,
+            "STREAMER_S3_SECRET_KEY": SECRET,
+            "STREAMER_METRICS_HOST": "127.0.0.1",
+            "STREAMER_METRICS_PORT": str(self.metrics_port),
+            "STREAMER_INSTANCE": "bench",
+            **{f"STREAMER_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        config = work / "config.json"
+        config.write_text("{}")
+        super().__init__(config, work / "streamer.log", env=env)
+
+    def start(self) -> Streamer:
+        self.started, self.wall_started = time.perf_counter(), time.time()
+        super().start(wait=False)
+        self.sampler = Sampler(self.process.pid)
+        return self
+
+    def seconds_until(self, event: str, count: int, timeout: float) -> float:
+        """Seconds from exec to the `count`th `event`, by the log's own timestamp."""
+        found = self.wait_for(event, timeout=timeout, count=count)
+        return ts(found[count - 1]) - self.wall_started
+
+    def ready(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/readyz"
+            return urllib.request.urlopen(url, timeout=1).status == 200
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def stop(self) -> Run:
+        self.process.send_signal(signal.SIGTERM)
+        _, _, usage = os.wait4(self.process.pid, 0)
+        self.sampler.stop()
+        seconds = time.perf_counter() - self.started
+        return Run(seconds, usage.ru_utime + usage.ru_stime, self.sampler.peak)
+
+
+def ts(event: dict) -> float:
+    return datetime.datetime.fromisoformat(event["ts"]).timestamp()
+
+
+# Test data
+
+
+def make_recording(ffmpeg: str, path: Path) -> bytes:
+    """A real recording: ffmpeg's bytes, to be copied to any size."""
+    subprocess.run(
+        [ffmpeg, "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "20",
+         "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "8M", "-c:a", "aac", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path.read_bytes()
+
+
+def write_sized(path: Path, size: int, pattern: bytes) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            part = pattern[: min(left, len(pattern))]
+            f.write(part)
+            left -= len(part)
+    old = time.time() - 3600  # finished an hour ago
+    os.utime(path, (old, old))
+
+
+def make_set(directory: Path, files: int, total: int, pattern: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        write_sized(directory / f"rec-{i:04d}.mp4", total // files, pattern)
+    return directory
+
+
+# The measurements
+
+
+IDLE_TIMEOUT = 1.0  # for files that are already finished; the live case uses its own
+
+
+def streamer_upload(work: Path, minio: MinioServer, source: Path, **settings) -> Run:
+    """Upload every file in `source` (already finished); the time is until the last
+    metadata.json, minus the idle timeout streamer must wait to know a file is done."""
+    clear(minio)
+    files = len(list(source.iterdir()))
+    home = Path(tempfile.mkdtemp(dir=work))
+    daemon = Streamer(home, minio, source, stream_idle_timeout=IDLE_TIMEOUT, **settings)
+    daemon.start()
+    seconds = daemon.seconds_until("stream_finished", files, timeout=1800) - IDLE_TIMEOUT
+    run = daemon.stop()
+    run.seconds = seconds
+    shutil.rmtree(home)
+    return run
+
+
+def throughput(work, minio, tools, sets) -> list[tuple]:
+    rows = []
+    env = peer_env(minio, work)
+    for label, source in sets:
+        size = sum(p.stat().st_size for p in source.iterdir())
+        runs = {
+            "streamer": streamer_upload(work, minio, source),
+            "streamer, no assembly": streamer_upload(work, minio, source, stream_assemble="false"),
+        }
+        for tool, command in peer_commands(tools, minio, *peer_source(source)).items():
+            clear(minio)
+            runs[tool] = measured(command, env)
+        rows.append((label, size, runs))
+    return rows
+
+
+def peer_source(source: Path) -> tuple[Path, str]:
+    files = list(source.iterdir())
+    return (files[0], files[0].name) if len(files) == 1 else (source, "")
+
+
+def live_lag(
+    work: Path, minio: MinioServer, pattern: bytes, streams=8, rate=MiB, seconds=60
+) -> dict:
+    """`streams` recordings growing at `rate` bytes/s: how long each full chunk waits from
+    its last byte written to its commit, and how long completion takes after the last write."""
+    clear(minio)
+    home = Path(tempfile.mkdtemp(dir=work))
+    watch = home / "input"
+    watch.mkdir()
+    idle = 5.0
+    chunk = 10 * MiB
+    daemon = Streamer(home, minio, watch, stream_idle_timeout=idle)
+    daemon.start()
+    wait_until(daemon.ready, 30, what="streamer ready")
+    written: dict[str, list[float]] = {}  # name -> when each chunk's last byte was written
+    last_write: dict[str, float] = {}
+
+    def write(name: str) -> None:
+        marks, block, done = [], 64 * 1024, 0
+        began = time.time()
+        with open(watch / name, "wb") as f:
+            while done < rate * seconds:
+                f.write(pattern[done % len(pattern) :][:block].ljust(block, b"\0"))
+                f.flush()
+                done += block
+                if done % chunk == 0:
+                    marks.append(time.time())
+                time.sleep(max(0.0, began + done / rate - time.time()))
+        written[name], last_write[name] = marks, time.time()
+
+    writers = [threading.Thread(target=write, args=(f"live-{i}.mp4",)) for i in range(streams)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    daemon.wait_for("stream_finished", timeout=120, count=streams)
+    events = daemon.events
+    run = daemon.stop()
+    paths = {
+        e["stream_id"]: Path(e["path"]).name for e in events if e["event"] == "stream_discovered"
+    }
+    lags, upload_seconds = [], []
+    for e in events:
+        if e["event"] == "chunk_uploaded" and e["size"] == chunk:
+            marks = written[paths[e["stream_id"]]]
+            if e["index"] < len(marks):
+                lags.append(ts(e) - marks[e["index"]])
+                upload_seconds.append(e["seconds"])
+    finish = [
+        ts(e) - last_write[paths[e["stream_id"]]] - idle
+        for e in events
+        if e["event"] == "stream_finished"
+    ]
+    shutil.rmtree(home)
+    return {
+        "lag_p50": percentile(lags, 50),
+        "lag_p99": percentile(lags, 99),
+        "chunk_upload_p50": percentile(upload_seconds, 50),
+        "samples": len(lags),
+        "finish_max": max(finish),
+        "finish_p50": percentile(finish, 50),
+        "run": run,
+    }
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def scale(
+    work: Path, minio: MinioServer, pattern: bytes, counts=(1, 8, 50, 200), total=GiB
+) -> dict:
+    """CPU-s per GiB and peak RSS with `count` streams at once, the same bytes in total."""
+    results = {}
+    for count in counts:
+        source = make_set(work / f"scale-{count}", count, total, pattern)
+        results[count] = streamer_upload(work, minio, source)
+        shutil.rmtree(source)
+    return results
+
+
+def idle_cpu(work: Path, minio: MinioServer, files=1000, window=20.0) -> tuple[float, int]:
+    """CPU % of all streamer processes over `window` seconds, 1,000 finished files present."""
+    clear(minio)
+    home = Path(tempfile.mkdtemp(dir=work))
+    watch = home / "input"
+    watch.mkdir()
+    for i in range(files):
+        (watch / f"done-{i:04d}.mp4").write_bytes(b"\0" * 4096)
+    daemon = Streamer(home, minio, watch, stream_idle_timeout=IDLE_TIMEOUT)
+    daemon.start()
+    daemon.wait_for("stream_finished", timeout=600, count=files)
+    time.sleep(2)
+    _, before = rss_and_cpu(tree_of(daemon.process.pid))
+    time.sleep(window)
+    _, after = rss_and_cpu(tree_of(daemon.process.pid))
+    daemon.stop()
+    shutil.rmtree(home)
+    return 100 * (after - before) / window, files
+
+
+READY_COUNTS = (1_000, 10_000, 100_000)
+
+
+def ready_time(work: Path, minio: MinioServer, counts=READY_COUNTS) -> dict:
+    """Seconds from exec to /readyz answering 200, with `count` finished streams in the
+    checkpoint store (written straight into it: uploading 100,000 files would take hours)."""
+    from streamer.checkpoint import CheckpointStore, StreamRecord, StreamState
+
+    results = {}
+    for count in counts:
+        home = Path(tempfile.mkdtemp(dir=work))
+        (home / "input").mkdir()
+        # Filled on tmpfs, where the per-commit fsync costs nothing, then copied.
+        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        store = CheckpointStore(str(shm), 4 * GiB)
+        store.claim_instance("bench", "bench")
+        now = datetime.datetime.now(datetime.UTC)
+        for i in range(count):
+            store.create_stream(
+                StreamRecord(
+                    stream_id=f"old-{i:06d}",
+                    path=str(home / "input" / f"old-{i:06d}.mp4"),
+                    inode=10_000_000 + i,
+                    device=1,
+                    chunk_size=10 * MiB,
+                    first_seen_at=now,
+                    state=StreamState.COMPLETE,
+                    committed_bytes=20 * MiB,
+                    chunk_count=2,
+                    total_size=20 * MiB,
+                    completed_at=now,
+                )
+            )
+        store.backup(str(home / "checkpoint"))
+        store.close()
+        shutil.rmtree(shm)
+        daemon = Streamer(home, minio, home / "input")
+        daemon.start()
+        wait_until(daemon.ready, 120, interval=0.01, what="streamer ready")
+        results[count] = time.perf_counter() - daemon.started
+        daemon.stop()
+        shutil.rmtree(home)
+    return results
+
+
+# The report
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def report(versions: dict, rows, live, costs, total, idle, ready) -> str:
+    lines = [
+        "# streamer benchmark",
+        "",
+        f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores, {platform.platform()}, "
+        "one MinIO on loopback for every figure. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
+        "",
+        "Figures from one run; compare them with each other, not with another run's.",
+        "",
+        "## Throughput (already finished MP4 files, real ffmpeg output copied to size)",
+        "",
+        "| set | tool | seconds | MiB/s | streamer vs tool | same, no assembly | "
+        "CPU-s/GiB | peak memory MiB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, size, runs in rows:
+        ours, lean = runs["streamer"], runs["streamer, no assembly"]
+        for tool, run in runs.items():
+            peer = not tool.startswith("streamer")
+            lines.append(
+                f"| {label} | {tool} | {run.seconds:.1f} | {size / MiB / run.seconds:.0f} | "
+                f"{ratio(run.seconds, ours.seconds) if peer else ''} | "
+                f"{ratio(run.seconds, lean.seconds) if peer else ''} | "
+                f"{run.cpu / (size / GiB):.2f} | {run.peak_rss / MiB:.0f} |"
+            )
+    lines += [
+        "",
+        f"streamer's time runs from its start to the last `metadata.json`, minus the idle "
+        f"timeout ({IDLE_TIMEOUT:g} s) it waits to know a file is finished. "
+        "`streamer vs tool` is the tool's time over streamer's: above 1 means streamer is faster. "
+        "streamer also joins the chunks into one object in S3 (`stream.assemble`, a server-side "
+        "copy of every byte) before it writes `metadata.json`; the peers make one object "
+        "directly, so `no assembly` is the like-for-like comparison of moving the bytes. "
+        "CPU and memory are of the whole process tree (streamer: the supervisor and its "
+        "uploaders); memory is the summed proportional set size (PSS), in which a page shared "
+        "by forked processes counts once, at its peak.",
+        "",
+        "## Live lag (8 recordings growing at 1 MiB/s each, 10 MiB chunks, idle timeout 5 s)",
+        "",
+        "| figure | seconds |",
+        "| --- | ---: |",
+        f"| chunk's last byte written to chunk committed, p50 | {live['lag_p50']:.3f} |",
+        f"| same, p99 ({live['samples']} chunks) | {live['lag_p99']:.3f} |",
+        f"| one chunk's upload, p50 | {live['chunk_upload_p50']:.3f} |",
+        f"| last write to `metadata.json` minus idle timeout, p50 | {live['finish_p50']:.3f} |",
+        f"| same, worst stream | {live['finish_max']:.3f} |",
+        "",
+        f"## Cost and scale ({total / GiB:g} GiB in total, split over N streams at once)",
+        "",
+        "| streams | seconds | MiB/s | CPU-s/GiB | peak memory MiB (all processes) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for count, run in costs.items():
+        lines.append(
+            f"| {count} | {run.seconds:.1f} | {total / MiB / run.seconds:.0f} | "
+            f"{run.cpu / (total / GiB):.2f} | {run.peak_rss / MiB:.0f} |"
+        )
+    lines += [
+        "",
+        f"Idle, {idle[1]:,} finished files in the directory: {idle[0]:.2f} % CPU (all processes).",
+        "",
+        "## Start (seconds from exec to `/readyz` answering 200)",
+        "",
+        "| streams in the checkpoint store | seconds |",
+        "| ---: | ---: |",
+        *[f"| {count:,} | {seconds:.2f} |" for count, seconds in ready.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def versions(tools: dict, pins: str) -> dict:
+    from streamer import __version__
+
+    s5cmd = subprocess.run([tools["s5cmd"], "version"], capture_output=True, text=True)
+    return {"streamer": __version__, "s5cmd binary": s5cmd.stdout.strip(), "built from": pins}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minio", required=True)
+    parser.add_argument("--mc", required=True)
+    parser.add_argument("--s5cmd", required=True)
+    parser.add_argument("--aws", required=True)
+    parser.add_argument("--rclone", required=True)
+    parser.add_argument("--pins", default="", help="the peers' pinned versions, for the report")
+    parser.add_argument("--work", default=None, help="scratch directory (needs about 4 GiB)")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument(
+        "--size", type=float, default=1.0, help="scale the data (0.05 for a quick check)"
+    )
+    args = parser.parse_args()
+    tools = {k: getattr(args, k) for k in ("minio", "mc", "s5cmd", "aws", "rclone")}
+    work = Path(tempfile.mkdtemp(prefix="streamer-bench-", dir=args.work))
+    minio = MinioServer(args.minio, work / "minio" / "data")
+    minio.client.make_bucket("bench")
+    try:
+        pattern = make_recording(shutil.which("ffmpeg") or "ffmpeg", work / "source.mp4")
+        gib = int(GiB * args.size)
+        sets = [
+            (f"{2 * gib / GiB:g} GiB, 8 files", make_set(work / "set-2g", 8, 2 * gib, pattern)),
+            (f"{gib / GiB:g} GiB, 1 file", make_set(work / "set-1g", 1, gib, pattern)),
+        ]
+        rows = throughput(work, minio, tools, sets)
+        for _, source in sets:
+            shutil.rmtree(source)
+        live = live_lag(work, minio, pattern, seconds=max(20, round(60 * args.size)))
+        costs = scale(work, minio, pattern, total=gib)
+        idle = idle_cpu(work, minio, files=max(50, round(1000 * args.size)))
+        ready = ready_time(work, minio, counts=[round(n * args.size) for n in READY_COUNTS])
+        text = report(versions(tools, args.pins), rows, live, costs, gib, idle, ready)
+    finally:
+        minio.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
