@@ -711,9 +711,10 @@ class Uploader:
         method = assembly_method([c.size for c in chunks])
         if method == "compose":
             sources = [
-                self.s3.layout.chunk_key(record.stream_id, c.index, c.revision) for c in chunks
+                (self.s3.layout.chunk_key(record.stream_id, c.index, c.revision), c.size, c.etag)
+                for c in chunks
             ]
-            etag = self.s3.compose(key, sources, sha256, content_type)
+            etag = self.s3.compose(key, sources, sha256, content_type, self.senders)
         else:
             with open(record.path, "rb") as f:
                 reader = _HashingReader(f)

@@ -168,6 +168,19 @@ def test_wrong_credentials_are_a_clear_slow_error_and_the_secret_stays_secret(ma
         assert secret.encode() not in blob
 
 
+def test_a_chunk_removed_from_s3_stops_assembly_and_leaves_no_upload_behind(make_daemon, minio):
+    MiB = 1024 * KiB
+    daemon = make_daemon(s3=FAST_RETRIES, stream={"chunk_size": 5 * MiB, "idle_timeout": 2}).start()
+    (daemon.watch / "gap.mp4").write_bytes(os.urandom(11 * MiB))
+    stream_id = daemon.wait_for("chunk_uploaded", count=2)[0]["stream_id"]
+    minio.client.remove_object(daemon.bucket, f"rec/test-host/{stream_id}/chunks/000000")
+    rejected = daemon.wait_for("s3_rejected", count=2, timeout=30)
+    assert all(r["stream_id"] == stream_id and "NoSuchKey" in r["error"] for r in rejected)
+    assert not daemon.find("stream_finished"), "never finished with a hole in it"
+    uploads = minio.client._list_multipart_uploads(daemon.bucket).uploads
+    assert not uploads, "the failed assembly's multipart upload was aborted"
+
+
 def test_a_missing_bucket_that_may_not_be_created_is_reported(make_daemon, minio):
     daemon = make_daemon(
         s3={"bucket": "no-such-bucket-here", "create_bucket": False, **FAST_RETRIES}
