@@ -24,6 +24,8 @@ import pytest
 import urllib3
 from minio import Minio
 
+# Timeouts and backoff short enough for a fault to show within seconds.
+FAST_RETRIES = {"connect_timeout": 1, "read_timeout": 2, "retry_base": 0.2, "retry_cap": 2}
 ACCESS_KEY = "streamer-test"
 SECRET_KEY = "streamer-test-secret"
 
@@ -512,3 +514,16 @@ def manifest_of(client: Minio, bucket: str, stream_id: str, prefix: str = "rec/t
 
 def reassemble(client: Minio, bucket: str, manifest: dict) -> bytes:
     return b"".join(object_bytes(client, bucket, c["key"]) for c in manifest["chunks"])
+
+
+def assert_exact(server: S3Server, daemon: Daemon, stream_id: str, path: Path) -> dict:
+    """The stream's chunks in S3, joined, are the file, byte for byte, and its manifest
+    lists them in order, without gap or overlap."""
+    manifest = manifest_of(server.client, daemon.bucket, stream_id)
+    data = reassemble(server.client, daemon.bucket, manifest)
+    assert hashlib.sha256(data).hexdigest() == sha256_file(path) == manifest["sha256"]
+    assert manifest["total_size"] == len(data) == path.stat().st_size
+    assert [c["index"] for c in manifest["chunks"]] == list(range(manifest["chunk_count"]))
+    ends = [c["offset"] + c["size"] for c in manifest["chunks"]]
+    assert [c["offset"] for c in manifest["chunks"]] == [0, *ends[:-1]]
+    return manifest

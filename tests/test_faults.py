@@ -12,12 +12,12 @@ import urllib.request
 
 import pytest
 from conftest import (
+    FAST_RETRIES,
     GrowingFile,
+    assert_exact,
     both_servers,
     cli,
     manifest_of,
-    reassemble,
-    sha256_file,
     wait_until,
 )
 from faultproxy import FaultProxy
@@ -25,7 +25,6 @@ from faultproxy import FaultProxy
 pytestmark = pytest.mark.integration
 
 KiB = 1024
-FAST_RETRIES = {"connect_timeout": 1, "read_timeout": 2, "retry_base": 0.2, "retry_cap": 2}
 
 
 @pytest.fixture
@@ -37,16 +36,6 @@ def proxy(minio):
 
 def proxied(make_daemon, proxy, **overrides):
     return make_daemon(s3={"endpoint": proxy.endpoint, **FAST_RETRIES}, **overrides)
-
-
-def assert_exact(minio, daemon, stream_id, path) -> dict:
-    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
-    data = reassemble(minio.client, daemon.bucket, manifest)
-    assert hashlib.sha256(data).hexdigest() == sha256_file(path) == manifest["sha256"]
-    assert [c["index"] for c in manifest["chunks"]] == list(range(manifest["chunk_count"]))
-    ends = [c["offset"] + c["size"] for c in manifest["chunks"]]
-    assert [c["offset"] for c in manifest["chunks"]] == [0, *ends[:-1]]
-    return manifest
 
 
 def test_a_silent_connection_is_given_up_within_the_read_timeout(make_daemon, minio, proxy):

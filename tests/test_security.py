@@ -12,22 +12,20 @@ import urllib.request
 import pytest
 from conftest import (
     ACCESS_KEY,
+    FAST_RETRIES,
     KMS_KEY_ID,
     SECRET_KEY,
     GrowingFile,
+    assert_exact,
     cli,
     free_port,
-    manifest_of,
     object_bytes,
-    reassemble,
-    sha256_file,
     wait_until,
 )
 
 pytestmark = pytest.mark.integration
 
 KiB, MiB = 1024, 1024 * 1024
-FAST_RETRIES = {"connect_timeout": 1, "read_timeout": 2, "retry_base": 0.2, "retry_cap": 2}
 on_tls_minio = pytest.mark.parametrize("server", ["tls_minio"], indirect=True)
 NO_KEYS = {"access_key": "", "secret_key": ""}
 
@@ -45,13 +43,6 @@ def get(daemon, path: str) -> bytes:
         return err.read()
 
 
-def exact(server, daemon, stream_id, path) -> dict:
-    manifest = manifest_of(server.client, daemon.bucket, stream_id)
-    data = reassemble(server.client, daemon.bucket, manifest)
-    assert hashlib.sha256(data).hexdigest() == sha256_file(path) == manifest["sha256"]
-    return manifest
-
-
 @on_tls_minio
 @pytest.mark.parametrize(
     "sse, header",
@@ -66,7 +57,7 @@ def test_uploads_over_tls_with_a_private_ca_encrypted_at_rest(make_daemon, serve
     writer = GrowingFile(daemon.watch / "secret.mp4", total=11 * MiB, rate=20 * MiB).start()
     writer.wait()
     event = daemon.wait_for("stream_finished", timeout=60)[0]
-    manifest = exact(server, daemon, event["stream_id"], writer.path)
+    manifest = assert_exact(server, daemon, event["stream_id"], writer.path)
     assert manifest["assembled"]["method"] == "compose"
     whole = object_bytes(server.client, daemon.bucket, manifest["assembled"]["key"])
     assert hashlib.sha256(whole).hexdigest() == manifest["sha256"]
@@ -105,7 +96,7 @@ def test_skipping_verification_works_and_warns_loudly(make_daemon, server):
     assert warning and warning[0]["level"] == "warning" and "development" in warning[0]["message"]
     (daemon.watch / "dev.mp4").write_bytes(b"d" * 100 * KiB)
     event = daemon.wait_for("stream_finished")[0]
-    exact(server, daemon, event["stream_id"], daemon.watch / "dev.mp4")
+    assert_exact(server, daemon, event["stream_id"], daemon.watch / "dev.mp4")
 
 
 def test_credentials_from_files_docker_secrets_style(make_daemon, server, tmp_path):
@@ -125,7 +116,7 @@ def test_credentials_from_files_docker_secrets_style(make_daemon, server, tmp_pa
     assert f"credentials: {source}" in shown.stderr and SECRET_KEY not in shown.stdout
     (daemon.watch / "filed.mp4").write_bytes(b"f" * 100 * KiB)
     event = daemon.wait_for("stream_finished")[0]
-    exact(server, daemon, event["stream_id"], daemon.watch / "filed.mp4")
+    assert_exact(server, daemon, event["stream_id"], daemon.watch / "filed.mp4")
 
 
 @pytest.mark.parametrize("where", ["environment", "shared credentials file"])
@@ -143,7 +134,7 @@ def test_credentials_from_the_aws_chain(make_daemon, server, tmp_path, where):
     assert daemon.find("starting")[0]["credentials"].startswith("AWS chain")
     (daemon.watch / "chained.mp4").write_bytes(b"c" * 100 * KiB)
     event = daemon.wait_for("stream_finished")[0]
-    exact(server, daemon, event["stream_id"], daemon.watch / "chained.mp4")
+    assert_exact(server, daemon, event["stream_id"], daemon.watch / "chained.mp4")
 
 
 def test_no_credentials_anywhere_is_a_clear_slow_error(make_daemon, tmp_path):

@@ -11,11 +11,10 @@ from datetime import datetime
 import pytest
 from conftest import (
     GrowingFile,
+    assert_exact,
     both_servers,
     manifest_of,
-    reassemble,
     record,
-    sha256_file,
     wait_until,
 )
 
@@ -35,18 +34,6 @@ def chunk_keys(server, bucket, stream_id):
 
 def finished(daemon, count=1, timeout=60):
     return daemon.wait_for("stream_finished", timeout=timeout, count=count)
-
-
-def assert_exact(server, daemon, stream_id, path):
-    manifest = manifest_of(server.client, daemon.bucket, stream_id)
-    data = reassemble(server.client, daemon.bucket, manifest)
-    assert hashlib.sha256(data).hexdigest() == sha256_file(path) == manifest["sha256"]
-    assert manifest["total_size"] == len(data) == path.stat().st_size
-    offsets = [c["offset"] for c in manifest["chunks"]]
-    assert offsets == sorted(offsets) and [c["index"] for c in manifest["chunks"]] == list(
-        range(len(offsets))
-    )
-    return manifest
 
 
 @both_servers
