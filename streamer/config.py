@@ -37,8 +37,8 @@ class StreamConfig(Section):
     chunk_size: ChunkSize = 10 * MiB
     idle_timeout: Seconds = 30.0
     assemble: bool = True
-    # Chunks of one stream in flight at once (sender threads per uploader); the checkpoint
-    # still advances strictly in chunk order.
+    # Chunks in flight at once per uploader (its sender threads), shared by its streams:
+    # one stream alone can use them all. The checkpoint still advances in chunk order.
     upload_window: Annotated[int, Meta(ge=1, le=16)] = 3
 
 

@@ -2,11 +2,11 @@
 commits each to the checkpoint store in chunk order, and finalises a stream when told it
 is idle.
 
-Up to `stream.upload_window` chunks of a stream are in flight at once, each read, hashed
-and sent by a sender thread; everything else (commands, the checkpoint store, decisions)
-happens in the main loop. A chunk is committed only after every chunk before it, so a
-restart resumes from the last contiguous committed chunk, and on stop the chunks in flight
-land and are committed before the process exits.
+Up to `stream.upload_window` chunks (of one stream or several) are in flight at once,
+each read, hashed and sent by a sender thread; everything else (commands, the checkpoint
+store, decisions) happens in the main loop. A chunk is committed only after every chunk
+before it, so a restart resumes from the last contiguous committed chunk, and on stop the
+chunks in flight land and are committed before the process exits.
 """
 
 from __future__ import annotations
@@ -240,6 +240,8 @@ class Uploader:
         # Sender threads name the stream here when a chunk comes back, and write a byte to
         # the pipe to wake the main loop.
         self.returned: collections.deque[str] = collections.deque()
+        self.busy: set[str] = set()  # streams with chunks outstanding
+        self.starved: set[str] = set()  # streams waiting for room in the window
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def handle_term(self, signum, frame) -> None:
@@ -399,15 +401,20 @@ class Uploader:
                 self.events.put(SourceRewritten(stream_id=record.stream_id))
                 job.waiting = True
                 return
+        held = job.in_flight.keys() | job.arrived.keys()
+        room = self.window - self.outstanding()
         match next_step(
             record.chunk_count,
             record.committed_bytes,
             record.chunk_size,
             size,
             finishing=job.finish is not None,
-            in_flight=job.in_flight.keys() | job.arrived.keys(),
-            window=self.window,
+            in_flight=held,
+            window=max(1, min(self.window, len(held) + room)),
         ):
+            case UploadChunk() if room <= 0 and not held:
+                job.waiting = True  # other streams fill the window: woken when one returns
+                self.starved.add(record.stream_id)
             case UploadChunk() as chunk:
                 self.send(job, chunk)
             case Finalise():
@@ -426,6 +433,7 @@ class Uploader:
             self.transfer, record, chunk, key, revision, probe, job.sent_hash
         )
         job.in_flight[chunk.index] = future
+        self.busy.add(record.stream_id)
         future.add_done_callback(functools.partial(self.chunk_returned, record.stream_id))
 
     def transfer(
@@ -453,6 +461,25 @@ class Uploader:
             sent_hash.feed(chunk.offset, data)  # S3 holds these bytes, sent or found
         return Sent(chunk, revision, sha256, etag, head, seconds, read_at_ns, mtime_ns)
 
+    def outstanding(self) -> int:
+        """Chunks this uploader has on the wire or waiting for their turn to be committed.
+        The window is shared by all its streams, so the chunk buffers it holds stay at
+        `window`, however many streams it owns."""
+        total = 0
+        for stream_id in list(self.busy):
+            job = self.jobs.get(stream_id)
+            held = len(job.in_flight) + len(job.arrived) if job else 0
+            if not held:
+                self.busy.discard(stream_id)
+            total += held
+        return total
+
+    def wake_starved(self) -> None:
+        for stream_id in self.starved:
+            if stream_id in self.jobs:
+                self.jobs[stream_id].wake()
+        self.starved.clear()
+
     def chunk_returned(self, stream_id: str, future: Future) -> None:
         self.returned.append(stream_id)
         with contextlib.suppress(BlockingIOError):  # full: the loop wakes anyway
@@ -469,6 +496,7 @@ class Uploader:
             if not done:
                 continue
             job.wake()
+            self.wake_starved()
             errors = []
             for index in done:
                 future = job.in_flight.pop(index)
@@ -614,6 +642,7 @@ class Uploader:
         )
         self.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
         del self.jobs[stream_id]
+        self.wake_starved()
         metrics.STREAMS_FINISHED.labels(status=done.state.value).inc()
         self.events.put(
             StreamFinished(

@@ -105,6 +105,21 @@ def test_chunks_in_flight_follow_the_window_and_commit_in_order(make_daemon, min
         assert proxy.peak_connections >= 3
 
 
+def test_streams_share_the_window_and_all_finish_in_order(make_daemon, minio, proxy):
+    proxy.set("throttle", rate=512 * KiB)
+    daemon = proxied(make_daemon, proxy, workers=1, stream={"upload_window": 2}).start()
+    paths = [daemon.watch / f"share-{i}.mp4" for i in range(4)]
+    for path in paths:
+        path.write_bytes(os.urandom(6 * 64 * KiB + 10))
+    daemon.wait_for("stream_finished", count=4, timeout=90)
+    by_path = {e["path"]: e["stream_id"] for e in daemon.find("stream_discovered")}
+    for path in paths:
+        stream_id = by_path[str(path)]
+        committed = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
+        assert committed == list(range(7))
+        assert_exact(minio, daemon, stream_id, path)
+
+
 @both_servers
 def test_the_server_stopped_mid_stream_and_started_again(make_daemon, own_server):
     own_server.client.make_bucket("outage")
