@@ -176,9 +176,7 @@ def credential_source(config: Config, environ: Mapping[str, str] = os.environ) -
 
 def _env_overrides(environ: Mapping[str, str]) -> dict:
     known = {env_name(s, k): (s, k) for s, k in settings()}
-    from_files = {
-        name + FILE_SUFFIX: known[name] for name in map(lambda k: env_name(*k), FILE_KEYS)
-    }
+    from_files = {env_name(*key) + FILE_SUFFIX: key for key in FILE_KEYS}
     overrides = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "STREAMER_CONFIG":

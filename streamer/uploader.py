@@ -41,7 +41,7 @@ from streamer.checkpoint import (
     StreamState,
 )
 from streamer.chunkstore import BucketMissing, ChunkStore, NoCredentials
-from streamer.config import Config
+from streamer.config import Config, MiB
 from streamer.messages import (
     Abandon,
     Assign,
@@ -78,7 +78,6 @@ EXIT_BOOT_ERROR = 3  # cannot start at all: restarting would only fail again
 IDLE_WAIT = 1.0
 PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
-MiB = 1024 * 1024
 FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
