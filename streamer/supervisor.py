@@ -183,6 +183,9 @@ class Supervisor:
         for worker_id in range(self.config.workers):
             self.spawn_worker(worker_id)
         self.open_store()
+        # Before the metrics endpoint: "metrics_listening" is the last step of a start, and
+        # from then on every change in the directory is queued.
+        self.watcher.open()
         if self.config.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
                 self.config.metrics.host, self.config.metrics.port, self.readiness
@@ -190,7 +193,6 @@ class Supervisor:
             self.log.info(
                 "metrics_listening", host=self.config.metrics.host, port=self.metrics_server.port
             )
-        self.watcher.open()
         self.rescan(self.clock())
 
     def loop(self, now: float) -> None:
