@@ -89,6 +89,9 @@ class StreamRecord(Struct, kw_only=True):
     status_reason: str | None = None
     mp4: Mp4Facts | None = None
     assembled: Assembled | None = None
+    # When retention deleted the local file, proven in S3, and why (see streamer.retention).
+    source_deleted_at: UTC | None = None
+    deleted_because: str | None = None
 
     @property
     def name(self) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from itertools import count, repeat
@@ -16,6 +15,7 @@ from typing import BinaryIO
 
 import urllib3
 from minio import Minio
+from minio import time as amz_time
 from minio.commonconfig import ComposeSource
 from minio.credentials import (
     AWSConfigProvider,
@@ -30,8 +30,8 @@ from minio.error import S3Error
 from minio.helpers import genheaders
 from minio.sse import Sse, SseKMS, SseS3
 
+from streamer.bandwidth import TokenBucket
 from streamer.config import S3Config
-from streamer.policy import MIN_PART_SIZE
 
 SHA256_META = "sha256"
 
@@ -115,13 +115,38 @@ class StoredObject:
     sha256: str | None
 
 
+class _Client(Minio):
+    """minio-py signs a body by hashing it again (sha256 over http, MD5 over https), and
+    needs it whole in memory to do so. A chunk's sha256 is known already: given as
+    x-amz-content-sha256, it is signed as it is and the body may be sent in pieces. S3
+    checks the bytes it receives against it, over http and https alike."""
+
+    def _build_headers(self, host, headers=None, body=None, creds=None):
+        if not headers or "x-amz-content-sha256" not in headers:
+            return super()._build_headers(host, headers, body, creds)
+        headers["Host"] = host
+        headers["User-Agent"] = self._user_agent
+        if creds and creds.session_token:
+            headers["X-Amz-Security-Token"] = creds.session_token
+        date = amz_time.utcnow()
+        headers["x-amz-date"] = amz_time.to_amz_date(date)
+        return headers, date
+
+
 class ChunkStore:
-    def __init__(self, config: S3Config, instance: str, connections: int = 2):
+    def __init__(
+        self,
+        config: S3Config,
+        instance: str,
+        connections: int = 2,
+        bandwidth: TokenBucket | None = None,
+    ):
         self.bucket = config.bucket
         self.layout = Layout(config.prefix, instance)
         self._sse = server_side_encryption(config.sse)
+        self._bandwidth = bandwidth
         http = http_pool(config, connections)
-        self._client = Minio(
+        self._client = _Client(
             config.endpoint,
             secure=config.secure,
             region=config.region,
@@ -143,23 +168,19 @@ class ChunkStore:
                 raise
 
     def put(self, key: str, data: bytes, sha256: str, content_type: str) -> str:
-        """Upload `data` in one PUT and return its ETag."""
-        result = self._client.put_object(
-            self.bucket,
-            key,
-            io.BytesIO(data),
-            len(data),
-            content_type=content_type,
-            metadata={SHA256_META: sha256},
-            sse=self._sse,
-            part_size=max(len(data), MIN_PART_SIZE),
-        )
-        return result.etag
+        """Upload `data`, whose sha256 is given, in one PUT and return its ETag."""
+        headers = self._object_headers(content_type, sha256)
+        headers["Content-Length"] = str(len(data))
+        headers["x-amz-content-sha256"] = sha256
+        body = self._bandwidth.pace(data) if self._bandwidth else data
+        return self._client._put_object(self.bucket, key, body, headers).etag
 
     def put_stream(
         self, key: str, stream: BinaryIO, length: int, sha256: str, content_type: str
     ) -> str:
         """Upload `length` bytes read from `stream` (multipart when large); return the ETag."""
+        if self._bandwidth:
+            stream = _PacedReader(stream, self._bandwidth)
         result = self._client.put_object(
             self.bucket,
             key,
@@ -186,9 +207,7 @@ class ChunkStore:
         every source and then copy one part at a time: on a long recording most of the
         time to completion. So its multipart verbs are used directly (minio is pinned to
         7.2 for this)."""
-        headers = genheaders(
-            {"Content-Type": content_type, SHA256_META: sha256}, self._sse, None, None, False
-        )
+        headers = self._object_headers(content_type, sha256)
         upload_id = self._client._create_multipart_upload(self.bucket, key, headers)
         try:
             numbered = (*zip(*sources, strict=True), repeat(key), repeat(upload_id), count(1))
@@ -201,6 +220,11 @@ class ChunkStore:
             raise
         return result.etag
 
+    def _object_headers(self, content_type: str, sha256: str) -> dict:
+        return genheaders(
+            {"Content-Type": content_type, SHA256_META: sha256}, self._sse, None, None, False
+        )
+
     def _copy_part(
         self, source: str, size: int, etag: str, key: str, upload_id: str, number: int
     ) -> str:
@@ -208,6 +232,22 @@ class ChunkStore:
         copy.build_headers(size, etag)
         etag, _ = self._client._upload_part_copy(self.bucket, key, upload_id, number, copy.headers)
         return etag
+
+    def listing(self, prefix: str) -> dict[str, StoredObject]:
+        """Every object under `prefix`, by key, with its size and ETag (one request per
+        thousand objects; no sha256)."""
+        return {
+            item.object_name: StoredObject(size=item.size, etag=item.etag, sha256=None)
+            for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        }
+
+    def get(self, key: str) -> bytes:
+        response = self._client.get_object(self.bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
 
     def sha256_of(self, key: str) -> str:
         """The sha256 of an object's bytes, read from S3."""
@@ -233,3 +273,18 @@ class ChunkStore:
             None,
         )
         return StoredObject(size=info.size, etag=info.etag, sha256=sha256)
+
+
+class _PacedReader:
+    """minio-py reads a part whole before it sends it: pacing the reads keeps the average
+    rate at the cap (in bursts of one part)."""
+
+    def __init__(self, stream: BinaryIO, bandwidth: TokenBucket):
+        self._stream = stream
+        self._bandwidth = bandwidth
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        for _ in self._bandwidth.pace(data):
+            pass
+        return data

@@ -361,6 +361,8 @@ def _summary(r: StreamRecord) -> dict:
         "last_upload_at": r.last_upload_at,
         "completed_at": r.completed_at,
         "cancel_requested": r.cancel_requested,
+        "source_deleted_at": r.source_deleted_at,
+        "deleted_because": r.deleted_because,
     }
 
 

@@ -15,6 +15,8 @@ from msgspec import Meta, Struct
 
 MiB = 1024 * 1024
 ENV_PREFIX = "STREAMER_"
+# Below this, one S3 request's headers alone would take a second.
+MIN_RATE = 1024
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -61,6 +63,27 @@ class S3Config(Section):
     retry_base: Seconds = 0.5
     retry_cap: Seconds = 30.0
     create_bucket: bool = True
+    # The upload rate of all uploaders together, in bytes per second; 0: no cap.
+    max_bytes_per_second: Annotated[int, Meta(ge=0)] = 0
+
+
+class RetentionConfig(Section):
+    # Delete a local file once every byte of it is proven in S3.
+    delete_after_upload: bool = False
+    # Also delete files whose stream finished `partial` (not a finished MP4).
+    delete_partial: bool = False
+    # Free-space guard: below either threshold, delete the oldest files proven in S3
+    # until the watched filesystem is above both again. 0: off.
+    min_free_bytes: Annotated[int, Meta(ge=0)] = 0
+    min_free_percent: Annotated[float, Meta(ge=0, lt=100)] = 0.0
+
+    @property
+    def guarded(self) -> bool:
+        return self.min_free_bytes > 0 or self.min_free_percent > 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.delete_after_upload or self.guarded
 
 
 class CheckpointConfig(Section):
@@ -83,6 +106,7 @@ class Config(Section):
     watch: WatchConfig = msgspec.field(default_factory=WatchConfig)
     stream: StreamConfig = msgspec.field(default_factory=StreamConfig)
     s3: S3Config = msgspec.field(default_factory=S3Config)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -235,5 +259,15 @@ def _check(config: Config) -> None:
         raise ConfigError("s3.ca_file: set s3.secure=true too, or the CA is never used")
     if s3.ca_file and not os.access(s3.ca_file, os.R_OK):
         raise ConfigError(f"s3.ca_file: cannot read {s3.ca_file}")
+    if 0 < s3.max_bytes_per_second < MIN_RATE:
+        raise ConfigError(
+            f"s3.max_bytes_per_second: {s3.max_bytes_per_second} is below {MIN_RATE} "
+            "(0 means no cap)"
+        )
+    if config.retention.delete_partial and not config.retention.enabled:
+        raise ConfigError(
+            "retention.delete_partial: has no effect without retention.delete_after_upload "
+            "or a free-space threshold (retention.min_free_bytes, retention.min_free_percent)"
+        )
     if "/" in config.watch.pattern:
         raise ConfigError("watch.pattern: a file name pattern cannot contain '/'")

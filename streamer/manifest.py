@@ -32,6 +32,8 @@ class Source(Struct, kw_only=True):
     name: str
     inode: int
     modified_at: UTCTime | None  # None when the file went away before it finished
+    # When streamer deleted the file, once it was proven in S3 (retention); else None.
+    deleted_at: UTCTime | None = None
 
 
 class Duration(Struct, kw_only=True):
@@ -73,7 +75,11 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
         status=record.state.value,
         status_reason=record.status_reason,
         source=Source(
-            path=record.path, name=record.name, inode=record.inode, modified_at=modified_at
+            path=record.path,
+            name=record.name,
+            inode=record.inode,
+            modified_at=modified_at,
+            deleted_at=record.source_deleted_at,
         ),
         total_size=record.total_size,
         sha256=record.sha256,

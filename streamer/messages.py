@@ -105,8 +105,31 @@ class StreamFinished(Message):
     mtime_ns: int
 
 
-Command = Assign | Grow | Finish | Moved | Abandon | Stop
-Event = ChunkUploaded | ChunkCommitted | S3State | FinishDeclined | SourceRewritten | StreamFinished
+class Retire(Message):
+    """Delete this finished stream's local file if, and only if, it is proven in S3."""
+
+    stream_id: str
+    reason: str  # "uploaded" (retention.delete_after_upload) or "disk_pressure"
+
+
+class Retired(Message):
+    """What came of a Retire: the file was deleted, or kept (`kept_because` says why)."""
+
+    stream_id: str
+    deleted: bool
+    kept_because: str = ""
+
+
+Command = Assign | Grow | Finish | Moved | Abandon | Retire | Stop
+Event = (
+    ChunkUploaded
+    | ChunkCommitted
+    | S3State
+    | FinishDeclined
+    | SourceRewritten
+    | StreamFinished
+    | Retired
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(Command)

@@ -71,6 +71,30 @@ S3_REACHABLE = Gauge(
     multiprocess_mode="livemostrecent",
 )
 STREAMS_FINISHED = Counter("streamer_streams_finished_total", "Finished streams", ["status"])
+BANDWIDTH_WAIT_SECONDS = Counter(
+    "streamer_bandwidth_wait_seconds_total",
+    "Time uploads waited for the bandwidth cap (s3.max_bytes_per_second)",
+)
+SOURCES_DELETED = Counter(
+    "streamer_sources_deleted_total",
+    "Local files deleted once proven in S3, by reason: uploaded or disk_pressure",
+    ["reason"],
+)
+SOURCES_KEPT = Counter(
+    "streamer_sources_kept_total",
+    "Local files retention was asked to delete and kept, because they were not proven in S3",
+)
+DISK_FREE_BYTES = Gauge(
+    "streamer_disk_free_bytes",
+    "Free bytes on the watched filesystem (when a free-space threshold is set)",
+    multiprocess_mode="livesum",
+)
+DISK_PRESSURE = Gauge(
+    "streamer_disk_pressure",
+    "1 if the watched filesystem is below its free-space threshold and no file is left "
+    "that may be deleted",
+    multiprocess_mode="livesum",
+)
 UPLOADER_RESTARTS = Counter("streamer_uploader_restarts_total", "Uploaders replaced after dying")
 
 

@@ -3,8 +3,9 @@ which uploader owns it, how long to wait before trying again. Tested without pro
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streamer.checkpoint import StreamState
@@ -98,9 +99,12 @@ def backoff_delay(
     return rand() * min(cap, base * 2 ** min(attempt, 32))
 
 
-# S3 error codes worth retrying at once: the server is busy, restarting or timed out.
+# S3 error codes worth retrying at once: the server is busy, restarting or timed out, or
+# the bytes were damaged on the way (S3 checks every body against its signed sha256).
 TRANSIENT_CODES = frozenset(
     {
+        "XAmzContentSHA256Mismatch",
+        "BadDigest",
         "SlowDown",
         "RequestTimeout",
         "InternalError",
@@ -158,3 +162,27 @@ def assembly_method(chunk_sizes: list[int]) -> str:
     if any(size < MIN_PART_SIZE for size in chunk_sizes[:-1]):
         return "upload"
     return "compose"
+
+
+def retirable(state: StreamState, delete_partial: bool) -> bool:
+    """May retention delete the file of a stream that finished so? Only if it is a whole
+    recording (or, if the user says so, a partial one); never cancelled or invalid."""
+    return state is StreamState.COMPLETE or (delete_partial and state is StreamState.PARTIAL)
+
+
+def space_to_free(free: int, total: int, min_free_bytes: int, min_free_percent: float) -> int:
+    """Bytes to delete to bring the free space back to both thresholds (0: none)."""
+    wanted = max(min_free_bytes, math.ceil(total * min_free_percent / 100))
+    return max(0, wanted - free)
+
+
+def oldest_to_free(candidates: Iterable[tuple[int, str, int]], need: int) -> list[str]:
+    """Of (mtime_ns, stream_id, size) candidates, the oldest first, just enough of them to
+    free `need` bytes (all of them, if that is not enough)."""
+    chosen, freed = [], 0
+    for _, stream_id, size in sorted(candidates):
+        if freed >= need:
+            break
+        chosen.append(stream_id)
+        freed += size
+    return chosen

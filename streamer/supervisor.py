@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from streamer import logs, metrics, naming, uploader
+from streamer import bandwidth, logs, metrics, naming, uploader
 from streamer.checkpoint import CheckpointError, CheckpointStore, StreamRecord, StreamState
 from streamer.config import Config, credential_source, redacted
 from streamer.messages import (
@@ -34,12 +34,21 @@ from streamer.messages import (
     Grow,
     Mailbox,
     Moved,
+    Retire,
+    Retired,
     S3State,
     SourceRewritten,
     Stop,
     StreamFinished,
 )
-from streamer.policy import choose_uploader, is_idle, oldest_uncommitted_age
+from streamer.policy import (
+    choose_uploader,
+    is_idle,
+    oldest_to_free,
+    oldest_uncommitted_age,
+    retirable,
+    space_to_free,
+)
 from streamer.watcher import FileStat, Watcher
 
 EXIT_OK = 0
@@ -50,6 +59,8 @@ TICK = 0.5
 REWRITTEN = "another recording was written over it before it finished"
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+RETENTION_INTERVAL = 1.0
+KEPT_RETRY = 60.0  # a file retention kept is not asked about again sooner
 
 
 class Phase(enum.Enum):
@@ -93,6 +104,17 @@ class Tracked:
         self.phase = phase
 
 
+@dataclass
+class Retainable:
+    """A finished file that retention may delete, once an uploader has proven it in S3."""
+
+    stream_id: str
+    mtime_ns: int
+    size: int
+    asked: int | None = None  # the uploader asked to delete it, until it answers
+    not_before: float = 0.0  # kept the last time: not asked again before then
+
+
 class WorkerState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
@@ -129,15 +151,19 @@ class Supervisor:
         self.streams: dict[str, Tracked] = {}  # unfinished streams, by stream id
         self.paths: dict[str, str] = {}  # path -> id of the stream whose file is there
         self.settled: dict[str, tuple[int, int, int]] = {}  # finished files: path -> identity
+        self.retainable: dict[str, Retainable] = {}  # by path
         self.signals: deque[int] = deque()
         self.restarts: deque[float] = deque()
         self.store: CheckpointStore | None = None
+        self.bandwidth: bandwidth.TokenBucket | None = None
         self.metrics_server: metrics.MetricsServer | None = None
         self.stop_deadline: float | None = None
         self.exit_code: int | None = None
         self.next_rescan = 0.0
         self.next_request_check = 0.0
         self.next_idle_at = math.inf
+        self.next_retention = 0.0
+        self.disk_pressure = False
         self.started_at = clock()
         self.last_upload: float | None = None
         self.s3_reachable: bool | None = None
@@ -180,6 +206,8 @@ class Supervisor:
         self.check_directories()
         self.prepare_store()
         self.install_signals()
+        rate = self.config.s3.max_bytes_per_second
+        self.bandwidth = bandwidth.TokenBucket(rate) if rate else None
         for worker_id in range(self.config.workers):
             self.spawn_worker(worker_id)
         self.open_store()
@@ -211,6 +239,8 @@ class Supervisor:
                 self.next_request_check = now + TICK
                 self.check_cancellations()
             self.finish_idle_streams(now)
+            if self.config.retention.enabled and now >= self.next_retention:
+                self.apply_retention(now)
         else:
             self.check_stop(now)
         self.update_gauges(now)
@@ -309,7 +339,15 @@ class Supervisor:
         process = self.ctx.Process(
             target=uploader.main,
             name=f"streamer-uploader-{worker_id}",
-            args=(worker_id, self.config, commands, events, os.getpid(), self.inherited_fds()),
+            args=(
+                worker_id,
+                self.config,
+                commands,
+                events,
+                os.getpid(),
+                self.inherited_fds(),
+                self.bandwidth,
+            ),
         )
         # An LMDB handle must not cross a fork: close ours, fork, open again. Signals wait
         # until the child has its own handlers (it unblocks them), and ours are back.
@@ -391,6 +429,9 @@ class Supervisor:
             self.exit_code = EXIT_FAILURE
             return
         metrics.UPLOADER_RESTARTS.inc()
+        for entry in self.retainable.values():
+            if entry.asked == worker.worker_id:
+                entry.asked = None
         self.spawn_worker(worker.worker_id)
         for tracked in self.streams.values():
             if tracked.owner == worker.worker_id:
@@ -456,8 +497,11 @@ class Supervisor:
                 if self.paths.get(path) == stream_id:
                     del self.paths[path]
                     # Settled as the uploader finished it; a change since then is seen now.
-                    self.settled[path] = (tracked.file.inode, message.size, message.mtime_ns)
+                    identity = (tracked.file.inode, message.size, message.mtime_ns)
+                    self.settle(path, identity, self.store.get_stream(stream_id))
                     self.observe(path, now)
+            case Retired(stream_id=stream_id, deleted=deleted):
+                self.retired(stream_id, deleted, now)
 
     # Files
 
@@ -505,6 +549,7 @@ class Supervisor:
             self.lose(tracked, now)
             tracked = None
         if file is None:
+            self.unsettle(path)
             return
         if tracked is None:
             moved = next((t for t in self.streams.values() if t.is_at(file)), None)
@@ -576,6 +621,7 @@ class Supervisor:
     def discover(self, file: FileStat, now: float) -> None:
         """A file no tracked stream owns: an unfinished stream from before a restart, a
         finished one (perhaps renamed), or a new stream."""
+        self.unsettle(file.path)
         record = self.store.stream_at(file.path)
         if record is None or not file.is_of(record):
             record = self.store.stream_with_inode(file.device, file.inode)
@@ -596,8 +642,8 @@ class Supervisor:
                 file.mtime_ns,
             ):
                 if record.path != file.path:
-                    self.store.move_stream(record.stream_id, file.path)
-                self.settled[file.path] = _identity(file)
+                    record = self.store.move_stream(record.stream_id, file.path)
+                self.settle(file.path, _identity(file), record)
                 return
         record = self.new_stream(file)
         self.track(record, file, now, "stream_discovered")
@@ -673,12 +719,7 @@ class Supervisor:
         return tracked
 
     def assign(self, tracked: Tracked, now: float) -> None:
-        loads = {
-            w.worker_id: len(w.streams)
-            for w in self.workers.values()
-            if w.state is WorkerState.RUNNING
-        }
-        tracked.owner = choose_uploader(loads)
+        tracked.owner = choose_uploader(self.uploader_loads())
         if tracked.phase is Phase.FINISHING:
             tracked.move_to(Phase.UPLOADING)
             tracked.changed_at = now
@@ -686,6 +727,14 @@ class Supervisor:
         self.tell_owner(tracked, Assign(stream_id=tracked.stream_id))
         if tracked.abandon is not None:
             self.tell_owner(tracked, tracked.abandon)
+
+    def uploader_loads(self) -> dict[int, int]:
+        """Streams owned, by running uploader."""
+        return {
+            w.worker_id: len(w.streams)
+            for w in self.workers.values()
+            if w.state is WorkerState.RUNNING
+        }
 
     def tell_owner(self, tracked: Tracked, message) -> None:
         self.workers[tracked.owner].send(message)
@@ -710,6 +759,90 @@ class Supervisor:
                         mtime_ns=tracked.file.mtime_ns,
                     ),
                 )
+
+    # Retention
+
+    def settle(self, path: str, identity: tuple[int, int, int], record: StreamRecord) -> None:
+        """`path` holds a finished stream's file, as it was finished."""
+        self.settled[path] = identity
+        retention = self.config.retention
+        if (
+            retention.enabled
+            and record.source_deleted_at is None
+            and retirable(record.state, retention.delete_partial)
+        ):
+            self.retainable[path] = Retainable(record.stream_id, record.mtime_ns, record.total_size)
+
+    def unsettle(self, path: str) -> None:
+        self.settled.pop(path, None)
+        self.retainable.pop(path, None)
+
+    def apply_retention(self, now: float) -> None:
+        self.next_retention = now + RETENTION_INTERVAL
+        if self.config.retention.delete_after_upload:
+            for entry in self.retainable.values():
+                if entry.asked is None and now >= entry.not_before:
+                    self.ask_to_retire(entry, "uploaded")
+        if self.config.retention.guarded:
+            self.guard_free_space(now)
+
+    def guard_free_space(self, now: float) -> None:
+        """Below the free-space threshold, ask for the oldest proven files to be deleted,
+        just enough of them; if none is left, say so (a metric an alert can fire on)."""
+        try:
+            fs = os.statvfs(self.config.watch.directory)
+        except OSError as exc:
+            self.log.error("disk_check_failed", error=str(exc))
+            return
+        free, total = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
+        metrics.DISK_FREE_BYTES.set(free)
+        retention = self.config.retention
+        need = space_to_free(free, total, retention.min_free_bytes, retention.min_free_percent)
+        asked = sum(e.size for e in self.retainable.values() if e.asked is not None)
+        free_to_ask = [
+            (e.mtime_ns, e.stream_id, e.size)
+            for e in self.retainable.values()
+            if e.asked is None and now >= e.not_before
+        ]
+        chosen = oldest_to_free(free_to_ask, need - asked) if need > asked else []
+        if chosen:
+            # One uploader takes them all, in that order: the oldest is deleted first.
+            uploader = choose_uploader(self.uploader_loads())
+            by_id = {e.stream_id: e for e in self.retainable.values()}
+            for stream_id in chosen:
+                self.ask_to_retire(by_id[stream_id], "disk_pressure", uploader)
+        self.set_disk_pressure(need > 0 and not chosen and not asked, free, free + need)
+
+    def set_disk_pressure(self, pressure: bool, free: int, wanted: int) -> None:
+        if pressure == self.disk_pressure:
+            return
+        self.disk_pressure = pressure
+        metrics.DISK_PRESSURE.set(1 if pressure else 0)
+        if pressure:
+            self.log.warning(
+                "disk_pressure",
+                directory=self.config.watch.directory,
+                free_bytes=free,
+                wanted_bytes=wanted,
+                message="below the free-space threshold, and no file left that is proven in "
+                "S3: nothing more is deleted",
+            )
+        else:
+            self.log.info("disk_pressure_relieved", free_bytes=free)
+
+    def ask_to_retire(self, entry: Retainable, reason: str, uploader: int | None = None) -> None:
+        entry.asked = choose_uploader(self.uploader_loads()) if uploader is None else uploader
+        self.workers[entry.asked].send(Retire(stream_id=entry.stream_id, reason=reason))
+
+    def retired(self, stream_id: str, deleted: bool, now: float) -> None:
+        path = next((p for p, e in self.retainable.items() if e.stream_id == stream_id), None)
+        if path is None:
+            return
+        if deleted:
+            self.unsettle(path)
+        else:
+            entry = self.retainable[path]
+            entry.asked, entry.not_before = None, now + KEPT_RETRY
 
     # Checkpoint store and health
 

@@ -31,7 +31,8 @@ import msgspec
 import urllib3
 from minio.error import MinioException, S3Error
 
-from streamer import logs, manifest, metrics, mp4, naming
+from streamer import logs, manifest, metrics, mp4, naming, retention
+from streamer.bandwidth import TokenBucket
 from streamer.checkpoint import (
     Assembled,
     CheckpointError,
@@ -52,6 +53,8 @@ from streamer.messages import (
     Grow,
     Mailbox,
     Moved,
+    Retire,
+    Retired,
     S3State,
     SourceRewritten,
     Stop,
@@ -168,9 +171,10 @@ def main(
     events: Mailbox,
     parent_pid: int,
     inherited_fds: list[int],
+    bandwidth: TokenBucket | None,
 ) -> None:
     """Entry point in the forked child; its exit code tells the supervisor how it ended."""
-    uploader = Uploader(worker_id, config, commands, events, parent_pid, inherited_fds)
+    uploader = Uploader(worker_id, config, commands, events, parent_pid, inherited_fds, bandwidth)
     raise SystemExit(uploader.run())
 
 
@@ -183,6 +187,7 @@ class Uploader:
         events: Mailbox,
         parent_pid: int,
         inherited_fds: list[int],
+        bandwidth: TokenBucket | None = None,
         clock=time.monotonic,
     ):
         self.worker_id = worker_id
@@ -190,6 +195,7 @@ class Uploader:
         self.commands = commands
         self.events = events
         self.inherited_fds = inherited_fds
+        self.bandwidth = bandwidth
         self.clock = clock
         self.parent_pid = parent_pid
         self.jobs: dict[str, Job] = {}
@@ -234,7 +240,7 @@ class Uploader:
         logs.configure(self.config.log.level, self.config.log.format)
         self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
         self.window = self.config.stream.upload_window
-        self.s3 = ChunkStore(self.config.s3, self.config.instance, connections=self.window + 1)
+        self.s3 = ChunkStore(self.config.s3, self.config.instance, self.window + 1, self.bandwidth)
         self.senders = ThreadPoolExecutor(self.window, thread_name_prefix="sender")
         # Sender threads name the stream here when a chunk comes back, and write a byte to
         # the pipe to wake the main loop.
@@ -319,6 +325,8 @@ class Uploader:
                 job.abandon = (reason, StreamState(status))
                 job.retry_at = 0.0
                 job.wake()
+            case Retire(stream_id=stream_id, reason=reason):
+                self.retire(stream_id, reason)
             case Stop():
                 self.stopping = True
 
@@ -416,6 +424,11 @@ class Uploader:
                 self.starved.add(record.stream_id)
             case UploadChunk() as chunk:
                 self.send(job, chunk)
+            case Pending() if room <= 0:
+                # Woken when any chunk of this uploader returns, not only its own: a
+                # stream does not keep the slots it holds while others wait.
+                job.waiting = True
+                self.starved.add(record.stream_id)
             case Finalise():
                 self.finalise(job)
             case Wait() | Pending():
@@ -631,14 +644,8 @@ class Uploader:
         stream_id = job.record.stream_id
         done = msgspec.structs.replace(job.record, **completion)
         chunks = self.store.chunks(stream_id)
-        body = manifest.encode(manifest.build(done, chunks, self.s3.layout))
         # The manifest goes first: a finished stream always has its metadata.json.
-        self.s3.put(
-            self.s3.layout.manifest_key(stream_id),
-            body,
-            hashlib.sha256(body).hexdigest(),
-            "application/json",
-        )
+        self.put_manifest(done, chunks)
         self.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
         del self.jobs[stream_id]
         self.wake_starved()
@@ -661,6 +668,54 @@ class Uploader:
             reuploaded_chunks=done.reuploaded_chunks,
             sha256=done.sha256,
         )
+
+    def put_manifest(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
+        body = manifest.encode(manifest.build(record, chunks, self.s3.layout))
+        self.s3.put(
+            self.s3.layout.manifest_key(record.stream_id),
+            body,
+            hashlib.sha256(body).hexdigest(),
+            "application/json",
+        )
+
+    # Retention
+
+    def retire(self, stream_id: str, reason: str) -> None:
+        """Delete a finished stream's local file if every byte of it is proven in S3
+        (streamer.retention), and note the deletion in its checkpoint and metadata.json."""
+        record = self.store.get_stream(stream_id)
+        chunks = self.store.chunks(stream_id)
+        fields = {"stream_id": stream_id, "path": record.path, "reason": reason}
+        try:
+            retention.delete_if_proven(
+                record,
+                chunks,
+                self.s3,
+                self.config.watch.directory,
+                self.config.retention.delete_partial,
+            )
+        except Exception as exc:
+            kept = isinstance(exc, retention.Kept)
+            why = str(exc) if kept else f"could not finish the checks: {_describe(exc)}"
+            metrics.SOURCES_KEPT.inc()
+            self.log.warning("source_kept", **fields, kept_because=why)
+            self.events.put(Retired(stream_id=stream_id, deleted=False, kept_because=why))
+            return
+        deleted_at = _utcnow()
+        record = self.store.update_stream(
+            stream_id,
+            lambda r: msgspec.structs.replace(
+                r, source_deleted_at=deleted_at, deleted_because=reason
+            ),
+        )
+        metrics.SOURCES_DELETED.labels(reason=reason).inc()
+        self.log.info("source_deleted", **fields, size=record.total_size)
+        self.events.put(Retired(stream_id=stream_id, deleted=True))
+        try:
+            self.put_manifest(record, chunks)
+        except Exception as exc:
+            # The checkpoint has the deletion; `streamer streams show` tells it.
+            self.log.error("manifest_update_failed", stream_id=stream_id, error=_describe(exc))
 
     def still_idle(self, job: Job, finish: Finish) -> bool:
         st = os.stat(job.record.path)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 import urllib3
+from faultproxy import FaultProxy
 from minio import Minio
+from prometheus_client.parser import text_string_to_metric_families
 
 # Timeouts and backoff short enough for a fault to show within seconds.
 FAST_RETRIES = {"connect_timeout": 1, "read_timeout": 2, "retry_base": 0.2, "retry_cap": 2}
@@ -372,6 +374,21 @@ class Daemon:
         return self.process.returncode
 
 
+def port_of(daemon) -> int:
+    return json.loads(daemon.config_path.read_text())["metrics"]["port"]
+
+
+def scrape(daemon) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port_of(daemon)}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
 def cli(daemon, *args, stdin: str | None = None, env=None) -> subprocess.CompletedProcess:
     """An admin command against the daemon's configuration."""
     return subprocess.run(
@@ -382,6 +399,14 @@ def cli(daemon, *args, stdin: str | None = None, env=None) -> subprocess.Complet
         input=stdin,
         env={**daemon.env, **(env or {})},
     )
+
+
+@pytest.fixture
+def proxy(minio):
+    """A misbehaving network between streamer and the MinIO (tests/faultproxy.py)."""
+    proxy = FaultProxy(("127.0.0.1", minio.port))
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture

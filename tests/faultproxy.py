@@ -2,7 +2,8 @@
 
 Modes: pass (forward), refuse (nothing listens: connection refused, open connections
 reset), reset (every connection reset), blackhole (connections, open or new, go silent:
-bytes are read and dropped, nothing is answered), throttle (forward at a byte rate).
+bytes are read and dropped, nothing is answered), throttle (forward at a byte rate),
+refuse_puts (a connection that starts a PUT request is reset; other requests pass).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class FaultProxy:
         # Connections open to the server at once, at most: an HTTP pool opens one only when
         # all its open ones are busy, so this is the peak of requests in flight.
         self.peak_connections = 0
+        self.uploaded = 0  # bytes passed from clients to the server
         self._open = 0
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
@@ -35,7 +37,7 @@ class FaultProxy:
         self._listen()
 
     def set(self, mode: str, rate: int = 0) -> None:
-        assert mode in ("pass", "refuse", "reset", "blackhole", "throttle")
+        assert mode in ("pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts")
         with self._lock:
             self.mode, self.rate = mode, rate
             if mode in ("refuse", "reset"):
@@ -95,12 +97,12 @@ class FaultProxy:
             self._conns.append(upstream)
             self._open += 1
             self.peak_connections = max(self.peak_connections, self._open)
-        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
         self._pump(upstream, client)
         with self._lock:
             self._open -= 1
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, upload: bool = False) -> None:
         try:
             while True:
                 data = source.recv(65536 if self.mode != "throttle" else 4096)
@@ -108,7 +110,13 @@ class FaultProxy:
                     break
                 if self.mode == "blackhole":
                     continue  # the line went silent: no reset, no answer
+                if upload and self.mode == "refuse_puts" and data.startswith(b"PUT "):
+                    _reset(source)  # every other request goes through
+                    break
                 sink.sendall(data)
+                if upload:
+                    with self._lock:
+                        self.uploaded += len(data)
                 if self.mode == "throttle" and self.rate:
                     time.sleep(len(data) / self.rate)
         except OSError:

@@ -18,24 +18,18 @@ from conftest import (
     both_servers,
     cli,
     manifest_of,
+    scrape,
     wait_until,
 )
-from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
 KiB = 1024
 
 
-@pytest.fixture
-def proxy(minio):
-    proxy = FaultProxy(("127.0.0.1", minio.port))
-    yield proxy
-    proxy.close()
-
-
-def proxied(make_daemon, proxy, **overrides):
-    return make_daemon(s3={"endpoint": proxy.endpoint, **FAST_RETRIES}, **overrides)
+def proxied(make_daemon, proxy, s3=None, **overrides):
+    s3 = {"endpoint": proxy.endpoint, **FAST_RETRIES, **(s3 or {})}
+    return make_daemon(s3=s3, **overrides)
 
 
 def test_a_silent_connection_is_given_up_within_the_read_timeout(make_daemon, minio, proxy):
@@ -84,6 +78,38 @@ def test_a_throttled_link_still_delivers(make_daemon, minio, proxy):
     writer.wait()
     daemon.wait_for("stream_finished", timeout=60)
     assert_exact(minio, daemon, stream_id, writer.path)
+
+
+def test_the_bandwidth_cap_holds_for_all_uploaders_together(make_daemon, minio, proxy):
+    """Three streams on two uploaders share one cap: the bytes that reach the server over
+    ten seconds are within 10 % of it, and every stream moves."""
+    cap = 2 * 1024 * KiB
+    daemon = proxied(
+        make_daemon,
+        proxy,
+        s3={"max_bytes_per_second": cap},
+        stream={"chunk_size": 256 * KiB, "idle_timeout": 60},
+    )
+    for name in ("one.mp4", "two.mp4", "three.mp4"):
+        (daemon.watch / name).write_bytes(hashlib.shake_256(name.encode()).digest(10 * 1024 * KiB))
+    daemon.start()
+    daemon.wait_for("chunk_uploaded", count=3)
+    time.sleep(1)
+
+    def sample():
+        per_stream = {}
+        for event in daemon.find("chunk_uploaded"):
+            per_stream[event["stream_id"]] = per_stream.get(event["stream_id"], 0) + 1
+        return proxy.uploaded, time.monotonic(), per_stream
+
+    bytes_before, started, chunks_before = sample()
+    time.sleep(10)
+    bytes_after, ended, chunks_after = sample()
+    rate = (bytes_after - bytes_before) / (ended - started)
+    assert 0.9 * cap <= rate <= 1.1 * cap, f"{rate / cap:.2f} x the cap"
+    moved = {s: chunks_after[s] - chunks_before.get(s, 0) for s in chunks_after}
+    assert len(moved) == 3 and min(moved.values()) >= 0.2 * sum(moved.values()), moved
+    assert scrape(daemon)["streamer_bandwidth_wait_seconds_total"] > 0
 
 
 @pytest.mark.parametrize("window", [1, 3])

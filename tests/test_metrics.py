@@ -8,27 +8,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import GrowingFile, free_port, wait_until
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import GrowingFile, free_port, port_of, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
 KiB = 1024
-
-
-def port_of(daemon) -> int:
-    return json.loads(daemon.config_path.read_text())["metrics"]["port"]
-
-
-def scrape(daemon) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port_of(daemon)}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
 
 
 def get_json(daemon, path: str) -> tuple[int, dict]:

@@ -3,6 +3,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from streamer.bandwidth import PIECE, TokenBucket
+from streamer.checkpoint import StreamState
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
     Finalise,
@@ -12,8 +14,12 @@ from streamer.policy import (
     backoff_delay,
     choose_uploader,
     is_idle,
+    is_rejection,
     next_step,
+    oldest_to_free,
+    retirable,
     settled,
+    space_to_free,
 )
 from streamer.uploader import PrefixHash
 
@@ -125,3 +131,55 @@ def test_the_prefix_hash_takes_chunks_in_any_order_and_distrusts_a_second_feed()
     assert prefix.hexdigest(len(data) - 1) is None
     prefix.feed(4000, data[4000:8000])
     assert prefix.hexdigest(len(data)) is None
+
+
+def test_only_complete_streams_are_retirable_unless_partial_ones_are_allowed():
+    assert retirable(StreamState.COMPLETE, delete_partial=False)
+    assert not retirable(StreamState.PARTIAL, delete_partial=False)
+    assert retirable(StreamState.PARTIAL, delete_partial=True)
+    for state in (StreamState.ACTIVE, StreamState.INVALID, StreamState.CANCELLED):
+        assert not retirable(state, delete_partial=True)
+
+
+def test_space_to_free_meets_both_thresholds():
+    assert space_to_free(free=100, total=1000, min_free_bytes=150, min_free_percent=0) == 50
+    assert space_to_free(free=100, total=1000, min_free_bytes=0, min_free_percent=20) == 100
+    assert space_to_free(free=100, total=1000, min_free_bytes=150, min_free_percent=20) == 100
+    assert space_to_free(free=300, total=1000, min_free_bytes=150, min_free_percent=20) == 0
+    assert space_to_free(free=300, total=1000, min_free_bytes=0, min_free_percent=0) == 0
+
+
+def test_oldest_to_free_takes_the_oldest_first_and_no_more_than_needed():
+    candidates = [(30, "c", 10), (10, "a", 10), (20, "b", 10)]
+    assert oldest_to_free(candidates, need=0) == []
+    assert oldest_to_free(candidates, need=1) == ["a"]
+    assert oldest_to_free(candidates, need=15) == ["a", "b"]
+    assert oldest_to_free(candidates, need=20) == ["a", "b"]
+    assert oldest_to_free(candidates, need=99) == ["a", "b", "c"]
+
+
+def test_a_body_damaged_on_the_way_is_sent_again_soon():
+    assert not is_rejection(400, "XAmzContentSHA256Mismatch")
+    assert not is_rejection(400, "BadDigest")
+    assert is_rejection(403, "AccessDenied")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_token_bucket_grants_its_rate_after_a_short_burst():
+    clock = FakeClock()
+    bucket = TokenBucket(10 * PIECE, clock=clock)  # burst: one piece
+    assert bucket.take(PIECE) == 0  # the burst
+    assert bucket.take(PIECE) == pytest.approx(0.1)  # each next piece waits its turn
+    assert bucket.take(PIECE) == pytest.approx(0.2)
+    clock.now += 0.2  # the debt is paid
+    assert bucket.take(PIECE) == pytest.approx(0.1)
+    clock.now += 60  # idle for a minute: the burst is still one piece, not a minute's worth
+    assert bucket.take(PIECE) == 0
+    assert bucket.take(PIECE) == pytest.approx(0.1)

@@ -1,0 +1,61 @@
+"""The upload bandwidth cap (s3.max_bytes_per_second): one token bucket shared by every
+uploader process, so an idle uploader's share goes to the busy ones.
+
+The bucket lives in a shared memory page made by the supervisor before it forks the
+uploaders. A taker holds an fcntl lock while it updates the bucket: the kernel drops that
+lock when its holder dies, so a killed uploader never leaves the others waiting.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+from streamer import metrics
+
+# Bodies go out in pieces of this size, each paid for before it is sent: small enough
+# that streams interleave and the rate is smooth within a second.
+PIECE = 64 * 1024
+BURST_SECONDS = 0.1
+_STATE = struct.Struct("dd")  # tokens, and the monotonic time they were counted at
+
+
+class TokenBucket:
+    def __init__(self, rate: int, clock=time.monotonic):
+        self.rate = rate
+        self.burst = max(PIECE, rate * BURST_SECONDS)
+        self.clock = clock
+        self._state = mmap.mmap(-1, _STATE.size)  # MAP_SHARED: one bucket across forks
+        self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the daemon's life)
+        self._threads = threading.Lock()  # fcntl locks do not exclude threads of one process
+        _STATE.pack_into(self._state, 0, self.burst, clock())
+
+    def take(self, size: int) -> float:
+        """Pay for `size` bytes; return how long to wait before sending them. Takers go
+        into debt in turn, so each waits for the bytes granted before its own."""
+        with self._threads:
+            fcntl.lockf(self._lock_file, fcntl.LOCK_EX)
+            try:
+                tokens, counted_at = _STATE.unpack_from(self._state)
+                now = self.clock()
+                tokens = min(self.burst, tokens + (now - counted_at) * self.rate) - size
+                _STATE.pack_into(self._state, 0, tokens, now)
+            finally:
+                fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
+        return max(0.0, -tokens / self.rate)
+
+    def pace(self, data: bytes) -> Iterator[memoryview]:
+        """`data` in pieces, each released when the bucket allows."""
+        view = memoryview(data)
+        for start in range(0, len(view), PIECE):
+            piece = view[start : start + PIECE]
+            delay = self.take(len(piece))
+            if delay:
+                metrics.BANDWIDTH_WAIT_SECONDS.inc(delay)
+                time.sleep(delay)
+            yield piece

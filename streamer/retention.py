@@ -1,0 +1,152 @@
+"""Deleting a local recording once, and only once, every byte of it is proven in S3.
+
+Asked by the supervisor (retention.delete_after_upload, or the free-space guard), an
+uploader makes every check at the moment of deletion, in this order; the first that fails
+keeps the file:
+  1. its stream finished `complete` (or `partial`, with retention.delete_partial);
+  2. every chunk in the checkpoint is in S3 with its recorded size and ETag, and together
+     they cover the whole file;
+  3. the assembled object, if there is one, is in S3 with the file's size and its ETag;
+  4. metadata.json is in S3 and reads back as this stream;
+  5. the file on disk is still the one that was finalised (inode, size, mtime), and a
+     regular file: a symlink's target is never deleted;
+  6. it is inside the watch directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import msgspec
+
+from streamer import manifest
+from streamer.checkpoint import ChunkRecord, StreamRecord
+from streamer.chunkstore import ChunkStore
+from streamer.policy import retirable
+
+
+class Kept(Exception):
+    """Why a file stays: it is not proven in S3, or it is no longer the file that was."""
+
+
+def delete_if_proven(
+    record: StreamRecord,
+    chunks: list[ChunkRecord],
+    s3: ChunkStore,
+    directory: str,
+    delete_partial: bool,
+) -> None:
+    """Delete the stream's local file, or raise Kept (or S3's error) and leave it."""
+    check_status(record, delete_partial)
+    check_chunks(record, chunks, s3)
+    check_assembled(record, s3)
+    check_manifest(record, chunks, s3)
+    check_same_file(record)
+    check_inside(record, directory)
+    unlink_same_file(record)
+
+
+def check_status(record: StreamRecord, delete_partial: bool) -> None:
+    if record.source_deleted_at is not None:
+        raise Kept("it was deleted already")
+    if not retirable(record.state, delete_partial):
+        raise Kept(f"its stream finished {record.state.value}, not complete")
+
+
+def check_chunks(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
+    stored = s3.listing(s3.layout.stream_prefix(record.stream_id) + "chunks/")
+    offset = 0
+    for chunk in chunks:
+        key = s3.layout.chunk_key(record.stream_id, chunk.index, chunk.revision)
+        found = stored.get(key)
+        if found is None:
+            raise Kept(f"chunk {chunk.index} is missing from S3 ({key})")
+        if (found.size, found.etag) != (chunk.size, chunk.etag):
+            raise Kept(
+                f"chunk {chunk.index} in S3 is not the one uploaded: {found.size} bytes, "
+                f"ETag {found.etag} (recorded: {chunk.size} bytes, ETag {chunk.etag})"
+            )
+        if chunk.offset != offset:
+            raise Kept(f"chunk {chunk.index} starts at {chunk.offset}, not {offset}")
+        offset += chunk.size
+    if offset != record.total_size:
+        raise Kept(f"the chunks hold {offset} bytes of {record.total_size}")
+
+
+def check_assembled(record: StreamRecord, s3: ChunkStore) -> None:
+    assembled = record.assembled
+    if assembled is None:
+        return
+    found = s3.stat(assembled.key)
+    if found is None:
+        raise Kept(f"the assembled object is missing from S3 ({assembled.key})")
+    if (found.size, found.etag) != (record.total_size, assembled.etag):
+        raise Kept(
+            f"the assembled object in S3 is not the one made: {found.size} bytes, ETag {found.etag}"
+        )
+
+
+def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
+    key = s3.layout.manifest_key(record.stream_id)
+    if s3.stat(key) is None:
+        raise Kept(f"metadata.json is missing from S3 ({key})")
+    try:
+        written = manifest.decode(s3.get(key))
+    except msgspec.DecodeError as exc:
+        raise Kept(f"metadata.json does not read back: {exc}") from None
+    read_back = (
+        written.stream_id,
+        written.status,
+        written.total_size,
+        written.sha256,
+        [c.etag for c in written.chunks],
+    )
+    expected = (
+        record.stream_id,
+        record.state.value,
+        record.total_size,
+        record.sha256,
+        [c.etag for c in chunks],
+    )
+    if read_back != expected:
+        raise Kept("metadata.json in S3 does not describe this stream as recorded")
+
+
+def check_same_file(record: StreamRecord) -> None:
+    try:
+        st = os.stat(record.path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise Kept("the file is gone") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise Kept("the path is a symbolic link now: its target is never deleted")
+    if not _is_finalised_file(record, st):
+        raise Kept("the file changed after it was uploaded")
+
+
+def check_inside(record: StreamRecord, directory: str) -> None:
+    parent = os.path.realpath(os.path.dirname(record.path))
+    if parent != os.path.realpath(directory):
+        raise Kept(f"the file is not inside the watch directory {directory}")
+
+
+def unlink_same_file(record: StreamRecord) -> None:
+    """Unlink through the directory, after one last look at the file there: what is
+    unlinked is what was checked, not whatever the path names a moment later."""
+    directory = os.open(os.path.dirname(record.path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        st = os.stat(record.name, dir_fd=directory, follow_symlinks=False)
+        if not _is_finalised_file(record, st):
+            raise Kept("the file changed after it was uploaded")
+        os.unlink(record.name, dir_fd=directory)
+    finally:
+        os.close(directory)
+
+
+def _is_finalised_file(record: StreamRecord, st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    ) == (record.device, record.inode, record.total_size, record.mtime_ns)

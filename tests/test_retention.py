@@ -1,0 +1,285 @@
+"""Retention: a local file is deleted only once every byte of it is proven in S3, after
+upload or under disk pressure, oldest first. Against a real MinIO, real ffmpeg recordings
+and, for disk pressure, a real (tmpfs) filesystem that fills up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from conftest import (
+    ACCESS_KEY,
+    FAST_RETRIES,
+    SECRET_KEY,
+    GrowingFile,
+    assert_exact,
+    cli,
+    manifest_of,
+    record,
+    scrape,
+)
+
+from streamer import retention
+from streamer.checkpoint import CheckpointStore
+from streamer.chunkstore import ChunkStore
+from streamer.config import S3Config
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+MiB = 1024 * KiB
+HOUR_NS = 3600 * 10**9
+
+
+@pytest.fixture(scope="module")
+def recording(ffmpeg, tmp_path_factory):
+    """A finished ffmpeg recording (about 1.5 MiB) that tests copy into their directories."""
+    path = tmp_path_factory.mktemp("recording") / "source.mp4"
+    assert record(ffmpeg, path, 6, "plain", live=False).wait(60) == 0
+    return path
+
+
+def place(recording, path, age_hours: float = 0, size: int | None = None):
+    """A copy of the recording at `path` (cut to `size`: no moov box, so `partial`), with
+    its mtime `age_hours` in the past."""
+    data = recording.read_bytes()
+    path.write_bytes(data[:size] if size else data)
+    mtime = time.time_ns() - int(age_hours * HOUR_NS)
+    os.utime(path, ns=(mtime, mtime))
+    return path
+
+
+def noise(path, size: int, age_hours: float = 0):
+    """Not an MP4 at all: its stream finishes `invalid`."""
+    path.write_bytes(os.urandom(size))
+    mtime = time.time_ns() - int(age_hours * HOUR_NS)
+    os.utime(path, ns=(mtime, mtime))
+    return path
+
+
+def deleted_names(daemon) -> list[str]:
+    return [os.path.basename(e["path"]) for e in daemon.find("source_deleted")]
+
+
+def finished_ids(daemon, count: int) -> dict[str, str]:
+    """File name -> stream id, once `count` streams have finished."""
+    daemon.wait_for("stream_finished", count=count, timeout=60)
+    names = {e["stream_id"]: os.path.basename(e["path"]) for e in daemon.find("stream_discovered")}
+    return {names[e["stream_id"]]: e["stream_id"] for e in daemon.find("stream_finished")}
+
+
+def test_a_complete_stream_is_deleted_once_proven_and_its_bytes_stay(make_daemon, minio, recording):
+    daemon = make_daemon(retention={"delete_after_upload": True})
+    place(recording, daemon.watch / "done.mp4")
+    place(recording, daemon.watch / "cut.mp4", size=recording.stat().st_size // 2)
+    noise(daemon.watch / "noise.mp4", 300 * KiB)
+    daemon.start()
+    ids = finished_ids(daemon, 3)
+    deleted = daemon.wait_for("source_deleted")[0]
+    assert deleted["stream_id"] == ids["done.mp4"] and deleted["reason"] == "uploaded"
+    assert not (daemon.watch / "done.mp4").exists()
+
+    # S3 holds exactly the recording (the copy the test kept), and says it was deleted.
+    manifest = assert_exact(minio, daemon, ids["done.mp4"], recording)
+    assert manifest["status"] == "complete" and manifest["source"]["deleted_at"]
+    assert manifest["assembled"]["size"] == recording.stat().st_size
+    assert scrape(daemon)["streamer_sources_deleted_total{reason=uploaded}"] == 1
+
+    # A partial and an invalid stream are kept: never even asked about.
+    time.sleep(3)
+    assert deleted_names(daemon) == ["done.mp4"] and not daemon.find("source_kept")
+    assert (daemon.watch / "cut.mp4").exists() and (daemon.watch / "noise.mp4").exists()
+    assert manifest_of(minio.client, daemon.bucket, ids["cut.mp4"])["source"]["deleted_at"] is None
+
+    # With retention.delete_partial, the partial one goes too (after a restart); the
+    # invalid one never does.
+    daemon.stop()
+    again = make_daemon(retention={"delete_after_upload": True, "delete_partial": True}).start()
+    again.wait_for("source_deleted", path=str(daemon.watch / "cut.mp4"))
+    time.sleep(3)
+    assert deleted_names(again) == ["done.mp4", "cut.mp4"]  # one log, both runs
+    assert (daemon.watch / "noise.mp4").exists()
+
+
+def test_a_file_whose_chunk_was_removed_from_s3_is_kept(make_daemon, minio, recording):
+    daemon = make_daemon()
+    place(recording, daemon.watch / "whole.mp4")
+    place(recording, daemon.watch / "robbed.mp4")
+    daemon.start()
+    ids = finished_ids(daemon, 2)
+    daemon.stop()
+    chunk = f"rec/test-host/{ids['robbed.mp4']}/chunks/000003"
+    minio.client.remove_object(daemon.bucket, chunk)
+
+    again = make_daemon(retention={"delete_after_upload": True}).start()
+    again.wait_for("source_deleted", stream_id=ids["whole.mp4"])
+    kept = again.wait_for("source_kept")[0]
+    assert kept["stream_id"] == ids["robbed.mp4"]
+    assert "chunk 3 is missing from S3" in kept["kept_because"]
+    assert (daemon.watch / "robbed.mp4").read_bytes() == recording.read_bytes()
+    assert not (daemon.watch / "whole.mp4").exists()
+    assert scrape(again)["streamer_sources_kept_total"] == 1
+
+
+def test_s3_away_or_refusing_writes_never_costs_a_file(make_daemon, minio, proxy, recording):
+    s3 = {"endpoint": proxy.endpoint, **FAST_RETRIES}
+    daemon = make_daemon(s3=s3)
+    place(recording, daemon.watch / "first.mp4")
+    place(recording, daemon.watch / "second.mp4")
+    daemon.start()
+    ids = finished_ids(daemon, 2)
+    daemon.stop()
+
+    # S3 away: nothing can be proven, so nothing is deleted.
+    proxy.set("refuse")
+    away = make_daemon(s3=s3, retention={"delete_after_upload": True}).start()
+    kept = away.wait_for("source_kept", count=2)
+    assert all("could not finish the checks" in k["kept_because"] for k in kept)
+    assert (daemon.watch / "first.mp4").exists() and (daemon.watch / "second.mp4").exists()
+    away.stop()
+
+    # S3 answers reads but refuses writes: every byte is proven, so the files go; the
+    # metadata.json update fails loudly, and the checkpoint still records the deletion.
+    proxy.set("refuse_puts")
+    read_only = make_daemon(s3=s3, retention={"delete_after_upload": True}).start()
+    read_only.wait_for("manifest_update_failed", count=2)
+    assert not (daemon.watch / "first.mp4").exists()
+    shown = json.loads(cli(read_only, "streams", "show", ids["first.mp4"], "--json").stdout)
+    assert shown["source_deleted_at"] and shown["deleted_because"] == "uploaded"
+    written = manifest_of(minio.client, daemon.bucket, ids["first.mp4"])
+    assert written["source"]["deleted_at"] is None
+
+
+def test_cancelled_and_active_streams_are_never_deleted_even_under_pressure(
+    make_daemon, minio, recording
+):
+    # Every filesystem is "full" at 99.99 %: the guard deletes whatever it may.
+    daemon = make_daemon(
+        retention={"delete_after_upload": True, "min_free_percent": 99.99},
+        stream={"chunk_size": 64 * KiB, "idle_timeout": 2},
+    ).start()
+    active = GrowingFile(daemon.watch / "active.mp4", total=4 * MiB, rate=64 * KiB).start()
+    cancelled = GrowingFile(daemon.watch / "cancelled.mp4", total=512 * KiB, rate=64 * KiB)
+    cancelled.start()
+    cancelled_id = daemon.wait_for("stream_discovered", path=str(cancelled.path))[0]["stream_id"]
+    assert cli(daemon, "streams", "cancel", cancelled_id).returncode == 0
+    daemon.wait_for("stream_finished", stream_id=cancelled_id, status="cancelled")
+    cancelled.wait()
+    place(recording, daemon.watch / "done.mp4")
+    daemon.wait_for("source_deleted", path=str(daemon.watch / "done.mp4"))
+
+    pressure = daemon.wait_for("disk_pressure")[0]
+    assert pressure["free_bytes"] < pressure["wanted_bytes"]
+    time.sleep(3)
+    assert deleted_names(daemon) == ["done.mp4"]
+    assert active.path.exists() and cancelled.path.stat().st_size == 512 * KiB
+    assert scrape(daemon)["streamer_disk_pressure"] == 1
+    assert active.written < active.total, "the active stream should still be growing"
+
+
+def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
+    make_daemon, minio, recording, tmp_path
+):
+    """The uploader's last checks, made at the moment of deletion, called directly on
+    the real checkpoint and S3 a daemon left."""
+    daemon = make_daemon()
+    for name in ("touched.mp4", "linked.mp4", "plain.mp4"):
+        place(recording, daemon.watch / name)
+    daemon.start()
+    ids = finished_ids(daemon, 3)
+    daemon.stop()
+    config = S3Config(
+        endpoint=minio.endpoint,
+        bucket=daemon.bucket,
+        prefix="rec",
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+    )
+    s3 = ChunkStore(config, "test-host")
+    store = CheckpointStore(str(daemon.config_path.parent / "checkpoint"), 64 * MiB)
+
+    def delete(name: str, directory=daemon.watch) -> None:
+        stream_id = ids[name]
+        record = store.get_stream(stream_id)
+        retention.delete_if_proven(record, store.chunks(stream_id), s3, str(directory), False)
+
+    touched = daemon.watch / "touched.mp4"
+    os.utime(touched, ns=(time.time_ns(), time.time_ns()))
+    with pytest.raises(retention.Kept, match="changed after it was uploaded"):
+        delete("touched.mp4")
+    assert touched.exists()
+
+    outside = tmp_path / "outside.mp4"
+    shutil.move(daemon.watch / "linked.mp4", outside)
+    os.symlink(outside, daemon.watch / "linked.mp4")
+    with pytest.raises(retention.Kept, match="symbolic link"):
+        delete("linked.mp4")
+    assert outside.read_bytes() == recording.read_bytes()
+
+    with pytest.raises(retention.Kept, match="not inside the watch directory"):
+        delete("plain.mp4", directory=tmp_path)
+    delete("plain.mp4")
+    assert not (daemon.watch / "plain.mp4").exists()
+    store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 32 MiB filesystem that the test can fill."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def free_bytes(path) -> int:
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize
+
+
+def fill(path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.write(b"\0" * size)
+
+
+def test_the_free_space_guard_deletes_the_oldest_proven_files_and_nothing_else(
+    make_daemon, minio, recording, small_disk
+):
+    size = recording.stat().st_size
+    noise(small_disk / "invalid.mp4", size // 2, age_hours=5)
+    place(recording, small_disk / "partial.mp4", age_hours=4, size=size // 2)
+    for age, name in ((3, "a.mp4"), (2, "b.mp4"), (1, "c.mp4")):
+        place(recording, small_disk / name, age_hours=age)
+    threshold = free_bytes(small_disk) - size // 2
+    daemon = make_daemon(
+        watch={"directory": str(small_disk)}, retention={"min_free_bytes": threshold}
+    ).start()
+    ids = finished_ids(daemon, 5)
+    time.sleep(2)
+    assert not daemon.find("source_deleted"), "above the threshold, nothing is deleted"
+
+    # 1.5 recordings short: the two oldest complete files go, the third stays.
+    fill(small_disk / "filler-1.bin", 2 * size)
+    daemon.wait_for("source_deleted", count=2)
+    time.sleep(3)
+    assert deleted_names(daemon) == ["a.mp4", "b.mp4"]
+    assert {e["reason"] for e in daemon.find("source_deleted")} == {"disk_pressure"}
+    assert free_bytes(small_disk) >= threshold
+
+    # Short again: the last complete one goes, and then nothing may be deleted any more.
+    fill(small_disk / "filler-2.bin", 2 * size)
+    daemon.wait_for("disk_pressure")
+    assert deleted_names(daemon) == ["a.mp4", "b.mp4", "c.mp4"]
+    assert (small_disk / "invalid.mp4").exists() and (small_disk / "partial.mp4").exists()
+    assert scrape(daemon)["streamer_disk_pressure"] == 1
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        assert_exact(minio, daemon, ids[name], recording)
+
+    (small_disk / "filler-2.bin").unlink()
+    daemon.wait_for("disk_pressure_relieved")
+    assert scrape(daemon)["streamer_disk_pressure"] == 0
