@@ -18,9 +18,11 @@ from collections.abc import Iterator
 
 from streamer import metrics
 
-# Bodies go out in pieces of this size, each paid for before it is sent: small enough
-# that streams interleave and the rate is smooth within a second.
-PIECE = 64 * 1024
+# Bodies go out in pieces, each paid for before it is sent: a tenth of a second's worth
+# (within these bounds), so that streams interleave, the rate is smooth within a second,
+# and on a thin link no request waits long between two pieces.
+MIN_PIECE = 4 * 1024
+MAX_PIECE = 64 * 1024
 BURST_SECONDS = 0.1
 _STATE = struct.Struct("dd")  # tokens, and the monotonic time they were counted at
 
@@ -28,7 +30,8 @@ _STATE = struct.Struct("dd")  # tokens, and the monotonic time they were counted
 class TokenBucket:
     def __init__(self, rate: int, clock=time.monotonic):
         self.rate = rate
-        self.burst = max(PIECE, rate * BURST_SECONDS)
+        self.piece = int(min(MAX_PIECE, max(MIN_PIECE, rate * BURST_SECONDS)))
+        self.burst = max(self.piece, rate * BURST_SECONDS)
         self.clock = clock
         self._state = mmap.mmap(-1, _STATE.size)  # MAP_SHARED: one bucket across forks
         self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 (open for the daemon's life)
@@ -52,8 +55,8 @@ class TokenBucket:
     def pace(self, data: bytes) -> Iterator[memoryview]:
         """`data` in pieces, each released when the bucket allows."""
         view = memoryview(data)
-        for start in range(0, len(view), PIECE):
-            piece = view[start : start + PIECE]
+        for start in range(0, len(view), self.piece):
+            piece = view[start : start + self.piece]
             delay = self.take(len(piece))
             if delay:
                 metrics.BANDWIDTH_WAIT_SECONDS.inc(delay)

@@ -224,6 +224,12 @@ class CheckpointStore:
         with self._read() as txn:
             return self._load(txn, stream_id)
 
+    def find_stream(self, stream_id: str) -> StreamRecord | None:
+        """The stream, or None if there is none by that id (an operator may forget one)."""
+        with self._read() as txn:
+            value = txn.get(stream_id.encode(), db=self._streams)
+            return None if value is None else _stream_decoder.decode(value)
+
     def stream_at(self, path: str) -> StreamRecord | None:
         with self._read() as txn:
             stream_id = txn.get(_path_key(path), db=self._paths)

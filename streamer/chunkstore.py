@@ -6,6 +6,7 @@ A ChunkStore holds a minio client and an HTTP pool; build it in the process that
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 from concurrent.futures import Executor
@@ -172,6 +173,8 @@ class ChunkStore:
         headers = self._object_headers(content_type, sha256)
         headers["Content-Length"] = str(len(data))
         headers["x-amz-content-sha256"] = sha256
+        # Stored with the object, and what S3 asks of a PUT to an Object Lock bucket.
+        headers["x-amz-checksum-sha256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
         body = self._bandwidth.pace(data) if self._bandwidth else data
         return self._client._put_object(self.bucket, key, body, headers).etag
 

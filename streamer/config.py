@@ -15,8 +15,9 @@ from msgspec import Meta, Struct
 
 MiB = 1024 * 1024
 ENV_PREFIX = "STREAMER_"
-# Below this, one S3 request's headers alone would take a second.
-MIN_RATE = 1024
+# Below this, a body paced in the smallest pieces waits long enough between pieces for
+# S3 to drop the request as idle.
+MIN_RATE = 8 * 1024
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -76,6 +77,9 @@ class RetentionConfig(Section):
     # until the watched filesystem is above both again. 0: off.
     min_free_bytes: Annotated[int, Meta(ge=0)] = 0
     min_free_percent: Annotated[float, Meta(ge=0, lt=100)] = 0.0
+    # Seconds since a finished file's last write before it may be deleted: a recorder that
+    # paused past the idle timeout may still come back to it.
+    min_age: Annotated[float, Meta(ge=0, le=30 * 86400)] = 60.0
 
     @property
     def guarded(self) -> bool:

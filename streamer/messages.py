@@ -113,10 +113,12 @@ class Retire(Message):
 
 
 class Retired(Message):
-    """What came of a Retire: the file was deleted, or kept (`kept_because` says why)."""
+    """What came of a Retire: the file was deleted, or kept (`kept_because` says why;
+    `final`: asking again cannot change that)."""
 
     stream_id: str
     deleted: bool
+    final: bool = False
     kept_because: str = ""
 
 

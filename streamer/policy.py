@@ -176,13 +176,21 @@ def space_to_free(free: int, total: int, min_free_bytes: int, min_free_percent: 
     return max(0, wanted - free)
 
 
-def oldest_to_free(candidates: Iterable[tuple[int, str, int]], need: int) -> list[str]:
-    """Of (mtime_ns, stream_id, size) candidates, the oldest first, just enough of them to
-    free `need` bytes (all of them, if that is not enough)."""
-    chosen, freed = [], 0
-    for _, stream_id, size in sorted(candidates):
-        if freed >= need:
-            break
-        chosen.append(stream_id)
-        freed += size
-    return chosen
+def old_enough(mtime_ns: int, wall_ns: int, min_age: float) -> bool:
+    """Was the file last written at least `min_age` seconds ago? A recorder that paused
+    past the idle timeout may still come back to it."""
+    return wall_ns - mtime_ns >= min_age * 1e9
+
+
+def next_to_retire(
+    candidates: Iterable[tuple[int, str]], need: int, delete_after_upload: bool
+) -> tuple[str, str] | None:
+    """Of (mtime_ns, stream_id) files that may be deleted, the one to delete next and why:
+    the oldest, when the disk is `need` bytes short of its threshold or when every proven
+    file is to go; else none."""
+    oldest = min(candidates, default=None)
+    if oldest is None:
+        return None
+    if need > 0:
+        return oldest[1], "disk_pressure"
+    return (oldest[1], "uploaded") if delete_after_upload else None

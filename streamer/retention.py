@@ -10,15 +10,20 @@ keeps the file:
   4. metadata.json is in S3 and reads back as this stream;
   5. the file on disk is still the one that was finalised (inode, size, mtime), and a
      regular file: a symlink's target is never deleted;
-  6. it is inside the watch directory.
+  6. it is inside the watch directory;
+and, where the kernel lets streamer take a lease on it, no process has it open for
+writing (a recorder that paused past the idle timeout may still come back to it).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 
 import msgspec
+from minio.error import S3Error
 
 from streamer import manifest
 from streamer.checkpoint import ChunkRecord, StreamRecord
@@ -27,7 +32,12 @@ from streamer.policy import retirable
 
 
 class Kept(Exception):
-    """Why a file stays: it is not proven in S3, or it is no longer the file that was."""
+    """Why a file stays: it is not proven in S3, or it is no longer the file that was.
+    `final`: asking again later cannot change the answer."""
+
+    def __init__(self, reason: str, final: bool = False):
+        super().__init__(reason)
+        self.final = final
 
 
 def delete_if_proven(
@@ -44,14 +54,14 @@ def delete_if_proven(
     check_manifest(record, chunks, s3)
     check_same_file(record)
     check_inside(record, directory)
-    unlink_same_file(record)
+    unlink_same_file(record, directory)
 
 
 def check_status(record: StreamRecord, delete_partial: bool) -> None:
     if record.source_deleted_at is not None:
-        raise Kept("it was deleted already")
+        raise Kept("it was deleted already", final=True)
     if not retirable(record.state, delete_partial):
-        raise Kept(f"its stream finished {record.state.value}, not complete")
+        raise Kept(f"its stream finished {record.state.value}, not complete", final=True)
 
 
 def check_chunks(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
@@ -89,10 +99,12 @@ def check_assembled(record: StreamRecord, s3: ChunkStore) -> None:
 
 def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
     key = s3.layout.manifest_key(record.stream_id)
-    if s3.stat(key) is None:
-        raise Kept(f"metadata.json is missing from S3 ({key})")
     try:
         written = manifest.decode(s3.get(key))
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject"):
+            raise Kept(f"metadata.json is missing from S3 ({key})") from None
+        raise
     except msgspec.DecodeError as exc:
         raise Kept(f"metadata.json does not read back: {exc}") from None
     read_back = (
@@ -117,30 +129,53 @@ def check_same_file(record: StreamRecord) -> None:
     try:
         st = os.stat(record.path, follow_symlinks=False)
     except FileNotFoundError:
-        raise Kept("the file is gone") from None
+        raise Kept("the file is gone", final=True) from None
     if stat.S_ISLNK(st.st_mode):
-        raise Kept("the path is a symbolic link now: its target is never deleted")
+        raise Kept("the path is a symbolic link now: its target is never deleted", final=True)
     if not _is_finalised_file(record, st):
-        raise Kept("the file changed after it was uploaded")
+        raise Kept("the file changed after it was uploaded", final=True)
 
 
 def check_inside(record: StreamRecord, directory: str) -> None:
     parent = os.path.realpath(os.path.dirname(record.path))
     if parent != os.path.realpath(directory):
-        raise Kept(f"the file is not inside the watch directory {directory}")
+        raise Kept(f"the file is not inside the watch directory {directory}", final=True)
 
 
-def unlink_same_file(record: StreamRecord) -> None:
-    """Unlink through the directory, after one last look at the file there: what is
-    unlinked is what was checked, not whatever the path names a moment later."""
-    directory = os.open(os.path.dirname(record.path), os.O_RDONLY | os.O_DIRECTORY)
+def unlink_same_file(record: StreamRecord, directory: str) -> None:
+    """Unlink through the watch directory, holding the file open (and, where allowed, a
+    lease on it), after one last look at it there: what is unlinked is what was checked,
+    not whatever the path names a moment later."""
+    parent = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        st = os.stat(record.name, dir_fd=directory, follow_symlinks=False)
-        if not _is_finalised_file(record, st):
-            raise Kept("the file changed after it was uploaded")
-        os.unlink(record.name, dir_fd=directory)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(record.name, flags, dir_fd=parent)
+        try:
+            if not _is_finalised_file(record, os.fstat(fd)):
+                raise Kept("the file changed after it was uploaded", final=True)
+            leased = _lease(fd)
+            try:
+                os.unlink(record.name, dir_fd=parent)
+            finally:
+                if leased:
+                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        finally:
+            os.close(fd)
     finally:
-        os.close(directory)
+        os.close(parent)
+
+
+def _lease(fd: int) -> bool:
+    """Take a read lease, which the kernel grants only if no process has the file open for
+    writing. Refused (the file is not ours and we lack CAP_LEASE, or the filesystem has no
+    leases): False, and the deletion rests on the other checks and retention.min_age."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise Kept("a process has the file open for writing") from None
+        return False
+    return True
 
 
 def _is_finalised_file(record: StreamRecord, st: os.stat_result) -> bool:

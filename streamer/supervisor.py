@@ -44,7 +44,8 @@ from streamer.messages import (
 from streamer.policy import (
     choose_uploader,
     is_idle,
-    oldest_to_free,
+    next_to_retire,
+    old_enough,
     oldest_uncommitted_age,
     retirable,
     space_to_free,
@@ -111,7 +112,6 @@ class Retainable:
     stream_id: str
     mtime_ns: int
     size: int
-    asked: int | None = None  # the uploader asked to delete it, until it answers
     not_before: float = 0.0  # kept the last time: not asked again before then
 
 
@@ -152,6 +152,7 @@ class Supervisor:
         self.paths: dict[str, str] = {}  # path -> id of the stream whose file is there
         self.settled: dict[str, tuple[int, int, int]] = {}  # finished files: path -> identity
         self.retainable: dict[str, Retainable] = {}  # by path
+        self.retiring: tuple[str, int] | None = None  # (stream, uploader) asked to delete
         self.signals: deque[int] = deque()
         self.restarts: deque[float] = deque()
         self.store: CheckpointStore | None = None
@@ -429,9 +430,8 @@ class Supervisor:
             self.exit_code = EXIT_FAILURE
             return
         metrics.UPLOADER_RESTARTS.inc()
-        for entry in self.retainable.values():
-            if entry.asked == worker.worker_id:
-                entry.asked = None
+        if self.retiring is not None and self.retiring[1] == worker.worker_id:
+            self.retiring = None
         self.spawn_worker(worker.worker_id)
         for tracked in self.streams.values():
             if tracked.owner == worker.worker_id:
@@ -498,10 +498,10 @@ class Supervisor:
                     del self.paths[path]
                     # Settled as the uploader finished it; a change since then is seen now.
                     identity = (tracked.file.inode, message.size, message.mtime_ns)
-                    self.settle(path, identity, self.store.get_stream(stream_id))
+                    self.settle(path, identity, self.store.find_stream(stream_id))
                     self.observe(path, now)
-            case Retired(stream_id=stream_id, deleted=deleted):
-                self.retired(stream_id, deleted, now)
+            case Retired():
+                self.retired(message, now)
 
     # Files
 
@@ -530,7 +530,7 @@ class Supervisor:
         except OSError as exc:
             self.log.error("scan_failed", directory=self.watcher.directory, error=str(exc))
             return
-        for path in found.keys() | self.paths.keys():
+        for path in found.keys() | self.paths.keys() | self.retainable.keys():
             self.observe_safely(path, now, found.get(path))
         self.adopt_untracked(now)
 
@@ -663,7 +663,7 @@ class Supervisor:
             if file is None or not file.is_of(record):
                 file = self.watcher.find(record.inode, record.device)
             if file is not None:
-                self.settled.pop(file.path, None)
+                self.unsettle(file.path)
                 self.discover(file, now)
             if record.stream_id not in self.streams:
                 gone = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
@@ -762,12 +762,15 @@ class Supervisor:
 
     # Retention
 
-    def settle(self, path: str, identity: tuple[int, int, int], record: StreamRecord) -> None:
+    def settle(
+        self, path: str, identity: tuple[int, int, int], record: StreamRecord | None
+    ) -> None:
         """`path` holds a finished stream's file, as it was finished."""
         self.settled[path] = identity
         retention = self.config.retention
         if (
-            retention.enabled
+            record is not None
+            and retention.enabled
             and record.source_deleted_at is None
             and retirable(record.state, retention.delete_partial)
         ):
@@ -778,40 +781,39 @@ class Supervisor:
         self.retainable.pop(path, None)
 
     def apply_retention(self, now: float) -> None:
+        """One file at a time, the oldest first: under disk pressure the oldest that may
+        go, else (retention.delete_after_upload) the oldest finished. The next is asked
+        for as soon as the uploader answers."""
         self.next_retention = now + RETENTION_INTERVAL
-        if self.config.retention.delete_after_upload:
-            for entry in self.retainable.values():
-                if entry.asked is None and now >= entry.not_before:
-                    self.ask_to_retire(entry, "uploaded")
-        if self.config.retention.guarded:
-            self.guard_free_space(now)
+        retention = self.config.retention
+        need, free = self.free_space_needed() if retention.guarded else (0, 0)
+        if self.retiring is not None:
+            return
+        wall_ns = time.time_ns()
+        candidates = [
+            (e.mtime_ns, e.stream_id)
+            for e in self.retainable.values()
+            if now >= e.not_before and old_enough(e.mtime_ns, wall_ns, retention.min_age)
+        ]
+        chosen = next_to_retire(candidates, need, retention.delete_after_upload)
+        if chosen is not None:
+            self.ask_to_retire(*chosen)
+        if retention.guarded:
+            self.set_disk_pressure(need > 0 and self.retiring is None, free, free + need)
 
-    def guard_free_space(self, now: float) -> None:
-        """Below the free-space threshold, ask for the oldest proven files to be deleted,
-        just enough of them; if none is left, say so (a metric an alert can fire on)."""
+    def free_space_needed(self) -> tuple[int, int]:
+        """Bytes to delete to get back above the free-space thresholds, and the free bytes
+        now."""
         try:
             fs = os.statvfs(self.config.watch.directory)
         except OSError as exc:
             self.log.error("disk_check_failed", error=str(exc))
-            return
+            return 0, 0
         free, total = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
         metrics.DISK_FREE_BYTES.set(free)
         retention = self.config.retention
         need = space_to_free(free, total, retention.min_free_bytes, retention.min_free_percent)
-        asked = sum(e.size for e in self.retainable.values() if e.asked is not None)
-        free_to_ask = [
-            (e.mtime_ns, e.stream_id, e.size)
-            for e in self.retainable.values()
-            if e.asked is None and now >= e.not_before
-        ]
-        chosen = oldest_to_free(free_to_ask, need - asked) if need > asked else []
-        if chosen:
-            # One uploader takes them all, in that order: the oldest is deleted first.
-            uploader = choose_uploader(self.uploader_loads())
-            by_id = {e.stream_id: e for e in self.retainable.values()}
-            for stream_id in chosen:
-                self.ask_to_retire(by_id[stream_id], "disk_pressure", uploader)
-        self.set_disk_pressure(need > 0 and not chosen and not asked, free, free + need)
+        return need, free
 
     def set_disk_pressure(self, pressure: bool, free: int, wanted: int) -> None:
         if pressure == self.disk_pressure:
@@ -824,25 +826,32 @@ class Supervisor:
                 directory=self.config.watch.directory,
                 free_bytes=free,
                 wanted_bytes=wanted,
-                message="below the free-space threshold, and no file left that is proven in "
-                "S3: nothing more is deleted",
+                message="below the free-space threshold, and no file left that may be "
+                "deleted (proven in S3, finished complete, older than retention.min_age)",
             )
         else:
             self.log.info("disk_pressure_relieved", free_bytes=free)
 
-    def ask_to_retire(self, entry: Retainable, reason: str, uploader: int | None = None) -> None:
-        entry.asked = choose_uploader(self.uploader_loads()) if uploader is None else uploader
-        self.workers[entry.asked].send(Retire(stream_id=entry.stream_id, reason=reason))
+    def ask_to_retire(self, stream_id: str, reason: str) -> None:
+        loads = self.uploader_loads()
+        if loads:
+            uploader = choose_uploader(loads)
+            self.retiring = (stream_id, uploader)
+            self.workers[uploader].send(Retire(stream_id=stream_id, reason=reason))
 
-    def retired(self, stream_id: str, deleted: bool, now: float) -> None:
-        path = next((p for p, e in self.retainable.items() if e.stream_id == stream_id), None)
-        if path is None:
-            return
-        if deleted:
-            self.unsettle(path)
-        else:
-            entry = self.retainable[path]
-            entry.asked, entry.not_before = None, now + KEPT_RETRY
+    def retired(self, message: Retired, now: float) -> None:
+        if self.retiring is not None and self.retiring[0] == message.stream_id:
+            self.retiring = None
+        self.next_retention = now
+        for path, entry in list(self.retainable.items()):
+            if entry.stream_id != message.stream_id:
+                continue
+            if message.deleted:
+                self.unsettle(path)
+            elif message.final:
+                del self.retainable[path]
+            else:
+                entry.not_before = now + KEPT_RETRY
 
     # Checkpoint store and health
 

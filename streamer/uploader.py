@@ -40,6 +40,7 @@ from streamer.checkpoint import (
     ChunkRecord,
     StreamRecord,
     StreamState,
+    UnknownStream,
 )
 from streamer.chunkstore import BucketMissing, ChunkStore, NoCredentials
 from streamer.config import Config, MiB
@@ -233,6 +234,9 @@ class Uploader:
         signal.set_wakeup_fd(-1)  # the supervisor's wakeup pipe, closed just below
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the supervisor's
         signal.signal(signal.SIGTERM, self.handle_term)
+        # A lease taken before a deletion (streamer.retention) is broken by SIGIO, whose
+        # default is to terminate: the lease is let go at once anyway.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
         # The supervisor blocked these around the fork, so none reached its handlers here.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
         for fd in self.inherited_fds:
@@ -245,6 +249,8 @@ class Uploader:
         # Sender threads name the stream here when a chunk comes back, and write a byte to
         # the pipe to wake the main loop.
         self.returned: collections.deque[str] = collections.deque()
+        # Retire commands being carried out by sender threads: (record, reason, future).
+        self.retirements: dict[str, tuple[StreamRecord, str, Future]] = {}
         self.busy: set[str] = set()  # streams with chunks outstanding
         self.starved: set[str] = set()  # streams waiting for room in the window
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -256,6 +262,7 @@ class Uploader:
         if not self.bucket_ready and now >= self.bucket_retry_at:
             self.check_bucket(now)
         self.collect(now)
+        self.collect_retirements()
         job = self.next_job(now) if self.bucket_ready else None
         self.handle_commands(timeout=0 if job else self.wait_time(now))
         if job and not self.stopping and job.record.stream_id in self.jobs:
@@ -494,6 +501,10 @@ class Uploader:
 
     def chunk_returned(self, stream_id: str, future: Future) -> None:
         self.returned.append(stream_id)
+        self.wake(future)
+
+    def wake(self, future: Future) -> None:
+        """From a sender thread: wake the main loop."""
         with contextlib.suppress(BlockingIOError):  # full: the loop wakes anyway
             os.write(self.wake_w, b"\0")
 
@@ -565,14 +576,21 @@ class Uploader:
         self.log.info("chunk_uploaded", **fields, seconds=round(sent.seconds, 3))
 
     def settle(self) -> None:
-        """On stop: chunks not yet started are dropped, those on the wire land and are
-        committed (the supervisor's grace period bounds the wait)."""
+        """On stop: chunks and deletions not yet started are dropped; those under way
+        finish and are recorded (the supervisor's grace period bounds the wait)."""
         for job in self.jobs.values():
             for index, future in list(job.in_flight.items()):
                 if future.cancel():
                     del job.in_flight[index]
-        wait_for_all([f for job in self.jobs.values() for f in job.in_flight.values()])
+        for stream_id, (_, _, future) in list(self.retirements.items()):
+            if future.cancel():
+                del self.retirements[stream_id]
+        wait_for_all(
+            [f for job in self.jobs.values() for f in job.in_flight.values()]
+            + [future for _, _, future in self.retirements.values()]
+        )
         self.collect(self.clock())
+        self.collect_retirements()
         self.senders.shutdown(wait=False)
 
     def find_in_s3(self, key: str, data: bytes, sha256: str) -> str | None:
@@ -681,41 +699,80 @@ class Uploader:
     # Retention
 
     def retire(self, stream_id: str, reason: str) -> None:
-        """Delete a finished stream's local file if every byte of it is proven in S3
-        (streamer.retention), and note the deletion in its checkpoint and metadata.json."""
-        record = self.store.get_stream(stream_id)
-        chunks = self.store.chunks(stream_id)
-        fields = {"stream_id": stream_id, "path": record.path, "reason": reason}
-        try:
-            retention.delete_if_proven(
-                record,
-                chunks,
-                self.s3,
-                self.config.watch.directory,
-                self.config.retention.delete_partial,
-            )
-        except Exception as exc:
-            kept = isinstance(exc, retention.Kept)
-            why = str(exc) if kept else f"could not finish the checks: {_describe(exc)}"
-            metrics.SOURCES_KEPT.inc()
-            self.log.warning("source_kept", **fields, kept_because=why)
-            self.events.put(Retired(stream_id=stream_id, deleted=False, kept_because=why))
+        """Start deleting a finished stream's local file, if every byte of it is proven in
+        S3: a sender thread asks S3 and deletes, the main loop records the outcome."""
+        record = self.store.find_stream(stream_id)
+        if record is None:
+            gone = retention.Kept("the stream is not in the checkpoint store", final=True)
+            self.keep(stream_id, "", reason, gone)
             return
-        deleted_at = _utcnow()
-        record = self.store.update_stream(
-            stream_id,
-            lambda r: msgspec.structs.replace(
-                r, source_deleted_at=deleted_at, deleted_because=reason
-            ),
+        chunks = self.store.chunks(stream_id)
+        future = self.senders.submit(self.delete_source, record, chunks, reason)
+        self.retirements[stream_id] = (record, reason, future)
+        future.add_done_callback(self.wake)
+
+    def delete_source(
+        self, record: StreamRecord, chunks: list[ChunkRecord], reason: str
+    ) -> StreamRecord:
+        """In a sender thread: prove, delete, and write metadata.json again, saying so."""
+        retention.delete_if_proven(
+            record,
+            chunks,
+            self.s3,
+            self.config.watch.directory,
+            self.config.retention.delete_partial,
         )
-        metrics.SOURCES_DELETED.labels(reason=reason).inc()
-        self.log.info("source_deleted", **fields, size=record.total_size)
-        self.events.put(Retired(stream_id=stream_id, deleted=True))
+        deleted = msgspec.structs.replace(
+            record, source_deleted_at=_utcnow(), deleted_because=reason
+        )
         try:
-            self.put_manifest(record, chunks)
+            self.put_manifest(deleted, chunks)
         except Exception as exc:
             # The checkpoint has the deletion; `streamer streams show` tells it.
-            self.log.error("manifest_update_failed", stream_id=stream_id, error=_describe(exc))
+            self.log.error(
+                "manifest_update_failed", stream_id=record.stream_id, error=_describe(exc)
+            )
+        return deleted
+
+    def collect_retirements(self) -> None:
+        for stream_id, (record, reason, future) in list(self.retirements.items()):
+            if not future.done():
+                continue
+            del self.retirements[stream_id]
+            if future.exception() is not None:
+                self.keep(stream_id, record.path, reason, future.exception())
+                continue
+            self.note_deletion(future.result())
+
+    def note_deletion(self, deleted: StreamRecord) -> None:
+        stream_id, reason = deleted.stream_id, deleted.deleted_because
+        with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
+            self.store.update_stream(
+                stream_id,
+                lambda r: msgspec.structs.replace(
+                    r, source_deleted_at=deleted.source_deleted_at, deleted_because=reason
+                ),
+            )
+        metrics.SOURCES_DELETED.labels(reason=reason).inc()
+        self.log.info(
+            "source_deleted",
+            stream_id=stream_id,
+            path=deleted.path,
+            reason=reason,
+            size=deleted.total_size,
+        )
+        self.events.put(Retired(stream_id=stream_id, deleted=True))
+
+    def keep(self, stream_id: str, path: str, reason: str, exc: BaseException) -> None:
+        if isinstance(exc, retention.Kept):
+            why, final = str(exc), exc.final
+        else:
+            why, final = f"could not finish the checks: {_describe(exc)}", False
+        metrics.SOURCES_KEPT.inc()
+        self.log.warning(
+            "source_kept", stream_id=stream_id, path=path, reason=reason, kept_because=why
+        )
+        self.events.put(Retired(stream_id=stream_id, deleted=False, final=final, kept_because=why))
 
     def still_idle(self, job: Job, finish: Finish) -> bool:
         st = os.stat(job.record.path)

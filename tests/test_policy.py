@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streamer.bandwidth import PIECE, TokenBucket
+from streamer.bandwidth import TokenBucket
 from streamer.checkpoint import StreamState
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
@@ -16,7 +16,8 @@ from streamer.policy import (
     is_idle,
     is_rejection,
     next_step,
-    oldest_to_free,
+    next_to_retire,
+    old_enough,
     retirable,
     settled,
     space_to_free,
@@ -149,13 +150,20 @@ def test_space_to_free_meets_both_thresholds():
     assert space_to_free(free=300, total=1000, min_free_bytes=0, min_free_percent=0) == 0
 
 
-def test_oldest_to_free_takes_the_oldest_first_and_no_more_than_needed():
-    candidates = [(30, "c", 10), (10, "a", 10), (20, "b", 10)]
-    assert oldest_to_free(candidates, need=0) == []
-    assert oldest_to_free(candidates, need=1) == ["a"]
-    assert oldest_to_free(candidates, need=15) == ["a", "b"]
-    assert oldest_to_free(candidates, need=20) == ["a", "b"]
-    assert oldest_to_free(candidates, need=99) == ["a", "b", "c"]
+def test_the_oldest_file_that_may_go_is_deleted_next_and_only_when_asked_for():
+    candidates = [(30, "c"), (10, "a"), (20, "b")]
+    assert next_to_retire(candidates, need=5, delete_after_upload=False) == ("a", "disk_pressure")
+    assert next_to_retire(candidates, need=5, delete_after_upload=True) == ("a", "disk_pressure")
+    assert next_to_retire(candidates, need=0, delete_after_upload=True) == ("a", "uploaded")
+    assert next_to_retire(candidates, need=0, delete_after_upload=False) is None
+    assert next_to_retire([], need=5, delete_after_upload=True) is None
+
+
+def test_a_file_may_go_only_once_it_is_old_enough():
+    second = 10**9
+    assert old_enough(mtime_ns=100 * second, wall_ns=160 * second, min_age=60)
+    assert not old_enough(mtime_ns=100 * second, wall_ns=159 * second, min_age=60)
+    assert old_enough(mtime_ns=100 * second, wall_ns=100 * second, min_age=0)
 
 
 def test_a_body_damaged_on_the_way_is_sent_again_soon():
@@ -174,12 +182,21 @@ class FakeClock:
 
 def test_the_token_bucket_grants_its_rate_after_a_short_burst():
     clock = FakeClock()
-    bucket = TokenBucket(10 * PIECE, clock=clock)  # burst: one piece
-    assert bucket.take(PIECE) == 0  # the burst
-    assert bucket.take(PIECE) == pytest.approx(0.1)  # each next piece waits its turn
-    assert bucket.take(PIECE) == pytest.approx(0.2)
+    bucket = TokenBucket(640 * 1024, clock=clock)  # a tenth of a second: one 64 KiB piece
+    piece = bucket.piece
+    assert piece == 64 * 1024
+    assert bucket.take(piece) == 0  # the burst
+    assert bucket.take(piece) == pytest.approx(0.1)  # each next piece waits its turn
+    assert bucket.take(piece) == pytest.approx(0.2)
     clock.now += 0.2  # the debt is paid
-    assert bucket.take(PIECE) == pytest.approx(0.1)
+    assert bucket.take(piece) == pytest.approx(0.1)
     clock.now += 60  # idle for a minute: the burst is still one piece, not a minute's worth
-    assert bucket.take(PIECE) == 0
-    assert bucket.take(PIECE) == pytest.approx(0.1)
+    assert bucket.take(piece) == 0
+    assert bucket.take(piece) == pytest.approx(0.1)
+
+
+def test_on_a_thin_link_pieces_are_small_so_no_request_waits_long():
+    bucket = TokenBucket(8 * 1024, clock=FakeClock())
+    assert bucket.piece == 4 * 1024
+    waits = [bucket.take(bucket.piece) for _ in range(6)]  # six senders at once
+    assert max(waits) <= 3.0

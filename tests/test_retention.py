@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 from conftest import (
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.integration
 KiB = 1024
 MiB = 1024 * KiB
 HOUR_NS = 3600 * 10**9
+AFTER_UPLOAD = {"delete_after_upload": True, "min_age": 0}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def finished_ids(daemon, count: int) -> dict[str, str]:
 
 
 def test_a_complete_stream_is_deleted_once_proven_and_its_bytes_stay(make_daemon, minio, recording):
-    daemon = make_daemon(retention={"delete_after_upload": True})
+    daemon = make_daemon(retention=AFTER_UPLOAD)
     place(recording, daemon.watch / "done.mp4")
     place(recording, daemon.watch / "cut.mp4", size=recording.stat().st_size // 2)
     noise(daemon.watch / "noise.mp4", 300 * KiB)
@@ -98,7 +100,7 @@ def test_a_complete_stream_is_deleted_once_proven_and_its_bytes_stay(make_daemon
     # With retention.delete_partial, the partial one goes too (after a restart); the
     # invalid one never does.
     daemon.stop()
-    again = make_daemon(retention={"delete_after_upload": True, "delete_partial": True}).start()
+    again = make_daemon(retention={**AFTER_UPLOAD, "delete_partial": True}).start()
     again.wait_for("source_deleted", path=str(daemon.watch / "cut.mp4"))
     time.sleep(3)
     assert deleted_names(again) == ["done.mp4", "cut.mp4"]  # one log, both runs
@@ -115,7 +117,7 @@ def test_a_file_whose_chunk_was_removed_from_s3_is_kept(make_daemon, minio, reco
     chunk = f"rec/test-host/{ids['robbed.mp4']}/chunks/000003"
     minio.client.remove_object(daemon.bucket, chunk)
 
-    again = make_daemon(retention={"delete_after_upload": True}).start()
+    again = make_daemon(retention=AFTER_UPLOAD).start()
     again.wait_for("source_deleted", stream_id=ids["whole.mp4"])
     kept = again.wait_for("source_kept")[0]
     assert kept["stream_id"] == ids["robbed.mp4"]
@@ -123,6 +125,30 @@ def test_a_file_whose_chunk_was_removed_from_s3_is_kept(make_daemon, minio, reco
     assert (daemon.watch / "robbed.mp4").read_bytes() == recording.read_bytes()
     assert not (daemon.watch / "whole.mp4").exists()
     assert scrape(again)["streamer_sources_kept_total"] == 1
+
+
+def test_a_file_still_open_for_writing_or_too_young_or_forgotten_is_kept(
+    make_daemon, minio, recording
+):
+    daemon = make_daemon(retention={"delete_after_upload": True, "min_age": 8})
+    for name in ("open.mp4", "young.mp4", "forgotten.mp4"):
+        place(recording, daemon.watch / name)
+    written_at = time.time()
+    with open(daemon.watch / "open.mp4", "ab"):  # a recorder that paused, file still open
+        daemon.start()
+        ids = finished_ids(daemon, 3)
+        forgot = cli(daemon, "streams", "forget", "--yes", ids["forgotten.mp4"])
+        assert forgot.returncode == 0, forgot.stderr
+        assert time.time() - written_at < 8, "too slow to forget it before it was old enough"
+        deleted = daemon.wait_for("source_deleted", path=str(daemon.watch / "young.mp4"))[0]
+        open_kept = daemon.wait_for("source_kept", stream_id=ids["open.mp4"])[0]
+        forgotten_kept = daemon.wait_for("source_kept", stream_id=ids["forgotten.mp4"])[0]
+    assert datetime.fromisoformat(deleted["ts"]).timestamp() - written_at >= 8
+    assert open_kept["kept_because"] == "a process has the file open for writing"
+    assert forgotten_kept["kept_because"] == "the stream is not in the checkpoint store"
+    assert (daemon.watch / "open.mp4").read_bytes() == recording.read_bytes()
+    assert (daemon.watch / "forgotten.mp4").exists()
+    assert deleted_names(daemon) == ["young.mp4"]
 
 
 def test_s3_away_or_refusing_writes_never_costs_a_file(make_daemon, minio, proxy, recording):
@@ -136,7 +162,7 @@ def test_s3_away_or_refusing_writes_never_costs_a_file(make_daemon, minio, proxy
 
     # S3 away: nothing can be proven, so nothing is deleted.
     proxy.set("refuse")
-    away = make_daemon(s3=s3, retention={"delete_after_upload": True}).start()
+    away = make_daemon(s3=s3, retention=AFTER_UPLOAD).start()
     kept = away.wait_for("source_kept", count=2)
     assert all("could not finish the checks" in k["kept_because"] for k in kept)
     assert (daemon.watch / "first.mp4").exists() and (daemon.watch / "second.mp4").exists()
@@ -145,7 +171,7 @@ def test_s3_away_or_refusing_writes_never_costs_a_file(make_daemon, minio, proxy
     # S3 answers reads but refuses writes: every byte is proven, so the files go; the
     # metadata.json update fails loudly, and the checkpoint still records the deletion.
     proxy.set("refuse_puts")
-    read_only = make_daemon(s3=s3, retention={"delete_after_upload": True}).start()
+    read_only = make_daemon(s3=s3, retention=AFTER_UPLOAD).start()
     read_only.wait_for("manifest_update_failed", count=2)
     assert not (daemon.watch / "first.mp4").exists()
     shown = json.loads(cli(read_only, "streams", "show", ids["first.mp4"], "--json").stdout)
@@ -159,7 +185,7 @@ def test_cancelled_and_active_streams_are_never_deleted_even_under_pressure(
 ):
     # Every filesystem is "full" at 99.99 %: the guard deletes whatever it may.
     daemon = make_daemon(
-        retention={"delete_after_upload": True, "min_free_percent": 99.99},
+        retention={**AFTER_UPLOAD, "min_free_percent": 99.99},
         stream={"chunk_size": 64 * KiB, "idle_timeout": 2},
     ).start()
     active = GrowingFile(daemon.watch / "active.mp4", total=4 * MiB, rate=64 * KiB).start()
@@ -230,6 +256,8 @@ def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 32 MiB filesystem that the test can fill."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a filesystem needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], check=True)
@@ -257,7 +285,7 @@ def test_the_free_space_guard_deletes_the_oldest_proven_files_and_nothing_else(
         place(recording, small_disk / name, age_hours=age)
     threshold = free_bytes(small_disk) - size // 2
     daemon = make_daemon(
-        watch={"directory": str(small_disk)}, retention={"min_free_bytes": threshold}
+        watch={"directory": str(small_disk)}, retention={"min_free_bytes": threshold, "min_age": 0}
     ).start()
     ids = finished_ids(daemon, 5)
     time.sleep(2)
