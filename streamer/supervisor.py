@@ -789,6 +789,9 @@ class Supervisor:
         need, free = self.free_space_needed() if retention.guarded else (0, 0)
         if self.retiring is not None:
             return
+        if need == 0 and not retention.delete_after_upload:
+            self.set_disk_pressure(False, free, free)
+            return
         wall_ns = time.time_ns()
         candidates = [
             (e.mtime_ns, e.stream_id)
