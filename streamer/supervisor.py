@@ -272,10 +272,12 @@ class Supervisor:
         return ready
 
     def sleep_time(self) -> float:
-        """Up to a tick, but no later than the moment the next stream falls idle (one
-        already due is handled by this loop, or, while stopping, not at all)."""
-        wait = self.next_idle_at - self.clock()
-        return min(TICK, wait) if wait > 0 else TICK
+        """Up to a tick, but no later than the moment the next stream falls idle; not at
+        all if that moment has passed, since it was computed (the next loop, with a fresh
+        clock, finishes that stream). While stopping, no stream is finished."""
+        if self.stop_deadline is not None:
+            return TICK
+        return max(0.0, min(TICK, self.next_idle_at - self.clock()))
 
     def dispatch(self, ready, now: float) -> None:
         if isinstance(ready, int) and ready == self.wakeup_r:

@@ -5,6 +5,7 @@ import pytest
 
 from streamer.bandwidth import TokenBucket
 from streamer.checkpoint import StreamState
+from streamer.config import Config
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
     Finalise,
@@ -22,6 +23,7 @@ from streamer.policy import (
     settled,
     space_to_free,
 )
+from streamer.supervisor import TICK, Supervisor
 from streamer.uploader import PrefixHash
 
 CS = 100
@@ -200,3 +202,16 @@ def test_on_a_thin_link_pieces_are_small_so_no_request_waits_long():
     assert bucket.piece == 4 * 1024
     waits = [bucket.take(bucket.piece) for _ in range(6)]  # six senders at once
     assert max(waits) <= 3.0
+
+
+def test_the_supervisor_wakes_when_a_stream_falls_idle_and_not_a_tick_later():
+    clock = FakeClock()
+    supervisor = Supervisor(Config(), clock=clock)
+    supervisor.next_idle_at = clock.now + 0.2
+    assert supervisor.sleep_time() == pytest.approx(0.2)
+    supervisor.next_idle_at = clock.now + 60
+    assert supervisor.sleep_time() == TICK
+    supervisor.next_idle_at = clock.now - 0.1  # passed while it slept: finish it now
+    assert supervisor.sleep_time() == 0
+    supervisor.stop_deadline = clock.now + 10  # stopping: nothing is finished any more
+    assert supervisor.sleep_time() == TICK
