@@ -269,6 +269,10 @@ class ChunkStore:
             info = self._client.stat_object(self.bucket, key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                # minio-py's frames and this error form a reference cycle, which would keep
+                # every caller's frame, and a chunk buffer with it, until the cyclic garbage
+                # collector ran: with many streams, a dozen chunks per uploader.
+                exc.__traceback__ = None
                 return None
             raise
         sha256 = next(
