@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import time
 from datetime import datetime
@@ -149,6 +150,26 @@ def test_a_file_still_open_for_writing_or_too_young_or_forgotten_is_kept(
     assert (daemon.watch / "open.mp4").read_bytes() == recording.read_bytes()
     assert (daemon.watch / "forgotten.mp4").exists()
     assert deleted_names(daemon) == ["young.mp4"]
+
+
+def test_a_file_changed_after_it_finished_is_a_new_generation_deleted_in_its_turn(
+    make_daemon, minio, recording, tmp_path
+):
+    daemon = make_daemon(retention={"delete_after_upload": True, "min_age": 6})
+    path = place(recording, daemon.watch / "again.mp4")
+    daemon.start()
+    first = daemon.wait_for("stream_finished")[0]["stream_id"]
+    with open(path, "ab") as f:  # the recorder adds a box: still a complete MP4
+        f.write(struct.pack(">I4s", 16, b"free") + bytes(8))
+    kept = tmp_path / "again-as-changed.mp4"
+    shutil.copy(path, kept)
+    second = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
+    deleted = daemon.wait_for("source_deleted", timeout=60)[0]
+    assert deleted["stream_id"] == second != first
+    time.sleep(2)
+    assert [e["stream_id"] for e in daemon.find("source_deleted")] == [second]
+    assert_exact(minio, daemon, second, kept)
+    assert assert_exact(minio, daemon, first, recording)["source"]["deleted_at"] is None
 
 
 def test_s3_away_or_refusing_writes_never_costs_a_file(make_daemon, minio, proxy, recording):
