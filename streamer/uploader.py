@@ -3,7 +3,8 @@ commits each to the checkpoint store in chunk order, and finalises a stream when
 is idle.
 
 Up to `stream.upload_window` chunks (of one stream or several) are in flight at once,
-each read, hashed and sent by a sender thread; everything else (commands, the checkpoint
+each read, hashed and sent by a sender thread; as many streams can be finished at once by
+finisher threads (read again, assembled in S3). Everything else (commands, the checkpoint
 store, decisions) happens in the main loop. A chunk is committed only after every chunk
 before it, so a restart resumes from the last contiguous committed chunk, and on stop the
 chunks in flight land and are committed before the process exits.
@@ -94,6 +95,14 @@ class SourceChanged(Exception):
     """The file no longer holds the bytes the step was planned on."""
 
 
+class FinishCalledOff(Exception):
+    """The file changed while its stream was being finished: it goes on streaming."""
+
+    def __init__(self, size: int):
+        super().__init__(f"the file changed (now {size} bytes) while it was being finished")
+        self.size = size
+
+
 @dataclass(frozen=True)
 class Sent:
     """A sender thread's report: S3 holds this chunk's bytes."""
@@ -138,6 +147,18 @@ class PrefixHash:
             return self._sha256.hexdigest() if whole else None
 
 
+@dataclass(frozen=True)
+class Finished:
+    """A finisher thread's report: the stream's bytes are reconciled, and assembled, in S3."""
+
+    finish: Finish
+    sha256: str
+    revised: list[tuple[ChunkRecord, bytes | None]]  # uploaded again; the head with chunk 0
+    drop_from: int | None  # the first chunk past the file's end, if it shrank
+    facts: mp4.Mp4Facts
+    assembled: Assembled | None
+
+
 @dataclass
 class Job:
     """One owned stream, as this uploader sees it."""
@@ -156,6 +177,7 @@ class Job:
     sent_hash: PrefixHash | None = None
     # Why to stop it, and as what, once the supervisor says so (file gone, or cancelled).
     abandon: tuple[str, StreamState] | None = None
+    finishing: Future | None = None  # its completion, under way in a finisher thread
     shrank: bool = False
     attempt: int = 0
     retry_at: float = 0.0
@@ -244,8 +266,14 @@ class Uploader:
         logs.configure(self.config.log.level, self.config.log.format)
         self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
         self.window = self.config.stream.upload_window
-        self.s3 = ChunkStore(self.config.s3, self.config.instance, self.window + 1, self.bandwidth)
+        self.s3 = ChunkStore(
+            self.config.s3, self.config.instance, 2 * self.window + 1, self.bandwidth
+        )
         self.senders = ThreadPoolExecutor(self.window, thread_name_prefix="sender")
+        # Completions (reading the file again, assembling in S3) take their own threads:
+        # they would otherwise hold the senders live streams need, and wait for the part
+        # copies they hand to the senders.
+        self.finishers = ThreadPoolExecutor(self.window, thread_name_prefix="finisher")
         # Sender threads name the stream here when a chunk comes back, and write a byte to
         # the pipe to wake the main loop.
         self.returned: collections.deque[str] = collections.deque()
@@ -397,6 +425,9 @@ class Uploader:
             self.log.error("stream_failed", **fields, traceback=trace)
 
     def step(self, job: Job) -> None:
+        if job.finishing is not None:
+            job.waiting = True  # woken when the finisher thread reports
+            return
         if job.abandon is not None:
             if job.in_flight:
                 job.waiting = True  # what is on the wire lands first
@@ -437,7 +468,7 @@ class Uploader:
                 job.waiting = True
                 self.starved.add(record.stream_id)
             case Finalise():
-                self.finalise(job)
+                self.start_finishing(job)
             case Wait() | Pending():
                 job.waiting = True
 
@@ -453,7 +484,7 @@ class Uploader:
         )
         job.in_flight[chunk.index] = future
         self.busy.add(record.stream_id)
-        future.add_done_callback(functools.partial(self.chunk_returned, record.stream_id))
+        future.add_done_callback(functools.partial(self.came_back, record.stream_id))
 
     def transfer(
         self,
@@ -499,7 +530,9 @@ class Uploader:
                 self.jobs[stream_id].wake()
         self.starved.clear()
 
-    def chunk_returned(self, stream_id: str, future: Future) -> None:
+    def came_back(self, stream_id: str, future: Future) -> None:
+        """From a sender or finisher thread: a chunk or a completion of this stream is
+        done."""
         self.returned.append(stream_id)
         self.wake(future)
 
@@ -514,6 +547,9 @@ class Uploader:
         while self.returned:
             job = self.jobs.get(self.returned.popleft())
             if job is None:
+                continue
+            if job.finishing is not None and job.finishing.done():
+                self.finished(job, now)
                 continue
             done = sorted(i for i, future in job.in_flight.items() if future.done())
             if not done:
@@ -576,8 +612,9 @@ class Uploader:
         self.log.info("chunk_uploaded", **fields, seconds=round(sent.seconds, 3))
 
     def settle(self) -> None:
-        """On stop: chunks and deletions not yet started are dropped; those under way
-        finish and are recorded (the supervisor's grace period bounds the wait)."""
+        """On stop: chunks, completions and deletions not yet started are dropped; those
+        under way finish and are recorded (the supervisor's grace period bounds the
+        wait)."""
         for job in self.jobs.values():
             for index, future in list(job.in_flight.items()):
                 if future.cancel():
@@ -585,13 +622,18 @@ class Uploader:
         for stream_id, (_, _, future) in list(self.retirements.items()):
             if future.cancel():
                 del self.retirements[stream_id]
+        for job in self.jobs.values():
+            if job.finishing is not None and job.finishing.cancel():
+                job.finishing = None
         wait_for_all(
             [f for job in self.jobs.values() for f in job.in_flight.values()]
+            + [job.finishing for job in self.jobs.values() if job.finishing is not None]
             + [future for _, _, future in self.retirements.values()]
         )
         self.collect(self.clock())
         self.collect_retirements()
         self.senders.shutdown(wait=False)
+        self.finishers.shutdown(wait=False)
 
     def find_in_s3(self, key: str, data: bytes, sha256: str) -> str | None:
         """The ETag of an object already holding exactly these bytes (a chunk whose upload
@@ -612,33 +654,86 @@ class Uploader:
 
     # Completion
 
-    def finalise(self, job: Job) -> None:
-        """Check every uploaded range against the file's final bytes, re-upload what the
-        recorder rewrote, assemble the whole object, then write the manifest and mark the
-        stream finished. Called off if the file changes meanwhile."""
-        record, finish = job.record, job.finish
-        if not self.still_idle(job, finish):
-            return
-        sha256 = self.reconcile(job, finish.size, finish.mtime_ns)
+    def start_finishing(self, job: Job) -> None:
+        """Hand the stream's completion to a finisher thread; `finished` records its
+        report. Streams falling idle together on one uploader so finish side by side."""
+        record = job.record
+        job.finishing = self.finishers.submit(
+            self.finish_stream,
+            record,
+            self.store.chunks(record.stream_id),
+            job.finish,
+            job.sent_hash,
+            job.log_fields,
+        )
+        job.finishing.add_done_callback(functools.partial(self.came_back, record.stream_id))
+        job.waiting = True
+
+    def finish_stream(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        finish: Finish,
+        sent_hash: PrefixHash | None,
+        log_fields: dict,
+    ) -> Finished:
+        """In a finisher thread: check every uploaded range against the file's final
+        bytes, upload again what the recorder rewrote, and assemble the whole object.
+        Raises FinishCalledOff if the file changes meanwhile. Touches neither the checkpoint
+        nor the jobs: `finished` records the outcome."""
+        _check_still_idle(record.path, finish)
+        sha256, revised, drop_from = self.reconcile(record, chunks, finish, sent_hash, log_fields)
         facts = mp4.inspect_file(record.path)
-        if not self.still_idle(job, finish):
-            return
-        state, reason = final_status(facts)
+        _check_still_idle(record.path, finish)
         assembled = None
         if self.config.stream.assemble:
+            final = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
             content_type = "video/mp4" if facts.is_mp4 else "application/octet-stream"
-            assembled = self.assemble(job, finish.size, sha256, content_type)
-            if not self.still_idle(job, finish):
-                return
+            assembled = self.assemble(
+                record, [final[i] for i in sorted(final)], finish, sha256, content_type
+            )
+            self.log.info(
+                "stream_assembled",
+                **log_fields,
+                key=assembled.key,
+                method=assembled.method,
+                size=assembled.size,
+            )
+            _check_still_idle(record.path, finish)
+        return Finished(finish, sha256, revised, drop_from, facts, assembled)
+
+    def finished(self, job: Job, now: float) -> None:
+        """Record what a finisher thread reports: the chunks it uploaded again, then the
+        stream's completion. A file that changed meanwhile goes on streaming."""
+        future, job.finishing = job.finishing, None
+        job.wake()
+        if job.abandon is not None:
+            return  # the file went away, or an operator cancelled it: abandoned instead
+        try:
+            report = future.result()
+        except FinishCalledOff as exc:
+            job.finish = None
+            self.events.put(FinishDeclined(stream_id=job.record.stream_id))
+            self.log.info("finish_declined", **job.log_fields, size=exc.size)
+            return
+        except Exception as exc:
+            self.retry_later(job, exc, now)
+            return
+        stream_id = job.record.stream_id
+        if report.drop_from is not None:
+            job.record = self.store.drop_chunks_from(stream_id, report.drop_from)
+        for chunk, head in report.revised:
+            self.commit(job, chunk, head)
+        state, reason = final_status(report.facts)
         self.conclude(
             job,
             state=state,
             status_reason=reason,
-            total_size=finish.size,
-            mtime_ns=finish.mtime_ns,
-            sha256=sha256,
-            mp4=facts,
-            assembled=assembled,
+            total_size=report.finish.size,
+            mtime_ns=report.finish.mtime_ns,
+            sha256=report.sha256,
+            mp4=report.facts,
+            assembled=report.assembled,
         )
 
     def abandon(self, job: Job, reason: str, state: StreamState) -> None:
@@ -774,79 +869,90 @@ class Uploader:
         )
         self.events.put(Retired(stream_id=stream_id, deleted=False, final=final, kept_because=why))
 
-    def still_idle(self, job: Job, finish: Finish) -> bool:
-        st = os.stat(job.record.path)
-        if (st.st_size, st.st_mtime_ns) == (finish.size, finish.mtime_ns):
-            return True
-        job.finish = None
-        self.events.put(FinishDeclined(stream_id=job.record.stream_id))
-        self.log.info("finish_declined", **job.log_fields, size=st.st_size)
-        return False
-
-    def reconcile(self, job: Job, size: int, mtime_ns: int) -> str:
-        """Make the committed chunks equal the file's `size` bytes; return the file's sha256.
-        Chunks read after the file's last write are known to hold its bytes: if all are,
-        and their sha256 chain is whole, nothing is read again."""
-        stream_id = job.record.stream_id
-        chunks = self.store.chunks(stream_id)
-        unchanged = [settled(c.read_at_ns, c.read_mtime_ns, mtime_ns) for c in chunks]
-        sent = job.sent_hash.hexdigest(size) if job.sent_hash and all(unchanged) else None
+    def reconcile(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        finish: Finish,
+        sent_hash: PrefixHash | None,
+        log_fields: dict,
+    ) -> tuple[str, list[tuple[ChunkRecord, bytes | None]], int | None]:
+        """Make the uploaded chunks equal the file's bytes as it was when it fell idle:
+        return its sha256, the chunks uploaded again (with the file's head, for chunk 0),
+        and the first chunk past its end, if it shrank. Chunks read after the file's last
+        write are known to hold its bytes: if all are, and their sha256 chain is whole,
+        nothing is read again."""
+        size = finish.size
+        unchanged = [settled(c.read_at_ns, c.read_mtime_ns, finish.mtime_ns) for c in chunks]
+        sent = sent_hash.hexdigest(size) if sent_hash and all(unchanged) else None
         if sent is not None and sum(c.size for c in chunks) == size:
-            return sent
-        whole = hashlib.sha256()
+            return sent, [], None
+        whole, revised = hashlib.sha256(), []
         for chunk, known in zip(chunks, unchanged, strict=True):
             if chunk.offset >= size:
-                job.record = self.store.drop_chunks_from(stream_id, chunk.index)
                 self.log.warning(
-                    "chunks_dropped", **job.log_fields, from_index=chunk.index, reason="file shrank"
+                    "chunks_dropped", **log_fields, from_index=chunk.index, reason="file shrank"
                 )
-                break
+                return whole.hexdigest(), revised, chunk.index
             length = min(chunk.size, size - chunk.offset)
-            data, _ = _read_range(job.record, chunk.offset, length)
+            data, _ = _read_range(record, chunk.offset, length)
             whole.update(data)
             if known and length == chunk.size:
                 continue
             sha256 = hashlib.sha256(data).hexdigest()
             if length != chunk.size:
-                self.reupload(job, chunk, data, sha256, "file shrank")
+                reason = "file shrank"
             elif sha256 != chunk.sha256:
-                self.reupload(job, chunk, data, sha256, "bytes changed after upload")
-        return whole.hexdigest()
+                reason = "bytes changed after upload"
+            else:
+                continue
+            revised.append(self.reupload(record, chunk, data, sha256, reason, log_fields))
+        return whole.hexdigest(), revised, None
 
-    def reupload(self, job: Job, old: ChunkRecord, data: bytes, sha256: str, reason: str) -> None:
-        revision = max(old.revision + 1, job.record.min_revision)
-        key = self.s3.layout.chunk_key(job.record.stream_id, old.index, revision)
+    def reupload(
+        self,
+        record: StreamRecord,
+        old: ChunkRecord,
+        data: bytes,
+        sha256: str,
+        reason: str,
+        log_fields: dict,
+    ) -> tuple[ChunkRecord, bytes | None]:
+        revision = max(old.revision + 1, record.min_revision)
+        key = self.s3.layout.chunk_key(record.stream_id, old.index, revision)
         etag = self.s3.put(key, data, sha256, "application/octet-stream")
         metrics.BYTES_UPLOADED.inc(len(data))
         self.log.info(
             "chunk_reuploaded",
-            **job.log_fields,
+            **log_fields,
             index=old.index,
             offset=old.offset,
             size=len(data),
             revision=revision,
             reason=reason,
         )
-        self.commit(
-            job,
-            ChunkRecord(
-                index=old.index,
-                offset=old.offset,
-                size=len(data),
-                sha256=sha256,
-                etag=etag,
-                uploaded_at=_utcnow(),
-                revision=revision,
-                reason=reason,
-            ),
-            data[:HEAD_SIZE] if old.index == 0 else None,
+        chunk = ChunkRecord(
+            index=old.index,
+            offset=old.offset,
+            size=len(data),
+            sha256=sha256,
+            etag=etag,
+            uploaded_at=_utcnow(),
+            revision=revision,
+            reason=reason,
         )
+        return chunk, data[:HEAD_SIZE] if old.index == 0 else None
 
-    def assemble(self, job: Job, size: int, sha256: str, content_type: str) -> Assembled:
+    def assemble(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        finish: Finish,
+        sha256: str,
+        content_type: str,
+    ) -> Assembled:
         """The whole recording as one object: joined in S3 from the chunks where S3 allows,
         else streamed from the file (checked against the sha256 just computed)."""
-        record = job.record
-        chunks = self.store.chunks(record.stream_id)
         key = self.s3.layout.assembled_key(record.stream_id, naming.object_name(record.name))
         method = assembly_method([c.size for c in chunks])
         if method == "compose":
@@ -858,11 +964,10 @@ class Uploader:
         else:
             with open(record.path, "rb") as f:
                 reader = _HashingReader(f)
-                etag = self.s3.put_stream(key, reader, size, sha256, content_type)
+                etag = self.s3.put_stream(key, reader, finish.size, sha256, content_type)
             if reader.hexdigest() != sha256:
                 raise SourceChanged(f"{record.path} changed while it was being assembled")
-        self.log.info("stream_assembled", **job.log_fields, key=key, method=method, size=size)
-        return Assembled(key=key, size=size, etag=etag, method=method)
+        return Assembled(key=key, size=finish.size, etag=etag, method=method)
 
 
 class _HashingReader:
@@ -877,6 +982,12 @@ class _HashingReader:
 
     def hexdigest(self) -> str:
         return self._sha256.hexdigest()
+
+
+def _check_still_idle(path: str, finish: Finish) -> None:
+    st = os.stat(path)
+    if (st.st_size, st.st_mtime_ns) != (finish.size, finish.mtime_ns):
+        raise FinishCalledOff(st.st_size)
 
 
 def _file_size(record: StreamRecord) -> int:
