@@ -884,10 +884,13 @@ class Uploader:
         nothing is read again."""
         size = finish.size
         unchanged = [settled(c.read_at_ns, c.read_mtime_ns, finish.mtime_ns) for c in chunks]
-        sent = sent_hash.hexdigest(size) if sent_hash and all(unchanged) else None
-        if sent is not None and sum(c.size for c in chunks) == size:
+        whole_sent = sum(c.size for c in chunks) == size
+        sent = sent_hash.hexdigest(size) if sent_hash and whole_sent else None
+        if sent is not None and all(unchanged):
             return sent, [], None
-        whole, revised = hashlib.sha256(), []
+        # If every chunk still holds what was sent, the file's sha256 is the one the sender
+        # threads computed: one pass over the file instead of two.
+        whole, revised = (None if sent else hashlib.sha256()), []
         for chunk, known in zip(chunks, unchanged, strict=True):
             if chunk.offset >= size:
                 self.log.warning(
@@ -896,7 +899,8 @@ class Uploader:
                 return whole.hexdigest(), revised, chunk.index
             length = min(chunk.size, size - chunk.offset)
             data, _ = _read_range(record, chunk.offset, length)
-            whole.update(data)
+            if whole is not None:
+                whole.update(data)
             if known and length == chunk.size:
                 continue
             sha256 = hashlib.sha256(data).hexdigest()
@@ -907,6 +911,8 @@ class Uploader:
             else:
                 continue
             revised.append(self.reupload(record, chunk, data, sha256, reason, log_fields))
+        if whole is None:
+            return (_sha256_of(record, size) if revised else sent), revised, None
         return whole.hexdigest(), revised, None
 
     def reupload(
@@ -982,6 +988,13 @@ class _HashingReader:
 
     def hexdigest(self) -> str:
         return self._sha256.hexdigest()
+
+
+def _sha256_of(record: StreamRecord, size: int) -> str:
+    whole = hashlib.sha256()
+    for offset in range(0, size, record.chunk_size):
+        whole.update(_read_range(record, offset, min(record.chunk_size, size - offset))[0])
+    return whole.hexdigest()
 
 
 def _check_still_idle(path: str, finish: Finish) -> None:
