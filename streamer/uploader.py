@@ -791,84 +791,6 @@ class Uploader:
             "application/json",
         )
 
-    # Retention
-
-    def retire(self, stream_id: str, reason: str) -> None:
-        """Start deleting a finished stream's local file, if every byte of it is proven in
-        S3: a sender thread asks S3 and deletes, the main loop records the outcome."""
-        record = self.store.find_stream(stream_id)
-        if record is None:
-            gone = retention.Kept("the stream is not in the checkpoint store", final=True)
-            self.keep(stream_id, "", reason, gone)
-            return
-        chunks = self.store.chunks(stream_id)
-        future = self.senders.submit(self.delete_source, record, chunks, reason)
-        self.retirements[stream_id] = (record, reason, future)
-        future.add_done_callback(self.wake)
-
-    def delete_source(
-        self, record: StreamRecord, chunks: list[ChunkRecord], reason: str
-    ) -> StreamRecord:
-        """In a sender thread: prove, delete, and write metadata.json again, saying so."""
-        retention.delete_if_proven(
-            record,
-            chunks,
-            self.s3,
-            self.config.watch.directory,
-            self.config.retention.delete_partial,
-        )
-        deleted = msgspec.structs.replace(
-            record, source_deleted_at=_utcnow(), deleted_because=reason
-        )
-        try:
-            self.put_manifest(deleted, chunks)
-        except Exception as exc:
-            # The checkpoint has the deletion; `streamer streams show` tells it.
-            self.log.error(
-                "manifest_update_failed", stream_id=record.stream_id, error=_describe(exc)
-            )
-        return deleted
-
-    def collect_retirements(self) -> None:
-        for stream_id, (record, reason, future) in list(self.retirements.items()):
-            if not future.done():
-                continue
-            del self.retirements[stream_id]
-            if future.exception() is not None:
-                self.keep(stream_id, record.path, reason, future.exception())
-                continue
-            self.note_deletion(future.result())
-
-    def note_deletion(self, deleted: StreamRecord) -> None:
-        stream_id, reason = deleted.stream_id, deleted.deleted_because
-        with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
-            self.store.update_stream(
-                stream_id,
-                lambda r: msgspec.structs.replace(
-                    r, source_deleted_at=deleted.source_deleted_at, deleted_because=reason
-                ),
-            )
-        metrics.SOURCES_DELETED.labels(reason=reason).inc()
-        self.log.info(
-            "source_deleted",
-            stream_id=stream_id,
-            path=deleted.path,
-            reason=reason,
-            size=deleted.total_size,
-        )
-        self.events.put(Retired(stream_id=stream_id, deleted=True))
-
-    def keep(self, stream_id: str, path: str, reason: str, exc: BaseException) -> None:
-        if isinstance(exc, retention.Kept):
-            why, final = str(exc), exc.final
-        else:
-            why, final = f"could not finish the checks: {_describe(exc)}", False
-        metrics.SOURCES_KEPT.inc()
-        self.log.warning(
-            "source_kept", stream_id=stream_id, path=path, reason=reason, kept_because=why
-        )
-        self.events.put(Retired(stream_id=stream_id, deleted=False, final=final, kept_because=why))
-
     def reconcile(
         self,
         record: StreamRecord,
@@ -974,6 +896,84 @@ class Uploader:
             if reader.hexdigest() != sha256:
                 raise SourceChanged(f"{record.path} changed while it was being assembled")
         return Assembled(key=key, size=finish.size, etag=etag, method=method)
+
+    # Retention
+
+    def retire(self, stream_id: str, reason: str) -> None:
+        """Start deleting a finished stream's local file, if every byte of it is proven in
+        S3: a sender thread asks S3 and deletes, the main loop records the outcome."""
+        record = self.store.find_stream(stream_id)
+        if record is None:
+            gone = retention.Kept("the stream is not in the checkpoint store", final=True)
+            self.keep(stream_id, "", reason, gone)
+            return
+        chunks = self.store.chunks(stream_id)
+        future = self.senders.submit(self.delete_source, record, chunks, reason)
+        self.retirements[stream_id] = (record, reason, future)
+        future.add_done_callback(self.wake)
+
+    def delete_source(
+        self, record: StreamRecord, chunks: list[ChunkRecord], reason: str
+    ) -> StreamRecord:
+        """In a sender thread: prove, delete, and write metadata.json again, saying so."""
+        retention.delete_if_proven(
+            record,
+            chunks,
+            self.s3,
+            self.config.watch.directory,
+            self.config.retention.delete_partial,
+        )
+        deleted = msgspec.structs.replace(
+            record, source_deleted_at=_utcnow(), deleted_because=reason
+        )
+        try:
+            self.put_manifest(deleted, chunks)
+        except Exception as exc:
+            # The checkpoint has the deletion; `streamer streams show` tells it.
+            self.log.error(
+                "manifest_update_failed", stream_id=record.stream_id, error=_describe(exc)
+            )
+        return deleted
+
+    def collect_retirements(self) -> None:
+        for stream_id, (record, reason, future) in list(self.retirements.items()):
+            if not future.done():
+                continue
+            del self.retirements[stream_id]
+            if future.exception() is not None:
+                self.keep(stream_id, record.path, reason, future.exception())
+                continue
+            self.note_deletion(future.result())
+
+    def note_deletion(self, deleted: StreamRecord) -> None:
+        stream_id, reason = deleted.stream_id, deleted.deleted_because
+        with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
+            self.store.update_stream(
+                stream_id,
+                lambda r: msgspec.structs.replace(
+                    r, source_deleted_at=deleted.source_deleted_at, deleted_because=reason
+                ),
+            )
+        metrics.SOURCES_DELETED.labels(reason=reason).inc()
+        self.log.info(
+            "source_deleted",
+            stream_id=stream_id,
+            path=deleted.path,
+            reason=reason,
+            size=deleted.total_size,
+        )
+        self.events.put(Retired(stream_id=stream_id, deleted=True))
+
+    def keep(self, stream_id: str, path: str, reason: str, exc: BaseException) -> None:
+        if isinstance(exc, retention.Kept):
+            why, final = str(exc), exc.final
+        else:
+            why, final = f"could not finish the checks: {_describe(exc)}", False
+        metrics.SOURCES_KEPT.inc()
+        self.log.warning(
+            "source_kept", stream_id=stream_id, path=path, reason=reason, kept_because=why
+        )
+        self.events.put(Retired(stream_id=stream_id, deleted=False, final=final, kept_because=why))
 
 
 class _HashingReader:
