@@ -245,24 +245,26 @@ class ChunkStore:
         }
 
     def get(self, key: str) -> bytes:
-        response = self._client.get_object(self.bucket, key)
-        try:
+        with self._response(key) as response:
             return response.read()
-        finally:
-            response.close()
-            response.release_conn()
 
     def sha256_of(self, key: str) -> str:
         """The sha256 of an object's bytes, read from S3."""
         digest = hashlib.sha256()
-        response = self._client.get_object(self.bucket, key)
-        try:
+        with self._response(key) as response:
             for block in response.stream(1024 * 1024):
                 digest.update(block)
+        return digest.hexdigest()
+
+    @contextlib.contextmanager
+    def _response(self, key: str):
+        """An object's body, its connection given back to the pool afterwards."""
+        response = self._client.get_object(self.bucket, key)
+        try:
+            yield response
         finally:
             response.close()
             response.release_conn()
-        return digest.hexdigest()
 
     def stat(self, key: str) -> StoredObject | None:
         try:
