@@ -54,6 +54,14 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     # need not read them again if the file has not been written since (policy.settled).
     read_at_ns: int | None = None
     read_mtime_ns: int | None = None
+    # This revision's bytes copied as a part into the stream's assembly upload (the part's
+    # ETag, and which upload): a part of an upload since lost or replaced does not count.
+    part_etag: str | None = None
+    part_upload: str | None = None
+
+    def part_in(self, upload_id: str | None) -> str | None:
+        """The ETag of this chunk's part in the upload, if it was copied there."""
+        return self.part_etag if upload_id is not None and self.part_upload == upload_id else None
 
 
 class Assembled(Struct, frozen=True, kw_only=True):
@@ -63,6 +71,16 @@ class Assembled(Struct, frozen=True, kw_only=True):
     size: int
     etag: str
     method: str  # "compose" (server-side copy of the chunks) or "upload" (streamed from disk)
+
+
+class AssemblyUpload(Struct, frozen=True, kw_only=True):
+    """The assembled object's multipart upload, begun while the stream is live: each
+    committed chunk is copied into it as a part in the background, so that completion
+    copies only the chunks the recorder rewrote, and the tail."""
+
+    key: str
+    upload_id: str
+    content_type: str
 
 
 class StreamRecord(Struct, kw_only=True):
@@ -89,6 +107,7 @@ class StreamRecord(Struct, kw_only=True):
     status_reason: str | None = None
     mp4: Mp4Facts | None = None
     assembled: Assembled | None = None
+    assembly: AssemblyUpload | None = None  # open while the stream is live
     # When retention deleted the local file, proven in S3, and why (see streamer.retention).
     source_deleted_at: UTC | None = None
     deleted_because: str | None = None
@@ -306,6 +325,30 @@ class CheckpointStore:
             txn.put(_chunk_key(stream_id, chunk.index), _encoder.encode(chunk), db=self._chunks)
             self._save(txn, record)
             return record
+
+        return self._write(write)
+
+    def record_parts(
+        self, stream_id: str, upload_id: str, parts: list[tuple[ChunkRecord, str]]
+    ) -> int:
+        """Note that each (chunk, part ETag) was copied into the upload as a part; a chunk
+        uploaded again since, or dropped, is passed over. Returns how many were noted."""
+
+        def write(txn):
+            noted = 0
+            for chunk, etag in parts:
+                key = _chunk_key(stream_id, chunk.index)
+                stored = txn.get(key, db=self._chunks)
+                current = _chunk_decoder.decode(stored) if stored is not None else None
+                if current is None or (current.revision, current.etag) != (
+                    chunk.revision,
+                    chunk.etag,
+                ):
+                    continue
+                copied = msgspec.structs.replace(current, part_etag=etag, part_upload=upload_id)
+                txn.put(key, _encoder.encode(copied), db=self._chunks)
+                noted += 1
+            return noted
 
         return self._write(write)
 

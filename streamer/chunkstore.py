@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from itertools import count, repeat
+from itertools import count
 from typing import BinaryIO
 
 import urllib3
@@ -116,6 +116,31 @@ class StoredObject:
     sha256: str | None
 
 
+class UploadGone(Exception):
+    """The multipart upload is no longer there: aborted, or expired by the server."""
+
+
+@dataclass(frozen=True)
+class PartSource:
+    """An object to copy into a multipart upload as a part, pinned to its ETag; `copied`
+    is the part's ETag if it is in the upload already."""
+
+    key: str
+    size: int
+    etag: str
+    copied: str | None = None
+
+
+@contextlib.contextmanager
+def _upload_gone_if_missing(upload_id: str):
+    try:
+        yield
+    except S3Error as exc:
+        if exc.code != "NoSuchUpload":
+            raise
+        raise UploadGone(f"multipart upload {upload_id} is gone ({exc.message})") from None
+
+
 class _Client(Minio):
     """minio-py signs a body by hashing it again (sha256 over http, MD5 over https), and
     needs it whole in memory to do so. A chunk's sha256 is known already: given as
@@ -170,7 +195,9 @@ class ChunkStore:
 
     def put(self, key: str, data: bytes, sha256: str, content_type: str) -> str:
         """Upload `data`, whose sha256 is given, in one PUT and return its ETag."""
-        headers = self._object_headers(content_type, sha256)
+        headers = genheaders(
+            {"Content-Type": content_type, SHA256_META: sha256}, self._sse, None, None, False
+        )
         headers["Content-Length"] = str(len(data))
         headers["x-amz-content-sha256"] = sha256
         # Stored with the object, and what S3 asks of a PUT to an Object Lock bucket.
@@ -178,9 +205,7 @@ class ChunkStore:
         body = self._bandwidth.pace(data) if self._bandwidth else data
         return self._client._put_object(self.bucket, key, body, headers).etag
 
-    def put_stream(
-        self, key: str, stream: BinaryIO, length: int, sha256: str, content_type: str
-    ) -> str:
+    def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> str:
         """Upload `length` bytes read from `stream` (multipart when large); return the ETag."""
         if self._bandwidth:
             stream = _PacedReader(stream, self._bandwidth)
@@ -190,51 +215,72 @@ class ChunkStore:
             stream,
             length,
             content_type=content_type,
-            metadata={SHA256_META: sha256},
             sse=self._sse,
             num_parallel_uploads=1,  # read the stream in order: the caller may be hashing it
         )
         return result.etag
 
+    def begin_upload(self, key: str, content_type: str) -> str:
+        """Start a multipart upload to `key`; return its upload id."""
+        headers = genheaders({"Content-Type": content_type}, self._sse, None, None, False)
+        return self._client._create_multipart_upload(self.bucket, key, headers)
+
+    def copy_part(self, key: str, upload_id: str, number: int, part: PartSource) -> str:
+        """Copy `part`'s source object, pinned to its ETag, into the upload as part
+        `number`; return the part's ETag."""
+        copy = ComposeSource(self.bucket, part.key)
+        copy.build_headers(part.size, part.etag)
+        with _upload_gone_if_missing(upload_id):
+            etag, _ = self._client._upload_part_copy(
+                self.bucket, key, upload_id, number, copy.headers
+            )
+        return etag
+
+    def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> str:
+        """Join the parts, numbered from 1 in the order given, into `key`; return its ETag.
+        Parts of the upload not listed are discarded by S3."""
+        parts = [Part(number, etag) for number, etag in enumerate(etags, start=1)]
+        with _upload_gone_if_missing(upload_id):
+            result = self._client._complete_multipart_upload(self.bucket, key, upload_id, parts)
+        return result.etag
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(UploadGone), _upload_gone_if_missing(upload_id):
+            self._client._abort_multipart_upload(self.bucket, key, upload_id)
+
+    def open_uploads(self, key: str) -> list[str]:
+        """The ids of the multipart uploads to `key` not completed or aborted yet."""
+        result = self._client._list_multipart_uploads(self.bucket, prefix=key)
+        return [u.upload_id for u in result.uploads if u.object_name == key]
+
     def compose(
         self,
         key: str,
-        sources: list[tuple[str, int, str]],
-        sha256: str,
+        parts: list[PartSource],
         content_type: str,
         pool: Executor,
+        upload_id: str | None = None,
     ) -> str:
-        """Join `sources` (key, size, ETag; each but the last >= 5 MiB) into `key`: a
-        multipart upload whose parts are server-side copies, each pinned to its source's
-        ETag, copied on `pool` several at a time. minio-py's compose_object would first stat
-        every source and then copy one part at a time: on a long recording most of the
-        time to completion. So its multipart verbs are used directly (minio is pinned to
-        7.2 for this)."""
-        headers = self._object_headers(content_type, sha256)
-        upload_id = self._client._create_multipart_upload(self.bucket, key, headers)
+        """Join `parts` (each but the last >= 5 MiB) into `key`: the parts not copied yet
+        are copied several at a time on `pool`, into `upload_id` or a new upload.
+        minio-py's compose_object would first stat every source and then copy one part at
+        a time: on a long recording most of the time to completion. So its multipart verbs
+        are used directly (minio is pinned to 7.2 for this). Raises UploadGone if
+        `upload_id` is no longer there."""
+        fresh = upload_id is None
+        upload_id = upload_id or self.begin_upload(key, content_type)
+
+        def part_etag(number: int, part: PartSource) -> str:
+            return part.copied or self.copy_part(key, upload_id, number, part)
+
         try:
-            numbered = (*zip(*sources, strict=True), repeat(key), repeat(upload_id), count(1))
-            etags = list(pool.map(self._copy_part, *numbered))
-            parts = [Part(number, etag) for number, etag in enumerate(etags, start=1)]
-            result = self._client._complete_multipart_upload(self.bucket, key, upload_id, parts)
+            etags = list(pool.map(part_etag, count(1), parts))
+            return self.complete_upload(key, upload_id, etags)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self._client._abort_multipart_upload(self.bucket, key, upload_id)
+            if fresh:  # an upload given is the caller's, and may be used again
+                with contextlib.suppress(Exception):
+                    self.abort_upload(key, upload_id)
             raise
-        return result.etag
-
-    def _object_headers(self, content_type: str, sha256: str) -> dict:
-        return genheaders(
-            {"Content-Type": content_type, SHA256_META: sha256}, self._sse, None, None, False
-        )
-
-    def _copy_part(
-        self, source: str, size: int, etag: str, key: str, upload_id: str, number: int
-    ) -> str:
-        copy = ComposeSource(self.bucket, source)
-        copy.build_headers(size, etag)
-        etag, _ = self._client._upload_part_copy(self.bucket, key, upload_id, number, copy.headers)
-        return etag
 
     def listing(self, prefix: str) -> dict[str, StoredObject]:
         """Every object under `prefix`, by key, with its size and ETag (one request per

@@ -92,7 +92,8 @@ def list_streams(config_path: str | None, state: str | None, as_json: bool) -> N
 @click.argument("stream_id")
 @json_option
 def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
-    """The stream's full checkpoint, with its chunk table."""
+    """The stream's full checkpoint, with its chunk table (and, while it is live, how many
+    chunks are copied into its assembled object so far)."""
     with open_store(config_path, readonly=True) as store:
         record = get_or_exit(store, stream_id)
         chunks = store.chunks(stream_id)
@@ -101,6 +102,9 @@ def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
         return
     for key, value in _summary(record).items():
         click.echo(f"{key:<16} {value}")
+    if record.assembly is not None:
+        copied = sum(1 for c in chunks if c.part_in(record.assembly.upload_id))
+        click.echo(f"{'assembly':<16} {copied} chunks copied into {record.assembly.key}")
     click.echo(f"\n{'INDEX':>6} {'REV':>3} {'OFFSET':>12} {'SIZE':>10}  SHA256")
     for c in chunks:
         click.echo(f"{c.index:>6} {c.revision:>3} {c.offset:>12} {c.size:>10}  {c.sha256}")

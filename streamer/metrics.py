@@ -70,6 +70,12 @@ S3_REACHABLE = Gauge(
     "1 if the latest S3 request of any uploader succeeded, 0 if it failed",
     multiprocess_mode="livemostrecent",
 )
+PARTS_COPIED = Counter(
+    "streamer_assembly_parts_copied_total",
+    "Chunks copied server-side into their assembled object: while the stream was live, or at"
+    " completion",
+    ["when"],
+)
 STREAMS_FINISHED = Counter("streamer_streams_finished_total", "Finished streams", ["status"])
 BANDWIDTH_WAIT_SECONDS = Counter(
     "streamer_bandwidth_wait_seconds_total",

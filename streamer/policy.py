@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from streamer.checkpoint import StreamState
+from streamer.checkpoint import AssemblyUpload, StreamState
 from streamer.mp4 import Mp4Facts
 
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -162,6 +162,24 @@ def assembly_method(chunk_sizes: list[int]) -> str:
     if any(size < MIN_PART_SIZE for size in chunk_sizes[:-1]):
         return "upload"
     return "compose"
+
+
+def copies_ahead(assemble: bool, chunk_size: int, index: int, size: int) -> bool:
+    """Is a chunk committed while its stream is live copied into the assembly upload at
+    once? Yes when the stream is assembled by copy, and it is a full chunk: a part S3
+    takes. (The short tail, committed at completion, is copied then.)"""
+    return assemble and size == chunk_size >= MIN_PART_SIZE and index < MAX_PARTS
+
+
+def upload_to_finish(
+    upload: AssemblyUpload | None, key: str, content_type: str, method: str
+) -> AssemblyUpload | None:
+    """The assembly upload begun while the stream was live, if completion may finish it:
+    the object is still to be composed, under the same name (the file was not renamed
+    since) and with the content type it began with."""
+    if upload is None or method != "compose":
+        return None
+    return upload if (upload.key, upload.content_type) == (key, content_type) else None
 
 
 def retirable(state: StreamState, delete_partial: bool) -> bool:

@@ -4,7 +4,9 @@ is idle.
 
 Up to `stream.upload_window` chunks (of one stream or several) are in flight at once,
 each read, hashed and sent by a sender thread; as many streams can be finished at once by
-finisher threads (read again, assembled in S3). Everything else (commands, the checkpoint
+finisher threads (read again, assembled in S3). A copier thread copies each committed chunk
+into its stream's assembly upload while the stream is live, so completion has little left
+to copy. Everything else (commands, the checkpoint
 store, decisions) happens in the main loop. A chunk is committed only after every chunk
 before it, so a restart resumes from the last contiguous committed chunk, and on stop the
 chunks in flight land and are committed before the process exits.
@@ -17,6 +19,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import select
 import signal
@@ -36,6 +39,7 @@ from streamer import logs, manifest, metrics, mp4, naming, retention
 from streamer.bandwidth import TokenBucket
 from streamer.checkpoint import (
     Assembled,
+    AssemblyUpload,
     CheckpointError,
     CheckpointStore,
     ChunkRecord,
@@ -43,7 +47,7 @@ from streamer.checkpoint import (
     StreamState,
     UnknownStream,
 )
-from streamer.chunkstore import BucketMissing, ChunkStore, NoCredentials
+from streamer.chunkstore import BucketMissing, ChunkStore, NoCredentials, PartSource, UploadGone
 from streamer.config import Config, MiB
 from streamer.messages import (
     Abandon,
@@ -68,11 +72,13 @@ from streamer.policy import (
     UploadChunk,
     Wait,
     assembly_method,
+    copies_ahead,
     final_status,
     is_rejection,
     next_step,
     retry_delay,
     settled,
+    upload_to_finish,
 )
 from streamer.watcher import HEAD_SIZE, Watcher
 
@@ -81,6 +87,7 @@ EXIT_OK = 0
 EXIT_BOOT_ERROR = 3  # cannot start at all: restarting would only fail again
 
 IDLE_WAIT = 1.0
+COPY_BATCH = 4  # parts the copier copies before the loop records them
 PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
 FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -88,11 +95,17 @@ FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
 S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
 REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
+MISSING_HINT = "put the chunk back (the local file has its bytes): the stream then completes"
 UNTRUSTED_HINT = "S3's certificate is not trusted: set s3.ca_file to the CA certificate (PEM)"
 
 
 class SourceChanged(Exception):
     """The file no longer holds the bytes the step was planned on."""
+
+
+class NotInS3(Exception):
+    """A chunk the checkpoint records is not in S3 as recorded (removed behind streamer's
+    back): the stream cannot be complete until someone puts it back."""
 
 
 class FinishCalledOff(Exception):
@@ -148,6 +161,16 @@ class PrefixHash:
 
 
 @dataclass(frozen=True)
+class Copied:
+    """The copier thread's report: these chunks are parts of the upload now; `error`
+    stopped it before the rest."""
+
+    upload: AssemblyUpload
+    parts: list[tuple[ChunkRecord, str]]  # (chunk, part ETag)
+    error: Exception | None
+
+
+@dataclass(frozen=True)
 class Finished:
     """A finisher thread's report: the stream's bytes are reconciled, and assembled, in S3."""
 
@@ -178,6 +201,10 @@ class Job:
     # Why to stop it, and as what, once the supervisor says so (file gone, or cancelled).
     abandon: tuple[str, StreamState] | None = None
     finishing: Future | None = None  # its completion, under way in a finisher thread
+    # Committed chunks not copied into the assembly upload yet, oldest first, and the
+    # copier's work on them (or on beginning the upload), if under way.
+    uncopied: collections.deque[ChunkRecord] = field(default_factory=collections.deque)
+    copying: Future | None = None
     shrank: bool = False
     attempt: int = 0
     retry_at: float = 0.0
@@ -267,13 +294,15 @@ class Uploader:
         self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
         self.window = self.config.stream.upload_window
         self.s3 = ChunkStore(
-            self.config.s3, self.config.instance, 2 * self.window + 1, self.bandwidth
+            self.config.s3, self.config.instance, 2 * self.window + 2, self.bandwidth
         )
         self.senders = ThreadPoolExecutor(self.window, thread_name_prefix="sender")
         # Completions (reading the file again, assembling in S3) take their own threads:
         # they would otherwise hold the senders live streams need, and wait for the part
         # copies they hand to the senders.
         self.finishers = ThreadPoolExecutor(self.window, thread_name_prefix="finisher")
+        # One thread: part copies are S3's work, and run behind the uploads, not beside them.
+        self.copier = ThreadPoolExecutor(1, thread_name_prefix="copier")
         # Sender threads name the stream here when a chunk comes back, and write a byte to
         # the pipe to wake the main loop.
         self.returned: collections.deque[str] = collections.deque()
@@ -367,12 +396,15 @@ class Uploader:
 
     def adopt(self, stream_id: str) -> None:
         record = self.store.get_stream(stream_id)
-        self.jobs[stream_id] = Job(
+        job = Job(
             record=record,
             probe_below=record.chunk_count + self.window,
             sent_hash=PrefixHash() if record.chunk_count == 0 else None,
             log_fields={"stream_id": stream_id},
         )
+        if record.chunk_count:
+            job.uncopied.extend(self.not_copied(record))
+        self.jobs[stream_id] = job
         self.log.info("stream_adopted", stream_id=stream_id, position=str(record.position))
 
     # Scheduling
@@ -429,7 +461,7 @@ class Uploader:
             job.waiting = True  # woken when the finisher thread reports
             return
         if job.abandon is not None:
-            if job.in_flight:
+            if job.in_flight or job.copying is not None:
                 job.waiting = True  # what is on the wire lands first
                 return
             self.abandon(job, *job.abandon)
@@ -467,6 +499,8 @@ class Uploader:
                 # stream does not keep the slots it holds while others wait.
                 job.waiting = True
                 self.starved.add(record.stream_id)
+            case Finalise() if job.copying is not None:
+                job.waiting = True  # the part being copied is recorded first
             case Finalise():
                 self.start_finishing(job)
             case Wait() | Pending():
@@ -548,6 +582,8 @@ class Uploader:
             job = self.jobs.get(self.returned.popleft())
             if job is None:
                 continue
+            if job.copying is not None and job.copying.done():
+                self.copied(job)
             if job.finishing is not None and job.finishing.done():
                 self.finished(job, now)
                 continue
@@ -566,6 +602,7 @@ class Uploader:
             if errors:
                 self.retry_later(job, errors[0], now)
             self.land_in_order(job, now)
+            self.copy_ahead(job)
 
     def land_in_order(self, job: Job, now: float) -> None:
         while (sent := job.arrived.pop(job.record.chunk_count, None)) is not None:
@@ -581,21 +618,20 @@ class Uploader:
         record, chunk = job.record, sent.chunk
         self.s3_state(True)
         self.events.put(ChunkUploaded(stream_id=record.stream_id, end=chunk.offset + chunk.size))
-        self.commit(
-            job,
-            ChunkRecord(
-                index=chunk.index,
-                offset=chunk.offset,
-                size=chunk.size,
-                sha256=sent.sha256,
-                etag=sent.etag,
-                uploaded_at=_utcnow(),
-                revision=sent.revision,
-                read_at_ns=sent.read_at_ns,
-                read_mtime_ns=sent.read_mtime_ns,
-            ),
-            sent.head,
+        committed = ChunkRecord(
+            index=chunk.index,
+            offset=chunk.offset,
+            size=chunk.size,
+            sha256=sent.sha256,
+            etag=sent.etag,
+            uploaded_at=_utcnow(),
+            revision=sent.revision,
+            read_at_ns=sent.read_at_ns,
+            read_mtime_ns=sent.read_mtime_ns,
         )
+        self.commit(job, committed, sent.head)
+        if copies_ahead(self.config.stream.assemble, record.chunk_size, chunk.index, chunk.size):
+            job.uncopied.append(committed)
         job.attempt = 0
         fields = {
             **job.log_fields,
@@ -625,15 +661,19 @@ class Uploader:
         for job in self.jobs.values():
             if job.finishing is not None and job.finishing.cancel():
                 job.finishing = None
+            if job.copying is not None and job.copying.cancel():
+                job.copying = None
         wait_for_all(
             [f for job in self.jobs.values() for f in job.in_flight.values()]
             + [job.finishing for job in self.jobs.values() if job.finishing is not None]
+            + [job.copying for job in self.jobs.values() if job.copying is not None]
             + [future for _, _, future in self.retirements.values()]
         )
         self.collect(self.clock())
         self.collect_retirements()
         self.senders.shutdown(wait=False)
         self.finishers.shutdown(wait=False)
+        self.copier.shutdown(wait=False)
 
     def find_in_s3(self, key: str, data: bytes, sha256: str) -> str | None:
         """The ETag of an object already holding exactly these bytes (a chunk whose upload
@@ -651,6 +691,104 @@ class Uploader:
                 stream_id=job.record.stream_id, committed_bytes=job.record.committed_bytes
             )
         )
+
+    # Assembly while live
+
+    def copy_ahead(self, job: Job) -> None:
+        """Copy the stream's next committed chunks into its assembly upload (beginning it
+        first), in the copier thread. A failed copy is tried again after the next commit:
+        until then S3 is likely still away."""
+        record = job.record
+        if job.copying is not None or not job.uncopied or self.stopping:
+            return
+        if job.finish is not None or job.abandon is not None:
+            return  # completion copies what is left, side by side
+        upload = record.assembly
+        if upload is None:
+            job.copying = self.copier.submit(self.begin_assembly, record)
+        elif upload.key == self.assembled_key(record):
+            batch = list(itertools.islice(job.uncopied, COPY_BATCH))
+            job.copying = self.copier.submit(self.copy_parts, record.stream_id, upload, batch)
+        else:
+            return  # renamed since it began: completion assembles afresh
+        job.copying.add_done_callback(functools.partial(self.came_back, record.stream_id))
+
+    def begin_assembly(self, record: StreamRecord) -> AssemblyUpload:
+        """In the copier thread. The content type is judged from the file's first bytes;
+        should the finished file say otherwise, completion assembles afresh."""
+        key = self.assembled_key(record)
+        content_type = _content_type(mp4.inspect_bytes(record.head or b"").is_mp4)
+        upload_id = self.s3.begin_upload(key, content_type)
+        return AssemblyUpload(key=key, upload_id=upload_id, content_type=content_type)
+
+    def copy_parts(
+        self, stream_id: str, upload: AssemblyUpload, chunks: list[ChunkRecord]
+    ) -> Copied:
+        """In the copier thread: chunk N becomes part N + 1."""
+        parts: list[tuple[ChunkRecord, str]] = []
+        try:
+            for chunk in chunks:
+                source = self.part_source(stream_id, chunk, None)
+                etag = self.s3.copy_part(upload.key, upload.upload_id, chunk.index + 1, source)
+                parts.append((chunk, etag))
+        except Exception as exc:
+            return Copied(upload, parts, exc)
+        return Copied(upload, parts, None)
+
+    def copied(self, job: Job) -> None:
+        """Record what the copier thread reports, and give it the next chunks."""
+        future, job.copying = job.copying, None
+        job.wake()
+        stream_id = job.record.stream_id
+        try:
+            report = future.result()
+        except Exception as exc:
+            self.log.warning("assembly_begin_failed", **job.log_fields, error=_describe(exc))
+            return
+        if isinstance(report, AssemblyUpload):
+            job.record = self.store.update_stream(
+                stream_id, lambda r: msgspec.structs.replace(r, assembly=report)
+            )
+            self.log.info("assembly_begun", **job.log_fields, key=report.key)
+        else:
+            self.store.record_parts(stream_id, report.upload.upload_id, report.parts)
+            for _ in report.parts:
+                job.uncopied.popleft()
+            metrics.PARTS_COPIED.labels(when="live").inc(len(report.parts))
+            if isinstance(report.error, UploadGone):
+                self.lost_assembly(job, report.error)
+                return
+            if report.error is not None:
+                error = _describe(report.error)
+                self.log.warning("part_copy_failed", **job.log_fields, error=error)
+                return
+        self.copy_ahead(job)
+
+    def lost_assembly(self, job: Job, error: UploadGone) -> None:
+        """S3 aborted the upload (MinIO expires one after a day by default): begin another,
+        and copy every chunk into it."""
+        self.log.warning("assembly_upload_lost", **job.log_fields, error=str(error))
+        job.record = self.store.update_stream(
+            job.record.stream_id, lambda r: msgspec.structs.replace(r, assembly=None)
+        )
+        job.uncopied = collections.deque(self.not_copied(job.record))
+
+    def not_copied(self, record: StreamRecord) -> list[ChunkRecord]:
+        """The committed chunks, of those copied ahead, not in the stream's upload yet."""
+        upload_id = record.assembly.upload_id if record.assembly else None
+        return [
+            c
+            for c in self.store.chunks(record.stream_id)
+            if copies_ahead(self.config.stream.assemble, record.chunk_size, c.index, c.size)
+            and c.part_in(upload_id) is None
+        ]
+
+    def part_source(self, stream_id: str, chunk: ChunkRecord, upload_id: str | None) -> PartSource:
+        key = self.s3.layout.chunk_key(stream_id, chunk.index, chunk.revision)
+        return PartSource(key, chunk.size, chunk.etag, chunk.part_in(upload_id))
+
+    def assembled_key(self, record: StreamRecord) -> str:
+        return self.s3.layout.assembled_key(record.stream_id, naming.object_name(record.name))
 
     # Completion
 
@@ -685,20 +823,14 @@ class Uploader:
         sha256, revised, drop_from = self.reconcile(record, chunks, finish, sent_hash, log_fields)
         facts = mp4.inspect_file(record.path)
         _check_still_idle(record.path, finish)
+        by_index = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
+        final = [by_index[i] for i in sorted(by_index)]
+        if why := retention.chunks_discrepancy(record.stream_id, final, finish.size, self.s3):
+            raise NotInS3(why)
         assembled = None
         if self.config.stream.assemble:
-            final = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
-            content_type = "video/mp4" if facts.is_mp4 else "application/octet-stream"
-            assembled = self.assemble(
-                record, [final[i] for i in sorted(final)], finish, sha256, content_type
-            )
-            self.log.info(
-                "stream_assembled",
-                **log_fields,
-                key=assembled.key,
-                method=assembled.method,
-                size=assembled.size,
-            )
+            content_type = _content_type(facts.is_mp4)
+            assembled = self.assemble(record, final, finish, sha256, content_type, log_fields)
             _check_still_idle(record.path, finish)
         return Finished(finish, sha256, revised, drop_from, facts, assembled)
 
@@ -745,6 +877,8 @@ class Uploader:
             reason=reason,
             uploaded_bytes=job.record.committed_bytes,
         )
+        if job.record.assembly is not None:
+            self.copier.submit(self.drop_assembly, job.record.assembly, job.log_fields)
         self.conclude(
             job,
             state=state,
@@ -754,6 +888,7 @@ class Uploader:
 
     def conclude(self, job: Job, **completion) -> None:
         completion["completed_at"] = _utcnow()
+        completion["assembly"] = None  # completed, or aborted
         stream_id = job.record.stream_id
         done = msgspec.structs.replace(job.record, **completion)
         chunks = self.store.chunks(stream_id)
@@ -781,6 +916,14 @@ class Uploader:
             reuploaded_chunks=done.reuploaded_chunks,
             sha256=done.sha256,
         )
+
+    def drop_assembly(self, upload: AssemblyUpload, log_fields: dict) -> None:
+        """In the copier thread: an abandoned stream is not assembled. If S3 is away, the
+        server's own expiry of stale uploads (or a lifecycle rule) removes it."""
+        try:
+            self.s3.abort_upload(upload.key, upload.upload_id)
+        except Exception as exc:
+            self.log.warning("assembly_abort_failed", **log_fields, error=_describe(exc))
 
     def put_manifest(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
         body = manifest.encode(manifest.build(record, chunks, self.s3.layout))
@@ -878,24 +1021,70 @@ class Uploader:
         finish: Finish,
         sha256: str,
         content_type: str,
+        log_fields: dict,
     ) -> Assembled:
-        """The whole recording as one object: joined in S3 from the chunks where S3 allows,
-        else streamed from the file (checked against the sha256 just computed)."""
-        key = self.s3.layout.assembled_key(record.stream_id, naming.object_name(record.name))
+        """The whole recording as one object: joined in S3 from the chunks where S3 allows
+        (finishing the upload the chunks were copied into while live), else streamed from
+        the file (checked against the sha256 just computed)."""
+        key = self.assembled_key(record)
         method = assembly_method([c.size for c in chunks])
+        upload = upload_to_finish(record.assembly, key, content_type, method)
+        if record.assembly is not None and upload is None:
+            self.s3.abort_upload(record.assembly.key, record.assembly.upload_id)
         if method == "compose":
-            sources = [
-                (self.s3.layout.chunk_key(record.stream_id, c.index, c.revision), c.size, c.etag)
-                for c in chunks
-            ]
-            etag = self.s3.compose(key, sources, sha256, content_type, self.senders)
+            etag, ahead = self.compose(record, chunks, key, content_type, upload, log_fields)
         else:
+            ahead = 0
             with open(record.path, "rb") as f:
                 reader = _HashingReader(f)
-                etag = self.s3.put_stream(key, reader, finish.size, sha256, content_type)
+                etag = self.s3.put_stream(key, reader, finish.size, content_type)
             if reader.hexdigest() != sha256:
                 raise SourceChanged(f"{record.path} changed while it was being assembled")
+        self.abort_strays(key, log_fields)
+        self.log.info(
+            "stream_assembled",
+            **log_fields,
+            key=key,
+            method=method,
+            size=finish.size,
+            parts_copied_live=ahead,
+        )
         return Assembled(key=key, size=finish.size, etag=etag, method=method)
+
+    def compose(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        key: str,
+        content_type: str,
+        upload: AssemblyUpload | None,
+        log_fields: dict,
+    ) -> tuple[str, int]:
+        """The object's ETag, and how many of its parts were copied while live."""
+        if upload is not None:
+            parts = [self.part_source(record.stream_id, c, upload.upload_id) for c in chunks]
+            ahead = sum(1 for p in parts if p.copied)
+            try:
+                etag = self.s3.compose(key, parts, content_type, self.senders, upload.upload_id)
+            except UploadGone as exc:
+                self.log.warning("assembly_upload_lost", **log_fields, error=str(exc))
+            else:
+                metrics.PARTS_COPIED.labels(when="completion").inc(len(parts) - ahead)
+                return etag, ahead
+        parts = [self.part_source(record.stream_id, c, None) for c in chunks]
+        etag = self.s3.compose(key, parts, content_type, self.senders)
+        metrics.PARTS_COPIED.labels(when="completion").inc(len(parts))
+        return etag, 0
+
+    def abort_strays(self, key: str, log_fields: dict) -> None:
+        """Uploads to the object begun but never recorded (a crash just after beginning
+        one) would hold their parts' storage until the server expires them."""
+        try:
+            for upload_id in self.s3.open_uploads(key):
+                self.s3.abort_upload(key, upload_id)
+                self.log.info("stray_upload_aborted", **log_fields, key=key)
+        except Exception as exc:
+            self.log.warning("stray_upload_check_failed", **log_fields, error=_describe(exc))
 
     # Retention
 
@@ -990,6 +1179,10 @@ class _HashingReader:
         return self._sha256.hexdigest()
 
 
+def _content_type(is_mp4: bool) -> str:
+    return "video/mp4" if is_mp4 else "application/octet-stream"
+
+
 def _sha256_of(record: StreamRecord, size: int) -> str:
     whole = hashlib.sha256()
     for offset in range(0, size, record.chunk_size):
@@ -1035,7 +1228,7 @@ def _classify(exc: Exception) -> str:
     if isinstance(exc, S3Error):
         status = exc.response.status if exc.response is not None else 500
         return "rejected" if is_rejection(status, exc.code) else "transient"
-    if isinstance(exc, BucketMissing | NoCredentials):
+    if isinstance(exc, BucketMissing | NoCredentials | NotInS3):
         return "rejected"
     if isinstance(exc, SourceChanged | MinioException | urllib3.exceptions.HTTPError | OSError):
         return "transient"
@@ -1043,6 +1236,8 @@ def _classify(exc: Exception) -> str:
 
 
 def _hint(exc: Exception, rejected: bool) -> dict:
+    if isinstance(exc, NotInS3):
+        return {"hint": MISSING_HINT}
     if "certificate verify failed" in str(exc):
         return {"hint": UNTRUSTED_HINT}
     return {"hint": REJECTED_HINT} if rejected else {}

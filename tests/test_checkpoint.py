@@ -3,6 +3,7 @@
 import multiprocessing
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from streamer.checkpoint import (
@@ -76,6 +77,20 @@ def test_drop_chunks_from(store):
     record = store.drop_chunks_from("cam-1", 2)
     assert (record.chunk_count, record.committed_bytes) == (2, 200)
     assert [c.index for c in store.chunks("cam-1")] == [0, 1]
+
+
+def test_parts_are_noted_only_on_the_chunk_revision_that_was_copied(store):
+    store.create_stream(stream())
+    for i in range(3):
+        store.commit_chunk("cam-1", chunk(i))
+    revised = msgspec.structs.replace(chunk(1), revision=1, etag="e1-r1")
+    store.commit_chunk("cam-1", revised)
+    store.drop_chunks_from("cam-1", 2)
+    copied = [(chunk(0), "p0"), (chunk(1), "p1"), (chunk(2), "p2")]
+    assert store.record_parts("cam-1", "up-1", copied) == 1
+    first, second = store.chunks("cam-1")
+    assert (first.part_in("up-1"), first.part_in("up-2"), first.part_in(None)) == ("p0", None, None)
+    assert second.part_in("up-1") is None, "the part holds revision 0, the chunk is revision 1"
 
 
 def test_chunks_of_one_stream_do_not_leak_into_another(store):

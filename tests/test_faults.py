@@ -4,6 +4,7 @@ away, wrong credentials, an operator cancelling, and odd files in the directory.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -18,7 +19,9 @@ from conftest import (
     both_servers,
     cli,
     manifest_of,
+    object_bytes,
     scrape,
+    sha256_file,
     wait_until,
 )
 
@@ -198,17 +201,33 @@ def test_wrong_credentials_are_a_clear_slow_error_and_the_secret_stays_secret(ma
         assert secret.encode() not in blob
 
 
-def test_a_chunk_removed_from_s3_stops_assembly_and_leaves_no_upload_behind(make_daemon, minio):
+def test_a_chunk_removed_from_s3_keeps_the_stream_from_completing_until_put_back(
+    make_daemon, minio
+):
     MiB = 1024 * KiB
     daemon = make_daemon(s3=FAST_RETRIES, stream={"chunk_size": 5 * MiB, "idle_timeout": 2}).start()
-    (daemon.watch / "gap.mp4").write_bytes(os.urandom(11 * MiB))
+    path = daemon.watch / "gap.mp4"
+    path.write_bytes(os.urandom(11 * MiB))
     stream_id = daemon.wait_for("chunk_uploaded", count=2)[0]["stream_id"]
-    minio.client.remove_object(daemon.bucket, f"rec/test-host/{stream_id}/chunks/000000")
+    key = f"rec/test-host/{stream_id}/chunks/000000"
+    minio.client.remove_object(daemon.bucket, key)
     rejected = daemon.wait_for("s3_rejected", count=2, timeout=30)
-    assert all(r["stream_id"] == stream_id and "NoSuchKey" in r["error"] for r in rejected)
+    assert all(r["stream_id"] == stream_id for r in rejected)
+    assert all(f"chunk 0 is missing from S3 ({key})" in r["error"] for r in rejected)
+    assert "put the chunk back" in rejected[0]["hint"]
     assert not daemon.find("stream_finished"), "never finished with a hole in it"
-    uploads = minio.client._list_multipart_uploads(daemon.bucket).uploads
-    assert not uploads, "the failed assembly's multipart upload was aborted"
+    record = json.loads(cli(daemon, "streams", "show", stream_id, "--json").stdout)["record"]
+    uploads = [u.upload_id for u in minio.client._list_multipart_uploads(daemon.bucket).uploads]
+    assert uploads == [record["assembly"]["upload_id"]], "only the stream's own upload is open"
+
+    first = path.read_bytes()[: 5 * MiB]
+    minio.client.put_object(daemon.bucket, key, io.BytesIO(first), len(first))
+    daemon.wait_for("stream_finished", timeout=30)
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    assert manifest["status"] == "invalid" and manifest["sha256"] == sha256_file(path)
+    whole = object_bytes(minio.client, daemon.bucket, manifest["assembled"]["key"])
+    assert hashlib.sha256(whole).hexdigest() == manifest["sha256"]
+    assert not minio.client._list_multipart_uploads(daemon.bucket).uploads
 
 
 def test_a_missing_bucket_that_may_not_be_created_is_reported(make_daemon, minio):

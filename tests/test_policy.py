@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import pytest
 
 from streamer.bandwidth import TokenBucket
-from streamer.checkpoint import StreamState
+from streamer.checkpoint import AssemblyUpload, StreamState
 from streamer.config import Config
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
@@ -14,6 +14,7 @@ from streamer.policy import (
     Wait,
     backoff_delay,
     choose_uploader,
+    copies_ahead,
     is_idle,
     is_rejection,
     next_step,
@@ -22,6 +23,7 @@ from streamer.policy import (
     retirable,
     settled,
     space_to_free,
+    upload_to_finish,
 )
 from streamer.supervisor import TICK, Supervisor
 from streamer.uploader import PrefixHash
@@ -215,3 +217,24 @@ def test_the_supervisor_wakes_when_a_stream_falls_idle_and_not_a_tick_later():
     assert supervisor.sleep_time() == 0
     supervisor.stop_deadline = clock.now + 10  # stopping: nothing is finished any more
     assert supervisor.sleep_time() == TICK
+
+
+MiB = 1024 * 1024
+
+
+def test_full_chunks_of_5_mib_or_more_are_copied_while_live():
+    assert copies_ahead(True, 10 * MiB, 0, 10 * MiB)
+    assert copies_ahead(True, 5 * MiB, 9_999, 5 * MiB)
+    assert not copies_ahead(False, 10 * MiB, 0, 10 * MiB), "assembly is off"
+    assert not copies_ahead(True, 4 * MiB, 0, 4 * MiB), "below S3's part minimum"
+    assert not copies_ahead(True, 10 * MiB, 3, 2 * MiB), "a short chunk is the tail"
+    assert not copies_ahead(True, 10 * MiB, 10_000, 10 * MiB), "past S3's 10,000 parts"
+
+
+def test_the_live_upload_is_finished_only_if_name_type_and_method_still_fit():
+    upload = AssemblyUpload(key="p/s/cam.mp4", upload_id="u", content_type="video/mp4")
+    assert upload_to_finish(upload, "p/s/cam.mp4", "video/mp4", "compose") is upload
+    assert upload_to_finish(None, "p/s/cam.mp4", "video/mp4", "compose") is None
+    assert upload_to_finish(upload, "p/s/renamed.mp4", "video/mp4", "compose") is None
+    assert upload_to_finish(upload, "p/s/cam.mp4", "application/octet-stream", "compose") is None
+    assert upload_to_finish(upload, "p/s/cam.mp4", "video/mp4", "upload") is None

@@ -1,0 +1,196 @@
+"""The assembled object built while the recording is live: each committed chunk is copied
+into its multipart upload at once, so completion copies only what is left. Against a real
+S3 server; uploads are lost, daemons killed and files renamed for real."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+
+import pytest
+from conftest import (
+    FAST_RETRIES,
+    both_servers,
+    cli,
+    manifest_of,
+    object_bytes,
+    reassemble,
+    sha256_file,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+# An ftyp box: the file's first bytes say MP4, so the upload begins as video/mp4.
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+LIVE = {"chunk_size": 5 * MiB, "idle_timeout": 3}
+
+
+def recording(name: str, size: int) -> bytes:
+    return MP4_HEAD + hashlib.shake_256(name.encode()).digest(size - len(MP4_HEAD))
+
+
+def append(path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def shown(daemon, stream_id: str) -> dict:
+    result = cli(daemon, "streams", "show", stream_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def parts_copied(daemon, stream_id: str) -> tuple[str | None, int]:
+    """The stream's open assembly upload, and how many chunks are parts of it."""
+    state = shown(daemon, stream_id)
+    upload = state["record"]["assembly"]
+    if upload is None:
+        return None, 0
+    copied = [c for c in state["chunks"] if c["part_upload"] == upload["upload_id"]]
+    return upload["upload_id"], len(copied)
+
+
+def wait_for_parts(daemon, stream_id: str, count: int) -> str:
+    def done():
+        upload_id, copied = parts_copied(daemon, stream_id)
+        return upload_id if copied == count else None
+
+    return wait_until(done, 30, interval=0.3, what=f"{count} parts copied while live")
+
+
+def open_uploads(server, bucket: str) -> list[str]:
+    return [u.upload_id for u in server.client._list_multipart_uploads(bucket).uploads]
+
+
+def assembled_exactly(server, daemon, stream_id: str, path) -> dict:
+    """The chunks and the assembled object are both the file, and no upload is left open."""
+    manifest = manifest_of(server.client, daemon.bucket, stream_id)
+    expected = sha256_file(path)
+    chunks = reassemble(server.client, daemon.bucket, manifest)
+    whole = object_bytes(server.client, daemon.bucket, manifest["assembled"]["key"])
+    assert hashlib.sha256(chunks).hexdigest() == expected == manifest["sha256"]
+    assert hashlib.sha256(whole).hexdigest() == expected
+    assert manifest["assembled"]["method"] == "compose"
+    assert open_uploads(server, daemon.bucket) == [], "an upload was left open"
+    return manifest
+
+
+@both_servers
+def test_chunks_are_copied_into_the_assembled_object_while_the_file_grows(make_daemon, server):
+    daemon = make_daemon(stream=LIVE).start()
+    path = daemon.watch / "live.mp4"
+    data = recording("live", 23 * MiB)
+    append(path, data[: 16 * MiB])  # three full chunks, and a part of the fourth
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    upload_id = wait_for_parts(daemon, stream_id, 3)
+    assert open_uploads(server, daemon.bucket) == [upload_id]
+    assert not daemon.find("stream_finished")
+    text = cli(daemon, "streams", "show", stream_id).stdout
+    assert f"3 chunks copied into rec/test-host/{stream_id}/live.mp4" in text
+
+    append(path, data[16 * MiB :])
+    daemon.wait_for("stream_finished", timeout=60)
+    assembled = daemon.find("stream_assembled", stream_id=stream_id)[0]
+    assert assembled["parts_copied_live"] == 4, "only the tail is copied at completion"
+    manifest = assembled_exactly(server, daemon, stream_id, path)
+    info = server.client.stat_object(daemon.bucket, manifest["assembled"]["key"])
+    assert info.content_type == "video/mp4"
+    assert len(daemon.find("assembly_begun")) == 1
+    assert shown(daemon, stream_id)["record"]["assembly"] is None
+
+
+def test_an_upload_lost_while_live_or_at_completion_is_begun_again(make_daemon, minio):
+    daemon = make_daemon(s3=FAST_RETRIES, stream={**LIVE, "idle_timeout": 4}).start()
+    path = daemon.watch / "lost.mp4"
+    data = recording("lost", 23 * MiB)
+    append(path, data[: 10 * MiB])
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    key = f"rec/test-host/{stream_id}/lost.mp4"
+    first = wait_for_parts(daemon, stream_id, 2)
+
+    # Lost while live (MinIO expires uploads older than a day): the next chunk's copy
+    # finds it gone, and the chunk after that begins another, into which all are copied.
+    minio.client._abort_multipart_upload(daemon.bucket, key, first)
+    append(path, data[10 * MiB : 15 * MiB])
+    daemon.wait_for("assembly_upload_lost", stream_id=stream_id)
+    append(path, data[15 * MiB : 20 * MiB])
+    daemon.wait_for("assembly_begun", count=2)
+    second = wait_for_parts(daemon, stream_id, 4)
+    assert second != first
+
+    # Lost after the last copy, before completion: assembled afresh.
+    minio.client._abort_multipart_upload(daemon.bucket, key, second)
+    append(path, data[20 * MiB :])
+    daemon.wait_for("stream_finished", timeout=60)
+    assert len(daemon.find("assembly_upload_lost", stream_id=stream_id)) == 2
+    assert daemon.find("stream_assembled")[0]["parts_copied_live"] == 0
+    assembled_exactly(minio, daemon, stream_id, path)
+
+
+def test_a_killed_daemon_resumes_the_upload_it_began(make_daemon, minio):
+    daemon = make_daemon(stream=LIVE).start()
+    path = daemon.watch / "resumed.mp4"
+    data = recording("resumed", 27 * MiB)
+    append(path, data[: 15 * MiB])
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    wait_for_parts(daemon, stream_id, 3)
+
+    daemon.signal(signal.SIGKILL)  # the uploaders die with it
+    daemon.process.wait()
+    daemon.start()
+    append(path, data[15 * MiB :])
+    daemon.wait_for("stream_finished", timeout=60)
+    assert len(daemon.find("assembly_begun")) == 1, "the recorded upload is used again"
+    assembled = daemon.find("stream_assembled", stream_id=stream_id)[0]
+    assert assembled["parts_copied_live"] == 5  # three before the kill, two after
+    assembled_exactly(minio, daemon, stream_id, path)
+
+
+def test_a_cancelled_stream_aborts_its_upload(make_daemon, minio):
+    daemon = make_daemon(stream=LIVE).start()
+    path = daemon.watch / "cancelled.mp4"
+    append(path, recording("cancelled", 11 * MiB))
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    wait_for_parts(daemon, stream_id, 2)
+    assert cli(daemon, "streams", "cancel", stream_id).returncode == 0
+    daemon.wait_for("stream_finished", status="cancelled", timeout=30)
+    wait_until(lambda: not open_uploads(minio, daemon.bucket), 10, what="upload aborted")
+    assert shown(daemon, stream_id)["record"]["assembly"] is None
+
+
+def test_a_file_renamed_while_live_is_assembled_under_its_new_name(make_daemon, minio):
+    daemon = make_daemon(stream=LIVE).start()
+    before, after = daemon.watch / "before.mp4", daemon.watch / "after.mp4"
+    data = recording("renamed", 12 * MiB)
+    append(before, data[: 10 * MiB])
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    wait_for_parts(daemon, stream_id, 2)
+    before.rename(after)
+    daemon.wait_for("stream_renamed", stream_id=stream_id)
+    append(after, data[10 * MiB :])
+    daemon.wait_for("stream_finished", timeout=60)
+    manifest = assembled_exactly(minio, daemon, stream_id, after)
+    assert manifest["assembled"]["key"] == f"rec/test-host/{stream_id}/after.mp4"
+    assert daemon.find("stream_assembled")[0]["parts_copied_live"] == 0
+    objects = minio.client.list_objects(daemon.bucket, prefix=f"rec/test-host/{stream_id}/")
+    assert f"rec/test-host/{stream_id}/before.mp4" not in {o.object_name for o in objects}
+
+
+@both_servers
+def test_a_part_rewritten_after_it_was_copied_is_copied_again(make_daemon, server):
+    daemon = make_daemon(stream=LIVE).start()
+    path = daemon.watch / "patched.mp4"
+    append(path, recording("patched", 12 * MiB))
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    wait_for_parts(daemon, stream_id, 2)
+    with open(path, "r+b") as f:  # as ffmpeg patches the mdat size when it finishes
+        f.seek(40)
+        f.write(b"\xff\xff\xff\xff")
+    daemon.wait_for("stream_finished", timeout=60)
+    assert daemon.find("chunk_reuploaded", stream_id=stream_id, index=0)
+    assert daemon.find("stream_assembled")[0]["parts_copied_live"] == 1
+    manifest = assembled_exactly(server, daemon, stream_id, path)
+    assert manifest["chunks"][0]["revision"] == 1
