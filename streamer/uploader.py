@@ -67,6 +67,7 @@ from streamer.messages import (
     StreamFinished,
 )
 from streamer.policy import (
+    SETTLED_NS,
     Finalise,
     Pending,
     UploadChunk,
@@ -153,11 +154,12 @@ class PrefixHash:
                 self._sha256.update(part)
                 self.size += len(part)
 
-    def hexdigest(self, size: int) -> str | None:
-        """The sha256 of the first `size` bytes, if this is what it holds."""
+    def state(self, size: int):
+        """A copy of the sha256 of the first `size` bytes, to go on with, if this is what it
+        holds; else None."""
         with self._lock:
             whole = not self.broken and self.size == size
-            return self._sha256.hexdigest() if whole else None
+            return self._sha256.copy() if whole else None
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,22 @@ class Copied:
     upload: AssemblyUpload
     parts: list[tuple[ChunkRecord, str]]  # (chunk, part ETag)
     error: Exception | None
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The file's bytes at one size and mtime, against its uploaded chunks: its sha256,
+    the chunks that no longer hold its bytes (index, why), and the first chunk past its
+    end, if it shrank."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    stale: list[tuple[int, str]]
+    drop_from: int | None
+
+    def holds(self, finish: Finish) -> bool:
+        return (self.size, self.mtime_ns) == (finish.size, finish.mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -201,10 +219,17 @@ class Job:
     # Why to stop it, and as what, once the supervisor says so (file gone, or cancelled).
     abandon: tuple[str, StreamState] | None = None
     finishing: Future | None = None  # its completion, under way in a finisher thread
+    # The file compared with its chunks once it had been quiet a while (in a finisher
+    # thread), ahead of completion: used then if the file has not changed since.
+    surveying: Future | None = None
+    quiet: Survey | None = None
+    survey_at: float | None = None  # when the file will have been quiet long enough
     # Committed chunks not copied into the assembly upload yet, oldest first, and the
     # copier's work on them (or on beginning the upload), if under way.
     uncopied: collections.deque[ChunkRecord] = field(default_factory=collections.deque)
     copying: Future | None = None
+    copy_failures: int = 0
+    copy_at: float = 0.0  # not before, after a failed copy
     shrank: bool = False
     attempt: int = 0
     retry_at: float = 0.0
@@ -293,6 +318,9 @@ class Uploader:
         logs.configure(self.config.log.level, self.config.log.format)
         self.store = CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size)
         self.window = self.config.stream.upload_window
+        # After half the idle timeout, and after policy.SETTLED_NS: what is read then is
+        # known to be the file's bytes if its mtime has not moved by completion.
+        self.quiet_after = max(self.config.stream.idle_timeout / 2, 1.5 * SETTLED_NS / 1e9)
         self.s3 = ChunkStore(
             self.config.s3, self.config.instance, 2 * self.window + 2, self.bandwidth
         )
@@ -412,6 +440,9 @@ class Uploader:
     def next_job(self, now: float) -> Job | None:
         """The first runnable job; it then goes to the back, so streams take turns."""
         for stream_id, job in self.jobs.items():
+            if job.survey_at is not None and job.survey_at <= now:
+                job.survey_at = None
+                job.wake()
             if not job.waiting and job.retry_at <= now:
                 self.jobs[stream_id] = self.jobs.pop(stream_id)
                 return job
@@ -421,7 +452,8 @@ class Uploader:
         if not self.bucket_ready:
             return max(0.0, min(IDLE_WAIT, self.bucket_retry_at - now))
         retries = [j.retry_at - now for j in self.jobs.values() if not j.waiting]
-        return max(0.0, min([IDLE_WAIT, *retries]))
+        surveys = [j.survey_at - now for j in self.jobs.values() if j.survey_at is not None]
+        return max(0.0, min([IDLE_WAIT, *retries, *surveys]))
 
     def work_on(self, job: Job, now: float) -> None:
         try:
@@ -469,15 +501,21 @@ class Uploader:
         record = job.record
         size = _file_size(record)
         if size < record.committed_bytes and not job.shrank:
-            job.shrank = True
-            self.log.warning(
-                "stream_shrank", **job.log_fields, size=size, committed_bytes=record.committed_bytes
-            )
             if Watcher.head_changed(record.path, record.head):
                 # Not this recording any more: the supervisor ends it and starts a new one.
                 self.events.put(SourceRewritten(stream_id=record.stream_id))
                 job.waiting = True
                 return
+            # A file truncated to write another recording over it is too short to tell at
+            # first: it is looked at again until its first bytes can be compared.
+            job.shrank = size >= len(record.head or b"")
+            if job.shrank:
+                self.log.warning(
+                    "stream_shrank",
+                    **job.log_fields,
+                    size=size,
+                    committed_bytes=record.committed_bytes,
+                )
         held = job.in_flight.keys() | job.arrived.keys()
         room = self.window - self.outstanding()
         match next_step(
@@ -499,11 +537,14 @@ class Uploader:
                 # stream does not keep the slots it holds while others wait.
                 job.waiting = True
                 self.starved.add(record.stream_id)
-            case Finalise() if job.copying is not None:
-                job.waiting = True  # the part being copied is recorded first
+            case Finalise() if job.copying is not None or job.surveying is not None:
+                job.waiting = True  # the part being copied, the survey, are taken first
             case Finalise():
                 self.start_finishing(job)
-            case Wait() | Pending():
+            case Wait():
+                job.waiting = True
+                self.plan_survey(job)
+            case Pending():
                 job.waiting = True
 
     # Chunks
@@ -583,7 +624,9 @@ class Uploader:
             if job is None:
                 continue
             if job.copying is not None and job.copying.done():
-                self.copied(job)
+                self.copied(job, now)
+            if job.surveying is not None and job.surveying.done():
+                self.surveyed(job)
             if job.finishing is not None and job.finishing.done():
                 self.finished(job, now)
                 continue
@@ -602,7 +645,7 @@ class Uploader:
             if errors:
                 self.retry_later(job, errors[0], now)
             self.land_in_order(job, now)
-            self.copy_ahead(job)
+        self.copy_ahead(now)
 
     def land_in_order(self, job: Job, now: float) -> None:
         while (sent := job.arrived.pop(job.record.chunk_count, None)) is not None:
@@ -663,10 +706,13 @@ class Uploader:
                 job.finishing = None
             if job.copying is not None and job.copying.cancel():
                 job.copying = None
+            if job.surveying is not None and job.surveying.cancel():
+                job.surveying = None
         wait_for_all(
             [f for job in self.jobs.values() for f in job.in_flight.values()]
             + [job.finishing for job in self.jobs.values() if job.finishing is not None]
             + [job.copying for job in self.jobs.values() if job.copying is not None]
+            + [job.surveying for job in self.jobs.values() if job.surveying is not None]
             + [future for _, _, future in self.retirements.values()]
         )
         self.collect(self.clock())
@@ -692,26 +738,87 @@ class Uploader:
             )
         )
 
+    # Survey while quiet
+
+    def plan_survey(self, job: Job) -> None:
+        """A stream with nothing to send but its tail, whose file has been quiet for half
+        the idle timeout, is most likely done: compare its file with its chunks now, so
+        that completion need not (on a long recording, most of its time)."""
+        st = os.stat(job.record.path)
+        if job.surveying is not None or (
+            job.quiet and (job.quiet.size, job.quiet.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        ):
+            return
+        wait = self.quiet_after - (time.time_ns() - st.st_mtime_ns) / 1e9
+        if wait > 0:
+            job.survey_at = self.clock() + wait
+            return
+        record = job.record
+        job.surveying = self.finishers.submit(
+            self.survey_quietly, record, self.store.chunks(record.stream_id), job.sent_hash
+        )
+        job.surveying.add_done_callback(functools.partial(self.came_back, record.stream_id))
+
+    def survey_quietly(
+        self, record: StreamRecord, chunks: list[ChunkRecord], sent_hash: PrefixHash | None
+    ) -> Survey | None:
+        """In a finisher thread: None if the file changed while it was read."""
+        st = os.stat(record.path)
+        quiet = self.survey(record, chunks, st.st_size, st.st_mtime_ns, sent_hash)
+        now = os.stat(record.path)
+        return quiet if (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns) else None
+
+    def surveyed(self, job: Job) -> None:
+        future, job.surveying = job.surveying, None
+        job.wake()
+        try:
+            job.quiet = future.result()
+        except Exception as exc:
+            job.quiet = None
+            self.log.warning("survey_failed", **job.log_fields, error=_describe(exc))
+            return
+        if job.quiet is not None:
+            self.log_survey(job.quiet, while_quiet=True, log_fields=job.log_fields)
+
+    def log_survey(self, survey: Survey, while_quiet: bool, log_fields: dict) -> None:
+        self.log.info(
+            "stream_surveyed",
+            **log_fields,
+            size=survey.size,
+            stale_chunks=[index for index, _ in survey.stale],
+            while_quiet=while_quiet,
+        )
+
     # Assembly while live
 
-    def copy_ahead(self, job: Job) -> None:
-        """Copy the stream's next committed chunks into its assembly upload (beginning it
-        first), in the copier thread. A failed copy is tried again after the next commit:
-        until then S3 is likely still away."""
-        record = job.record
-        if job.copying is not None or not job.uncopied or self.stopping:
+    def copy_ahead(self, now: float) -> None:
+        """Give the copier thread its next work: a few committed chunks of one stream to
+        copy into its assembly upload (or the upload to begin). Only while this uploader
+        has no chunk on the wire, and one batch at a time: a copy is S3's work, and would
+        slow the uploads down if it ran beside them."""
+        if self.stopping or self.outstanding():
             return
-        if job.finish is not None or job.abandon is not None:
-            return  # completion copies what is left, side by side
-        upload = record.assembly
+        if any(job.copying is not None for job in self.jobs.values()):
+            return
+        job = next((j for j in self.jobs.values() if self.copyable(j, now)), None)
+        if job is None:
+            return
+        record, upload = job.record, job.record.assembly
         if upload is None:
             job.copying = self.copier.submit(self.begin_assembly, record)
-        elif upload.key == self.assembled_key(record):
+        else:
             batch = list(itertools.islice(job.uncopied, COPY_BATCH))
             job.copying = self.copier.submit(self.copy_parts, record.stream_id, upload, batch)
-        else:
-            return  # renamed since it began: completion assembles afresh
         job.copying.add_done_callback(functools.partial(self.came_back, record.stream_id))
+
+    def copyable(self, job: Job, now: float) -> bool:
+        if not job.uncopied or job.copy_at > now:
+            return False
+        if job.finish is not None or job.abandon is not None:
+            return False  # completion copies what is left, several at a time
+        upload = job.record.assembly
+        # Renamed since the upload began: completion assembles afresh, under the new name.
+        return upload is None or upload.key == self.assembled_key(job.record)
 
     def begin_assembly(self, record: StreamRecord) -> AssemblyUpload:
         """In the copier thread. The content type is judged from the file's first bytes;
@@ -735,39 +842,44 @@ class Uploader:
             return Copied(upload, parts, exc)
         return Copied(upload, parts, None)
 
-    def copied(self, job: Job) -> None:
-        """Record what the copier thread reports, and give it the next chunks."""
+    def copied(self, job: Job, now: float) -> None:
+        """Record what the copier thread reports."""
         future, job.copying = job.copying, None
         job.wake()
         stream_id = job.record.stream_id
         try:
             report = future.result()
         except Exception as exc:
-            self.log.warning("assembly_begin_failed", **job.log_fields, error=_describe(exc))
+            self.copy_failed(job, "assembly_begin_failed", exc, now)
             return
         if isinstance(report, AssemblyUpload):
             job.record = self.store.update_stream(
                 stream_id, lambda r: msgspec.structs.replace(r, assembly=report)
             )
             self.log.info("assembly_begun", **job.log_fields, key=report.key)
+            return
+        self.store.record_parts(stream_id, report.upload.upload_id, report.parts)
+        for _ in report.parts:
+            job.uncopied.popleft()
+        metrics.PARTS_COPIED.labels(when="live").inc(len(report.parts))
+        if isinstance(report.error, UploadGone):
+            self.lost_assembly(job, report.error, now)
+        elif report.error is not None:
+            self.copy_failed(job, "part_copy_failed", report.error, now)
         else:
-            self.store.record_parts(stream_id, report.upload.upload_id, report.parts)
-            for _ in report.parts:
-                job.uncopied.popleft()
-            metrics.PARTS_COPIED.labels(when="live").inc(len(report.parts))
-            if isinstance(report.error, UploadGone):
-                self.lost_assembly(job, report.error)
-                return
-            if report.error is not None:
-                error = _describe(report.error)
-                self.log.warning("part_copy_failed", **job.log_fields, error=error)
-                return
-        self.copy_ahead(job)
+            job.copy_failures = 0
 
-    def lost_assembly(self, job: Job, error: UploadGone) -> None:
+    def copy_failed(self, job: Job, event: str, exc: Exception, now: float) -> None:
+        s3 = self.config.s3
+        delay = retry_delay(job.copy_failures, False, s3.retry_base, s3.retry_cap)
+        job.copy_failures += 1
+        job.copy_at = now + delay
+        self.log.warning(event, **job.log_fields, error=_describe(exc), delay=round(delay, 3))
+
+    def lost_assembly(self, job: Job, error: UploadGone, now: float) -> None:
         """S3 aborted the upload (MinIO expires one after a day by default): begin another,
         and copy every chunk into it."""
-        self.log.warning("assembly_upload_lost", **job.log_fields, error=str(error))
+        self.copy_failed(job, "assembly_upload_lost", error, now)
         job.record = self.store.update_stream(
             job.record.stream_id, lambda r: msgspec.structs.replace(r, assembly=None)
         )
@@ -802,6 +914,7 @@ class Uploader:
             self.store.chunks(record.stream_id),
             job.finish,
             job.sent_hash,
+            job.quiet,
             job.log_fields,
         )
         job.finishing.add_done_callback(functools.partial(self.came_back, record.stream_id))
@@ -813,14 +926,20 @@ class Uploader:
         chunks: list[ChunkRecord],
         finish: Finish,
         sent_hash: PrefixHash | None,
+        quiet: Survey | None,
         log_fields: dict,
     ) -> Finished:
         """In a finisher thread: check every uploaded range against the file's final
-        bytes, upload again what the recorder rewrote, and assemble the whole object.
+        bytes (unless a survey while the file was quiet did, at the same size and mtime),
+        upload again what the recorder rewrote, and assemble the whole object.
         Raises FinishCalledOff if the file changes meanwhile. Touches neither the checkpoint
         nor the jobs: `finished` records the outcome."""
         _check_still_idle(record.path, finish)
-        sha256, revised, drop_from = self.reconcile(record, chunks, finish, sent_hash, log_fields)
+        if quiet is None or not quiet.holds(finish):
+            quiet = self.survey(record, chunks, finish.size, finish.mtime_ns, sent_hash)
+            self.log_survey(quiet, while_quiet=False, log_fields=log_fields)
+        revised = self.reconcile(record, chunks, quiet, log_fields)
+        sha256, drop_from = quiet.sha256, quiet.drop_from
         facts = mp4.inspect_file(record.path)
         _check_still_idle(record.path, finish)
         by_index = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
@@ -934,51 +1053,64 @@ class Uploader:
             "application/json",
         )
 
-    def reconcile(
+    def survey(
         self,
         record: StreamRecord,
         chunks: list[ChunkRecord],
-        finish: Finish,
+        size: int,
+        mtime_ns: int,
         sent_hash: PrefixHash | None,
-        log_fields: dict,
-    ) -> tuple[str, list[tuple[ChunkRecord, bytes | None]], int | None]:
-        """Make the uploaded chunks equal the file's bytes as it was when it fell idle:
-        return its sha256, the chunks uploaded again (with the file's head, for chunk 0),
-        and the first chunk past its end, if it shrank. Chunks read after the file's last
-        write are known to hold its bytes: if all are, and their sha256 chain is whole,
-        nothing is read again."""
-        size = finish.size
-        unchanged = [settled(c.read_at_ns, c.read_mtime_ns, finish.mtime_ns) for c in chunks]
-        whole_sent = sum(c.size for c in chunks) == size
-        sent = sent_hash.hexdigest(size) if sent_hash and whole_sent else None
-        if sent is not None and all(unchanged):
-            return sent, [], None
-        # If every chunk still holds what was sent, the file's sha256 is the one the sender
-        # threads computed: one pass over the file instead of two.
-        whole, revised = (None if sent else hashlib.sha256()), []
-        for chunk, known in zip(chunks, unchanged, strict=True):
+    ) -> Survey:
+        """Compare the uploaded chunks with the file, of `size` bytes last written at
+        `mtime_ns`. Chunks read after that write are known to hold its bytes (not read
+        again); the file's sha256 is taken on from what the sender threads hashed, if the
+        file still holds what they sent: one pass over the file instead of two."""
+        covered = sum(c.size for c in chunks)
+        prefix = sent_hash.state(covered) if sent_hash and covered <= size else None
+        whole = None if prefix else hashlib.sha256()
+        stale, drop_from = [], None
+        for chunk in chunks:
             if chunk.offset >= size:
-                self.log.warning(
-                    "chunks_dropped", **log_fields, from_index=chunk.index, reason="file shrank"
-                )
-                return whole.hexdigest(), revised, chunk.index
+                drop_from = chunk.index
+                break
             length = min(chunk.size, size - chunk.offset)
+            known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns)
+            if known and length == chunk.size and whole is None:
+                continue
             data, _ = _read_range(record, chunk.offset, length)
             if whole is not None:
                 whole.update(data)
-            if known and length == chunk.size:
-                continue
-            sha256 = hashlib.sha256(data).hexdigest()
             if length != chunk.size:
-                reason = "file shrank"
-            elif sha256 != chunk.sha256:
-                reason = "bytes changed after upload"
-            else:
-                continue
+                stale.append((chunk.index, "file shrank"))
+            elif not known and hashlib.sha256(data).hexdigest() != chunk.sha256:
+                stale.append((chunk.index, "bytes changed after upload"))
+        if whole is None and stale:
+            sha256 = _sha256_of(record, size)  # what was sent is no longer the file
+        else:
+            whole = prefix if whole is None else whole
+            if covered < size:  # the tail, not uploaded yet
+                whole.update(_read_range(record, covered, size - covered)[0])
+            sha256 = whole.hexdigest()
+        return Survey(size, mtime_ns, sha256, stale, drop_from)
+
+    def reconcile(
+        self, record: StreamRecord, chunks: list[ChunkRecord], survey: Survey, log_fields: dict
+    ) -> list[tuple[ChunkRecord, bytes | None]]:
+        """Upload again the chunks that no longer hold the file's bytes; return them (with
+        the file's head, for chunk 0)."""
+        by_index = {c.index: c for c in chunks}
+        revised = []
+        for index, reason in survey.stale:
+            chunk = by_index[index]
+            length = min(chunk.size, survey.size - chunk.offset)
+            data, _ = _read_range(record, chunk.offset, length)
+            sha256 = hashlib.sha256(data).hexdigest()
             revised.append(self.reupload(record, chunk, data, sha256, reason, log_fields))
-        if whole is None:
-            return (_sha256_of(record, size) if revised else sent), revised, None
-        return whole.hexdigest(), revised, None
+        if survey.drop_from is not None:
+            self.log.warning(
+                "chunks_dropped", **log_fields, from_index=survey.drop_from, reason="file shrank"
+            )
+        return revised
 
     def reupload(
         self,

@@ -61,6 +61,16 @@ def wait_for_parts(daemon, stream_id: str, count: int) -> str:
     return wait_until(done, 30, interval=0.3, what=f"{count} parts copied while live")
 
 
+def streaming(make_daemon, name: str, first: bytes, parts: int, **settings):
+    """A daemon, and its file `name` holding `first`, whose first `parts` chunks have been
+    copied into the stream's upload: (daemon, path, stream_id, upload_id)."""
+    daemon = make_daemon(**{"stream": LIVE, **settings}).start()
+    path = daemon.watch / name
+    append(path, first)
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    return daemon, path, stream_id, wait_for_parts(daemon, stream_id, parts)
+
+
 def open_uploads(server, bucket: str) -> list[str]:
     return [u.upload_id for u in server.client._list_multipart_uploads(bucket).uploads]
 
@@ -80,12 +90,9 @@ def assembled_exactly(server, daemon, stream_id: str, path) -> dict:
 
 @both_servers
 def test_chunks_are_copied_into_the_assembled_object_while_the_file_grows(make_daemon, server):
-    daemon = make_daemon(stream=LIVE).start()
-    path = daemon.watch / "live.mp4"
     data = recording("live", 23 * MiB)
-    append(path, data[: 16 * MiB])  # three full chunks, and a part of the fourth
-    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
-    upload_id = wait_for_parts(daemon, stream_id, 3)
+    # Three full chunks, and a part of the fourth.
+    daemon, path, stream_id, upload_id = streaming(make_daemon, "live.mp4", data[: 16 * MiB], 3)
     assert open_uploads(server, daemon.bucket) == [upload_id]
     assert not daemon.find("stream_finished")
     text = cli(daemon, "streams", "show", stream_id).stdout
@@ -103,13 +110,12 @@ def test_chunks_are_copied_into_the_assembled_object_while_the_file_grows(make_d
 
 
 def test_an_upload_lost_while_live_or_at_completion_is_begun_again(make_daemon, minio):
-    daemon = make_daemon(s3=FAST_RETRIES, stream={**LIVE, "idle_timeout": 4}).start()
-    path = daemon.watch / "lost.mp4"
     data = recording("lost", 23 * MiB)
-    append(path, data[: 10 * MiB])
-    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    settings = {"s3": FAST_RETRIES, "stream": {**LIVE, "idle_timeout": 4}}
+    daemon, path, stream_id, first = streaming(
+        make_daemon, "lost.mp4", data[: 10 * MiB], 2, **settings
+    )
     key = f"rec/test-host/{stream_id}/lost.mp4"
-    first = wait_for_parts(daemon, stream_id, 2)
 
     # Lost while live (MinIO expires uploads older than a day): the next chunk's copy
     # finds it gone, and the chunk after that begins another, into which all are copied.
@@ -131,12 +137,8 @@ def test_an_upload_lost_while_live_or_at_completion_is_begun_again(make_daemon, 
 
 
 def test_a_killed_daemon_resumes_the_upload_it_began(make_daemon, minio):
-    daemon = make_daemon(stream=LIVE).start()
-    path = daemon.watch / "resumed.mp4"
     data = recording("resumed", 27 * MiB)
-    append(path, data[: 15 * MiB])
-    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
-    wait_for_parts(daemon, stream_id, 3)
+    daemon, path, stream_id, _ = streaming(make_daemon, "resumed.mp4", data[: 15 * MiB], 3)
 
     daemon.signal(signal.SIGKILL)  # the uploaders die with it
     daemon.process.wait()
@@ -150,11 +152,9 @@ def test_a_killed_daemon_resumes_the_upload_it_began(make_daemon, minio):
 
 
 def test_a_cancelled_stream_aborts_its_upload(make_daemon, minio):
-    daemon = make_daemon(stream=LIVE).start()
-    path = daemon.watch / "cancelled.mp4"
-    append(path, recording("cancelled", 11 * MiB))
-    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
-    wait_for_parts(daemon, stream_id, 2)
+    daemon, _, stream_id, _ = streaming(
+        make_daemon, "cancelled.mp4", recording("cancelled", 11 * MiB), 2
+    )
     assert cli(daemon, "streams", "cancel", stream_id).returncode == 0
     daemon.wait_for("stream_finished", status="cancelled", timeout=30)
     wait_until(lambda: not open_uploads(minio, daemon.bucket), 10, what="upload aborted")
@@ -162,12 +162,9 @@ def test_a_cancelled_stream_aborts_its_upload(make_daemon, minio):
 
 
 def test_a_file_renamed_while_live_is_assembled_under_its_new_name(make_daemon, minio):
-    daemon = make_daemon(stream=LIVE).start()
-    before, after = daemon.watch / "before.mp4", daemon.watch / "after.mp4"
     data = recording("renamed", 12 * MiB)
-    append(before, data[: 10 * MiB])
-    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
-    wait_for_parts(daemon, stream_id, 2)
+    daemon, before, stream_id, _ = streaming(make_daemon, "before.mp4", data[: 10 * MiB], 2)
+    after = daemon.watch / "after.mp4"
     before.rename(after)
     daemon.wait_for("stream_renamed", stream_id=stream_id)
     append(after, data[10 * MiB :])
@@ -181,11 +178,9 @@ def test_a_file_renamed_while_live_is_assembled_under_its_new_name(make_daemon, 
 
 @both_servers
 def test_a_part_rewritten_after_it_was_copied_is_copied_again(make_daemon, server):
-    daemon = make_daemon(stream=LIVE).start()
-    path = daemon.watch / "patched.mp4"
-    append(path, recording("patched", 12 * MiB))
-    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
-    wait_for_parts(daemon, stream_id, 2)
+    daemon, path, stream_id, _ = streaming(
+        make_daemon, "patched.mp4", recording("patched", 12 * MiB), 2
+    )
     with open(path, "r+b") as f:  # as ffmpeg patches the mdat size when it finishes
         f.seek(40)
         f.write(b"\xff\xff\xff\xff")

@@ -132,10 +132,13 @@ def test_the_prefix_hash_takes_chunks_in_any_order_and_distrusts_a_second_feed()
     prefix = PrefixHash()
     for offset, part in parts:
         prefix.feed(offset, part)
-    assert prefix.hexdigest(len(data)) == hashlib.sha256(data).hexdigest()
-    assert prefix.hexdigest(len(data) - 1) is None
+    state = prefix.state(len(data))
+    assert state.hexdigest() == hashlib.sha256(data).hexdigest()
+    state.update(b"tail")  # a copy: going on with it leaves the prefix as it was
+    assert prefix.state(len(data)).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert prefix.state(len(data) - 1) is None
     prefix.feed(4000, data[4000:8000])
-    assert prefix.hexdigest(len(data)) is None
+    assert prefix.state(len(data)) is None
 
 
 def test_only_complete_streams_are_retirable_unless_partial_ones_are_allowed():

@@ -307,3 +307,32 @@ def test_a_recording_written_over_while_streamer_was_stopped_is_a_new_generation
     second = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
     daemon.wait_for("stream_finished", stream_id=second, timeout=30)
     check_exact(server, daemon.bucket, second, path)
+
+
+def surveyed_while_quiet(make_daemon, name: str):
+    """A daemon and its file `name`, written at once and then left alone until the
+    uploader compared it with its chunks: (daemon, path, stream_id)."""
+    daemon = make_daemon(stream={"idle_timeout": 4}).start()
+    path = daemon.watch / name
+    path.write_bytes(hashlib.shake_256(name.encode()).digest(300 * KiB))
+    return daemon, path, daemon.wait_for("stream_surveyed", while_quiet=True)[0]["stream_id"]
+
+
+def test_a_quiet_file_is_compared_with_its_chunks_before_it_is_finished(make_daemon, server):
+    daemon, path, stream_id = surveyed_while_quiet(make_daemon, "quiet.mp4")
+    assert not daemon.find("stream_finished")
+    daemon.wait_for("stream_finished", timeout=30)
+    surveys = daemon.find("stream_surveyed", stream_id=stream_id)
+    assert [s["while_quiet"] for s in surveys] == [True], "completion did not read it again"
+    check_exact(server, daemon.bucket, stream_id, path)
+
+
+def test_a_file_rewritten_after_its_quiet_survey_is_compared_again(make_daemon, server):
+    daemon, path, stream_id = surveyed_while_quiet(make_daemon, "pause.mp4")
+    with open(path, "r+b") as f:  # the recorder was only pausing: it patches chunk 1
+        f.seek(100 * KiB)
+        f.write(b"patched")
+    daemon.wait_for("stream_finished", timeout=30)
+    assert daemon.find("stream_surveyed", stream_id=stream_id, while_quiet=False)
+    assert daemon.find("chunk_reuploaded", stream_id=stream_id, index=1)
+    check_exact(server, daemon.bucket, stream_id, path)

@@ -511,8 +511,9 @@ def report(versions: dict, rows, lags, costs, total, idle, ready) -> str:
         ],
         "",
         "The whole-recording object is assembled in S3 while the recording grows (each "
-        "committed chunk copied into its multipart upload), so completion has only the tail, "
-        "and the chunks the recorder rewrote, left to copy, however long the recording.",
+        "committed chunk copied into its multipart upload), and the file is compared with its "
+        "chunks once it has been quiet for half the idle timeout: completion has only the tail, "
+        "and the chunks the recorder rewrote, left to do, however long the recording.",
         "",
         f"## Cost and scale ({total / GiB:g} GiB in total, split over N streams at once)",
         "",
