@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_all
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from minio.error import MinioException, S3Error
 
 from streamer import logs, manifest, metrics, mp4, naming, retention
 from streamer.bandwidth import TokenBucket
+from streamer.buffers import BufferPool
 from streamer.checkpoint import (
     Assembled,
     AssemblyUpload,
@@ -133,26 +135,35 @@ class Sent:
 
 class PrefixHash:
     """sha256 of a file's first `size` bytes, fed by sender threads as their chunks reach
-    S3, in any order: a chunk that comes back early waits, with its bytes, for those before
+    S3, in any order: a chunk that comes back early waits, in its buffer, for those before
     it. Fed twice at one offset (a chunk sent again), it is no longer trusted."""
 
-    def __init__(self):
+    def __init__(self, buffers: BufferPool):
         self._lock = threading.Lock()
         self._sha256 = hashlib.sha256()
-        self._early: dict[int, bytes] = {}
+        self._buffers = buffers
+        self._early: dict[int, tuple[memoryview, bytearray]] = {}
         self.size = 0
         self.broken = False
 
-    def feed(self, offset: int, data: bytes) -> None:
+    def feed(self, offset: int, data: memoryview, buffer: bytearray) -> None:
+        """`data`, a view of `buffer`, which this takes: given back to the pool once its
+        bytes are hashed, or no longer wanted."""
         with self._lock:
             if offset < self.size or offset in self._early:
-                self.broken, self._early = True, {}
+                self.broken = True
+                for _, held in self._early.values():
+                    self._buffers.give(held)
+                self._early = {}
             if self.broken:
+                self._buffers.give(buffer)
                 return
-            self._early[offset] = data
-            while (part := self._early.pop(self.size, None)) is not None:
+            self._early[offset] = (data, buffer)
+            while (early := self._early.pop(self.size, None)) is not None:
+                part, held = early
                 self._sha256.update(part)
                 self.size += len(part)
+                self._buffers.give(held)
 
     def state(self, size: int):
         """A copy of the sha256 of the first `size` bytes, to go on with, if this is what it
@@ -299,9 +310,10 @@ class Uploader:
         libc = ctypes.CDLL(None, use_errno=True)
         # Die with the supervisor: an orphan would keep uploading streams it no longer owns.
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        # Chunks are large, short-lived buffers. glibc would raise its mmap threshold after
-        # the first one is freed and then keep freed chunks in each sender thread's arena;
-        # a fixed threshold maps and unmaps every chunk, so memory stays at what is in use.
+        # Chunk buffers are large. glibc would raise its mmap threshold after the first one
+        # is freed and then keep freed buffers in each thread's arena; with a fixed
+        # threshold each is mapped on its own, and one the pool lets go of (an idle
+        # uploader) goes back to the system.
         libc.mallopt(M_MMAP_THRESHOLD, MiB)
         if os.getppid() != self.parent_pid:
             os._exit(EXIT_OK)
@@ -325,6 +337,7 @@ class Uploader:
             self.config.s3, self.config.instance, 2 * self.window + 2, self.bandwidth
         )
         self.senders = ThreadPoolExecutor(self.window, thread_name_prefix="sender")
+        self.buffers = BufferPool()
         # Completions (reading the file again, assembling in S3) take their own threads:
         # they would otherwise hold the senders live streams need, and wait for the part
         # copies they hand to the senders.
@@ -349,6 +362,8 @@ class Uploader:
         self.collect(now)
         self.collect_retirements()
         job = self.next_job(now) if self.bucket_ready else None
+        if job is None and not self.outstanding():
+            self.buffers.release()  # nothing on the wire: an idle uploader holds no chunk
         self.handle_commands(timeout=0 if job else self.wait_time(now))
         if job and not self.stopping and job.record.stream_id in self.jobs:
             self.work_on(job, now)
@@ -427,7 +442,7 @@ class Uploader:
         job = Job(
             record=record,
             probe_below=record.chunk_count + self.window,
-            sent_hash=PrefixHash() if record.chunk_count == 0 else None,
+            sent_hash=PrefixHash(self.buffers) if record.chunk_count == 0 else None,
             log_fields={"stream_id": stream_id},
         )
         if record.chunk_count:
@@ -573,17 +588,25 @@ class Uploader:
         """In a sender thread: read the chunk once, hash it, and put it in S3 unless S3
         holds exactly these bytes already. Touches neither the checkpoint nor the jobs."""
         read_at_ns = time.time_ns()
-        data, mtime_ns = _read_range(record, chunk.offset, chunk.size)
-        sha256 = hashlib.sha256(data).hexdigest()
-        head = data[:HEAD_SIZE] if chunk.index == 0 else None
-        seconds = None
-        etag = self.find_in_s3(key, data, sha256) if probe else None
-        if etag is None:
-            started = time.perf_counter()
-            etag = self.s3.put(key, data, sha256, "application/octet-stream")
-            seconds = time.perf_counter() - started
-        if sent_hash is not None:
-            sent_hash.feed(chunk.offset, data)  # S3 holds these bytes, sent or found
+        buffer = self.buffers.take(chunk.size)
+        data = memoryview(buffer)[: chunk.size]
+        try:
+            mtime_ns = _read_into(record, chunk.offset, data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            head = bytes(data[:HEAD_SIZE]) if chunk.index == 0 else None
+            seconds = None
+            etag = self.find_in_s3(key, chunk.size, sha256) if probe else None
+            if etag is None:
+                started = time.perf_counter()
+                etag = self.s3.put(key, data, sha256, "application/octet-stream")
+                seconds = time.perf_counter() - started
+        except BaseException:
+            self.buffers.give(buffer)
+            raise
+        if sent_hash is None:
+            self.buffers.give(buffer)
+        else:
+            sent_hash.feed(chunk.offset, data, buffer)  # S3 holds these bytes, sent or found
         return Sent(chunk, revision, sha256, etag, head, seconds, read_at_ns, mtime_ns)
 
     def outstanding(self) -> int:
@@ -721,11 +744,11 @@ class Uploader:
         self.finishers.shutdown(wait=False)
         self.copier.shutdown(wait=False)
 
-    def find_in_s3(self, key: str, data: bytes, sha256: str) -> str | None:
+    def find_in_s3(self, key: str, size: int, sha256: str) -> str | None:
         """The ETag of an object already holding exactly these bytes (a chunk whose upload
         finished just before a crash, but whose checkpoint commit did not), else None."""
         stored = self.s3.stat(key)
-        if stored is not None and stored.size == len(data) and stored.sha256 == sha256:
+        if stored is not None and stored.size == size and stored.sha256 == sha256:
             return stored.etag
         return None
 
@@ -1053,6 +1076,26 @@ class Uploader:
             "application/json",
         )
 
+    @contextlib.contextmanager
+    def reading(
+        self, record: StreamRecord, offset: int, size: int
+    ) -> Iterator[tuple[memoryview, int]]:
+        """`size` bytes of the file from `offset`, in a buffer of the pool that is this
+        caller's until the block ends, and the file's mtime just before they were read."""
+        buffer = self.buffers.take(size)
+        try:
+            data = memoryview(buffer)[:size]
+            yield data, _read_into(record, offset, data)
+        finally:
+            self.buffers.give(buffer)
+
+    def sha256_of(self, record: StreamRecord, size: int) -> str:
+        whole = hashlib.sha256()
+        for offset in range(0, size, record.chunk_size):
+            with self.reading(record, offset, min(record.chunk_size, size - offset)) as (data, _):
+                whole.update(data)
+        return whole.hexdigest()
+
     def survey(
         self,
         record: StreamRecord,
@@ -1077,19 +1120,20 @@ class Uploader:
             known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns)
             if known and length == chunk.size and whole is None:
                 continue
-            data, _ = _read_range(record, chunk.offset, length)
-            if whole is not None:
-                whole.update(data)
-            if length != chunk.size:
-                stale.append((chunk.index, "file shrank"))
-            elif not known and hashlib.sha256(data).hexdigest() != chunk.sha256:
-                stale.append((chunk.index, "bytes changed after upload"))
+            with self.reading(record, chunk.offset, length) as (data, _):
+                if whole is not None:
+                    whole.update(data)
+                if length != chunk.size:
+                    stale.append((chunk.index, "file shrank"))
+                elif not known and hashlib.sha256(data).hexdigest() != chunk.sha256:
+                    stale.append((chunk.index, "bytes changed after upload"))
         if whole is None and stale:
-            sha256 = _sha256_of(record, size)  # what was sent is no longer the file
+            sha256 = self.sha256_of(record, size)  # what was sent is no longer the file
         else:
             whole = prefix if whole is None else whole
             if covered < size:  # the tail, not uploaded yet
-                whole.update(_read_range(record, covered, size - covered)[0])
+                with self.reading(record, covered, size - covered) as (data, _):
+                    whole.update(data)
             sha256 = whole.hexdigest()
         return Survey(size, mtime_ns, sha256, stale, drop_from)
 
@@ -1103,9 +1147,9 @@ class Uploader:
         for index, reason in survey.stale:
             chunk = by_index[index]
             length = min(chunk.size, survey.size - chunk.offset)
-            data, _ = _read_range(record, chunk.offset, length)
-            sha256 = hashlib.sha256(data).hexdigest()
-            revised.append(self.reupload(record, chunk, data, sha256, reason, log_fields))
+            with self.reading(record, chunk.offset, length) as (data, _):
+                sha256 = hashlib.sha256(data).hexdigest()
+                revised.append(self.reupload(record, chunk, data, sha256, reason, log_fields))
         if survey.drop_from is not None:
             self.log.warning(
                 "chunks_dropped", **log_fields, from_index=survey.drop_from, reason="file shrank"
@@ -1116,7 +1160,7 @@ class Uploader:
         self,
         record: StreamRecord,
         old: ChunkRecord,
-        data: bytes,
+        data: memoryview,
         sha256: str,
         reason: str,
         log_fields: dict,
@@ -1144,7 +1188,7 @@ class Uploader:
             revision=revision,
             reason=reason,
         )
-        return chunk, data[:HEAD_SIZE] if old.index == 0 else None
+        return chunk, bytes(data[:HEAD_SIZE]) if old.index == 0 else None
 
     def assemble(
         self,
@@ -1315,13 +1359,6 @@ def _content_type(is_mp4: bool) -> str:
     return "video/mp4" if is_mp4 else "application/octet-stream"
 
 
-def _sha256_of(record: StreamRecord, size: int) -> str:
-    whole = hashlib.sha256()
-    for offset in range(0, size, record.chunk_size):
-        whole.update(_read_range(record, offset, min(record.chunk_size, size - offset))[0])
-    return whole.hexdigest()
-
-
 def _check_still_idle(path: str, finish: Finish) -> None:
     st = os.stat(path)
     if (st.st_size, st.st_mtime_ns) != (finish.size, finish.mtime_ns):
@@ -1335,21 +1372,21 @@ def _file_size(record: StreamRecord) -> int:
     return st.st_size
 
 
-def _read_range(record: StreamRecord, offset: int, size: int) -> tuple[bytes, int]:
-    """The bytes, and the file's mtime just before they were read."""
+def _read_into(record: StreamRecord, offset: int, buffer: memoryview) -> int:
+    """Fill `buffer` with the file's bytes from `offset`; return the file's mtime just
+    before they were read."""
     fd = os.open(record.path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
         if st.st_ino != record.inode:
             raise SourceChanged(f"{record.path} is now another file")
-        parts, done = [], 0
-        while done < size:
-            part = os.pread(fd, size - done, offset + done)
-            if not part:
-                raise SourceChanged(f"{record.path} ends before byte {offset + size}")
-            parts.append(part)
-            done += len(part)
-        return (parts[0] if len(parts) == 1 else b"".join(parts)), st.st_mtime_ns
+        done = 0
+        while done < len(buffer):
+            read = os.preadv(fd, [buffer[done:]], offset + done)
+            if not read:
+                raise SourceChanged(f"{record.path} ends before byte {offset + len(buffer)}")
+            done += read
+        return st.st_mtime_ns
     finally:
         os.close(fd)
 

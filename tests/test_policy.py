@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 import pytest
 
 from streamer.bandwidth import TokenBucket
+from streamer.buffers import BufferPool
 from streamer.checkpoint import AssemblyUpload, StreamState
 from streamer.config import Config
 from streamer.naming import slug, stream_id_for
@@ -126,19 +127,53 @@ def test_a_chunk_is_settled_only_if_read_well_after_the_last_write(
     assert settled(read_at, read_mtime, final_mtime) is expected
 
 
+def fed(prefix: PrefixHash, pool: BufferPool, offset: int, part: bytes) -> bytearray:
+    """Feed `part` as a sender thread does, from a buffer of the pool; return the buffer."""
+    buffer = pool.take(len(part))
+    buffer[: len(part)] = part
+    prefix.feed(offset, memoryview(buffer)[: len(part)], buffer)
+    return buffer
+
+
 def test_the_prefix_hash_takes_chunks_in_any_order_and_distrusts_a_second_feed():
     data = bytes(range(256)) * 40
-    parts = [(0, data[:4000]), (8000, data[8000:]), (4000, data[4000:8000])]
-    prefix = PrefixHash()
-    for offset, part in parts:
-        prefix.feed(offset, part)
+    pool = BufferPool()
+    prefix = PrefixHash(pool)
+    first = fed(prefix, pool, 0, data[:4000])
+    # Given back once hashed: the next chunk is read into the same buffer.
+    early = fed(prefix, pool, 8000, data[8000:])
+    assert early is first
+    # Early: kept, so the next chunk gets another buffer, and its bytes are not overwritten.
+    assert fed(prefix, pool, 4000, data[4000:8000]) is not early
     state = prefix.state(len(data))
     assert state.hexdigest() == hashlib.sha256(data).hexdigest()
     state.update(b"tail")  # a copy: going on with it leaves the prefix as it was
     assert prefix.state(len(data)).hexdigest() == hashlib.sha256(data).hexdigest()
     assert prefix.state(len(data) - 1) is None
-    prefix.feed(4000, data[4000:8000])
+    fed(prefix, pool, 4000, data[4000:8000])
     assert prefix.state(len(data)) is None
+
+
+def test_a_distrusted_prefix_hash_gives_back_the_buffers_it_held():
+    pool = BufferPool()
+    prefix = PrefixHash(pool)
+    early = fed(prefix, pool, 100, b"b" * 100)
+    fed(prefix, pool, 100, b"b" * 100)  # sent again: distrusted, and `early` let go
+    assert any(pool.take(100) is early for _ in range(2))
+    assert prefix.state(0) is None
+
+
+def test_the_buffer_pool_reuses_what_is_given_back_and_lets_it_go_when_told():
+    pool = BufferPool()
+    one, two = pool.take(10), pool.take(10)
+    assert one is not two and len(one) == 10
+    pool.give(one)
+    assert pool.take(8) is one  # large enough
+    pool.give(one)
+    assert pool.take(11) is not one  # too small: a new one
+    pool.give(two)
+    pool.release()
+    assert pool.take(10) is not two
 
 
 def test_only_complete_streams_are_retirable_unless_partial_ones_are_allowed():
