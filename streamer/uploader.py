@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_all
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import msgspec
@@ -187,16 +187,31 @@ class Copied:
 class Survey:
     """The file's bytes at one size and mtime, against its uploaded chunks: its sha256,
     the chunks that no longer hold its bytes (index, why), and the first chunk past its
-    end, if it shrank."""
+    end, if it shrank. A survey made ahead of completion leaves the sha256 to the sender
+    threads (None), when they hold what the file holds: they hash its tail as they send
+    it, and hashing it here too would be a third pass over it."""
 
     size: int
     mtime_ns: int
-    sha256: str
+    sha256: str | None
     stale: list[tuple[int, str]]
     drop_from: int | None
 
     def holds(self, finish: Finish) -> bool:
         return (self.size, self.mtime_ns) == (finish.size, finish.mtime_ns)
+
+
+def still_holds(survey: Survey | None, finish: Finish, sent: PrefixHash | None) -> Survey | None:
+    """The survey made ahead, with its sha256, if the file is still what it surveyed;
+    else None: survey it now."""
+    if survey is None or not survey.holds(finish):
+        return None
+    if survey.sha256 is not None:
+        return survey
+    # The tail has been sent since: the sender threads' sha256 is the file's, unless a
+    # chunk was fed to it twice (sent again after a failed commit).
+    whole = sent.state(finish.size) if sent else None
+    return replace(survey, sha256=whole.hexdigest()) if whole else None
 
 
 @dataclass(frozen=True)
@@ -787,7 +802,7 @@ class Uploader:
     ) -> Survey | None:
         """In a finisher thread: None if the file changed while it was read."""
         st = os.stat(record.path)
-        quiet = self.survey(record, chunks, st.st_size, st.st_mtime_ns, sent_hash)
+        quiet = self.survey(record, chunks, st.st_size, st.st_mtime_ns, sent_hash, ahead=True)
         now = os.stat(record.path)
         return quiet if (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns) else None
 
@@ -958,7 +973,8 @@ class Uploader:
         Raises FinishCalledOff if the file changes meanwhile. Touches neither the checkpoint
         nor the jobs: `finished` records the outcome."""
         _check_still_idle(record.path, finish)
-        if quiet is None or not quiet.holds(finish):
+        quiet = still_holds(quiet, finish, sent_hash)
+        if quiet is None:
             quiet = self.survey(record, chunks, finish.size, finish.mtime_ns, sent_hash)
             self.log_survey(quiet, while_quiet=False, log_fields=log_fields)
         revised = self.reconcile(record, chunks, quiet, log_fields)
@@ -1103,11 +1119,13 @@ class Uploader:
         size: int,
         mtime_ns: int,
         sent_hash: PrefixHash | None,
+        ahead: bool = False,
     ) -> Survey:
         """Compare the uploaded chunks with the file, of `size` bytes last written at
         `mtime_ns`. Chunks read after that write are known to hold its bytes (not read
         again); the file's sha256 is taken on from what the sender threads hashed, if the
-        file still holds what they sent: one pass over the file instead of two."""
+        file still holds what they sent: one pass over the file instead of two. `ahead`:
+        the tail is still to be sent."""
         covered = sum(c.size for c in chunks)
         prefix = sent_hash.state(covered) if sent_hash and covered <= size else None
         whole = None if prefix else hashlib.sha256()
@@ -1129,6 +1147,8 @@ class Uploader:
                     stale.append((chunk.index, "bytes changed after upload"))
         if whole is None and stale:
             sha256 = self.sha256_of(record, size)  # what was sent is no longer the file
+        elif whole is None and ahead:
+            sha256 = None
         else:
             whole = prefix if whole is None else whole
             if covered < size:  # the tail, not uploaded yet

@@ -7,6 +7,7 @@ from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.checkpoint import AssemblyUpload, StreamState
 from streamer.config import Config
+from streamer.messages import Finish
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
     Finalise,
@@ -27,7 +28,7 @@ from streamer.policy import (
     upload_to_finish,
 )
 from streamer.supervisor import TICK, Supervisor
-from streamer.uploader import PrefixHash
+from streamer.uploader import PrefixHash, Survey, still_holds
 
 CS = 100
 
@@ -276,3 +277,23 @@ def test_the_live_upload_is_finished_only_if_name_type_and_method_still_fit():
     assert upload_to_finish(upload, "p/s/renamed.mp4", "video/mp4", "compose") is None
     assert upload_to_finish(upload, "p/s/cam.mp4", "application/octet-stream", "compose") is None
     assert upload_to_finish(upload, "p/s/cam.mp4", "video/mp4", "upload") is None
+
+
+def test_a_survey_made_ahead_is_used_only_while_it_holds_and_its_sha256_is_known():
+    data = b"x" * 300
+    pool = BufferPool()
+    sent = PrefixHash(pool)
+    fed(sent, pool, 0, data[:200])
+    ahead = Survey(size=300, mtime_ns=7, sha256=None, stale=[], drop_from=None)
+    finish = Finish(stream_id="s", size=300, mtime_ns=7)
+    assert still_holds(None, finish, sent) is None
+    assert still_holds(ahead, Finish(stream_id="s", size=300, mtime_ns=8), sent) is None
+    # The tail not sent yet: its sha256 is not known.
+    assert still_holds(ahead, finish, sent) is None
+    fed(sent, pool, 200, data[200:])
+    used = still_holds(ahead, finish, sent)
+    assert used.sha256 == hashlib.sha256(data).hexdigest() and used.stale == ahead.stale
+    assert still_holds(used, finish, None) is used
+    fed(sent, pool, 200, data[200:])  # the tail sent twice: no longer trusted
+    assert still_holds(ahead, finish, sent) is None
+    assert still_holds(ahead, finish, None) is None

@@ -323,11 +323,12 @@ def live_lag(
             while done < rate * seconds:
                 f.write(pattern[done % len(pattern) :][:block].ljust(block, b"\0"))
                 f.flush()
+                wrote = time.time()
                 done += block
                 if done % chunk == 0:
-                    marks.append(time.time())
+                    marks.append(wrote)
                 time.sleep(max(0.0, began + done / rate - time.time()))
-        written[name], last_write[name] = marks, time.time()
+        written[name], last_write[name] = marks, wrote
 
     writers = [threading.Thread(target=write, args=(f"live-{i}.mp4",)) for i in range(streams)]
     for w in writers:
