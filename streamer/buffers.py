@@ -22,8 +22,10 @@ class BufferPool:
         """A buffer of at least `size` bytes, its old content still in it, the caller's
         alone until it gives it back."""
         with self._lock:
-            buffer = self._free.pop() if self._free else None
-        return buffer if buffer is not None and len(buffer) >= size else bytearray(size)
+            for i, buffer in enumerate(self._free):
+                if len(buffer) >= size:
+                    return self._free.pop(i)
+        return bytearray(size)
 
     def give(self, buffer: bytearray) -> None:
         """Back to the pool: nothing may read a view of it after this."""

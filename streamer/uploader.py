@@ -196,15 +196,21 @@ class Survey:
     sha256: str | None
     stale: list[tuple[int, str]]
     drop_from: int | None
+    checked: int  # the chunks compared: those below this index
 
     def holds(self, finish: Finish) -> bool:
         return (self.size, self.mtime_ns) == (finish.size, finish.mtime_ns)
 
 
-def still_holds(survey: Survey | None, finish: Finish, sent: PrefixHash | None) -> Survey | None:
-    """The survey made ahead, with its sha256, if the file is still what it surveyed;
-    else None: survey it now."""
+def still_holds(
+    survey: Survey | None, finish: Finish, chunks: list[ChunkRecord], sent: PrefixHash | None
+) -> Survey | None:
+    """The survey made ahead, with its sha256, if the file is still what it surveyed and
+    every chunk committed since was read after its last write; else None: survey it now."""
     if survey is None or not survey.holds(finish):
+        return None
+    later = chunks[survey.checked :]
+    if not all(settled(c.read_at_ns, c.read_mtime_ns, finish.mtime_ns) for c in later):
         return None
     if survey.sha256 is not None:
         return survey
@@ -782,29 +788,36 @@ class Uploader:
         """A stream with nothing to send but its tail, whose file has been quiet for half
         the idle timeout, is most likely done: compare its file with its chunks now, so
         that completion need not (on a long recording, most of its time)."""
+        if job.surveying is not None or (job.survey_at or 0) > self.clock():
+            return  # under way, or planned (or tried and failed) not long ago
         st = os.stat(job.record.path)
-        if job.surveying is not None or (
-            job.quiet and (job.quiet.size, job.quiet.mtime_ns) == (st.st_size, st.st_mtime_ns)
-        ):
+        planned = (st.st_size, st.st_mtime_ns)
+        if job.quiet and (job.quiet.size, job.quiet.mtime_ns) == planned:
             return
         wait = self.quiet_after - (time.time_ns() - st.st_mtime_ns) / 1e9
         if wait > 0:
             job.survey_at = self.clock() + wait
             return
         record = job.record
+        # Nothing is on the wire (a Wait): the checkpoint lists every chunk sent so far.
         job.surveying = self.finishers.submit(
-            self.survey_quietly, record, self.store.chunks(record.stream_id), job.sent_hash
+            self.survey_quietly, record, self.store.chunks(record.stream_id), job.sent_hash, planned
         )
         job.surveying.add_done_callback(functools.partial(self.came_back, record.stream_id))
 
     def survey_quietly(
-        self, record: StreamRecord, chunks: list[ChunkRecord], sent_hash: PrefixHash | None
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        sent_hash: PrefixHash | None,
+        planned: tuple[int, int],
     ) -> Survey | None:
-        """In a finisher thread: None if the file changed while it was read."""
+        """In a finisher thread, which may come to it late: the file compared at the size
+        and mtime it was quiet at when planned, or None if it has changed since. (Any write
+        since moves the mtime: it comes half an idle timeout after the planned one.)"""
+        quiet = self.survey(record, chunks, *planned, sent_hash, ahead=True)
         st = os.stat(record.path)
-        quiet = self.survey(record, chunks, st.st_size, st.st_mtime_ns, sent_hash, ahead=True)
-        now = os.stat(record.path)
-        return quiet if (now.st_size, now.st_mtime_ns) == (st.st_size, st.st_mtime_ns) else None
+        return quiet if (st.st_size, st.st_mtime_ns) == planned else None
 
     def surveyed(self, job: Job) -> None:
         future, job.surveying = job.surveying, None
@@ -813,6 +826,7 @@ class Uploader:
             job.quiet = future.result()
         except Exception as exc:
             job.quiet = None
+            job.survey_at = self.clock() + self.quiet_after  # not at once again
             self.log.warning("survey_failed", **job.log_fields, error=_describe(exc))
             return
         if job.quiet is not None:
@@ -973,7 +987,7 @@ class Uploader:
         Raises FinishCalledOff if the file changes meanwhile. Touches neither the checkpoint
         nor the jobs: `finished` records the outcome."""
         _check_still_idle(record.path, finish)
-        quiet = still_holds(quiet, finish, sent_hash)
+        quiet = still_holds(quiet, finish, chunks, sent_hash)
         if quiet is None:
             quiet = self.survey(record, chunks, finish.size, finish.mtime_ns, sent_hash)
             self.log_survey(quiet, while_quiet=False, log_fields=log_fields)
@@ -1093,22 +1107,21 @@ class Uploader:
         )
 
     @contextlib.contextmanager
-    def reading(
-        self, record: StreamRecord, offset: int, size: int
-    ) -> Iterator[tuple[memoryview, int]]:
+    def reading(self, record: StreamRecord, offset: int, size: int) -> Iterator[memoryview]:
         """`size` bytes of the file from `offset`, in a buffer of the pool that is this
-        caller's until the block ends, and the file's mtime just before they were read."""
+        caller's until the block ends."""
         buffer = self.buffers.take(size)
         try:
             data = memoryview(buffer)[:size]
-            yield data, _read_into(record, offset, data)
+            _read_into(record, offset, data)
+            yield data
         finally:
             self.buffers.give(buffer)
 
     def sha256_of(self, record: StreamRecord, size: int) -> str:
         whole = hashlib.sha256()
         for offset in range(0, size, record.chunk_size):
-            with self.reading(record, offset, min(record.chunk_size, size - offset)) as (data, _):
+            with self.reading(record, offset, min(record.chunk_size, size - offset)) as data:
                 whole.update(data)
         return whole.hexdigest()
 
@@ -1138,7 +1151,7 @@ class Uploader:
             known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns)
             if known and length == chunk.size and whole is None:
                 continue
-            with self.reading(record, chunk.offset, length) as (data, _):
+            with self.reading(record, chunk.offset, length) as data:
                 if whole is not None:
                     whole.update(data)
                 if length != chunk.size:
@@ -1152,10 +1165,10 @@ class Uploader:
         else:
             whole = prefix if whole is None else whole
             if covered < size:  # the tail, not uploaded yet
-                with self.reading(record, covered, size - covered) as (data, _):
+                with self.reading(record, covered, size - covered) as data:
                     whole.update(data)
             sha256 = whole.hexdigest()
-        return Survey(size, mtime_ns, sha256, stale, drop_from)
+        return Survey(size, mtime_ns, sha256, stale, drop_from, checked=len(chunks))
 
     def reconcile(
         self, record: StreamRecord, chunks: list[ChunkRecord], survey: Survey, log_fields: dict
@@ -1167,7 +1180,7 @@ class Uploader:
         for index, reason in survey.stale:
             chunk = by_index[index]
             length = min(chunk.size, survey.size - chunk.offset)
-            with self.reading(record, chunk.offset, length) as (data, _):
+            with self.reading(record, chunk.offset, length) as data:
                 sha256 = hashlib.sha256(data).hexdigest()
                 revised.append(self.reupload(record, chunk, data, sha256, reason, log_fields))
         if survey.drop_from is not None:

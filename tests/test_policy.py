@@ -5,7 +5,7 @@ import pytest
 
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
-from streamer.checkpoint import AssemblyUpload, StreamState
+from streamer.checkpoint import AssemblyUpload, ChunkRecord, StreamState
 from streamer.config import Config
 from streamer.messages import Finish
 from streamer.naming import slug, stream_id_for
@@ -128,6 +128,9 @@ def test_a_chunk_is_settled_only_if_read_well_after_the_last_write(
     assert settled(read_at, read_mtime, final_mtime) is expected
 
 
+SECOND = 1_000_000_000
+
+
 def fed(prefix: PrefixHash, pool: BufferPool, offset: int, part: bytes) -> bytearray:
     """Feed `part` as a sender thread does, from a buffer of the pool; return the buffer."""
     buffer = pool.take(len(part))
@@ -172,6 +175,9 @@ def test_the_buffer_pool_reuses_what_is_given_back_and_lets_it_go_when_told():
     assert pool.take(8) is one  # large enough
     pool.give(one)
     assert pool.take(11) is not one  # too small: a new one
+    pool.give(two)
+    pool.give(pool.take(4))  # a tail's buffer, given back last
+    assert pool.take(10) is two  # a buffer large enough is found behind it
     pool.give(two)
     pool.release()
     assert pool.take(10) is not two
@@ -284,16 +290,38 @@ def test_a_survey_made_ahead_is_used_only_while_it_holds_and_its_sha256_is_known
     pool = BufferPool()
     sent = PrefixHash(pool)
     fed(sent, pool, 0, data[:200])
-    ahead = Survey(size=300, mtime_ns=7, sha256=None, stale=[], drop_from=None)
-    finish = Finish(stream_id="s", size=300, mtime_ns=7)
-    assert still_holds(None, finish, sent) is None
-    assert still_holds(ahead, Finish(stream_id="s", size=300, mtime_ns=8), sent) is None
+    mtime = 7 * SECOND
+    head = chunk_record(0, 200, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND)
+    ahead = Survey(size=300, mtime_ns=mtime, sha256=None, stale=[], drop_from=None, checked=1)
+    finish = Finish(stream_id="s", size=300, mtime_ns=mtime)
+    assert still_holds(None, finish, [head], sent) is None
+    assert (
+        still_holds(ahead, Finish(stream_id="s", size=300, mtime_ns=mtime + 1), [head], sent)
+        is None
+    )
     # The tail not sent yet: its sha256 is not known.
-    assert still_holds(ahead, finish, sent) is None
+    assert still_holds(ahead, finish, [head], sent) is None
     fed(sent, pool, 200, data[200:])
-    used = still_holds(ahead, finish, sent)
+    tail = chunk_record(200, 100, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime)
+    used = still_holds(ahead, finish, [head, tail], sent)
     assert used.sha256 == hashlib.sha256(data).hexdigest() and used.stale == ahead.stale
-    assert still_holds(used, finish, None) is used
+    assert still_holds(used, finish, [head, tail], None) is used
+    # A chunk the survey did not compare, read before the file's last write: its bytes
+    # may have been rewritten since (a recorder that went on after the survey was planned).
+    early = chunk_record(200, 100, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND)
+    assert still_holds(used, finish, [head, early], None) is None
     fed(sent, pool, 200, data[200:])  # the tail sent twice: no longer trusted
-    assert still_holds(ahead, finish, sent) is None
-    assert still_holds(ahead, finish, None) is None
+    assert still_holds(ahead, finish, [head, tail], sent) is None
+    assert still_holds(ahead, finish, [head, tail], None) is None
+
+
+def chunk_record(offset: int, size: int, **read) -> ChunkRecord:
+    return ChunkRecord(
+        index=offset // 200,
+        offset=offset,
+        size=size,
+        sha256="",
+        etag="",
+        uploaded_at=datetime.now(UTC),
+        **read,
+    )
