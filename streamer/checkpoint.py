@@ -47,7 +47,7 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     sha256: str
     etag: str
     uploaded_at: UTC
-    # Objects are never overwritten: bytes the recorder rewrote go to a new revision's key.
+    # Chunk objects are never overwritten: bytes the recorder rewrote go to a new revision's key.
     revision: int = 0
     reason: str | None = None  # why this revision was uploaded, if it is not the first
     # When the bytes were read (wall clock), and the file's mtime just before: finalisation

@@ -20,7 +20,8 @@ ENV_PREFIX = "STREAMER_"
 MIN_RATE = 8 * 1024
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
-Port = Annotated[int, Meta(ge=1, le=65535)]
+# 0: any free port, named in the `metrics_listening` log line.
+ListenPort = Annotated[int, Meta(ge=0, le=65535)]
 NonEmpty = Annotated[str, Meta(min_length=1)]
 # S3 caps a single PUT at 5 GiB; below 64 KiB the per-object overhead dominates.
 ChunkSize = Annotated[int, Meta(ge=64 * 1024, le=5 * 1024 * MiB)]
@@ -98,7 +99,7 @@ class CheckpointConfig(Section):
 class MetricsConfig(Section):
     enabled: bool = True
     host: str = "0.0.0.0"
-    port: Port = 9108
+    port: ListenPort = 9108
 
 
 class LogConfig(Section):

@@ -212,8 +212,7 @@ class Supervisor:
         for worker_id in range(self.config.workers):
             self.spawn_worker(worker_id)
         self.open_store()
-        # Before the metrics endpoint: "metrics_listening" is the last step of a start, and
-        # from then on every change in the directory is queued.
+        # Before the first scan: from then on every change in the directory is queued.
         self.watcher.open()
         if self.config.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
@@ -223,6 +222,7 @@ class Supervisor:
                 "metrics_listening", host=self.config.metrics.host, port=self.metrics_server.port
             )
         self.rescan(self.clock())
+        self.log.info("started", streams=len(self.streams))
 
     def loop(self, now: float) -> None:
         for ready in self.sleep():

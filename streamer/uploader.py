@@ -587,11 +587,9 @@ class Uploader:
 
     def send(self, job: Job, chunk: UploadChunk) -> None:
         record = job.record
-        revision = record.min_revision
-        key = self.s3.layout.chunk_key(record.stream_id, chunk.index, revision)
         probe = chunk.index < job.probe_below
         future = self.senders.submit(
-            self.transfer, record, chunk, key, revision, probe, job.sent_hash
+            self.transfer, record, chunk, record.min_revision, probe, job.sent_hash
         )
         job.in_flight[chunk.index] = future
         self.busy.add(record.stream_id)
@@ -601,13 +599,14 @@ class Uploader:
         self,
         record: StreamRecord,
         chunk: UploadChunk,
-        key: str,
         revision: int,
         probe: bool,
         sent_hash: PrefixHash | None,
     ) -> Sent:
         """In a sender thread: read the chunk once, hash it, and put it in S3 unless S3
-        holds exactly these bytes already. Touches neither the checkpoint nor the jobs."""
+        holds exactly these bytes already (`probe`: after a crash, an upload may have
+        finished that no checkpoint recorded). Touches neither the checkpoint nor the
+        jobs."""
         read_at_ns = time.time_ns()
         buffer = self.buffers.take(chunk.size)
         data = memoryview(buffer)[: chunk.size]
@@ -615,12 +614,9 @@ class Uploader:
             mtime_ns = _read_into(record, chunk.offset, data)
             sha256 = hashlib.sha256(data).hexdigest()
             head = bytes(data[:HEAD_SIZE]) if chunk.index == 0 else None
-            seconds = None
-            etag = self.find_in_s3(key, chunk.size, sha256) if probe else None
-            if etag is None:
-                started = time.perf_counter()
-                etag = self.s3.put(key, data, sha256, "application/octet-stream")
-                seconds = time.perf_counter() - started
+            revision, etag, seconds = self.place_chunk(
+                record.stream_id, chunk.index, revision, data, sha256, probe
+            )
         except BaseException:
             self.buffers.give(buffer)
             raise
@@ -765,13 +761,24 @@ class Uploader:
         self.finishers.shutdown(wait=False)
         self.copier.shutdown(wait=False)
 
-    def find_in_s3(self, key: str, size: int, sha256: str) -> str | None:
-        """The ETag of an object already holding exactly these bytes (a chunk whose upload
-        finished just before a crash, but whose checkpoint commit did not), else None."""
-        stored = self.s3.stat(key)
-        if stored is not None and stored.size == size and stored.sha256 == sha256:
-            return stored.etag
-        return None
+    def place_chunk(
+        self, stream_id: str, index: int, revision: int, data, sha256: str, probe: bool
+    ) -> tuple[int, str, float | None]:
+        """Put a chunk's bytes under the first revision key, from `revision` on, that is
+        free or already holds exactly these bytes; `probe` says one may be taken. An
+        object once written is never overwritten: bytes an unrecorded upload left there
+        that the file no longer has stay, and these go to the next revision. Returns the
+        revision, the ETag, and the seconds the PUT took (None: found in S3)."""
+        while True:
+            key = self.s3.layout.chunk_key(stream_id, index, revision)
+            stored = self.s3.stat(key) if probe else None
+            if stored is None:
+                started = time.perf_counter()
+                etag = self.s3.put(key, data, sha256, "application/octet-stream")
+                return revision, etag, time.perf_counter() - started
+            if stored.size == len(data) and stored.sha256 == sha256:
+                return revision, stored.etag, None
+            revision += 1
 
     def commit(self, job: Job, chunk: ChunkRecord, head: bytes | None) -> None:
         with metrics.CHECKPOINT_COMMIT_SECONDS.time():
@@ -1198,10 +1205,13 @@ class Uploader:
         reason: str,
         log_fields: dict,
     ) -> tuple[ChunkRecord, bytes | None]:
-        revision = max(old.revision + 1, record.min_revision)
-        key = self.s3.layout.chunk_key(record.stream_id, old.index, revision)
-        etag = self.s3.put(key, data, sha256, "application/octet-stream")
-        metrics.BYTES_UPLOADED.inc(len(data))
+        # A crash after an earlier re-upload's PUT may have left its bytes at that key.
+        first = max(old.revision + 1, record.min_revision)
+        revision, etag, seconds = self.place_chunk(
+            record.stream_id, old.index, first, data, sha256, probe=True
+        )
+        if seconds is not None:
+            metrics.BYTES_UPLOADED.inc(len(data))
         self.log.info(
             "chunk_reuploaded",
             **log_fields,

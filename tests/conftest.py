@@ -7,6 +7,8 @@ import base64
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,10 +35,22 @@ ACCESS_KEY = "streamer-test"
 SECRET_KEY = "streamer-test-secret"
 
 
+# Ports for the servers the tests start, each handed out once per run, from below the
+# kernel's ephemeral range: no outgoing connection can take one between the check that it
+# is free and the server binding it. The start is drawn at random so that two runs on one
+# machine rarely meet.
+_PORTS = iter(range(random.randrange(10_000, 30_000, 100), 32_000))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in _PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left below 32000")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -46,6 +61,15 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def sha256_file(path) -> str:
@@ -78,7 +102,7 @@ class S3Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
+        self.env = clean_env(env)
         self.start()
         tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": str(ca_file)} if ca_file else {}
         self.client = Minio(
@@ -101,6 +125,8 @@ class S3Server:
         wait_until(self._live, 30, what=f"{self.name} to start")
 
     def _live(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited ({self.process.returncode}) at start")
         scheme = "https" if self.ca_file else "http"
         context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
         try:
@@ -292,22 +318,81 @@ def ffmpeg() -> str:
     return path
 
 
+# Log events that mean something went wrong: a traceback (a line that is not JSON), a
+# stream or a process that failed. A test that provokes one on purpose declares it with
+# `daemon.expect(...)`; any other one fails the test when its daemon is checked at the end.
+TROUBLE = ("unparsed", "stream_failed", "supervisor_crashed", "uploader_died", "halting")
+
+
+def unexpected_trouble(events: list[dict], expected: set[str]) -> list[dict]:
+    return [e for e in events if e.get("event") in TROUBLE and e["event"] not in expected]
+
+
+def clean_env(extra: dict | None = None) -> dict:
+    """What a process the tests start gets: none of the developer's STREAMER_*, AWS_* or
+    MINIO_* settings, only what the test sets."""
+    keep = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL")
+    return {**{k: os.environ[k] for k in keep if k in os.environ}, **(extra or {})}
+
+
+# log.format=text: "<ts> <LEVEL> <event> key=value ...".
+TEXT_LINE = re.compile(rb"^\S+ (DEBUG|INFO|WARNING|ERROR) +([a-z0-9_]+)(?: |$)")
+
+
+def parse_log_line(line: bytes) -> dict:
+    """One line of the daemon's log as an event; any other line (a traceback, say) is an
+    `unparsed` event, which fails the test unless it declared it."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        pass
+    if text := TEXT_LINE.match(line):
+        return {"event": text[2].decode(), "level": text[1].decode().lower(), "text": line.decode()}
+    return {"event": "unparsed", "line": line.decode(errors="replace")}
+
+
+@dataclass
+class Run:
+    """One start of the daemon: its process, where its log lines begin, and whether the
+    test killed it on purpose."""
+
+    process: subprocess.Popen
+    first_event: int
+    killed: bool = False
+
+
 class Daemon:
-    """`streamer run` as a real process, with its JSON log lines parsed as they come."""
+    """`streamer run` as a real process, with its JSON log lines parsed as they come.
+    Every start is awaited (this run's own `started` line, after its first scan), and at
+    the end `check()` fails the test on trouble it did not declare or a wrong exit code."""
 
     def __init__(self, config_path: Path, log_path: Path, env: dict | None = None, wrapper=()):
         self.config_path = config_path
         self.wrapper = list(wrapper)
         self.log_path = log_path
-        self.env = {**os.environ, **(env or {})}
+        self.env = clean_env(env)
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(config_path.parent / "metrics")
-        self.process: subprocess.Popen | None = None
+        self.runs: list[Run] = []
         self._offset = 0
         self.events: list[dict] = []
+        self.expected_events: set[str] = set()
+        self.expected_exits: set[int] = {0}
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.runs[-1].process if self.runs else None
+
+    def expect(self, *events: str, exit_codes: tuple[int, ...] = ()) -> Daemon:
+        """Declare trouble this test provokes on purpose."""
+        self.expected_events.update(events)
+        self.expected_exits.update(exit_codes)
+        return self
 
     def start(self, wait: bool = True) -> Daemon:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        first_event = len(self.read_events())
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
+            process = subprocess.Popen(
                 [
                     *self.wrapper,
                     sys.executable,
@@ -321,50 +406,65 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        self.runs.append(Run(process, first_event))
         if wait:
-            self.wait_for("metrics_listening")  # the last step of a start
+            self.wait_for("started", pid=process.pid, this_run=True)
         return self
 
     def read_events(self) -> list[dict]:
+        if not self.log_path.exists():  # never started
+            return self.events
         with open(self.log_path, "rb") as f:
             f.seek(self._offset)
             data = f.read()
         complete = data[: data.rfind(b"\n") + 1]
         self._offset += len(complete)
         for line in complete.splitlines():
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                self.events.append({"event": "unparsed", "line": line.decode(errors="replace")})
+            self.events.append(parse_log_line(line))
         return self.events
 
-    def find(self, event: str, **fields) -> list[dict]:
+    def find(self, event: str, this_run: bool = False, **fields) -> list[dict]:
+        events = self.read_events()
+        if this_run:
+            events = events[self.runs[-1].first_event :]
         return [
             e
-            for e in self.read_events()
+            for e in events
             if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
         ]
 
-    def wait_for(self, event: str, timeout: float = 30, count: int = 1, **fields) -> list[dict]:
+    def wait_for(
+        self, event: str, timeout: float = 30, count: int = 1, this_run: bool = False, **fields
+    ) -> list[dict]:
         def seen():
-            if self.process.poll() is not None and len(self.find(event, **fields)) < count:
+            found = self.find(event, this_run, **fields)
+            if len(found) >= count:
+                return found
+            if self.process.poll() is not None:
                 raise AssertionError(
                     f"streamer exited ({self.process.returncode}) before "
                     f"{event}; log:\n{self.log_path.read_text()[-4000:]}"
                 )
-            found = self.find(event, **fields)
-            return found if len(found) >= count else None
+            return None
 
         return wait_until(seen, timeout, what=f"{count} x {event} {fields}")
 
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
+    def kill(self) -> None:
+        """SIGKILL, on purpose: this run's exit code is not checked."""
+        self.runs[-1].killed = True
+        self.process.kill()
+        self.process.wait()
+
     def uploader_pids(self) -> list[int]:
         return [e["pid"] for e in self.find("uploader_spawned")]
 
-    def stop(self, timeout: float = 30) -> int:
-        if self.process and self.process.poll() is None:
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
@@ -373,9 +473,24 @@ class Daemon:
                 self.process.wait()
         return self.process.returncode
 
+    def check(self) -> None:
+        """Stop it, then fail on undeclared trouble in any run's log or an exit code the
+        test did not expect."""
+        self.stop()
+        problems = [
+            f"run {n} (pid {run.process.pid}) exited with {run.process.returncode}"
+            for n, run in enumerate(self.runs)
+            if not run.killed and run.process.returncode not in self.expected_exits
+        ]
+        trouble = unexpected_trouble(self.read_events(), self.expected_events)
+        problems += [json.dumps(e)[:1500] for e in trouble[:10]]
+        if problems:
+            pytest.fail(f"{self.log_path}:\n" + "\n".join(problems), pytrace=False)
+
 
 def port_of(daemon) -> int:
-    return json.loads(daemon.config_path.read_text())["metrics"]["port"]
+    """The metrics port this run of the daemon bound (the tests configure port 0)."""
+    return daemon.find("metrics_listening", this_run=True)[-1]["port"]
 
 
 def scrape(daemon) -> dict:
@@ -404,7 +519,7 @@ def cli(daemon, *args, stdin: str | None = None, env=None) -> subprocess.Complet
 @pytest.fixture
 def proxy(minio):
     """A misbehaving network between streamer and the MinIO (tests/faultproxy.py)."""
-    proxy = FaultProxy(("127.0.0.1", minio.port))
+    proxy = FaultProxy(("127.0.0.1", minio.port), free_port())
     yield proxy
     proxy.close()
 
@@ -431,7 +546,7 @@ def make_daemon(tmp_path, server, bucket):
                 "secret_key": SECRET_KEY,
             },
             "checkpoint": {"path": str(base / "checkpoint")},
-            "metrics": {"host": "127.0.0.1", "port": free_port()},
+            "metrics": {"host": "127.0.0.1", "port": 0},
             "workers": 2,
             "grace_period": 10,
             "instance": "test-host",
@@ -451,8 +566,9 @@ def make_daemon(tmp_path, server, bucket):
 
     yield make
     for daemon in daemons:
-        if daemon.process:
-            daemon.stop()
+        daemon.stop()
+    for daemon in daemons:
+        daemon.check()
 
 
 class GrowingFile:

@@ -4,6 +4,8 @@ Modes: pass (forward), refuse (nothing listens: connection refused, open connect
 reset), reset (every connection reset), blackhole (connections, open or new, go silent:
 bytes are read and dropped, nothing is answered), throttle (forward at a byte rate),
 refuse_puts (a connection that starts a PUT request is reset; other requests pass).
+Whatever the mode, `damage_puts(n)` flips one byte in the body of each of the next n PUT
+requests with a body: a request damaged on the way, its headers intact.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 
 
 class FaultProxy:
-    def __init__(self, upstream: tuple[str, int]):
+    def __init__(self, upstream: tuple[str, int], port: int):
         self.upstream = upstream
         self.mode = "pass"
         self.rate = 0  # bytes per second, in throttle mode
@@ -24,14 +26,13 @@ class FaultProxy:
         # all its open ones are busy, so this is the peak of requests in flight.
         self.peak_connections = 0
         self.uploaded = 0  # bytes passed from clients to the server
+        self.damaged = 0  # PUT bodies damaged so far
+        self._to_damage = 0
         self._open = 0
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = port
         self.endpoint = f"127.0.0.1:{self.port}"
         self._stopped = False
         self._listen()
@@ -46,6 +47,10 @@ class FaultProxy:
             self._close_listener()
         elif self._listener is None:
             self._listen()
+
+    def damage_puts(self, count: int) -> None:
+        with self._lock:
+            self._to_damage += count
 
     def close(self) -> None:
         self._stopped = True
@@ -103,6 +108,7 @@ class FaultProxy:
             self._open -= 1
 
     def _pump(self, source: socket.socket, sink: socket.socket, upload: bool = False) -> None:
+        flip_at = None  # where in the stream of request bytes the next body starts
         try:
             while True:
                 data = source.recv(65536 if self.mode != "throttle" else 4096)
@@ -113,6 +119,18 @@ class FaultProxy:
                 if upload and self.mode == "refuse_puts" and data.startswith(b"PUT "):
                     _reset(source)  # every other request goes through
                     break
+                if upload and data.startswith(b"PUT ") and b"\r\n\r\n" in data:
+                    with self._lock:
+                        armed = self._to_damage > 0
+                        self._to_damage -= armed
+                    flip_at = data.index(b"\r\n\r\n") + 4 if armed else None
+                if flip_at is not None and flip_at < len(data):
+                    data = data[:flip_at] + bytes([data[flip_at] ^ 0xFF]) + data[flip_at + 1 :]
+                    flip_at = None
+                    with self._lock:
+                        self.damaged += 1
+                elif flip_at is not None:
+                    flip_at -= len(data)
                 sink.sendall(data)
                 if upload:
                     with self._lock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 
 import pytest
 from conftest import (
@@ -16,6 +15,7 @@ from conftest import (
     manifest_of,
     object_bytes,
     reassemble,
+    scrape,
     sha256_file,
     wait_until,
 )
@@ -102,6 +102,9 @@ def test_chunks_are_copied_into_the_assembled_object_while_the_file_grows(make_d
     daemon.wait_for("stream_finished", timeout=60)
     assembled = daemon.find("stream_assembled", stream_id=stream_id)[0]
     assert assembled["parts_copied_live"] == 4, "only the tail is copied at completion"
+    copied = scrape(daemon)
+    assert copied["streamer_assembly_parts_copied_total{when=live}"] == 4
+    assert copied["streamer_assembly_parts_copied_total{when=completion}"] == 1
     manifest = assembled_exactly(server, daemon, stream_id, path)
     info = server.client.stat_object(daemon.bucket, manifest["assembled"]["key"])
     assert info.content_type == "video/mp4"
@@ -140,8 +143,7 @@ def test_a_killed_daemon_resumes_the_upload_it_began(make_daemon, minio):
     data = recording("resumed", 27 * MiB)
     daemon, path, stream_id, _ = streaming(make_daemon, "resumed.mp4", data[: 15 * MiB], 3)
 
-    daemon.signal(signal.SIGKILL)  # the uploaders die with it
-    daemon.process.wait()
+    daemon.kill()  # the uploaders die with it
     daemon.start()
     append(path, data[15 * MiB :])
     daemon.wait_for("stream_finished", timeout=60)

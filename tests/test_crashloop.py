@@ -11,24 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GrowingFile, manifest_of, reassemble, sha256_file, wait_until
+from conftest import GrowingFile, alive, manifest_of, reassemble, sha256_file, wait_until
 
 pytestmark = pytest.mark.integration
 
 KiB = 1024
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def crash_loop(make_daemon, minio, kills: int, seed: int) -> None:
     rng = random.Random(seed)
-    daemon = make_daemon(stream={"idle_timeout": 3}).start()
+    daemon = make_daemon(stream={"idle_timeout": 3})
+    daemon.expect("uploader_died", "halting", exit_codes=(1,)).start()
     seconds = kills * 0.9 + 5
     writers = [
         GrowingFile(
@@ -44,8 +37,7 @@ def crash_loop(make_daemon, minio, kills: int, seed: int) -> None:
         uploaders = [pid for pid in daemon.uploader_pids() if alive(pid)]
         if rng.random() < 0.5 or not uploaders:
             old = uploaders
-            daemon.process.kill()
-            daemon.process.wait()
+            daemon.kill()
             wait_until(lambda old=old: not any(alive(p) for p in old), 10, what="orphans gone")
             killed["supervisor"] += 1
             daemon.start()

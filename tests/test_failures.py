@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 
 import pytest
 from conftest import (
     ACCESS_KEY,
     SECRET_KEY,
+    Daemon,
     GrowingFile,
+    alive,
+    clean_env,
     free_port,
     manifest_of,
+    port_of,
     reassemble,
+    scrape,
     sha256_file,
     wait_until,
 )
@@ -29,7 +36,7 @@ KiB = 1024
 
 
 def test_a_killed_uploader_is_replaced_and_its_stream_resumes(make_daemon, minio):
-    daemon = make_daemon(workers=1).start()
+    daemon = make_daemon(workers=1).expect("uploader_died").start()
     writer = GrowingFile(daemon.watch / "victim.mp4", total=1536 * KiB, rate=256 * KiB).start()
     daemon.wait_for("chunk_uploaded", count=3)
     [victim] = daemon.uploader_pids()
@@ -38,16 +45,100 @@ def test_a_killed_uploader_is_replaced_and_its_stream_resumes(make_daemon, minio
     died = daemon.wait_for("uploader_died")[0]
     assert died["exit_code"] == -signal.SIGKILL and died["streams"]
     assert daemon.wait_for("uploader_spawned", count=2)[1]["pid"] != victim
+    assert scrape(daemon)["streamer_uploader_restarts_total"] == 1
     writer.wait()
     event = daemon.wait_for("stream_finished", timeout=60)[0]
-    manifest = manifest_of(minio.client, daemon.bucket, event["stream_id"])
+    stream_id = event["stream_id"]
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
     data = reassemble(minio.client, daemon.bucket, manifest)
     assert hashlib.sha256(data).hexdigest() == sha256_file(writer.path)
     assert daemon.process.poll() is None
+    # Resumed, not restarted: S3 wrote none of the victim's chunks again after it died.
+    by_victim = {e["index"] for e in daemon.find("chunk_uploaded", pid=victim)}
+    assert len(by_victim) >= 3
+    written = chunk_times(minio, daemon.bucket, stream_id)
+    died_at = datetime.fromisoformat(died["ts"])
+    assert all(written[f"{index:06d}"] < died_at for index in by_victim), (written, died_at)
+    uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
+    found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
+    assert sorted(uploaded + found) == list(range(manifest["chunk_count"])), "each chunk once"
+
+
+def chunk_times(server, bucket: str, stream_id: str) -> dict:
+    """When S3 last wrote each chunk object of the stream, by name ("000001", "000001.r1")."""
+    prefix = f"rec/test-host/{stream_id}/chunks/"
+    return {
+        o.object_name.removeprefix(prefix): o.last_modified
+        for o in server.client.list_objects(bucket, prefix=prefix, recursive=True)
+    }
+
+
+def _hold_the_write_lock(path: str, holding, release) -> None:
+    from streamer.checkpoint import CheckpointStore
+
+    store = CheckpointStore(path, 1 << 20)
+    with store._env.begin(write=True):
+        holding.set()
+        release.wait(120)
+
+
+@pytest.mark.parametrize("rewritten", [False, True], ids=["same", "rewritten"])
+def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(make_daemon, minio, rewritten):
+    """The kill falls between a chunk's PUT and its checkpoint commit, every time: the
+    test holds LMDB's write lock, so the commit waits while the PUT goes through. If the
+    recorder rewrote that chunk meanwhile, its new bytes go to a new revision key and the
+    object in S3 stays as it was: an object once written is never overwritten."""
+    daemon = make_daemon(workers=1, stream={"idle_timeout": 3}).start()
+    path = daemon.watch / "between.mp4"
+    data = bytearray(hashlib.shake_256(b"between").digest(3 * 64 * KiB + 1000))
+    with open(path, "wb") as f:
+        f.write(data[: 64 * KiB + 10])
+        f.flush()
+        stream_id = daemon.wait_for("chunk_uploaded", index=0)[0]["stream_id"]
+        fork = multiprocessing.get_context("fork")
+        holding, release = fork.Event(), fork.Event()
+        holder = fork.Process(
+            target=_hold_the_write_lock,
+            args=(str(daemon.config_path.parent / "checkpoint"), holding, release),
+        )
+        holder.start()
+        try:
+            assert holding.wait(10)
+            f.write(data[64 * KiB + 10 : 2 * 64 * KiB + 10])  # chunk 1 is now whole
+            f.flush()
+            times = lambda: chunk_times(minio, daemon.bucket, stream_id)  # noqa: E731
+            wait_until(lambda: "000001" in times(), 30, what="chunk 1's PUT")
+            put_at = times()["000001"]
+            [uploader] = daemon.uploader_pids()
+            daemon.kill()  # its uploader dies with it, still waiting to commit chunk 1
+            wait_until(lambda: not alive(uploader), 10, what="the uploader to die")
+        finally:
+            release.set()
+            holder.join(10)
+        assert not daemon.find("chunk_uploaded", index=1), "chunk 1 was never committed"
+        if rewritten:
+            data[64 * KiB + 100 : 64 * KiB + 104] = b"NEW!"
+            with open(path, "r+b") as again:
+                again.seek(64 * KiB + 100)
+                again.write(b"NEW!")
+        daemon.start()
+        f.write(data[2 * 64 * KiB + 10 :])
+    daemon.wait_for("stream_finished", timeout=60)
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    assert reassemble(minio.client, daemon.bucket, manifest) == data
+    assert times()["000001"] == put_at, "the object first PUT stays as it was"
+    found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
+    uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
+    if rewritten:
+        assert (found, sorted(uploaded)) == ([], [0, 1, 2, 3])
+        assert manifest["chunks"][1]["key"].endswith("/chunks/000001.r1")
+    else:
+        assert (found, sorted(uploaded)) == ([1], [0, 2, 3])
+        assert manifest["chunks"][1]["key"].endswith("/chunks/000001")
 
 
 def test_too_many_uploader_deaths_halt_the_supervisor(make_daemon):
-    daemon = make_daemon(workers=1).start()
+    daemon = make_daemon(workers=1).expect("uploader_died", "halting", exit_codes=(1,)).start()
     for n in range(6):
         pid = daemon.wait_for("uploader_spawned", count=n + 1)[n]["pid"]
         daemon.wait_for("uploader_started", count=n + 1)
@@ -57,7 +148,7 @@ def test_too_many_uploader_deaths_halt_the_supervisor(make_daemon):
 
 
 def test_a_second_sigterm_forces_an_immediate_stop(make_daemon):
-    daemon = make_daemon(grace_period=60).start()
+    daemon = make_daemon(grace_period=60).expect(exit_codes=(1,)).start()
     [uploader, _] = daemon.uploader_pids()
     os.kill(uploader, signal.SIGSTOP)  # it can no longer finish gracefully
     daemon.signal(signal.SIGTERM)
@@ -66,6 +157,23 @@ def test_a_second_sigterm_forces_an_immediate_stop(make_daemon):
     assert daemon.process.wait(10) == 1
     assert daemon.find("forced_stop")
     wait_until(lambda: not os.path.exists(f"/proc/{uploader}"), 10, what="uploader reaped")
+
+
+def test_ctrl_c_in_a_terminal_stops_gracefully_with_status_0(make_daemon, minio):
+    daemon = make_daemon().start()
+    writer = GrowingFile(daemon.watch / "ctrl-c.mp4", total=1024 * KiB, rate=256 * KiB).start()
+    daemon.wait_for("chunk_uploaded")
+    # A terminal sends SIGINT to the whole foreground process group: uploaders included.
+    for pid in [daemon.process.pid, *daemon.uploader_pids()]:
+        os.kill(pid, signal.SIGINT)
+    assert daemon.process.wait(30) == 0
+    assert daemon.find("stopped", exit_code=0)
+    assert len(daemon.find("uploader_exited", exit_code=0)) == 2
+    daemon.start()
+    writer.wait()
+    event = daemon.wait_for("stream_finished", timeout=60)[0]
+    manifest = manifest_of(minio.client, daemon.bucket, event["stream_id"])
+    assert reassemble(minio.client, daemon.bucket, manifest) == writer.data
 
 
 def test_the_grace_period_ends_a_stuck_uploader(make_daemon):
@@ -101,7 +209,7 @@ def test_a_stuck_uploader_does_not_stall_the_supervisor(make_daemon):
             f.flush()
     daemon.wait_for("stream_discovered")
     time.sleep(1)
-    port = json.loads(daemon.config_path.read_text())["metrics"]["port"]
+    port = port_of(daemon)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
         assert reply.status == 200
     daemon.signal(signal.SIGTERM)
@@ -118,6 +226,12 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_others(make_daemon, mini
     good.write_bytes(b"y" * 100 * KiB)
     event = daemon.wait_for("stream_finished", timeout=30)[0]
     assert event["stream_id"].startswith("good-")
+    # The odd name is reported, by its bytes, and nothing is made of it in S3.
+    failed = daemon.wait_for("file_failed")[0]
+    assert failed["path"] == os.fsdecode(bad) and "UnicodeEncodeError" in failed["error"]
+    assert [e["path"] for e in daemon.find("stream_discovered")] == [str(good)]
+    keys = [o.object_name for o in minio.client.list_objects(daemon.bucket, recursive=True)]
+    assert keys and all(k.startswith(f"rec/test-host/{event['stream_id']}/") for k in keys)
     assert daemon.process.poll() is None
     assert daemon.stop() == 0
 
@@ -125,7 +239,7 @@ def test_a_file_name_that_is_not_utf8_does_not_stop_the_others(make_daemon, mini
 def run_once(tmp_path, config: dict, timeout=30) -> subprocess.CompletedProcess:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    env = clean_env({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
     return subprocess.run(
         [sys.executable, "-m", "streamer", "run", "--config", str(path)],
         capture_output=True,
@@ -167,7 +281,6 @@ def test_a_corrupt_checkpoint_store_halts_instead_of_restart_looping(tmp_path, m
     (tmp_path / "in").mkdir()
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "data.mdb").write_bytes(b"this is not an LMDB file" * 1000)
-    started = time.monotonic()
     result = run_once(
         tmp_path,
         {
@@ -180,7 +293,6 @@ def test_a_corrupt_checkpoint_store_halts_instead_of_restart_looping(tmp_path, m
     assert result.returncode == 3
     assert "cannot open checkpoint store" in result.stderr
     assert result.stderr.count('"uploader_spawned"') <= 2, "no uploader was restarted"
-    assert time.monotonic() - started < 20
 
 
 def test_two_instances_share_one_bucket_without_colliding(make_daemon, minio, bucket):
@@ -206,26 +318,12 @@ def test_a_checkpoint_store_keeps_its_instance(tmp_path, minio):
         "s3": {"endpoint": minio.endpoint},
         "metrics": {"enabled": False},
     }
-    first = run_once_briefly(tmp_path, config)
-    assert '"instance":"' in first
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    first = Daemon(path, tmp_path / "streamer.log").start()
+    assert first.find("instance")
+    first.check()
     config["instance"] = "another-name"
     result = run_once(tmp_path, config)
     assert result.returncode == 3
     assert "belongs to instance" in result.stderr
-
-
-def run_once_briefly(tmp_path, config: dict) -> str:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamer", "run", "--config", str(path)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    time.sleep(2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=20)
-    assert process.returncode == 0, stderr
-    return stderr

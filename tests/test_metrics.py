@@ -73,6 +73,12 @@ def test_the_tail_waiting_for_the_idle_timeout_shows_as_lag(make_daemon, minio):
         == 1000
     )
     assert values["streamer_delivery_oldest_uncommitted_age_seconds"] >= 2
+    # No chunk is sent while the tail waits: the time since the last upload grows.
+    waited = []
+    for _ in range(3):
+        waited.append(scrape(daemon)["streamer_seconds_since_last_upload"])
+        time.sleep(1)
+    assert waited[0] < waited[2]
 
 
 def test_readyz_says_why_when_s3_cannot_be_reached(make_daemon):

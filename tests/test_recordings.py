@@ -108,6 +108,23 @@ def test_chunks_of_5_mib_are_assembled_in_s3_without_uploading_again(make_daemon
     assert len(daemon.find("chunk_uploaded")) == 3
 
 
+@both_servers
+@pytest.mark.parametrize("kind", ["plain", "faststart", "fragmented"])
+def test_ffmpeg_recordings_in_5_mib_chunks_are_assembled_by_server_side_copy(
+    make_daemon, server, ffmpeg, kind
+):
+    """Each of the three writers, its rewritten chunks included, assembled in S3 from the
+    chunks themselves (UploadPartCopy needs parts of 5 MiB)."""
+    daemon = make_daemon(stream={"chunk_size": 5 * MiB, "idle_timeout": 3}).start()
+    path = daemon.watch / f"{kind}.mp4"
+    assert record(ffmpeg, path, 50, kind, live=False).wait(120) == 0
+    event = daemon.wait_for("stream_finished", timeout=90)[0]
+    manifest = check_exact(server, daemon.bucket, event["stream_id"], path)
+    assert manifest["status"] == "complete" and manifest["chunk_count"] >= 2
+    assert manifest["assembled"]["method"] == "compose"
+    assert (manifest["reuploaded_chunks"] > 0) == (kind != "fragmented")
+
+
 def test_a_recorder_that_crashes_leaves_a_partial_stream(make_daemon, server, ffmpeg):
     daemon = make_daemon(stream={"idle_timeout": 3}).start()
     path = daemon.watch / "crashed.mp4"

@@ -4,6 +4,7 @@ and, for disk pressure, a real (tmpfs) filesystem that fills up."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import time
 from datetime import datetime
 
+import msgspec
 import pytest
 from conftest import (
     ACCESS_KEY,
@@ -21,12 +23,13 @@ from conftest import (
     assert_exact,
     cli,
     manifest_of,
+    object_bytes,
     record,
     scrape,
 )
 
 from streamer import retention
-from streamer.checkpoint import CheckpointStore
+from streamer.checkpoint import CheckpointStore, StreamState
 from streamer.chunkstore import ChunkStore
 from streamer.config import S3Config
 
@@ -131,7 +134,8 @@ def test_a_file_whose_chunk_was_removed_from_s3_is_kept(make_daemon, minio, reco
 def test_a_file_still_open_for_writing_or_too_young_or_forgotten_is_kept(
     make_daemon, minio, recording
 ):
-    daemon = make_daemon(retention={"delete_after_upload": True, "min_age": 8})
+    # min_age leaves ample time to forget a stream before its file is old enough.
+    daemon = make_daemon(retention={"delete_after_upload": True, "min_age": 20})
     for name in ("open.mp4", "young.mp4", "forgotten.mp4"):
         place(recording, daemon.watch / name)
     written_at = time.time()
@@ -140,11 +144,12 @@ def test_a_file_still_open_for_writing_or_too_young_or_forgotten_is_kept(
         ids = finished_ids(daemon, 3)
         forgot = cli(daemon, "streams", "forget", "--yes", ids["forgotten.mp4"])
         assert forgot.returncode == 0, forgot.stderr
-        assert time.time() - written_at < 8, "too slow to forget it before it was old enough"
-        deleted = daemon.wait_for("source_deleted", path=str(daemon.watch / "young.mp4"))[0]
+        deleted = daemon.wait_for(
+            "source_deleted", path=str(daemon.watch / "young.mp4"), timeout=60
+        )[0]
         open_kept = daemon.wait_for("source_kept", stream_id=ids["open.mp4"])[0]
         forgotten_kept = daemon.wait_for("source_kept", stream_id=ids["forgotten.mp4"])[0]
-    assert datetime.fromisoformat(deleted["ts"]).timestamp() - written_at >= 8
+    assert datetime.fromisoformat(deleted["ts"]).timestamp() - written_at >= 20
     assert open_kept["kept_because"] == "a process has the file open for writing"
     assert forgotten_kept["kept_because"] == "the stream is not in the checkpoint store"
     assert (daemon.watch / "open.mp4").read_bytes() == recording.read_bytes()
@@ -231,13 +236,15 @@ def test_cancelled_and_active_streams_are_never_deleted_even_under_pressure(
 def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
     make_daemon, minio, recording, tmp_path
 ):
-    """The uploader's last checks, made at the moment of deletion, called directly on
-    the real checkpoint and S3 a daemon left."""
+    """The uploader's checks, made at the moment of deletion, called directly on the real
+    checkpoint and S3 a daemon left: each made to fail on its own (check 2, a chunk gone
+    from S3, and the lease have daemon tests above)."""
     daemon = make_daemon()
-    for name in ("touched.mp4", "linked.mp4", "plain.mp4"):
+    names = ("touched.mp4", "linked.mp4", "plain.mp4", "unassembled.mp4", "unreadable.mp4")
+    for name in names:
         place(recording, daemon.watch / name)
     daemon.start()
-    ids = finished_ids(daemon, 3)
+    ids = finished_ids(daemon, len(names))
     daemon.stop()
     config = S3Config(
         endpoint=minio.endpoint,
@@ -249,10 +256,36 @@ def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
     s3 = ChunkStore(config, "test-host")
     store = CheckpointStore(str(daemon.config_path.parent / "checkpoint"), 64 * MiB)
 
-    def delete(name: str, directory=daemon.watch) -> None:
+    def delete(name: str, directory=daemon.watch, **changes) -> None:
         stream_id = ids[name]
-        record = store.get_stream(stream_id)
+        record = msgspec.structs.replace(store.get_stream(stream_id), **changes)
         retention.delete_if_proven(record, store.chunks(stream_id), s3, str(directory), False)
+
+    # 1. The stream finished complete (the supervisor asks only for those; the uploader
+    # checks again, on the record as it is at that moment).
+    with pytest.raises(retention.Kept, match="its stream finished partial, not complete"):
+        delete("plain.mp4", state=StreamState.PARTIAL)
+    # 3. The assembled object is in S3, as made.
+    assembled = store.get_stream(ids["unassembled.mp4"]).assembled.key
+    minio.client.remove_object(daemon.bucket, assembled)
+    with pytest.raises(retention.Kept, match="the assembled object is missing from S3"):
+        delete("unassembled.mp4")
+    # 4. metadata.json is in S3 and reads back as this stream.
+    manifest_key = f"rec/test-host/{ids['unreadable.mp4']}/metadata.json"
+    minio.client.remove_object(daemon.bucket, manifest_key)
+    with pytest.raises(retention.Kept, match=r"metadata\.json is missing from S3"):
+        delete("unreadable.mp4")
+    minio.client.put_object(daemon.bucket, manifest_key, io.BytesIO(b"{not json"), 9)
+    with pytest.raises(retention.Kept, match=r"metadata\.json does not read back"):
+        delete("unreadable.mp4")
+    another = object_bytes(
+        minio.client, daemon.bucket, f"rec/test-host/{ids['plain.mp4']}/metadata.json"
+    )
+    minio.client.put_object(daemon.bucket, manifest_key, io.BytesIO(another), len(another))
+    with pytest.raises(retention.Kept, match="does not describe this stream as recorded"):
+        delete("unreadable.mp4")
+    assert (daemon.watch / "unassembled.mp4").exists()
+    assert (daemon.watch / "unreadable.mp4").exists()
 
     touched = daemon.watch / "touched.mp4"
     os.utime(touched, ns=(time.time_ns(), time.time_ns()))
@@ -325,7 +358,9 @@ def test_the_free_space_guard_deletes_the_oldest_proven_files_and_nothing_else(
     daemon.wait_for("disk_pressure")
     assert deleted_names(daemon) == ["a.mp4", "b.mp4", "c.mp4"]
     assert (small_disk / "invalid.mp4").exists() and (small_disk / "partial.mp4").exists()
-    assert scrape(daemon)["streamer_disk_pressure"] == 1
+    pressed = scrape(daemon)
+    assert pressed["streamer_disk_pressure"] == 1
+    assert 0 < pressed["streamer_disk_free_bytes"] < threshold
     for name in ("a.mp4", "b.mp4", "c.mp4"):
         assert_exact(minio, daemon, ids[name], recording)
 

@@ -11,6 +11,7 @@ from datetime import datetime
 import pytest
 from conftest import (
     GrowingFile,
+    alive,
     assert_exact,
     both_servers,
     manifest_of,
@@ -100,6 +101,9 @@ def test_metadata_describes_the_stream(make_daemon, server):
     for chunk in manifest["chunks"]:
         assert chunk["key"] == f"rec/test-host/{event['stream_id']}/chunks/{chunk['index']:06d}"
         assert len(chunk["sha256"]) == 64 and chunk["etag"]
+        # Each chunk carries its own sha256, readable from S3 alone.
+        stored = server.client.stat_object(daemon.bucket, chunk["key"])
+        assert stored.metadata["x-amz-meta-sha256"] == chunk["sha256"]
     stamps = [
         manifest[k] for k in ("first_seen_at", "first_upload_at", "last_upload_at", "completed_at")
     ]
@@ -131,8 +135,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
     daemon.wait_for("chunk_uploaded", count=4)
     uploaders = daemon.uploader_pids()
-    daemon.process.kill()
-    daemon.process.wait()
+    daemon.kill()
     before = {
         o.object_name: o.last_modified
         for o in server.client.list_objects(
@@ -140,7 +143,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
         )
     }
     # The uploaders die with the supervisor: no orphan keeps uploading.
-    wait_until(lambda: not any(_alive(pid) for pid in uploaders), 10, what="uploaders to exit")
+    wait_until(lambda: not any(alive(pid) for pid in uploaders), 10, what="uploaders to exit")
 
     time.sleep(0.5)
     daemon.start()
@@ -184,10 +187,8 @@ def test_sigterm_stops_gracefully_and_the_stream_resumes(make_daemon, server):
     daemon = make_daemon(grace_period=5).start()
     writer = GrowingFile(daemon.watch / "term.mp4", total=1024 * KiB, rate=256 * KiB).start()
     daemon.wait_for("chunk_uploaded", count=2)
-    started = time.monotonic()
     daemon.signal(signal.SIGTERM)
     assert daemon.process.wait(15) == 0
-    assert time.monotonic() - started < 5 + 2
     assert daemon.find("stopped", exit_code=0)
     assert len(daemon.find("uploader_exited", exit_code=0)) == 2
 
@@ -211,11 +212,3 @@ def test_a_new_recording_with_a_finished_name_gets_a_new_stream(make_daemon, ser
     assert first != second
     assert_exact(server, daemon, second, source)
     assert manifest_of(server.client, daemon.bucket, first)["total_size"] == 15000
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False

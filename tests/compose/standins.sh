@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Make the images that Dockerfile and docker-compose.yml name available to a Docker engine
-# that cannot reach a registry: for each image that can neither be found locally nor
-# pulled, build a local stand-in under the exact same name. A machine that can pull gets
-# the real images and this script changes nothing.
+# that cannot reach a registry: for each image that is neither here as the real image nor
+# can be pulled, build a local stand-in under the exact same name, labelled
+# streamer.standin=true. A pull is tried every time, so once a registry can be reached the
+# real image replaces the stand-in; a machine that can pull gets the real images and this
+# script builds nothing.
 #
 # Stand-ins: a Debian bookworm base made with debootstrap; the Python image = base +
 # Debian's python3; the MinIO image = base + the minio and mc binaries given in MINIO_BIN
@@ -16,7 +18,23 @@ BASE=streamer-standin/debian:bookworm
 python_image=$(sed -n 's/^FROM \([^ ]*\).*/\1/p' Dockerfile | sort -u)
 minio_image=$(sed -n 's/^ *image: *\(.*minio\/minio:.*\)$/\1/p' docker-compose.yml)
 
-have() { docker image inspect "$1" >/dev/null 2>&1 || docker pull -q "$1" >/dev/null 2>&1; }
+standin() {
+  [ "$(docker image inspect -f '{{index .Config.Labels "streamer.standin"}}' "$1" 2>/dev/null)" = true ]
+}
+real() {  # the real image is here, or can be pulled now (over a stand-in of the same name)
+  { docker image inspect "$1" >/dev/null 2>&1 && ! standin "$1"; } || docker pull -q "$1" >/dev/null 2>&1
+}
+need_standin() {  # IMAGE: true when a stand-in must be built
+  if real "$1"; then
+    echo "standins: $1 is the real image"
+    return 1
+  fi
+  if standin "$1"; then
+    echo "standins: $1 cannot be pulled; using the stand-in built before"
+    return 1
+  fi
+  echo "standins: $1 cannot be pulled; building a stand-in"
+}
 
 base() {
   docker image inspect "$BASE" >/dev/null 2>&1 && return
@@ -35,12 +53,12 @@ build() {  # build IMAGE, with the Dockerfile on stdin and $context as context
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 
-if ! have "$python_image"; then
-  echo "standins: building $python_image"
+if need_standin "$python_image"; then
   base
   cp /etc/ssl/certs/ca-certificates.crt "$context/ca.crt"
   build "$python_image" <<DOCKERFILE
 FROM $BASE
+LABEL streamer.standin=true
 COPY ca.crt /etc/ssl/certs/standin-ca.crt
 ENV PIP_CERT=/etc/ssl/certs/standin-ca.crt SSL_CERT_FILE=/etc/ssl/certs/standin-ca.crt
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
@@ -51,8 +69,7 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
 DOCKERFILE
 fi
 
-if ! have "$minio_image"; then
-  echo "standins: building $minio_image"
+if need_standin "$minio_image"; then
   base
   cp "${MINIO_BIN:?set MINIO_BIN to a minio binary}" "$context/minio"
   cp "${MC_BIN:?set MC_BIN to an mc binary}" "$context/mc"
@@ -67,6 +84,7 @@ SH
   chmod +x "$context/entrypoint.sh"
   build "$minio_image" <<DOCKERFILE
 FROM $BASE
+LABEL streamer.standin=true
 COPY minio mc /usr/bin/
 COPY entrypoint.sh /usr/bin/docker-entrypoint.sh
 ENTRYPOINT ["/usr/bin/docker-entrypoint.sh"]
