@@ -649,6 +649,15 @@ def object_bytes(client: Minio, bucket: str, key: str) -> bytes:
         response.release_conn()
 
 
+def objects(server: S3Server, bucket: str, stream_id: str, prefix: str = "rec/test-host") -> dict:
+    """The stream's objects as S3 last wrote them: key -> (ETag, last modified). Compared
+    before and after, it shows from S3's side whether anything was written again."""
+    return {
+        o.object_name: (o.etag, o.last_modified)
+        for o in server.client.list_objects(bucket, prefix=f"{prefix}/{stream_id}/", recursive=True)
+    }
+
+
 def manifest_of(client: Minio, bucket: str, stream_id: str, prefix: str = "rec/test-host") -> dict:
     return json.loads(object_bytes(client, bucket, f"{prefix}/{stream_id}/metadata.json"))
 

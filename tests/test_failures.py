@@ -23,6 +23,7 @@ from conftest import (
     clean_env,
     free_port,
     manifest_of,
+    objects,
     port_of,
     reassemble,
     scrape,
@@ -56,21 +57,13 @@ def test_a_killed_uploader_is_replaced_and_its_stream_resumes(make_daemon, minio
     # Resumed, not restarted: S3 wrote none of the victim's chunks again after it died.
     by_victim = {e["index"] for e in daemon.find("chunk_uploaded", pid=victim)}
     assert len(by_victim) >= 3
-    written = chunk_times(minio, daemon.bucket, stream_id)
+    written = objects(minio, daemon.bucket, stream_id)
     died_at = datetime.fromisoformat(died["ts"])
-    assert all(written[f"{index:06d}"] < died_at for index in by_victim), (written, died_at)
+    chunks = f"rec/test-host/{stream_id}/chunks/"
+    assert all(written[f"{chunks}{i:06d}"][1] < died_at for i in by_victim), (written, died_at)
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
     found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
     assert sorted(uploaded + found) == list(range(manifest["chunk_count"])), "each chunk once"
-
-
-def chunk_times(server, bucket: str, stream_id: str) -> dict:
-    """When S3 last wrote each chunk object of the stream, by name ("000001", "000001.r1")."""
-    prefix = f"rec/test-host/{stream_id}/chunks/"
-    return {
-        o.object_name.removeprefix(prefix): o.last_modified
-        for o in server.client.list_objects(bucket, prefix=prefix, recursive=True)
-    }
 
 
 def _hold_the_write_lock(path: str, holding, release) -> None:
@@ -106,9 +99,9 @@ def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(make_daemon
             assert holding.wait(10)
             f.write(data[64 * KiB + 10 : 2 * 64 * KiB + 10])  # chunk 1 is now whole
             f.flush()
-            times = lambda: chunk_times(minio, daemon.bucket, stream_id)  # noqa: E731
-            wait_until(lambda: "000001" in times(), 30, what="chunk 1's PUT")
-            put_at = times()["000001"]
+            chunk_1 = f"rec/test-host/{stream_id}/chunks/000001"
+            wait_until(lambda: chunk_1 in objects(minio, daemon.bucket, stream_id), 30, what="PUT")
+            put = objects(minio, daemon.bucket, stream_id)[chunk_1]
             [uploader] = daemon.uploader_pids()
             daemon.kill()  # its uploader dies with it, still waiting to commit chunk 1
             wait_until(lambda: not alive(uploader), 10, what="the uploader to die")
@@ -126,7 +119,7 @@ def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(make_daemon
     daemon.wait_for("stream_finished", timeout=60)
     manifest = manifest_of(minio.client, daemon.bucket, stream_id)
     assert reassemble(minio.client, daemon.bucket, manifest) == data
-    assert times()["000001"] == put_at, "the object first PUT stays as it was"
+    assert objects(minio, daemon.bucket, stream_id)[chunk_1] == put, "the first PUT stays"
     found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
     if rewritten:
@@ -169,11 +162,15 @@ def test_ctrl_c_in_a_terminal_stops_gracefully_with_status_0(make_daemon, minio)
     assert daemon.process.wait(30) == 0
     assert daemon.find("stopped", exit_code=0)
     assert len(daemon.find("uploader_exited", exit_code=0)) == 2
+    stream_id = daemon.find("stream_discovered")[0]["stream_id"]
+    before = objects(minio, daemon.bucket, stream_id)
     daemon.start()
     writer.wait()
-    event = daemon.wait_for("stream_finished", timeout=60)[0]
-    manifest = manifest_of(minio.client, daemon.bucket, event["stream_id"])
+    daemon.wait_for("stream_finished", timeout=60)
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
     assert reassemble(minio.client, daemon.bucket, manifest) == writer.data
+    after = objects(minio, daemon.bucket, stream_id)
+    assert before and {k: after[k] for k in before} == before, "resumed, not sent again"
 
 
 def test_the_grace_period_ends_a_stuck_uploader(make_daemon):

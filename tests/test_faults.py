@@ -20,6 +20,7 @@ from conftest import (
     cli,
     manifest_of,
     object_bytes,
+    objects,
     port_of,
     scrape,
     sha256_file,
@@ -264,12 +265,16 @@ def test_an_operator_cancels_a_stream_and_retries_it(make_daemon, minio):
     assert len(daemon.find("stream_discovered")) == 1
     assert cli(daemon, "streams", "cancel", stream_id).returncode == 1
 
+    chunks = f"rec/test-host/{stream_id}/chunks/"
+    before = {k: v for k, v in objects(minio, daemon.bucket, stream_id).items() if chunks in k}
     assert cli(daemon, "streams", "retry", stream_id).returncode == 0
     writer.wait()
     daemon.wait_for("stream_finished", count=2, timeout=60)
     assert_exact(minio, daemon, stream_id, writer.path)
     uploaded_indices = [e["index"] for e in daemon.find("chunk_uploaded")]
     assert len(uploaded_indices) == len(set(uploaded_indices)), "retry resumed, not restarted"
+    after = objects(minio, daemon.bucket, stream_id)
+    assert {k: after[k] for k in before} == before, "no chunk of the cancelled run sent again"
 
 
 def test_streams_list_and_show(make_daemon, minio):

@@ -15,6 +15,7 @@ from conftest import (
     ffprobe_duration,
     manifest_of,
     object_bytes,
+    objects,
     reassemble,
     record,
     sha256_file,
@@ -25,15 +26,6 @@ pytestmark = pytest.mark.integration
 KiB = 1024
 MiB = 1024 * KiB
 FRAME = 1 / 25
-
-
-def objects(server, bucket, stream_id) -> dict:
-    return {
-        o.object_name: (o.etag, o.last_modified)
-        for o in server.client.list_objects(
-            bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
-        )
-    }
 
 
 def check_exact(server, bucket, stream_id, path) -> dict:

@@ -15,6 +15,7 @@ from conftest import (
     assert_exact,
     both_servers,
     manifest_of,
+    objects,
     record,
     wait_until,
 )
@@ -136,12 +137,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     daemon.wait_for("chunk_uploaded", count=4)
     uploaders = daemon.uploader_pids()
     daemon.kill()
-    before = {
-        o.object_name: o.last_modified
-        for o in server.client.list_objects(
-            daemon.bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
-        )
-    }
+    before = objects(server, daemon.bucket, stream_id)
     # The uploaders die with the supervisor: no orphan keeps uploading.
     wait_until(lambda: not any(alive(pid) for pid in uploaders), 10, what="uploaders to exit")
 
@@ -158,12 +154,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_reuploads_nothing(mak
     found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
     assert sorted(uploaded + found) == list(range(manifest["chunk_count"])), "each chunk once"
     assert len(found) <= 1
-    after = {
-        o.object_name: o.last_modified
-        for o in server.client.list_objects(
-            daemon.bucket, prefix=f"rec/test-host/{stream_id}/", recursive=True
-        )
-    }
+    after = objects(server, daemon.bucket, stream_id)
     assert {k: after[k] for k in before} == before, "chunks from before the kill were re-sent"
 
 
@@ -191,13 +182,18 @@ def test_sigterm_stops_gracefully_and_the_stream_resumes(make_daemon, server):
     assert daemon.process.wait(15) == 0
     assert daemon.find("stopped", exit_code=0)
     assert len(daemon.find("uploader_exited", exit_code=0)) == 2
+    stream_id = daemon.find("stream_discovered")[0]["stream_id"]
+    before = objects(server, daemon.bucket, stream_id)
+    assert before, "the chunks in flight landed before the stop"
 
     daemon.start()
     writer.wait()
-    event = finished(daemon)[0]
-    assert_exact(server, daemon, event["stream_id"], writer.path)
+    finished(daemon)
+    assert_exact(server, daemon, stream_id, writer.path)
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded")]
     assert len(uploaded) == len(set(uploaded))
+    after = objects(server, daemon.bucket, stream_id)
+    assert {k: after[k] for k in before} == before, "resumed, not sent again"
 
 
 def test_a_new_recording_with_a_finished_name_gets_a_new_stream(make_daemon, server):
