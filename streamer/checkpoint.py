@@ -12,124 +12,14 @@ Three databases:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from datetime import datetime
-from typing import Annotated
 
 import lmdb
 import msgspec
-from msgspec import Meta, Struct
 
-from streamer.mp4 import Mp4Facts
-
-UTC = Annotated[datetime, Meta(tz=True)]
-
-
-class StreamState(enum.Enum):
-    ACTIVE = "active"
-    COMPLETE = "complete"  # ended, every byte in S3, and a playable MP4
-    PARTIAL = "partial"  # ended, but not a finished MP4, or its file went away first
-    INVALID = "invalid"  # ended, but not an MP4 at all: uploaded anyway
-    CANCELLED = "cancelled"  # stopped by an operator; not picked up again unless retried
-
-    @property
-    def finished(self) -> bool:
-        return self is not StreamState.ACTIVE
-
-
-class ChunkRecord(Struct, frozen=True, kw_only=True):
-    index: int
-    offset: int
-    size: int
-    sha256: str
-    etag: str
-    uploaded_at: UTC
-    # Chunk objects are never overwritten: bytes the recorder rewrote go to a new revision's key.
-    revision: int = 0
-    reason: str | None = None  # why this revision was uploaded, if it is not the first
-    # When the bytes were read (wall clock), and the file's mtime just before: finalisation
-    # need not read them again if the file has not been written since (policy.settled).
-    read_at_ns: int | None = None
-    read_mtime_ns: int | None = None
-    # This revision's bytes copied as a part into the stream's assembly upload (the part's
-    # ETag, and which upload): a part of an upload since lost or replaced does not count.
-    part_etag: str | None = None
-    part_upload: str | None = None
-
-    def part_in(self, upload_id: str | None) -> str | None:
-        """The ETag of this chunk's part in the upload, if it was copied there."""
-        return self.part_etag if upload_id is not None and self.part_upload == upload_id else None
-
-
-class Assembled(Struct, frozen=True, kw_only=True):
-    """The whole recording as one object, made from the chunks after completion."""
-
-    key: str
-    size: int
-    etag: str
-    method: str  # "compose" (server-side copy of the chunks) or "upload" (streamed from disk)
-
-
-class AssemblyUpload(Struct, frozen=True, kw_only=True):
-    """The assembled object's multipart upload, begun while the stream is live: each
-    committed chunk is copied into it as a part in the background, so that completion
-    copies only the chunks the recorder rewrote, and the tail."""
-
-    key: str
-    upload_id: str
-    content_type: str
-
-
-class StreamRecord(Struct, kw_only=True):
-    stream_id: str
-    path: str
-    inode: int
-    device: int
-    chunk_size: int
-    first_seen_at: UTC
-    state: StreamState = StreamState.ACTIVE
-    committed_bytes: int = 0
-    chunk_count: int = 0
-    reuploaded_chunks: int = 0
-    # Revisions below this were used by chunks since dropped (the file shrank): never reuse.
-    min_revision: int = 0
-    head: bytes | None = None  # the file's first bytes as uploaded: another recording differs
-    cancel_requested: bool = False  # set by `streamer streams cancel`, acted on by the daemon
-    first_upload_at: UTC | None = None
-    last_upload_at: UTC | None = None
-    total_size: int | None = None
-    mtime_ns: int | None = None
-    sha256: str | None = None
-    completed_at: UTC | None = None
-    status_reason: str | None = None
-    mp4: Mp4Facts | None = None
-    assembled: Assembled | None = None
-    assembly: AssemblyUpload | None = None  # open while the stream is live
-    # When retention deleted the local file, proven in S3, and why (see streamer.retention).
-    source_deleted_at: UTC | None = None
-    deleted_because: str | None = None
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.path)
-
-    @property
-    def position(self) -> Position:
-        return Position(self.stream_id, self.chunk_count, self.committed_bytes)
-
-
-class Position(Struct, frozen=True):
-    """Where a stream's upload stands: the next chunk index and the byte offset it starts at."""
-
-    stream_id: str
-    index: int
-    offset: int
-
-    def __str__(self) -> str:
-        return f"{self.stream_id}#{self.index:06d}@{self.offset}"
+from streamer.records import ChunkRecord, StreamRecord, StreamState
 
 
 class CheckpointError(Exception):

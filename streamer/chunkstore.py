@@ -1,4 +1,4 @@
-"""The S3 side: where objects go (layout) and the verbs to put and inspect them.
+"""The S3 side: the verbs to put and inspect objects (where they go is `layout`).
 
 No policy lives here: what to upload and when to retry is the uploader's business.
 A ChunkStore holds a minio client and an HTTP pool; build it in the process that uses it.
@@ -33,28 +33,9 @@ from minio.sse import Sse, SseKMS, SseS3
 
 from streamer.bandwidth import TokenBucket
 from streamer.config import S3Config
+from streamer.layout import Layout
 
 SHA256_META = "sha256"
-
-
-@dataclass(frozen=True)
-class Layout:
-    prefix: str
-    instance: str
-
-    def stream_prefix(self, stream_id: str) -> str:
-        parts = (self.prefix.strip("/"), self.instance, stream_id)
-        return "/".join(p for p in parts if p) + "/"
-
-    def chunk_key(self, stream_id: str, index: int, revision: int = 0) -> str:
-        suffix = f".r{revision}" if revision else ""
-        return f"{self.stream_prefix(stream_id)}chunks/{index:06d}{suffix}"
-
-    def assembled_key(self, stream_id: str, file_name: str) -> str:
-        return f"{self.stream_prefix(stream_id)}{file_name}"
-
-    def manifest_key(self, stream_id: str) -> str:
-        return f"{self.stream_prefix(stream_id)}metadata.json"
 
 
 def http_pool(config: S3Config, connections: int) -> urllib3.PoolManager:

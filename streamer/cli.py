@@ -14,15 +14,10 @@ import click
 import msgspec
 
 from streamer import __version__, config, logs
-from streamer.checkpoint import (
-    CheckpointError,
-    CheckpointStore,
-    StreamRecord,
-    StreamState,
-    UnknownStream,
-)
-
-EXIT_CONFIG = 2
+from streamer.checkpoint import CheckpointError, CheckpointStore, UnknownStream
+from streamer.childproc import EXIT_CONFIG
+from streamer.fileio import is_finalised_file
+from streamer.records import StreamRecord, StreamState
 
 config_option = click.option(
     "--config",
@@ -261,11 +256,7 @@ def _file_unchanged(record: StreamRecord) -> bool:
         st = os.stat(record.path)
     except OSError:
         return False
-    return (
-        record.state is not StreamState.ACTIVE
-        and st.st_ino == record.inode
-        and (st.st_size, st.st_mtime_ns) == (record.total_size, record.mtime_ns)
-    )
+    return record.state is not StreamState.ACTIVE and is_finalised_file(st, record)
 
 
 def _bar(done: int, total: int, width: int = 30) -> str:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
-from streamer.checkpoint import UTC as UTCTime
-from streamer.checkpoint import Assembled, ChunkRecord, StreamRecord
-from streamer.chunkstore import Layout
+from streamer.layout import Layout
 from streamer.mp4 import Mp4Facts
+from streamer.records import UTC as UTCTime
+from streamer.records import Assembled, ChunkRecord, StreamRecord
 
 SCHEMA_VERSION = 1
 

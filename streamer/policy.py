@@ -8,8 +8,8 @@ import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from streamer.checkpoint import AssemblyUpload, StreamState
 from streamer.mp4 import Mp4Facts
+from streamer.records import AssemblyUpload, StreamState
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000

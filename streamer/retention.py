@@ -26,9 +26,10 @@ import msgspec
 from minio.error import S3Error
 
 from streamer import manifest
-from streamer.checkpoint import ChunkRecord, StreamRecord
 from streamer.chunkstore import ChunkStore
+from streamer.fileio import is_finalised_file
 from streamer.policy import retirable
+from streamer.records import ChunkRecord, StreamRecord
 
 
 class Kept(Exception):
@@ -142,7 +143,7 @@ def check_same_file(record: StreamRecord) -> None:
         raise Kept("the file is gone", final=True) from None
     if stat.S_ISLNK(st.st_mode):
         raise Kept("the path is a symbolic link now: its target is never deleted", final=True)
-    if not _is_finalised_file(record, st):
+    if not is_finalised_file(st, record):
         raise Kept("the file changed after it was uploaded", final=True)
 
 
@@ -161,7 +162,7 @@ def unlink_same_file(record: StreamRecord, directory: str) -> None:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(record.name, flags, dir_fd=parent)
         try:
-            if not _is_finalised_file(record, os.fstat(fd)):
+            if not is_finalised_file(os.fstat(fd), record):
                 raise Kept("the file changed after it was uploaded", final=True)
             leased = _lease(fd)
             try:
@@ -186,12 +187,3 @@ def _lease(fd: int) -> bool:
             raise Kept("a process has the file open for writing") from None
         return False
     return True
-
-
-def _is_finalised_file(record: StreamRecord, st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and (
-        st.st_dev,
-        st.st_ino,
-        st.st_size,
-        st.st_mtime_ns,
-    ) == (record.device, record.inode, record.total_size, record.mtime_ns)

@@ -21,8 +21,15 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from streamer import bandwidth, logs, metrics, naming, uploader
-from streamer.checkpoint import CheckpointError, CheckpointStore, StreamRecord, StreamState
+from streamer import bandwidth, logs, metrics, naming
+from streamer.checkpoint import CheckpointError, CheckpointStore
+from streamer.childproc import (
+    EXIT_BOOT_ERROR,
+    EXIT_FAILURE,
+    EXIT_OK,
+    FORK_BLOCKED_SIGNALS,
+    run_uploader,
+)
 from streamer.config import Config, credential_source, redacted
 from streamer.messages import (
     Abandon,
@@ -50,11 +57,8 @@ from streamer.policy import (
     retirable,
     space_to_free,
 )
+from streamer.records import StreamRecord, StreamState
 from streamer.watcher import FileStat, Watcher
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_BOOT_ERROR = 3
 
 TICK = 0.5
 REWRITTEN = "another recording was written over it before it finished"
@@ -340,7 +344,7 @@ class Supervisor:
         commands = Mailbox.for_commands(self.ctx)
         events = Mailbox.for_events(self.ctx)
         process = self.ctx.Process(
-            target=uploader.main,
+            target=run_uploader,
             name=f"streamer-uploader-{worker_id}",
             args=(
                 worker_id,
@@ -357,20 +361,18 @@ class Supervisor:
         reopen = self.store is not None
         if reopen:
             self.store.close()
-        signal.pthread_sigmask(signal.SIG_BLOCK, uploader.FORK_BLOCKED_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED_SIGNALS)
         try:
             process.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, uploader.FORK_BLOCKED_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
             if reopen:
                 self.open_store()
         self.workers[worker_id] = Worker(worker_id, process, commands, events)
         self.log.info("uploader_spawned", worker=worker_id, pid=process.pid)
 
     def inherited_fds(self) -> list[int]:
-        fds = [self.wakeup_r, self.wakeup_w]
-        if self.watcher._inotify is not None:
-            fds.append(self.watcher.fileno())
+        fds = [self.wakeup_r, self.wakeup_w, *self.watcher.fds()]
         if self.metrics_server:
             fds.append(self.metrics_server.fileno())
         return fds
@@ -415,7 +417,7 @@ class Supervisor:
         self.log.error(
             "uploader_died", worker=worker.worker_id, exit_code=code, streams=sorted(worker.streams)
         )
-        if code == uploader.EXIT_BOOT_ERROR:
+        if code == EXIT_BOOT_ERROR:
             self.log.error("halting", reason="an uploader could not start")
             self.murder_workers()
             self.exit_code = EXIT_BOOT_ERROR

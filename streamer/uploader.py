@@ -39,18 +39,11 @@ from minio.error import MinioException, S3Error
 from streamer import logs, manifest, metrics, mp4, naming, retention
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
-from streamer.checkpoint import (
-    Assembled,
-    AssemblyUpload,
-    CheckpointError,
-    CheckpointStore,
-    ChunkRecord,
-    StreamRecord,
-    StreamState,
-    UnknownStream,
-)
+from streamer.checkpoint import CheckpointError, CheckpointStore, UnknownStream
+from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
 from streamer.chunkstore import BucketMissing, ChunkStore, NoCredentials, PartSource, UploadGone
 from streamer.config import Config, MiB
+from streamer.fileio import HashingReader, SourceChanged, read_into, size_of
 from streamer.messages import (
     Abandon,
     Assign,
@@ -83,27 +76,21 @@ from streamer.policy import (
     settled,
     upload_to_finish,
 )
+from streamer.records import Assembled, AssemblyUpload, ChunkRecord, StreamRecord, StreamState
 from streamer.watcher import HEAD_SIZE, Watcher
 
 # Exit codes are a contract with the supervisor.
-EXIT_OK = 0
-EXIT_BOOT_ERROR = 3  # cannot start at all: restarting would only fail again
 
 IDLE_WAIT = 1.0
 COPY_BATCH = 4  # parts the copier copies before the loop records them
 PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
-FORK_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
 S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
 REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
 MISSING_HINT = "put the chunk back (the local file has its bytes): the stream then completes"
 UNTRUSTED_HINT = "S3's certificate is not trusted: set s3.ca_file to the CA certificate (PEM)"
-
-
-class SourceChanged(Exception):
-    """The file no longer holds the bytes the step was planned on."""
 
 
 class NotInS3(Exception):
@@ -535,7 +522,7 @@ class Uploader:
             self.abandon(job, *job.abandon)
             return
         record = job.record
-        size = _file_size(record)
+        size = size_of(record)
         if size < record.committed_bytes and not job.shrank:
             if Watcher.head_changed(record.path, record.head):
                 # Not this recording any more: the supervisor ends it and starts a new one.
@@ -611,7 +598,7 @@ class Uploader:
         buffer = self.buffers.take(chunk.size)
         data = memoryview(buffer)[: chunk.size]
         try:
-            mtime_ns = _read_into(record, chunk.offset, data)
+            mtime_ns = read_into(record, chunk.offset, data)
             sha256 = hashlib.sha256(data).hexdigest()
             head = bytes(data[:HEAD_SIZE]) if chunk.index == 0 else None
             revision, etag, seconds = self.place_chunk(
@@ -1120,7 +1107,7 @@ class Uploader:
         buffer = self.buffers.take(size)
         try:
             data = memoryview(buffer)[:size]
-            _read_into(record, offset, data)
+            read_into(record, offset, data)
             yield data
         finally:
             self.buffers.give(buffer)
@@ -1255,7 +1242,7 @@ class Uploader:
         else:
             ahead = 0
             with open(record.path, "rb") as f:
-                reader = _HashingReader(f)
+                reader = HashingReader(f)
                 etag = self.s3.put_stream(key, reader, finish.size, content_type)
             if reader.hexdigest() != sha256:
                 raise SourceChanged(f"{record.path} changed while it was being assembled")
@@ -1384,20 +1371,6 @@ class Uploader:
         self.events.put(Retired(stream_id=stream_id, deleted=False, final=final, kept_because=why))
 
 
-class _HashingReader:
-    def __init__(self, f):
-        self._f = f
-        self._sha256 = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
-        self._sha256.update(data)
-        return data
-
-    def hexdigest(self) -> str:
-        return self._sha256.hexdigest()
-
-
 def _content_type(is_mp4: bool) -> str:
     return "video/mp4" if is_mp4 else "application/octet-stream"
 
@@ -1406,32 +1379,6 @@ def _check_still_idle(path: str, finish: Finish) -> None:
     st = os.stat(path)
     if (st.st_size, st.st_mtime_ns) != (finish.size, finish.mtime_ns):
         raise FinishCalledOff(st.st_size)
-
-
-def _file_size(record: StreamRecord) -> int:
-    st = os.stat(record.path)
-    if st.st_ino != record.inode:
-        raise SourceChanged(f"{record.path} is now another file (inode {st.st_ino})")
-    return st.st_size
-
-
-def _read_into(record: StreamRecord, offset: int, buffer: memoryview) -> int:
-    """Fill `buffer` with the file's bytes from `offset`; return the file's mtime just
-    before they were read."""
-    fd = os.open(record.path, os.O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        if st.st_ino != record.inode:
-            raise SourceChanged(f"{record.path} is now another file")
-        done = 0
-        while done < len(buffer):
-            read = os.preadv(fd, [buffer[done:]], offset + done)
-            if not read:
-                raise SourceChanged(f"{record.path} ends before byte {offset + len(buffer)}")
-            done += read
-        return st.st_mtime_ns
-    finally:
-        os.close(fd)
 
 
 def _classify(exc: Exception) -> str:

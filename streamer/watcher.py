@@ -68,6 +68,10 @@ class Watcher:
     def fileno(self) -> int:
         return self._inotify.fileno()
 
+    def fds(self) -> list[int]:
+        """The descriptors it holds open: a forked child closes them."""
+        return [] if self._inotify is None else [self._inotify.fileno()]
+
     def read(self) -> Batch:
         events = self._inotify.read(timeout=0)
         overflow = any(e.mask & F.Q_OVERFLOW for e in events)

@@ -6,14 +6,8 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from streamer.checkpoint import (
-    CheckpointStore,
-    ChunkOutOfOrder,
-    ChunkRecord,
-    StreamRecord,
-    StreamState,
-    UnknownStream,
-)
+from streamer.checkpoint import CheckpointStore, ChunkOutOfOrder, UnknownStream
+from streamer.records import ChunkRecord, StreamRecord, StreamState
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 

@@ -5,7 +5,6 @@ import pytest
 
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
-from streamer.checkpoint import AssemblyUpload, ChunkRecord, StreamState
 from streamer.config import Config
 from streamer.messages import Finish
 from streamer.naming import slug, stream_id_for
@@ -27,6 +26,7 @@ from streamer.policy import (
     space_to_free,
     upload_to_finish,
 )
+from streamer.records import AssemblyUpload, ChunkRecord, StreamState
 from streamer.supervisor import TICK, Supervisor
 from streamer.uploader import PrefixHash, Survey, still_holds
 

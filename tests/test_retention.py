@@ -29,9 +29,10 @@ from conftest import (
 )
 
 from streamer import retention
-from streamer.checkpoint import CheckpointStore, StreamState
+from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ChunkStore
 from streamer.config import S3Config
+from streamer.records import StreamState
 
 pytestmark = pytest.mark.integration
 

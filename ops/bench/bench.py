@@ -409,7 +409,8 @@ READY_COUNTS = (1_000, 10_000, 100_000)
 def ready_time(work: Path, minio: MinioServer, counts=READY_COUNTS) -> dict:
     """Seconds from exec to /readyz answering 200, with `count` finished streams in the
     checkpoint store (written straight into it: uploading 100,000 files would take hours)."""
-    from streamer.checkpoint import CheckpointStore, StreamRecord, StreamState
+    from streamer.checkpoint import CheckpointStore
+    from streamer.records import StreamRecord, StreamState
 
     results = {}
     for count in counts:

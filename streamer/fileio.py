@@ -1,0 +1,73 @@
+"""A recording's file as streamer reads it: is it still the file a stream was made from,
+and its bytes, read and hashed. One copy of each check, for the uploader, retention and
+the admin commands."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+from streamer.records import StreamRecord
+
+
+class SourceChanged(Exception):
+    """The file no longer holds the bytes the step was planned on."""
+
+
+def is_stream_file(st: os.stat_result, record: StreamRecord) -> bool:
+    """Is this the file the stream was made from (same device and inode)?"""
+    return (st.st_dev, st.st_ino) == (record.device, record.inode)
+
+
+def is_finalised_file(st: os.stat_result, record: StreamRecord) -> bool:
+    """Is this, a regular file, still the file as its stream finished it: same device,
+    inode, size and mtime?"""
+    return (
+        stat.S_ISREG(st.st_mode)
+        and is_stream_file(st, record)
+        and (st.st_size, st.st_mtime_ns) == (record.total_size, record.mtime_ns)
+    )
+
+
+def size_of(record: StreamRecord) -> int:
+    st = os.stat(record.path)
+    if not is_stream_file(st, record):
+        raise SourceChanged(f"{record.path} is now another file (inode {st.st_ino})")
+    return st.st_size
+
+
+def read_into(record: StreamRecord, offset: int, buffer: memoryview) -> int:
+    """Fill `buffer` with the file's bytes from `offset`; return the file's mtime just
+    before they were read."""
+    fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not is_stream_file(st, record):
+            raise SourceChanged(f"{record.path} is now another file")
+        done = 0
+        while done < len(buffer):
+            read = os.preadv(fd, [buffer[done:]], offset + done)
+            if not read:
+                raise SourceChanged(f"{record.path} ends before byte {offset + len(buffer)}")
+            done += read
+        return st.st_mtime_ns
+    finally:
+        os.close(fd)
+
+
+class HashingReader:
+    """A file object's reads, hashed as they pass (the whole file's sha256 of a streamed
+    upload)."""
+
+    def __init__(self, f):
+        self._f = f
+        self._sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._sha256.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()

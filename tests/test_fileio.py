@@ -1,0 +1,61 @@
+"""Is it still the stream's file, and its bytes: on real files."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from streamer.fileio import SourceChanged, is_finalised_file, read_into, size_of
+from streamer.records import StreamRecord, StreamState
+
+
+def record_of(path, **changes) -> StreamRecord:
+    st = os.stat(path)
+    record = StreamRecord(
+        stream_id="s",
+        path=str(path),
+        inode=st.st_ino,
+        device=st.st_dev,
+        chunk_size=4,
+        first_seen_at=datetime.now(UTC),
+        state=StreamState.COMPLETE,
+        total_size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+    )
+    return msgspec.structs.replace(record, **changes)
+
+
+def test_a_finalised_file_is_the_same_inode_size_and_mtime_and_a_regular_file(tmp_path):
+    path = tmp_path / "cam.mp4"
+    path.write_bytes(b"0123456789")
+    record = record_of(path)
+    assert is_finalised_file(os.stat(path), record)
+    assert not is_finalised_file(os.stat(path), record_of(path, total_size=9))
+    assert not is_finalised_file(os.stat(path), record_of(path, mtime_ns=1))
+    assert not is_finalised_file(os.stat(path), record_of(path, device=record.device + 1))
+    path.write_bytes(b"0123456789")  # same size, written again: a new mtime
+    os.utime(path, ns=(record.mtime_ns + 10**9, record.mtime_ns + 10**9))
+    assert not is_finalised_file(os.stat(path), record)
+    (tmp_path / "dir.mp4").mkdir()
+    assert not is_finalised_file(os.stat(tmp_path / "dir.mp4"), record_of(tmp_path / "dir.mp4"))
+
+
+def test_bytes_are_read_from_the_stream_s_file_only_and_whole(tmp_path):
+    path = tmp_path / "cam.mp4"
+    path.write_bytes(b"0123456789")
+    record = record_of(path)
+    buffer = memoryview(bytearray(4))
+    assert read_into(record, 3, buffer) == os.stat(path).st_mtime_ns
+    assert bytes(buffer) == b"3456" and size_of(record) == 10
+    with pytest.raises(SourceChanged, match="ends before byte 12"):
+        read_into(record, 8, buffer)
+    replacement = tmp_path / "new.mp4"
+    replacement.write_bytes(b"another recording")
+    os.replace(replacement, path)
+    with pytest.raises(SourceChanged, match="is now another file"):
+        read_into(record, 0, buffer)
+    with pytest.raises(SourceChanged, match="is now another file"):
+        size_of(record)

@@ -1,0 +1,118 @@
+"""The package's dependency rules, read from its source and checked in a fresh process."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "streamer"
+MODULES = {path.stem: ast.parse(path.read_text()) for path in PACKAGE.glob("*.py")}
+
+
+def imports(module: str, top_level_only: bool = False) -> set[str]:
+    """What `module` imports: project modules by their short name, others by their top
+    package."""
+    tree = MODULES[module]
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "streamer":
+                found.update(f"streamer.{alias.name}" for alias in node.names)
+            else:
+                found.add(node.module)
+    return {
+        name.removeprefix("streamer.") if name.startswith("streamer.") else name.split(".")[0]
+        for name in found
+    }
+
+
+def project_imports(module: str, top_level_only: bool = False) -> set[str]:
+    return imports(module, top_level_only) & MODULES.keys()
+
+
+def test_the_value_modules_import_nothing_of_the_project_but_each_other():
+    values = {"messages", "mp4", "records", "layout"}
+    for module in values:
+        assert project_imports(module) <= values - {module}, module
+
+
+def test_policy_decides_without_io():
+    reached, todo = set(), ["policy"]
+    while todo:
+        module = todo.pop()
+        reached.add(module)
+        todo += [m for m in project_imports(module) if m not in reached]
+    io = {"lmdb", "minio", "urllib3", "inotify_simple", "prometheus_client", "socket"}
+    assert not {name for m in reached for name in imports(m)} & io, reached
+
+
+def test_the_supervisor_process_never_loads_the_s3_client():
+    # `streamer run` imports the CLI, then the supervisor; uploaders import theirs after fork.
+    code = (
+        "import sys, streamer.cli, streamer.supervisor; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('minio', 'urllib3') "
+        "or m in ('streamer.uploader', 'streamer.chunkstore')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_the_admin_commands_never_reach_the_supervisor():
+    assert not {"supervisor", "uploader"} & project_imports("cli", top_level_only=True)
+    [run] = [
+        node
+        for node in ast.walk(MODULES["cli"])
+        if isinstance(node, ast.FunctionDef) and node.name == "run"
+    ]
+    lazy = {
+        node.module
+        for node in ast.walk(MODULES["cli"])
+        if isinstance(node, ast.ImportFrom) and node.module == "streamer.supervisor"
+    }
+    in_run = {
+        node.module
+        for node in ast.walk(run)
+        if isinstance(node, ast.ImportFrom) and node.module == "streamer.supervisor"
+    }
+    assert lazy == in_run == {"streamer.supervisor"}, "only `run` starts the supervisor"
+
+
+def private_names(tree: ast.Module) -> set[str]:
+    """Names starting with one underscore that a module defines: functions, classes,
+    attributes it assigns."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_module_reaches_into_another_s_private_names():
+    owned = {module: private_names(tree) for module, tree in MODULES.items()}
+    reaches = []
+    for module, tree in MODULES.items():
+        others = set().union(*(names for m, names in owned.items() if m != module))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in others - owned[module]
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                reaches.append(f"{module}.py:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("streamer"):
+                reaches += [
+                    f"{module}.py:{node.lineno} import {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert reaches == []
