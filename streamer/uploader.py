@@ -644,35 +644,45 @@ class Uploader:
             os.write(self.wake_w, b"\0")
 
     def collect(self, now: float) -> None:
-        """Take the chunks that came back. They are committed strictly in index order; a
-        failed one is sent again after its backoff, and those after it wait for it."""
+        """Take back what the threads finished, stream by stream. Whatever goes wrong in
+        handling one stream's results (S3 refusing its metadata.json, say) parks that
+        stream with a backoff, as a failed step does: it never ends the process."""
         while self.returned:
             job = self.jobs.get(self.returned.popleft())
             if job is None:
                 continue
-            if job.copying is not None and job.copying.done():
-                self.copied(job, now)
-            if job.surveying is not None and job.surveying.done():
-                self.surveyed(job)
-            if job.finishing is not None and job.finishing.done():
-                self.finished(job, now)
-                continue
-            done = sorted(i for i, future in job.in_flight.items() if future.done())
-            if not done:
-                continue
-            job.wake()
-            self.wake_starved()
-            errors = []
-            for index in done:
-                future = job.in_flight.pop(index)
-                if future.exception() is None:
-                    job.arrived[index] = future.result()
-                else:
-                    errors.append(future.exception())
-            if errors:
-                self.retry_later(job, errors[0], now)
-            self.land_in_order(job, now)
+            try:
+                self.take_back(job, now)
+            except Exception as exc:
+                self.retry_later(job, exc, now)
         self.copy_ahead(now)
+
+    def take_back(self, job: Job, now: float) -> None:
+        """A stream's part copies, survey, completion and chunks that came back. Chunks are
+        committed strictly in index order; a failed one is sent again after its backoff,
+        and those after it wait for it."""
+        if job.copying is not None and job.copying.done():
+            self.copied(job, now)
+        if job.surveying is not None and job.surveying.done():
+            self.surveyed(job)
+        if job.finishing is not None and job.finishing.done():
+            self.finished(job, now)
+            return
+        done = sorted(i for i, future in job.in_flight.items() if future.done())
+        if not done:
+            return
+        job.wake()
+        self.wake_starved()
+        errors = []
+        for index in done:
+            future = job.in_flight.pop(index)
+            if future.exception() is None:
+                job.arrived[index] = future.result()
+            else:
+                errors.append(future.exception())
+        if errors:
+            self.retry_later(job, errors[0], now)
+        self.land_in_order(job, now)
 
     def land_in_order(self, job: Job, now: float) -> None:
         while (sent := job.arrived.pop(job.record.chunk_count, None)) is not None:

@@ -516,6 +516,53 @@ def cli(daemon, *args, stdin: str | None = None, env=None) -> subprocess.Complet
     )
 
 
+class Mc:
+    """MinIO's own client, `mc`, on a server: its admin API and its trace."""
+
+    def __init__(self, server: S3Server, directory: Path):
+        self.command = [binary("MC_BIN", "mc"), "--config-dir", str(directory / "mc")]
+        self.env = clean_env()
+        self("alias", "set", "t", f"http://{server.endpoint}", ACCESS_KEY, SECRET_KEY)
+
+    def __call__(self, *args: str) -> str:
+        done = subprocess.run(
+            [*self.command, *args], capture_output=True, text=True, env=self.env, timeout=60
+        )
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def popen(self, *args: str, stdout) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*self.command, *args], stdout=stdout, stderr=subprocess.STDOUT, env=self.env
+        )
+
+
+class MinioUser:
+    """A MinIO user that is not root (root passes every policy), whose rights on one
+    bucket a test narrows and widens while streamer uses it."""
+
+    def __init__(self, server: S3Server, bucket: str, directory: Path):
+        self.mc = Mc(server, directory)
+        self.bucket = bucket
+        self.access_key = f"user-{uuid.uuid4().hex[:8]}"
+        self.secret_key = uuid.uuid4().hex
+        self.policy_file = directory / "policy.json"
+        self.mc("admin", "user", "add", "t", self.access_key, self.secret_key)
+        self.refuse_puts()
+        self.mc("admin", "policy", "attach", "t", self.access_key, "--user", self.access_key)
+
+    def refuse_puts(self, *patterns: str) -> None:
+        """Everything on the bucket, but PutObject on keys matching `patterns` (none: no
+        refusal)."""
+        bucket = f"arn:aws:s3:::{self.bucket}"
+        statements = [{"Effect": "Allow", "Action": ["s3:*"], "Resource": [bucket, f"{bucket}/*"]}]
+        if patterns:
+            denied = [f"{bucket}/{pattern}" for pattern in patterns]
+            statements.append({"Effect": "Deny", "Action": ["s3:PutObject"], "Resource": denied})
+        self.policy_file.write_text(json.dumps({"Version": "2012-10-17", "Statement": statements}))
+        self.mc("admin", "policy", "create", "t", self.access_key, str(self.policy_file))
+
+
 @pytest.fixture
 def proxy(minio):
     """A misbehaving network between streamer and the MinIO (tests/faultproxy.py)."""

@@ -15,6 +15,7 @@ import pytest
 from conftest import (
     FAST_RETRIES,
     GrowingFile,
+    MinioUser,
     assert_exact,
     both_servers,
     cli,
@@ -234,6 +235,38 @@ def test_a_chunk_removed_from_s3_keeps_the_stream_from_completing_until_put_back
     whole = object_bytes(minio.client, daemon.bucket, manifest["assembled"]["key"])
     assert hashlib.sha256(whole).hexdigest() == manifest["sha256"]
     assert not minio.client._list_multipart_uploads(daemon.bucket).uploads
+
+
+def test_a_refused_metadata_json_parks_its_stream_and_the_others_flow(
+    make_daemon, minio, bucket, tmp_path
+):
+    """S3 refuses one stream's metadata.json (a bucket policy here; a 503 or a restart
+    elsewhere) at the last step of its completion: that stream waits and tries again, the
+    uploader lives on, another stream on it finishes, and the first finishes once S3
+    takes the object."""
+    user = MinioUser(minio, bucket, tmp_path)
+    keys = {"access_key": user.access_key, "secret_key": user.secret_key}
+    daemon = make_daemon(workers=1, s3={**keys, **FAST_RETRIES}).start()
+    user.refuse_puts("rec/test-host/refused-*/metadata.json")
+    refused = daemon.watch / "refused.mp4"
+    refused.write_bytes(hashlib.shake_256(b"refused").digest(100 * KiB))
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    rejections = daemon.wait_for("s3_rejected", count=2, stream_id=stream_id)
+    assert all("AccessDenied" in r["error"] for r in rejections)
+    other = daemon.watch / "other.mp4"
+    other.write_bytes(hashlib.shake_256(b"other").digest(100 * KiB))
+    flowed = wait_until(
+        lambda: [e for e in daemon.find("stream_finished") if e["stream_id"] != stream_id],
+        30,
+        what="the other stream to finish",
+    )[0]
+    assert_exact(minio, daemon, flowed["stream_id"], other)
+    assert not daemon.find("stream_finished", stream_id=stream_id)
+
+    user.refuse_puts()
+    daemon.wait_for("stream_finished", stream_id=stream_id, timeout=30)
+    assert_exact(minio, daemon, stream_id, refused)
+    assert len(daemon.find("uploader_spawned")) == 1, "the uploader lived through it"
 
 
 def test_a_missing_bucket_that_may_not_be_created_is_reported(make_daemon, minio):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ACCESS_KEY, SECRET_KEY, binary, clean_env, cli, wait_until
+from conftest import Mc, cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,22 +31,9 @@ class ServerTrace:
 
     def __init__(self, minio, directory: Path):
         self.minio = minio
-        self.mc = [binary("MC_BIN", "mc"), "--config-dir", str(directory / "mc")]
-        env = clean_env()
-        subprocess.run(
-            [*self.mc, "alias", "set", "t", f"http://{minio.endpoint}", ACCESS_KEY, SECRET_KEY],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
         self.path = directory / "trace.json"
         with open(self.path, "wb") as out:
-            self.process = subprocess.Popen(
-                [*self.mc, "admin", "trace", "--json", "t"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+            self.process = Mc(minio, directory).popen("admin", "trace", "--json", "t", stdout=out)
         self.catch_up()
 
     def catch_up(self) -> None:
