@@ -33,16 +33,22 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import msgspec
-import urllib3
-from minio.error import MinioException, S3Error
 
 from streamer import logs, manifest, metrics, mp4, naming, retention
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore, UnknownStream
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
-from streamer.chunkstore import BucketMissing, ChunkStore, NoCredentials, PartSource, UploadGone
+from streamer.chunkstore import ChunkStore, PartSource, UploadGone
 from streamer.config import Config, MiB
+from streamer.failures import (
+    S3_TROUBLE,
+    Backoff,
+    NotInS3,
+    classify,
+    describe,
+    hint,
+)
 from streamer.fileio import HashingReader, SourceChanged, read_into, size_of
 from streamer.messages import (
     Abandon,
@@ -70,32 +76,21 @@ from streamer.policy import (
     assembly_method,
     copies_ahead,
     final_status,
-    is_rejection,
     next_step,
-    retry_delay,
     settled,
     upload_to_finish,
 )
 from streamer.records import Assembled, AssemblyUpload, ChunkRecord, StreamRecord, StreamState
 from streamer.watcher import HEAD_SIZE, Watcher
 
-# Exit codes are a contract with the supervisor.
-
 IDLE_WAIT = 1.0
 COPY_BATCH = 4  # parts the copier copies before the loop records them
 PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
 
-# Errors that say S3 itself (or the way to it) is in trouble, not the file.
-S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
-REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
-MISSING_HINT = "put the chunk back (the local file has its bytes): the stream then completes"
-UNTRUSTED_HINT = "S3's certificate is not trusted: set s3.ca_file to the CA certificate (PEM)"
-
-
-class NotInS3(Exception):
-    """A chunk the checkpoint records is not in S3 as recorded (removed behind streamer's
-    back): the stream cannot be complete until someone puts it back."""
+# The log event of a failed step, by kind (failures.classify).
+STEP_EVENTS = {"transient": "upload_retry", "rejected": "s3_rejected", "failed": "stream_failed"}
+BUCKET_EVENTS = {"transient": "s3_unreachable", "rejected": "s3_rejected", "failed": "s3_rejected"}
 
 
 class FinishCalledOff(Exception):
@@ -247,11 +242,9 @@ class Job:
     # copier's work on them (or on beginning the upload), if under way.
     uncopied: collections.deque[ChunkRecord] = field(default_factory=collections.deque)
     copying: Future | None = None
-    copy_failures: int = 0
-    copy_at: float = 0.0  # not before, after a failed copy
+    copy_backoff: Backoff = field(default_factory=Backoff)
     shrank: bool = False
-    attempt: int = 0
-    retry_at: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)  # its steps: chunks, completion
     log_fields: dict = field(default_factory=dict)
 
     def wake(self) -> None:
@@ -295,8 +288,7 @@ class Uploader:
         self.jobs: dict[str, Job] = {}
         self.stopping = False
         self.bucket_ready = False
-        self.bucket_attempt = 0
-        self.bucket_retry_at = 0.0
+        self.bucket_backoff = Backoff()
         self.s3_reachable: bool | None = None
         self.log = logs.EventLog(f"uploader.{worker_id}")
 
@@ -365,7 +357,7 @@ class Uploader:
         self.stopping = True
 
     def loop(self, now: float) -> None:
-        if not self.bucket_ready and now >= self.bucket_retry_at:
+        if not self.bucket_ready and now >= self.bucket_backoff.due:
             self.check_bucket(now)
         self.collect(now)
         self.collect_retirements()
@@ -381,21 +373,7 @@ class Uploader:
         try:
             self.s3.ensure_bucket(self.config.s3.create_bucket)
         except Exception as exc:
-            self.bucket_attempt += 1
-            rejected = _classify(exc) != "transient"
-            s3 = self.config.s3
-            delay = retry_delay(self.bucket_attempt, rejected, s3.retry_base, s3.retry_cap)
-            self.bucket_retry_at = now + delay
-            metrics.UPLOAD_ERRORS.labels(kind="rejected" if rejected else "transient").inc()
-            self.s3_state(False, exc)
-            event = "s3_rejected" if rejected else "s3_unreachable"
-            self.log.error(
-                event,
-                error=_describe(exc),
-                attempt=self.bucket_attempt,
-                delay=round(delay, 3),
-                **_hint(exc, rejected),
-            )
+            self.fail(self.bucket_backoff, exc, now, BUCKET_EVENTS)
             return
         self.bucket_ready = True
         self.s3_state(True)
@@ -404,7 +382,7 @@ class Uploader:
         if reachable != self.s3_reachable:
             self.s3_reachable = reachable
             metrics.S3_REACHABLE.set(1 if reachable else 0)
-            self.events.put(S3State(reachable=reachable, error=_describe(exc) if exc else ""))
+            self.events.put(S3State(reachable=reachable, error=describe(exc) if exc else ""))
 
     # Commands
 
@@ -431,14 +409,14 @@ class Uploader:
             case Moved(stream_id=stream_id) if stream_id in self.jobs:
                 job = self.jobs[stream_id]
                 job.record = self.store.get_stream(stream_id)
-                job.retry_at = 0.0
+                job.backoff.retry_now()
                 job.wake()
             case Abandon(stream_id=stream_id, reason=reason, status=status) if (
                 stream_id in self.jobs
             ):
                 job = self.jobs[stream_id]
                 job.abandon = (reason, StreamState(status))
-                job.retry_at = 0.0
+                job.backoff.retry_now()
                 job.wake()
             case Retire(stream_id=stream_id, reason=reason):
                 self.retire(stream_id, reason)
@@ -466,15 +444,15 @@ class Uploader:
             if job.survey_at is not None and job.survey_at <= now:
                 job.survey_at = None
                 job.wake()
-            if not job.waiting and job.retry_at <= now:
+            if not job.waiting and job.backoff.due <= now:
                 self.jobs[stream_id] = self.jobs.pop(stream_id)
                 return job
         return None
 
     def wait_time(self, now: float) -> float:
         if not self.bucket_ready:
-            return max(0.0, min(IDLE_WAIT, self.bucket_retry_at - now))
-        retries = [j.retry_at - now for j in self.jobs.values() if not j.waiting]
+            return max(0.0, min(IDLE_WAIT, self.bucket_backoff.due - now))
+        retries = [j.backoff.due - now for j in self.jobs.values() if not j.waiting]
         surveys = [j.survey_at - now for j in self.jobs.values() if j.survey_at is not None]
         return max(0.0, min([IDLE_WAIT, *retries, *surveys]))
 
@@ -485,31 +463,30 @@ class Uploader:
             self.retry_later(job, exc, now)
 
     def retry_later(self, job: Job, exc: Exception, now: float) -> None:
-        """Every error is retried, for ever: a stream is never given up because S3 or the
-        file was away. Only how soon, and how loudly, depends on the error."""
-        kind = _classify(exc)
+        """A step of the stream failed: it waits, the others go on."""
+        self.fail(job.backoff, exc, now, STEP_EVENTS, **job.log_fields)
+
+    def fail(
+        self, backoff: Backoff, exc: Exception, now: float, events: dict[str, str], **fields
+    ) -> None:
+        """The one way a failed step is retried, wherever it failed: classified, counted,
+        logged (`events` names the line for each kind) and scheduled again."""
+        kind = classify(exc)
         s3 = self.config.s3
-        delay = retry_delay(job.attempt, kind != "transient", s3.retry_base, s3.retry_cap)
-        job.attempt += 1
-        job.retry_at = now + delay
+        delay = backoff.failed(kind, now, s3.retry_base, s3.retry_cap)
         metrics.UPLOAD_ERRORS.labels(kind=kind).inc()
         metrics.UPLOAD_RETRIES.inc()
         if isinstance(exc, S3_TROUBLE):
             self.s3_state(False, exc)
-        fields = {
-            **job.log_fields,
-            "error": _describe(exc),
-            "attempt": job.attempt,
-            "delay": round(delay, 3),
-        }
+        fields |= {"error": describe(exc), "attempt": backoff.attempt, "delay": round(delay, 3)}
         if kind == "transient":
-            self.log.warning("upload_retry", **fields, **_hint(exc, False))
+            self.log.warning(events[kind], **fields, **hint(exc, False))
         elif kind == "rejected":
-            self.log.error("s3_rejected", **fields, **_hint(exc, True))
+            self.log.error(events[kind], **fields, **hint(exc, True))
         else:
-            # A bug, or a file we cannot handle: this stream waits, the others go on.
+            # A bug, or a file we cannot handle: it waits, the rest goes on.
             trace = "".join(traceback.format_exception(exc, limit=5))
-            self.log.error("stream_failed", **fields, traceback=trace)
+            self.log.error(events[kind], **fields, traceback=trace)
 
     def step(self, job: Job) -> None:
         if job.finishing is not None:
@@ -712,7 +689,7 @@ class Uploader:
         self.commit(job, committed, sent.head)
         if copies_ahead(self.config.stream.assemble, record.chunk_size, chunk.index, chunk.size):
             job.uncopied.append(committed)
-        job.attempt = 0
+        job.backoff.succeeded()
         fields = {
             **job.log_fields,
             "index": chunk.index,
@@ -831,7 +808,7 @@ class Uploader:
         except Exception as exc:
             job.quiet = None
             job.survey_at = self.clock() + self.quiet_after  # not at once again
-            self.log.warning("survey_failed", **job.log_fields, error=_describe(exc))
+            self.log.warning("survey_failed", **job.log_fields, error=describe(exc))
             return
         if job.quiet is not None:
             self.log_survey(job.quiet, while_quiet=True, log_fields=job.log_fields)
@@ -868,7 +845,7 @@ class Uploader:
         job.copying.add_done_callback(functools.partial(self.came_back, record.stream_id))
 
     def copyable(self, job: Job, now: float) -> bool:
-        if not job.uncopied or job.copy_at > now:
+        if not job.uncopied or job.copy_backoff.due > now:
             return False
         if job.finish is not None or job.abandon is not None:
             return False  # completion copies what is left, several at a time
@@ -923,14 +900,11 @@ class Uploader:
         elif report.error is not None:
             self.copy_failed(job, "part_copy_failed", report.error, now)
         else:
-            job.copy_failures = 0
+            job.copy_backoff.succeeded()
 
     def copy_failed(self, job: Job, event: str, exc: Exception, now: float) -> None:
-        s3 = self.config.s3
-        delay = retry_delay(job.copy_failures, False, s3.retry_base, s3.retry_cap)
-        job.copy_failures += 1
-        job.copy_at = now + delay
-        self.log.warning(event, **job.log_fields, error=_describe(exc), delay=round(delay, 3))
+        events = {"transient": event, "rejected": event, "failed": STEP_EVENTS["failed"]}
+        self.fail(job.copy_backoff, exc, now, events, **job.log_fields)
 
     def lost_assembly(self, job: Job, error: UploadGone, now: float) -> None:
         """S3 aborted the upload (MinIO expires one after a day by default): begin another,
@@ -1099,7 +1073,7 @@ class Uploader:
         try:
             self.s3.abort_upload(upload.key, upload.upload_id)
         except Exception as exc:
-            self.log.warning("assembly_abort_failed", **log_fields, error=_describe(exc))
+            self.log.warning("assembly_abort_failed", **log_fields, error=describe(exc))
 
     def put_manifest(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
         body = manifest.encode(manifest.build(record, chunks, self.s3.layout))
@@ -1300,7 +1274,7 @@ class Uploader:
                 self.s3.abort_upload(key, upload_id)
                 self.log.info("stray_upload_aborted", **log_fields, key=key)
         except Exception as exc:
-            self.log.warning("stray_upload_check_failed", **log_fields, error=_describe(exc))
+            self.log.warning("stray_upload_check_failed", **log_fields, error=describe(exc))
 
     # Retention
 
@@ -1336,7 +1310,7 @@ class Uploader:
         except Exception as exc:
             # The checkpoint has the deletion; `streamer streams show` tells it.
             self.log.error(
-                "manifest_update_failed", stream_id=record.stream_id, error=_describe(exc)
+                "manifest_update_failed", stream_id=record.stream_id, error=describe(exc)
             )
         return deleted
 
@@ -1373,7 +1347,7 @@ class Uploader:
         if isinstance(exc, retention.Kept):
             why, final = str(exc), exc.final
         else:
-            why, final = f"could not finish the checks: {_describe(exc)}", False
+            why, final = f"could not finish the checks: {describe(exc)}", False
         metrics.SOURCES_KEPT.inc()
         self.log.warning(
             "source_kept", stream_id=stream_id, path=path, reason=reason, kept_because=why
@@ -1391,30 +1365,5 @@ def _check_still_idle(path: str, finish: Finish) -> None:
         raise FinishCalledOff(st.st_size)
 
 
-def _classify(exc: Exception) -> str:
-    """'transient' (S3 or the network or the file was away), 'rejected' (S3 said no, for a
-    reason that persists), or 'failed' (anything else)."""
-    if isinstance(exc, S3Error):
-        status = exc.response.status if exc.response is not None else 500
-        return "rejected" if is_rejection(status, exc.code) else "transient"
-    if isinstance(exc, BucketMissing | NoCredentials | NotInS3):
-        return "rejected"
-    if isinstance(exc, SourceChanged | MinioException | urllib3.exceptions.HTTPError | OSError):
-        return "transient"
-    return "failed"
-
-
-def _hint(exc: Exception, rejected: bool) -> dict:
-    if isinstance(exc, NotInS3):
-        return {"hint": MISSING_HINT}
-    if "certificate verify failed" in str(exc):
-        return {"hint": UNTRUSTED_HINT}
-    return {"hint": REJECTED_HINT} if rejected else {}
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"

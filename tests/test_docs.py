@@ -23,8 +23,8 @@ def section(title: str) -> str:
 
 def logged_events() -> set[str]:
     """Event names the package logs: literals passed to `log.<level>(...)`, literals
-    passed to a function that hands its `event` parameter on to one, and literals
-    assigned to a local `event`."""
+    passed to a function that hands its `event` parameter on to one, literals assigned
+    to a local `event`, and the values of a `*_EVENTS` mapping."""
     events: set[str] = set()
     for path in (ROOT / "streamer").glob("*.py"):
         tree = ast.parse(path.read_text())
@@ -42,6 +42,16 @@ def logged_events() -> set[str]:
                     c.value
                     for c in ast.walk(node.value)
                     if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                )
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Dict)
+                and any(getattr(t, "id", "").endswith("_EVENTS") for t in node.targets)
+            ):
+                events.update(
+                    v.value
+                    for v in node.value.values
+                    if isinstance(v, ast.Constant) and isinstance(v.value, str)
                 )
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                 continue
@@ -67,7 +77,7 @@ def test_the_event_finder_sees_direct_and_forwarded_events():
     found = logged_events()
     assert {"chunk_uploaded", "stream_finished", "started"} <= found
     assert {"part_copy_failed", "assembly_begin_failed"} <= found  # through copy_failed()
-    assert {"s3_unreachable", "s3_rejected"} <= found  # through a local `event`
+    assert {"s3_unreachable", "s3_rejected", "upload_retry"} <= found  # a `*_EVENTS` map
 
 
 def test_every_logged_event_is_in_the_readme_and_every_listed_one_is_logged():

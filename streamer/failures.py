@@ -1,0 +1,76 @@
+"""How the uploader judges a failed step, and when it tries it again: one classification
+and one backoff for every retry site (a chunk or a completion, a part copy, the bucket
+check). Every error is retried, for ever: only how soon, and how loudly, depends on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import urllib3
+from minio.error import MinioException, S3Error
+
+from streamer.chunkstore import BucketMissing, NoCredentials, UploadGone
+from streamer.fileio import SourceChanged
+from streamer.policy import is_rejection, retry_delay
+
+# Errors that say S3 itself (or the way to it) is in trouble, not the file.
+S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
+# Errors that go away by themselves: S3 or the network or the file was away, or S3 dropped
+# the assembly upload (begun again).
+AWAY = (SourceChanged, UploadGone, MinioException, urllib3.exceptions.HTTPError, OSError)
+REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
+MISSING_HINT = "put the chunk back (the local file has its bytes): the stream then completes"
+UNTRUSTED_HINT = "S3's certificate is not trusted: set s3.ca_file to the CA certificate (PEM)"
+
+
+class NotInS3(Exception):
+    """A chunk the checkpoint records is not in S3 as recorded (removed behind streamer's
+    back): the stream cannot be complete until someone puts it back."""
+
+
+def classify(exc: Exception) -> str:
+    """'transient' (S3 or the network or the file was away), 'rejected' (S3 said no, for a
+    reason that persists), or 'failed' (anything else)."""
+    if isinstance(exc, S3Error):
+        status = exc.response.status if exc.response is not None else 500
+        return "rejected" if is_rejection(status, exc.code) else "transient"
+    if isinstance(exc, BucketMissing | NoCredentials | NotInS3):
+        return "rejected"
+    if isinstance(exc, AWAY):
+        return "transient"
+    return "failed"
+
+
+def hint(exc: Exception, rejected: bool) -> dict:
+    """What an operator can do about it, as a log field, where there is something."""
+    if isinstance(exc, NotInS3):
+        return {"hint": MISSING_HINT}
+    if "certificate verify failed" in str(exc):
+        return {"hint": UNTRUSTED_HINT}
+    return {"hint": REJECTED_HINT} if rejected else {}
+
+
+def describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Backoff:
+    """One step's failures in a row, and when it may be tried again."""
+
+    attempt: int = 0
+    due: float = 0.0  # not before
+
+    def failed(self, kind: str, now: float, base: float, cap: float) -> float:
+        """Count a failure and schedule the next try (full jitter; a rejection waits the
+        whole cap, never in a hot loop); return the delay."""
+        delay = retry_delay(self.attempt, kind != "transient", base, cap)
+        self.attempt += 1
+        self.due = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.attempt = 0
+
+    def retry_now(self) -> None:
+        self.due = 0.0
