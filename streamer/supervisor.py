@@ -632,6 +632,10 @@ class Supervisor:
             active = record is not None and record.state is StreamState.ACTIVE
             if active and not self.still_the_recording(record.stream_id, file):
                 record = None
+        if record is not None and record.stream_id in self.streams:
+            # Being abandoned or cancelled: one owner per stream, so it is not taken up
+            # again before its owner reports it concluded (its file is looked at then).
+            return
         if record is not None and file.is_of(record):
             if record.state is StreamState.ACTIVE:
                 if record.path != file.path:

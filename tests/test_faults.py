@@ -310,6 +310,36 @@ def test_an_operator_cancels_a_stream_and_retries_it(make_daemon, minio):
     assert {k: after[k] for k in before} == before, "no chunk of the cancelled run sent again"
 
 
+def test_a_cancelled_stream_is_never_taken_up_again_while_it_is_concluded(
+    make_daemon, minio, proxy
+):
+    """One owner per stream: while the cancelled stream's conclusion waits for S3 (PUTs
+    refused), its recorder keeps writing; the stream is not rediscovered, resumed or
+    assigned again, and nothing is uploaded for it after its cancelled finish."""
+    daemon = proxied(make_daemon, proxy).start()
+    writer = GrowingFile(daemon.watch / "busy.mp4", total=3072 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=2)
+    proxy.set("refuse_puts")
+    assert cli(daemon, "streams", "cancel", stream_id).returncode == 0
+    daemon.wait_for("stream_lost", stream_id=stream_id, status="cancelled")
+    grown = writer.written
+    wait_until(lambda: writer.written > grown + 256 * KiB, 10, what="the recorder to go on")
+    daemon.wait_for("upload_retry", count=2)  # the conclusion waits for S3
+    proxy.set("pass")
+    finished = daemon.wait_for("stream_finished", stream_id=stream_id)[0]
+    assert finished["status"] == "cancelled"
+    writer.wait()
+    time.sleep(2.5)  # a rescan has passed
+    assert len(daemon.find("stream_adopted", stream_id=stream_id)) == 1
+    assert not daemon.find("stream_resumed") and len(daemon.find("stream_discovered")) == 1
+    events = daemon.read_events()
+    after = events[events.index(finished) :]
+    assert not [e for e in after if e.get("event") == "chunk_uploaded"]
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    assert manifest["chunk_count"] == len(daemon.find("chunk_uploaded", stream_id=stream_id))
+
+
 def test_streams_list_and_show(make_daemon, minio):
     daemon = make_daemon().start()
     (daemon.watch / "listed.mp4").write_bytes(b"l" * 70 * KiB)
