@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import enum
 import functools
 import hashlib
 import itertools
@@ -214,12 +215,39 @@ class Finished:
     assembled: Assembled | None
 
 
+class Phase(enum.Enum):
+    """A stream's life in the uploader that owns it (the supervisor's side of it is
+    supervisor.Phase). Every change goes through Job.move_to, along _PHASE_MOVES.
+
+    STREAMING   it sends chunks as its file grows
+    FINISHING   the supervisor found its file idle: a finisher thread checks, reconciles
+                and assembles it; back to STREAMING if the file changes meanwhile
+    ABANDONING  its file is gone, or an operator cancelled it: once the chunks on the wire
+                have landed, what S3 has is the stream
+    CONCLUDED   metadata.json is written and the checkpoint says finished; the job goes
+    """
+
+    STREAMING = "streaming"
+    FINISHING = "finishing"
+    ABANDONING = "abandoning"
+    CONCLUDED = "concluded"
+
+
+_PHASE_MOVES = {
+    Phase.STREAMING: {Phase.FINISHING, Phase.ABANDONING},
+    Phase.FINISHING: {Phase.STREAMING, Phase.ABANDONING, Phase.CONCLUDED},
+    Phase.ABANDONING: {Phase.CONCLUDED},
+    Phase.CONCLUDED: set(),
+}
+
+
 @dataclass
 class Job:
     """One owned stream, as this uploader sees it."""
 
     record: StreamRecord
-    finish: Finish | None = None
+    phase: Phase = Phase.STREAMING
+    finish: Finish | None = None  # the idle size and mtime it is finishing at
     waiting: bool = False  # nothing to do until the file changes or a chunk comes back
     # Chunks below this index may be in S3 already, uncommitted (sent before a restart, or
     # before a failed commit): look before sending them.
@@ -230,7 +258,7 @@ class Job:
     # The sha256 of what this process sent, from the first byte; None for a resumed
     # stream, whose earlier chunks finalisation reads again.
     sent_hash: PrefixHash | None = None
-    # Why to stop it, and as what, once the supervisor says so (file gone, or cancelled).
+    # Why it is abandoning, and as what (file gone, or cancelled).
     abandon: tuple[str, StreamState] | None = None
     finishing: Future | None = None  # its completion, under way in a finisher thread
     # The file compared with its chunks once it had been quiet a while (in a finisher
@@ -249,6 +277,12 @@ class Job:
 
     def wake(self) -> None:
         self.waiting = False
+
+    def move_to(self, phase: Phase) -> None:
+        assert phase in _PHASE_MOVES[self.phase], (
+            f"{self.record.stream_id}: {self.phase} -> {phase}"
+        )
+        self.phase = phase
 
 
 def main(
@@ -405,6 +439,7 @@ class Uploader:
             case Finish(stream_id=stream_id) if stream_id in self.jobs:
                 job = self.jobs[stream_id]
                 job.finish = message
+                job.move_to(Phase.FINISHING)
                 job.wake()
             case Moved(stream_id=stream_id) if stream_id in self.jobs:
                 job = self.jobs[stream_id]
@@ -416,6 +451,7 @@ class Uploader:
             ):
                 job = self.jobs[stream_id]
                 job.abandon = (reason, StreamState(status))
+                job.move_to(Phase.ABANDONING)
                 job.backoff.retry_now()
                 job.wake()
             case Retire(stream_id=stream_id, reason=reason):
@@ -492,7 +528,7 @@ class Uploader:
         if job.finishing is not None:
             job.waiting = True  # woken when the finisher thread reports
             return
-        if job.abandon is not None:
+        if job.phase is Phase.ABANDONING:
             if job.in_flight or job.copying is not None:
                 job.waiting = True  # what is on the wire lands first
                 return
@@ -523,7 +559,7 @@ class Uploader:
             record.committed_bytes,
             record.chunk_size,
             size,
-            finishing=job.finish is not None,
+            finishing=job.phase is Phase.FINISHING,
             in_flight=held,
             window=max(1, min(self.window, len(held) + room)),
         ):
@@ -847,7 +883,7 @@ class Uploader:
     def copyable(self, job: Job, now: float) -> bool:
         if not job.uncopied or job.copy_backoff.due > now:
             return False
-        if job.finish is not None or job.abandon is not None:
+        if job.phase is not Phase.STREAMING:
             return False  # completion copies what is left, several at a time
         upload = job.record.assembly
         # Renamed since the upload began: completion assembles afresh, under the new name.
@@ -989,12 +1025,13 @@ class Uploader:
         stream's completion. A file that changed meanwhile goes on streaming."""
         future, job.finishing = job.finishing, None
         job.wake()
-        if job.abandon is not None:
+        if job.phase is Phase.ABANDONING:
             return  # the file went away, or an operator cancelled it: abandoned instead
         try:
             report = future.result()
         except FinishCalledOff as exc:
             job.finish = None
+            job.move_to(Phase.STREAMING)
             self.events.put(FinishDeclined(stream_id=job.record.stream_id))
             self.log.info("finish_declined", **job.log_fields, size=exc.size)
             return
@@ -1045,6 +1082,7 @@ class Uploader:
         # The manifest goes first: a finished stream always has its metadata.json.
         self.put_manifest(done, chunks)
         self.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
+        job.move_to(Phase.CONCLUDED)
         del self.jobs[stream_id]
         self.wake_starved()
         metrics.STREAMS_FINISHED.labels(status=done.state.value).inc()
