@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import os
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import msgspec
 from streamer import __version__, config, logs
 from streamer.checkpoint import CheckpointError, CheckpointStore, UnknownStream
 from streamer.childproc import EXIT_CONFIG
-from streamer.fileio import is_finalised_file
+from streamer.fileio import is_finalised_file, sha256_of_range
 from streamer.records import StreamRecord, StreamState
 
 config_option = click.option(
@@ -237,11 +236,8 @@ def _verify_stream(s3, record: StreamRecord, chunks: list) -> list[str]:
                 problems.append(f"chunk {c.index}: the bytes in S3 differ from those recorded")
         except Exception as exc:
             fail(f"cannot read {key} from S3: {type(exc).__name__}: {exc}")
-        if file_matches:
-            with open(record.path, "rb") as f:
-                f.seek(c.offset)
-                if hashlib.sha256(f.read(c.size)).hexdigest() != c.sha256:
-                    problems.append(f"chunk {c.index}: the file's bytes differ from S3's")
+        if file_matches and sha256_of_range(record, c.offset, c.size) != c.sha256:
+            problems.append(f"chunk {c.index}: the file's bytes differ from S3's")
     if (
         record.state is not StreamState.ACTIVE
         and s3.stat(s3.layout.manifest_key(record.stream_id)) is None

@@ -56,6 +56,12 @@ def read_into(record: StreamRecord, offset: int, buffer: memoryview) -> int:
         os.close(fd)
 
 
+def sha256_of_range(record: StreamRecord, offset: int, size: int) -> str:
+    data = memoryview(bytearray(size))
+    read_into(record, offset, data)
+    return hashlib.sha256(data).hexdigest()
+
+
 class HashingReader:
     """A file object's reads, hashed as they pass (the whole file's sha256 of a streamed
     upload)."""

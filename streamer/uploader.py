@@ -112,8 +112,23 @@ class Sent:
     etag: str
     head: bytes | None  # the file's first bytes, with chunk 0
     seconds: float | None  # None: found in S3 already, not sent again
-    read_at_ns: int
-    read_mtime_ns: int
+    read_at_ns: int | None  # when its bytes were read, and the file's mtime just before
+    read_mtime_ns: int | None  # (None: read at completion, settled by then)
+
+    def record(self, reason: str | None = None) -> ChunkRecord:
+        """What the checkpoint keeps of it; `reason`: why this revision was uploaded."""
+        return ChunkRecord(
+            index=self.chunk.index,
+            offset=self.chunk.offset,
+            size=self.chunk.size,
+            sha256=self.sha256,
+            etag=self.etag,
+            uploaded_at=_utcnow(),
+            revision=self.revision,
+            reason=reason,
+            read_at_ns=self.read_at_ns,
+            read_mtime_ns=self.read_mtime_ns,
+        )
 
 
 class PrefixHash:
@@ -711,17 +726,7 @@ class Uploader:
         record, chunk = job.record, sent.chunk
         self.s3_state(True)
         self.events.put(ChunkUploaded(stream_id=record.stream_id, end=chunk.offset + chunk.size))
-        committed = ChunkRecord(
-            index=chunk.index,
-            offset=chunk.offset,
-            size=chunk.size,
-            sha256=sent.sha256,
-            etag=sent.etag,
-            uploaded_at=_utcnow(),
-            revision=sent.revision,
-            read_at_ns=sent.read_at_ns,
-            read_mtime_ns=sent.read_mtime_ns,
-        )
+        committed = sent.record()
         self.commit(job, committed, sent.head)
         if copies_ahead(self.config.stream.assemble, record.chunk_size, chunk.index, chunk.size):
             job.uncopied.append(committed)
@@ -1230,17 +1235,10 @@ class Uploader:
             revision=revision,
             reason=reason,
         )
-        chunk = ChunkRecord(
-            index=old.index,
-            offset=old.offset,
-            size=len(data),
-            sha256=sha256,
-            etag=etag,
-            uploaded_at=_utcnow(),
-            revision=revision,
-            reason=reason,
-        )
-        return chunk, bytes(data[:HEAD_SIZE]) if old.index == 0 else None
+        head = bytes(data[:HEAD_SIZE]) if old.index == 0 else None
+        chunk = UploadChunk(old.index, old.offset, len(data))
+        sent = Sent(chunk, revision, sha256, etag, head, seconds, None, None)
+        return sent.record(reason), head
 
     def assemble(
         self,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
-from streamer.fileio import SourceChanged, is_finalised_file, read_into, size_of
+from streamer.fileio import SourceChanged, is_finalised_file, read_into, sha256_of_range, size_of
 from streamer.records import StreamRecord, StreamState
 
 
@@ -50,6 +51,7 @@ def test_bytes_are_read_from_the_stream_s_file_only_and_whole(tmp_path):
     buffer = memoryview(bytearray(4))
     assert read_into(record, 3, buffer) == os.stat(path).st_mtime_ns
     assert bytes(buffer) == b"3456" and size_of(record) == 10
+    assert sha256_of_range(record, 3, 4) == hashlib.sha256(b"3456").hexdigest()
     with pytest.raises(SourceChanged, match="ends before byte 12"):
         read_into(record, 8, buffer)
     replacement = tmp_path / "new.mp4"
