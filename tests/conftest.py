@@ -388,7 +388,7 @@ class Daemon:
         self.expected_exits.update(exit_codes)
         return self
 
-    def start(self, wait: bool = True) -> Daemon:
+    def start(self, wait: bool = True, timeout: float = 30) -> Daemon:
         assert self.process is None or self.process.poll() is not None, "already running"
         first_event = len(self.read_events())
         with open(self.log_path, "ab") as log:
@@ -408,7 +408,7 @@ class Daemon:
             )
         self.runs.append(Run(process, first_event))
         if wait:
-            self.wait_for("started", pid=process.pid, this_run=True)
+            self.wait_for("started", timeout, pid=process.pid, this_run=True)
         return self
 
     def read_events(self) -> list[dict]:

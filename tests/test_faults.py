@@ -498,7 +498,7 @@ def test_ten_thousand_files_in_the_directory(make_daemon, minio):
     for n in range(10_000):
         (daemon.watch / f"many-{n:05d}.mp4").write_bytes(b"%05d" % n)
     started = time.monotonic()
-    daemon.start()
+    daemon.start(timeout=300)  # its first scan discovers all of them
     daemon.wait_for("stream_finished", count=10_000, timeout=600)
     elapsed = time.monotonic() - started
     finished = daemon.find("stream_finished")

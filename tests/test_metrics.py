@@ -63,16 +63,22 @@ def test_delivery_state_moves_during_an_upload(make_daemon, minio):
 
 
 def test_the_tail_waiting_for_the_idle_timeout_shows_as_lag(make_daemon, minio):
-    daemon = make_daemon(stream={"idle_timeout": 6}).start()
+    # Long enough that the tail is still waiting when the last scrape below is made.
+    daemon = make_daemon(stream={"idle_timeout": 12}).start()
     (daemon.watch / "tail.mp4").write_bytes(b"t" * (64 * KiB + 1000))
     daemon.wait_for("chunk_uploaded")
-    time.sleep(2.5)
-    values = scrape(daemon)
+    # The gauges are as of the loop's last turn: wait for the age to pass 2 s.
+    values = wait_until(
+        lambda: (
+            (v := scrape(daemon))["streamer_delivery_oldest_uncommitted_age_seconds"] >= 2 and v
+        ),
+        5,
+        what="the tail's age to pass 2 s",
+    )
     assert (
         values["streamer_delivery_bytes_on_disk"] - values["streamer_delivery_bytes_committed"]
         == 1000
     )
-    assert values["streamer_delivery_oldest_uncommitted_age_seconds"] >= 2
     # No chunk is sent while the tail waits: the time since the last upload grows.
     waited = []
     for _ in range(3):
