@@ -22,6 +22,6 @@ FORK_BLOCKED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 def run_uploader(*args) -> None:
     """The forked child's entry point; its exit code tells the supervisor how it ended."""
-    from streamer import uploader
+    from streamer.uploader import process
 
-    uploader.main(*args)
+    process.main(*args)

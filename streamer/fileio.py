@@ -4,10 +4,13 @@ the admin commands."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 
+from streamer.buffers import BufferPool
 from streamer.records import StreamRecord
 
 
@@ -56,10 +59,31 @@ def read_into(record: StreamRecord, offset: int, buffer: memoryview) -> int:
         os.close(fd)
 
 
-def sha256_of_range(record: StreamRecord, offset: int, size: int) -> str:
-    data = memoryview(bytearray(size))
-    read_into(record, offset, data)
-    return hashlib.sha256(data).hexdigest()
+@contextlib.contextmanager
+def reading(
+    record: StreamRecord, offset: int, size: int, buffers: BufferPool | None = None
+) -> Iterator[memoryview]:
+    """`size` bytes of the file from `offset`, in a buffer (of `buffers`, if given) that is
+    the caller's until the block ends."""
+    buffer = buffers.take(size) if buffers else bytearray(size)
+    try:
+        data = memoryview(buffer)[:size]
+        read_into(record, offset, data)
+        yield data
+    finally:
+        if buffers:
+            buffers.give(buffer)
+
+
+def sha256_of_range(
+    record: StreamRecord, offset: int, size: int, buffers: BufferPool | None = None
+) -> str:
+    """The sha256 of `size` bytes from `offset`, read a chunk at a time."""
+    whole = hashlib.sha256()
+    for start in range(offset, offset + size, record.chunk_size):
+        with reading(record, start, min(record.chunk_size, offset + size - start), buffers) as data:
+            whole.update(data)
+    return whole.hexdigest()
 
 
 class HashingReader:

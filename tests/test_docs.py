@@ -26,14 +26,15 @@ def logged_events() -> set[str]:
     passed to a function that hands its `event` parameter on to one, literals assigned
     to a local `event`, and the values of a `*_EVENTS` mapping."""
     events: set[str] = set()
-    for path in (ROOT / "streamer").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        forwarders = {}  # function name -> position of its `event` parameter
+    trees = [ast.parse(path.read_text()) for path in (ROOT / "streamer").rglob("*.py")]
+    forwarders = {}  # function name -> position of its `event` parameter, in any module
+    for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef):
                 names = [a.arg for a in node.args.args]
                 if "event" in names:
                     forwarders[node.name] = names.index("event") - (names[0] == "self")
+    for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign) and any(
                 getattr(target, "id", "") == "event" for target in node.targets

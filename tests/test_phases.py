@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from streamer.records import StreamRecord
-from streamer.uploader import Job, Phase
+from streamer.uploader.jobs import Job, Phase
 
 
 def job() -> Job:

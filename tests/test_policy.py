@@ -28,7 +28,8 @@ from streamer.policy import (
 )
 from streamer.records import AssemblyUpload, ChunkRecord, StreamState
 from streamer.supervisor import TICK, Supervisor
-from streamer.uploader import PrefixHash, Survey, still_holds
+from streamer.uploader.sending import PrefixHash
+from streamer.uploader.survey import Survey, still_holds
 
 CS = 100
 

@@ -1,0 +1,254 @@
+"""Assembly: the whole recording as one object in S3. While a stream is live, the copier
+thread copies its committed chunks into a multipart upload, a few at a time, behind the
+uploads; completion copies what is left and finishes that upload (or assembles afresh,
+or streams the file where S3 cannot join the chunks)."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import msgspec
+
+from streamer import metrics, mp4, naming
+from streamer.chunkstore import PartSource, UploadGone
+from streamer.failures import describe
+from streamer.fileio import HashingReader, SourceChanged
+from streamer.messages import Finish
+from streamer.policy import assembly_method, copies_ahead, upload_to_finish
+from streamer.records import Assembled, AssemblyUpload, ChunkRecord, StreamRecord
+from streamer.uploader.context import STEP_EVENTS, Context
+from streamer.uploader.jobs import Job, Phase
+
+COPY_BATCH = 4  # parts the copier copies before the loop records them
+
+
+@dataclass(frozen=True)
+class Copied:
+    """The copier thread's report: these chunks are parts of the upload now; `error`
+    stopped it before the rest."""
+
+    upload: AssemblyUpload
+    parts: list[tuple[ChunkRecord, str]]  # (chunk, part ETag)
+    error: Exception | None
+
+
+def content_type(is_mp4: bool) -> str:
+    return "video/mp4" if is_mp4 else "application/octet-stream"
+
+
+class Assembler:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    # While live
+
+    def copy_ahead(self, now: float) -> None:
+        """Give the copier thread its next work: a few committed chunks of one stream to
+        copy into its assembly upload (or the upload to begin). Only while this uploader
+        has no chunk on the wire, and one batch at a time: a copy is S3's work, and would
+        slow the uploads down if it ran beside them."""
+        ctx = self.ctx
+        if ctx.stopping or ctx.outstanding():
+            return
+        if any(job.copying is not None for job in ctx.jobs.values()):
+            return
+        job = next((j for j in ctx.jobs.values() if self.copyable(j, now)), None)
+        if job is None:
+            return
+        record, upload = job.record, job.record.assembly
+        if upload is None:
+            work = (self.begin_assembly, record)
+        else:
+            batch = list(itertools.islice(job.uncopied, COPY_BATCH))
+            work = (self.copy_parts, record.stream_id, upload, batch)
+        job.copying = ctx.tasks.submit(
+            "copier", record.stream_id, *work, then=lambda f, now: self.copied(job, f, now)
+        )
+
+    def copyable(self, job: Job, now: float) -> bool:
+        if not job.uncopied or job.copy_backoff.due > now:
+            return False
+        if job.phase is not Phase.STREAMING:
+            return False  # completion copies what is left, several at a time
+        upload = job.record.assembly
+        # Renamed since the upload began: completion assembles afresh, under the new name.
+        return upload is None or upload.key == self.assembled_key(job.record)
+
+    def begin_assembly(self, record: StreamRecord) -> AssemblyUpload:
+        """In the copier thread. The content type is judged from the file's first bytes;
+        should the finished file say otherwise, completion assembles afresh."""
+        key = self.assembled_key(record)
+        kind = content_type(mp4.inspect_bytes(record.head or b"").is_mp4)
+        upload_id = self.ctx.s3.begin_upload(key, kind)
+        return AssemblyUpload(key=key, upload_id=upload_id, content_type=kind)
+
+    def copy_parts(
+        self, stream_id: str, upload: AssemblyUpload, chunks: list[ChunkRecord]
+    ) -> Copied:
+        """In the copier thread: chunk N becomes part N + 1."""
+        parts: list[tuple[ChunkRecord, str]] = []
+        try:
+            for chunk in chunks:
+                source = self.part_source(stream_id, chunk, None)
+                etag = self.ctx.s3.copy_part(upload.key, upload.upload_id, chunk.index + 1, source)
+                parts.append((chunk, etag))
+        except Exception as exc:
+            return Copied(upload, parts, exc)
+        return Copied(upload, parts, None)
+
+    def copied(self, job: Job, future: Future, now: float) -> None:
+        """Record what the copier thread reports; a failed copy is tried again after the
+        stream's copy backoff."""
+        job.copying = None
+        job.wake()
+        store, stream_id = self.ctx.store, job.stream_id
+        try:
+            report = future.result()
+        except Exception as exc:
+            self.copy_failed(job, "assembly_begin_failed", exc, now)
+            return
+        if isinstance(report, AssemblyUpload):
+            job.record = store.update_stream(
+                stream_id, lambda r: msgspec.structs.replace(r, assembly=report)
+            )
+            self.ctx.log.info("assembly_begun", **job.log_fields, key=report.key)
+            return
+        store.record_parts(stream_id, report.upload.upload_id, report.parts)
+        for _ in report.parts:
+            job.uncopied.popleft()
+        metrics.PARTS_COPIED.labels(when="live").inc(len(report.parts))
+        if isinstance(report.error, UploadGone):
+            self.lost_assembly(job, report.error, now)
+        elif report.error is not None:
+            self.copy_failed(job, "part_copy_failed", report.error, now)
+        else:
+            job.copy_backoff.succeeded()
+
+    def copy_failed(self, job: Job, event: str, exc: Exception, now: float) -> None:
+        events = {"transient": event, "rejected": event, "failed": STEP_EVENTS["failed"]}
+        self.ctx.fail(job.copy_backoff, exc, now, events, **job.log_fields)
+
+    def lost_assembly(self, job: Job, error: UploadGone, now: float) -> None:
+        """S3 aborted the upload (MinIO expires one after a day by default): begin another,
+        and copy every chunk into it."""
+        self.copy_failed(job, "assembly_upload_lost", error, now)
+        job.record = self.ctx.store.update_stream(
+            job.stream_id, lambda r: msgspec.structs.replace(r, assembly=None)
+        )
+        job.uncopied = collections.deque(self.not_copied(job.record))
+
+    def not_copied(self, record: StreamRecord) -> list[ChunkRecord]:
+        """The committed chunks, of those copied ahead, not in the stream's upload yet."""
+        upload_id = record.assembly.upload_id if record.assembly else None
+        assemble = self.ctx.config.stream.assemble
+        return [
+            c
+            for c in self.ctx.store.chunks(record.stream_id)
+            if copies_ahead(assemble, record.chunk_size, c.index, c.size)
+            and c.part_in(upload_id) is None
+        ]
+
+    def drop(self, job: Job) -> None:
+        """An abandoned stream is not assembled. If S3 is away, the server's own expiry of
+        stale uploads (or a lifecycle rule) removes its upload."""
+        upload = job.record.assembly
+        self.ctx.tasks.submit(
+            "copier",
+            job.stream_id,
+            self.ctx.s3.abort_upload,
+            upload.key,
+            upload.upload_id,
+            then=lambda future, now: self.dropped(future, job.log_fields),
+        )
+
+    def dropped(self, future: Future, log_fields: dict) -> None:
+        if future.exception() is not None:
+            self.ctx.log.warning(
+                "assembly_abort_failed", **log_fields, error=describe(future.exception())
+            )
+
+    # At completion (in a finisher thread)
+
+    def assemble(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        finish: Finish,
+        sha256: str,
+        kind: str,
+        log_fields: dict,
+    ) -> Assembled:
+        """The whole recording as one object: joined in S3 from the chunks where S3 allows
+        (finishing the upload the chunks were copied into while live), else streamed from
+        the file (checked against the sha256 just computed)."""
+        s3 = self.ctx.s3
+        key = self.assembled_key(record)
+        method = assembly_method([c.size for c in chunks])
+        upload = upload_to_finish(record.assembly, key, kind, method)
+        if record.assembly is not None and upload is None:
+            s3.abort_upload(record.assembly.key, record.assembly.upload_id)
+        if method == "compose":
+            etag, ahead = self.compose(record, chunks, key, kind, upload, log_fields)
+        else:
+            ahead = 0
+            with open(record.path, "rb") as f:
+                reader = HashingReader(f)
+                etag = s3.put_stream(key, reader, finish.size, kind)
+            if reader.hexdigest() != sha256:
+                raise SourceChanged(f"{record.path} changed while it was being assembled")
+        self.abort_strays(key, log_fields)
+        self.ctx.log.info(
+            "stream_assembled",
+            **log_fields,
+            key=key,
+            method=method,
+            size=finish.size,
+            parts_copied_live=ahead,
+        )
+        return Assembled(key=key, size=finish.size, etag=etag, method=method)
+
+    def compose(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        key: str,
+        kind: str,
+        upload: AssemblyUpload | None,
+        log_fields: dict,
+    ) -> tuple[str, int]:
+        """The object's ETag, and how many of its parts were copied while live."""
+        s3, senders = self.ctx.s3, self.ctx.tasks.lane("sender")
+        if upload is not None:
+            parts = [self.part_source(record.stream_id, c, upload.upload_id) for c in chunks]
+            ahead = sum(1 for p in parts if p.copied)
+            try:
+                etag = s3.compose(key, parts, kind, senders, upload.upload_id)
+            except UploadGone as exc:
+                self.ctx.log.warning("assembly_upload_lost", **log_fields, error=str(exc))
+            else:
+                metrics.PARTS_COPIED.labels(when="completion").inc(len(parts) - ahead)
+                return etag, ahead
+        parts = [self.part_source(record.stream_id, c, None) for c in chunks]
+        etag = s3.compose(key, parts, kind, senders)
+        metrics.PARTS_COPIED.labels(when="completion").inc(len(parts))
+        return etag, 0
+
+    def abort_strays(self, key: str, log_fields: dict) -> None:
+        """Uploads to the object begun but never recorded (a crash just after beginning
+        one) would hold their parts' storage until the server expires them."""
+        try:
+            for upload_id in self.ctx.s3.open_uploads(key):
+                self.ctx.s3.abort_upload(key, upload_id)
+                self.ctx.log.info("stray_upload_aborted", **log_fields, key=key)
+        except Exception as exc:
+            self.ctx.log.warning("stray_upload_check_failed", **log_fields, error=describe(exc))
+
+    def part_source(self, stream_id: str, chunk: ChunkRecord, upload_id: str | None) -> PartSource:
+        key = self.ctx.s3.layout.chunk_key(stream_id, chunk.index, chunk.revision)
+        return PartSource(key, chunk.size, chunk.etag, chunk.part_in(upload_id))
+
+    def assembled_key(self, record: StreamRecord) -> str:
+        return self.ctx.s3.layout.assembled_key(record.stream_id, naming.object_name(record.name))

@@ -1,0 +1,253 @@
+"""Completion: a stream whose file the supervisor found idle is checked against its file
+(every uploaded range, unless a survey while quiet did), what the recorder rewrote is
+uploaded again, the whole is assembled, and the stream concludes with its metadata.json.
+A stream whose file went away, or that an operator cancelled, concludes with what S3 has."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+
+from streamer import manifest, metrics, mp4, retention
+from streamer.chunkstore import ChunkStore
+from streamer.failures import NotInS3
+from streamer.fileio import reading
+from streamer.messages import Finish, FinishDeclined, StreamFinished
+from streamer.policy import UploadChunk, final_status
+from streamer.records import Assembled, ChunkRecord, StreamRecord
+from streamer.uploader.assembly import Assembler, content_type
+from streamer.uploader.context import Context
+from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.ledger import Ledger
+from streamer.uploader.sending import PrefixHash, Sent, place_chunk
+from streamer.uploader.survey import Survey, Surveyor, still_holds, survey
+from streamer.watcher import HEAD_SIZE
+
+
+class FinishCalledOff(Exception):
+    """The file changed while its stream was being finished: it goes on streaming."""
+
+    def __init__(self, size: int):
+        super().__init__(f"the file changed (now {size} bytes) while it was being finished")
+        self.size = size
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finisher thread's report: the stream's bytes are reconciled, and assembled, in S3."""
+
+    finish: Finish
+    sha256: str
+    revised: list[tuple[ChunkRecord, bytes | None]]  # uploaded again; the head with chunk 0
+    drop_from: int | None  # the first chunk past the file's end, if it shrank
+    facts: mp4.Mp4Facts
+    assembled: Assembled | None
+
+
+def put_manifest(s3: ChunkStore, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
+    body = manifest.encode(manifest.build(record, chunks, s3.layout))
+    key = s3.layout.manifest_key(record.stream_id)
+    s3.put(key, body, hashlib.sha256(body).hexdigest(), "application/json")
+
+
+def check_still_idle(path: str, finish: Finish) -> None:
+    st = os.stat(path)
+    if (st.st_size, st.st_mtime_ns) != (finish.size, finish.mtime_ns):
+        raise FinishCalledOff(st.st_size)
+
+
+class Completion:
+    def __init__(self, ctx: Context, ledger: Ledger, surveyor: Surveyor, assembler: Assembler):
+        self.ctx = ctx
+        self.ledger = ledger
+        self.surveyor = surveyor
+        self.assembler = assembler
+
+    def start(self, job: Job) -> None:
+        """Hand the stream's completion to a finisher thread; `finished` records its
+        report. Streams falling idle together on one uploader so finish side by side."""
+        record = job.record
+        job.finishing = self.ctx.tasks.submit(
+            "finisher",
+            record.stream_id,
+            self.finish_stream,
+            record,
+            self.ctx.store.chunks(record.stream_id),
+            job.finish,
+            job.sent_hash,
+            job.quiet,
+            job.log_fields,
+            then=lambda future, now: self.finished(job, future, now),
+        )
+        job.waiting = True
+
+    def finish_stream(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        finish: Finish,
+        sent_hash: PrefixHash | None,
+        quiet: Survey | None,
+        log_fields: dict,
+    ) -> Finished:
+        """In a finisher thread: check every uploaded range against the file's final
+        bytes (unless a survey while the file was quiet did, at the same size and mtime),
+        upload again what the recorder rewrote, and assemble the whole object.
+        Raises FinishCalledOff if the file changes meanwhile. Touches neither the checkpoint
+        nor the jobs: `finished` records the outcome."""
+        check_still_idle(record.path, finish)
+        quiet = still_holds(quiet, finish, chunks, sent_hash)
+        if quiet is None:
+            buffers = self.ctx.buffers
+            quiet = survey(record, chunks, finish.size, finish.mtime_ns, sent_hash, buffers)
+            self.surveyor.log(quiet, while_quiet=False, log_fields=log_fields)
+        revised = self.reconcile(record, chunks, quiet, log_fields)
+        sha256, drop_from = quiet.sha256, quiet.drop_from
+        facts = mp4.inspect_file(record.path)
+        check_still_idle(record.path, finish)
+        by_index = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
+        final = [by_index[i] for i in sorted(by_index)]
+        if why := retention.chunks_discrepancy(record.stream_id, final, finish.size, self.ctx.s3):
+            raise NotInS3(why)
+        assembled = None
+        if self.ctx.config.stream.assemble:
+            kind = content_type(facts.is_mp4)
+            assembled = self.assembler.assemble(record, final, finish, sha256, kind, log_fields)
+            check_still_idle(record.path, finish)
+        return Finished(finish, sha256, revised, drop_from, facts, assembled)
+
+    def reconcile(
+        self, record: StreamRecord, chunks: list[ChunkRecord], survey: Survey, log_fields: dict
+    ) -> list[tuple[ChunkRecord, bytes | None]]:
+        """Upload again the chunks that no longer hold the file's bytes; return them (with
+        the file's head, for chunk 0)."""
+        by_index = {c.index: c for c in chunks}
+        revised = []
+        for index, reason in survey.stale:
+            chunk = by_index[index]
+            length = min(chunk.size, survey.size - chunk.offset)
+            with reading(record, chunk.offset, length, self.ctx.buffers) as data:
+                revised.append(self.reupload(record, chunk, data, reason, log_fields))
+        if survey.drop_from is not None:
+            self.ctx.log.warning(
+                "chunks_dropped", **log_fields, from_index=survey.drop_from, reason="file shrank"
+            )
+        return revised
+
+    def reupload(
+        self,
+        record: StreamRecord,
+        old: ChunkRecord,
+        data: memoryview,
+        reason: str,
+        log_fields: dict,
+    ) -> tuple[ChunkRecord, bytes | None]:
+        sha256 = hashlib.sha256(data).hexdigest()
+        # A crash after an earlier re-upload's PUT may have left its bytes at that key.
+        first = max(old.revision + 1, record.min_revision)
+        revision, etag, seconds = place_chunk(
+            self.ctx.s3, record.stream_id, old.index, first, data, sha256, probe=True
+        )
+        if seconds is not None:
+            metrics.BYTES_UPLOADED.inc(len(data))
+        self.ctx.log.info(
+            "chunk_reuploaded",
+            **log_fields,
+            index=old.index,
+            offset=old.offset,
+            size=len(data),
+            revision=revision,
+            reason=reason,
+        )
+        head = bytes(data[:HEAD_SIZE]) if old.index == 0 else None
+        chunk = UploadChunk(old.index, old.offset, len(data))
+        sent = Sent(chunk, revision, sha256, etag, head, seconds, None, None)
+        return sent.record(reason), head
+
+    def finished(self, job: Job, future: Future, now: float) -> None:
+        """Record what a finisher thread reports: the chunks it uploaded again, then the
+        stream's completion. A file that changed meanwhile goes on streaming."""
+        job.finishing = None
+        job.wake()
+        if job.phase is Phase.ABANDONING:
+            return  # the file went away, or an operator cancelled it: abandoned instead
+        try:
+            report = future.result()
+        except FinishCalledOff as exc:
+            job.finish = None
+            job.move_to(Phase.STREAMING)
+            self.ctx.events.put(FinishDeclined(stream_id=job.stream_id))
+            self.ctx.log.info("finish_declined", **job.log_fields, size=exc.size)
+            return
+        if report.drop_from is not None:
+            job.record = self.ctx.store.drop_chunks_from(job.stream_id, report.drop_from)
+        for chunk, head in report.revised:
+            self.ledger.commit(job, chunk, head)
+        state, reason = final_status(report.facts)
+        self.conclude(
+            job,
+            state=state,
+            status_reason=reason,
+            total_size=report.finish.size,
+            mtime_ns=report.finish.mtime_ns,
+            sha256=report.sha256,
+            mp4=report.facts,
+            assembled=report.assembled,
+        )
+
+    def abandon(self, job: Job) -> None:
+        """The file is gone, or an operator cancelled the stream: what S3 has is what the
+        stream is."""
+        reason, state = job.abandon
+        self.ctx.log.warning(
+            "stream_abandoned",
+            **job.log_fields,
+            reason=reason,
+            uploaded_bytes=job.record.committed_bytes,
+        )
+        if job.record.assembly is not None:
+            self.assembler.drop(job)
+        self.conclude(
+            job,
+            state=state,
+            status_reason=reason,
+            total_size=job.record.committed_bytes,
+        )
+
+    def conclude(self, job: Job, **completion) -> None:
+        ctx = self.ctx
+        completion["completed_at"] = datetime.now(UTC)
+        completion["assembly"] = None  # completed, or aborted
+        stream_id = job.stream_id
+        done = msgspec.structs.replace(job.record, **completion)
+        chunks = ctx.store.chunks(stream_id)
+        # The manifest goes first: a finished stream always has its metadata.json.
+        put_manifest(ctx.s3, done, chunks)
+        ctx.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
+        job.move_to(Phase.CONCLUDED)
+        del ctx.jobs[stream_id]
+        ctx.wake_starved()
+        metrics.STREAMS_FINISHED.labels(status=done.state.value).inc()
+        ctx.events.put(
+            StreamFinished(
+                stream_id=stream_id,
+                status=done.state.value,
+                size=done.total_size if done.mtime_ns is not None else -1,
+                mtime_ns=done.mtime_ns if done.mtime_ns is not None else -1,
+            )
+        )
+        ctx.log.info(
+            "stream_finished",
+            **job.log_fields,
+            status=done.state.value,
+            reason=done.status_reason,
+            size=done.total_size,
+            chunks=len(chunks),
+            reuploaded_chunks=done.reuploaded_chunks,
+            sha256=done.sha256,
+        )

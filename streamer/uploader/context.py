@@ -1,0 +1,87 @@
+"""What every role of an uploader process works with, made once after the fork: the
+settings, the checkpoint store, the S3 store, the chunk buffers, the door for background
+work, the owned streams, and the one way a failed step is retried."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from streamer import logs, metrics
+from streamer.buffers import BufferPool
+from streamer.checkpoint import CheckpointStore
+from streamer.chunkstore import ChunkStore
+from streamer.config import Config
+from streamer.failures import S3_TROUBLE, Backoff, classify, describe, hint
+from streamer.messages import Mailbox, S3State
+from streamer.uploader.jobs import Job
+from streamer.uploader.tasks import Tasks
+
+# The log event of a failed step, by kind (failures.classify).
+STEP_EVENTS = {"transient": "upload_retry", "rejected": "s3_rejected", "failed": "stream_failed"}
+
+
+@dataclass(eq=False)
+class Context:
+    worker_id: int
+    config: Config
+    store: CheckpointStore
+    s3: ChunkStore
+    buffers: BufferPool
+    tasks: Tasks
+    events: Mailbox  # to the supervisor
+    log: logs.EventLog
+    clock: Callable[[], float]
+    jobs: dict[str, Job] = field(default_factory=dict)  # by stream id
+    starved: set[str] = field(default_factory=set)  # streams waiting for room in the window
+    s3_reachable: bool | None = None
+    stopping: bool = False
+
+    @property
+    def window(self) -> int:
+        return self.config.stream.upload_window
+
+    def outstanding(self) -> int:
+        """Chunks on the wire or waiting for their turn to be committed. The window is
+        shared by all the streams, so the chunk buffers held stay at `window`, however many
+        streams this uploader owns."""
+        return sum(job.held for job in self.jobs.values())
+
+    def wake_starved(self) -> None:
+        for stream_id in self.starved:
+            if stream_id in self.jobs:
+                self.jobs[stream_id].wake()
+        self.starved.clear()
+
+    def s3_state(self, reachable: bool, exc: Exception | None = None) -> None:
+        if reachable != self.s3_reachable:
+            self.s3_reachable = reachable
+            metrics.S3_REACHABLE.set(1 if reachable else 0)
+            self.events.put(S3State(reachable=reachable, error=describe(exc) if exc else ""))
+
+    def retry_later(self, job: Job, exc: Exception, now: float) -> None:
+        """A step of the stream failed: it waits, the others go on."""
+        self.fail(job.backoff, exc, now, STEP_EVENTS, **job.log_fields)
+
+    def fail(
+        self, backoff: Backoff, exc: Exception, now: float, events: dict[str, str], **fields
+    ) -> None:
+        """The one way a failed step is retried, wherever it failed: classified, counted,
+        logged (`events` names the line for each kind) and scheduled again."""
+        kind = classify(exc)
+        s3 = self.config.s3
+        delay = backoff.failed(kind, now, s3.retry_base, s3.retry_cap)
+        metrics.UPLOAD_ERRORS.labels(kind=kind).inc()
+        metrics.UPLOAD_RETRIES.inc()
+        if isinstance(exc, S3_TROUBLE):
+            self.s3_state(False, exc)
+        fields |= {"error": describe(exc), "attempt": backoff.attempt, "delay": round(delay, 3)}
+        if kind == "transient":
+            self.log.warning(events[kind], **fields, **hint(exc, False))
+        elif kind == "rejected":
+            self.log.error(events[kind], **fields, **hint(exc, True))
+        else:
+            # A bug, or a file we cannot handle: it waits, the rest goes on.
+            trace = "".join(traceback.format_exception(exc, limit=5))
+            self.log.error(events[kind], **fields, traceback=trace)

@@ -1,0 +1,72 @@
+"""The ledger: chunks S3 confirmed are committed to the checkpoint store strictly in index
+order, so a restart resumes from the last contiguous committed chunk."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+from streamer import metrics
+from streamer.messages import ChunkCommitted, ChunkUploaded
+from streamer.policy import copies_ahead
+from streamer.records import ChunkRecord
+from streamer.uploader.context import Context
+from streamer.uploader.jobs import Job
+from streamer.uploader.sending import Sent
+
+
+class Ledger:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def chunk_returned(self, job: Job, index: int, future: Future, now: float) -> None:
+        """A chunk came back from its sender thread. A failed one is sent again after the
+        stream's backoff, and the chunks after it wait for it."""
+        del job.in_flight[index]
+        job.wake()
+        self.ctx.wake_starved()
+        if future.exception() is None:
+            job.arrived[index] = future.result()
+        elif job.backoff.due <= now:
+            # Counted once: the chunks on the wire with it failed for the same reason.
+            self.ctx.retry_later(job, future.exception(), now)
+        self.land_in_order(job, now)
+
+    def land_in_order(self, job: Job, now: float) -> None:
+        while (sent := job.arrived.pop(job.record.chunk_count, None)) is not None:
+            try:
+                self.land(job, sent)
+            except Exception as exc:
+                # In S3 but not committed: look there before sending it again.
+                job.probe_below = max(job.probe_below, sent.chunk.index + 1)
+                self.ctx.retry_later(job, exc, now)
+                return
+
+    def land(self, job: Job, sent: Sent) -> None:
+        ctx, record, chunk = self.ctx, job.record, sent.chunk
+        ctx.s3_state(True)
+        ctx.events.put(ChunkUploaded(stream_id=record.stream_id, end=chunk.offset + chunk.size))
+        committed = sent.record()
+        self.commit(job, committed, sent.head)
+        if copies_ahead(ctx.config.stream.assemble, record.chunk_size, chunk.index, chunk.size):
+            job.uncopied.append(committed)
+        job.backoff.succeeded()
+        fields = {
+            **job.log_fields,
+            "index": chunk.index,
+            "offset": chunk.offset,
+            "size": chunk.size,
+        }
+        if sent.seconds is None:
+            ctx.log.info("chunk_found_in_s3", **fields)
+            return
+        metrics.CHUNK_UPLOAD_SECONDS.observe(sent.seconds)
+        metrics.CHUNKS_UPLOADED.inc()
+        metrics.BYTES_UPLOADED.inc(chunk.size)
+        ctx.log.info("chunk_uploaded", **fields, seconds=round(sent.seconds, 3))
+
+    def commit(self, job: Job, chunk: ChunkRecord, head: bytes | None) -> None:
+        with metrics.CHECKPOINT_COMMIT_SECONDS.time():
+            job.record = self.ctx.store.commit_chunk(job.stream_id, chunk, head)
+        self.ctx.events.put(
+            ChunkCommitted(stream_id=job.stream_id, committed_bytes=job.record.committed_bytes)
+        )

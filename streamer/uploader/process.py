@@ -1,0 +1,253 @@
+"""An uploader process's life: set up after the fork, one loop (background work taken
+back, the next stream's step, the supervisor's commands), and a stop that lets the work
+under way land and be committed before the process exits."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import time
+
+from streamer import logs
+from streamer.bandwidth import TokenBucket
+from streamer.buffers import BufferPool
+from streamer.checkpoint import CheckpointError, CheckpointStore
+from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
+from streamer.chunkstore import ChunkStore
+from streamer.config import Config, MiB
+from streamer.failures import Backoff
+from streamer.messages import Abandon, Assign, Finish, Grow, Mailbox, Moved, Retire, Stop
+from streamer.records import StreamState
+from streamer.uploader.assembly import Assembler
+from streamer.uploader.completion import Completion
+from streamer.uploader.context import STEP_EVENTS, Context
+from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.ledger import Ledger
+from streamer.uploader.retiring import Retirer
+from streamer.uploader.schedule import IDLE_WAIT, Schedule
+from streamer.uploader.sending import PrefixHash, Sender
+from streamer.uploader.survey import Surveyor
+from streamer.uploader.tasks import Tasks
+
+PR_SET_PDEATHSIG = 1
+M_MMAP_THRESHOLD = -3
+
+BUCKET_EVENTS = {"transient": "s3_unreachable", "rejected": "s3_rejected", "failed": "s3_rejected"}
+
+
+def main(
+    worker_id: int,
+    config: Config,
+    commands: Mailbox,
+    events: Mailbox,
+    parent_pid: int,
+    inherited_fds: list[int],
+    bandwidth: TokenBucket | None,
+) -> None:
+    """Entry point in the forked child; its exit code tells the supervisor how it ended."""
+    uploader = Uploader(worker_id, config, commands, events, parent_pid, inherited_fds, bandwidth)
+    raise SystemExit(uploader.run())
+
+
+class Uploader:
+    def __init__(
+        self,
+        worker_id: int,
+        config: Config,
+        commands: Mailbox,
+        events: Mailbox,
+        parent_pid: int,
+        inherited_fds: list[int],
+        bandwidth: TokenBucket | None = None,
+        clock=time.monotonic,
+    ):
+        self.worker_id = worker_id
+        self.config = config
+        self.commands = commands
+        self.events = events
+        self.inherited_fds = inherited_fds
+        self.bandwidth = bandwidth
+        self.clock = clock
+        self.parent_pid = parent_pid
+        self.stopping = False
+        self.bucket_ready = False
+        self.bucket_backoff = Backoff()
+        self.log = logs.EventLog(f"uploader.{worker_id}")
+
+    def run(self) -> int:
+        try:
+            self.init_process()
+        except CheckpointError as exc:
+            self.log.error("uploader_boot_failed", error=str(exc))
+            return EXIT_BOOT_ERROR
+        self.log.info("uploader_started", worker=self.worker_id)
+        while not self.stopping:
+            self.loop(self.clock())
+        self.settle()
+        self.ctx.store.close()
+        self.log.info("uploader_stopped", worker=self.worker_id)
+        return EXIT_OK
+
+    def init_process(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # Die with the supervisor: an orphan would keep uploading streams it no longer owns.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Chunk buffers are large. glibc would raise its mmap threshold after the first one
+        # is freed and then keep freed buffers in each thread's arena; with a fixed
+        # threshold each is mapped on its own, and one the pool lets go of (an idle
+        # uploader) goes back to the system.
+        libc.mallopt(M_MMAP_THRESHOLD, MiB)
+        if os.getppid() != self.parent_pid:
+            os._exit(EXIT_OK)
+        signal.set_wakeup_fd(-1)  # the supervisor's wakeup pipe, closed just below
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the supervisor's
+        signal.signal(signal.SIGTERM, self.handle_term)
+        # A lease taken before a deletion (streamer.retention) is broken by SIGIO, whose
+        # default is to terminate: the lease is let go at once anyway.
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
+        # The supervisor blocked these around the fork, so none reached its handlers here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
+        for fd in self.inherited_fds:
+            os.close(fd)
+        logs.configure(self.config.log.level, self.config.log.format)
+        self.build(CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size))
+
+    def build(self, store: CheckpointStore) -> None:
+        """The roles of the process, around one context."""
+        window = self.config.stream.upload_window
+        # Completions (reading the file again, assembling in S3) take their own threads:
+        # they would otherwise hold the senders live streams need, and wait for the part
+        # copies they hand to the senders. One copier: part copies are S3's work, and run
+        # behind the uploads, not beside them.
+        tasks = Tasks({"sender": window, "finisher": window, "copier": 1}, self.boundary)
+        s3 = ChunkStore(self.config.s3, self.config.instance, 2 * window + 2, self.bandwidth)
+        self.ctx = ctx = Context(
+            self.worker_id,
+            self.config,
+            store,
+            s3,
+            BufferPool(),
+            tasks,
+            self.events,
+            self.log,
+            self.clock,
+        )
+        self.ledger = Ledger(ctx)
+        self.surveyor = Surveyor(ctx)
+        self.assembler = Assembler(ctx)
+        self.completion = Completion(ctx, self.ledger, self.surveyor, self.assembler)
+        self.retirer = Retirer(ctx)
+        sender = Sender(ctx, self.ledger.chunk_returned)
+        self.schedule = Schedule(ctx, sender, self.surveyor, self.completion)
+
+    def handle_term(self, signum, frame) -> None:
+        self.stopping = True
+
+    def loop(self, now: float) -> None:
+        ctx = self.ctx
+        if not self.bucket_ready and now >= self.bucket_backoff.due:
+            self.check_bucket(now)
+        ctx.tasks.run_handlers(now)
+        if not self.stopping:
+            self.assembler.copy_ahead(now)
+        job = self.schedule.next_job(now) if self.bucket_ready else None
+        if job is None and not ctx.outstanding():
+            ctx.buffers.release()  # nothing on the wire: an idle uploader holds no chunk
+        self.handle_commands(timeout=0 if job else self.wait_time(now))
+        if job and not self.stopping and ctx.jobs.get(job.stream_id) is job:
+            self.work_on(job, now)
+
+    def wait_time(self, now: float) -> float:
+        if not self.bucket_ready:
+            return max(0.0, min(IDLE_WAIT, self.bucket_backoff.due - now))
+        return self.schedule.wait_time(now)
+
+    def check_bucket(self, now: float) -> None:
+        """S3 is asked first thing, so /readyz tells whether S3 works before any file comes."""
+        try:
+            self.ctx.s3.ensure_bucket(self.config.s3.create_bucket)
+        except Exception as exc:
+            self.ctx.fail(self.bucket_backoff, exc, now, BUCKET_EVENTS)
+            return
+        self.bucket_ready = True
+        self.ctx.s3_state(True)
+
+    def work_on(self, job: Job, now: float) -> None:
+        try:
+            self.schedule.step(job)
+        except Exception as exc:
+            self.ctx.retry_later(job, exc, now)
+
+    def boundary(self, stream_id: str, exc: Exception, now: float) -> None:
+        """Whatever a handler of background work raises: its stream waits with its
+        backoff, the others go on."""
+        job = self.ctx.jobs.get(stream_id)
+        if job is not None:
+            self.ctx.retry_later(job, exc, now)
+        else:
+            self.ctx.fail(Backoff(), exc, now, STEP_EVENTS, stream_id=stream_id)
+
+    # Commands
+
+    def handle_commands(self, timeout: float) -> None:
+        tasks = self.ctx.tasks
+        ready, _, _ = select.select([self.commands.fileno(), tasks.wake_r], [], [], timeout)
+        if tasks.wake_r in ready:
+            tasks.drain_wakeups()
+        message = self.commands.get(0)
+        while message is not None:
+            self.handle(message)
+            message = self.commands.get(0)
+
+    def handle(self, message) -> None:
+        jobs = self.ctx.jobs
+        match message:
+            case Assign(stream_id=stream_id):
+                self.adopt(stream_id)
+            case Grow(stream_id=stream_id) if stream_id in jobs:
+                jobs[stream_id].wake()
+            case Finish(stream_id=stream_id) if stream_id in jobs:
+                job = jobs[stream_id]
+                job.finish = message
+                job.move_to(Phase.FINISHING)
+                job.wake()
+            case Moved(stream_id=stream_id) if stream_id in jobs:
+                job = jobs[stream_id]
+                job.record = self.ctx.store.get_stream(stream_id)
+                job.backoff.retry_now()
+                job.wake()
+            case Abandon(stream_id=stream_id, reason=reason, status=status) if stream_id in jobs:
+                job = jobs[stream_id]
+                job.abandon = (reason, StreamState(status))
+                job.move_to(Phase.ABANDONING)
+                job.backoff.retry_now()
+                job.wake()
+            case Retire(stream_id=stream_id, reason=reason):
+                self.retirer.retire(stream_id, reason)
+            case Stop():
+                self.stopping = True
+
+    def adopt(self, stream_id: str) -> None:
+        ctx = self.ctx
+        record = ctx.store.get_stream(stream_id)
+        job = Job(
+            record=record,
+            probe_below=record.chunk_count + ctx.window,
+            sent_hash=PrefixHash(ctx.buffers) if record.chunk_count == 0 else None,
+            log_fields={"stream_id": stream_id},
+        )
+        if record.chunk_count:
+            job.uncopied.extend(self.assembler.not_copied(record))
+        ctx.jobs[stream_id] = job
+        self.log.info("stream_adopted", stream_id=stream_id, position=str(record.position))
+
+    def settle(self) -> None:
+        """On stop: chunks, completions and deletions not yet started are dropped; those
+        under way finish and are recorded (the supervisor's grace period bounds the
+        wait)."""
+        tasks = self.ctx.tasks
+        tasks.settle()
+        tasks.run_handlers(self.clock())
+        tasks.shutdown()

@@ -1,0 +1,103 @@
+"""Retention's deletions, as the supervisor asks for them: a finished stream's local file
+is deleted only once every byte of it is proven in S3 (streamer.retention), and the
+supervisor is always answered, deleted or kept."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Future
+from datetime import UTC, datetime
+
+import msgspec
+
+from streamer import metrics, retention
+from streamer.checkpoint import UnknownStream
+from streamer.failures import describe
+from streamer.messages import Retired
+from streamer.records import ChunkRecord, StreamRecord
+from streamer.uploader.completion import put_manifest
+from streamer.uploader.context import Context
+
+
+class Retirer:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def retire(self, stream_id: str, reason: str) -> None:
+        """Start deleting a finished stream's local file: a sender thread proves and
+        deletes, the main loop records the outcome."""
+        record = self.ctx.store.find_stream(stream_id)
+        if record is None:
+            gone = retention.Kept("the stream is not in the checkpoint store", final=True)
+            self.keep(stream_id, "", reason, gone)
+            return
+        self.ctx.tasks.submit(
+            "sender",
+            stream_id,
+            self.delete_source,
+            record,
+            self.ctx.store.chunks(stream_id),
+            reason,
+            then=lambda future, now: self.retired(record, reason, future),
+        )
+
+    def delete_source(
+        self, record: StreamRecord, chunks: list[ChunkRecord], reason: str
+    ) -> StreamRecord:
+        """In a sender thread: prove, delete, and write metadata.json again, saying so."""
+        config = self.ctx.config
+        retention.delete_if_proven(
+            record, chunks, self.ctx.s3, config.watch.directory, config.retention.delete_partial
+        )
+        deleted = msgspec.structs.replace(
+            record, source_deleted_at=datetime.now(UTC), deleted_because=reason
+        )
+        try:
+            put_manifest(self.ctx.s3, deleted, chunks)
+        except Exception as exc:
+            # The checkpoint has the deletion; `streamer streams show` tells it.
+            self.ctx.log.error(
+                "manifest_update_failed", stream_id=record.stream_id, error=describe(exc)
+            )
+        return deleted
+
+    def retired(self, record: StreamRecord, reason: str, future: Future) -> None:
+        if future.exception() is not None:
+            self.keep(record.stream_id, record.path, reason, future.exception())
+        else:
+            self.note_deletion(future.result())
+
+    def note_deletion(self, deleted: StreamRecord) -> None:
+        stream_id, reason = deleted.stream_id, deleted.deleted_because
+        try:
+            with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
+                self.ctx.store.update_stream(
+                    stream_id,
+                    lambda r: msgspec.structs.replace(
+                        r, source_deleted_at=deleted.source_deleted_at, deleted_because=reason
+                    ),
+                )
+        finally:
+            # Deleted, whatever the checkpoint store says: the supervisor must hear of it.
+            self.ctx.events.put(Retired(stream_id=stream_id, deleted=True))
+        metrics.SOURCES_DELETED.labels(reason=reason).inc()
+        self.ctx.log.info(
+            "source_deleted",
+            stream_id=stream_id,
+            path=deleted.path,
+            reason=reason,
+            size=deleted.total_size,
+        )
+
+    def keep(self, stream_id: str, path: str, reason: str, exc: BaseException) -> None:
+        if isinstance(exc, retention.Kept):
+            why, final = str(exc), exc.final
+        else:
+            why, final = f"could not finish the checks: {describe(exc)}", False
+        metrics.SOURCES_KEPT.inc()
+        self.ctx.log.warning(
+            "source_kept", stream_id=stream_id, path=path, reason=reason, kept_because=why
+        )
+        self.ctx.events.put(
+            Retired(stream_id=stream_id, deleted=False, final=final, kept_because=why)
+        )

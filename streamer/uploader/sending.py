@@ -1,0 +1,162 @@
+"""Sending chunks: a sender thread reads a chunk once, hashes it and puts it in S3 (or
+finds it there, after a crash); it touches neither the checkpoint nor the jobs, and
+reports what S3 holds as a `Sent`. The ledger commits it."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from streamer.buffers import BufferPool
+from streamer.chunkstore import ChunkStore
+from streamer.fileio import read_into
+from streamer.policy import UploadChunk
+from streamer.records import ChunkRecord, StreamRecord
+from streamer.uploader.context import Context
+from streamer.uploader.jobs import Job
+from streamer.uploader.tasks import Handler
+from streamer.watcher import HEAD_SIZE
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A sender thread's report: S3 holds this chunk's bytes."""
+
+    chunk: UploadChunk
+    revision: int
+    sha256: str
+    etag: str
+    head: bytes | None  # the file's first bytes, with chunk 0
+    seconds: float | None  # None: found in S3 already, not sent again
+    read_at_ns: int | None  # when its bytes were read, and the file's mtime just before
+    read_mtime_ns: int | None  # (None: read at completion, settled by then)
+
+    def record(self, reason: str | None = None) -> ChunkRecord:
+        """What the checkpoint keeps of it; `reason`: why this revision was uploaded."""
+        return ChunkRecord(
+            index=self.chunk.index,
+            offset=self.chunk.offset,
+            size=self.chunk.size,
+            sha256=self.sha256,
+            etag=self.etag,
+            uploaded_at=datetime.now(UTC),
+            revision=self.revision,
+            reason=reason,
+            read_at_ns=self.read_at_ns,
+            read_mtime_ns=self.read_mtime_ns,
+        )
+
+
+class PrefixHash:
+    """sha256 of a file's first `size` bytes, fed by sender threads as their chunks reach
+    S3, in any order: a chunk that comes back early waits, in its buffer, for those before
+    it. Fed twice at one offset (a chunk sent again), it is no longer trusted."""
+
+    def __init__(self, buffers: BufferPool):
+        self._lock = threading.Lock()
+        self._sha256 = hashlib.sha256()
+        self._buffers = buffers
+        self._early: dict[int, tuple[memoryview, bytearray]] = {}
+        self.size = 0
+        self.broken = False
+
+    def feed(self, offset: int, data: memoryview, buffer: bytearray) -> None:
+        """`data`, a view of `buffer`, which this takes: given back to the pool once its
+        bytes are hashed, or no longer wanted."""
+        with self._lock:
+            if offset < self.size or offset in self._early:
+                self.broken = True
+                for _, held in self._early.values():
+                    self._buffers.give(held)
+                self._early = {}
+            if self.broken:
+                self._buffers.give(buffer)
+                return
+            self._early[offset] = (data, buffer)
+            while (early := self._early.pop(self.size, None)) is not None:
+                part, held = early
+                self._sha256.update(part)
+                self.size += len(part)
+                self._buffers.give(held)
+
+    def state(self, size: int):
+        """A copy of the sha256 of the first `size` bytes, to go on with, if this is what it
+        holds; else None."""
+        with self._lock:
+            whole = not self.broken and self.size == size
+            return self._sha256.copy() if whole else None
+
+
+def place_chunk(
+    s3: ChunkStore, stream_id: str, index: int, revision: int, data, sha256: str, probe: bool
+) -> tuple[int, str, float | None]:
+    """Put a chunk's bytes under the first revision key, from `revision` on, that is free
+    or already holds exactly these bytes; `probe` says one may be taken. An object once
+    written is never overwritten: bytes an unrecorded upload left there that the file no
+    longer has stay, and these go to the next revision. Returns the revision, the ETag,
+    and the seconds the PUT took (None: found in S3)."""
+    while True:
+        key = s3.layout.chunk_key(stream_id, index, revision)
+        stored = s3.stat(key) if probe else None
+        if stored is None:
+            started = time.perf_counter()
+            etag = s3.put(key, data, sha256, "application/octet-stream")
+            return revision, etag, time.perf_counter() - started
+        if stored.size == len(data) and stored.sha256 == sha256:
+            return revision, stored.etag, None
+        revision += 1
+
+
+class Sender:
+    def __init__(self, ctx: Context, landed: Handler):
+        self.ctx = ctx
+        self.landed = landed  # takes a chunk back: ledger.Ledger.chunk_returned
+
+    def send(self, job: Job, chunk: UploadChunk) -> None:
+        record = job.record
+        probe = chunk.index < job.probe_below
+        job.in_flight[chunk.index] = self.ctx.tasks.submit(
+            "sender",
+            record.stream_id,
+            self.transfer,
+            record,
+            chunk,
+            record.min_revision,
+            probe,
+            job.sent_hash,
+            then=lambda future, now: self.landed(job, chunk.index, future, now),
+        )
+
+    def transfer(
+        self,
+        record: StreamRecord,
+        chunk: UploadChunk,
+        revision: int,
+        probe: bool,
+        sent_hash: PrefixHash | None,
+    ) -> Sent:
+        """In a sender thread: read the chunk once, hash it, and put it in S3 unless S3
+        holds exactly these bytes already (`probe`: after a crash, an upload may have
+        finished that no checkpoint recorded)."""
+        buffers = self.ctx.buffers
+        read_at_ns = time.time_ns()
+        buffer = buffers.take(chunk.size)
+        data = memoryview(buffer)[: chunk.size]
+        try:
+            mtime_ns = read_into(record, chunk.offset, data)
+            sha256 = hashlib.sha256(data).hexdigest()
+            head = bytes(data[:HEAD_SIZE]) if chunk.index == 0 else None
+            revision, etag, seconds = place_chunk(
+                self.ctx.s3, record.stream_id, chunk.index, revision, data, sha256, probe
+            )
+        except BaseException:
+            buffers.give(buffer)
+            raise
+        if sent_hash is None:
+            buffers.give(buffer)
+        else:
+            sent_hash.feed(chunk.offset, data, buffer)  # S3 holds these bytes, sent or found
+        return Sent(chunk, revision, sha256, etag, head, seconds, read_at_ns, mtime_ns)

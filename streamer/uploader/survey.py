@@ -1,0 +1,176 @@
+"""Surveys: a file compared with its uploaded chunks, which of them no longer hold its
+bytes, and its sha256. Completion surveys a stream at its idle size; a stream with nothing
+left to send but its tail is surveyed ahead, once its file has been quiet a while, so
+that completion need not (on a long recording, most of its time)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+
+from streamer.buffers import BufferPool
+from streamer.failures import describe
+from streamer.fileio import reading, sha256_of_range
+from streamer.messages import Finish
+from streamer.policy import SETTLED_NS, settled
+from streamer.records import ChunkRecord, StreamRecord
+from streamer.uploader.context import Context
+from streamer.uploader.jobs import Job
+from streamer.uploader.sending import PrefixHash
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The file's bytes at one size and mtime, against its uploaded chunks: its sha256,
+    the chunks that no longer hold its bytes (index, why), and the first chunk past its
+    end, if it shrank. A survey made ahead of completion leaves the sha256 to the sender
+    threads (None), when they hold what the file holds: they hash its tail as they send
+    it, and hashing it here too would be a third pass over it."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    stale: list[tuple[int, str]]
+    drop_from: int | None
+    checked: int  # the chunks compared: those below this index
+
+    def holds(self, finish: Finish) -> bool:
+        return (self.size, self.mtime_ns) == (finish.size, finish.mtime_ns)
+
+
+def still_holds(
+    survey: Survey | None, finish: Finish, chunks: list[ChunkRecord], sent: PrefixHash | None
+) -> Survey | None:
+    """The survey made ahead, with its sha256, if the file is still what it surveyed and
+    every chunk committed since was read after its last write; else None: survey it now."""
+    if survey is None or not survey.holds(finish):
+        return None
+    later = chunks[survey.checked :]
+    if not all(settled(c.read_at_ns, c.read_mtime_ns, finish.mtime_ns) for c in later):
+        return None
+    if survey.sha256 is not None:
+        return survey
+    # The tail has been sent since: the sender threads' sha256 is the file's, unless a
+    # chunk was fed to it twice (sent again after a failed commit).
+    whole = sent.state(finish.size) if sent else None
+    return replace(survey, sha256=whole.hexdigest()) if whole else None
+
+
+def survey(
+    record: StreamRecord,
+    chunks: list[ChunkRecord],
+    size: int,
+    mtime_ns: int,
+    sent_hash: PrefixHash | None,
+    buffers: BufferPool,
+    ahead: bool = False,
+) -> Survey:
+    """Compare the uploaded chunks with the file, of `size` bytes last written at
+    `mtime_ns`. Chunks read after that write are known to hold its bytes (not read
+    again); the file's sha256 is taken on from what the sender threads hashed, if the
+    file still holds what they sent: one pass over the file instead of two. `ahead`:
+    the tail is still to be sent."""
+    covered = sum(c.size for c in chunks)
+    prefix = sent_hash.state(covered) if sent_hash and covered <= size else None
+    whole = None if prefix else hashlib.sha256()
+    stale, drop_from = [], None
+    for chunk in chunks:
+        if chunk.offset >= size:
+            drop_from = chunk.index
+            break
+        length = min(chunk.size, size - chunk.offset)
+        known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns)
+        if known and length == chunk.size and whole is None:
+            continue
+        with reading(record, chunk.offset, length, buffers) as data:
+            if whole is not None:
+                whole.update(data)
+            if length != chunk.size:
+                stale.append((chunk.index, "file shrank"))
+            elif not known and hashlib.sha256(data).hexdigest() != chunk.sha256:
+                stale.append((chunk.index, "bytes changed after upload"))
+    if whole is None and stale:
+        sha256 = sha256_of_range(record, 0, size, buffers)  # what was sent is no longer the file
+    elif whole is None and ahead:
+        sha256 = None
+    else:
+        whole = prefix if whole is None else whole
+        if covered < size:  # the tail, not uploaded yet
+            with reading(record, covered, size - covered, buffers) as data:
+                whole.update(data)
+        sha256 = whole.hexdigest()
+    return Survey(size, mtime_ns, sha256, stale, drop_from, checked=len(chunks))
+
+
+class Surveyor:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        # After half the idle timeout, and after policy.SETTLED_NS: what is read then is
+        # known to be the file's bytes if its mtime has not moved by completion.
+        self.quiet_after = max(ctx.config.stream.idle_timeout / 2, 1.5 * SETTLED_NS / 1e9)
+
+    def plan(self, job: Job) -> None:
+        """Survey a stream with nothing to send but its tail ahead of completion, once its
+        file has been quiet for half the idle timeout: it is most likely done."""
+        ctx = self.ctx
+        if job.surveying is not None or (job.survey_at or 0) > ctx.clock():
+            return  # under way, or planned (or tried and failed) not long ago
+        st = os.stat(job.record.path)
+        planned = (st.st_size, st.st_mtime_ns)
+        if job.quiet and (job.quiet.size, job.quiet.mtime_ns) == planned:
+            return
+        wait = self.quiet_after - (time.time_ns() - st.st_mtime_ns) / 1e9
+        if wait > 0:
+            job.survey_at = ctx.clock() + wait
+            return
+        record = job.record
+        # Nothing is on the wire (a Wait): the checkpoint lists every chunk sent so far.
+        job.surveying = ctx.tasks.submit(
+            "finisher",
+            record.stream_id,
+            self.survey_quietly,
+            record,
+            ctx.store.chunks(record.stream_id),
+            job.sent_hash,
+            planned,
+            then=lambda future, now: self.surveyed(job, future),
+        )
+
+    def survey_quietly(
+        self,
+        record: StreamRecord,
+        chunks: list[ChunkRecord],
+        sent_hash: PrefixHash | None,
+        planned: tuple[int, int],
+    ) -> Survey | None:
+        """In a finisher thread, which may come to it late: the file compared at the size
+        and mtime it was quiet at when planned, or None if it has changed since. (Any write
+        since moves the mtime: it comes half an idle timeout after the planned one.)"""
+        quiet = survey(record, chunks, *planned, sent_hash, self.ctx.buffers, ahead=True)
+        st = os.stat(record.path)
+        return quiet if (st.st_size, st.st_mtime_ns) == planned else None
+
+    def surveyed(self, job: Job, future: Future) -> None:
+        job.surveying = None
+        job.wake()
+        try:
+            job.quiet = future.result()
+        except Exception as exc:
+            job.quiet = None
+            job.survey_at = self.ctx.clock() + self.quiet_after  # not at once again
+            self.ctx.log.warning("survey_failed", **job.log_fields, error=describe(exc))
+            return
+        if job.quiet is not None:
+            self.log(job.quiet, while_quiet=True, log_fields=job.log_fields)
+
+    def log(self, survey: Survey, while_quiet: bool, log_fields: dict) -> None:
+        self.ctx.log.info(
+            "stream_surveyed",
+            **log_fields,
+            size=survey.size,
+            stale_chunks=[index for index, _ in survey.stale],
+            while_quiet=while_quiet,
+        )
