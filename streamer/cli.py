@@ -13,6 +13,7 @@ import click
 import msgspec
 
 from streamer import __version__, config, logs
+from streamer.audit import chunk_problems
 from streamer.checkpoint import CheckpointError, CheckpointStore, UnknownStream
 from streamer.childproc import EXIT_CONFIG
 from streamer.fileio import is_finalised_file, sha256_of_range
@@ -48,7 +49,7 @@ def run(config_path: str | None) -> None:
     cfg = load_or_exit(config_path)
     logs.configure(cfg.log.level, cfg.log.format)
     prepare_metrics_dir()
-    from streamer.supervisor import Supervisor  # after prepare_metrics_dir: see there
+    from streamer.supervisor.daemon import Supervisor  # after prepare_metrics_dir: see there
 
     sys.exit(Supervisor(cfg).run())
 
@@ -220,29 +221,20 @@ def verify(config_path: str | None, stream_id: str | None, check_all: bool) -> N
 
 
 def _verify_stream(s3, record: StreamRecord, chunks: list) -> list[str]:
-    problems = []
-    file_matches = _file_unchanged(record)
-    for c in chunks:
-        key = s3.layout.chunk_key(record.stream_id, c.index, c.revision)
-        try:
-            stored = s3.stat(key)
-            if stored is None:
-                problems.append(f"chunk {c.index}: {key} is missing from S3")
-                continue
-            if stored.size != c.size:
-                problems.append(f"chunk {c.index}: {stored.size} bytes in S3, {c.size} recorded")
-                continue
-            if s3.sha256_of(key) != c.sha256:
-                problems.append(f"chunk {c.index}: the bytes in S3 differ from those recorded")
-        except Exception as exc:
-            fail(f"cannot read {key} from S3: {type(exc).__name__}: {exc}")
-        if file_matches and sha256_of_range(record, c.offset, c.size) != c.sha256:
-            problems.append(f"chunk {c.index}: the file's bytes differ from S3's")
-    if (
-        record.state is not StreamState.ACTIVE
-        and s3.stat(s3.layout.manifest_key(record.stream_id)) is None
-    ):
-        problems.append("metadata.json is missing from S3")
+    finished = record.state is not StreamState.ACTIVE
+    try:
+        size = record.total_size if finished else None
+        problems = chunk_problems(record.stream_id, chunks, size, s3, read_back=True)
+        if finished and s3.stat(s3.layout.manifest_key(record.stream_id)) is None:
+            problems.append("metadata.json is missing from S3")
+    except Exception as exc:
+        fail(f"cannot check {record.stream_id} in S3: {type(exc).__name__}: {exc}")
+    if _file_unchanged(record):
+        problems += [
+            f"chunk {c.index}: the file's bytes differ from S3's"
+            for c in chunks
+            if sha256_of_range(record, c.offset, c.size) != c.sha256
+        ]
     return problems
 
 

@@ -26,6 +26,7 @@ import msgspec
 from minio.error import S3Error
 
 from streamer import manifest
+from streamer.audit import chunk_problems
 from streamer.chunkstore import ChunkStore
 from streamer.fileio import is_finalised_file
 from streamer.policy import retirable
@@ -66,33 +67,8 @@ def check_status(record: StreamRecord, delete_partial: bool) -> None:
 
 
 def check_chunks(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
-    if why := chunks_discrepancy(record.stream_id, chunks, record.total_size, s3):
-        raise Kept(why)
-
-
-def chunks_discrepancy(
-    stream_id: str, chunks: list[ChunkRecord], size: int | None, s3: ChunkStore
-) -> str | None:
-    """What keeps `chunks` in S3 from being, in order, exactly the `size` bytes the
-    checkpoint says they are; None if nothing does (one listing per thousand chunks)."""
-    stored = s3.listing(s3.layout.stream_prefix(stream_id) + "chunks/")
-    offset = 0
-    for chunk in chunks:
-        key = s3.layout.chunk_key(stream_id, chunk.index, chunk.revision)
-        found = stored.get(key)
-        if found is None:
-            return f"chunk {chunk.index} is missing from S3 ({key})"
-        if (found.size, found.etag) != (chunk.size, chunk.etag):
-            return (
-                f"chunk {chunk.index} in S3 is not the one uploaded: {found.size} bytes, "
-                f"ETag {found.etag} (recorded: {chunk.size} bytes, ETag {chunk.etag})"
-            )
-        if chunk.offset != offset:
-            return f"chunk {chunk.index} starts at {chunk.offset}, not {offset}"
-        offset += chunk.size
-    if offset != size:
-        return f"the chunks hold {offset} bytes of {size}"
-    return None
+    if problems := chunk_problems(record.stream_id, chunks, record.total_size, s3):
+        raise Kept(problems[0])
 
 
 def check_assembled(record: StreamRecord, s3: ChunkStore) -> None:

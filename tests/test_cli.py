@@ -34,8 +34,8 @@ def test_verify_finds_a_good_stream_good_and_names_a_bad_chunk(finished, minio):
     minio.client.remove_object(daemon.bucket, f"rec/test-host/{stream_id}/chunks/000002")
     bad = cli(daemon, "verify", "--all")
     assert bad.returncode == 1
-    assert "chunk 1: the bytes in S3 differ from those recorded" in bad.stdout
-    assert "chunk 2: " in bad.stdout and "is missing from S3" in bad.stdout
+    assert f"{stream_id}: chunk 1 in S3 is not the one uploaded: 65536 bytes" in bad.stdout
+    assert f"{stream_id}: chunk 2 is missing from S3 (rec/test-host/{stream_id}" in bad.stdout
 
 
 def test_verify_compares_with_the_file_still_on_disk(finished):

@@ -27,7 +27,7 @@ from streamer.policy import (
     upload_to_finish,
 )
 from streamer.records import AssemblyUpload, ChunkRecord, StreamState
-from streamer.supervisor import TICK, Supervisor
+from streamer.supervisor.daemon import TICK, Supervisor
 from streamer.uploader.sending import PrefixHash
 from streamer.uploader.survey import Survey, still_holds
 
@@ -255,11 +255,11 @@ def test_on_a_thin_link_pieces_are_small_so_no_request_waits_long():
 def test_the_supervisor_wakes_when_a_stream_falls_idle_and_not_a_tick_later():
     clock = FakeClock()
     supervisor = Supervisor(Config(), clock=clock)
-    supervisor.next_idle_at = clock.now + 0.2
+    supervisor.discovery.next_idle_at = clock.now + 0.2
     assert supervisor.sleep_time() == pytest.approx(0.2)
-    supervisor.next_idle_at = clock.now + 60
+    supervisor.discovery.next_idle_at = clock.now + 60
     assert supervisor.sleep_time() == TICK
-    supervisor.next_idle_at = clock.now - 0.1  # passed while it slept: finish it now
+    supervisor.discovery.next_idle_at = clock.now - 0.1  # passed while it slept: finish it now
     assert supervisor.sleep_time() == 0
     supervisor.stop_deadline = clock.now + 10  # stopping: nothing is finished any more
     assert supervisor.sleep_time() == TICK

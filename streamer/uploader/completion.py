@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from streamer import manifest, metrics, mp4, retention
+from streamer import manifest, metrics, mp4
+from streamer.audit import chunk_problems
 from streamer.chunkstore import ChunkStore
 from streamer.failures import NotInS3
 from streamer.fileio import reading
@@ -112,8 +113,8 @@ class Completion:
         check_still_idle(record.path, finish)
         by_index = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
         final = [by_index[i] for i in sorted(by_index)]
-        if why := retention.chunks_discrepancy(record.stream_id, final, finish.size, self.ctx.s3):
-            raise NotInS3(why)
+        if problems := chunk_problems(record.stream_id, final, finish.size, self.ctx.s3):
+            raise NotInS3(problems[0])
         assembled = None
         if self.ctx.config.stream.assemble:
             kind = content_type(facts.is_mp4)

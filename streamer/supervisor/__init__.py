@@ -1,0 +1,10 @@
+"""The supervisor: watches the directory, owns the table of streams, hands each stream to
+exactly one uploader process, and keeps the uploaders alive. Its roles, one module each:
+
+- daemon      its life: start, the loop, signals, uploaders' messages, readiness, stop
+- context     what every role works with: settings, clock, log, watcher, checkpoint store
+- workers     the uploader processes: forked, told, reaped, restarted within a budget
+- streams     the table of unfinished streams, their phases and owners, the path index
+- discovery   file events and scans: streams discovered, grown, moved, lost, idle
+- retirement  finished files, and which one retention deletes next
+"""

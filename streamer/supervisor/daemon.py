@@ -1,0 +1,350 @@
+"""The supervisor's life: start, one loop, stop.
+
+The loop sleeps until something happens (a file event, a message from an uploader, an
+uploader's death, a signal, a metrics request, or a timer), then deals with it. Signal
+handlers only queue the signal; the loop handles it by name.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections import deque
+
+import msgspec
+
+from streamer import bandwidth, logs, metrics, naming
+from streamer.checkpoint import CheckpointError
+from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
+from streamer.config import Config, credential_source, redacted
+from streamer.messages import (
+    ChunkCommitted,
+    ChunkUploaded,
+    FinishDeclined,
+    Mailbox,
+    Retired,
+    S3State,
+    SourceRewritten,
+    StreamFinished,
+)
+from streamer.policy import oldest_uncommitted_age
+from streamer.supervisor.context import Context
+from streamer.supervisor.discovery import Discovery
+from streamer.supervisor.retirement import Retirement
+from streamer.supervisor.streams import Phase, StreamTable
+from streamer.supervisor.workers import MAX_RESTARTS, RESTART_WINDOW, Worker, Workers, WorkerState
+from streamer.watcher import Watcher
+
+TICK = 0.5
+
+
+class Supervisor:
+    def __init__(self, config: Config, clock=time.monotonic):
+        watcher = Watcher(config.watch.directory, config.watch.pattern)
+        self.ctx = Context(config, clock, logs.EventLog("supervisor"), watcher)
+        self.log = self.ctx.log
+        self.clock = clock
+        self.workers = Workers(self.ctx, self.inherited_fds)
+        self.table = StreamTable(self.ctx, self.workers)
+        self.finished = Retirement(self.ctx, self.workers)
+        self.discovery = Discovery(self.ctx, self.table, self.finished)
+        self.signals: deque[int] = deque()
+        self.metrics_server: metrics.MetricsServer | None = None
+        self.stop_deadline: float | None = None
+        self.exit_code: int | None = None
+        self.next_request_check = 0.0
+        self.started_at = clock()
+        self.last_upload: float | None = None
+        self.s3_reachable: bool | None = None
+        self.s3_error = "no answer from S3 yet"
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    # Life
+
+    def run(self) -> int:
+        try:
+            self.initialize()
+        except (CheckpointError, OSError) as exc:
+            self.log.error("start_failed", error=str(exc))
+            self.workers.murder()
+            return EXIT_BOOT_ERROR
+        try:
+            while self.exit_code is None:
+                self.loop(self.clock())
+        except BaseException as exc:
+            # Never leave uploaders behind, nor a process that no longer loops.
+            self.log.error("supervisor_crashed", error=f"{type(exc).__name__}: {exc}")
+            self.workers.murder()
+            raise
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def initialize(self) -> None:
+        config = self.config
+        self.log.info(
+            "starting",
+            config=redacted(config),
+            credentials=credential_source(config),
+            pid=os.getpid(),
+        )
+        if config.s3.tls_skip_verify:
+            self.log.warning(
+                "tls_verification_off",
+                message="s3.tls_skip_verify is on: anyone on the path to S3 can read and change "
+                "the uploads. For development only; use s3.ca_file for a private CA.",
+            )
+        self.check_directories()
+        self.prepare_store()
+        self.install_signals()
+        rate = config.s3.max_bytes_per_second
+        self.workers.bandwidth = bandwidth.TokenBucket(rate) if rate else None
+        for worker_id in range(config.workers):
+            self.workers.spawn(worker_id)
+        self.ctx.open_store()
+        # Before the first scan: from then on every change in the directory is queued.
+        self.ctx.watcher.open()
+        if config.metrics.enabled:
+            self.metrics_server = metrics.MetricsServer(
+                config.metrics.host, config.metrics.port, self.readiness
+            )
+            self.log.info(
+                "metrics_listening", host=config.metrics.host, port=self.metrics_server.port
+            )
+        self.discovery.rescan(self.clock())
+        self.log.info("started", streams=len(self.table))
+
+    def loop(self, now: float) -> None:
+        for ready in self.sleep():
+            self.dispatch(ready, now)
+        while self.signals and self.exit_code is None:
+            self.handle_signal(self.signals.popleft())
+        if self.exit_code is None:
+            self.reap_workers(now)
+        if self.exit_code is not None:
+            return
+        if self.stop_deadline is None:
+            self.tend_streams(now)
+        else:
+            self.check_stop(now)
+        self.update_gauges(now)
+
+    def tend_streams(self, now: float) -> None:
+        """The timed work of a running supervisor."""
+        discovery = self.discovery
+        if now >= discovery.next_rescan:
+            discovery.rescan(now)
+        if now >= self.next_request_check:
+            self.next_request_check = now + TICK
+            discovery.check_cancellations()
+        discovery.finish_idle_streams(now)
+        if self.config.retention.enabled and now >= self.finished.next_retention:
+            self.finished.apply(now)
+
+    def shutdown(self) -> None:
+        self.ctx.watcher.close()
+        if self.metrics_server:
+            self.metrics_server.close()
+        self.ctx.close_store()
+        self.log.info("stopped", exit_code=self.exit_code)
+
+    # Waiting and dispatching
+
+    def sleep(self) -> list:
+        workers = self.workers
+        waitables = [self.wakeup_r, *workers.event_mailboxes(), *workers.sentinels()]
+        if self.stop_deadline is None:
+            waitables.append(self.ctx.watcher)
+        if self.metrics_server:
+            waitables.append(self.metrics_server)
+        try:
+            ready, writable, _ = select.select(
+                waitables, workers.blocked_pipes(), [], self.sleep_time()
+            )
+        except InterruptedError:
+            return []
+        if writable:
+            workers.flush_outboxes()
+        return ready
+
+    def sleep_time(self) -> float:
+        """Up to a tick, but no later than the moment the next stream falls idle; not at
+        all if that moment has passed, since it was computed (the next loop, with a fresh
+        clock, finishes that stream). While stopping, no stream is finished."""
+        if self.stop_deadline is not None:
+            return TICK
+        return max(0.0, min(TICK, self.discovery.next_idle_at - self.clock()))
+
+    def dispatch(self, ready, now: float) -> None:
+        if isinstance(ready, int) and ready == self.wakeup_r:
+            os.read(self.wakeup_r, 512)
+        elif ready is self.ctx.watcher:
+            self.discovery.handle_file_events(now)
+        elif ready is self.metrics_server:
+            self.metrics_server.handle()
+        elif isinstance(ready, Mailbox):
+            self.handle_worker_events(ready, now)
+        # Otherwise a worker's sentinel: reap_workers sees that it died.
+
+    def handle_worker_events(self, events: Mailbox, now: float) -> None:
+        message = events.get(0)
+        while message is not None:
+            self.handle_event(message, now)
+            message = events.get(0)
+
+    def handle_event(self, message, now: float) -> None:
+        table = self.table
+        match message:
+            case ChunkUploaded(stream_id=stream_id, end=end) if stream_id in table:
+                table[stream_id].uploaded(end)
+                self.last_upload = now
+            case ChunkCommitted(stream_id=stream_id, committed_bytes=committed) if (
+                stream_id in table
+            ):
+                table[stream_id].committed_to(committed)
+            case S3State(reachable=reachable, error=error):
+                if reachable != self.s3_reachable:
+                    self.log.info("s3_state", reachable=reachable, error=error)
+                self.s3_reachable, self.s3_error = reachable, error
+            case FinishDeclined(stream_id=stream_id) if stream_id in table:
+                self.discovery.finish_declined(table[stream_id], now)
+            case SourceRewritten(stream_id=stream_id) if stream_id in table:
+                self.discovery.rewritten(table[stream_id], now)
+            case StreamFinished(stream_id=stream_id) if stream_id in table:
+                self.discovery.concluded(stream_id, message.size, message.mtime_ns, now)
+            case Retired():
+                self.finished.retired(message, now)
+
+    # Signals
+
+    def install_signals(self) -> None:
+        self.wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup_w = wakeup_w
+        signal.set_wakeup_fd(wakeup_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.queue_signal)
+
+    def queue_signal(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def handle_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name.removeprefix("SIG").lower()
+        getattr(self, f"handle_{name}")()
+
+    def handle_term(self) -> None:
+        if self.stop_deadline is not None:
+            self.log.warning("forced_stop")
+            self.workers.murder()
+            self.exit_code = EXIT_FAILURE
+            return
+        self.log.info("stopping", grace_period=self.config.grace_period)
+        self.stop_deadline = self.clock() + self.config.grace_period
+        self.ctx.watcher.close()
+        self.workers.stop_all()
+
+    handle_int = handle_term
+
+    def check_stop(self, now: float) -> None:
+        if not self.workers:
+            self.exit_code = EXIT_OK
+        elif now >= self.stop_deadline:
+            self.log.warning("grace_period_expired", uploaders=sorted(self.workers.workers))
+            self.workers.murder()
+            self.exit_code = EXIT_OK
+
+    # Uploaders
+
+    def inherited_fds(self) -> list[int]:
+        """What a forked uploader closes first: the supervisor's own descriptors."""
+        fds = [self.wakeup_r, self.wakeup_w, *self.ctx.watcher.fds()]
+        if self.metrics_server:
+            fds.append(self.metrics_server.fileno())
+        return fds
+
+    def reap_workers(self, now: float) -> None:
+        for worker in self.workers.reap():
+            if worker.state is WorkerState.STOPPING:
+                self.log.info(
+                    "uploader_exited", worker=worker.worker_id, exit_code=worker.process.exitcode
+                )
+            elif self.exit_code is None:
+                self.handle_worker_death(worker, now)
+
+    def handle_worker_death(self, worker: Worker, now: float) -> None:
+        """Exit codes are a contract: one that cannot start halts the daemon, as do
+        uploaders that keep dying; otherwise it is restarted and its streams go on."""
+        code = worker.process.exitcode
+        self.log.error(
+            "uploader_died", worker=worker.worker_id, exit_code=code, streams=sorted(worker.streams)
+        )
+        if code == EXIT_BOOT_ERROR:
+            self.halt("an uploader could not start", EXIT_BOOT_ERROR)
+            return
+        if not self.workers.may_restart(now):
+            reason = f"more than {MAX_RESTARTS} uploader restarts in {RESTART_WINDOW:.0f} s"
+            self.halt(reason, EXIT_FAILURE)
+            return
+        metrics.UPLOADER_RESTARTS.inc()
+        self.finished.uploader_died(worker.worker_id)
+        self.workers.spawn(worker.worker_id)
+        self.table.reassign_from(worker.worker_id, now)
+
+    def halt(self, reason: str, exit_code: int) -> None:
+        self.log.error("halting", reason=reason)
+        self.workers.murder()
+        self.exit_code = exit_code
+
+    def readiness(self) -> tuple[bool, dict]:
+        alive, expected = self.workers.alive(), self.config.workers
+        checks = {
+            "s3": {"ok": self.s3_reachable is True, "error": self.s3_error},
+            "checkpoint": {"ok": self.ctx.store is not None},
+            "uploaders": {"ok": alive == expected, "alive": alive, "expected": expected},
+            "running": {"ok": self.stop_deadline is None},
+        }
+        return all(c["ok"] for c in checks.values()), checks
+
+    # Checkpoint store and gauges
+
+    def check_directories(self) -> None:
+        if not os.path.isdir(self.config.watch.directory):
+            raise OSError(f"watch.directory {self.config.watch.directory} is not a directory")
+        path = self.config.checkpoint.path
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise OSError(f"checkpoint.path {path} is not writable")
+
+    def prepare_store(self) -> None:
+        """Before any uploader opens it: clear what killed processes left, and settle this
+        host's instance name, which every uploader then writes its keys under."""
+        ctx = self.ctx
+        ctx.open_store()
+        try:
+            cleared = ctx.store.clear_stale_readers()
+            if cleared:
+                self.log.info("stale_readers_cleared", count=cleared)
+            instance = ctx.store.claim_instance(ctx.config.instance, naming.host_instance())
+        finally:
+            ctx.close_store()
+        ctx.config = msgspec.structs.replace(ctx.config, instance=instance)
+        self.log.info("instance", instance=instance)
+
+    def update_gauges(self, now: float) -> None:
+        streams = self.table.all()
+        for phase in Phase:
+            metrics.STREAMS.labels(state=phase.value).set(
+                sum(1 for t in streams if t.phase is phase)
+            )
+        live = [t for t in streams if t.phase is not Phase.ABANDONING]
+        metrics.BYTES_ON_DISK.set(sum(t.file.size for t in live))
+        metrics.BYTES_CONFIRMED.set(sum(t.confirmed for t in live))
+        metrics.BYTES_COMMITTED.set(sum(t.committed for t in live))
+        metrics.OLDEST_UNCOMMITTED_AGE.set(
+            max((oldest_uncommitted_age(t.arrivals, t.committed, now) for t in live), default=0)
+        )
+        metrics.SINCE_LAST_UPLOAD.set(now - (self.last_upload or self.started_at))

@@ -1,0 +1,242 @@
+"""What the supervisor learns from the watched directory: file events and scans, each path
+brought up to date with a fresh stat. A file no stream owns is discovered (a new stream,
+or one from before a restart); a stream's file that grew, moved, went away or fell idle
+moves that stream along."""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import UTC, datetime
+
+from streamer import naming
+from streamer.checkpoint import CheckpointError
+from streamer.messages import Finish, Moved
+from streamer.policy import is_idle
+from streamer.records import StreamRecord, StreamState
+from streamer.supervisor.context import Context
+from streamer.supervisor.retirement import Retirement, identity
+from streamer.supervisor.streams import Phase, StreamTable, Tracked
+from streamer.watcher import FileStat
+
+REWRITTEN = "another recording was written over it before it finished"
+
+
+class Discovery:
+    def __init__(self, ctx: Context, table: StreamTable, finished: Retirement):
+        self.ctx = ctx
+        self.table = table
+        self.finished = finished
+        self.next_rescan = 0.0
+        self.next_idle_at = math.inf  # when the next stream falls idle
+
+    def handle_file_events(self, now: float) -> None:
+        batch = self.ctx.watcher.read()
+        if batch.overflow:
+            self.ctx.log.warning("inotify_overflow")
+            self.rescan(now)
+        for path in batch.deleted:
+            self.forget_deleted(path)
+        for path in batch.paths:
+            self.observe_safely(path, now)
+
+    def forget_deleted(self, path: str) -> None:
+        tracked = self.table.at(path)
+        if tracked is None:
+            return
+        file = self.ctx.watcher.stat(path)
+        if file is None or not file.same_file(tracked.file):
+            self.table.abandon(tracked, "deleted before it finished")
+
+    def rescan(self, now: float) -> None:
+        watcher = self.ctx.watcher
+        self.next_rescan = now + self.ctx.config.watch.rescan_interval
+        try:
+            found = watcher.scan()
+        except OSError as exc:
+            self.ctx.log.error("scan_failed", directory=watcher.directory, error=str(exc))
+            return
+        for path in found.keys() | self.table.paths.keys() | self.finished.retainable.keys():
+            self.observe_safely(path, now, found.get(path))
+        self.adopt_untracked(now)
+
+    def observe_safely(self, path: str, now: float, file: FileStat | None = None) -> None:
+        """One odd file must never stop the daemon: log it and go on with the others."""
+        try:
+            self.observe(path, now, file)
+        except (OSError, ValueError, CheckpointError) as exc:
+            self.ctx.log.error("file_failed", path=path, error=f"{type(exc).__name__}: {exc}")
+
+    def observe(self, path: str, now: float, file: FileStat | None = None) -> None:
+        """Bring what is known of `path` up to date with a fresh stat of it."""
+        watcher = self.ctx.watcher
+        file = file or watcher.stat(path)
+        tracked = self.table.at(path)
+        if tracked and (file is None or not file.same_file(tracked.file)):
+            self.lose(tracked, now)
+            tracked = None
+        if file is None:
+            self.finished.unsettle(path)
+            return
+        if tracked is None:
+            moved = self.table.holding(file)
+            if moved and self.still_the_recording(moved.stream_id, file):
+                self.move(moved, file, now)
+            elif watcher.matches(os.path.basename(path)) and not self.finished.is_settled(file):
+                self.discover(file, now)
+            return
+        if file.changed_since(tracked.file):
+            self.table.changed(tracked, file, now)
+
+    def lose(self, tracked: Tracked, now: float) -> None:
+        """Its path no longer holds its file: follow the file if it was renamed within the
+        directory, else finish the stream with what S3 has."""
+        found = self.ctx.watcher.find(tracked.file.inode, tracked.file.device)
+        if found is not None and self.still_the_recording(tracked.stream_id, found):
+            self.move(tracked, found, now)
+        elif os.path.lexists(tracked.file.path):
+            self.table.abandon(tracked, "replaced by another file before it finished")
+        else:
+            self.table.abandon(tracked, "deleted before it finished")
+
+    def still_the_recording(self, stream_id: str, file: FileStat) -> bool:
+        """A renamed recording keeps what was uploaded of it: at least as many bytes, and the
+        same first bytes. A new file that merely reuses a deleted file's inode does not."""
+        record = self.ctx.store.get_stream(stream_id)
+        return file.size >= record.committed_bytes and not self.ctx.watcher.head_changed(
+            file.path, record.head
+        )
+
+    def move(self, tracked: Tracked, file: FileStat, now: float) -> None:
+        displaced = self.table.at(file.path)
+        if displaced is not None and displaced is not tracked:
+            self.lose(displaced, now)
+        old_path = self.table.move(tracked, file, now)
+        self.ctx.store.move_stream(tracked.stream_id, file.path)
+        self.ctx.log.info(
+            "stream_renamed", stream_id=tracked.stream_id, old_path=old_path, path=file.path
+        )
+        self.table.tell_owner(tracked, Moved(stream_id=tracked.stream_id))
+
+    def discover(self, file: FileStat, now: float) -> None:
+        """A file no tracked stream owns: an unfinished stream from before a restart, a
+        finished one (perhaps renamed), or a new stream."""
+        store = self.ctx.store
+        self.finished.unsettle(file.path)
+        record = store.stream_at(file.path)
+        if record is None or not file.is_of(record):
+            record = store.stream_with_inode(file.device, file.inode)
+            active = record is not None and record.state is StreamState.ACTIVE
+            if active and not self.still_the_recording(record.stream_id, file):
+                record = None
+        if record is not None and record.stream_id in self.table:
+            # Being abandoned or cancelled: one owner per stream, so it is not taken up
+            # again before its owner reports it concluded (its file is looked at then).
+            return
+        if record is not None and file.is_of(record):
+            if record.state is StreamState.ACTIVE:
+                if record.path != file.path:
+                    record = store.move_stream(record.stream_id, file.path)
+                tracked = self.table.track(record, file, now, "stream_resumed")
+                if self.ctx.watcher.head_changed(file.path, record.head):
+                    self.table.abandon(tracked, REWRITTEN)
+                    self.start_stream(file.path, now)
+                return
+            if record.state is StreamState.CANCELLED or (record.total_size, record.mtime_ns) == (
+                file.size,
+                file.mtime_ns,
+            ):
+                if record.path != file.path:
+                    record = store.move_stream(record.stream_id, file.path)
+                self.finished.settle(file.path, identity(file), record)
+                return
+        record = self.new_stream(file)
+        self.table.track(record, file, now, "stream_discovered")
+
+    def start_stream(self, path: str, now: float) -> None:
+        file = self.ctx.watcher.stat(path)
+        if file is not None:
+            self.table.track(self.new_stream(file), file, now, "stream_discovered")
+
+    def rewritten(self, tracked: Tracked, now: float) -> None:
+        """Its uploader found another recording written over its file: it ends, and the
+        new recording is a new stream."""
+        if tracked.phase is not Phase.ABANDONING:
+            self.table.abandon(tracked, REWRITTEN)
+            self.start_stream(tracked.file.path, now)
+
+    def adopt_untracked(self, now: float) -> None:
+        """Unfinished streams no one is working on: from before a restart (their files may
+        have gone meanwhile), or put back by `streamer streams retry`."""
+        watcher = self.ctx.watcher
+        for record in self.ctx.store.active_streams():
+            if record.stream_id in self.table:
+                continue
+            file = watcher.stat(record.path)
+            if file is None or not file.is_of(record):
+                file = watcher.find(record.inode, record.device)
+            if file is not None:
+                self.finished.unsettle(file.path)
+                self.discover(file, now)
+            if record.stream_id not in self.table:
+                gone = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
+                tracked = self.table.track(record, gone, now, "stream_resumed")
+                self.table.abandon(tracked, "deleted before it finished")
+
+    def check_cancellations(self) -> None:
+        for tracked in self.table.all():
+            if tracked.phase is Phase.ABANDONING:
+                continue
+            if self.ctx.store.get_stream(tracked.stream_id).cancel_requested:
+                cancelled = StreamState.CANCELLED.value
+                self.table.abandon(tracked, "cancelled by an operator", cancelled)
+
+    def new_stream(self, file: FileStat) -> StreamRecord:
+        first_seen = datetime.now(UTC)
+        store = self.ctx.store
+        stream_id = naming.stream_id_for(os.path.basename(file.path), first_seen, store.has_stream)
+        record = StreamRecord(
+            stream_id=stream_id,
+            path=file.path,
+            inode=file.inode,
+            device=file.device,
+            chunk_size=self.ctx.config.stream.chunk_size,
+            first_seen_at=first_seen,
+        )
+        store.create_stream(record)
+        return record
+
+    def finish_idle_streams(self, now: float) -> None:
+        timeout = self.ctx.config.stream.idle_timeout
+        self.next_idle_at = math.inf
+        for tracked in self.table.all():
+            if tracked.phase is not Phase.UPLOADING:
+                continue
+            if not is_idle(tracked.changed_at, now, timeout):
+                self.next_idle_at = min(self.next_idle_at, tracked.changed_at + timeout)
+                continue
+            self.observe(tracked.file.path, now)  # trust a fresh stat, not the last event
+            if tracked.phase is Phase.UPLOADING and is_idle(tracked.changed_at, now, timeout):
+                tracked.move_to(Phase.FINISHING)
+                file = tracked.file
+                self.table.tell_owner(
+                    tracked,
+                    Finish(stream_id=tracked.stream_id, size=file.size, mtime_ns=file.mtime_ns),
+                )
+
+    def finish_declined(self, tracked: Tracked, now: float) -> None:
+        """Its file changed while its uploader was finishing it: it streams on."""
+        if tracked.phase is Phase.FINISHING:
+            tracked.move_to(Phase.UPLOADING)
+            tracked.changed_at = now
+            self.observe(tracked.file.path, now)
+
+    def concluded(self, stream_id: str, size: int, mtime_ns: int, now: float) -> None:
+        """Its uploader reports it finished: its file, if still at its path, is settled as
+        the uploader finished it; a change since then is seen now."""
+        tracked, held_path = self.table.untrack(stream_id)
+        if held_path:
+            path = tracked.file.path
+            settled = (tracked.file.inode, size, mtime_ns)
+            self.finished.settle(path, settled, self.ctx.store.find_stream(stream_id))
+            self.observe(path, now)
