@@ -29,9 +29,6 @@ def chunk_problems(
     for chunk in chunks:
         key = s3.layout.chunk_key(stream_id, chunk.index, chunk.revision)
         found = stored.get(key)
-        if chunk.offset != offset:
-            problems.append(f"chunk {chunk.index} starts at {chunk.offset}, not {offset}")
-        offset = chunk.offset + chunk.size
         if found is None:
             problems.append(f"chunk {chunk.index} is missing from S3 ({key})")
         elif (found.size, found.etag) != (chunk.size, chunk.etag):
@@ -41,6 +38,9 @@ def chunk_problems(
             )
         elif read_back and s3.sha256_of(key) != chunk.sha256:
             problems.append(f"chunk {chunk.index}: the bytes in S3 differ from those recorded")
+        if chunk.offset != offset:
+            problems.append(f"chunk {chunk.index} starts at {chunk.offset}, not {offset}")
+        offset = chunk.offset + chunk.size
     if size is not None and offset != size:
         problems.append(f"the chunks hold {offset} bytes of {size}")
     return problems

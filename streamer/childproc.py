@@ -1,10 +1,5 @@
 """What the supervisor and its uploader processes agree on across a fork: the exit codes
-that tell how a process ended, the signals held back while a child is forked, and the
-child's entry point.
-
-The entry point imports the uploader (and with it the S3 client) in the child, after the
-fork: the supervisor never loads what only uploaders use.
-"""
+that tell how a process ended, and the signals held back while a child is forked."""
 
 from __future__ import annotations
 
@@ -18,10 +13,3 @@ EXIT_BOOT_ERROR = 3  # cannot start at all: restarting would only fail again
 # Blocked in the supervisor around a fork, so that none reaches its handlers in the child
 # before the child has its own; the child unblocks them.
 FORK_BLOCKED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-
-
-def run_uploader(*args) -> None:
-    """The forked child's entry point; its exit code tells the supervisor how it ended."""
-    from streamer.uploader import process
-
-    process.main(*args)

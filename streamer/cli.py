@@ -228,7 +228,7 @@ def _verify_stream(s3, record: StreamRecord, chunks: list) -> list[str]:
         if finished and s3.stat(s3.layout.manifest_key(record.stream_id)) is None:
             problems.append("metadata.json is missing from S3")
     except Exception as exc:
-        fail(f"cannot check {record.stream_id} in S3: {type(exc).__name__}: {exc}")
+        fail(f"cannot read {record.stream_id} from S3: {type(exc).__name__}: {exc}")
     if _file_unchanged(record):
         problems += [
             f"chunk {c.index}: the file's bytes differ from S3's"

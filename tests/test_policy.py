@@ -28,8 +28,8 @@ from streamer.policy import (
 )
 from streamer.records import AssemblyUpload, ChunkRecord, StreamState
 from streamer.supervisor.daemon import TICK, Supervisor
-from streamer.uploader.sending import PrefixHash
-from streamer.uploader.survey import Survey, still_holds
+from streamer.uploader.reports import PrefixHash, Survey
+from streamer.uploader.survey import still_holds
 
 CS = 100
 

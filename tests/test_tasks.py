@@ -55,7 +55,7 @@ def test_a_handler_that_raises_parks_its_stream_and_the_others_are_handled():
     tasks.shutdown()
 
 
-def test_work_not_started_at_stop_is_dropped_and_what_runs_is_waited_for():
+def test_work_not_started_at_stop_is_dropped_unless_kept_and_what_runs_is_waited_for():
     tasks, failures = door()
     started, release = threading.Event(), threading.Event()
     handled = []
@@ -67,6 +67,10 @@ def test_work_not_started_at_stop_is_dropped_and_what_runs_is_waited_for():
 
     tasks.submit("copier", "a", busy, then=lambda f, now: handled.append(f.result()))
     queued = tasks.submit("copier", "b", lambda: "never", then=lambda f, now: handled.append(f))
+    tasks.submit(
+        "copier", "c", lambda: "kept", then=lambda f, now: handled.append(f.result()),
+        finish_on_stop=True,
+    )  # fmt: skip
     assert started.wait(5)
 
     def release_once_dropped():
@@ -76,7 +80,7 @@ def test_work_not_started_at_stop_is_dropped_and_what_runs_is_waited_for():
 
     threading.Thread(target=release_once_dropped, daemon=True).start()
     run_all(tasks)
-    assert handled == ["landed"] and failures == []
+    assert handled == ["landed", "kept"] and failures == []
     tasks.shutdown()
 
 

@@ -13,13 +13,22 @@ from dataclasses import dataclass, field
 
 from streamer import metrics
 from streamer.bandwidth import TokenBucket
-from streamer.childproc import FORK_BLOCKED_SIGNALS, run_uploader
+from streamer.childproc import FORK_BLOCKED_SIGNALS
 from streamer.messages import Mailbox, Stop
 from streamer.policy import choose_uploader
 from streamer.supervisor.context import Context
 
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+
+
+def run_uploader(*args) -> None:
+    """The forked child's entry point; its exit code tells the supervisor how it ended.
+    The uploader (and with it the S3 client) is imported here, in the child: the
+    supervisor never loads what only uploaders use."""
+    from streamer.uploader import process
+
+    process.main(*args)
 
 
 class WorkerState(enum.Enum):

@@ -5,6 +5,7 @@ idle. Its roles, one module each:
 - process     its life: set up after the fork, the loop, the supervisor's commands, stop
 - context     what every role works with, and the one way a failed step is retried
 - tasks       the one door for background work, with its error boundary
+- reports     what the threads hand back to the main thread, as values
 - jobs        a stream as its uploader sees it: its phase, with guarded moves
 - schedule    which stream goes next, and what its next step is
 - sending     a chunk read, hashed and put in S3, in a sender thread

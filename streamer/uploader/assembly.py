@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import itertools
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import msgspec
 
@@ -21,18 +20,9 @@ from streamer.policy import assembly_method, copies_ahead, upload_to_finish
 from streamer.records import Assembled, AssemblyUpload, ChunkRecord, StreamRecord
 from streamer.uploader.context import STEP_EVENTS, Context
 from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.reports import Copied
 
 COPY_BATCH = 4  # parts the copier copies before the loop records them
-
-
-@dataclass(frozen=True)
-class Copied:
-    """The copier thread's report: these chunks are parts of the upload now; `error`
-    stopped it before the rest."""
-
-    upload: AssemblyUpload
-    parts: list[tuple[ChunkRecord, str]]  # (chunk, part ETag)
-    error: Exception | None
 
 
 def content_type(is_mp4: bool) -> str:
@@ -51,7 +41,7 @@ class Assembler:
         has no chunk on the wire, and one batch at a time: a copy is S3's work, and would
         slow the uploads down if it ran beside them."""
         ctx = self.ctx
-        if ctx.stopping or ctx.outstanding():
+        if ctx.outstanding():
             return
         if any(job.copying is not None for job in ctx.jobs.values()):
             return
@@ -64,9 +54,7 @@ class Assembler:
         else:
             batch = list(itertools.islice(job.uncopied, COPY_BATCH))
             work = (self.copy_parts, record.stream_id, upload, batch)
-        job.copying = ctx.tasks.submit(
-            "copier", record.stream_id, *work, then=lambda f, now: self.copied(job, f, now)
-        )
+        job.copying = ctx.submit("copier", job, *work, then=lambda f, now: self.copied(job, f, now))
 
     def copyable(self, job: Job, now: float) -> bool:
         if not job.uncopied or job.copy_backoff.due > now:
@@ -162,6 +150,7 @@ class Assembler:
             upload.key,
             upload.upload_id,
             then=lambda future, now: self.dropped(future, job.log_fields),
+            finish_on_stop=True,  # it is not tried again: the stream is concluded
         )
 
     def dropped(self, future: Future, log_fields: dict) -> None:

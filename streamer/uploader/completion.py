@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -20,13 +19,14 @@ from streamer.failures import NotInS3
 from streamer.fileio import reading
 from streamer.messages import Finish, FinishDeclined, StreamFinished
 from streamer.policy import UploadChunk, final_status
-from streamer.records import Assembled, ChunkRecord, StreamRecord
+from streamer.records import ChunkRecord, StreamRecord
 from streamer.uploader.assembly import Assembler, content_type
 from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.ledger import Ledger
-from streamer.uploader.sending import PrefixHash, Sent, place_chunk
-from streamer.uploader.survey import Survey, Surveyor, still_holds, survey
+from streamer.uploader.reports import Finished, PrefixHash, Sent, Survey
+from streamer.uploader.sending import place_chunk
+from streamer.uploader.survey import Surveyor, still_holds, survey
 from streamer.watcher import HEAD_SIZE
 
 
@@ -36,18 +36,6 @@ class FinishCalledOff(Exception):
     def __init__(self, size: int):
         super().__init__(f"the file changed (now {size} bytes) while it was being finished")
         self.size = size
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A finisher thread's report: the stream's bytes are reconciled, and assembled, in S3."""
-
-    finish: Finish
-    sha256: str
-    revised: list[tuple[ChunkRecord, bytes | None]]  # uploaded again; the head with chunk 0
-    drop_from: int | None  # the first chunk past the file's end, if it shrank
-    facts: mp4.Mp4Facts
-    assembled: Assembled | None
 
 
 def put_manifest(s3: ChunkStore, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
@@ -73,9 +61,9 @@ class Completion:
         """Hand the stream's completion to a finisher thread; `finished` records its
         report. Streams falling idle together on one uploader so finish side by side."""
         record = job.record
-        job.finishing = self.ctx.tasks.submit(
+        job.finishing = self.ctx.submit(
             "finisher",
-            record.stream_id,
+            job,
             self.finish_stream,
             record,
             self.ctx.store.chunks(record.stream_id),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from streamer import logs, metrics
@@ -16,7 +17,7 @@ from streamer.config import Config
 from streamer.failures import S3_TROUBLE, Backoff, classify, describe, hint
 from streamer.messages import Mailbox, S3State
 from streamer.uploader.jobs import Job
-from streamer.uploader.tasks import Tasks
+from streamer.uploader.tasks import Handler, Tasks
 
 # The log event of a failed step, by kind (failures.classify).
 STEP_EVENTS = {"transient": "upload_retry", "rejected": "s3_rejected", "failed": "stream_failed"}
@@ -36,11 +37,20 @@ class Context:
     jobs: dict[str, Job] = field(default_factory=dict)  # by stream id
     starved: set[str] = field(default_factory=set)  # streams waiting for room in the window
     s3_reachable: bool | None = None
-    stopping: bool = False
 
     @property
     def window(self) -> int:
         return self.config.stream.upload_window
+
+    def submit(self, lane: str, job: Job, fn: Callable, *args, then: Handler) -> Future:
+        """Background work for one owned stream, through the one door: its handler runs
+        only while `job` is still the stream's, never on one concluded meanwhile."""
+
+        def handle(future: Future, now: float) -> None:
+            if self.jobs.get(job.stream_id) is job:
+                then(future, now)
+
+        return self.tasks.submit(lane, job.stream_id, fn, *args, then=handle)
 
     def outstanding(self) -> int:
         """Chunks on the wire or waiting for their turn to be committed. The window is

@@ -7,15 +7,11 @@ import collections
 import enum
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from streamer.failures import Backoff
 from streamer.messages import Finish
 from streamer.records import ChunkRecord, StreamRecord, StreamState
-
-if TYPE_CHECKING:
-    from streamer.uploader.sending import PrefixHash, Sent
-    from streamer.uploader.survey import Survey
+from streamer.uploader.reports import PrefixHash, Sent, Survey
 
 
 class Phase(enum.Enum):

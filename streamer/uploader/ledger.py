@@ -11,7 +11,7 @@ from streamer.policy import copies_ahead
 from streamer.records import ChunkRecord
 from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job
-from streamer.uploader.sending import Sent
+from streamer.uploader.reports import Sent
 
 
 class Ledger:

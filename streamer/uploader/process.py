@@ -25,9 +25,10 @@ from streamer.uploader.completion import Completion
 from streamer.uploader.context import STEP_EVENTS, Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.ledger import Ledger
+from streamer.uploader.reports import PrefixHash
 from streamer.uploader.retiring import Retirer
 from streamer.uploader.schedule import IDLE_WAIT, Schedule
-from streamer.uploader.sending import PrefixHash, Sender
+from streamer.uploader.sending import Sender
 from streamer.uploader.survey import Surveyor
 from streamer.uploader.tasks import Tasks
 

@@ -68,18 +68,8 @@ class Retirer:
             self.note_deletion(future.result())
 
     def note_deletion(self, deleted: StreamRecord) -> None:
+        """Told and counted first: the file is gone, whatever the checkpoint store says."""
         stream_id, reason = deleted.stream_id, deleted.deleted_because
-        try:
-            with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
-                self.ctx.store.update_stream(
-                    stream_id,
-                    lambda r: msgspec.structs.replace(
-                        r, source_deleted_at=deleted.source_deleted_at, deleted_because=reason
-                    ),
-                )
-        finally:
-            # Deleted, whatever the checkpoint store says: the supervisor must hear of it.
-            self.ctx.events.put(Retired(stream_id=stream_id, deleted=True))
         metrics.SOURCES_DELETED.labels(reason=reason).inc()
         self.ctx.log.info(
             "source_deleted",
@@ -88,6 +78,14 @@ class Retirer:
             reason=reason,
             size=deleted.total_size,
         )
+        self.ctx.events.put(Retired(stream_id=stream_id, deleted=True))
+        with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
+            self.ctx.store.update_stream(
+                stream_id,
+                lambda r: msgspec.structs.replace(
+                    r, source_deleted_at=deleted.source_deleted_at, deleted_because=reason
+                ),
+            )
 
     def keep(self, stream_id: str, path: str, reason: str, exc: BaseException) -> None:
         if isinstance(exc, retention.Kept):

@@ -5,89 +5,17 @@ reports what S3 holds as a `Sent`. The ledger commits it."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from streamer.buffers import BufferPool
 from streamer.chunkstore import ChunkStore
 from streamer.fileio import read_into
 from streamer.policy import UploadChunk
-from streamer.records import ChunkRecord, StreamRecord
+from streamer.records import StreamRecord
 from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job
+from streamer.uploader.reports import PrefixHash, Sent
 from streamer.uploader.tasks import Handler
 from streamer.watcher import HEAD_SIZE
-
-
-@dataclass(frozen=True)
-class Sent:
-    """A sender thread's report: S3 holds this chunk's bytes."""
-
-    chunk: UploadChunk
-    revision: int
-    sha256: str
-    etag: str
-    head: bytes | None  # the file's first bytes, with chunk 0
-    seconds: float | None  # None: found in S3 already, not sent again
-    read_at_ns: int | None  # when its bytes were read, and the file's mtime just before
-    read_mtime_ns: int | None  # (None: read at completion, settled by then)
-
-    def record(self, reason: str | None = None) -> ChunkRecord:
-        """What the checkpoint keeps of it; `reason`: why this revision was uploaded."""
-        return ChunkRecord(
-            index=self.chunk.index,
-            offset=self.chunk.offset,
-            size=self.chunk.size,
-            sha256=self.sha256,
-            etag=self.etag,
-            uploaded_at=datetime.now(UTC),
-            revision=self.revision,
-            reason=reason,
-            read_at_ns=self.read_at_ns,
-            read_mtime_ns=self.read_mtime_ns,
-        )
-
-
-class PrefixHash:
-    """sha256 of a file's first `size` bytes, fed by sender threads as their chunks reach
-    S3, in any order: a chunk that comes back early waits, in its buffer, for those before
-    it. Fed twice at one offset (a chunk sent again), it is no longer trusted."""
-
-    def __init__(self, buffers: BufferPool):
-        self._lock = threading.Lock()
-        self._sha256 = hashlib.sha256()
-        self._buffers = buffers
-        self._early: dict[int, tuple[memoryview, bytearray]] = {}
-        self.size = 0
-        self.broken = False
-
-    def feed(self, offset: int, data: memoryview, buffer: bytearray) -> None:
-        """`data`, a view of `buffer`, which this takes: given back to the pool once its
-        bytes are hashed, or no longer wanted."""
-        with self._lock:
-            if offset < self.size or offset in self._early:
-                self.broken = True
-                for _, held in self._early.values():
-                    self._buffers.give(held)
-                self._early = {}
-            if self.broken:
-                self._buffers.give(buffer)
-                return
-            self._early[offset] = (data, buffer)
-            while (early := self._early.pop(self.size, None)) is not None:
-                part, held = early
-                self._sha256.update(part)
-                self.size += len(part)
-                self._buffers.give(held)
-
-    def state(self, size: int):
-        """A copy of the sha256 of the first `size` bytes, to go on with, if this is what it
-        holds; else None."""
-        with self._lock:
-            whole = not self.broken and self.size == size
-            return self._sha256.copy() if whole else None
 
 
 def place_chunk(
@@ -118,9 +46,9 @@ class Sender:
     def send(self, job: Job, chunk: UploadChunk) -> None:
         record = job.record
         probe = chunk.index < job.probe_below
-        job.in_flight[chunk.index] = self.ctx.tasks.submit(
+        job.in_flight[chunk.index] = self.ctx.submit(
             "sender",
-            record.stream_id,
+            job,
             self.transfer,
             record,
             chunk,

@@ -9,7 +9,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from streamer.buffers import BufferPool
 from streamer.failures import describe
@@ -19,26 +19,7 @@ from streamer.policy import SETTLED_NS, settled
 from streamer.records import ChunkRecord, StreamRecord
 from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job
-from streamer.uploader.sending import PrefixHash
-
-
-@dataclass(frozen=True)
-class Survey:
-    """The file's bytes at one size and mtime, against its uploaded chunks: its sha256,
-    the chunks that no longer hold its bytes (index, why), and the first chunk past its
-    end, if it shrank. A survey made ahead of completion leaves the sha256 to the sender
-    threads (None), when they hold what the file holds: they hash its tail as they send
-    it, and hashing it here too would be a third pass over it."""
-
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    stale: list[tuple[int, str]]
-    drop_from: int | None
-    checked: int  # the chunks compared: those below this index
-
-    def holds(self, finish: Finish) -> bool:
-        return (self.size, self.mtime_ns) == (finish.size, finish.mtime_ns)
+from streamer.uploader.reports import PrefixHash, Survey
 
 
 def still_holds(
@@ -128,9 +109,9 @@ class Surveyor:
             return
         record = job.record
         # Nothing is on the wire (a Wait): the checkpoint lists every chunk sent so far.
-        job.surveying = ctx.tasks.submit(
+        job.surveying = ctx.submit(
             "finisher",
-            record.stream_id,
+            job,
             self.survey_quietly,
             record,
             ctx.store.chunks(record.stream_id),

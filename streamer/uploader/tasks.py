@@ -29,25 +29,38 @@ class Tasks:
             for name, threads in lanes.items()
         }
         self._boundary = boundary
-        self._returned: collections.deque[tuple[str, Future, Handler]] = collections.deque()
-        self._pending: set[Future] = set()
+        # Submitted and not handled yet: the stream and the handler of each.
+        self._pending: dict[Future, tuple[str, Handler]] = {}
+        self._kept: set[Future] = set()  # not dropped on stop
+        self._returned: collections.deque[Future] = collections.deque()
         self.wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def submit(self, lane: str, stream_id: str, fn: Callable, *args, then: Handler) -> Future:
+    def submit(
+        self,
+        lane: str,
+        stream_id: str,
+        fn: Callable,
+        *args,
+        then: Handler,
+        finish_on_stop: bool = False,
+    ) -> Future:
         """Run `fn(*args)` in a thread of `lane`; `then(future, now)` takes its outcome on
-        the main thread."""
+        the main thread. Work not started when the process stops is dropped, unless
+        `finish_on_stop`."""
         future = self._lanes[lane].submit(fn, *args)
-        self._pending.add(future)
-        future.add_done_callback(lambda done: self._came_back(stream_id, done, then))
+        self._pending[future] = (stream_id, then)
+        if finish_on_stop:
+            self._kept.add(future)
+        future.add_done_callback(self._came_back)
         return future
 
     def lane(self, name: str) -> Executor:
         """A lane's threads, for work a task fans out and waits for itself."""
         return self._lanes[name]
 
-    def _came_back(self, stream_id: str, future: Future, then: Handler) -> None:
+    def _came_back(self, future: Future) -> None:
         """In the thread that finished it (or on the main thread, if it had finished)."""
-        self._returned.append((stream_id, future, then))
+        self._returned.append(future)
         with contextlib.suppress(BlockingIOError):  # full: the loop wakes anyway
             os.write(self._wake_w, b"\0")
 
@@ -57,10 +70,12 @@ class Tasks:
 
     def run_handlers(self, now: float) -> None:
         while self._returned:
-            stream_id, future, then = self._returned.popleft()
-            self._pending.discard(future)
-            if future.cancelled():
-                continue  # dropped on stop
+            future = self._returned.popleft()
+            entry = self._pending.pop(future, None)
+            self._kept.discard(future)
+            if entry is None or future.cancelled():
+                continue  # handled already, or dropped on stop
+            stream_id, then = entry
             try:
                 then(future, now)
             except Exception as exc:
@@ -70,10 +85,13 @@ class Tasks:
         return bool(self._pending)
 
     def settle(self) -> None:
-        """On stop: work not started is dropped; the loop waits for what is under way."""
-        for future in list(self._pending):
+        """On stop: work not started is dropped, and what is under way is waited for; its
+        handlers run at the next run_handlers."""
+        for future in self._pending.keys() - self._kept:
             future.cancel()
         wait_for_all(list(self._pending))
+        # A future is done before its callback runs: queue them all (each is handled once).
+        self._returned.extend(self._pending)
 
     def shutdown(self) -> None:
         for pool in self._lanes.values():

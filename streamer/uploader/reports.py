@@ -1,0 +1,127 @@
+"""What an uploader's threads hand back to its main thread, as values: a chunk in S3
+(`Sent`), a file compared with its chunks (`Survey`), parts copied (`Copied`), a stream
+reconciled and assembled (`Finished`); and the sha256 of what was sent, which sender
+threads feed as their chunks reach S3 (`PrefixHash`)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from streamer import mp4
+from streamer.buffers import BufferPool
+from streamer.messages import Finish
+from streamer.policy import UploadChunk
+from streamer.records import Assembled, AssemblyUpload, ChunkRecord
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A sender thread's report: S3 holds this chunk's bytes."""
+
+    chunk: UploadChunk
+    revision: int
+    sha256: str
+    etag: str
+    head: bytes | None  # the file's first bytes, with chunk 0
+    seconds: float | None  # None: found in S3 already, not sent again
+    read_at_ns: int | None  # when its bytes were read, and the file's mtime just before
+    read_mtime_ns: int | None  # (None: read at completion, settled by then)
+
+    def record(self, reason: str | None = None) -> ChunkRecord:
+        """What the checkpoint keeps of it; `reason`: why this revision was uploaded."""
+        return ChunkRecord(
+            index=self.chunk.index,
+            offset=self.chunk.offset,
+            size=self.chunk.size,
+            sha256=self.sha256,
+            etag=self.etag,
+            uploaded_at=datetime.now(UTC),
+            revision=self.revision,
+            reason=reason,
+            read_at_ns=self.read_at_ns,
+            read_mtime_ns=self.read_mtime_ns,
+        )
+
+
+class PrefixHash:
+    """sha256 of a file's first `size` bytes, fed by sender threads as their chunks reach
+    S3, in any order: a chunk that comes back early waits, in its buffer, for those before
+    it. Fed twice at one offset (a chunk sent again), it is no longer trusted."""
+
+    def __init__(self, buffers: BufferPool):
+        self._lock = threading.Lock()
+        self._sha256 = hashlib.sha256()
+        self._buffers = buffers
+        self._early: dict[int, tuple[memoryview, bytearray]] = {}
+        self.size = 0
+        self.broken = False
+
+    def feed(self, offset: int, data: memoryview, buffer: bytearray) -> None:
+        """`data`, a view of `buffer`, which this takes: given back to the pool once its
+        bytes are hashed, or no longer wanted."""
+        with self._lock:
+            if offset < self.size or offset in self._early:
+                self.broken = True
+                for _, held in self._early.values():
+                    self._buffers.give(held)
+                self._early = {}
+            if self.broken:
+                self._buffers.give(buffer)
+                return
+            self._early[offset] = (data, buffer)
+            while (early := self._early.pop(self.size, None)) is not None:
+                part, held = early
+                self._sha256.update(part)
+                self.size += len(part)
+                self._buffers.give(held)
+
+    def state(self, size: int):
+        """A copy of the sha256 of the first `size` bytes, to go on with, if this is what it
+        holds; else None."""
+        with self._lock:
+            whole = not self.broken and self.size == size
+            return self._sha256.copy() if whole else None
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The file's bytes at one size and mtime, against its uploaded chunks: its sha256,
+    the chunks that no longer hold its bytes (index, why), and the first chunk past its
+    end, if it shrank. A survey made ahead of completion leaves the sha256 to the sender
+    threads (None), when they hold what the file holds: they hash its tail as they send
+    it, and hashing it here too would be a third pass over it."""
+
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    stale: list[tuple[int, str]]
+    drop_from: int | None
+    checked: int  # the chunks compared: those below this index
+
+    def holds(self, finish: Finish) -> bool:
+        return (self.size, self.mtime_ns) == (finish.size, finish.mtime_ns)
+
+
+@dataclass(frozen=True)
+class Copied:
+    """The copier thread's report: these chunks are parts of the upload now; `error`
+    stopped it before the rest."""
+
+    upload: AssemblyUpload
+    parts: list[tuple[ChunkRecord, str]]  # (chunk, part ETag)
+    error: Exception | None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finisher thread's report: the stream's bytes are reconciled, and assembled, in S3."""
+
+    finish: Finish
+    sha256: str
+    revised: list[tuple[ChunkRecord, bytes | None]]  # uploaded again; the head with chunk 0
+    drop_from: int | None  # the first chunk past the file's end, if it shrank
+    facts: mp4.Mp4Facts
+    assembled: Assembled | None
