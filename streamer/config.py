@@ -5,7 +5,9 @@ Every setting has a default, so `streamer run` works with environment variables 
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -15,6 +17,15 @@ from msgspec import Meta, Struct
 
 MiB = 1024 * 1024
 ENV_PREFIX = "STREAMER_"
+# What Kubernetes puts in the environment of every pod in a namespace with a Service named
+# `streamer` (or `streamer-...`): {NAME}_SERVICE_HOST, {NAME}_SERVICE_PORT[_PORTNAME],
+# {NAME}_PORT=tcp://10.0.0.7:9108 and {NAME}_PORT_9108_TCP[_PROTO|_PORT|_ADDR].
+SERVICE_LINK = re.compile(
+    r"STREAMER(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+    r"|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)"
+)
+SERVICE_LINK_PORT = re.compile(r"STREAMER(_[A-Z0-9_]+)?_PORT")
+SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://")
 # Below this, a body paced in the smallest pieces waits long enough between pieces for
 # S3 to drop the request as idle.
 MIN_RATE = 8 * 1024
@@ -214,11 +225,25 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
             if name.removesuffix(FILE_SUFFIX) in environ:
                 raise ConfigError(f"{name}: set either it or {name.removesuffix(FILE_SUFFIX)}")
             overrides[from_files[name]] = (name, _read_secret(name, value))
+        elif _is_service_link(name, value):
+            continue  # not ours, even where it has a setting's name (STREAMER_METRICS_PORT)
         elif name in known:
             overrides[known[name]] = (name, value)
         else:
-            raise ConfigError(f"{name}: unknown setting (known: {', '.join(sorted(known))})")
+            raise ConfigError(_unknown(name, [*known, *from_files]))
     return overrides
+
+
+def _is_service_link(name: str, value: str) -> bool:
+    if SERVICE_LINK.fullmatch(name):
+        return True
+    return bool(SERVICE_LINK_PORT.fullmatch(name) and SERVICE_LINK_URL.match(value))
+
+
+def _unknown(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    guess = f"; did you mean {close[0]}?" if close else ""
+    return f"{name}: unknown setting{guess} (known: {', '.join(sorted(known))})"
 
 
 def _read_secret(name: str, path: str) -> str:

@@ -55,7 +55,13 @@ def test_environment_wins_over_the_file(tmp_path):
             "stream.idle_timeout (from STREAMER_STREAM_IDLE_TIMEOUT): Expected `float` > 0",
         ),
         ({}, {"STREAMER_WORKERS": "many"}, "workers (from STREAMER_WORKERS)"),
-        ({}, {"STREAMER_S3_SECRETKEY": "x"}, "STREAMER_S3_SECRETKEY: unknown setting"),
+        (
+            {},
+            {"STREAMER_S3_SECRETKEY": "x"},
+            "STREAMER_S3_SECRETKEY: unknown setting; did you mean STREAMER_S3_SECRET_KEY?",
+        ),
+        ({}, {"STREAMER_PORT": "9108"}, "STREAMER_PORT: unknown setting"),
+        ({}, {"STREAMER_METRICS_PORT": "http://x:1"}, "metrics.port (from STREAMER_METRICS_PORT)"),
         ({"log": {"format": "xml"}}, {}, "log.format"),
         ({"s3": {"endpoint": "http://minio:9000"}}, {}, "s3.endpoint: give host[:port]"),
         ({"s3": {"endpoint": "minio:99999"}}, {}, "s3.endpoint: 'minio:99999' is not host[:port]"),
@@ -89,6 +95,27 @@ def test_invalid_settings_name_the_field(tmp_path, data, env, expected):
     with pytest.raises(config.ConfigError) as raised:
         config.load(write(tmp_path, data), environ=env)
     assert expected in str(raised.value)
+
+
+def test_kubernetes_service_links_are_not_settings(tmp_path):
+    """What a pod gets for the Services `streamer` and `streamer-metrics` in its namespace:
+    none of it stops the start, and a real setting beside them still counts."""
+    links = {
+        "STREAMER_SERVICE_HOST": "10.96.0.7",
+        "STREAMER_SERVICE_PORT": "9108",
+        "STREAMER_SERVICE_PORT_METRICS": "9108",
+        "STREAMER_PORT": "tcp://10.96.0.7:9108",
+        "STREAMER_PORT_9108_TCP": "tcp://10.96.0.7:9108",
+        "STREAMER_PORT_9108_TCP_PROTO": "tcp",
+        "STREAMER_PORT_9108_TCP_PORT": "9108",
+        "STREAMER_PORT_9108_TCP_ADDR": "10.96.0.7",
+        "STREAMER_METRICS_SERVICE_HOST": "10.96.0.8",
+        "STREAMER_METRICS_SERVICE_PORT": "9108",
+        "STREAMER_METRICS_PORT": "tcp://10.96.0.8:9108",
+        "STREAMER_METRICS_PORT_9108_TCP_ADDR": "10.96.0.8",
+    }
+    cfg = config.load(write(tmp_path, {}), environ={**links, "STREAMER_WORKERS": "3"})
+    assert cfg.metrics.port == config.Config().metrics.port and cfg.workers == 3
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
