@@ -139,14 +139,12 @@ _event_decoder = msgspec.msgpack.Decoder(Event)
 
 
 class Mailbox:
-    """A one-way channel for one kind of message, between exactly two processes.
-
-    A SimpleQueue writes straight to its pipe from the calling thread: the supervisor
-    never starts a feeder thread, so it can still fork replacement uploaders safely.
-    """
+    """A one-way channel for one kind of message, between exactly two processes: a pipe,
+    written straight from the calling thread (no feeder thread, so the supervisor can
+    still fork replacement uploaders safely), one message per write."""
 
     def __init__(self, ctx: multiprocessing.context.BaseContext, decoder: msgspec.msgpack.Decoder):
-        self._queue = ctx.SimpleQueue()
+        self._reader, self._writer = ctx.Pipe(duplex=False)
         self._decoder = decoder
 
     @classmethod
@@ -158,7 +156,7 @@ class Mailbox:
         return cls(ctx, _event_decoder)
 
     def put(self, message: Message) -> None:
-        self._queue.put(_encoder.encode(message))
+        self._writer.send_bytes(_encoder.encode(message))
 
     def put_nowait(self, message: Message) -> bool:
         """Send only if the pipe has room now (every message is far below PIPE_BUF, which a
@@ -169,16 +167,17 @@ class Mailbox:
         return bool(writable)
 
     def writer_fileno(self) -> int:
-        return self._queue._writer.fileno()
+        return self._writer.fileno()
 
     def get(self, timeout: float = 0.0):
         """The next message, or None if none arrives within `timeout` seconds."""
-        if not self._queue._reader.poll(timeout):
+        if not self._reader.poll(timeout):
             return None
-        return self._decoder.decode(self._queue.get())
+        return self._decoder.decode(self._reader.recv_bytes())
 
     def fileno(self) -> int:
-        return self._queue._reader.fileno()
+        return self._reader.fileno()
 
     def close(self) -> None:
-        self._queue.close()
+        self._reader.close()
+        self._writer.close()
