@@ -50,10 +50,6 @@ def hint(exc: Exception, rejected: bool) -> dict:
     return {"hint": REJECTED_HINT} if rejected else {}
 
 
-def describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 @dataclass
 class Backoff:
     """One step's failures in a row, and when it may be tried again."""

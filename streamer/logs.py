@@ -9,6 +9,19 @@ from datetime import UTC, datetime
 
 import msgspec
 
+MAX_ERROR = 500  # characters of an error's text
+
+
+def describe(exc: BaseException) -> str:
+    """An error as one line of at most MAX_ERROR characters, for logs, /readyz and the
+    events between processes (each of which must fit one pipe write): a proxy's error
+    page or a long message is cut, saying how much."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if len(text) <= MAX_ERROR:
+        return text
+    return f"{text[:MAX_ERROR]}... ({len(text) - MAX_ERROR} more characters)"
+
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,

@@ -1,10 +1,15 @@
 """One classification and one backoff for every retry site of the uploader."""
 
+import select
+
+import msgspec
 import pytest
 
 from streamer.chunkstore import UploadGone
 from streamer.failures import Backoff, NotInS3, classify, hint
 from streamer.fileio import SourceChanged
+from streamer.logs import MAX_ERROR, describe
+from streamer.messages import Retired, S3State
 
 
 def test_one_backoff_counts_schedules_and_resets():
@@ -37,3 +42,17 @@ def test_hints_say_what_an_operator_can_do():
     assert "put the chunk back" in hint(NotInS3("gone"), rejected=True)["hint"]
     assert "s3.ca_file" in hint(OSError("certificate verify failed"), rejected=False)["hint"]
     assert hint(OSError("reset"), rejected=False) == {}
+
+
+def test_an_error_is_one_bounded_line_that_fits_one_pipe_write():
+    """A proxy answering with a whole HTML page (or a message of any length) is cut."""
+    page = "<html>\n<body>\n" + "<p>Service Unavailable &mdash; é</p>\n" * 5000 + "</body></html>"
+    text = describe(ConnectionError(page))
+    assert "\n" not in text and text.startswith("ConnectionError: <html> <body>")
+    assert len(text) <= MAX_ERROR + 40 and text.endswith("more characters)")
+    for event in (
+        S3State(reachable=False, error=text),
+        Retired(stream_id="s" * 200, deleted=False, kept_because=text),
+    ):
+        assert len(msgspec.msgpack.encode(event)) < select.PIPE_BUF
+    assert describe(ValueError("short")) == "ValueError: short"

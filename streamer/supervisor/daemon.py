@@ -19,6 +19,7 @@ from streamer import bandwidth, logs, metrics, naming
 from streamer.checkpoint import CheckpointError
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
+from streamer.logs import describe
 from streamer.messages import (
     ChunkCommitted,
     ChunkUploaded,
@@ -78,7 +79,7 @@ class Supervisor:
                 self.loop(self.clock())
         except BaseException as exc:
             # Never leave uploaders behind, nor a process that no longer loops.
-            self.log.error("supervisor_crashed", error=f"{type(exc).__name__}: {exc}")
+            self.log.error("supervisor_crashed", error=describe(exc))
             self.workers.murder()
             raise
         finally:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from streamer import naming
 from streamer.checkpoint import CheckpointError
+from streamer.logs import describe
 from streamer.messages import Finish, Moved
 from streamer.policy import is_idle
 from streamer.records import StreamRecord, StreamState
@@ -65,7 +66,7 @@ class Discovery:
         try:
             self.observe(path, now, file)
         except (OSError, ValueError, CheckpointError) as exc:
-            self.ctx.log.error("file_failed", path=path, error=f"{type(exc).__name__}: {exc}")
+            self.ctx.log.error("file_failed", path=path, error=describe(exc))
 
     def observe(self, path: str, now: float, file: FileStat | None = None) -> None:
         """Bring what is known of `path` up to date with a fresh stat of it."""

@@ -13,8 +13,8 @@ import msgspec
 
 from streamer import metrics, mp4, naming
 from streamer.chunkstore import PartSource, UploadGone
-from streamer.failures import describe
 from streamer.fileio import HashingReader, SourceChanged
+from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import assembly_method, copies_ahead, upload_to_finish
 from streamer.records import Assembled, AssemblyUpload, ChunkRecord, StreamRecord

@@ -14,7 +14,8 @@ from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ChunkStore
 from streamer.config import Config
-from streamer.failures import S3_TROUBLE, Backoff, classify, describe, hint
+from streamer.failures import S3_TROUBLE, Backoff, classify, hint
+from streamer.logs import describe
 from streamer.messages import Mailbox, S3State
 from streamer.uploader.jobs import Job
 from streamer.uploader.tasks import Handler, Tasks

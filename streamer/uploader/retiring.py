@@ -12,7 +12,7 @@ import msgspec
 
 from streamer import metrics, retention
 from streamer.checkpoint import UnknownStream
-from streamer.failures import describe
+from streamer.logs import describe
 from streamer.messages import Retired
 from streamer.records import ChunkRecord, StreamRecord
 from streamer.uploader.completion import put_manifest

@@ -12,8 +12,8 @@ from concurrent.futures import Future
 from dataclasses import replace
 
 from streamer.buffers import BufferPool
-from streamer.failures import describe
 from streamer.fileio import reading, sha256_of_range
+from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import SETTLED_NS, settled
 from streamer.records import ChunkRecord, StreamRecord
