@@ -5,8 +5,12 @@ PROMETHEUS_MULTIPROC_DIR must be set before this module is first imported: the C
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
+import os
+import socket
+import threading
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -108,8 +112,13 @@ def mark_process_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
+HEALTHY_WITHIN = 10.0  # seconds since the supervisor's loop last turned
+CONNECTION_DEADLINE = 10.0  # seconds a connection may take, request and reply
+MAX_CONNECTIONS = 32
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    timeout = 2  # a client that stalls cannot hold the supervisor's loop for long
+    timeout = 5  # per read; the whole connection has CONNECTION_DEADLINE
 
     def do_GET(self) -> None:
         if self.path == "/metrics":
@@ -117,8 +126,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             multiprocess.MultiProcessCollector(registry)
             self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
         elif self.path == "/healthz":
-            # Answered from the supervisor's own loop: an answer means the loop runs.
-            self._json(200, {"status": "ok"})
+            # The loop's heartbeat, not this thread's: 200 means the loop turns.
+            since = self.server.since_loop()
+            if since < HEALTHY_WITHIN:
+                self._json(200, {"status": "ok"})
+            else:
+                self._json(503, {"status": "stalled", "seconds_since_loop": round(since, 1)})
         elif self.path == "/readyz":
             ready, checks = self.server.readiness()
             self._json(200 if ready else 503, {"ready": ready, "checks": checks})
@@ -139,20 +152,77 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class MetricsServer:
-    """Serves /metrics, /healthz and /readyz one request at a time from the supervisor's
-    own loop. `readiness()` returns (ready, checks) for /readyz."""
+class _Server(http.server.ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS at once (more are closed at once),
+    each cut at CONNECTION_DEADLINE: a client that dribbles its request, or sends none,
+    holds one slot for a while and nothing else."""
 
-    def __init__(self, host: str, port: int, readiness: Callable[[], tuple[bool, dict]]):
-        self._server = http.server.HTTPServer((host, port), _Handler)
-        self._server.readiness = readiness
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address, readiness, since_loop):
+        super().__init__(address, _Handler)
+        self.readiness = readiness
+        self.since_loop = since_loop
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._open: set[socket.socket] = set()  # connections being served
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        self._open.add(request)
+        super().process_request(request, client_address)
+
+    def close_in_child(self) -> None:
+        """In a process forked meanwhile: its copies of the connections would hold them
+        open after this process answered them."""
+        for connection in list(self._open):
+            connection.close()
+
+    def process_request_thread(self, request, client_address) -> None:
+        deadline = threading.Timer(CONNECTION_DEADLINE, _cut, (request,))
+        deadline.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            deadline.cancel()
+            self._open.discard(request)
+            self._slots.release()
+
+
+def _cut(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz and /readyz from threads of its own, off the supervisor's
+    loop. Both callables are called from those threads: `readiness()` returns (ready,
+    checks) as the loop last published them, `since_loop()` the seconds since the loop
+    last turned."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        readiness: Callable[[], tuple[bool, dict]],
+        since_loop: Callable[[], float],
+    ):
+        self._server = _Server((host, port), readiness, since_loop)
         self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        os.register_at_fork(after_in_child=self._server.close_in_child)
 
     def fileno(self) -> int:
         return self._server.fileno()
 
-    def handle(self) -> None:
-        self._server.handle_request()
+    def start(self) -> None:
+        self._thread.start()
 
     def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -101,3 +105,46 @@ def test_readyz_says_why_when_s3_cannot_be_reached(make_daemon):
     assert "refused" in body["checks"]["s3"]["error"].lower()
     assert body["checks"]["uploaders"] == {"ok": True, "alive": 2, "expected": 2}
     assert scrape(daemon)["streamer_s3_reachable"] == 0
+
+
+def test_no_client_can_slow_the_daemon(make_daemon, minio):
+    """Clients that dribble a request a byte at a time and clients that connect and send
+    nothing, for the whole test: a recording is still found and finished, /healthz
+    answers, the silent ones are cut, and SIGTERM stops the daemon with status 0."""
+    daemon = make_daemon(stream={"idle_timeout": 2}, grace_period=5).start()
+    port = port_of(daemon)
+    stop = threading.Event()
+    cut = []
+
+    def dribble() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+                for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n":
+                    if stop.wait(1.5):
+                        return
+                    s.send(bytes([byte]))
+
+    def silent() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+                s.settimeout(0.5)
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        if s.recv(1) == b"":
+                            cut.append(time.monotonic())
+                            break
+
+    clients = [threading.Thread(target=f, daemon=True) for f in (dribble, silent) * 3]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1)
+        (daemon.watch / "meanwhile.mp4").write_bytes(b"m" * 100 * KiB)
+        daemon.wait_for("stream_finished", timeout=15)
+        assert get_json(daemon, "/healthz") == (200, {"status": "ok"})
+        wait_until(lambda: len(cut) >= 3, 30, what="the silent clients to be cut")
+        assert get_json(daemon, "/healthz") == (200, {"status": "ok"})
+        daemon.signal(signal.SIGTERM)
+        assert daemon.process.wait(15) == 0
+    finally:
+        stop.set()

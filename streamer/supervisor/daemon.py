@@ -57,9 +57,11 @@ class Supervisor:
         self.exit_code: int | None = None
         self.next_request_check = 0.0
         self.started_at = clock()
+        self.last_turn = clock()  # the loop's heartbeat, for /healthz
         self.last_upload: float | None = None
         self.s3_reachable: bool | None = None
         self.s3_error = "no answer from S3 yet"
+        self.published = self.readiness()  # what /readyz answers, as the loop last saw it
 
     @property
     def config(self) -> Config:
@@ -112,8 +114,12 @@ class Supervisor:
         self.ctx.watcher.open()
         if config.metrics.enabled:
             self.metrics_server = metrics.MetricsServer(
-                config.metrics.host, config.metrics.port, self.readiness
+                config.metrics.host,
+                config.metrics.port,
+                lambda: self.published,
+                lambda: self.clock() - self.last_turn,
             )
+            self.metrics_server.start()
             self.log.info(
                 "metrics_listening", host=config.metrics.host, port=self.metrics_server.port
             )
@@ -121,6 +127,7 @@ class Supervisor:
         self.log.info("started", streams=len(self.table))
 
     def loop(self, now: float) -> None:
+        self.last_turn = now
         for ready in self.sleep():
             self.dispatch(ready, now)
         while self.signals and self.exit_code is None:
@@ -134,6 +141,7 @@ class Supervisor:
         else:
             self.check_stop(now)
         self.update_gauges(now)
+        self.published = self.readiness()
 
     def tend_streams(self, now: float) -> None:
         """The timed work of a running supervisor."""
@@ -161,8 +169,6 @@ class Supervisor:
         waitables = [self.wakeup_r, *workers.event_mailboxes(), *workers.sentinels()]
         if self.stop_deadline is None:
             waitables.append(self.ctx.watcher)
-        if self.metrics_server:
-            waitables.append(self.metrics_server)
         try:
             ready, writable, _ = select.select(
                 waitables, workers.blocked_pipes(), [], self.sleep_time()
@@ -186,8 +192,6 @@ class Supervisor:
             os.read(self.wakeup_r, 512)
         elif ready is self.ctx.watcher:
             self.discovery.handle_file_events(now)
-        elif ready is self.metrics_server:
-            self.metrics_server.handle()
         elif isinstance(ready, Mailbox):
             self.handle_worker_events(ready, now)
         # Otherwise a worker's sentinel: reap_workers sees that it died.
