@@ -9,6 +9,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from streamer.buffers import BufferPool
 from streamer.records import StreamRecord
@@ -40,11 +41,25 @@ def size_of(record: StreamRecord) -> int:
     return st.st_size
 
 
+def open_regular(path: str) -> BinaryIO:
+    """A watched path, opened for reading: without blocking (a FIFO or a device put there
+    would hang a plain open) and without following a link; anything but a regular file is
+    refused (SourceChanged)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceChanged(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_into(record: StreamRecord, offset: int, buffer: memoryview) -> int:
     """Fill `buffer` with the file's bytes from `offset`; return the file's mtime just
     before they were read."""
-    fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
+    with open_regular(record.path) as f:
+        fd = f.fileno()
         st = os.fstat(fd)
         if not is_stream_file(st, record):
             raise SourceChanged(f"{record.path} is now another file")
@@ -55,8 +70,6 @@ def read_into(record: StreamRecord, offset: int, buffer: memoryview) -> int:
                 raise SourceChanged(f"{record.path} ends before byte {offset + len(buffer)}")
             done += read
         return st.st_mtime_ns
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from msgspec import Struct
 
@@ -51,15 +52,15 @@ class _Fragments:
         self.summed: dict[int, int] = {}
 
 
-def inspect_file(path: str) -> Mp4Facts:
-    with open(path, "rb") as f:
+def inspect_file(f: BinaryIO) -> Mp4Facts:
+    """The facts of an open file (seekable)."""
 
-        def read_at(offset: int, size: int) -> bytes:
-            f.seek(offset)
-            return f.read(size)
+    def read_at(offset: int, size: int) -> bytes:
+        f.seek(offset)
+        return f.read(size)
 
-        f.seek(0, 2)
-        return inspect(read_at, f.tell())
+    f.seek(0, 2)
+    return inspect(read_at, f.tell())
 
 
 def inspect_bytes(data: bytes) -> Mp4Facts:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
+from streamer.fileio import SourceChanged, open_regular
+
 # How many first bytes tell one recording from another written over it in place.
 HEAD_SIZE = 16
 WATCH_FLAGS = F.CREATE | F.MODIFY | F.CLOSE_WRITE | F.MOVED_TO | F.MOVED_FROM | F.DELETE | F.ATTRIB
@@ -111,9 +113,9 @@ class Watcher:
         if not head:
             return False
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 now = f.read(HEAD_SIZE)
-        except OSError:
+        except (OSError, SourceChanged):
             return False
         common = min(len(now), len(head))
         return now[:common] != head[:common]

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -324,3 +325,31 @@ def test_a_checkpoint_store_keeps_its_instance(tmp_path, minio):
     result = run_once(tmp_path, config)
     assert result.returncode == 3
     assert "belongs to instance" in result.stderr
+
+
+def test_a_fifo_or_a_device_in_the_directory_hangs_nothing(make_daemon, minio):
+    """A FIFO and a device node named like recordings, and a FIFO renamed over a recording
+    while it streams: nothing opens them in a way that blocks, the replaced stream ends
+    partial, another recording finishes exact, and SIGTERM stops it at once with 0."""
+    daemon = make_daemon(stream={"idle_timeout": 2}).start()
+    os.mkfifo(daemon.watch / "pipe.mp4")
+    if os.geteuid() == 0:
+        os.mknod(daemon.watch / "null.mp4", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    victim = GrowingFile(daemon.watch / "victim.mp4", total=2048 * KiB, rate=1024 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", stream_id=stream_id)
+    os.mkfifo(daemon.watch / ".swap")
+    os.rename(daemon.watch / ".swap", daemon.watch / "victim.mp4")
+    lost = daemon.wait_for("stream_lost", stream_id=stream_id)[0]
+    assert lost["reason"] == "replaced by another file before it finished"
+    assert daemon.wait_for("stream_finished", stream_id=stream_id)[0]["status"] == "partial"
+    victim.wait()
+
+    other = daemon.watch / "other.mp4"
+    other.write_bytes(hashlib.shake_256(b"other").digest(300 * KiB))
+    finished = daemon.wait_for("stream_finished", count=2)[1]
+    assert finished["sha256"] == sha256_file(other)
+    assert len(daemon.find("stream_discovered")) == 2, "neither the FIFO nor the device"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.process.wait(15) == 0
+    assert not daemon.find("grace_period_expired")

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import threading
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
-from streamer.fileio import SourceChanged, is_finalised_file, read_into, sha256_of_range, size_of
+from streamer.fileio import (
+    SourceChanged,
+    is_finalised_file,
+    open_regular,
+    read_into,
+    sha256_of_range,
+    size_of,
+)
 from streamer.records import StreamRecord, StreamState
 
 
@@ -61,3 +70,45 @@ def test_bytes_are_read_from_the_stream_s_file_only_and_whole(tmp_path):
         read_into(record, 0, buffer)
     with pytest.raises(SourceChanged, match="is now another file"):
         size_of(record)
+
+
+def special_files(tmp_path):
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.mp4"
+    link.symlink_to(tmp_path / "fifo.mp4")
+    made = [fifo, link]
+    if os.geteuid() == 0:
+        device = tmp_path / "device.mp4"
+        os.mknod(device, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+        made.append(device)
+    return made
+
+
+def test_a_fifo_a_device_or_a_link_is_refused_without_blocking(tmp_path):
+    outcomes = {}
+
+    def try_open(path):
+        try:
+            open_regular(str(path)).close()
+            outcomes[path] = "opened"
+        except (SourceChanged, OSError) as exc:
+            outcomes[path] = type(exc).__name__
+
+    for path in special_files(tmp_path):
+        opener = threading.Thread(target=try_open, args=(path,), daemon=True)
+        opener.start()
+        opener.join(5)
+        assert not opener.is_alive(), f"opening {path.name} blocked"
+    assert outcomes.pop(tmp_path / "link.mp4") == "OSError"  # ELOOP: links are not followed
+    assert set(outcomes.values()) == {"SourceChanged"}
+
+
+def test_a_fifo_renamed_over_a_stream_s_file_is_another_file(tmp_path):
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"0123456789")
+    record = record_of(path)
+    os.unlink(path)
+    os.mkfifo(path)
+    with pytest.raises(SourceChanged, match="not a regular file"):
+        read_into(record, 0, memoryview(bytearray(4)))

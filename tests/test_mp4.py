@@ -31,7 +31,8 @@ def recordings(tmp_path_factory, ffmpeg):
 @pytest.mark.parametrize("seconds", [1, 3.5])
 def test_facts_of_ffmpeg_recordings(recordings, kind, seconds):
     path = recordings[kind, seconds]
-    facts = mp4.inspect_file(str(path))
+    with open(path, "rb") as f:
+        facts = mp4.inspect_file(f)
     assert facts.is_mp4 and facts.has_moov and facts.playable and not facts.truncated
     assert facts.fragmented == (kind == "fragmented")
     assert abs(facts.duration_seconds - ffprobe_duration(path)) <= FRAME

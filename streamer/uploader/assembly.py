@@ -13,7 +13,7 @@ import msgspec
 
 from streamer import metrics, mp4, naming
 from streamer.chunkstore import PartSource, UploadGone
-from streamer.fileio import HashingReader, SourceChanged
+from streamer.fileio import HashingReader, SourceChanged, open_regular
 from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import assembly_method, copies_ahead, upload_to_finish
@@ -183,7 +183,7 @@ class Assembler:
             etag, ahead = self.compose(record, chunks, key, kind, upload, log_fields)
         else:
             ahead = 0
-            with open(record.path, "rb") as f:
+            with open_regular(record.path) as f:
                 reader = HashingReader(f)
                 etag = s3.put_stream(key, reader, finish.size, kind)
             if reader.hexdigest() != sha256:

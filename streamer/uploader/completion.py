@@ -16,7 +16,7 @@ from streamer import manifest, metrics, mp4
 from streamer.audit import chunk_problems
 from streamer.chunkstore import ChunkStore
 from streamer.failures import NotInS3
-from streamer.fileio import reading
+from streamer.fileio import open_regular, reading
 from streamer.messages import Finish, FinishDeclined, StreamFinished
 from streamer.policy import UploadChunk, final_status
 from streamer.records import ChunkRecord, StreamRecord
@@ -97,7 +97,8 @@ class Completion:
             self.surveyor.log(quiet, while_quiet=False, log_fields=log_fields)
         revised = self.reconcile(record, chunks, quiet, log_fields)
         sha256, drop_from = quiet.sha256, quiet.drop_from
-        facts = mp4.inspect_file(record.path)
+        with open_regular(record.path) as f:
+            facts = mp4.inspect_file(f)
         check_still_idle(record.path, finish)
         by_index = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
         final = [by_index[i] for i in sorted(by_index)]
