@@ -10,6 +10,8 @@ import json
 import pytest
 from conftest import (
     FAST_RETRIES,
+    MinioUser,
+    assert_exact,
     both_servers,
     cli,
     manifest_of,
@@ -191,3 +193,66 @@ def test_a_part_rewritten_after_it_was_copied_is_copied_again(make_daemon, serve
     assert daemon.find("stream_assembled")[0]["parts_copied_live"] == 1
     manifest = assembled_exactly(server, daemon, stream_id, path)
     assert manifest["chunks"][0]["revision"] == 1
+
+
+def as_user(make_daemon, minio, bucket, tmp_path, **stream):
+    """A daemon whose S3 user can be refused writes by a bucket policy."""
+    user = MinioUser(minio, bucket, tmp_path)
+    s3 = {"access_key": user.access_key, "secret_key": user.secret_key, **FAST_RETRIES}
+    return make_daemon(s3=s3, stream={**LIVE, **stream}, workers=1).start(), user
+
+
+def test_a_refused_part_copy_waits_while_the_other_streams_flow(
+    make_daemon, minio, bucket, tmp_path
+):
+    """The upload is begun and chunk 0 copied; then S3 refuses the assembled object's
+    writes: chunk 1's copy is tried again after its backoff, another stream on the same
+    uploader finishes meanwhile, and the stream finishes exact, assembled, once allowed."""
+    daemon, user = as_user(make_daemon, minio, bucket, tmp_path)
+    data = recording("refused", 10 * MiB)
+    path = daemon.watch / "refused.mp4"
+    append(path, data[: 5 * MiB])
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    wait_for_parts(daemon, stream_id, 1)
+    user.refuse_puts("rec/test-host/*/refused.mp4")
+    append(path, data[5 * MiB :])
+    failed = daemon.wait_for("part_copy_failed", stream_id=stream_id)
+    assert all("AccessDenied" in f["error"] for f in failed)
+    other = daemon.watch / "other.mp4"
+    other.write_bytes(recording("other", 1 * MiB))
+    flowed = wait_until(
+        lambda: [e for e in daemon.find("stream_finished") if e["stream_id"] != stream_id],
+        30,
+        what="the other stream to finish",
+    )[0]
+    assert_exact(minio, daemon, flowed["stream_id"], other)
+    assert not daemon.find("stream_finished", stream_id=stream_id)
+
+    user.refuse_puts()
+    daemon.wait_for("stream_finished", stream_id=stream_id, timeout=60)
+    assembled_exactly(minio, daemon, stream_id, path)
+    assert len(daemon.find("uploader_spawned")) == 1, "the uploader lived through it"
+
+
+def test_a_refused_final_compose_waits_and_finishes_once_allowed(
+    make_daemon, minio, bucket, tmp_path
+):
+    """The parts were copied while live; S3 refuses the object at completion (the last
+    copies, completing the upload): the stream waits and finishes exact once allowed."""
+    daemon, user = as_user(make_daemon, minio, bucket, tmp_path, idle_timeout=2)
+    data = recording("late", 12 * MiB)
+    path = daemon.watch / "late.mp4"
+    append(path, data[: 10 * MiB])
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    wait_for_parts(daemon, stream_id, 2)
+    user.refuse_puts("rec/test-host/*/late.mp4")
+    append(path, data[10 * MiB :])
+    rejected = daemon.wait_for("s3_rejected", count=2, stream_id=stream_id, timeout=60)
+    assert all("AccessDenied" in r["error"] for r in rejected)
+    assert not daemon.find("stream_finished", stream_id=stream_id)
+
+    user.refuse_puts()
+    daemon.wait_for("stream_finished", stream_id=stream_id, timeout=60)
+    assembled_exactly(minio, daemon, stream_id, path)
+    assert daemon.find("stream_assembled", stream_id=stream_id)[0]["parts_copied_live"] == 2
+    assert len(daemon.find("uploader_spawned")) == 1, "the uploader lived through it"
