@@ -34,6 +34,20 @@ class ChunkOutOfOrder(CheckpointError):
     pass
 
 
+class UnreadableStream(CheckpointError):
+    """A stream's record does not decode (written by a newer version, or damaged): that
+    stream is passed over, the others go on."""
+
+    def __init__(self, stream_id: str, error: Exception):
+        super().__init__(f"stream {stream_id}'s record cannot be read: {error}")
+        self.stream_id = stream_id
+
+
+class CheckpointUnwritable(CheckpointError):
+    """The store cannot take a write now (no space left, an I/O error, a read-only
+    remount): the write is tried again later; nothing already committed is lost."""
+
+
 DATABASES = (b"streams", b"chunks", b"paths", b"inodes", b"active", b"meta")
 
 _encoder = msgspec.msgpack.Encoder()
@@ -137,7 +151,7 @@ class CheckpointStore:
         """The stream, or None if there is none by that id (an operator may forget one)."""
         with self._read() as txn:
             value = txn.get(stream_id.encode(), db=self._streams)
-            return None if value is None else _stream_decoder.decode(value)
+            return None if value is None else _decode_stream(stream_id, value)
 
     def stream_at(self, path: str) -> StreamRecord | None:
         with self._read() as txn:
@@ -155,15 +169,21 @@ class CheckpointStore:
 
     def streams(self, state: StreamState | None = None) -> Iterator[StreamRecord]:
         with self._read() as txn:
-            for _, value in txn.cursor(db=self._streams):
-                record = _stream_decoder.decode(value)
+            for key, value in txn.cursor(db=self._streams):
+                record = _decode_stream(key.decode(), value)
                 if state is None or record.state is state:
                     yield record
 
-    def active_streams(self) -> list[StreamRecord]:
+    def active_streams(self) -> tuple[list[StreamRecord], list[UnreadableStream]]:
+        """The unfinished streams, and the errors of those whose records do not decode."""
+        records, unreadable = [], []
         with self._read() as txn:
-            ids = [key for key, _ in txn.cursor(db=self._active)]
-            return [self._load(txn, stream_id.decode()) for stream_id in ids]
+            for key, _ in txn.cursor(db=self._active):
+                try:
+                    records.append(self._load(txn, key.decode()))
+                except UnreadableStream as exc:
+                    unreadable.append(exc)
+        return records, unreadable
 
     def chunks(self, stream_id: str) -> list[ChunkRecord]:
         prefix = stream_id.encode() + b"\0"
@@ -312,7 +332,7 @@ class CheckpointStore:
         value = txn.get(stream_id.encode(), db=self._streams)
         if value is None:
             raise UnknownStream(f"no stream {stream_id!r} in the checkpoint store")
-        return _stream_decoder.decode(value)
+        return _decode_stream(stream_id, value)
 
     def _save(self, txn, record: StreamRecord) -> None:
         key = record.stream_id.encode()
@@ -339,3 +359,12 @@ class CheckpointStore:
                 self._env.set_mapsize(0)
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                raise CheckpointUnwritable(f"cannot write the checkpoint store: {exc}") from None
+
+
+def _decode_stream(stream_id: str, value: bytes) -> StreamRecord:
+    try:
+        return _stream_decoder.decode(value)
+    except msgspec.DecodeError as exc:
+        raise UnreadableStream(stream_id, exc) from None

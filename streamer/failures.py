@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import urllib3
 from minio.error import MinioException, S3Error
 
+from streamer.checkpoint import CheckpointUnwritable
 from streamer.chunkstore import BucketMissing, NoCredentials, UploadGone
 from streamer.fileio import SourceChanged
 from streamer.policy import is_rejection, retry_delay
@@ -17,7 +18,14 @@ from streamer.policy import is_rejection, retry_delay
 S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
 # Errors that go away by themselves: S3 or the network or the file was away, or S3 dropped
 # the assembly upload (begun again).
-AWAY = (SourceChanged, UploadGone, MinioException, urllib3.exceptions.HTTPError, OSError)
+AWAY = (
+    SourceChanged,
+    UploadGone,
+    CheckpointUnwritable,
+    MinioException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
 REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
 MISSING_HINT = "put the chunk back (the local file has its bytes): the stream then completes"
 UNTRUSTED_HINT = "S3's certificate is not trusted: set s3.ca_file to the CA certificate (PEM)"

@@ -84,6 +84,13 @@ class S3State(Message):
     error: str = ""
 
 
+class CheckpointState(Message):
+    """Whether this uploader's last write to the checkpoint store succeeded, and why not."""
+
+    writable: bool
+    error: str = ""
+
+
 class FinishDeclined(Message):
     """The file changed after the supervisor saw it idle; keep streaming."""
 
@@ -127,6 +134,7 @@ Event = (
     ChunkUploaded
     | ChunkCommitted
     | S3State
+    | CheckpointState
     | FinishDeclined
     | SourceRewritten
     | StreamFinished

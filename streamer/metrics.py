@@ -74,6 +74,12 @@ S3_REACHABLE = Gauge(
     "1 if the latest S3 request of any uploader succeeded, 0 if it failed",
     multiprocess_mode="livemostrecent",
 )
+CHECKPOINT_WRITABLE = Gauge(
+    "streamer_checkpoint_writable",
+    "1 if the latest write to the checkpoint store succeeded, 0 if it failed (no space, an "
+    "I/O error, a read-only filesystem)",
+    multiprocess_mode="livesum",
+)
 PARTS_COPIED = Counter(
     "streamer_assembly_parts_copied_total",
     "Chunks copied server-side into their assembled object: while the stream was live, or at"

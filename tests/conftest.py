@@ -4,6 +4,7 @@ as a subprocess, and recordings written live by ffmpeg or by a synthetic writer.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -493,6 +494,14 @@ def port_of(daemon) -> int:
     return daemon.find("metrics_listening", this_run=True)[-1]["port"]
 
 
+def get_json(daemon, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port_of(daemon)}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def scrape(daemon) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port_of(daemon)}/metrics", timeout=5) as r:
         text = r.read().decode()
@@ -561,6 +570,39 @@ class MinioUser:
             statements.append({"Effect": "Deny", "Action": ["s3:PutObject"], "Resource": denied})
         self.policy_file.write_text(json.dumps({"Version": "2012-10-17", "Statement": statements}))
         self.mc("admin", "policy", "create", "t", self.access_key, str(self.policy_file))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mounts small real filesystems that a test can fill: tmpfs(name, size) -> its path."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a filesystem needs root")
+    mounted = []
+
+    def mount(name: str, size: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        options = ["-t", "tmpfs", "-o", f"size={size}"]
+        subprocess.run(["mount", *options, "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(path: Path) -> None:
+    """Fill the filesystem `path` is on to the last byte, with the file `path`."""
+    with open(path, "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 512)
+                f.flush()
 
 
 @pytest.fixture

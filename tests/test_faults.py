@@ -11,6 +11,7 @@ import signal
 import time
 import urllib.request
 
+import lmdb
 import pytest
 from conftest import (
     FAST_RETRIES,
@@ -19,6 +20,8 @@ from conftest import (
     assert_exact,
     both_servers,
     cli,
+    fill_up,
+    get_json,
     manifest_of,
     object_bytes,
     objects,
@@ -28,9 +31,12 @@ from conftest import (
     wait_until,
 )
 
+from streamer.config import Config
+
 pytestmark = pytest.mark.integration
 
 KiB = 1024
+WINDOW = Config().stream.upload_window
 
 
 def proxied(make_daemon, proxy, s3=None, **overrides):
@@ -559,3 +565,62 @@ def test_a_body_damaged_on_the_way_is_refused_and_sent_again(make_daemon, minio,
     assert_exact(minio, daemon, stream_id, writer.path)
     committed = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
     assert committed == list(range(len(committed))), "each chunk committed once, in order"
+
+
+def test_a_full_checkpoint_filesystem_is_a_state_not_a_crash(make_daemon, minio, tmpfs):
+    """The checkpoint store's filesystem fills up mid-recording, and is full again at the
+    next start: no process dies, /readyz and the metric say so, nothing runs ahead of what
+    can be recorded, SIGTERM stops it, and every recording finishes exact once there is
+    room again."""
+    disk = tmpfs("checkpoint", "4m")
+    daemon = make_daemon(checkpoint={"path": str(disk / "store")}, workers=1).start()
+    (daemon.watch / "before.mp4").write_bytes(hashlib.shake_256(b"before").digest(300 * KiB))
+    daemon.wait_for("stream_finished")
+    growing = GrowingFile(daemon.watch / "growing.mp4", total=4096 * KiB, rate=512 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
+    daemon.wait_for("chunk_uploaded", stream_id=stream_id)
+    fill_up(disk / "filler")
+    daemon.wait_for("checkpoint_unwritable")
+    status, body = get_json(daemon, "/readyz")
+    assert status == 503 and body["checks"]["checkpoint"]["ok"] is False
+    assert "No space left" in body["checks"]["checkpoint"]["error"]
+    assert scrape(daemon)["streamer_checkpoint_writable"] == 0
+    growing.wait()
+    time.sleep(3)  # idle: finishing waits for what cannot be recorded
+    assert not daemon.find("stream_finished", stream_id=stream_id)
+    committed = len(daemon.find("chunk_uploaded", stream_id=stream_id))  # logged once recorded
+    in_s3 = [key for key in objects(minio, daemon.bucket, stream_id) if "/chunks/" in key]
+    assert committed < len(in_s3) <= committed + WINDOW, "no further ahead than the window"
+    assert daemon.stop() == 0, "SIGTERM stops it while the store is full"
+
+    daemon.start()  # the filesystem still full
+    (daemon.watch / "while-full.mp4").write_bytes(hashlib.shake_256(b"full").digest(200 * KiB))
+    daemon.wait_for("checkpoint_unwritable", this_run=True)
+    assert len(daemon.find("uploader_spawned")) == 2, "no uploader died"
+    os.unlink(disk / "filler")
+    daemon.wait_for("checkpoint_writable", this_run=True)
+    for path in ("growing.mp4", "while-full.mp4"):
+        daemon.wait_for("stream_finished", sha256=sha256_file(daemon.watch / path))
+    assert not daemon.find("supervisor_crashed") and not daemon.find("uploader_died")
+
+
+def test_an_unreadable_stream_record_is_passed_over_and_the_rest_runs(make_daemon, minio):
+    """A record in the checkpoint store that does not decode (damaged, or written by a
+    newer version): logged once with its id at start, left as it is, and the daemon runs."""
+    daemon = make_daemon().start()
+    daemon.stop()
+    env = lmdb.open(str(daemon.config_path.parent / "checkpoint"), max_dbs=8)
+    with env.begin(write=True) as txn:
+        txn.put(b"damaged-1", b"\xc1 not msgpack", db=env.open_db(b"streams", txn=txn))
+        txn.put(b"damaged-1", b"", db=env.open_db(b"active", txn=txn))
+    env.close()
+
+    daemon.start()
+    [unreadable] = daemon.wait_for("stream_unreadable", this_run=True)
+    assert unreadable["stream_id"] == "damaged-1" and "cannot be read" in unreadable["error"]
+    fresh = daemon.watch / "fresh.mp4"
+    fresh.write_bytes(hashlib.shake_256(b"fresh").digest(200 * KiB))
+    finished = daemon.wait_for("stream_finished", this_run=True)[0]
+    assert_exact(minio, daemon, finished["stream_id"], fresh)
+    time.sleep(2.5)  # a rescan has passed: reported once
+    assert len(daemon.find("stream_unreadable")) == 1

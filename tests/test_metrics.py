@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-from conftest import GrowingFile, free_port, port_of, scrape, wait_until
+from conftest import GrowingFile, free_port, get_json, port_of, scrape, wait_until
 
 pytestmark = pytest.mark.integration
 
 KiB = 1024
-
-
-def get_json(daemon, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port_of(daemon)}{path}", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_delivery_state_moves_during_an_upload(make_daemon, minio):

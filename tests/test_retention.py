@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import time
 from datetime import datetime
 
@@ -309,15 +308,9 @@ def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A real 32 MiB filesystem that the test can fill."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a filesystem needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    return tmpfs("disk", "32m")
 
 
 def free_bytes(path) -> int:

@@ -21,6 +21,7 @@ from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
 from streamer.logs import describe
 from streamer.messages import (
+    CheckpointState,
     ChunkCommitted,
     ChunkUploaded,
     FinishDeclined,
@@ -72,8 +73,10 @@ class Supervisor:
     def run(self) -> int:
         try:
             self.initialize()
-        except (CheckpointError, OSError) as exc:
-            self.log.error("start_failed", error=str(exc))
+        except Exception as exc:
+            # Whatever stops the start: never a process left behind with its uploaders.
+            error = str(exc) if isinstance(exc, CheckpointError | OSError) else describe(exc)
+            self.log.error("start_failed", error=error)
             self.workers.murder()
             return EXIT_BOOT_ERROR
         try:
@@ -222,6 +225,9 @@ class Supervisor:
                 self.discovery.rewritten(table[stream_id], now)
             case StreamFinished(stream_id=stream_id) if stream_id in table:
                 self.discovery.concluded(stream_id, message.size, message.mtime_ns, now)
+            case CheckpointState(writable=writable, error=error):
+                if self.ctx.checkpoint_state(writable, error) and writable:
+                    self.discovery.next_rescan = now  # what was passed over meanwhile
             case Retired():
                 self.finished.retired(message, now)
 
@@ -308,7 +314,10 @@ class Supervisor:
         alive, expected = self.workers.alive(), self.config.workers
         checks = {
             "s3": {"ok": self.s3_reachable is True, "error": self.s3_error},
-            "checkpoint": {"ok": self.ctx.store is not None},
+            "checkpoint": {
+                "ok": self.ctx.store is not None and self.ctx.checkpoint_writable,
+                "error": self.ctx.checkpoint_error,
+            },
             "uploaders": {"ok": alive == expected, "alive": alive, "expected": expected},
             "running": {"ok": self.stop_deadline is None},
         }

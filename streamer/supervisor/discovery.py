@@ -10,7 +10,7 @@ import os
 from datetime import UTC, datetime
 
 from streamer import naming
-from streamer.checkpoint import CheckpointError
+from streamer.checkpoint import CheckpointError, CheckpointUnwritable, UnreadableStream
 from streamer.logs import describe
 from streamer.messages import Finish, Moved
 from streamer.policy import is_idle
@@ -30,6 +30,7 @@ class Discovery:
         self.finished = finished
         self.next_rescan = 0.0
         self.next_idle_at = math.inf  # when the next stream falls idle
+        self.unreadable: set[str] = set()  # streams whose records do not decode, reported
 
     def handle_file_events(self, now: float) -> None:
         batch = self.ctx.watcher.read()
@@ -62,11 +63,25 @@ class Discovery:
         self.adopt_untracked(now)
 
     def observe_safely(self, path: str, now: float, file: FileStat | None = None) -> None:
-        """One odd file must never stop the daemon: log it and go on with the others."""
+        self.contained(path, self.observe, path, now, file)
+
+    def contained(self, path: str, work, *args) -> None:
+        """One odd file, or a checkpoint store that takes no writes for now, never stops
+        the daemon: it is logged, and the file looked at again by the next scan."""
         try:
-            self.observe(path, now, file)
+            work(*args)
+        except CheckpointUnwritable as exc:
+            self.ctx.checkpoint_state(False, describe(exc))
+        except UnreadableStream as exc:
+            self.passed_over(exc)
         except (OSError, ValueError, CheckpointError) as exc:
             self.ctx.log.error("file_failed", path=path, error=describe(exc))
+
+    def wrote(self) -> None:
+        """A write to the checkpoint store succeeded: if the last one had failed, what was
+        passed over meanwhile is looked at again now."""
+        if self.ctx.checkpoint_state(True):
+            self.next_rescan = 0.0
 
     def observe(self, path: str, now: float, file: FileStat | None = None) -> None:
         """Bring what is known of `path` up to date with a fresh stat of it."""
@@ -112,8 +127,9 @@ class Discovery:
         displaced = self.table.at(file.path)
         if displaced is not None and displaced is not tracked:
             self.lose(displaced, now)
-        old_path = self.table.move(tracked, file, now)
         self.ctx.store.move_stream(tracked.stream_id, file.path)
+        self.wrote()
+        old_path = self.table.move(tracked, file, now)
         self.ctx.log.info(
             "stream_renamed", stream_id=tracked.stream_id, old_path=old_path, path=file.path
         )
@@ -164,25 +180,36 @@ class Discovery:
         new recording is a new stream."""
         if tracked.phase is not Phase.ABANDONING:
             self.table.abandon(tracked, REWRITTEN)
-            self.start_stream(tracked.file.path, now)
+            self.contained(tracked.file.path, self.start_stream, tracked.file.path, now)
 
     def adopt_untracked(self, now: float) -> None:
         """Unfinished streams no one is working on: from before a restart (their files may
         have gone meanwhile), or put back by `streamer streams retry`."""
-        watcher = self.ctx.watcher
-        for record in self.ctx.store.active_streams():
-            if record.stream_id in self.table:
-                continue
-            file = watcher.stat(record.path)
-            if file is None or not file.is_of(record):
-                file = watcher.find(record.inode, record.device)
-            if file is not None:
-                self.finished.unsettle(file.path)
-                self.discover(file, now)
+        records, unreadable = self.ctx.store.active_streams()
+        for exc in unreadable:
+            self.passed_over(exc)
+        for record in records:
             if record.stream_id not in self.table:
-                gone = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
-                tracked = self.table.track(record, gone, now, "stream_resumed")
-                self.table.abandon(tracked, "deleted before it finished")
+                self.contained(record.path, self.adopt, record, now)
+
+    def passed_over(self, exc: UnreadableStream) -> None:
+        """Reported once: its record stays as it is, for an operator (or a newer version)."""
+        if exc.stream_id not in self.unreadable:
+            self.unreadable.add(exc.stream_id)
+            self.ctx.log.error("stream_unreadable", stream_id=exc.stream_id, error=str(exc))
+
+    def adopt(self, record: StreamRecord, now: float) -> None:
+        watcher = self.ctx.watcher
+        file = watcher.stat(record.path)
+        if file is None or not file.is_of(record):
+            file = watcher.find(record.inode, record.device)
+        if file is not None:
+            self.finished.unsettle(file.path)
+            self.discover(file, now)
+        if record.stream_id not in self.table:
+            gone = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
+            tracked = self.table.track(record, gone, now, "stream_resumed")
+            self.table.abandon(tracked, "deleted before it finished")
 
     def check_cancellations(self) -> None:
         for tracked in self.table.all():
@@ -205,6 +232,7 @@ class Discovery:
             first_seen_at=first_seen,
         )
         store.create_stream(record)
+        self.wrote()
         return record
 
     def finish_idle_streams(self, now: float) -> None:
@@ -216,7 +244,7 @@ class Discovery:
             if not is_idle(tracked.changed_at, now, timeout):
                 self.next_idle_at = min(self.next_idle_at, tracked.changed_at + timeout)
                 continue
-            self.observe(tracked.file.path, now)  # trust a fresh stat, not the last event
+            self.observe_safely(tracked.file.path, now)  # a fresh stat, not the last event
             if tracked.phase is Phase.UPLOADING and is_idle(tracked.changed_at, now, timeout):
                 tracked.move_to(Phase.FINISHING)
                 file = tracked.file
@@ -230,7 +258,7 @@ class Discovery:
         if tracked.phase is Phase.FINISHING:
             tracked.move_to(Phase.UPLOADING)
             tracked.changed_at = now
-            self.observe(tracked.file.path, now)
+            self.observe_safely(tracked.file.path, now)
 
     def concluded(self, stream_id: str, size: int, mtime_ns: int, now: float) -> None:
         """Its uploader reports it finished: its file, if still at its path, is settled as
@@ -240,4 +268,4 @@ class Discovery:
             path = tracked.file.path
             settled = (tracked.file.inode, size, mtime_ns)
             self.finished.settle(path, settled, self.ctx.store.find_stream(stream_id))
-            self.observe(path, now)
+            self.observe_safely(path, now)

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 from streamer import logs, metrics
 from streamer.buffers import BufferPool
-from streamer.checkpoint import CheckpointStore
+from streamer.checkpoint import CheckpointStore, CheckpointUnwritable
 from streamer.chunkstore import ChunkStore
 from streamer.config import Config
 from streamer.failures import S3_TROUBLE, Backoff, classify, hint
 from streamer.logs import describe
-from streamer.messages import Mailbox, S3State
+from streamer.messages import CheckpointState, Mailbox, S3State
 from streamer.uploader.jobs import Job
 from streamer.uploader.tasks import Handler, Tasks
 
@@ -38,6 +38,7 @@ class Context:
     jobs: dict[str, Job] = field(default_factory=dict)  # by stream id
     starved: set[str] = field(default_factory=set)  # streams waiting for room in the window
     s3_reachable: bool | None = None
+    checkpoint_writable: bool = True
 
     @property
     def window(self) -> int:
@@ -71,6 +72,12 @@ class Context:
             metrics.S3_REACHABLE.set(1 if reachable else 0)
             self.events.put(S3State(reachable=reachable, error=describe(exc) if exc else ""))
 
+    def checkpoint_state(self, writable: bool, exc: Exception | None = None) -> None:
+        """Told to the supervisor when it changes; it logs it and answers /readyz."""
+        if writable != self.checkpoint_writable:
+            self.checkpoint_writable = writable
+            self.events.put(CheckpointState(writable=writable, error=describe(exc) if exc else ""))
+
     def retry_later(self, job: Job, exc: Exception, now: float) -> None:
         """A step of the stream failed: it waits, the others go on."""
         self.fail(job.backoff, exc, now, STEP_EVENTS, **job.log_fields)
@@ -87,6 +94,8 @@ class Context:
         metrics.UPLOAD_RETRIES.inc()
         if isinstance(exc, S3_TROUBLE):
             self.s3_state(False, exc)
+        if isinstance(exc, CheckpointUnwritable):
+            self.checkpoint_state(False, exc)
         fields |= {"error": describe(exc), "attempt": backoff.attempt, "delay": round(delay, 3)}
         if kind == "transient":
             self.log.warning(events[kind], **fields, **hint(exc, False))

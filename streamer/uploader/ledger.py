@@ -67,6 +67,7 @@ class Ledger:
     def commit(self, job: Job, chunk: ChunkRecord, head: bytes | None) -> None:
         with metrics.CHECKPOINT_COMMIT_SECONDS.time():
             job.record = self.ctx.store.commit_chunk(job.stream_id, chunk, head)
+        self.ctx.checkpoint_state(True)
         self.ctx.events.put(
             ChunkCommitted(stream_id=job.stream_id, committed_bytes=job.record.committed_bytes)
         )
