@@ -594,15 +594,11 @@ def tmpfs(tmp_path):
 
 def fill_up(path: Path) -> None:
     """Fill the filesystem `path` is on to the last byte, with the file `path`."""
-    with open(path, "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 512)
-                f.flush()
+    with open(path, "wb", buffering=0) as f:
+        for block in (65536, 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)
 
 
 @pytest.fixture
