@@ -17,6 +17,7 @@ writing (a recorder that paused past the idle timeout may still come back to it)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -131,18 +132,20 @@ def check_inside(record: StreamRecord, directory: str) -> None:
 
 def unlink_same_file(record: StreamRecord, directory: str) -> None:
     """Unlink through the watch directory, holding the file open (and, where allowed, a
-    lease on it), after one last look at it there: what is unlinked is what was checked,
-    not whatever the path names a moment later."""
+    lease on it), after one last look at it there. What is unlinked is what was checked:
+    the name is first renamed aside, and what was renamed is unlinked only if it is that
+    file; a file a writer renamed over the name meanwhile is put back."""
     parent = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(record.name, flags, dir_fd=parent)
         try:
-            if not is_finalised_file(os.fstat(fd), record):
+            checked = os.fstat(fd)
+            if not is_finalised_file(checked, record):
                 raise Kept("the file changed after it was uploaded", final=True)
             leased = _lease(fd)
             try:
-                os.unlink(record.name, dir_fd=parent)
+                _unlink_if(record.name, (checked.st_dev, checked.st_ino), parent)
             finally:
                 if leased:
                     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
@@ -150,6 +153,21 @@ def unlink_same_file(record: StreamRecord, directory: str) -> None:
             os.close(fd)
     finally:
         os.close(parent)
+
+
+def _unlink_if(name: str, identity: tuple[int, int], parent: int) -> None:
+    aside = f".{name}.streamer-deleting"
+    os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
+    st = os.stat(aside, dir_fd=parent, follow_symlinks=False)
+    if (st.st_dev, st.st_ino) == identity:
+        os.unlink(aside, dir_fd=parent)
+        return
+    # Another file took the name after the checks: it goes back, unless the name has been
+    # taken again since (then it stays aside, under a name that says so).
+    with contextlib.suppress(FileExistsError):
+        os.link(aside, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+        os.unlink(aside, dir_fd=parent)
+    raise Kept("another file was put at its name during the deletion", final=True)
 
 
 def _lease(fd: int) -> bool:

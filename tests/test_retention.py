@@ -234,13 +234,16 @@ def test_cancelled_and_active_streams_are_never_deleted_even_under_pressure(
 
 
 def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
-    make_daemon, minio, recording, tmp_path
+    make_daemon, minio, recording, tmp_path, monkeypatch
 ):
     """The uploader's checks, made at the moment of deletion, called directly on the real
     checkpoint and S3 a daemon left: each made to fail on its own (check 2, a chunk gone
     from S3, and the lease have daemon tests above)."""
     daemon = make_daemon()
-    names = ("touched.mp4", "linked.mp4", "plain.mp4", "unassembled.mp4", "unreadable.mp4")
+    names = (
+        "touched.mp4", "linked.mp4", "plain.mp4", "unassembled.mp4", "unreadable.mp4",
+        "swapped.mp4",
+    )  # fmt: skip
     for name in names:
         place(recording, daemon.watch / name)
     daemon.start()
@@ -299,6 +302,22 @@ def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
     with pytest.raises(retention.Kept, match="symbolic link"):
         delete("linked.mp4")
     assert outside.read_bytes() == recording.read_bytes()
+
+    # A writer renames a new file over the name after the last check, before the unlink
+    # (the lease is taken at that moment): the new file is put back, not deleted.
+    swapped = daemon.watch / "swapped.mp4"
+
+    def rename_over(fd: int) -> bool:
+        (daemon.watch / ".new").write_bytes(b"a new recording")
+        os.rename(daemon.watch / ".new", swapped)
+        return False
+
+    with monkeypatch.context() as patched:
+        patched.setattr(retention, "_lease", rename_over)
+        with pytest.raises(retention.Kept, match="another file was put at its name"):
+            delete("swapped.mp4")
+    assert swapped.read_bytes() == b"a new recording"
+    assert sorted(p.name for p in daemon.watch.iterdir() if "swapped" in p.name) == ["swapped.mp4"]
 
     with pytest.raises(retention.Kept, match="not inside the watch directory"):
         delete("plain.mp4", directory=tmp_path)
