@@ -5,6 +5,7 @@ the admin commands."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import stat
@@ -114,3 +115,39 @@ class HashingReader:
 
     def hexdigest(self) -> str:
         return self._sha256.hexdigest()
+
+
+CAP_LEASE = 28
+
+
+def lease_blindness(directory: str) -> str | None:
+    """Why the kernel cannot tell this process whether a file in `directory` is open for
+    writing (a read lease is refused while it is), or None if it can. A filesystem may
+    have no leases at all, and a lease on a file not this process's own needs CAP_LEASE."""
+    probe = os.path.join(directory, f".streamer-lease-probe-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return f"no probe file could be made in {directory}: {exc.strerror}"
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError as exc:
+        return f"the filesystem of {directory} takes no leases ({exc.strerror})"
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    if not _capable(CAP_LEASE):
+        return (
+            f"no CAP_LEASE: only files owned by uid {os.geteuid()} can be leased, so a "
+            "recording another user writes could be deleted while it is still open"
+        )
+    return None
+
+
+def _capable(capability: int) -> bool:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> capability & 1)
+    return False

@@ -100,6 +100,12 @@ SOURCES_KEPT = Counter(
     "streamer_sources_kept_total",
     "Local files retention was asked to delete and kept, because they were not proven in S3",
 )
+RETENTION_BLIND = Gauge(
+    "streamer_retention_blind",
+    "1 if retention is on and the kernel cannot tell streamer whether a file is still open "
+    "for writing (no lease): retention.min_age is then the only guard",
+    multiprocess_mode="livesum",
+)
 DISK_FREE_BYTES = Gauge(
     "streamer_disk_free_bytes",
     "Free bytes on the watched filesystem (when a free-space threshold is set)",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from streamer.fileio import (
     SourceChanged,
     is_finalised_file,
+    lease_blindness,
     open_regular,
     read_into,
     sha256_of_range,
@@ -112,3 +115,28 @@ def test_a_fifo_renamed_over_a_stream_s_file_is_another_file(tmp_path):
     os.mkfifo(path)
     with pytest.raises(SourceChanged, match="not a regular file"):
         read_into(record, 0, memoryview(bytearray(4)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="compares root with an unprivileged user")
+def test_whether_the_kernel_can_tell_a_file_is_open_for_writing():
+    """Root has CAP_LEASE; `nobody` can lease only its own files, and says why not."""
+    shared = tempfile.TemporaryDirectory(prefix="lease-")  # where `nobody` may write
+    tmp_path = Path(shared.name)
+    tmp_path.chmod(0o777)
+    assert lease_blindness(str(tmp_path)) is None
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # as `nobody`, without CAP_LEASE
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, str(lease_blindness(str(tmp_path))).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        said = answer.read()
+    os.waitpid(child, 0)
+    assert said.startswith("no CAP_LEASE: only files owned by uid 65534"), said
+    assert os.listdir(tmp_path) == [], "the probe file is gone"
+    shared.cleanup()

@@ -19,6 +19,7 @@ from streamer import bandwidth, logs, metrics, naming
 from streamer.checkpoint import CheckpointError
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
+from streamer.fileio import lease_blindness
 from streamer.logs import describe
 from streamer.messages import (
     CheckpointState,
@@ -106,6 +107,8 @@ class Supervisor:
                 "the uploads. For development only; use s3.ca_file for a private CA.",
             )
         self.check_directories()
+        if config.retention.enabled:
+            self.check_leases()
         self.prepare_store()
         self.install_signals()
         rate = config.s3.max_bytes_per_second
@@ -332,6 +335,19 @@ class Supervisor:
         os.makedirs(path, exist_ok=True)
         if not os.access(path, os.W_OK):
             raise OSError(f"checkpoint.path {path} is not writable")
+
+    def check_leases(self) -> None:
+        blind = lease_blindness(self.config.watch.directory)
+        metrics.RETENTION_BLIND.set(1 if blind else 0)
+        if blind:
+            self.log.warning(
+                "retention_blind",
+                reason=blind,
+                min_age=self.config.retention.min_age,
+                message="whether a recording is still open for writing cannot be known: "
+                "retention.min_age is the only guard; set it above your recorders' "
+                "longest pause",
+            )
 
     def prepare_store(self) -> None:
         """Before any uploader opens it: clear what killed processes left, and settle this
