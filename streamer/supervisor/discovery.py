@@ -215,7 +215,8 @@ class Discovery:
         for tracked in self.table.all():
             if tracked.phase is Phase.ABANDONING:
                 continue
-            if self.ctx.store.get_stream(tracked.stream_id).cancel_requested:
+            record = self.ctx.store.find_stream(tracked.stream_id)
+            if record is not None and record.cancel_requested:  # None: forgotten meanwhile
                 cancelled = StreamState.CANCELLED.value
                 self.table.abandon(tracked, "cancelled by an operator", cancelled)
 

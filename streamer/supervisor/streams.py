@@ -152,7 +152,10 @@ class StreamTable:
             self.tell_owner(tracked, Grow(stream_id=tracked.stream_id, size=file.size))
 
     def assign(self, tracked: Tracked, now: float) -> None:
-        tracked.owner = choose_uploader(self.workers.loads())
+        loads = self.workers.loads()
+        if not loads:
+            return  # stopping: no uploader takes it now; the next start resumes it
+        tracked.owner = choose_uploader(loads)
         if tracked.phase is Phase.FINISHING:
             tracked.move_to(Phase.UPLOADING)
             tracked.changed_at = now
@@ -168,7 +171,8 @@ class StreamTable:
                 self.assign(tracked, now)
 
     def tell_owner(self, tracked: Tracked, message) -> None:
-        self.workers[tracked.owner].send(message)
+        if tracked.owner in self.workers:
+            self.workers[tracked.owner].send(message)
 
     def abandon(self, tracked: Tracked, reason: str, status: str = "partial") -> None:
         if self.paths.get(tracked.file.path) == tracked.stream_id:
