@@ -151,3 +151,29 @@ def _capable(capability: int) -> bool:
             if line.startswith("CapEff:"):
                 return bool(int(line.split()[1], 16) >> capability & 1)
     return False
+
+
+# Filesystems whose timestamps are kept to 2 s (FAT: SD cards in cameras and edge boxes),
+# or may be (exFAT, and FUSE block filesystems: exFAT or NTFS through FUSE).
+COARSE_TIMESTAMPS = frozenset({"vfat", "msdos", "exfat", "fuseblk", "fuse.fusefat"})
+COARSE_NS = 2_000_000_000
+
+
+def timestamp_granularity_ns(directory: str) -> int:
+    """How much coarser than a second the mtimes of the filesystem holding `directory`
+    may be (0 for the usual ones)."""
+    return COARSE_NS if filesystem_type(directory) in COARSE_TIMESTAMPS else 0
+
+
+def filesystem_type(directory: str) -> str | None:
+    """The type of the filesystem mounted deepest above `directory`."""
+    target = os.path.realpath(directory)
+    found, deepest = None, -1
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split(" ")
+            mount_point = fields[4].encode().decode("unicode_escape")  # "\040": a space
+            inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) > deepest:
+                found, deepest = fields[fields.index("-") + 1], len(mount_point)
+    return found

@@ -72,15 +72,21 @@ def next_step(
 SETTLED_NS = 1_000_000_000
 
 
-def settled(read_at_ns: int | None, read_mtime_ns: int | None, final_mtime_ns: int) -> bool:
+def settled(
+    read_at_ns: int | None,
+    read_mtime_ns: int | None,
+    final_mtime_ns: int,
+    granularity_ns: int = 0,
+) -> bool:
     """Are a chunk's bytes, as read at `read_at_ns` when the file's mtime was
     `read_mtime_ns`, still the file's bytes, now that its mtime is `final_mtime_ns`? Yes if
     no write came after the read: any write after it would carry a timestamp later than
     the read, so the mtime would have moved; the read must come well after the last write,
-    so that a write within the timestamps' granularity cannot hide."""
+    so that a write within the timestamps' granularity cannot hide (`granularity_ns`: how
+    much coarser than a second the filesystem keeps them, 2 s on FAT)."""
     if read_at_ns is None or read_mtime_ns != final_mtime_ns:
         return False
-    return read_at_ns - final_mtime_ns >= SETTLED_NS
+    return read_at_ns - final_mtime_ns >= SETTLED_NS + granularity_ns
 
 
 def is_idle(changed_at: float, now: float, idle_timeout: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
 import tempfile
 import threading
 from datetime import UTC, datetime
@@ -15,12 +16,14 @@ import pytest
 
 from streamer.fileio import (
     SourceChanged,
+    filesystem_type,
     is_finalised_file,
     lease_blindness,
     open_regular,
     read_into,
     sha256_of_range,
     size_of,
+    timestamp_granularity_ns,
 )
 from streamer.records import StreamRecord, StreamState
 
@@ -140,3 +143,16 @@ def test_whether_the_kernel_can_tell_a_file_is_open_for_writing():
     assert said.startswith("no CAP_LEASE: only files owned by uid 65534"), said
     assert os.listdir(tmp_path) == [], "the probe file is gone"
     shared.cleanup()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root")
+def test_the_filesystem_of_a_directory_is_the_one_mounted_deepest_above_it(tmp_path):
+    mount = tmp_path / "a mount"  # a space: escaped in /proc/self/mountinfo
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        (mount / "below").mkdir()
+        assert filesystem_type(str(mount / "below")) == "tmpfs"
+        assert timestamp_granularity_ns(str(mount)) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -129,6 +129,17 @@ def test_a_chunk_is_settled_only_if_read_well_after_the_last_write(
     assert settled(read_at, read_mtime, final_mtime) is expected
 
 
+@pytest.mark.parametrize(
+    ("read_after", "expected"),
+    [(1.5, False), (2.9, False), (3.0, True)],
+)
+def test_on_fat_a_chunk_is_settled_only_past_its_2_s_timestamps(read_after, expected):
+    """FAT keeps mtimes to 2 s: a write 1.9 s after the last one may leave the mtime as
+    it was, so a read must come a second past the granularity."""
+    mtime = 90 * S
+    assert settled(mtime + int(read_after * S), mtime, mtime, 2 * S) is expected
+
+
 SECOND = 1_000_000_000
 
 

@@ -90,10 +90,18 @@ class Completion:
         Raises FinishCalledOff if the file changes meanwhile. Touches neither the checkpoint
         nor the jobs: `finished` records the outcome."""
         check_still_idle(record.path, finish)
-        quiet = still_holds(quiet, finish, chunks, sent_hash)
+        granularity = self.ctx.granularity_ns
+        quiet = still_holds(quiet, finish, chunks, sent_hash, granularity)
         if quiet is None:
-            buffers = self.ctx.buffers
-            quiet = survey(record, chunks, finish.size, finish.mtime_ns, sent_hash, buffers)
+            quiet = survey(
+                record,
+                chunks,
+                finish.size,
+                finish.mtime_ns,
+                sent_hash,
+                self.ctx.buffers,
+                granularity_ns=granularity,
+            )
             self.surveyor.log(quiet, while_quiet=False, log_fields=log_fields)
         revised = self.reconcile(record, chunks, quiet, log_fields)
         sha256, drop_from = quiet.sha256, quiet.drop_from

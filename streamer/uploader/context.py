@@ -35,6 +35,7 @@ class Context:
     events: Mailbox  # to the supervisor
     log: logs.EventLog
     clock: Callable[[], float]
+    granularity_ns: int = 0  # how much coarser than a second the file timestamps are
     jobs: dict[str, Job] = field(default_factory=dict)  # by stream id
     starved: set[str] = field(default_factory=set)  # streams waiting for room in the window
     s3_reachable: bool | None = None

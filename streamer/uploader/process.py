@@ -18,6 +18,7 @@ from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
 from streamer.chunkstore import ChunkStore
 from streamer.config import Config, MiB
 from streamer.failures import Backoff
+from streamer.fileio import timestamp_granularity_ns
 from streamer.messages import Abandon, Assign, Finish, Grow, Mailbox, Moved, Retire, Stop
 from streamer.records import StreamState
 from streamer.uploader.assembly import Assembler
@@ -134,6 +135,7 @@ class Uploader:
             self.events,
             self.log,
             self.clock,
+            timestamp_granularity_ns(self.config.watch.directory),
         )
         self.ledger = Ledger(ctx)
         self.surveyor = Surveyor(ctx)

@@ -23,14 +23,19 @@ from streamer.uploader.reports import PrefixHash, Survey
 
 
 def still_holds(
-    survey: Survey | None, finish: Finish, chunks: list[ChunkRecord], sent: PrefixHash | None
+    survey: Survey | None,
+    finish: Finish,
+    chunks: list[ChunkRecord],
+    sent: PrefixHash | None,
+    granularity_ns: int = 0,
 ) -> Survey | None:
     """The survey made ahead, with its sha256, if the file is still what it surveyed and
     every chunk committed since was read after its last write; else None: survey it now."""
     if survey is None or not survey.holds(finish):
         return None
     later = chunks[survey.checked :]
-    if not all(settled(c.read_at_ns, c.read_mtime_ns, finish.mtime_ns) for c in later):
+    final = finish.mtime_ns
+    if not all(settled(c.read_at_ns, c.read_mtime_ns, final, granularity_ns) for c in later):
         return None
     if survey.sha256 is not None:
         return survey
@@ -48,6 +53,7 @@ def survey(
     sent_hash: PrefixHash | None,
     buffers: BufferPool,
     ahead: bool = False,
+    granularity_ns: int = 0,
 ) -> Survey:
     """Compare the uploaded chunks with the file, of `size` bytes last written at
     `mtime_ns`. Chunks read after that write are known to hold its bytes (not read
@@ -63,7 +69,7 @@ def survey(
             drop_from = chunk.index
             break
         length = min(chunk.size, size - chunk.offset)
-        known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns)
+        known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns, granularity_ns)
         if known and length == chunk.size and whole is None:
             continue
         with reading(record, chunk.offset, length, buffers) as data:
@@ -91,7 +97,8 @@ class Surveyor:
         self.ctx = ctx
         # After half the idle timeout, and after policy.SETTLED_NS: what is read then is
         # known to be the file's bytes if its mtime has not moved by completion.
-        self.quiet_after = max(ctx.config.stream.idle_timeout / 2, 1.5 * SETTLED_NS / 1e9)
+        settle_s = (SETTLED_NS + ctx.granularity_ns) / 1e9
+        self.quiet_after = max(ctx.config.stream.idle_timeout / 2, 1.5 * settle_s)
 
     def plan(self, job: Job) -> None:
         """Survey a stream with nothing to send but its tail ahead of completion, once its
@@ -130,7 +137,15 @@ class Surveyor:
         """In a finisher thread, which may come to it late: the file compared at the size
         and mtime it was quiet at when planned, or None if it has changed since. (Any write
         since moves the mtime: it comes half an idle timeout after the planned one.)"""
-        quiet = survey(record, chunks, *planned, sent_hash, self.ctx.buffers, ahead=True)
+        quiet = survey(
+            record,
+            chunks,
+            *planned,
+            sent_hash,
+            self.ctx.buffers,
+            ahead=True,
+            granularity_ns=self.ctx.granularity_ns,
+        )
         st = os.stat(record.path)
         return quiet if (st.st_size, st.st_mtime_ns) == planned else None
 
