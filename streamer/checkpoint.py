@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Callable, Iterator
 
 import lmdb
@@ -125,6 +126,9 @@ class CheckpointStore:
         already in S3 would no longer be found."""
 
         def write(txn):
+            if txn.get(b"store_id", db=self._meta) is None:
+                # Its identity in the bucket: the claim on the instance name (.owner).
+                txn.put(b"store_id", uuid.uuid4().hex.encode(), db=self._meta)
             stored = txn.get(b"instance", db=self._meta)
             if stored is None:
                 txn.put(b"instance", (wanted or default).encode(), db=self._meta)
@@ -310,6 +314,10 @@ class CheckpointStore:
             txn.delete(stream_id.encode(), db=self._streams)
 
         self._write(write)
+
+    def store_id(self) -> str:
+        with self._read() as txn:
+            return txn.get(b"store_id", db=self._meta).decode()
 
     def instance(self) -> str | None:
         with self._read() as txn:

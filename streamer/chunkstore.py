@@ -86,6 +86,10 @@ def server_side_encryption(setting: str) -> Sse | None:
     return None
 
 
+class Taken(Exception):
+    """A conditional write found an object at the key already: nothing was written."""
+
+
 class BucketMissing(Exception):
     """The bucket is not there, and streamer may not create it."""
 
@@ -152,6 +156,7 @@ class ChunkStore:
         self.layout = Layout(config.prefix, instance)
         self._sse = server_side_encryption(config.sse)
         self._bandwidth = bandwidth
+        self._conditional = True  # the server honours If-None-Match on a PUT
         http = http_pool(config, connections)
         self._client = _Client(
             config.endpoint,
@@ -174,8 +179,12 @@ class ChunkStore:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
-    def put(self, key: str, data: bytes, sha256: str, content_type: str) -> str:
-        """Upload `data`, whose sha256 is given, in one PUT and return its ETag."""
+    def put(
+        self, key: str, data: bytes, sha256: str, content_type: str, if_absent: bool = False
+    ) -> str:
+        """Upload `data`, whose sha256 is given, in one PUT and return its ETag.
+        `if_absent`: only if no object is at the key (raises Taken), where the server can
+        say so; one that cannot is written to as before."""
         headers = genheaders(
             {"Content-Type": content_type, SHA256_META: sha256}, self._sse, None, None, False
         )
@@ -183,8 +192,26 @@ class ChunkStore:
         headers["x-amz-content-sha256"] = sha256
         # Stored with the object, and what S3 asks of a PUT to an Object Lock bucket.
         headers["x-amz-checksum-sha256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        if if_absent and self._conditional:
+            headers["If-None-Match"] = "*"
         body = self._bandwidth.pace(data) if self._bandwidth else data
-        return self._client._put_object(self.bucket, key, body, headers).etag
+        try:
+            return self._client._put_object(self.bucket, key, body, headers).etag
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise Taken(key) from None
+            if "If-None-Match" in headers and exc.code == "NotImplemented":
+                self._conditional = False
+                return self.put(key, data, sha256, content_type)
+            raise
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        try:
+            return self.get(key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return None
+            raise
 
     def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> str:
         """Upload `length` bytes read from `stream` (multipart when large); return the ETag."""

@@ -22,5 +22,9 @@ class Layout:
     def assembled_key(self, stream_id: str, file_name: str) -> str:
         return f"{self.stream_prefix(stream_id)}{file_name}"
 
+    def owner_key(self) -> str:
+        """The instance's claim: which checkpoint store writes under it."""
+        return f"{self.stream_prefix('')}.owner"
+
     def manifest_key(self, stream_id: str) -> str:
         return f"{self.stream_prefix(stream_id)}metadata.json"

@@ -14,7 +14,9 @@ import urllib.request
 import lmdb
 import pytest
 from conftest import (
+    ACCESS_KEY,
     FAST_RETRIES,
+    SECRET_KEY,
     GrowingFile,
     MinioUser,
     assert_exact,
@@ -31,7 +33,9 @@ from conftest import (
     wait_until,
 )
 
-from streamer.config import Config
+from streamer.chunkstore import ChunkStore
+from streamer.config import Config, S3Config
+from streamer.uploader.sending import place_chunk
 
 pytestmark = pytest.mark.integration
 
@@ -624,3 +628,47 @@ def test_an_unreadable_stream_record_is_passed_over_and_the_rest_runs(make_daemo
     assert_exact(minio, daemon, finished["stream_id"], fresh)
     time.sleep(2.5)  # a rescan has passed: reported once
     assert len(daemon.find("stream_unreadable")) == 1
+
+
+def test_one_instance_name_has_one_owner(make_daemon, minio):
+    """Two hosts, two checkpoint stores, one instance name in one bucket: the first claims
+    it; the second refuses to start (exit 3), saying how to resolve it, and writes nothing."""
+    first = make_daemon(home="first").start()
+    (first.watch / "mine.mp4").write_bytes(hashlib.shake_256(b"mine").digest(100 * KiB))
+    first.wait_for("stream_finished")
+    claim = object_bytes(minio.client, first.bucket, "rec/test-host/.owner").decode()
+
+    second = make_daemon(home="second")
+    second.expect("instance_taken", "uploader_died", "halting", exit_codes=(3,))
+    (second.watch / "theirs.mp4").write_bytes(b"t" * 100 * KiB)
+    second.start(wait=False)
+    assert second.process.wait(30) == 3
+    [taken] = second.find("instance_taken")
+    assert (
+        claim in taken["error"] and "give this host an instance name of its own" in taken["error"]
+    )
+    assert "delete s3://" in taken["error"]
+    assert not second.find("chunk_uploaded")
+    assert object_bytes(minio.client, first.bucket, "rec/test-host/.owner").decode() == claim
+
+
+@both_servers
+def test_a_chunk_put_never_overwrites_an_object_it_did_not_write(server, bucket):
+    """Where the server takes a conditional PUT (If-None-Match), an object at the key goes
+    to the next revision instead of being written over, even without a probe."""
+    config = S3Config(
+        endpoint=server.endpoint,
+        bucket=bucket,
+        prefix="rec",
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+    )
+    s3 = ChunkStore(config, "test-host")
+    foreign = b"written by someone else"
+    key = s3.layout.chunk_key("s", 0)
+    server.client.put_object(bucket, key, io.BytesIO(foreign), len(foreign))
+    data = b"the chunk's bytes"
+    revision, _, seconds = place_chunk(s3, "s", 0, 0, data, hashlib.sha256(data).hexdigest(), False)
+    assert (revision, seconds is not None) == (1, True)
+    assert object_bytes(server.client, bucket, key) == foreign
+    assert object_bytes(server.client, bucket, s3.layout.chunk_key("s", 0, 1)) == data

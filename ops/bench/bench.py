@@ -440,6 +440,7 @@ def ready_time(work: Path, minio: MinioServer, counts=READY_COUNTS) -> dict:
         store.backup(str(home / "checkpoint"))
         store.close()
         shutil.rmtree(shm)
+        clear(minio)  # a new checkpoint store: the last one's claim on the instance goes
         daemon = Streamer(home, minio, home / "input")
         daemon.start()
         wait_until(daemon.ready, 120, interval=0.01, what="streamer ready")

@@ -5,6 +5,7 @@ under way land and be committed before the process exits."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import select
 import signal
@@ -15,7 +16,7 @@ from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
-from streamer.chunkstore import ChunkStore
+from streamer.chunkstore import ChunkStore, Taken
 from streamer.config import Config, MiB
 from streamer.failures import Backoff
 from streamer.fileio import timestamp_granularity_ns
@@ -37,6 +38,11 @@ PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
 
 BUCKET_EVENTS = {"transient": "s3_unreachable", "rejected": "s3_rejected", "failed": "s3_rejected"}
+
+
+class InstanceTaken(Exception):
+    """Another checkpoint store claims this instance name in the bucket: two hosts under
+    one name would write over each other's streams."""
 
 
 def main(
@@ -74,6 +80,7 @@ class Uploader:
         self.clock = clock
         self.parent_pid = parent_pid
         self.stopping = False
+        self.exit_code = EXIT_OK
         self.bucket_ready = False
         self.bucket_backoff = Backoff()
         self.log = logs.EventLog(f"uploader.{worker_id}")
@@ -90,7 +97,7 @@ class Uploader:
         self.settle()
         self.ctx.store.close()
         self.log.info("uploader_stopped", worker=self.worker_id)
-        return EXIT_OK
+        return self.exit_code
 
     def init_process(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -168,14 +175,42 @@ class Uploader:
         return self.schedule.wait_time(now)
 
     def check_bucket(self, now: float) -> None:
-        """S3 is asked first thing, so /readyz tells whether S3 works before any file comes."""
+        """S3 is asked first thing, so /readyz tells whether S3 works before any file comes;
+        and whether this host may write under its instance name."""
         try:
             self.ctx.s3.ensure_bucket(self.config.s3.create_bucket)
+            self.claim_instance()
+        except InstanceTaken as exc:
+            self.log.error("instance_taken", error=str(exc))
+            self.exit_code, self.stopping = EXIT_BOOT_ERROR, True  # restarting cannot help
+            return
         except Exception as exc:
             self.ctx.fail(self.bucket_backoff, exc, now, BUCKET_EVENTS)
             return
         self.bucket_ready = True
         self.ctx.s3_state(True)
+
+    def claim_instance(self) -> None:
+        """The first store to write under an instance name claims it (a conditional PUT
+        of its id, where S3 supports one); any other is refused."""
+        s3, mine = self.ctx.s3, self.ctx.store.store_id()
+        key = s3.layout.owner_key()
+        owner = s3.get_if_exists(key)
+        if owner is None:
+            claim = mine.encode()
+            try:
+                s3.put(key, claim, hashlib.sha256(claim).hexdigest(), "text/plain", if_absent=True)
+                return
+            except Taken:
+                owner = s3.get_if_exists(key)
+        if owner is not None and owner.decode(errors="replace") != mine:
+            where = f"s3://{s3.bucket}/{key}"
+            raise InstanceTaken(
+                f"instance {self.config.instance!r} is claimed by another checkpoint store "
+                f"({owner.decode(errors='replace')}; this one is {mine}), in {where}: give this "
+                "host an instance name of its own (instance, STREAMER_INSTANCE), or, if that "
+                f"store is gone for good, delete {where} and start again"
+            )
 
     def work_on(self, job: Job, now: float) -> None:
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-from streamer.chunkstore import ChunkStore
+from streamer.chunkstore import ChunkStore, Taken
 from streamer.fileio import read_into
 from streamer.policy import UploadChunk
 from streamer.records import StreamRecord
@@ -31,9 +31,14 @@ def place_chunk(
         stored = s3.stat(key) if probe else None
         if stored is None:
             started = time.perf_counter()
-            etag = s3.put(key, data, sha256, "application/octet-stream")
-            return revision, etag, time.perf_counter() - started
-        if stored.size == len(data) and stored.sha256 == sha256:
+            try:
+                etag = s3.put(key, data, sha256, "application/octet-stream", if_absent=True)
+                return revision, etag, time.perf_counter() - started
+            except Taken:
+                # Written by someone else since (another host under this instance name,
+                # or an upload no checkpoint recorded): never overwritten.
+                stored = s3.stat(key)
+        if stored is not None and stored.size == len(data) and stored.sha256 == sha256:
             return revision, stored.etag, None
         revision += 1
 
