@@ -762,3 +762,15 @@ def assert_exact(server: S3Server, daemon: Daemon, stream_id: str, path: Path) -
     ends = [c["offset"] + c["size"] for c in manifest["chunks"]]
     assert [c["offset"] for c in manifest["chunks"]] == [0, *ends[:-1]]
     return manifest
+
+
+def others_flow(server: S3Server, daemon: Daemon, parked: str, path: Path, data: bytes) -> None:
+    """Another recording finishes exact while the stream `parked` waits."""
+    path.write_bytes(data)
+    flowed = wait_until(
+        lambda: [e for e in daemon.find("stream_finished") if e["stream_id"] != parked],
+        30,
+        what="the other stream to finish",
+    )[0]
+    assert_exact(server, daemon, flowed["stream_id"], path)
+    assert not daemon.find("stream_finished", stream_id=parked)

@@ -11,11 +11,11 @@ import pytest
 from conftest import (
     FAST_RETRIES,
     MinioUser,
-    assert_exact,
     both_servers,
     cli,
     manifest_of,
     object_bytes,
+    others_flow,
     reassemble,
     scrape,
     sha256_file,
@@ -218,15 +218,7 @@ def test_a_refused_part_copy_waits_while_the_other_streams_flow(
     append(path, data[5 * MiB :])
     failed = daemon.wait_for("part_copy_failed", stream_id=stream_id)
     assert all("AccessDenied" in f["error"] for f in failed)
-    other = daemon.watch / "other.mp4"
-    other.write_bytes(recording("other", 1 * MiB))
-    flowed = wait_until(
-        lambda: [e for e in daemon.find("stream_finished") if e["stream_id"] != stream_id],
-        30,
-        what="the other stream to finish",
-    )[0]
-    assert_exact(minio, daemon, flowed["stream_id"], other)
-    assert not daemon.find("stream_finished", stream_id=stream_id)
+    others_flow(minio, daemon, stream_id, daemon.watch / "other.mp4", recording("other", MiB))
 
     user.refuse_puts()
     daemon.wait_for("stream_finished", stream_id=stream_id, timeout=60)

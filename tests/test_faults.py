@@ -27,6 +27,7 @@ from conftest import (
     manifest_of,
     object_bytes,
     objects,
+    others_flow,
     port_of,
     scrape,
     sha256_file,
@@ -263,15 +264,8 @@ def test_a_refused_metadata_json_parks_its_stream_and_the_others_flow(
     stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
     rejections = daemon.wait_for("s3_rejected", count=2, stream_id=stream_id)
     assert all("AccessDenied" in r["error"] for r in rejections)
-    other = daemon.watch / "other.mp4"
-    other.write_bytes(hashlib.shake_256(b"other").digest(100 * KiB))
-    flowed = wait_until(
-        lambda: [e for e in daemon.find("stream_finished") if e["stream_id"] != stream_id],
-        30,
-        what="the other stream to finish",
-    )[0]
-    assert_exact(minio, daemon, flowed["stream_id"], other)
-    assert not daemon.find("stream_finished", stream_id=stream_id)
+    other = hashlib.shake_256(b"other").digest(100 * KiB)
+    others_flow(minio, daemon, stream_id, daemon.watch / "other.mp4", other)
 
     user.refuse_puts()
     daemon.wait_for("stream_finished", stream_id=stream_id, timeout=30)
