@@ -11,6 +11,12 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/streamer streamer \
  && chown streamer:streamer /var/lib/streamer
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+# CAP_LEASE for the interpreter, permitted but not effective: streamer raises it when the
+# container is given it (cap_add: LEASE), so that retention can tell whether a recording
+# another user writes is still open before it deletes it. Without it, nothing changes but
+# a retention_blind warning.
+RUN python -c "import os, struct, sys; os.setxattr(os.path.realpath(sys.executable), \
+      'security.capability', struct.pack('<5I', 0x02000000, 1 << 28, 0, 0, 0))"
 USER streamer
 ENV PYTHONUNBUFFERED=1 \
     STREAMER_WATCH_DIRECTORY=/input \

@@ -5,6 +5,7 @@ the admin commands."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -143,6 +144,33 @@ def lease_blindness(directory: str) -> str | None:
             "recording another user writes could be deleted while it is still open"
         )
     return None
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def raise_capability(capability: int) -> bool:
+    """Make a capability this process is permitted (the image grants CAP_LEASE to its
+    interpreter, permitted but not effective) effective; False if it is not permitted
+    (the container was not given it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) != 0:
+        return False
+    word, bit = divmod(capability, 32)
+    if not data[word].permitted >> bit & 1:
+        return False
+    data[word].effective |= 1 << bit
+    return libc.capset(ctypes.byref(header), data) == 0
 
 
 def _capable(capability: int) -> bool:

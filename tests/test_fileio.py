@@ -15,11 +15,13 @@ import msgspec
 import pytest
 
 from streamer.fileio import (
+    CAP_LEASE,
     SourceChanged,
     filesystem_type,
     is_finalised_file,
     lease_blindness,
     open_regular,
+    raise_capability,
     read_into,
     sha256_of_range,
     size_of,
@@ -126,21 +128,22 @@ def test_whether_the_kernel_can_tell_a_file_is_open_for_writing():
     shared = tempfile.TemporaryDirectory(prefix="lease-")  # where `nobody` may write
     tmp_path = Path(shared.name)
     tmp_path.chmod(0o777)
-    assert lease_blindness(str(tmp_path)) is None
+    assert raise_capability(CAP_LEASE) and lease_blindness(str(tmp_path)) is None
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # as `nobody`, without CAP_LEASE
         try:
             os.setgid(65534)
             os.setuid(65534)
-            os.write(write, str(lease_blindness(str(tmp_path))).encode())
+            raised = raise_capability(CAP_LEASE)  # not permitted: not raised
+            os.write(write, f"{raised} {lease_blindness(str(tmp_path))}".encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as answer:
         said = answer.read()
     os.waitpid(child, 0)
-    assert said.startswith("no CAP_LEASE: only files owned by uid 65534"), said
+    assert said.startswith("False no CAP_LEASE: only files owned by uid 65534"), said
     assert os.listdir(tmp_path) == [], "the probe file is gone"
     shared.cleanup()
 

@@ -19,7 +19,7 @@ from streamer import bandwidth, logs, metrics, naming
 from streamer.checkpoint import CheckpointError
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
-from streamer.fileio import lease_blindness
+from streamer.fileio import CAP_LEASE, lease_blindness, raise_capability
 from streamer.logs import describe
 from streamer.messages import (
     CheckpointState,
@@ -337,6 +337,7 @@ class Supervisor:
             raise OSError(f"checkpoint.path {path} is not writable")
 
     def check_leases(self) -> None:
+        raise_capability(CAP_LEASE)  # where the image and the container grant it
         blind = lease_blindness(self.config.watch.directory)
         metrics.RETENTION_BLIND.set(1 if blind else 0)
         if blind:

@@ -206,6 +206,30 @@ def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, 
     assert SECRET not in stack.logs()
 
 
+LEASE_PROBE = (
+    "from streamer.fileio import CAP_LEASE, lease_blindness, raise_capability; "
+    "raise_capability(CAP_LEASE); print(lease_blindness('/tmp'))"
+)
+
+
+def test_retention_in_the_stack_can_tell_a_recording_is_still_open(stack):
+    """The image permits CAP_LEASE to its interpreter and the compose file gives it to the
+    container, so retention can take a lease on a recording another user writes; the same
+    image run without it says why it cannot."""
+    given = stack.run("run", "--rm", "--no-deps", "--entrypoint", "python", "streamer", "-c",
+                      LEASE_PROBE)  # fmt: skip
+    assert given.stdout.strip().splitlines()[-1] == "None", given.stdout + given.stderr
+    image = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Image}}", stack.container("streamer")],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    bare = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "python", image, "-c", LEASE_PROBE],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bare.stdout.startswith("no CAP_LEASE"), bare.stdout + bare.stderr
+
+
 @pytest.mark.parametrize("version", sorted(IMPLEMENTATIONS))
 def test_the_monitoring_profile_adds_prometheus_and_grafana(version):
     stack = Stack(version, ROOT)
