@@ -157,6 +157,27 @@ def test_a_file_still_open_for_writing_or_too_young_or_forgotten_is_kept(
     assert deleted_names(daemon) == ["young.mp4"]
 
 
+def test_without_a_lease_retention_says_at_start_that_it_is_blind(make_daemon, minio, recording):
+    """streamer without CAP_LEASE, and a recorder of another user holding its file open:
+    the kernel cannot tell streamer, so it says so at start (retention_blind, the metric),
+    and only retention.min_age keeps the file meanwhile."""
+    daemon = make_daemon(
+        wrapper=["setpriv", "--bounding-set", "-lease"],
+        retention={"delete_after_upload": True, "min_age": 30},
+    )
+    paused = place(recording, daemon.watch / "paused.mp4")
+    os.chown(paused, 65534, 65534)
+    with open(paused, "ab"):  # a recorder that paused, its file still open
+        daemon.start()
+        blind = daemon.wait_for("retention_blind")[0]
+        assert blind["reason"].startswith("no CAP_LEASE") and blind["min_age"] == 30
+        assert scrape(daemon)["streamer_retention_blind"] == 1
+        finished_ids(daemon, 1)
+        time.sleep(3)  # retention has looked: too young to go
+        assert paused.read_bytes() == recording.read_bytes()
+        assert not daemon.find("source_deleted")
+
+
 def test_a_file_changed_after_it_finished_is_a_new_generation_deleted_in_its_turn(
     make_daemon, minio, recording, tmp_path
 ):
