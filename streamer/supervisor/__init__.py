@@ -3,6 +3,7 @@ exactly one uploader process, and keeps the uploaders alive. Its roles, one modu
 
 - daemon      its life: start, the loop, signals, uploaders' messages, readiness, stop
 - context     what every role works with: settings, clock, log, watcher, checkpoint store
+- startup     before the loop: directories, the store and the instance name, leases
 - workers     the uploader processes: forked, told, reaped, restarted within a budget
 - streams     the table of unfinished streams, their phases and owners, the path index
 - discovery   file events and scans: streams discovered, grown, moved, lost, idle

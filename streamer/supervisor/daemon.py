@@ -13,13 +13,10 @@ import signal
 import time
 from collections import deque
 
-import msgspec
-
-from streamer import bandwidth, logs, metrics, naming
+from streamer import bandwidth, logs, metrics
 from streamer.checkpoint import CheckpointError
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
-from streamer.fileio import CAP_LEASE, lease_blindness, raise_capability
 from streamer.logs import describe
 from streamer.messages import (
     CheckpointState,
@@ -33,6 +30,7 @@ from streamer.messages import (
     StreamFinished,
 )
 from streamer.policy import oldest_uncommitted_age
+from streamer.supervisor import startup
 from streamer.supervisor.context import Context
 from streamer.supervisor.discovery import Discovery
 from streamer.supervisor.retirement import Retirement
@@ -106,10 +104,10 @@ class Supervisor:
                 message="s3.tls_skip_verify is on: anyone on the path to S3 can read and change "
                 "the uploads. For development only; use s3.ca_file for a private CA.",
             )
-        self.check_directories()
+        startup.check_directories(config)
         if config.retention.enabled:
-            self.check_leases()
-        self.prepare_store()
+            startup.check_leases(self.ctx)
+        startup.prepare_store(self.ctx)
         self.install_signals()
         rate = config.s3.max_bytes_per_second
         self.workers.bandwidth = bandwidth.TokenBucket(rate) if rate else None
@@ -326,44 +324,7 @@ class Supervisor:
         }
         return all(c["ok"] for c in checks.values()), checks
 
-    # Checkpoint store and gauges
-
-    def check_directories(self) -> None:
-        if not os.path.isdir(self.config.watch.directory):
-            raise OSError(f"watch.directory {self.config.watch.directory} is not a directory")
-        path = self.config.checkpoint.path
-        os.makedirs(path, exist_ok=True)
-        if not os.access(path, os.W_OK):
-            raise OSError(f"checkpoint.path {path} is not writable")
-
-    def check_leases(self) -> None:
-        raise_capability(CAP_LEASE)  # where the image and the container grant it
-        blind = lease_blindness(self.config.watch.directory)
-        metrics.RETENTION_BLIND.set(1 if blind else 0)
-        if blind:
-            self.log.warning(
-                "retention_blind",
-                reason=blind,
-                min_age=self.config.retention.min_age,
-                message="whether a recording is still open for writing cannot be known: "
-                "retention.min_age is the only guard; set it above your recorders' "
-                "longest pause",
-            )
-
-    def prepare_store(self) -> None:
-        """Before any uploader opens it: clear what killed processes left, and settle this
-        host's instance name, which every uploader then writes its keys under."""
-        ctx = self.ctx
-        ctx.open_store()
-        try:
-            cleared = ctx.store.clear_stale_readers()
-            if cleared:
-                self.log.info("stale_readers_cleared", count=cleared)
-            instance = ctx.store.claim_instance(ctx.config.instance, naming.host_instance())
-        finally:
-            ctx.close_store()
-        ctx.config = msgspec.structs.replace(ctx.config, instance=instance)
-        self.log.info("instance", instance=instance)
+    # Gauges
 
     def update_gauges(self, now: float) -> None:
         streams = self.table.all()
