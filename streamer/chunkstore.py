@@ -86,6 +86,10 @@ def server_side_encryption(setting: str) -> Sse | None:
     return None
 
 
+# What S3 (and servers like it) answer for a key that holds no object.
+MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
+
+
 class Taken(Exception):
     """A conditional write found an object at the key already: nothing was written."""
 
@@ -209,7 +213,7 @@ class ChunkStore:
         try:
             return self.get(key)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            if exc.code in MISSING:
                 return None
             raise
 
@@ -324,7 +328,7 @@ class ChunkStore:
         try:
             info = self._client.stat_object(self.bucket, key)
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            if exc.code in MISSING:
                 # minio-py's frames and this error form a reference cycle, which would keep
                 # every caller's frame, and a chunk buffer with it, until the cyclic garbage
                 # collector ran: with many streams, a dozen chunks per uploader.

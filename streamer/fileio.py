@@ -162,23 +162,32 @@ def raise_capability(capability: int) -> bool:
     """Make a capability this process is permitted (the image grants CAP_LEASE to its
     interpreter, permitted but not effective) effective; False if it is not permitted
     (the container was not given it)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
-    if libc.capget(ctypes.byref(header), data) != 0:
+    try:
+        header, data = _capabilities()
+    except OSError:
         return False
     word, bit = divmod(capability, 32)
     if not data[word].permitted >> bit & 1:
         return False
     data[word].effective |= 1 << bit
-    return libc.capset(ctypes.byref(header), data) == 0
+    return _libc().capset(ctypes.byref(header), data) == 0
 
 
 def _capable(capability: int) -> bool:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> capability & 1)
-    return False
+    word, bit = divmod(capability, 32)
+    return bool(_capabilities()[1][word].effective >> bit & 1)
+
+
+def _capabilities() -> tuple[_CapHeader, ctypes.Array]:
+    """This process's capability sets, as capget(2) gives them."""
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if _libc().capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    return header, data
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 # Filesystems whose timestamps are kept to 2 s (FAT: SD cards in cameras and edge boxes),

@@ -24,7 +24,6 @@ import os
 import stat
 
 import msgspec
-from minio.error import S3Error
 
 from streamer import manifest
 from streamer.audit import chunk_problems
@@ -87,12 +86,11 @@ def check_assembled(record: StreamRecord, s3: ChunkStore) -> None:
 
 def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
     key = s3.layout.manifest_key(record.stream_id)
+    body = s3.get_if_exists(key)
+    if body is None:
+        raise Kept(f"metadata.json is missing from S3 ({key})")
     try:
-        written = manifest.decode(s3.get(key))
-    except S3Error as exc:
-        if exc.code in ("NoSuchKey", "NoSuchObject"):
-            raise Kept(f"metadata.json is missing from S3 ({key})") from None
-        raise
+        written = manifest.decode(body)
     except msgspec.DecodeError as exc:
         raise Kept(f"metadata.json does not read back: {exc}") from None
     read_back = (

@@ -45,18 +45,10 @@ class InstanceTaken(Exception):
     one name would write over each other's streams."""
 
 
-def main(
-    worker_id: int,
-    config: Config,
-    commands: Mailbox,
-    events: Mailbox,
-    parent_pid: int,
-    inherited_fds: list[int],
-    bandwidth: TokenBucket | None,
-) -> None:
-    """Entry point in the forked child; its exit code tells the supervisor how it ended."""
-    uploader = Uploader(worker_id, config, commands, events, parent_pid, inherited_fds, bandwidth)
-    raise SystemExit(uploader.run())
+def main(*args) -> None:
+    """Entry point in the forked child, with Uploader's arguments; its exit code tells the
+    supervisor how it ended."""
+    raise SystemExit(Uploader(*args).run())
 
 
 class Uploader:
