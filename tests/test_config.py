@@ -164,10 +164,10 @@ def test_the_credential_source_is_named_never_shown(tmp_path, data, env, expecte
     assert config.credential_source(cfg, env) == expected
 
 
-def test_every_setting_has_an_environment_variable_in_the_readme():
-    readme = (ROOT / "README.md").read_text()
+def test_every_setting_has_an_environment_variable_in_the_configuration_docs():
+    docs = (ROOT / "docs" / "configuration.md").read_text()
     missing = [
-        config.env_name(s, k) for s, k in config.settings() if config.env_name(s, k) not in readme
+        config.env_name(s, k) for s, k in config.settings() if config.env_name(s, k) not in docs
     ]
     assert not missing
 

@@ -1,24 +1,35 @@
-"""The README's lists say what the code does: every log event and every metric, both ways."""
+"""The documentation says what the code does, and holds together.
+
+docs/observability.md lists every log event and every metric, both ways; every relative
+link in the README, CONTRIBUTING.md and docs/ leads somewhere; every setting in
+config.example.json is in docs/configuration.md; the README stays short."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
+import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from streamer import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+OBSERVABILITY = DOCS / "observability.md"
+CONFIGURATION = DOCS / "configuration.md"
+README_MAX_LINES = 250
 LOG_METHODS = {"debug", "info", "warning", "error"}
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start:end]
+def section(path: Path, title: str) -> str:
+    """The `## title` section of a Markdown file, up to the next `## ` heading."""
+    text = path.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end == -1 else text[start:end]
 
 
 def logged_events() -> set[str]:
@@ -81,20 +92,20 @@ def test_the_event_finder_sees_direct_and_forwarded_events():
     assert {"s3_unreachable", "s3_rejected", "upload_retry"} <= found  # a `*_EVENTS` map
 
 
-def test_every_logged_event_is_in_the_readme_and_every_listed_one_is_logged():
-    listed = set(re.findall(r"`([a-z][a-z0-9_]*)`", section("Logs")))
+def test_every_logged_event_is_in_the_docs_and_every_listed_one_is_logged():
+    listed = set(re.findall(r"`([a-z][a-z0-9_]*)`", section(OBSERVABILITY, "Logs")))
     logged = logged_events()
-    assert sorted(logged - listed) == [], "logged but not in the README's Logs list"
+    assert sorted(logged - listed) == [], "logged but not in the Logs list of docs/observability.md"
     # Fields and values the section names beside the events.
     fields = {"ts", "level", "event", "role", "pid", "stream_id", "supervisor", "uploaded"}
     missing = sorted(listed - logged - fields)
-    assert missing == [], "in the README's Logs list but never logged"
+    assert missing == [], "in the Logs list of docs/observability.md but never logged"
 
 
-def test_the_readme_metrics_table_is_the_code_s_metrics():
+def test_the_metrics_table_in_the_docs_is_the_code_s_metrics():
     table = re.findall(
         r"^\| `(streamer_[a-z0-9_]+)(?:\{([a-z_,]+)\})?` \| (\w+) \|",
-        section("Metrics and health"),
+        section(OBSERVABILITY, "Metrics and health"),
         re.M,
     )
     documented = {
@@ -106,3 +117,131 @@ def test_the_readme_metrics_table_is_the_code_s_metrics():
             name = value._name + ("_total" if value._type == "counter" else "")
             defined[name] = (value._type, tuple(value._labelnames))
     assert documented == defined
+
+
+# Links: every relative link in the project's Markdown leads to a file, and an anchor into
+# a Markdown file (this one, for a bare `#anchor`) to one of its headings.
+
+DOC_FILES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted(DOCS.glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+EXTERNAL = re.compile(r"^(?:https?://|mailto:)", re.I)
+HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$")
+
+
+def outside_code_blocks(text: str) -> list[str]:
+    """The lines of a Markdown text that are not in a fenced code block."""
+    lines, fence = [], ""
+    for line in text.splitlines():
+        marker = re.match(r"^\s*(`{3,}|~{3,})", line)
+        if not fence and marker:
+            fence = marker.group(1)
+        elif fence and line.lstrip().startswith(fence):
+            fence = ""
+        elif not fence:
+            lines.append(line)
+    return lines
+
+
+def links(text: str) -> list[str]:
+    """Link targets, `[text](target)`, in prose: not in code blocks or inline code."""
+    prose = [re.sub(r"`[^`]*`", "", line) for line in outside_code_blocks(text)]
+    return [m.group(1) for line in prose for m in LINK.finditer(line)]
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file: lower case, punctuation
+    dropped, spaces made hyphens, `-1`, `-2`... after a repeated one."""
+    seen: dict[str, int] = {}
+    for line in outside_code_blocks(text):
+        heading = HEADING.match(line)
+        if heading:
+            words = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1))
+            slug = re.sub(r"[^\w\- ]", "", words.lower()).replace(" ", "-")
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            if count:
+                seen[f"{slug}-{count}"] = 1
+    return set(seen)
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
+def broken_links(path: Path) -> list[str]:
+    broken = []
+    for target in links(path.read_text()):
+        if EXTERNAL.match(target):
+            continue
+        file_part, _, anchor = target.partition("#")  # `#anchor` alone: this file
+        resolved = (path.parent / file_part).resolve() if file_part else path
+        if not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved.read_text()):
+            broken.append(f"{target}: no heading #{anchor} in {shown(resolved)}")
+    return broken
+
+
+def test_the_link_checker_finds_links_anchors_and_breakage(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Exit status of `streamer run`\n\n## Metrics, and health\n\n## Notes\n\n## Notes\n\n"
+        "See [here](page.md#exit-status-of-streamer-run), [there](#metrics-and-health),\n"
+        "[again](page.md#notes-1), [web](https://example.com/x.md) and [gone](missing.md).\n"
+        "[lost](page.md#nowhere) `[code](not-a-link.md)`\n\n"
+        "```sh\n# not a heading\n[nor](a-link.md)\n```\n"
+    )
+    assert anchors(page.read_text()) == {
+        "exit-status-of-streamer-run",
+        "metrics-and-health",
+        "notes",
+        "notes-1",
+    }
+    assert len(links(page.read_text())) == 6
+    assert broken_links(page) == [
+        "missing.md: no such file",
+        "page.md#nowhere: no heading #nowhere in page.md",
+    ]
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_leads_to_a_file_and_heading_that_exist(path):
+    assert path.exists()
+    assert broken_links(path) == []
+
+
+def test_the_readme_links_every_document():
+    targets = {target.partition("#")[0] for target in links((ROOT / "README.md").read_text())}
+    wanted = {str(p.relative_to(ROOT)) for p in DOC_FILES if p.name != "README.md"}
+    assert sorted(wanted - targets) == []
+
+
+# Settings: config.example.json's every key is documented.
+
+
+def example_settings() -> list[tuple[str, str]]:
+    """(`section.key`, its STREAMER_ variable) for every setting in config.example.json."""
+    data = json.loads((ROOT / "config.example.json").read_text())
+    settings = []
+    for name, value in data.items():
+        keys = [f"{name}.{key}" for key in value] if isinstance(value, dict) else [name]
+        settings += [(key, "STREAMER_" + key.replace(".", "_").upper()) for key in keys]
+    return settings
+
+
+def test_every_setting_in_the_example_config_is_in_the_configuration_docs():
+    text = CONFIGURATION.read_text()
+    settings = example_settings()
+    assert ("s3.secret_key", "STREAMER_S3_SECRET_KEY") in settings
+    assert ("workers", "STREAMER_WORKERS") in settings
+    missing = [
+        name
+        for name, variable in settings
+        if f"`{name}`" not in text and not re.search(rf"\b{variable}\b", text)
+    ]
+    assert missing == [], "in config.example.json, not in docs/configuration.md"
+
+
+def test_the_readme_stays_short():
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines < README_MAX_LINES, "move the detail into docs/"

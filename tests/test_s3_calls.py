@@ -1,4 +1,4 @@
-"""streamer makes only the S3 calls the README lists, as the server itself records them
+"""streamer makes only the S3 calls docs/s3-servers.md lists, as the server itself records them
 (MinIO's own trace, read with `mc admin trace`)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from conftest import Mc, cli, wait_until
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+S3_SERVERS_DOC = (Path(__file__).resolve().parent.parent / "docs" / "s3-servers.md").read_text()
 # MinIO's names for the S3 API calls that it names differently.
 S3_NAMES = {
     "PutBucket": "CreateBucket",
@@ -64,16 +64,17 @@ class ServerTrace:
 
 
 def listed_calls() -> set[str]:
-    start = README.index("\n## S3 servers\n")
-    paragraph = README[start : README.index("\n\n", README.index("streamer uses", start))]
+    start = S3_SERVERS_DOC.index("\n## S3 calls\n")
+    end = S3_SERVERS_DOC.index("\n\n", S3_SERVERS_DOC.index("streamer uses", start))
+    paragraph = S3_SERVERS_DOC[start:end]
     return set(re.findall(r"\b(?:[A-Z][a-z]+){2,}(?:V2)?\b", paragraph))
 
 
-def test_the_readme_names_the_calls_in_s3_s_own_words():
+def test_the_docs_name_the_calls_in_s3_s_own_words():
     assert {"PutObject", "UploadPartCopy", "ListObjectsV2", "HeadBucket"} <= listed_calls()
 
 
-def test_streamer_makes_only_the_s3_calls_the_readme_lists(make_daemon, minio, tmp_path):
+def test_streamer_makes_only_the_s3_calls_the_docs_list(make_daemon, minio, tmp_path):
     trace = ServerTrace(minio, tmp_path)
     try:
         # Chunks of 5 MiB are assembled by server-side copy; smaller ones by a streamed
@@ -92,7 +93,7 @@ def test_streamer_makes_only_the_s3_calls_the_readme_lists(make_daemon, minio, t
     finally:
         trace.stop()
     made = trace.calls(copied.bucket)
-    assert made - listed_calls() == set(), "calls the README does not list"
+    assert made - listed_calls() == set(), "calls docs/s3-servers.md does not list"
     assert {"HeadBucket", "PutObject", "HeadObject", "GetObject", "ListObjectsV2"} <= made
     assert {"CreateMultipartUpload", "UploadPartCopy", "UploadPart"} <= made
     assert {"CompleteMultipartUpload", "ListMultipartUploads"} <= made
