@@ -448,7 +448,15 @@ class Daemon:
                 )
             return None
 
-        return wait_until(seen, timeout, what=f"{count} x {event} {fields}")
+        try:
+            return wait_until(seen, timeout, what=f"{count} x {event} {fields}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the log's last lines:\n{self.log_tail()}") from None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """What the daemon said last, each line cut short: why a wait timed out."""
+        text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(line[:300] for line in text)
 
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)

@@ -85,7 +85,9 @@ class FaultProxy:
         with self._lock:
             mode = self.mode
             self._conns.append(client)
-        if mode == "reset":
+        if mode in ("reset", "refuse"):
+            # Refusing, a connection accepted just before the listener closed is cut too,
+            # not forwarded for as long as the client keeps it alive.
             _reset(client)
             return
         if mode == "blackhole":
