@@ -1,4 +1,4 @@
-"""Structured logs: one line per event, JSON by default, `event key=value` for terminals."""
+"""Structured logs: one line per event, JSON by default, logfmt (`key=value`) for terminals."""
 
 from __future__ import annotations
 
@@ -48,9 +48,35 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """logfmt: `ts=… level=info event=chunk_uploaded role=uploader.0 stream_id=… index=3`,
+    one line per event whatever the values hold."""
+
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
-        return f"{_timestamp(record)} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
+        line = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            "role": record.name.removeprefix("streamer."),
+            "pid": record.process,
+            **getattr(record, "fields", {}),
+        }
+        return " ".join(f"{key}={logfmt_value(value)}" for key, value in line.items())
+
+
+def logfmt_value(value) -> str:
+    """A value as logfmt writes it: bare when it can be, else double-quoted with JSON's
+    escapes (so a newline stays on the line); structures as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if not isinstance(value, str):
+        value = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+    if value and value.isprintable() and not any(c in value for c in ' ="\\'):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 class EventLog:

@@ -336,8 +336,8 @@ def clean_env(extra: dict | None = None) -> dict:
     return {**{k: os.environ[k] for k in keep if k in os.environ}, **(extra or {})}
 
 
-# log.format=text: "<ts> <LEVEL> <event> key=value ...".
-TEXT_LINE = re.compile(rb"^\S+ (DEBUG|INFO|WARNING|ERROR) +([a-z0-9_]+)(?: |$)")
+# log.format=text, logfmt: "ts=<ts> level=<level> event=<event> key=value ...".
+TEXT_LINE = re.compile(rb"^ts=\S+ level=(debug|info|warning|error) event=([a-z0-9_]+)(?: |$)")
 
 
 def parse_log_line(line: bytes) -> dict:
@@ -348,7 +348,7 @@ def parse_log_line(line: bytes) -> dict:
     except ValueError:
         pass
     if text := TEXT_LINE.match(line):
-        return {"event": text[2].decode(), "level": text[1].decode().lower(), "text": line.decode()}
+        return {"event": text[2].decode(), "level": text[1].decode(), "text": line.decode()}
     return {"event": "unparsed", "line": line.decode(errors="replace")}
 
 

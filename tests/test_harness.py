@@ -8,8 +8,8 @@ def test_a_traceback_or_an_undeclared_failure_is_trouble():
     lines = [
         b'{"event": "chunk_uploaded", "index": 0}',
         b"Traceback (most recent call last):",
-        b"2026-11-30T02:27:56.371+00:00 ERROR   s3_rejected error=AccessDenied attempt=1",
-        b"2026-11-30T02:27:57.000+00:00 INFO    stopped",
+        b"ts=2026-11-30T02:27:56.371+00:00 level=error event=s3_rejected error=AccessDenied",
+        b"ts=2026-11-30T02:27:57.000+00:00 level=info event=stopped role=supervisor pid=7",
         b'{"event": "uploader_died", "exit_code": -9}',
         b'{"event": "stream_failed", "error": "RuntimeError: a bug"}',
     ]

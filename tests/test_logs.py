@@ -1,0 +1,51 @@
+"""Log lines: logfmt for terminals, one line per event whatever the values hold."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from streamer.logs import JsonFormatter, TextFormatter
+
+PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def record(event: str, **fields) -> logging.LogRecord:
+    line = logging.LogRecord("streamer.uploader.0", logging.WARNING, "", 0, event, None, None)
+    line.fields = fields
+    return line
+
+
+def parse_logfmt(line: str) -> dict:
+    pairs = PAIR.findall(line)
+    assert " ".join(f"{k}={v}" for k, v in pairs) == line, "nothing outside key=value pairs"
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}
+
+
+def test_text_lines_are_logfmt_and_say_what_the_json_lines_say():
+    fields = {
+        "stream_id": "cam1-20261130T082940Z",
+        "error": 'S3Error: code "AccessDenied"\nmessage=no',
+        "attempt": 3,
+        "delay": 0.25,
+        "hint": "",
+        "path": "/in/with space.mp4",
+        "config": {"s3": {"bucket": "b"}, "workers": 2},
+        "committed": None,
+        "ok": False,
+    }
+    text = TextFormatter().format(record("upload_retry", **fields))
+    assert "\n" not in text
+    parsed = parse_logfmt(text)
+    assert text.startswith("ts=") and (parsed["level"], parsed["event"]) == (
+        "warning",
+        "upload_retry",
+    )
+    assert parsed["role"] == "uploader.0"
+    assert parsed["error"] == fields["error"] and parsed["path"] == fields["path"]
+    assert (parsed["attempt"], parsed["delay"], parsed["ok"]) == ("3", "0.25", "false")
+    assert (parsed["hint"], parsed["committed"]) == ("", "")
+    assert json.loads(parsed["config"]) == fields["config"], "structures as JSON, not Python"
+    as_json = json.loads(JsonFormatter().format(record("upload_retry", **fields)))
+    assert as_json["error"] == parsed["error"] and as_json["config"] == fields["config"]
