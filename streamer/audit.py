@@ -1,12 +1,13 @@
 """One way to check a stream's chunks against S3, for completion (before metadata.json
 says the stream is there), retention (before a file is deleted) and `streamer verify`:
 every chunk the checkpoint records is in S3 with its recorded size and ETag, and together,
-in order, the chunks are the stream's bytes. One listing per thousand chunks; reading the
-chunks back (their sha256 against the recorded one) is verify's deeper look."""
+in order, the chunks are the stream's bytes. One listing per thousand chunks; verify looks
+deeper: at the sha256 stored with each chunk (a HEAD each), or at its bytes (read back)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 from streamer.records import ChunkRecord
 
@@ -19,10 +20,13 @@ def chunk_problems(
     chunks: list[ChunkRecord],
     size: int | None,
     s3: ChunkStore,
-    read_back: bool = False,
+    look: Literal["listing", "stored", "bytes"] = "listing",
+    progress: Callable[[int], None] = lambda done: None,
 ) -> list[str]:
     """What keeps `chunks` in S3 from being, in order, exactly the `size` bytes the
-    checkpoint says they are (any size, if None); empty if nothing does."""
+    checkpoint says they are (any size, if None); empty if nothing does. `look` says how
+    deep each chunk is compared: size and ETag, also the sha256 stored with it, or also
+    the sha256 of its bytes; `progress` is told of each chunk done."""
     stored = s3.listing(s3.layout.stream_prefix(stream_id) + "chunks/")
     problems = []
     offset = 0
@@ -36,11 +40,21 @@ def chunk_problems(
                 f"chunk {chunk.index} in S3 is not the one uploaded: {found.size} bytes, "
                 f"ETag {found.etag} (recorded: {chunk.size} bytes, ETag {chunk.etag})"
             )
-        elif read_back and s3.sha256_of(key) != chunk.sha256:
+        elif look == "stored" and stored_sha256(s3, key) not in (chunk.sha256, None):
+            problems.append(f"chunk {chunk.index}: the sha256 stored with it is not the recorded")
+        elif look == "bytes" and s3.sha256_of(key) != chunk.sha256:
             problems.append(f"chunk {chunk.index}: the bytes in S3 differ from those recorded")
+        progress(1)
         if chunk.offset != offset:
             problems.append(f"chunk {chunk.index} starts at {chunk.offset}, not {offset}")
         offset = chunk.offset + chunk.size
     if size is not None and offset != size:
         problems.append(f"the chunks hold {offset} bytes of {size}")
     return problems
+
+
+def stored_sha256(s3: ChunkStore, key: str) -> str | None:
+    """The sha256 an object was stored with (None: none, or the object is gone since the
+    listing, which the next look reports)."""
+    found = s3.stat(key)
+    return found.sha256 if found is not None else None

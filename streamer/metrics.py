@@ -23,6 +23,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from streamer.health import HEALTHY_WITHIN
+
 CHUNKS_UPLOADED = Counter("streamer_chunks_uploaded_total", "Chunks confirmed by S3")
 BYTES_UPLOADED = Counter("streamer_bytes_uploaded_total", "Bytes of chunks confirmed by S3")
 CHUNK_UPLOAD_SECONDS = Histogram(
@@ -124,7 +126,6 @@ def mark_process_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
-HEALTHY_WITHIN = 10.0  # seconds since the supervisor's loop last turned
 CONNECTION_DEADLINE = 10.0  # seconds a connection may take, request and reply
 MAX_CONNECTIONS = 32
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
-from conftest import GrowingFile, cli
+from conftest import GrowingFile, cli, port_of, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +40,39 @@ def test_verify_finds_a_good_stream_good_and_names_a_bad_chunk(finished, minio):
     assert f"{stream_id}: chunk 2 is missing from S3 (rec/test-host/{stream_id}" in bad.stdout
 
 
+def test_verify_checks_metadata_and_the_assembled_object_quickly_or_fully(finished, minio):
+    daemon, stream_id = finished
+    quick = cli(daemon, "verify", stream_id, "--quick", "--json")
+    assert quick.returncode == 0, quick.stdout + quick.stderr
+    [verdict] = json.loads(quick.stdout)
+    assert verdict == {
+        "stream_id": stream_id,
+        "chunks": 4,
+        "problems": [],
+        "error": None,
+        "ok": True,
+    }
+    [assembled] = [
+        o.object_name
+        for o in minio.client.list_objects(daemon.bucket, f"rec/test-host/{stream_id}/")
+        if o.object_name.endswith("kept.mp4")
+    ]
+    minio.client.put_object(daemon.bucket, assembled, io.BytesIO(b"k" * 1024), 1024)
+    manifest_key = f"rec/test-host/{stream_id}/metadata.json"
+    stored = json.loads(minio.client.get_object(daemon.bucket, manifest_key).read())
+    stored["total_size"] += 1
+    body = json.dumps(stored).encode()
+    minio.client.put_object(daemon.bucket, manifest_key, io.BytesIO(body), len(body))
+    bad = cli(daemon, "verify", stream_id, "--quick")
+    assert bad.returncode == 1
+    assert f"{stream_id}: the assembled object is not the one written: 1024 bytes" in bad.stdout
+    assert f"{stream_id}: metadata.json says total_size is {200 * KiB + 1}" in bad.stdout
+
+    away = cli(daemon, "verify", stream_id, env={"STREAMER_S3_ENDPOINT": "127.0.0.1:9"})
+    assert away.returncode == 3, away.stdout + away.stderr
+    assert f"{stream_id}: not checked: cannot read it from S3" in away.stdout
+
+
 def test_verify_compares_with_the_file_still_on_disk(finished):
     daemon, stream_id = finished
     daemon.stop()
@@ -51,15 +86,84 @@ def test_verify_compares_with_the_file_still_on_disk(finished):
     assert "chunk 0: the file's bytes differ from S3's" in result.stdout
 
 
-def test_status_shows_progress_of_active_streams(make_daemon):
+def test_status_shows_progress_of_active_streams_and_the_daemon_s_own_view(make_daemon):
     daemon = make_daemon(stream={"idle_timeout": 30}).start()
     GrowingFile(daemon.watch / "live.mp4", total=300 * KiB, rate=1024 * KiB).start().wait()
     daemon.wait_for("chunk_uploaded", count=4)
-    result = cli(daemon, "status")
-    assert result.returncode == 0
-    assert "1 active" in result.stdout and "#" in result.stdout and "/ 307200" in result.stdout
-    data = json.loads(cli(daemon, "status", "--json").stdout)
+    port = {"STREAMER_METRICS_PORT": str(port_of(daemon))}
+    result = cli(daemon, "status", env=port)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("daemon:") and "running, 2 of 2 uploaders" in lines[0]
+    assert "s3:         reachable" in lines and "checkpoint: writable" in lines
+    assert any(line.startswith("uploading:") and "/s" in line for line in lines)
+    assert "streams:    1 active" in result.stdout
+    [row] = [
+        line for line in lines if line.startswith(daemon.find("stream_discovered")[0]["stream_id"])
+    ]
+    assert "#" in row and "300.0 KiB" in row and " ago" in row
+    data = json.loads(cli(daemon, "--json", "status", env=port).stdout)
     assert data["streams"]["active"] == 1 and data["active"][0]["on_disk"] == 300 * KiB
+    assert data["daemon"]["running"] is True and data["daemon"]["s3_reachable"] is True
+    assert isinstance(data["daemon"]["upload_rate"], float)
+
+    daemon.stop()
+    stopped = cli(daemon, "status", env=port)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("daemon:     not running")
+    assert (
+        json.loads(cli(daemon, "status", "--json", env=port).stdout)["daemon"]["running"] is False
+    )
+
+
+def test_list_and_show_print_readable_aligned_values(finished):
+    daemon, stream_id = finished
+    lines = cli(daemon, "streams", "list").stdout.splitlines()
+    assert lines[0].split() == ["STREAM", "STATE", "UPLOADED", "CHUNKS", "LAST", "UPLOAD", "FILE"]
+    assert lines[0].index("UPLOADED") + len("UPLOADED") == lines[1].index("KiB") + 3, "aligned"
+    assert "200.0 KiB" in lines[1] and " ago" in lines[1]
+    shown = cli(daemon, "streams", "show", stream_id).stdout
+    assert "total size         200.0 KiB (204,800 bytes)" in shown
+    assert "None" not in shown and "False" not in shown and "datetime" not in shown
+    assert re.search(r"^completed at +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(", shown, re.M)
+    # Options before the command, the configuration from the environment or the flag.
+    before = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "--config",
+            str(daemon.config_path),
+            "--json",
+            "streams",
+            "list",
+        ],
+        capture_output=True,
+        text=True,
+        env=daemon.env,
+    )
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)[0]["total_size"] == 200 * KiB
+
+
+def test_health_follows_the_configuration_with_metrics_on_or_off(make_daemon):
+    daemon = make_daemon().start()
+    port = {"STREAMER_METRICS_PORT": str(port_of(daemon))}
+    assert cli(daemon, "health", env=port).returncode == 0
+    daemon.stop()
+    down = cli(daemon, "health", env=port)
+    assert down.returncode == 1 and "no answer at http://127.0.0.1:" in down.stderr
+
+    quiet = make_daemon(home="quiet", metrics={"enabled": False}, instance="quiet-host")
+    never = cli(quiet, "health")
+    assert never.returncode == 1 and "no heartbeat" in never.stderr
+    quiet.start()
+    wait_until(lambda: cli(quiet, "health").returncode == 0, 10, what="a heartbeat")
+    quiet.stop()
+    heartbeat = quiet.config_path.parent / "checkpoint" / "heartbeat"
+    old = time.time() - 60
+    os.utime(heartbeat, (old, old))
+    stale = cli(quiet, "health")
+    assert stale.returncode == 1 and "last turned 60 s ago" in stale.stderr
 
 
 def test_forget_asks_first_and_refuses_active_streams(finished, make_daemon):

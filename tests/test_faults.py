@@ -354,7 +354,7 @@ def test_streams_list_and_show(make_daemon, minio):
         (stream_id, "invalid", 70 * KiB)
     ]
     shown = cli(daemon, "streams", "show", stream_id)
-    assert shown.returncode == 0 and "65536" in shown.stdout and stream_id in shown.stdout
+    assert shown.returncode == 0 and "65,536" in shown.stdout and stream_id in shown.stdout
     missing = cli(daemon, "streams", "show", "nope")
     assert missing.returncode == 1 and "no stream 'nope'" in missing.stderr
 

@@ -73,16 +73,18 @@ def test_the_supervisor_process_never_loads_the_s3_client():
 
 
 def test_the_admin_commands_never_reach_the_supervisor():
-    reached = project_imports("cli", top_level_only=True)
+    commands = [m for m in MODULES if m == "cli" or m.startswith("cli.")]
+    reached = set().union(*(project_imports(m, top_level_only=True) for m in commands))
     assert not {m for m in reached if m.split(".")[0] in ("supervisor", "uploader")}
     [run] = [
         node
-        for node in ast.walk(MODULES["cli"])
+        for node in ast.walk(MODULES["cli.daemon"])
         if isinstance(node, ast.FunctionDef) and node.name == "run"
     ]
     lazy = {
         node.module
-        for node in ast.walk(MODULES["cli"])
+        for m in commands
+        for node in ast.walk(MODULES[m])
         if isinstance(node, ast.ImportFrom) and node.module.startswith("streamer.supervisor")
     }
     in_run = {
@@ -91,6 +93,18 @@ def test_the_admin_commands_never_reach_the_supervisor():
         if isinstance(node, ast.ImportFrom) and node.module.startswith("streamer.supervisor")
     }
     assert lazy == in_run == {"streamer.supervisor.daemon"}, "only `run` starts the supervisor"
+
+
+def test_the_command_loads_neither_the_s3_client_nor_the_metrics_library():
+    """prometheus_client fixes its mode when first imported: `run` sets it up first."""
+    code = (
+        "import sys, streamer.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('minio', 'urllib3', 'prometheus_client')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
 
 
 def private_names(tree: ast.Module) -> set[str]:

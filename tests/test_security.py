@@ -188,7 +188,7 @@ def test_no_secret_appears_in_anything_streamer_writes(make_daemon, server, tmp_
     (tmp_path / "wrong").write_text(wrong_secret)
     wrong = {"STREAMER_S3_SECRET_KEY_FILE": str(tmp_path / "wrong")}
     failed = [cli(good, "verify", stream_id, env=wrong), cli(bad, "config", "show")]
-    assert failed[0].returncode == 1 and "from S3: S3Error" in failed[0].stderr
+    assert failed[0].returncode == 3 and "from S3: S3Error" in failed[0].stdout
     produced += [(r.stdout + r.stderr).encode() for r in failed]
     assert bad.stop() == 0
     produced.append(bad.log_path.read_bytes())

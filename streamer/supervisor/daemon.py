@@ -17,6 +17,7 @@ from streamer import bandwidth, logs, metrics
 from streamer.checkpoint import CheckpointError
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
+from streamer.health import BEAT_EVERY, beat, heartbeat_path
 from streamer.logs import describe
 from streamer.messages import (
     CheckpointState,
@@ -58,6 +59,7 @@ class Supervisor:
         self.next_request_check = 0.0
         self.started_at = clock()
         self.last_turn = clock()  # the loop's heartbeat, for /healthz
+        self.last_beat = -BEAT_EVERY  # when the heartbeat file was touched (metrics off)
         self.last_upload: float | None = None
         self.s3_reachable: bool | None = None
         self.s3_error = "no answer from S3 yet"
@@ -132,6 +134,9 @@ class Supervisor:
 
     def loop(self, now: float) -> None:
         self.last_turn = now
+        if not self.config.metrics.enabled and now - self.last_beat >= BEAT_EVERY:
+            beat(heartbeat_path(self.config.checkpoint.path))
+            self.last_beat = now
         for ready in self.sleep():
             self.dispatch(ready, now)
         while self.signals and self.exit_code is None:

@@ -1,0 +1,30 @@
+"""The `streamer` command: run the daemon; check a setup; inspect, verify and act on its
+streams. One module per command or group; `common` holds what they share."""
+
+from __future__ import annotations
+
+import click
+
+from streamer import __version__
+from streamer.cli.common import root_config_option, root_json_option
+from streamer.cli.daemon import health, run
+from streamer.cli.settings import config_group
+from streamer.cli.status import status
+from streamer.cli.store import checkpoint_group
+from streamer.cli.streams import streams
+from streamer.cli.verify import verify
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="streamer")
+@root_config_option
+@root_json_option
+def main(config_path: str | None, as_json: bool) -> None:
+    """Upload live video recordings to S3-compatible storage while they are being written.
+
+    --config and --json may come before the command or after it.
+    """
+
+
+for command in (run, health, status, streams, verify, checkpoint_group, config_group):
+    main.add_command(command)

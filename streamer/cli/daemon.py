@@ -1,0 +1,70 @@
+"""`streamer run` and `streamer health`: the daemon, and whether it is alive."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import tempfile
+
+import click
+
+from streamer import logs
+from streamer.cli import probe
+from streamer.cli.common import config_option, fail, load_or_exit
+from streamer.health import HEALTHY_WITHIN, heartbeat_path, since_beat
+
+
+@click.command()
+@config_option
+def run(config_path: str | None) -> None:
+    """Watch the directory and upload every recording in it, until SIGTERM or SIGINT.
+
+    Exit status: 0 after a graceful stop, 1 after a forced stop or too many uploader
+    crashes, 2 for an invalid configuration, 3 when it cannot start (directories, checkpoint
+    store).
+    """
+    cfg = load_or_exit(config_path)
+    logs.configure(cfg.log.level, cfg.log.format)
+    prepare_metrics_dir()
+    from streamer.supervisor.daemon import Supervisor  # after prepare_metrics_dir: see there
+
+    sys.exit(Supervisor(cfg).run())
+
+
+@click.command()
+@config_option
+def health(config_path: str | None) -> None:
+    """Is the daemon of this configuration alive: has its loop turned in the last 10 s?
+    Asks its /healthz on the configured metrics port or, with metrics off, reads its
+    heartbeat file in the checkpoint directory. For container health checks.
+
+    Exit status: 0 alive, 1 not (the reason on stderr), 2 an invalid configuration.
+    """
+    cfg = load_or_exit(config_path)
+    if cfg.metrics.enabled:
+        try:
+            alive, said = probe.healthy(cfg)
+        except probe.NotReachable as exc:
+            fail(str(exc))
+        if not alive:
+            fail(f"unhealthy: {said}")
+    else:
+        since = since_beat(heartbeat_path(cfg.checkpoint.path))
+        if since is None:
+            fail(f"no heartbeat in {cfg.checkpoint.path}: the daemon has not run there")
+        if since >= HEALTHY_WITHIN:
+            fail(f"unhealthy: the daemon's loop last turned {since:.0f} s ago")
+    click.echo("ok")
+
+
+def prepare_metrics_dir() -> None:
+    """prometheus_client picks multiprocess mode when first imported, from this variable;
+    values left from an earlier run would be counted again, so the directory starts empty."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="streamer-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.remove(stale)

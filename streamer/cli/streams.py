@@ -1,0 +1,155 @@
+"""`streamer streams …`: list, show, cancel, retry and forget streams in the checkpoint
+store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+import msgspec
+
+from streamer.cli import display
+from streamer.cli.common import config_option, fail, get_or_exit, json_option, open_store, summary
+from streamer.records import StreamState
+
+
+@click.group()
+def streams() -> None:
+    """Inspect and act on streams. Safe while the daemon runs: it reads the same
+    checkpoint store, which serialises writers."""
+
+
+@streams.command("list")
+@config_option
+@click.option(
+    "--state", type=click.Choice([s.value for s in StreamState]), help="Only streams in this state."
+)
+@json_option
+def list_streams(config_path: str | None, state: str | None, as_json: bool) -> None:
+    """One line per stream: id, state, bytes uploaded, chunks, last upload, file."""
+    with open_store(config_path, readonly=True) as store:
+        records = [r for r in store.streams() if state is None or r.state.value == state]
+    if as_json:
+        click.echo(msgspec.json.encode([summary(r) for r in records]))
+        return
+    if not records:
+        click.echo("no streams" + (f" {state}" if state else ""))
+        return
+    now = datetime.now(UTC)
+    rows = [
+        (
+            r.stream_id,
+            r.state.value,
+            display.size(r.committed_bytes),
+            str(r.chunk_count),
+            display.ago(r.last_upload_at, now),
+            r.path,
+        )
+        for r in records
+    ]
+    headers = ("STREAM", "STATE", "UPLOADED", "CHUNKS", "LAST UPLOAD", "FILE")
+    for line in display.table(headers, rows, right={2, 3}):
+        click.echo(line)
+
+
+@streams.command("show")
+@config_option
+@click.argument("stream_id")
+@json_option
+def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
+    """The stream's full checkpoint, with its chunk table (and, while it is live, how many
+    chunks are copied into its assembled object so far)."""
+    with open_store(config_path, readonly=True) as store:
+        record = get_or_exit(store, stream_id)
+        chunks = store.chunks(stream_id)
+    if as_json:
+        click.echo(msgspec.json.encode({**summary(record), "record": record, "chunks": chunks}))
+        return
+    now = datetime.now(UTC)
+    for key, raw in summary(record).items():
+        if key in ("uploaded_bytes", "total_size") and raw is not None:
+            shown = f"{display.size(raw)} ({raw:,} bytes)"
+        elif isinstance(raw, datetime):
+            shown = f"{display.timestamp(raw)} ({display.ago(raw, now)})"
+        else:
+            shown = display.value(raw)
+        click.echo(f"{key.replace('_', ' '):<18} {shown}")
+    if record.assembly is not None:
+        copied = sum(1 for c in chunks if c.part_in(record.assembly.upload_id))
+        click.echo(f"{'assembly':<18} {copied} chunks copied into {record.assembly.key}")
+    if record.assembled is not None:
+        click.echo(f"{'assembled':<18} {record.assembled.key} ({record.assembled.method})")
+    if not chunks:
+        return
+    click.echo()
+    rows = [
+        (
+            str(c.index),
+            str(c.revision),
+            f"{c.offset:,}",
+            display.size(c.size),
+            display.timestamp(c.uploaded_at),
+            c.sha256,
+        )
+        for c in chunks
+    ]
+    headers = ("INDEX", "REV", "OFFSET", "SIZE", "UPLOADED", "SHA256")
+    for line in display.table(headers, rows, right={0, 1, 2, 3}):
+        click.echo(line)
+
+
+@streams.command("cancel")
+@config_option
+@click.argument("stream_id")
+def cancel_stream(config_path: str | None, stream_id: str) -> None:
+    """Stop uploading a stream; what is in S3 stays, and it is finished as cancelled.
+    It is not picked up again unless retried."""
+    with open_store(config_path) as store:
+        record = get_or_exit(store, stream_id)
+        if record.state is not StreamState.ACTIVE:
+            fail(f"stream {stream_id} is {record.state.value} already: nothing to cancel")
+        store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, cancel_requested=True))
+    click.echo(f"{stream_id}: cancel requested; the daemon finishes it as cancelled")
+
+
+@streams.command("retry")
+@config_option
+@click.argument("stream_id")
+def retry_stream(config_path: str | None, stream_id: str) -> None:
+    """Put a cancelled or partial stream back to work: the daemon resumes it where it was,
+    if its file is still there."""
+    with open_store(config_path) as store:
+        record = get_or_exit(store, stream_id)
+        if record.state not in (StreamState.CANCELLED, StreamState.PARTIAL):
+            fail(
+                f"stream {stream_id} is {record.state.value}: only cancelled or partial "
+                "streams can be retried"
+            )
+        store.update_stream(
+            stream_id,
+            lambda r: msgspec.structs.replace(
+                r,
+                state=StreamState.ACTIVE,
+                cancel_requested=False,
+                status_reason=None,
+                completed_at=None,
+            ),
+        )
+    click.echo(f"{stream_id}: back to active; the daemon resumes it at its next scan")
+
+
+@streams.command("forget")
+@config_option
+@click.argument("stream_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def forget_stream(config_path: str | None, stream_id: str, yes: bool) -> None:
+    """Remove a finished stream from the checkpoint store. Its objects stay in S3; its file,
+    if still in the directory, is uploaded again as a new stream after the next restart."""
+    with open_store(config_path) as store:
+        record = get_or_exit(store, stream_id)
+        if record.state is StreamState.ACTIVE:
+            fail(f"stream {stream_id} is active: cancel it first")
+        if not yes:
+            click.confirm(f"Forget stream {stream_id} ({record.path})?", abort=True)
+        store.forget_stream(stream_id)
+    click.echo(f"{stream_id}: forgotten")

@@ -1,0 +1,187 @@
+"""`streamer verify`: are the streams in S3 what the checkpoint store says they are?"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import click
+import msgspec
+
+from streamer import manifest
+from streamer.audit import chunk_problems
+from streamer.cli.common import (
+    EXIT_MISMATCH,
+    EXIT_UNCHECKED,
+    config_option,
+    fail,
+    get_or_exit,
+    json_option,
+    load_or_exit,
+    open_store,
+)
+from streamer.fileio import is_finalised_file, sha256_of_range
+from streamer.logs import describe
+from streamer.records import ChunkRecord, StreamRecord, StreamState
+
+
+@dataclass
+class Verdict:
+    stream_id: str
+    chunks: int
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None  # why it could not be checked
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.error is None
+
+
+@click.command()
+@config_option
+@click.argument("stream_id", required=False)
+@click.option("--all", "check_all", is_flag=True, help="Verify every stream.")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Compare sizes, ETags and the sha256 stored with each object (HEAD requests); "
+    "download nothing.",
+)
+@json_option
+def verify(
+    config_path: str | None, stream_id: str | None, check_all: bool, quick: bool, as_json: bool
+) -> None:
+    """Compare streams with S3: every chunk present with its recorded size, ETag and
+    sha256 (its bytes read back, unless --quick), metadata.json and the assembled object
+    as recorded, and, where the file is still there unchanged, the file's bytes.
+
+    Exit status: 0 all good, 1 a mismatch found (named, chunk by chunk), 3 could not
+    check (S3 unreachable or refusing).
+    """
+    if bool(stream_id) == check_all:
+        fail("give a STREAM_ID or --all")
+    from streamer.chunkstore import ChunkStore  # not at the top: the S3 client is heavy
+
+    cfg = load_or_exit(config_path)
+    with open_store(config_path, readonly=True) as store:
+        records = list(store.streams()) if check_all else [get_or_exit(store, stream_id)]
+        chunks = {r.stream_id: store.chunks(r.stream_id) for r in records}
+        instance = store.instance() or ""
+    s3 = ChunkStore(cfg.s3, instance)
+    total = sum(len(c) for c in chunks.values())
+    show_bar = not as_json and sys.stderr.isatty()
+    with progress_bar(total, show_bar) as bar:
+        verdicts = [verify_stream(s3, r, chunks[r.stream_id], quick, bar.update) for r in records]
+    if as_json:
+        click.echo(msgspec.json.encode([{**asdict(v), "ok": v.ok} for v in verdicts]))
+    else:
+        for v in verdicts:
+            report(v)
+    if any(v.problems for v in verdicts):
+        sys.exit(EXIT_MISMATCH)
+    if any(v.error for v in verdicts):
+        sys.exit(EXIT_UNCHECKED)
+
+
+def report(v: Verdict) -> None:
+    for problem in v.problems:
+        click.echo(f"{v.stream_id}: {problem}")
+    if v.error:
+        click.echo(f"{v.stream_id}: not checked: {v.error}")
+    elif v.ok:
+        click.echo(f"{v.stream_id}: ok ({v.chunks} chunks)")
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, shown: bool):
+    if not shown:
+        yield NoBar()
+        return
+    with click.progressbar(length=total, label="chunks", file=sys.stderr) as bar:
+        yield bar
+
+
+class NoBar:
+    def update(self, done: int) -> None:
+        pass
+
+
+def verify_stream(s3, record: StreamRecord, chunks: list[ChunkRecord], quick: bool, progress):
+    verdict = Verdict(record.stream_id, len(chunks))
+    finished = record.state is not StreamState.ACTIVE
+    try:
+        verdict.problems += chunk_problems(
+            record.stream_id,
+            chunks,
+            record.total_size if finished else None,
+            s3,
+            look="stored" if quick else "bytes",
+            progress=progress,
+        )
+        if finished:
+            verdict.problems += manifest_problems(s3, record, chunks)
+        if record.assembled is not None:
+            verdict.problems += assembled_problems(s3, record, quick)
+    except Exception as exc:  # S3 away or refusing: nothing can be said of this stream
+        verdict.error = f"cannot read it from S3: {describe(exc)}"
+        return verdict
+    if file_unchanged(record):
+        verdict.problems += [
+            f"chunk {c.index}: the file's bytes differ from S3's"
+            for c in chunks
+            if sha256_of_range(record, c.offset, c.size) != c.sha256
+        ]
+    return verdict
+
+
+def manifest_problems(s3, record: StreamRecord, chunks: list[ChunkRecord]) -> list[str]:
+    key = s3.layout.manifest_key(record.stream_id)
+    data = s3.get_if_exists(key)
+    if data is None:
+        return [f"metadata.json is missing from S3 ({key})"]
+    try:
+        stored = manifest.decode(data)
+    except msgspec.DecodeError as exc:
+        return [f"metadata.json is not a stream's metadata: {exc}"]
+    expected = manifest.build(record, chunks, s3.layout)
+    problems = [
+        f"metadata.json says {name} is {got!r}, the checkpoint {want!r}"
+        for name, got, want in (
+            ("status", stored.status, expected.status),
+            ("total_size", stored.total_size, expected.total_size),
+            ("sha256", stored.sha256, expected.sha256),
+            ("chunk_count", stored.chunk_count, expected.chunk_count),
+        )
+        if got != want
+    ]
+    listed = [(c.index, c.key, c.size, c.sha256, c.etag) for c in stored.chunks]
+    recorded = [(c.index, c.key, c.size, c.sha256, c.etag) for c in expected.chunks]
+    if listed != recorded:
+        problems.append("metadata.json lists other chunks than the checkpoint records")
+    return problems
+
+
+def assembled_problems(s3, record: StreamRecord, quick: bool) -> list[str]:
+    assembled = record.assembled
+    found = s3.stat(assembled.key)
+    if found is None:
+        return [f"the assembled object is missing from S3 ({assembled.key})"]
+    if (found.size, found.etag) != (assembled.size, assembled.etag):
+        return [
+            f"the assembled object is not the one written: {found.size} bytes, ETag "
+            f"{found.etag} (recorded: {assembled.size} bytes, ETag {assembled.etag})"
+        ]
+    if not quick and record.sha256 and s3.sha256_of(assembled.key) != record.sha256:
+        return ["the assembled object's bytes are not the stream's (sha256 differs)"]
+    return []
+
+
+def file_unchanged(record: StreamRecord) -> bool:
+    """Is the stream's file still there, as it was when the stream finished?"""
+    try:
+        st = os.stat(record.path)
+    except OSError:
+        return False
+    return record.state is not StreamState.ACTIVE and is_finalised_file(st, record)

@@ -1,0 +1,51 @@
+"""How the admin commands show values to people."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from streamer.cli import display
+
+
+def test_sizes_rates_and_spans_read_as_people_say_them():
+    assert [display.size(n) for n in (0, 1023, 1536, 10 * 1024**2, 3 * 1024**4)] == [
+        "0 B",
+        "1023 B",
+        "1.5 KiB",
+        "10.0 MiB",
+        "3.0 TiB",
+    ]
+    assert (display.size(None), display.rate(None)) == ("-", "-")
+    assert display.rate(12.6 * 1024**2) == "12.6 MiB/s"
+    assert [display.seconds(s) for s in (4.4, 185, 7800, 200000)] == [
+        "4 s",
+        "3 min 5 s",
+        "2 h 10 min",
+        "2 d 7 h",
+    ]
+
+
+def test_times_are_rfc_3339_or_relative_and_values_never_python_reprs():
+    now = datetime(2026, 11, 30, 8, 30, tzinfo=UTC)
+    assert display.timestamp(now) == "2026-11-30T08:30:00Z"
+    assert display.ago(now - timedelta(seconds=125), now) == "2 min 5 s ago"
+    assert [display.value(v) for v in (None, True, False, now, 3)] == [
+        "-",
+        "yes",
+        "no",
+        "2026-11-30T08:30:00Z",
+        "3",
+    ]
+
+
+def test_table_columns_line_up_whatever_their_width():
+    lines = display.table(
+        ("NAME", "SIZE", "FILE"), [("a", "1 B", "/x"), ("longer", "10.0 MiB", "/y z")], right={1}
+    )
+    assert lines == [
+        "NAME        SIZE  FILE",
+        "a            1 B  /x",
+        "longer  10.0 MiB  /y z",
+    ]
+    assert display.bar(5, 10, width=10) == "[#####.....]"
+    assert display.bar(0, 0, width=4) == "[####]"
