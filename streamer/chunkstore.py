@@ -232,6 +232,10 @@ class ChunkStore:
         )
         return result.etag
 
+    def remove(self, key: str) -> None:
+        """Delete an object (only `streamer doctor`'s scratch objects are ever deleted)."""
+        self._client.remove_object(self.bucket, key)
+
     def begin_upload(self, key: str, content_type: str) -> str:
         """Start a multipart upload to `key`; return its upload id."""
         headers = genheaders({"Content-Type": content_type}, self._sse, None, None, False)

@@ -26,5 +26,9 @@ class Layout:
         """The instance's claim: which checkpoint store writes under it."""
         return f"{self.stream_prefix('')}.owner"
 
+    def scratch_key(self, name: str) -> str:
+        """An object `streamer doctor` writes, reads back and deletes."""
+        return f"{self.stream_prefix('')}.doctor/{name}"
+
     def manifest_key(self, stream_id: str) -> str:
         return f"{self.stream_prefix(stream_id)}metadata.json"

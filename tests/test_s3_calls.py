@@ -89,6 +89,7 @@ def test_streamer_makes_only_the_s3_calls_the_docs_list(make_daemon, minio, tmp_
             for event in daemon.wait_for("stream_finished", count=2, timeout=60):
                 assert cli(daemon, "verify", event["stream_id"]).returncode == 0
             daemon.stop()
+        assert cli(copied, "doctor").returncode == 0
         trace.catch_up()
     finally:
         trace.stop()
@@ -96,4 +97,4 @@ def test_streamer_makes_only_the_s3_calls_the_docs_list(make_daemon, minio, tmp_
     assert made - listed_calls() == set(), "calls docs/s3-servers.md does not list"
     assert {"HeadBucket", "PutObject", "HeadObject", "GetObject", "ListObjectsV2"} <= made
     assert {"CreateMultipartUpload", "UploadPartCopy", "UploadPart"} <= made
-    assert {"CompleteMultipartUpload", "ListMultipartUploads"} <= made
+    assert {"CompleteMultipartUpload", "ListMultipartUploads", "DeleteObject"} <= made

@@ -8,6 +8,7 @@ import click
 from streamer import __version__
 from streamer.cli.common import root_config_option, root_json_option
 from streamer.cli.daemon import health, run
+from streamer.cli.doctor import doctor
 from streamer.cli.settings import config_group
 from streamer.cli.status import status
 from streamer.cli.store import checkpoint_group
@@ -26,5 +27,5 @@ def main(config_path: str | None, as_json: bool) -> None:
     """
 
 
-for command in (run, health, status, streams, verify, checkpoint_group, config_group):
+for command in (run, doctor, health, status, streams, verify, checkpoint_group, config_group):
     main.add_command(command)

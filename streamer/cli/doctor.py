@@ -1,0 +1,261 @@
+"""`streamer doctor`: will `streamer run` work here? A checklist, each item with a hint
+when it fails: the watch directory, the checkpoint store, S3 (reachable, credentials,
+bucket, a scratch object written, read back and deleted, a multipart copy), whether
+retention can see writers, and the instance name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import click
+import msgspec
+
+from streamer import naming
+from streamer.checkpoint import CheckpointError, CheckpointStore
+from streamer.cli.common import config_option, json_option, load_or_exit
+from streamer.config import Config
+from streamer.fileio import lease_blindness
+from streamer.logs import describe
+
+ASSEMBLE_HINT = "this server cannot copy objects into a multipart upload: set stream.assemble=false"
+S3_HINT = "check s3.endpoint and s3.secure, and that the server runs and is reachable from here"
+CREDENTIALS_HINT = "check s3.access_key and s3.secret_key (or the AWS_* chain)"
+
+
+class Problem(Exception):
+    """A check found something wrong (not an error on the way)."""
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: not tried, an earlier check failed
+    detail: str
+    hint: str = ""
+
+
+class Doctor:
+    """The checks, in order; a check that cannot be tried after an earlier failure says
+    so instead of failing again."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.checks: list[Check] = []
+        self.store_id: str | None = None
+        self.instance = config.instance
+
+    def run(self) -> list[Check]:
+        self.watch_directory()
+        self.checkpoint_store()
+        self.instance = self.instance or naming.host_instance()
+        self.s3()
+        return self.checks
+
+    def passed(self, name: str, detail: str) -> None:
+        self.checks.append(Check(name, True, detail))
+
+    def failed(self, name: str, detail: str, hint: str = "") -> None:
+        self.checks.append(Check(name, False, detail, hint))
+
+    def skipped(self, names: list[str], why: str) -> None:
+        self.checks += [Check(name, None, f"not tried: {why}") for name in names]
+
+    def watch_directory(self) -> None:
+        path = self.config.watch.directory
+        if not os.path.isdir(path):
+            self.failed(
+                "watch directory", f"{path} is not a directory", "create it, or set watch.directory"
+            )
+        elif not os.access(path, os.R_OK | os.X_OK):
+            self.failed(
+                "watch directory",
+                f"{path} is not readable by uid {os.geteuid()}",
+                "give this user read access",
+            )
+        else:
+            self.passed("watch directory", f"{path}: readable, {len(os.listdir(path))} entries")
+        self.retention_sight(path)
+
+    def retention_sight(self, path: str) -> None:
+        blind = lease_blindness(path) if os.path.isdir(path) else "no watch directory"
+        retention = self.config.retention.enabled
+        if blind is None:
+            self.passed("retention sees writers", "a file open for writing is never deleted")
+        elif retention:
+            self.failed(
+                "retention sees writers",
+                blind,
+                "grant CAP_LEASE (docker: cap_add LEASE) or raise retention.min_age",
+            )
+        else:
+            self.passed("retention sees writers", f"retention is off (if turned on: {blind})")
+
+    def checkpoint_store(self) -> None:
+        path = self.config.checkpoint.path
+        if not os.path.exists(os.path.join(path, "data.mdb")):
+            parent = nearest_existing(path)
+            if os.access(parent, os.W_OK | os.X_OK):
+                self.passed("checkpoint store", f"{path}: none yet, created at first start")
+            else:
+                self.failed(
+                    "checkpoint store",
+                    f"{path} does not exist and {parent} is not writable by uid {os.geteuid()}",
+                    "create checkpoint.path writable by this user",
+                )
+            return
+        try:
+            store = CheckpointStore(path, self.config.checkpoint.map_size)
+        except CheckpointError as exc:
+            self.failed(
+                "checkpoint store", str(exc), "check checkpoint.path's permissions and space"
+            )
+            return
+        try:
+            self.store_id, stored = store.store_id(), store.instance()
+            self.instance = stored or self.instance
+            count = sum(1 for _ in store.streams())
+        finally:
+            store.close()
+        if not os.access(path, os.W_OK) or not os.access(os.path.join(path, "data.mdb"), os.W_OK):
+            self.failed(
+                "checkpoint store",
+                f"{path} is not writable by uid {os.geteuid()}",
+                "make it writable",
+            )
+            return
+        self.passed("checkpoint store", f"{path}: opened, writable, {count} streams")
+
+    def s3(self) -> None:
+        from streamer.chunkstore import BucketMissing, ChunkStore  # the S3 client is heavy
+
+        s3_config = self.config.s3
+        later = ["scratch object", "multipart copy", "instance name"]
+        try:
+            s3 = ChunkStore(s3_config, self.instance)
+            s3.ensure_bucket(s3_config.create_bucket)
+        except BucketMissing as exc:
+            self.passed("S3 reachable", s3_config.endpoint)
+            self.passed("S3 credentials", "accepted")
+            self.failed("bucket", str(exc), "create the bucket, or set s3.create_bucket=true")
+            self.skipped(later, "no bucket")
+            return
+        except Exception as exc:
+            self.s3_refused(exc)
+            self.skipped(later, "S3 did not answer as it should")
+            return
+        self.passed("S3 reachable", s3_config.endpoint)
+        self.passed("S3 credentials", "accepted")
+        self.passed("bucket", f"{s3_config.bucket}: present")
+        self.attempt("scratch object", lambda: self.scratch(s3), CREDENTIALS_HINT)
+        if self.config.stream.assemble:
+            self.attempt("multipart copy", lambda: self.multipart_copy(s3), ASSEMBLE_HINT)
+        else:
+            self.passed("multipart copy", "not needed: stream.assemble is off")
+        self.attempt("instance name", lambda: self.instance_claim(s3), "")
+
+    def s3_refused(self, exc: Exception) -> None:
+        from minio.error import S3Error
+
+        from streamer.chunkstore import NoCredentials
+
+        if isinstance(exc, S3Error):
+            self.passed("S3 reachable", self.config.s3.endpoint)
+            self.failed("S3 credentials", describe(exc), CREDENTIALS_HINT)
+        elif isinstance(exc, NoCredentials):
+            self.passed("S3 reachable", self.config.s3.endpoint)
+            self.failed("S3 credentials", str(exc), CREDENTIALS_HINT)
+        else:
+            self.failed("S3 reachable", describe(exc), S3_HINT)
+            self.skipped(["S3 credentials", "bucket"], "S3 unreachable")
+
+    def attempt(self, name: str, check: Callable[[], str], hint: str) -> None:
+        try:
+            self.passed(name, check())
+        except Problem as exc:
+            self.failed(name, str(exc), hint)
+        except Exception as exc:
+            self.failed(name, describe(exc), hint)
+
+    def scratch(self, s3) -> str:
+        key = s3.layout.scratch_key(uuid.uuid4().hex)
+        data = os.urandom(64 * 1024)
+        try:
+            s3.put(key, data, hashlib.sha256(data).hexdigest(), "application/octet-stream")
+            if s3.get(key) != data:
+                raise Problem("the bytes read back differ from those written")
+        finally:
+            s3.remove(key)
+        return "written, read back and deleted"
+
+    def multipart_copy(self, s3) -> str:
+        from streamer.chunkstore import PartSource
+
+        source, target = (s3.layout.scratch_key(uuid.uuid4().hex) for _ in range(2))
+        data = os.urandom(64 * 1024)
+        upload_id = None
+        try:
+            etag = s3.put(
+                source, data, hashlib.sha256(data).hexdigest(), "application/octet-stream"
+            )
+            upload_id = s3.begin_upload(target, "application/octet-stream")
+            part = s3.copy_part(target, upload_id, 1, PartSource(source, len(data), etag))
+            s3.complete_upload(target, upload_id, [part])
+            upload_id = None
+            if s3.get(target) != data:
+                raise Problem("the copied object differs from its source")
+        finally:
+            if upload_id is not None:
+                s3.abort_upload(target, upload_id)
+            for key in (source, target):
+                s3.remove(key)
+        return "an object copied into a multipart upload"
+
+    def instance_claim(self, s3) -> str:
+        key = s3.layout.owner_key()
+        owner = s3.get_if_exists(key)
+        if owner is None:
+            return f"{self.instance}: unclaimed; the daemon claims it at first start"
+        owner_id = owner.decode(errors="replace")
+        if owner_id == self.store_id:
+            return f"{self.instance}: claimed by this checkpoint store"
+        raise Problem(
+            f"{self.instance}: claimed by another checkpoint store ({owner_id}) in "
+            f"s3://{s3.bucket}/{key}: set an instance name of its own (instance, "
+            "STREAMER_INSTANCE), or delete that object if that store is gone for good"
+        )
+
+
+def nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+@click.command()
+@config_option
+@json_option
+def doctor(config_path: str | None, as_json: bool) -> None:
+    """Check that `streamer run` will work with this configuration: the watch directory,
+    the checkpoint store, S3 (reachable, credentials, bucket, a scratch object written,
+    read back and deleted, a multipart copy), whether retention can see writers, and the
+    instance name. Safe while the daemon runs.
+
+    Exit status: 0 all checks pass, 1 any does not, 2 an invalid configuration.
+    """
+    checks = Doctor(load_or_exit(config_path)).run()
+    passed = all(c.ok for c in checks)
+    if as_json:
+        click.echo(msgspec.json.encode({"ok": passed, "checks": [asdict(c) for c in checks]}))
+    else:
+        for c in checks:
+            mark = {True: "✓", False: "✗", None: "-"}[c.ok]
+            click.echo(f"{mark} {c.name:<24} {c.detail}")
+            if c.hint:
+                click.echo(f"  {'':<24} hint: {c.hint}")
+    sys.exit(0 if passed else 1)
