@@ -6,6 +6,15 @@ COPY streamer ./streamer
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11.14-slim-bookworm
+# VERSION is the package's (a test keeps them equal); SOURCE, where the image is published
+# from: docker build --build-arg SOURCE=https://...
+ARG VERSION=0.1.0
+ARG SOURCE=""
+LABEL org.opencontainers.image.title="streamer" \
+      org.opencontainers.image.description="Upload live video recordings to S3-compatible storage while they are being written" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --system --uid 10001 --home-dir /var/lib/streamer streamer \
  && mkdir -p /var/lib/streamer /input \
  && chown streamer:streamer /var/lib/streamer
@@ -23,7 +32,9 @@ ENV PYTHONUNBUFFERED=1 \
     STREAMER_CHECKPOINT_PATH=/var/lib/streamer
 VOLUME ["/var/lib/streamer"]
 EXPOSE 9108
+# streamer itself answers, from the effective configuration: the configured metrics port,
+# or, with metrics off, the heartbeat file its loop touches.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]
+  CMD ["streamer", "health"]
 ENTRYPOINT ["streamer"]
 CMD ["run"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client.metrics import MetricWrapperBase
 
+import streamer
 from streamer import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +64,25 @@ def test_compose_mounts_only_files_that_exist():
     mounted = re.findall(r"- (\./ops/[\w/.-]+):", compose)
     assert mounted
     assert all((ROOT / path).exists() for path in mounted), mounted
+
+
+def test_compose_secrets_are_files_that_exist_and_no_password_is_an_environment_variable():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    defaults = re.findall(r"file: \$\{\w+_FILE:-(\./ops/secrets/[\w.]+)\}", compose)
+    assert len(defaults) == 2 and all((ROOT / path).exists() for path in defaults)
+    assert not re.search(r"^\s+\w*(PASSWORD|SECRET)\w*: (?!/run/secrets/)", compose, re.M)
+
+
+def test_compose_publishes_ports_on_loopback_unless_told_otherwise():
+    compose = (ROOT / "docker-compose.yml").read_text()
+    published = re.findall(r'^\s+- "([^"]+):(\d+)"$', compose, re.M)
+    assert len(published) == 5
+    assert all(host.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:") for host, _ in published)
+
+
+def test_the_image_is_labelled_with_the_package_s_version():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG VERSION={streamer.__version__}\n" in dockerfile
+    labels = set(re.findall(r"org\.opencontainers\.image\.(\w+)=", dockerfile))
+    assert {"version", "source", "licenses", "title"} <= labels
+    assert 'CMD ["streamer", "health"]' in dockerfile

@@ -17,6 +17,8 @@ import pytest
 from conftest import clean_env, free_port, record
 from minio import Minio
 
+import streamer
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = f"streamertest{os.getpid()}"
 SECRET = "compose-Secret-4711"
@@ -235,3 +237,37 @@ def test_the_monitoring_profile_adds_prometheus_and_grafana(version):
     stack = Stack(version, ROOT)
     services = stack.run("--profile", "monitoring", "config", "--services").stdout.split()
     assert {"minio", "streamer", "prometheus", "grafana"} <= set(services)
+
+
+def test_the_stack_names_its_instance_keeps_its_ports_local_and_checks_its_own_health(stack):
+    client = Minio(
+        f"127.0.0.1:{stack.minio_port}", "streamer-admin", SECRET, secure=False, region="us-east-1"
+    )
+    keys = [o.object_name for o in client.list_objects("recordings", "streams/", recursive=True)]
+    assert keys and all(k.startswith("streams/streamer/") for k in keys), keys[:3]
+    for service, port in (("streamer", 9108), ("minio", 9000), ("minio", 9001)):
+        published = stack.run("port", service, str(port)).stdout.strip()
+        assert published.startswith("127.0.0.1:"), (service, published)
+
+    container = stack.container("streamer")
+
+    def health() -> str:
+        return subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Health.Status}}", container],
+            capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+
+    deadline = time.monotonic() + 90
+    while health() != "healthy" and time.monotonic() < deadline:
+        time.sleep(2)
+    assert health() == "healthy"
+    said = stack.run("exec", "-T", "streamer", "streamer", "health")
+    assert said.stdout.strip() == "ok"
+    labels = json.loads(
+        subprocess.run(
+            ["docker", "inspect", "-f", "{{json .Config.Labels}}", container],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert labels["org.opencontainers.image.version"] == streamer.__version__
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
