@@ -93,6 +93,13 @@ def is_idle(changed_at: float, now: float, idle_timeout: float) -> bool:
     return now - changed_at >= idle_timeout
 
 
+def changed_at_by_mtime(now: float, wall_now_ns: int, mtime_ns: int) -> float:
+    """When, on the clock `now` reads, a file last changed, by its mtime (a file found at
+    start has no change observed yet): a file quiet for a while is idle that much sooner.
+    An mtime in the future counts as now."""
+    return now - max(0, wall_now_ns - mtime_ns) / 1e9
+
+
 def choose_uploader(loads: Mapping[int, int]) -> int:
     """The uploader with the fewest streams (lowest id on a tie)."""
     return min(loads, key=lambda worker_id: (loads[worker_id], worker_id))

@@ -371,6 +371,7 @@ class Daemon:
         self.config_path = config_path
         self.wrapper = list(wrapper)
         self.log_path = log_path
+        self.output_path = log_path.with_suffix(".out")
         self.env = clean_env(env)
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(config_path.parent / "metrics")
         self.runs: list[Run] = []
@@ -389,10 +390,12 @@ class Daemon:
         self.expected_exits.update(exit_codes)
         return self
 
-    def start(self, wait: bool = True, timeout: float = 30) -> Daemon:
+    def start(self, wait: bool = True, timeout: float = 30, args=()) -> Daemon:
+        """`args` go to `streamer run` (`--once`); what it prints on stdout, beside the
+        log on stderr, is in `output_path`."""
         assert self.process is None or self.process.poll() is not None, "already running"
         first_event = len(self.read_events())
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab") as log, open(self.output_path, "ab") as output:
             process = subprocess.Popen(
                 [
                     *self.wrapper,
@@ -402,10 +405,11 @@ class Daemon:
                     "run",
                     "--config",
                     str(self.config_path),
+                    *args,
                 ],
                 env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=output,
+                stderr=log,
             )
         self.runs.append(Run(process, first_event))
         if wait:
@@ -493,6 +497,9 @@ class Daemon:
         ]
         trouble = unexpected_trouble(self.read_events(), self.expected_events)
         problems += [json.dumps(e)[:1500] for e in trouble[:10]]
+        if self.output_path.exists() and not any("--once" in r.process.args for r in self.runs):
+            printed = self.output_path.read_text(errors="replace")
+            problems += [f"printed on stdout: {line[:300]}" for line in printed.splitlines()[:5]]
         if problems:
             pytest.fail(f"{self.log_path}:\n" + "\n".join(problems), pytrace=False)
 

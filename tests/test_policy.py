@@ -14,6 +14,7 @@ from streamer.policy import (
     UploadChunk,
     Wait,
     backoff_delay,
+    changed_at_by_mtime,
     choose_uploader,
     copies_ahead,
     is_idle,
@@ -337,3 +338,11 @@ def chunk_record(offset: int, size: int, **read) -> ChunkRecord:
         uploaded_at=datetime.now(UTC),
         **read,
     )
+
+
+def test_a_file_found_quiet_is_dated_by_its_mtime_and_a_future_mtime_counts_as_now():
+    wall = 1_800_000_000 * 10**9
+    assert changed_at_by_mtime(100.0, wall, wall - 45 * 10**9) == 55.0
+    assert is_idle(changed_at_by_mtime(100.0, wall, wall - 45 * 10**9), 100.0, 30)
+    assert not is_idle(changed_at_by_mtime(100.0, wall, wall - 10 * 10**9), 100.0, 30)
+    assert changed_at_by_mtime(100.0, wall, wall + 5 * 10**9) == 100.0

@@ -17,19 +17,31 @@ from streamer.health import HEALTHY_WITHIN, heartbeat_path, since_beat
 
 @click.command()
 @config_option
-def run(config_path: str | None) -> None:
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Upload the files already in the directory, finish each, then exit (backfill, "
+    "cron). A file quiet for stream.idle_timeout is finished at once; one still growing "
+    "is waited for; files that appear meanwhile are left for the next run.",
+)
+def run(config_path: str | None, once: bool) -> None:
     """Watch the directory and upload every recording in it, until SIGTERM or SIGINT.
 
-    Exit status: 0 after a graceful stop, 1 after a forced stop or too many uploader
-    crashes, 2 for an invalid configuration, 3 when it cannot start (directories, checkpoint
-    store).
+    Exit status: 0 after a graceful stop (with --once: every stream finished), 1 after a
+    forced stop, too many uploader crashes, or, with --once, a stop before every stream
+    finished; 2 for an invalid configuration, 3 when it cannot start (directories,
+    checkpoint store).
     """
     cfg = load_or_exit(config_path)
     logs.configure(cfg.log.level, cfg.log.format)
     prepare_metrics_dir()
     from streamer.supervisor.daemon import Supervisor  # after prepare_metrics_dir: see there
 
-    sys.exit(Supervisor(cfg).run())
+    supervisor = Supervisor(cfg, once=once)
+    code = supervisor.run()
+    if supervisor.batch is not None:
+        click.echo(supervisor.batch.describe())
+    sys.exit(code)
 
 
 @click.command()

@@ -32,6 +32,7 @@ from streamer.messages import (
 )
 from streamer.policy import oldest_uncommitted_age
 from streamer.supervisor import startup
+from streamer.supervisor.batch import Batch
 from streamer.supervisor.context import Context
 from streamer.supervisor.discovery import Discovery
 from streamer.supervisor.retirement import Retirement
@@ -43,7 +44,7 @@ TICK = 0.5
 
 
 class Supervisor:
-    def __init__(self, config: Config, clock=time.monotonic):
+    def __init__(self, config: Config, clock=time.monotonic, once: bool = False):
         watcher = Watcher(config.watch.directory, config.watch.pattern)
         self.ctx = Context(config, clock, logs.EventLog("supervisor"), watcher)
         self.log = self.ctx.log
@@ -64,6 +65,8 @@ class Supervisor:
         self.s3_reachable: bool | None = None
         self.s3_error = "no answer from S3 yet"
         self.published = self.readiness()  # what /readyz answers, as the loop last saw it
+        self.once = once
+        self.batch: Batch | None = None  # with `once`: the streams found at start
 
     @property
     def config(self) -> Config:
@@ -131,6 +134,15 @@ class Supervisor:
             )
         self.discovery.rescan(self.clock())
         self.log.info("started", streams=len(self.table))
+        if self.once:
+            self.start_batch(self.clock())
+
+    def start_batch(self, now: float) -> None:
+        """`run --once`: the streams found now are the work; no other file is taken up."""
+        self.discovery.discovering = False
+        self.discovery.quiet_by_mtime(now)
+        self.batch = Batch.of(t.stream_id for t in self.table.all())
+        self.log.info("batch_started", streams=len(self.table))
 
     def loop(self, now: float) -> None:
         self.last_turn = now
@@ -155,6 +167,10 @@ class Supervisor:
     def tend_streams(self, now: float) -> None:
         """The timed work of a running supervisor."""
         discovery = self.discovery
+        if self.batch is not None and self.batch.done:
+            self.log.info("batch_finished", **self.batch.summary())
+            self.handle_term()
+            return
         if now >= discovery.next_rescan:
             discovery.rescan(now)
         if now >= self.next_request_check:
@@ -230,6 +246,8 @@ class Supervisor:
             case SourceRewritten(stream_id=stream_id) if stream_id in table:
                 self.discovery.rewritten(table[stream_id], now)
             case StreamFinished(stream_id=stream_id) if stream_id in table:
+                if self.batch is not None:
+                    self.batch.concluded(stream_id, message.status)
                 self.discovery.concluded(stream_id, message.size, message.mtime_ns, now)
             case CheckpointState(writable=writable, error=error):
                 if self.ctx.checkpoint_state(writable, error) and writable:
@@ -268,11 +286,16 @@ class Supervisor:
 
     def check_stop(self, now: float) -> None:
         if not self.workers:
-            self.exit_code = EXIT_OK
+            self.exit_code = self.stopped_status()
         elif now >= self.stop_deadline:
             self.log.warning("grace_period_expired", uploaders=sorted(self.workers.workers))
             self.workers.murder()
-            self.exit_code = EXIT_OK
+            self.exit_code = self.stopped_status()
+
+    def stopped_status(self) -> int:
+        """A graceful stop is a success, unless `run --once` stopped before all its
+        streams finished."""
+        return EXIT_FAILURE if self.batch is not None and not self.batch.done else EXIT_OK
 
     # Uploaders
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from datetime import UTC, datetime
 
 from streamer import naming
 from streamer.checkpoint import CheckpointError, CheckpointUnwritable, UnreadableStream
 from streamer.logs import describe
 from streamer.messages import Finish, Moved
-from streamer.policy import is_idle
+from streamer.policy import changed_at_by_mtime, is_idle
 from streamer.records import StreamRecord, StreamState
 from streamer.supervisor.context import Context
 from streamer.supervisor.retirement import Retirement, identity
@@ -31,6 +32,8 @@ class Discovery:
         self.next_rescan = 0.0
         self.next_idle_at = math.inf  # when the next stream falls idle
         self.unreadable: set[str] = set()  # streams whose records do not decode, reported
+        # Off after the first scan of `run --once`: only the files found then are streams.
+        self.discovering = True
 
     def handle_file_events(self, now: float) -> None:
         batch = self.ctx.watcher.read()
@@ -60,7 +63,8 @@ class Discovery:
             return
         for path in found.keys() | self.table.paths.keys() | self.finished.retainable.keys():
             self.observe_safely(path, now, found.get(path))
-        self.adopt_untracked(now)
+        if self.discovering:
+            self.adopt_untracked(now)
 
     def observe_safely(self, path: str, now: float, file: FileStat | None = None) -> None:
         self.contained(path, self.observe, path, now, file)
@@ -98,7 +102,11 @@ class Discovery:
             moved = self.table.holding(file)
             if moved and self.still_the_recording(moved.stream_id, file):
                 self.move(moved, file, now)
-            elif watcher.matches(os.path.basename(path)) and not self.finished.is_settled(file):
+            elif (
+                self.discovering
+                and watcher.matches(os.path.basename(path))
+                and not self.finished.is_settled(file)
+            ):
                 self.discover(file, now)
             return
         if file.changed_since(tracked.file):
@@ -235,6 +243,14 @@ class Discovery:
         store.create_stream(record)
         self.wrote()
         return record
+
+    def quiet_by_mtime(self, now: float) -> None:
+        """Date each stream's last change by its file's mtime, not by when it was found:
+        `run --once` finishes at once a file quiet for `idle_timeout` already."""
+        wall_now_ns = time.time_ns()
+        for tracked in self.table.all():
+            by_mtime = changed_at_by_mtime(now, wall_now_ns, tracked.file.mtime_ns)
+            tracked.changed_at = min(tracked.changed_at, by_mtime)
 
     def finish_idle_streams(self, now: float) -> None:
         timeout = self.ctx.config.stream.idle_timeout
