@@ -1,9 +1,10 @@
 # Wheels are built in a first stage, so the final image has no compilers.
 FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
-COPY setup.cfg pyproject.toml README.md ./
+COPY setup.cfg pyproject.toml README.md constraints.txt ./
 COPY streamer ./streamer
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The versions CI ran with, dependencies included: a rebuild gets the same code.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 FROM python:3.11.14-slim-bookworm
 # VERSION is the package's (a test keeps them equal); SOURCE, where the image is published

@@ -1,8 +1,11 @@
-"""How the admin commands show values to people."""
+"""How the admin commands show values to people, and complete in a shell."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from streamer.cli import display
 
@@ -49,3 +52,14 @@ def test_table_columns_line_up_whatever_their_width():
     ]
     assert display.bar(5, 10, width=10) == "[#####.....]"
     assert display.bar(0, 0, width=4) == "[####]"
+
+
+def test_the_installed_command_completes_its_subcommands_in_a_shell():
+    command = Path(sys.executable).parent / "streamer"
+    env = {"COMP_WORDS": "streamer st", "COMP_CWORD": "1", "_STREAMER_COMPLETE": "bash_complete"}
+    done = subprocess.run([command], env=env, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["plain,status", "plain,streams"]
+    source = subprocess.run(
+        [command], env={"_STREAMER_COMPLETE": "zsh_source"}, capture_output=True, text=True
+    )
+    assert "compdef _streamer_completion streamer" in source.stdout

@@ -10,6 +10,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import streamer
 from streamer import metrics
+from streamer.childproc import EXIT_BOOT_ERROR, EXIT_CONFIG
+from streamer.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / "ops"
@@ -86,3 +88,20 @@ def test_the_image_is_labelled_with_the_package_s_version():
     labels = set(re.findall(r"org\.opencontainers\.image\.(\w+)=", dockerfile))
     assert {"version", "source", "licenses", "title"} <= labels
     assert 'CMD ["streamer", "health"]' in dockerfile
+
+
+def test_the_systemd_unit_runs_it_confined_stops_it_gracefully_and_restarts_only_crashes():
+    unit = {}
+    for line in (OPS / "systemd" / "streamer.service").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            unit.setdefault(key, []).append(value)
+    assert unit["ExecStart"][0].endswith("/streamer run")
+    assert unit["User"] == ["streamer"] and unit["StateDirectory"] == ["streamer"]
+    assert "STREAMER_CHECKPOINT_PATH=/var/lib/streamer" in unit["Environment"]
+    assert unit["ProtectSystem"] == ["strict"] and unit["ReadWritePaths"]
+    assert float(unit["TimeoutStopSec"][0]) > Config().grace_period
+    assert unit["Restart"] == ["on-failure"]
+    prevented = {int(code) for code in unit["RestartPreventExitStatus"][0].split()}
+    assert prevented == {EXIT_CONFIG, EXIT_BOOT_ERROR}
+    assert unit["AmbientCapabilities"] == ["CAP_LEASE"]
