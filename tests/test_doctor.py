@@ -91,3 +91,16 @@ def test_an_unwritable_checkpoint_path_and_a_missing_directory_fail(make_daemon,
     )
     assert f"✗ watch directory          {frozen / 'nowhere'} is not a directory" in result.stdout
     assert "✓ S3 credentials" in result.stdout, "the rest is still checked"
+
+
+def test_admin_commands_write_nothing_into_the_daemon_s_metrics_directory(make_daemon):
+    daemon = make_daemon().start()
+    daemon.wait_for("uploader_started", count=2)
+    assert cli(daemon, "doctor").returncode == 0
+    assert cli(daemon, "streams", "list").returncode == 0
+    daemons = {e["pid"] for e in daemon.read_events() if "pid" in e}
+    written = {
+        int(path.stem.rsplit("_", 1)[1])
+        for path in (daemon.config_path.parent / "metrics").glob("*.db")
+    }
+    assert written and written <= daemons, "files of processes that are not the daemon's"

@@ -3,6 +3,8 @@ streams. One module per command or group; `common` holds what they share."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from streamer import __version__
@@ -20,11 +22,16 @@ from streamer.cli.verify import verify
 @click.version_option(__version__, prog_name="streamer")
 @root_config_option
 @root_json_option
-def main(config_path: str | None, as_json: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     """Upload live video recordings to S3-compatible storage while they are being written.
 
     --config and --json may come before the command or after it.
     """
+    if ctx.invoked_subcommand != "run":
+        # An admin command that loads the S3 client loads the metrics too: in the daemon's
+        # metrics directory they would write files of their own, counted as the daemon's.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 for command in (run, doctor, health, status, streams, verify, checkpoint_group, config_group):
