@@ -336,6 +336,8 @@ def clean_env(extra: dict | None = None) -> dict:
     return {**{k: os.environ[k] for k in keep if k in os.environ}, **(extra or {})}
 
 
+# What `run --once` prints at the end.
+SUMMARY = re.compile(r"^\d+ of \d+ streams finished")
 # log.format=text, logfmt: "ts=<ts> level=<level> event=<event> key=value ...".
 TEXT_LINE = re.compile(rb"^ts=\S+ level=(debug|info|warning|error) event=([a-z0-9_]+)(?: |$)")
 
@@ -359,7 +361,12 @@ class Run:
 
     process: subprocess.Popen
     first_event: int
+    first_output: int = 0  # where what it prints on stdout begins in output_path
     killed: bool = False
+
+    @property
+    def once(self) -> bool:
+        return "--once" in self.process.args
 
 
 class Daemon:
@@ -395,6 +402,7 @@ class Daemon:
         log on stderr, is in `output_path`."""
         assert self.process is None or self.process.poll() is not None, "already running"
         first_event = len(self.read_events())
+        first_output = self.output_path.stat().st_size if self.output_path.exists() else 0
         with open(self.log_path, "ab") as log, open(self.output_path, "ab") as output:
             process = subprocess.Popen(
                 [
@@ -411,7 +419,7 @@ class Daemon:
                 stdout=output,
                 stderr=log,
             )
-        self.runs.append(Run(process, first_event))
+        self.runs.append(Run(process, first_event, first_output))
         if wait:
             self.wait_for("started", timeout, pid=process.pid, this_run=True)
         return self
@@ -486,6 +494,23 @@ class Daemon:
                 self.process.wait()
         return self.process.returncode
 
+    def output(self, run: int = -1) -> str:
+        """What a run printed on stdout (only `run --once` prints: its summary)."""
+        if not self.output_path.exists():
+            return ""
+        printed = self.output_path.read_bytes()
+        end = self.runs[run + 1].first_output if run not in (-1, len(self.runs) - 1) else None
+        return printed[self.runs[run].first_output : end].decode(errors="replace")
+
+    def unexpected_output(self) -> list[str]:
+        problems = []
+        for n, run in enumerate(self.runs):
+            lines = self.output(n).splitlines()
+            if run.once and (run.killed or SUMMARY.match(lines[0] if lines else "")):
+                lines = lines[1:]
+            problems += [f"run {n} printed on stdout: {line[:300]}" for line in lines[:5]]
+        return problems
+
     def check(self) -> None:
         """Stop it, then fail on undeclared trouble in any run's log or an exit code the
         test did not expect."""
@@ -497,9 +522,7 @@ class Daemon:
         ]
         trouble = unexpected_trouble(self.read_events(), self.expected_events)
         problems += [json.dumps(e)[:1500] for e in trouble[:10]]
-        if self.output_path.exists() and not any("--once" in r.process.args for r in self.runs):
-            printed = self.output_path.read_text(errors="replace")
-            problems += [f"printed on stdout: {line[:300]}" for line in printed.splitlines()[:5]]
+        problems += self.unexpected_output()
         if problems:
             pytest.fail(f"{self.log_path}:\n" + "\n".join(problems), pytrace=False)
 

@@ -211,7 +211,7 @@ def test_wrong_credentials_are_a_clear_slow_error_and_the_secret_stays_secret(ma
     ]
     assert all(o.returncode == 0 for o in outputs)
     assert daemon.stop() == 0
-    everything = [daemon.log_path.read_bytes(), exposed.encode()]
+    everything = [daemon.log_path.read_bytes(), daemon.output().encode(), exposed.encode()]
     everything += [(o.stdout + o.stderr).encode() for o in outputs]
     checkpoint = daemon.config_path.parent / "checkpoint"
     everything += [p.read_bytes() for p in checkpoint.iterdir()]

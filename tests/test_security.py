@@ -173,7 +173,7 @@ def test_no_secret_appears_in_anything_streamer_writes(make_daemon, server, tmp_
         assert result.returncode == 0, (args, result.stderr)
         produced.append((result.stdout + result.stderr).encode())
     assert good.stop() == 0
-    produced.append(good.log_path.read_bytes())
+    produced += [good.log_path.read_bytes(), good.output().encode()]
     checkpoint = good.config_path.parent / "checkpoint"
     produced += [p.read_bytes() for p in (*checkpoint.iterdir(), *(tmp_path / "backup").iterdir())]
 
@@ -191,7 +191,7 @@ def test_no_secret_appears_in_anything_streamer_writes(make_daemon, server, tmp_
     assert failed[0].returncode == 3 and "from S3: S3Error" in failed[0].stdout
     produced += [(r.stdout + r.stderr).encode() for r in failed]
     assert bad.stop() == 0
-    produced.append(bad.log_path.read_bytes())
+    produced += [bad.log_path.read_bytes(), bad.output().encode()]
 
     for secret in (SECRET_KEY, wrong_secret, token):
         leaks = [blob[:200] for blob in produced if secret.encode() in blob]
