@@ -316,8 +316,16 @@ class CheckpointStore:
         self._write(write)
 
     def store_id(self) -> str:
+        found = self.claimed()
+        if found is None:
+            raise CheckpointError("this checkpoint store has no id yet: it has never started")
+        return found
+
+    def claimed(self) -> str | None:
+        """Its id, if it has claimed an instance name yet (at its first start)."""
         with self._read() as txn:
-            return txn.get(b"store_id", db=self._meta).decode()
+            found = txn.get(b"store_id", db=self._meta)
+            return found.decode() if found is not None else None
 
     def instance(self) -> str | None:
         with self._read() as txn:

@@ -65,18 +65,27 @@ class TextFormatter(logging.Formatter):
 
 def logfmt_value(value) -> str:
     """A value as logfmt writes it: bare when it can be, else double-quoted with JSON's
-    escapes (so a newline stays on the line); structures as JSON."""
+    escapes (so no line break of any kind stays in it); structures as JSON."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    if not isinstance(value, str):
-        value = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, dict | list | tuple):
+        try:
+            value = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError):  # keys JSON cannot take
+            value = repr(value)
+    elif not isinstance(value, str):
+        value = str(value)
     if value and value.isprintable() and not any(c in value for c in ' ="\\'):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False).translate(LINE_BREAKS)
+
+
+# Line breaks to str.splitlines() that JSON leaves as they are.
+LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class EventLog:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -204,7 +207,7 @@ def test_helpful_errors(make_daemon):
     assert missing.returncode == 1 and "no checkpoint store at" in missing.stderr
     daemon.start()
     unknown = cli(daemon, "verify", "nope")
-    assert unknown.returncode == 1 and "no stream 'nope'" in unknown.stderr
+    assert unknown.returncode == 2 and "no stream 'nope'" in unknown.stderr
     assert "give a STREAM_ID or --all" in cli(daemon, "verify").stderr
 
 
@@ -228,3 +231,41 @@ def test_backup_copies_the_store_while_the_daemon_writes(make_daemon, tmp_path):
 
     again = cli(daemon, "checkpoint", "backup", str(copy))
     assert again.returncode == 1 and "is not empty" in again.stderr
+
+
+class NotTheDaemon(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"hello, not JSON and not Prometheus\n")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_status_and_health_say_so_when_another_program_answers_on_the_port(finished):
+    daemon, _ = finished
+    daemon.stop()
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotTheDaemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    raw = socket.create_server(("127.0.0.1", 0))
+
+    def answer_garbage():
+        while True:
+            conn, _ = raw.accept()
+            conn.sendall(b"garbage\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        for port in (server.server_port, raw.getsockname()[1]):
+            env = {"STREAMER_METRICS_PORT": str(port)}
+            shown = cli(daemon, "status", env=env)
+            assert shown.returncode == 0, shown.stderr
+            assert shown.stdout.startswith("daemon:     not running (")
+            assert "Traceback" not in shown.stderr
+            health = cli(daemon, "health", env=env)
+            assert health.returncode == 1 and "Traceback" not in health.stderr
+    finally:
+        server.shutdown()
+        raw.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 from streamer.logs import JsonFormatter, TextFormatter
 
@@ -34,9 +35,12 @@ def test_text_lines_are_logfmt_and_say_what_the_json_lines_say():
         "config": {"s3": {"bucket": "b"}, "workers": 2},
         "committed": None,
         "ok": False,
+        "name": "cam\u2028one\x85two\u2029.mp4",
+        "where": Path("/in/a b.mp4"),
+        "odd": {(1, 2): "tuple key"},
     }
     text = TextFormatter().format(record("upload_retry", **fields))
-    assert "\n" not in text
+    assert len(text.splitlines()) == 1
     parsed = parse_logfmt(text)
     assert text.startswith("ts=") and (parsed["level"], parsed["event"]) == (
         "warning",
@@ -47,5 +51,8 @@ def test_text_lines_are_logfmt_and_say_what_the_json_lines_say():
     assert (parsed["attempt"], parsed["delay"], parsed["ok"]) == ("3", "0.25", "false")
     assert (parsed["hint"], parsed["committed"]) == ("", "")
     assert json.loads(parsed["config"]) == fields["config"], "structures as JSON, not Python"
+    assert parsed["name"] == fields["name"] and parsed["where"] == "/in/a b.mp4"
+    assert parsed["odd"] == "{(1, 2): 'tuple key'}"
+    del fields["where"], fields["odd"]
     as_json = json.loads(JsonFormatter().format(record("upload_retry", **fields)))
     assert as_json["error"] == parsed["error"] and as_json["config"] == fields["config"]

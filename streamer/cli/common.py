@@ -16,7 +16,8 @@ from streamer.childproc import EXIT_CONFIG
 from streamer.records import StreamRecord
 
 EXIT_MISMATCH = 1  # verify: something in S3 is not what the checkpoint says
-EXIT_UNCHECKED = 3  # verify: S3 could not be read, so nothing can be said
+EXIT_USAGE = 2  # as click exits for a wrong option
+EXIT_UNCHECKED = 3  # verify: S3 or the store could not be read, so nothing can be said
 
 
 def _or_before_the_command(ctx: click.Context, param: click.Parameter, value):
@@ -66,26 +67,29 @@ def load_or_exit(config_path: str | None) -> config.Config:
 
 
 @contextlib.contextmanager
-def open_store(config_path: str | None, readonly: bool = False) -> Iterator[CheckpointStore]:
+def open_store(
+    config_path: str | None, readonly: bool = False, code: int = 1
+) -> Iterator[CheckpointStore]:
+    """The checkpoint store, or exit with `code` saying why not."""
     cfg = load_or_exit(config_path)
     path = cfg.checkpoint.path
     if not os.path.exists(os.path.join(path, "data.mdb")):
-        fail(f"no checkpoint store at {path} (checkpoint.path): has streamer run here?")
+        fail(f"no checkpoint store at {path} (checkpoint.path): has streamer run here?", code)
     try:
         store = CheckpointStore(path, cfg.checkpoint.map_size, readonly=readonly)
     except CheckpointError as exc:
-        fail(str(exc))
+        fail(str(exc), code)
     try:
         yield store
     finally:
         store.close()
 
 
-def get_or_exit(store: CheckpointStore, stream_id: str) -> StreamRecord:
+def get_or_exit(store: CheckpointStore, stream_id: str, code: int = 1) -> StreamRecord:
     try:
         return store.get_stream(stream_id)
     except UnknownStream:
-        fail(f"no stream {stream_id!r}; `streamer streams list` shows them")
+        fail(f"no stream {stream_id!r}; `streamer streams list` shows them", code)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -5,6 +5,7 @@ retention can see writers, and the instance name."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -109,19 +110,33 @@ class Doctor:
                 )
             return
         try:
-            store = CheckpointStore(path, self.config.checkpoint.map_size)
+            store = CheckpointStore(path, self.config.checkpoint.map_size, readonly=True)
         except CheckpointError as exc:
             self.failed(
                 "checkpoint store", str(exc), "check checkpoint.path's permissions and space"
             )
             return
         try:
-            self.store_id, stored = store.store_id(), store.instance()
-            self.instance = stored or self.instance
+            self.store_id, stored = store.claimed(), store.instance()
             count = sum(1 for _ in store.streams())
+        except CheckpointError as exc:  # a record that does not decode, among others
+            self.failed(
+                "checkpoint store", str(exc), "`streamer checkpoint backup`, then see the logs"
+            )
+            return
         finally:
             store.close()
-        if not os.access(path, os.W_OK) or not os.access(os.path.join(path, "data.mdb"), os.W_OK):
+        if stored and self.config.instance and stored != self.config.instance:
+            self.failed(
+                "checkpoint store",
+                f"it belongs to instance {stored!r}, the configuration says "
+                f"{self.config.instance!r}: run would refuse to start",
+                "set instance to the store's, or point checkpoint.path at another store",
+            )
+            return
+        self.instance = stored or self.instance
+        files = [path, *(os.path.join(path, f) for f in ("data.mdb", "lock.mdb"))]
+        if not all(os.access(f, os.W_OK) for f in files if os.path.exists(f)):
             self.failed(
                 "checkpoint store",
                 f"{path} is not writable by uid {os.geteuid()}",
@@ -189,8 +204,8 @@ class Doctor:
             if s3.get(key) != data:
                 raise Problem("the bytes read back differ from those written")
         finally:
-            s3.remove(key)
-        return "written, read back and deleted"
+            left = self.clean_up(s3, [key])
+        return "written and read back" + (f"; {left}" if left else ", and deleted")
 
     def multipart_copy(self, s3) -> str:
         from streamer.chunkstore import PartSource
@@ -210,10 +225,22 @@ class Doctor:
                 raise Problem("the copied object differs from its source")
         finally:
             if upload_id is not None:
-                s3.abort_upload(target, upload_id)
-            for key in (source, target):
+                with contextlib.suppress(Exception):
+                    s3.abort_upload(target, upload_id)
+            left = self.clean_up(s3, [source, target])
+        return "an object copied into a multipart upload" + (f"; {left}" if left else "")
+
+    @staticmethod
+    def clean_up(s3, keys: list[str]) -> str:
+        """Delete the scratch objects, as far as S3 lets it (run itself never deletes an
+        object, so a refusal is not a failure); say what is left."""
+        left = []
+        for key in keys:
+            try:
                 s3.remove(key)
-        return "an object copied into a multipart upload"
+            except Exception:
+                left.append(key)
+        return f"could not delete {', '.join(left)}: delete it by hand" if left else ""
 
     def instance_claim(self, s3) -> str:
         key = s3.layout.owner_key()

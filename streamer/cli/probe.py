@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from streamer.config import Config
@@ -13,7 +15,8 @@ TIMEOUT = 3.0
 
 
 class NotReachable(Exception):
-    """No answer from the daemon's endpoint (not running, or metrics elsewhere)."""
+    """No answer, or not one the daemon gives, from the daemon's endpoint (not running,
+    metrics elsewhere, or another program on the port)."""
 
 
 def base_url(config: Config) -> str:
@@ -22,7 +25,7 @@ def base_url(config: Config) -> str:
         config.metrics.host, config.metrics.host
     )
     if ":" in host:
-        host = f"[{host}]"
+        host = f"[{urllib.parse.quote(host, safe=':')}]"  # an IPv6 zone's % too
     return f"http://{host}:{config.metrics.port}"
 
 
@@ -33,7 +36,7 @@ def get(config: Config, path: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-    except (OSError, urllib.error.URLError) as exc:
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise NotReachable(f"no answer at {base_url(config)}: {reason}") from None
 
@@ -41,13 +44,21 @@ def get(config: Config, path: str) -> tuple[int, bytes]:
 def healthy(config: Config) -> tuple[bool, str]:
     """Does the daemon's loop turn? (/healthz)"""
     status, body = get(config, "/healthz")
-    return status == 200, body.decode(errors="replace").strip()
+    try:
+        said = json.loads(body)["status"]
+    except (ValueError, KeyError, TypeError):
+        raise NotReachable(f"{base_url(config)}/healthz: not the daemon's answer") from None
+    return status == 200 and said == "ok", body.decode(errors="replace").strip()
 
 
 def readiness(config: Config) -> dict:
     """/readyz's checks: s3, checkpoint, uploaders, running."""
     _, body = get(config, "/readyz")
-    return json.loads(body)
+    try:
+        checks = json.loads(body)["checks"]
+        return {name: checks[name] for name in ("s3", "checkpoint", "uploaders")}
+    except (ValueError, KeyError, TypeError):
+        raise NotReachable(f"{base_url(config)}/readyz: not the daemon's answer") from None
 
 
 def samples(config: Config) -> dict[str, float]:
@@ -60,8 +71,11 @@ def samples(config: Config) -> dict[str, float]:
     if status != 200:
         raise NotReachable(f"{base_url(config)}/metrics answered {status}")
     found = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            if not sample.labels:
-                found[sample.name] = sample.value
+    try:
+        for family in text_string_to_metric_families(body.decode(errors="replace")):
+            for sample in family.samples:
+                if not sample.labels:
+                    found[sample.name] = sample.value
+    except ValueError:
+        raise NotReachable(f"{base_url(config)}/metrics: not the daemon's answer") from None
     return found

@@ -16,6 +16,7 @@ from streamer.config import Config
 from streamer.records import StreamState
 
 RATE_SAMPLE = 1.0  # seconds between the two readings an upload rate is taken from
+INTERNAL = ("at", "uploaded")  # what a reading keeps for the next rate, not for --json
 
 
 @click.command()
@@ -61,7 +62,8 @@ def show(cfg: Config, config_path: str | None, as_json: bool, daemon: dict) -> N
         if r.state is StreamState.ACTIVE
     ]
     if as_json:
-        click.echo(msgspec.json.encode({"daemon": daemon, "streams": counts, "active": active}))
+        shown = {k: v for k, v in daemon.items() if k not in INTERNAL}
+        click.echo(msgspec.json.encode({"daemon": shown, "streams": counts, "active": active}))
         return
     for line in daemon_lines(daemon):
         click.echo(line)
@@ -102,14 +104,14 @@ def view_daemon(cfg: Config, previous: dict | None) -> dict:
         return {"running": None, "error": "metrics.enabled is false: the daemon cannot be asked"}
     try:
         healthy, _ = probe.healthy(cfg)
-        checks = probe.readiness(cfg)["checks"]
-        first = previous or {"at": time.monotonic(), **readings(probe.samples(cfg))}
-        if previous is None:
+        checks = probe.readiness(cfg)
+        if previous is None or not previous.get("running"):
+            previous = {"at": time.monotonic(), **readings(probe.samples(cfg))}
             time.sleep(RATE_SAMPLE)
         now = {"at": time.monotonic(), **readings(probe.samples(cfg))}
     except probe.NotReachable as exc:
         return {"running": False, "error": str(exc)}
-    elapsed = now["at"] - first["at"]
+    elapsed = max(1e-3, now["at"] - previous["at"])
     return {
         **now,
         "running": True,
@@ -117,9 +119,9 @@ def view_daemon(cfg: Config, previous: dict | None) -> dict:
         "s3_reachable": checks["s3"]["ok"],
         "s3_error": checks["s3"].get("error") or None,
         "checkpoint_writable": checks["checkpoint"]["ok"],
-        "uploaders_alive": checks["uploaders"]["alive"],
-        "uploaders_expected": checks["uploaders"]["expected"],
-        "upload_rate": max(0.0, now["uploaded"] - first["uploaded"]) / elapsed,
+        "uploaders_alive": checks["uploaders"].get("alive"),
+        "uploaders_expected": checks["uploaders"].get("expected"),
+        "upload_rate": max(0.0, now["uploaded"] - previous["uploaded"]) / elapsed,
     }
 
 

@@ -15,8 +15,8 @@ from streamer.audit import chunk_problems
 from streamer.cli.common import (
     EXIT_MISMATCH,
     EXIT_UNCHECKED,
+    EXIT_USAGE,
     config_option,
-    fail,
     get_or_exit,
     json_option,
     load_or_exit,
@@ -46,8 +46,8 @@ class Verdict:
 @click.option(
     "--quick",
     is_flag=True,
-    help="Compare sizes, ETags and the sha256 stored with each object (HEAD requests); "
-    "download nothing.",
+    help="Compare sizes, ETags and the sha256 stored with each object (HEAD requests) "
+    "instead of reading chunks and the assembled object back.",
 )
 @json_option
 def verify(
@@ -57,23 +57,31 @@ def verify(
     sha256 (its bytes read back, unless --quick), metadata.json and the assembled object
     as recorded, and, where the file is still there unchanged, the file's bytes.
 
-    Exit status: 0 all good, 1 a mismatch found (named, chunk by chunk), 3 could not
-    check (S3 unreachable or refusing).
+    Exit status: 0 all good, 1 a mismatch found (named, chunk by chunk), 2 a wrong
+    argument (an unknown stream), 3 could not check (S3 unreachable or refusing, the
+    store or a file unreadable).
     """
     if bool(stream_id) == check_all:
-        fail("give a STREAM_ID or --all")
+        raise click.UsageError("give a STREAM_ID or --all")
     from streamer.chunkstore import ChunkStore  # not at the top: the S3 client is heavy
+    from streamer.failures import S3_TROUBLE
 
     cfg = load_or_exit(config_path)
-    with open_store(config_path, readonly=True) as store:
-        records = list(store.streams()) if check_all else [get_or_exit(store, stream_id)]
+    with open_store(config_path, readonly=True, code=EXIT_UNCHECKED) as store:
+        if check_all:
+            records = list(store.streams())
+        else:
+            records = [get_or_exit(store, stream_id, EXIT_USAGE)]
         chunks = {r.stream_id: store.chunks(r.stream_id) for r in records}
         instance = store.instance() or ""
     s3 = ChunkStore(cfg.s3, instance)
     total = sum(len(c) for c in chunks.values())
     show_bar = not as_json and sys.stderr.isatty()
     with progress_bar(total, show_bar) as bar:
-        verdicts = [verify_stream(s3, r, chunks[r.stream_id], quick, bar.update) for r in records]
+        verdicts = [
+            verify_stream(s3, r, chunks[r.stream_id], quick, bar.update, S3_TROUBLE)
+            for r in records
+        ]
     if as_json:
         click.echo(msgspec.json.encode([{**asdict(v), "ok": v.ok} for v in verdicts]))
     else:
@@ -108,7 +116,10 @@ class NoBar:
         pass
 
 
-def verify_stream(s3, record: StreamRecord, chunks: list[ChunkRecord], quick: bool, progress):
+def verify_stream(
+    s3, record: StreamRecord, chunks: list[ChunkRecord], quick: bool, progress, away: tuple
+) -> Verdict:
+    """`away`: the errors that say S3 could not be asked (then nothing is said of it)."""
     verdict = Verdict(record.stream_id, len(chunks))
     finished = record.state is not StreamState.ACTIVE
     try:
@@ -124,15 +135,18 @@ def verify_stream(s3, record: StreamRecord, chunks: list[ChunkRecord], quick: bo
             verdict.problems += manifest_problems(s3, record, chunks)
         if record.assembled is not None:
             verdict.problems += assembled_problems(s3, record, quick)
-    except Exception as exc:  # S3 away or refusing: nothing can be said of this stream
+    except away as exc:
         verdict.error = f"cannot read it from S3: {describe(exc)}"
         return verdict
-    if file_unchanged(record):
-        verdict.problems += [
-            f"chunk {c.index}: the file's bytes differ from S3's"
-            for c in chunks
-            if sha256_of_range(record, c.offset, c.size) != c.sha256
-        ]
+    try:
+        if file_unchanged(record):
+            verdict.problems += [
+                f"chunk {c.index}: the file's bytes differ from S3's"
+                for c in chunks
+                if sha256_of_range(record, c.offset, c.size) != c.sha256
+            ]
+    except OSError as exc:  # not readable by this user, or deleted meanwhile
+        verdict.error = f"cannot read its file {record.path}: {describe(exc)}"
     return verdict
 
 
