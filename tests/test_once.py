@@ -49,9 +49,7 @@ def test_once_uploads_what_is_there_waits_for_what_grows_and_exits_0(make_daemon
     assert started["streams"] == 3
     summary = daemon.find("batch_finished")[0]
     assert (summary["finished"], summary["unfinished"]) == (3, [])
-    assert daemon.output_path.read_text().strip() == (
-        "3 of 3 streams finished (2 complete, 1 invalid)"
-    )
+    assert daemon.output() == "3 of 3 streams finished (2 complete, 1 invalid)\n"
 
 
 def test_once_killed_midway_resumes_and_uploads_nothing_twice(make_daemon, minio):
@@ -75,18 +73,34 @@ def test_once_killed_midway_resumes_and_uploads_nothing_twice(make_daemon, minio
         assert_exact(minio, daemon, done[name.removesuffix(".mp4")], daemon.watch / name)
 
 
-def test_once_stopped_before_every_stream_finished_exits_1_naming_them(make_daemon):
+def test_once_stopped_or_timed_out_before_every_stream_finished_exits_1_naming_them(make_daemon):
     daemon = make_daemon(stream={"idle_timeout": 60})
-    GrowingFile(daemon.watch / "endless.mp4", total=4096 * KiB, rate=64 * KiB).start()
+    GrowingFile(daemon.watch / "endless.mp4", total=8192 * KiB, rate=64 * KiB).start()
     time.sleep(0.3)
-    daemon.expect(exit_codes=(1,)).start(args=["--once"])
+    daemon.expect("batch_timed_out", exit_codes=(1,)).start(args=["--once"])
     daemon.wait_for("chunk_uploaded")
     daemon.signal(signal.SIGTERM)
     assert daemon.process.wait(30) == 1
     stream_id = daemon.find("stream_discovered")[0]["stream_id"]
-    assert daemon.output_path.read_text().strip() == (
-        f"0 of 1 streams finished; not finished: {stream_id}"
-    )
+    assert daemon.output() == f"0 of 1 streams finished; not finished: {stream_id}\n"
+
+    daemon.start(args=["--once", "--timeout", "3"])
+    assert daemon.process.wait(60) == 1
+    timed_out = daemon.find("batch_timed_out")[0]
+    assert (timed_out["timeout"], timed_out["unfinished"]) == (3.0, [stream_id])
+    assert daemon.output() == f"0 of 1 streams finished; not finished: {stream_id}\n"
+
+
+def test_one_daemon_per_checkpoint_store(make_daemon):
+    first = make_daemon().start()
+    store = first.config_path.parent / "checkpoint"
+    second = make_daemon(home="second", checkpoint={"path": str(store)})
+    second.expect("start_failed", exit_codes=(3,)).start(wait=False)
+    assert second.process.wait(30) == 3
+    failed = second.find("start_failed")[0]
+    assert f"another streamer daemon (pid {first.process.pid}) runs" in failed["error"]
+    first.stop()
+    assert second.start().stop() == 0, "free again once the first has stopped"
 
 
 def test_a_batch_is_done_when_each_stream_found_at_start_has_ended():
@@ -95,6 +109,21 @@ def test_a_batch_is_done_when_each_stream_found_at_start_has_ended():
     batch.concluded("z", "complete")  # not of the batch
     assert not batch.done and batch.summary()["unfinished"] == ["b"]
     batch.concluded("b", "partial")
-    assert batch.done
+    assert batch.done and batch.all_finished
     assert batch.describe() == "2 of 2 streams finished (1 complete, 1 partial)"
     assert Batch.of([]).done and Batch.of([]).describe() == "0 of 0 streams finished"
+
+
+def test_a_batch_follows_missed_files_taken_up_and_recordings_written_over_its_own():
+    batch = Batch.of(["a"], missed={"/in/m.mp4", "/in/gone.mp4"}, lost={"x"})
+    batch.follow({"/in/a.mp4": "a"}, exists=lambda path: path != "/in/gone.mp4")
+    assert batch.missed == {"/in/m.mp4"} and not batch.done
+    batch.follow({"/in/a.mp4": "a", "/in/m.mp4": "m"}, exists=lambda path: True)
+    assert batch.pending == {"a", "m"} and not batch.missed
+    batch.concluded("a", "partial")  # written over: its successor joins
+    batch.follow({"/in/m.mp4": "m", "/in/a.mp4": "a2"}, exists=lambda path: True)
+    batch.concluded("m", "complete")
+    batch.concluded("a2", "complete")
+    assert batch.done and not batch.all_finished, "an unreadable record is not finished"
+    assert batch.summary()["unfinished"] == ["x"]
+    assert batch.describe() == "3 of 4 streams finished (2 complete, 1 partial); not finished: x"

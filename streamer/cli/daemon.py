@@ -24,20 +24,29 @@ from streamer.health import HEALTHY_WITHIN, heartbeat_path, since_beat
     "cron). A file quiet for stream.idle_timeout is finished at once; one still growing "
     "is waited for; files that appear meanwhile are left for the next run.",
 )
-def run(config_path: str | None, once: bool) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="With --once: stop after SECONDS even if not every stream has finished (exit 1); "
+    "by default it waits as long as S3 and the recorders take.",
+)
+def run(config_path: str | None, once: bool, timeout: float | None) -> None:
     """Watch the directory and upload every recording in it, until SIGTERM or SIGINT.
 
     Exit status: 0 after a graceful stop (with --once: every stream finished), 1 after a
-    forced stop, too many uploader crashes, or, with --once, a stop before every stream
-    finished; 2 for an invalid configuration, 3 when it cannot start (directories,
-    checkpoint store).
+    forced stop, too many uploader crashes, or, with --once, a stop or a timeout before
+    every stream finished; 2 for an invalid configuration, 3 when it cannot start
+    (directories, checkpoint store, another daemon on the same store).
     """
+    if timeout is not None and not once:
+        raise click.UsageError("--timeout goes with --once")
     cfg = load_or_exit(config_path)
     logs.configure(cfg.log.level, cfg.log.format)
     prepare_metrics_dir()
     from streamer.supervisor.daemon import Supervisor  # after prepare_metrics_dir: see there
 
-    supervisor = Supervisor(cfg, once=once)
+    supervisor = Supervisor(cfg, once=once, timeout=timeout)
     code = supervisor.run()
     if supervisor.batch is not None:
         click.echo(supervisor.batch.describe())
@@ -62,7 +71,10 @@ def health(config_path: str | None) -> None:
         if not alive:
             fail(f"unhealthy: {said}")
     else:
-        since = since_beat(heartbeat_path(cfg.checkpoint.path))
+        try:
+            since = since_beat(heartbeat_path(cfg.checkpoint.path))
+        except OSError as exc:
+            fail(f"cannot read the heartbeat in {cfg.checkpoint.path}: {exc.strerror}")
         if since is None:
             fail(f"no heartbeat in {cfg.checkpoint.path}: the daemon has not run there")
         if since >= HEALTHY_WITHIN:

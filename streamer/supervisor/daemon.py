@@ -7,6 +7,7 @@ handlers only queue the signal; the loop handles it by name.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -44,7 +45,13 @@ TICK = 0.5
 
 
 class Supervisor:
-    def __init__(self, config: Config, clock=time.monotonic, once: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        clock=time.monotonic,
+        once: bool = False,
+        timeout: float | None = None,
+    ):
         watcher = Watcher(config.watch.directory, config.watch.pattern)
         self.ctx = Context(config, clock, logs.EventLog("supervisor"), watcher)
         self.log = self.ctx.log
@@ -67,6 +74,9 @@ class Supervisor:
         self.published = self.readiness()  # what /readyz answers, as the loop last saw it
         self.once = once
         self.batch: Batch | None = None  # with `once`: the streams found at start
+        self.batch_timeout = timeout  # seconds `once` may take; None: as long as it takes
+        self.batch_deadline = math.inf
+        self.store_lock: int | None = None
 
     @property
     def config(self) -> Config:
@@ -110,6 +120,7 @@ class Supervisor:
                 "the uploads. For development only; use s3.ca_file for a private CA.",
             )
         startup.check_directories(config)
+        self.store_lock = startup.lock_store(config)
         if config.retention.enabled:
             startup.check_leases(self.ctx)
         startup.prepare_store(self.ctx)
@@ -138,11 +149,30 @@ class Supervisor:
             self.start_batch(self.clock())
 
     def start_batch(self, now: float) -> None:
-        """`run --once`: the streams found now are the work; no other file is taken up."""
-        self.discovery.discovering = False
-        self.discovery.quiet_by_mtime(now)
-        self.batch = Batch.of(t.stream_id for t in self.table.all())
-        self.log.info("batch_started", streams=len(self.table))
+        """`run --once`: the files found now are the work; no file that comes later is."""
+        discovery = self.discovery
+        discovery.quiet_by_mtime(now)
+        self.batch = Batch.of(
+            (t.stream_id for t in self.table.all()), discovery.missed, discovery.unreadable
+        )
+        discovery.discovering = False
+        discovery.only = self.batch.missed  # tried again at each scan
+        if self.batch_timeout is not None:
+            self.batch_deadline = now + self.batch_timeout
+        self.log.info("batch_started", streams=len(self.table), passed_over=len(discovery.missed))
+
+    def tend_batch(self, now: float) -> bool:
+        """Is the batch over (every stream ended, or its time up)? Then stop."""
+        batch = self.batch
+        batch.follow({t.file.path: t.stream_id for t in self.table.all()}, os.path.lexists)
+        if batch.done:
+            self.log.info("batch_finished", **batch.summary())
+        elif now >= self.batch_deadline:
+            self.log.warning("batch_timed_out", timeout=self.batch_timeout, **batch.summary())
+        else:
+            return False
+        self.handle_term()
+        return True
 
     def loop(self, now: float) -> None:
         self.last_turn = now
@@ -167,9 +197,7 @@ class Supervisor:
     def tend_streams(self, now: float) -> None:
         """The timed work of a running supervisor."""
         discovery = self.discovery
-        if self.batch is not None and self.batch.done:
-            self.log.info("batch_finished", **self.batch.summary())
-            self.handle_term()
+        if self.batch is not None and self.tend_batch(now):
             return
         if now >= discovery.next_rescan:
             discovery.rescan(now)
@@ -295,13 +323,13 @@ class Supervisor:
     def stopped_status(self) -> int:
         """A graceful stop is a success, unless `run --once` stopped before all its
         streams finished."""
-        return EXIT_FAILURE if self.batch is not None and not self.batch.done else EXIT_OK
+        return EXIT_FAILURE if self.batch is not None and not self.batch.all_finished else EXIT_OK
 
     # Uploaders
 
     def inherited_fds(self) -> list[int]:
         """What a forked uploader closes first: the supervisor's own descriptors."""
-        fds = [self.wakeup_r, self.wakeup_w, *self.ctx.watcher.fds()]
+        fds = [self.wakeup_r, self.wakeup_w, self.store_lock, *self.ctx.watcher.fds()]
         if self.metrics_server:
             fds.append(self.metrics_server.fileno())
         return fds

@@ -32,8 +32,11 @@ class Discovery:
         self.next_rescan = 0.0
         self.next_idle_at = math.inf  # when the next stream falls idle
         self.unreadable: set[str] = set()  # streams whose records do not decode, reported
-        # Off after the first scan of `run --once`: only the files found then are streams.
+        # Off after the first scan of `run --once`: only the files found then are streams,
+        # and of those only the ones passed over then (`only`) are looked for again.
         self.discovering = True
+        self.only: set[str] = set()
+        self.missed: set[str] = set()  # paths whose last look failed (tried at each scan)
 
     def handle_file_events(self, now: float) -> None:
         batch = self.ctx.watcher.read()
@@ -75,11 +78,15 @@ class Discovery:
         try:
             work(*args)
         except CheckpointUnwritable as exc:
+            self.missed.add(path)
             self.ctx.checkpoint_state(False, describe(exc))
         except UnreadableStream as exc:
             self.passed_over(exc)
         except (OSError, ValueError, CheckpointError) as exc:
+            self.missed.add(path)
             self.ctx.log.error("file_failed", path=path, error=describe(exc))
+        else:
+            self.missed.discard(path)
 
     def wrote(self) -> None:
         """A write to the checkpoint store succeeded: if the last one had failed, what was
@@ -103,7 +110,7 @@ class Discovery:
             if moved and self.still_the_recording(moved.stream_id, file):
                 self.move(moved, file, now)
             elif (
-                self.discovering
+                (self.discovering or path in self.only)
                 and watcher.matches(os.path.basename(path))
                 and not self.finished.is_settled(file)
             ):
