@@ -32,14 +32,7 @@ _LEVELS = {
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-            "role": record.name.removeprefix("streamer."),
-            "pid": record.process,
-            **getattr(record, "fields", {}),
-        }
+        line = _line(record)
         try:
             return msgspec.json.encode(line).decode()
         except (TypeError, UnicodeEncodeError):
@@ -52,14 +45,7 @@ class TextFormatter(logging.Formatter):
     one line per event whatever the values hold."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": _timestamp(record),
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-            "role": record.name.removeprefix("streamer."),
-            "pid": record.process,
-            **getattr(record, "fields", {}),
-        }
+        line = _line(record)
         return " ".join(f"{key}={logfmt_value(value)}" for key, value in line.items())
 
 
@@ -114,6 +100,18 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
     root.propagate = False
+
+
+def _line(record: logging.LogRecord) -> dict:
+    """An event's fields, in the order both formats write them."""
+    return {
+        "ts": _timestamp(record),
+        "level": record.levelname.lower(),
+        "event": record.getMessage(),
+        "role": record.name.removeprefix("streamer."),
+        "pid": record.process,
+        **getattr(record, "fields", {}),
+    }
 
 
 def _timestamp(record: logging.LogRecord) -> str:

@@ -62,14 +62,21 @@ def test_policy_decides_without_io():
 
 def test_the_supervisor_process_never_loads_the_s3_client():
     # `streamer run` imports the CLI, then the supervisor; uploaders import theirs after fork.
-    code = (
-        "import sys, streamer.cli, streamer.supervisor.daemon; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('minio', 'urllib3') "
-        "or m in ('streamer.uploader', 'streamer.chunkstore')))"
+    loaded = loaded_by(
+        "streamer.cli, streamer.supervisor.daemon",
+        "m.split('.')[0] in ('minio', 'urllib3') "
+        "or m in ('streamer.uploader', 'streamer.chunkstore')",
     )
+    assert loaded == "[]"
+
+
+def loaded_by(modules: str, which: str) -> str:
+    """The modules, among those `which` selects, that importing `modules` loads, in a
+    fresh process."""
+    code = f"import sys, {modules}; print(sorted(m for m in sys.modules if {which}))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.strip() == "[]"
+    return loaded.stdout.strip()
 
 
 def test_the_admin_commands_never_reach_the_supervisor():
@@ -97,14 +104,10 @@ def test_the_admin_commands_never_reach_the_supervisor():
 
 def test_the_command_loads_neither_the_s3_client_nor_the_metrics_library():
     """prometheus_client fixes its mode when first imported: `run` sets it up first."""
-    code = (
-        "import sys, streamer.cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('minio', 'urllib3', 'prometheus_client')))"
+    loaded = loaded_by(
+        "streamer.cli", "m.split('.')[0] in ('minio', 'urllib3', 'prometheus_client')"
     )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.strip() == "[]"
+    assert loaded == "[]"
 
 
 def private_names(tree: ast.Module) -> set[str]:
