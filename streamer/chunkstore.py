@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import count
 from typing import BinaryIO
 
@@ -103,6 +105,17 @@ class StoredObject:
     size: int
     etag: str
     sha256: str | None
+    modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An object's bytes, written to a file: how many, their sha256, and the sha256 S3
+    stored with the object (None if none)."""
+
+    size: int
+    sha256: str
+    stored_sha256: str | None
 
 
 class UploadGone(Exception):
@@ -302,9 +315,23 @@ class ChunkStore:
         """Every object under `prefix`, by key, with its size and ETag (one request per
         thousand objects; no sha256)."""
         return {
-            item.object_name: StoredObject(size=item.size, etag=item.etag, sha256=None)
+            item.object_name: StoredObject(item.size, item.etag, None, item.last_modified)
             for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
         }
+
+    def fetch_into(self, key: str, fd: int, offset: int, block: int = 1024 * 1024) -> Fetched:
+        """Write an object's bytes into the open file `fd` from `offset`, a block at a time
+        (memory stays at one block), hashing them on the way."""
+        digest, size = hashlib.sha256(), 0
+        with self._response(key) as response:
+            stored = _stored_sha256(response.headers.items())
+            for data in response.stream(block):
+                digest.update(data)
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(fd, memoryview(data)[written:], offset + size + written)
+                size += len(data)
+        return Fetched(size, digest.hexdigest(), stored)
 
     def get(self, key: str) -> bytes:
         with self._response(key) as response:
@@ -339,11 +366,11 @@ class ChunkStore:
                 exc.__traceback__ = None
                 return None
             raise
-        sha256 = next(
-            (v for k, v in info.metadata.items() if k.lower() == f"x-amz-meta-{SHA256_META}"),
-            None,
-        )
-        return StoredObject(size=info.size, etag=info.etag, sha256=sha256)
+        return StoredObject(info.size, info.etag, _stored_sha256(info.metadata.items()))
+
+
+def _stored_sha256(headers) -> str | None:
+    return next((v for k, v in headers if k.lower() == f"x-amz-meta-{SHA256_META}"), None)
 
 
 class _PacedReader:

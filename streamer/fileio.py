@@ -101,6 +101,20 @@ def sha256_of_range(
     return whole.hexdigest()
 
 
+def sha256_of_fd_range(fd: int, offset: int, size: int, block: int = 1024 * 1024) -> str:
+    """The sha256 of `size` bytes of an open file from `offset` (fewer if it ends first),
+    read a block at a time."""
+    whole = hashlib.sha256()
+    end = offset + size
+    while offset < end:
+        data = os.pread(fd, min(block, end - offset), offset)
+        if not data:
+            break
+        whole.update(data)
+        offset += len(data)
+    return whole.hexdigest()
+
+
 class HashingReader:
     """A file object's reads, hashed as they pass (the whole file's sha256 of a streamed
     upload)."""

@@ -3,7 +3,23 @@ a key, used by the uploader, the manifest, retention and the admin commands."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# <stream_id>/chunks/000041 or 000041.r2 (a later revision of the same bytes' place).
+_CHUNK = re.compile(r"^chunks/(\d{6,})(?:\.r(\d+))?$")
+
+
+@dataclass(frozen=True)
+class KeyOf:
+    """What a key in the bucket is, read back from the layout: a stream's chunk, its
+    metadata.json, or another object of it (its assembled recording)."""
+
+    instance: str
+    stream_id: str
+    kind: str  # "chunk", "manifest" or "object"
+    index: int = -1
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -32,3 +48,26 @@ class Layout:
 
     def manifest_key(self, stream_id: str) -> str:
         return f"{self.stream_prefix(stream_id)}metadata.json"
+
+    def instances_prefix(self) -> str:
+        """Where every instance's streams are, under this prefix."""
+        prefix = self.prefix.strip("/")
+        return f"{prefix}/" if prefix else ""
+
+    def parse(self, key: str) -> KeyOf | None:
+        """The key's place in the layout (any instance under this prefix), or None for
+        what is not a stream's (an instance's claim, doctor's scratch objects)."""
+        rest = key.removeprefix(self.instances_prefix())
+        if rest == key and self.instances_prefix():
+            return None
+        parts = rest.split("/", 2)
+        if len(parts) < 3 or not parts[0] or not parts[1] or parts[1].startswith("."):
+            return None
+        instance, stream_id, name = parts
+        if name == "metadata.json":
+            return KeyOf(instance, stream_id, "manifest")
+        if chunk := _CHUNK.match(name):
+            return KeyOf(instance, stream_id, "chunk", int(chunk[1]), int(chunk[2] or 0))
+        if "/" in name:
+            return None
+        return KeyOf(instance, stream_id, "object")

@@ -82,6 +82,37 @@ def inspect(read_at: ReadAt, size: int) -> Mp4Facts:
     return facts
 
 
+def playable_prefix(read_at: ReadAt, size: int) -> int | None:
+    """How many of the first bytes make a recording that plays: all of them for a whole
+    plain MP4; for a fragmented one, up to the end of its last whole fragment (a `moof`,
+    then its `mdat`); None when no prefix can play (no `moov`, no whole fragment, or a
+    plain MP4 cut short, whose `moov` is missing or points past the end)."""
+    offset, moov, fragmented, moof_open, cut = 0, False, False, False, None
+    try:
+        while offset < size:
+            data = read_at(offset, 16)
+            header = _box_header(data, size - offset)
+            if header is None or data[:4] == b"\0\0\0\0":  # size 0: still being written
+                break
+            kind, _, box_size = header
+            if offset + box_size > size:
+                break
+            if kind == b"moov":
+                moov = True
+            elif kind == b"moof":
+                fragmented, moof_open = True, True
+            elif kind == b"mdat" and moof_open:
+                moof_open, cut = False, offset + box_size
+            offset += box_size
+    except (struct.error, ValueError, IndexError, OverflowError):
+        pass
+    if not moov:
+        return None
+    if fragmented:
+        return cut
+    return size if offset == size else None
+
+
 def _walk_file(read_at: ReadAt, size: int, facts: Mp4Facts) -> None:
     fragments = _Fragments()
     mvhd: tuple[int, int] | None = None

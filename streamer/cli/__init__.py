@@ -11,6 +11,7 @@ from streamer import __version__
 from streamer.cli.common import root_config_option, root_json_option
 from streamer.cli.daemon import health, run
 from streamer.cli.doctor import doctor
+from streamer.cli.remote import remote, restore
 from streamer.cli.settings import config_group
 from streamer.cli.status import status
 from streamer.cli.store import checkpoint_group
@@ -34,5 +35,16 @@ def main(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
-for command in (run, doctor, health, status, streams, verify, checkpoint_group, config_group):
+for command in (
+    run,
+    doctor,
+    health,
+    status,
+    streams,
+    verify,
+    remote,
+    restore,
+    checkpoint_group,
+    config_group,
+):
     main.add_command(command)

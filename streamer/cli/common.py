@@ -115,3 +115,11 @@ def summary(r: StreamRecord) -> dict:
         "source_deleted_at": r.source_deleted_at,
         "deleted_because": r.deleted_because,
     }
+
+
+def s3_errors() -> tuple[type[Exception], ...]:
+    """The errors that say S3 could not be asked (away, refusing, no credentials), not
+    that what it holds is wrong. Imported when asked: the S3 client is heavy."""
+    from streamer.failures import S3_TROUBLE
+
+    return (*S3_TROUBLE, OSError)

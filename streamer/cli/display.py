@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+
+import click
 
 UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -81,3 +85,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
 def bar(done: int, total: int | None, width: int = 24) -> str:
     filled = width if not total else min(width, width * done // total)
     return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+class _NoBar:
+    def update(self, done: int) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress(total: int, label: str, shown: bool) -> Iterator:
+    """A progress bar on stderr, when `shown` and stderr is a terminal; `update(n)` adds n."""
+    if not (shown and sys.stderr.isatty()):
+        yield _NoBar()
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar

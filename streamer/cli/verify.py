@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -12,6 +11,7 @@ import msgspec
 
 from streamer import manifest
 from streamer.audit import chunk_problems
+from streamer.cli import display
 from streamer.cli.common import (
     EXIT_MISMATCH,
     EXIT_UNCHECKED,
@@ -21,6 +21,7 @@ from streamer.cli.common import (
     json_option,
     load_or_exit,
     open_store,
+    s3_errors,
 )
 from streamer.fileio import is_finalised_file, sha256_of_range
 from streamer.logs import describe
@@ -64,7 +65,6 @@ def verify(
     if bool(stream_id) == check_all:
         raise click.UsageError("give a STREAM_ID or --all")
     from streamer.chunkstore import ChunkStore  # not at the top: the S3 client is heavy
-    from streamer.failures import S3_TROUBLE
 
     cfg = load_or_exit(config_path)
     with open_store(config_path, readonly=True, code=EXIT_UNCHECKED) as store:
@@ -76,10 +76,9 @@ def verify(
         instance = store.instance() or ""
     s3 = ChunkStore(cfg.s3, instance)
     total = sum(len(c) for c in chunks.values())
-    show_bar = not as_json and sys.stderr.isatty()
-    with progress_bar(total, show_bar) as bar:
+    with display.progress(total, "chunks", shown=not as_json) as bar:
         verdicts = [
-            verify_stream(s3, r, chunks[r.stream_id], quick, bar.update, S3_TROUBLE)
+            verify_stream(s3, r, chunks[r.stream_id], quick, bar.update, s3_errors())
             for r in records
         ]
     if as_json:
@@ -100,20 +99,6 @@ def report(v: Verdict) -> None:
         click.echo(f"{v.stream_id}: not checked: {v.error}")
     elif v.ok:
         click.echo(f"{v.stream_id}: ok ({v.chunks} chunks)")
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, shown: bool):
-    if not shown:
-        yield NoBar()
-        return
-    with click.progressbar(length=total, label="chunks", file=sys.stderr) as bar:
-        yield bar
-
-
-class NoBar:
-    def update(self, done: int) -> None:
-        pass
 
 
 def verify_stream(
