@@ -81,8 +81,9 @@ def test_a_finished_stream_is_listed_and_restores_to_the_exact_bytes(make_daemon
     assert stream_id in human and "complete" in human
 
 
+@both_servers
 def test_the_host_dies_mid_recording_and_the_recording_comes_back(
-    make_daemon, ffmpeg, tmp_path, minio
+    make_daemon, ffmpeg, tmp_path, server
 ):
     daemon = make_daemon(stream={"idle_timeout": 60})
     daemon.start()
@@ -111,7 +112,7 @@ def test_the_host_dies_mid_recording_and_the_recording_comes_back(
 
     # A chunk removed: the restore stops before it and says so.
     chunk = f"rec/test-host/{stream_id}/chunks/000002"
-    minio.client.remove_object(daemon.bucket, chunk)
+    server.client.remove_object(daemon.bucket, chunk)
     cut = tmp_path / "cut.mp4"
     short = cli(daemon, "restore", stream_id, "-o", str(cut))
     assert short.returncode == 0
