@@ -180,9 +180,16 @@ class CheckpointStore:
 
     def active_streams(self) -> tuple[list[StreamRecord], list[UnreadableStream]]:
         """The unfinished streams, and the errors of those whose records do not decode."""
+        return self._readable(self._active)
+
+    def every_stream(self) -> tuple[list[StreamRecord], list[UnreadableStream]]:
+        """Every stream, and the errors of those whose records do not decode."""
+        return self._readable(self._streams)
+
+    def _readable(self, db) -> tuple[list[StreamRecord], list[UnreadableStream]]:
         records, unreadable = [], []
         with self._read() as txn:
-            for key, _ in txn.cursor(db=self._active):
+            for key, _ in txn.cursor(db=db):
                 try:
                     records.append(self._load(txn, key.decode()))
                 except UnreadableStream as exc:

@@ -197,13 +197,19 @@ class ChunkStore:
                 raise
 
     def put(
-        self, key: str, data: bytes, sha256: str, content_type: str, if_absent: bool = False
+        self,
+        key: str,
+        data: bytes,
+        sha256: str,
+        content_type: str,
+        if_absent: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Upload `data`, whose sha256 is given, in one PUT and return its ETag.
         `if_absent`: only if no object is at the key (raises Taken), where the server can
-        say so; one that cannot is written to as before."""
+        say so; one that cannot is written to as before. `tags`: the object's tags."""
         headers = genheaders(
-            {"Content-Type": content_type, SHA256_META: sha256}, self._sse, None, None, False
+            {"Content-Type": content_type, SHA256_META: sha256}, self._sse, tags, None, False
         )
         headers["Content-Length"] = str(len(data))
         headers["x-amz-content-sha256"] = sha256
@@ -219,7 +225,7 @@ class ChunkStore:
                 raise Taken(key) from None
             if "If-None-Match" in headers and exc.code == "NotImplemented":
                 self._conditional = False
-                return self.put(key, data, sha256, content_type)
+                return self.put(key, data, sha256, content_type, tags=tags)
             raise
 
     def get_if_exists(self, key: str) -> bytes | None:
@@ -246,7 +252,7 @@ class ChunkStore:
         return result.etag
 
     def remove(self, key: str) -> None:
-        """Delete an object (only `streamer doctor`'s scratch objects are ever deleted)."""
+        """Delete an object: a pruned stream's chunks, doctor's scratch objects."""
         self._client.remove_object(self.bucket, key)
 
     def begin_upload(self, key: str, content_type: str) -> str:

@@ -52,6 +52,9 @@ class StreamConfig(Section):
     chunk_size: ChunkSize = 10 * MiB
     idle_timeout: Seconds = 30.0
     assemble: bool = True
+    # With assemble: keep the chunk objects once the whole object is proven in S3 (every
+    # byte stored twice), or delete them then (once).
+    keep_chunks: bool = True
     # Chunks in flight at once per uploader (its sender threads), shared by its streams:
     # one stream alone can use them all. The checkpoint still advances in chunk order.
     upload_window: Annotated[int, Meta(ge=1, le=16)] = 3

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Every chunk object carries this tag, so that a lifecycle rule can expire chunks alone.
+CHUNK_TAGS = {"streamer": "chunk"}
 # <stream_id>/chunks/000041 or 000041.r2 (a later revision of the same bytes' place).
 _CHUNK = re.compile(r"^chunks/(\d{6,})(?:\.r(\d+))?$")
 

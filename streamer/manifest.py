@@ -56,6 +56,9 @@ class Manifest(Struct, kw_only=True):
     reuploaded_chunks: int
     chunks: list[ManifestChunk]
     assembled: Assembled | None
+    # The chunks were deleted then, the assembled object proven (stream.keep_chunks off):
+    # `chunks` says what was uploaded; the recording is the assembled object.
+    chunks_deleted_at: UTCTime | None = None
     first_seen_at: UTCTime
     first_upload_at: UTCTime | None
     last_upload_at: UTCTime | None
@@ -101,6 +104,7 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
             for c in chunks
         ],
         assembled=record.assembled,
+        chunks_deleted_at=record.chunks_deleted_at,
         first_seen_at=record.first_seen_at,
         first_upload_at=record.first_upload_at,
         last_upload_at=record.last_upload_at,

@@ -129,7 +129,23 @@ class Retired(Message):
     kept_because: str = ""
 
 
-Command = Assign | Grow | Finish | Moved | Abandon | Retire | Stop
+class Prune(Message):
+    """Delete this finished stream's chunk objects if, and only if, its assembled object
+    is proven to hold every byte (stream.keep_chunks off)."""
+
+    stream_id: str
+
+
+class Pruned(Message):
+    """What came of a Prune: `deleted` chunks, or kept (`final`: asking again cannot
+    change that, e.g. the stream has no assembled object)."""
+
+    stream_id: str
+    deleted: bool
+    final: bool = False
+
+
+Command = Assign | Grow | Finish | Moved | Abandon | Retire | Prune | Stop
 Event = (
     ChunkUploaded
     | ChunkCommitted
@@ -139,6 +155,7 @@ Event = (
     | SourceRewritten
     | StreamFinished
     | Retired
+    | Pruned
 )
 
 _encoder = msgspec.msgpack.Encoder()

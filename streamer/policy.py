@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streamer.mp4 import Mp4Facts
-from streamer.records import AssemblyUpload, StreamState
+from streamer.records import AssemblyUpload, StreamRecord, StreamState
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -87,6 +87,17 @@ def settled(
     if read_at_ns is None or read_mtime_ns != final_mtime_ns:
         return False
     return read_at_ns - final_mtime_ns >= SETTLED_NS + granularity_ns
+
+
+def prunable(record: StreamRecord) -> bool:
+    """May a stream's chunk objects go (stream.keep_chunks off)? Only once it finished
+    with its whole object assembled and its sha256 known to prove that object by."""
+    return (
+        record.state.finished
+        and record.assembled is not None
+        and record.sha256 is not None
+        and record.chunks_deleted_at is None
+    )
 
 
 def is_idle(changed_at: float, now: float, idle_timeout: float) -> bool:

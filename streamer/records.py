@@ -97,6 +97,9 @@ class StreamRecord(Struct, kw_only=True):
     assembly: AssemblyUpload | None = None  # open while the stream is live
     # When retention deleted the local file, proven in S3, and why (see streamer.retention).
     source_deleted_at: UTC | None = None
+    # When its chunk objects were deleted, the assembled object proven to hold every byte
+    # (stream.keep_chunks off); None: they are in S3.
+    chunks_deleted_at: UTC | None = None
     deleted_because: str | None = None
 
     @property

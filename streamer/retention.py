@@ -5,7 +5,8 @@ uploader makes every check at the moment of deletion, in this order; the first t
 keeps the file:
   1. its stream finished `complete` (or `partial`, with retention.delete_partial);
   2. every chunk in the checkpoint is in S3 with its recorded size and ETag, and together
-     they cover the whole file;
+     they cover the whole file (unless stream.keep_chunks off deleted them, once the
+     assembled object's bytes read back as the file's sha256);
   3. the assembled object, if there is one, is in S3 with the file's size and its ETag;
   4. metadata.json is in S3 and reads back as this stream;
   5. the file on disk is still the one that was finalised (inode, size, mtime), and a
@@ -67,6 +68,8 @@ def check_status(record: StreamRecord, delete_partial: bool) -> None:
 
 
 def check_chunks(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
+    if record.chunks_deleted_at is not None:
+        return  # deleted once the assembled object was read back whole: check_assembled
     if problems := chunk_problems(record.stream_id, chunks, record.total_size, s3):
         raise Kept(problems[0])
 

@@ -598,14 +598,14 @@ class MinioUser:
         self.refuse_puts()
         self.mc("admin", "policy", "attach", "t", self.access_key, "--user", self.access_key)
 
-    def refuse_puts(self, *patterns: str) -> None:
-        """Everything on the bucket, but PutObject on keys matching `patterns` (none: no
+    def refuse_puts(self, *patterns: str, action: str = "s3:PutObject") -> None:
+        """Everything on the bucket, but `action` on keys matching `patterns` (none: no
         refusal)."""
         bucket = f"arn:aws:s3:::{self.bucket}"
         statements = [{"Effect": "Allow", "Action": ["s3:*"], "Resource": [bucket, f"{bucket}/*"]}]
         if patterns:
             denied = [f"{bucket}/{pattern}" for pattern in patterns]
-            statements.append({"Effect": "Deny", "Action": ["s3:PutObject"], "Resource": denied})
+            statements.append({"Effect": "Deny", "Action": [action], "Resource": denied})
         self.policy_file.write_text(json.dumps({"Version": "2012-10-17", "Statement": statements}))
         self.mc("admin", "policy", "create", "t", self.access_key, str(self.policy_file))
 

@@ -205,6 +205,8 @@ class Doctor:
                 raise Problem("the bytes read back differ from those written")
         finally:
             left = self.clean_up(s3, [key])
+        if left and not self.config.stream.keep_chunks:
+            raise Problem(f"{left}; stream.keep_chunks off deletes chunks: allow DeleteObject")
         return "written and read back" + (f"; {left}" if left else ", and deleted")
 
     def multipart_copy(self, s3) -> str:
@@ -232,8 +234,8 @@ class Doctor:
 
     @staticmethod
     def clean_up(s3, keys: list[str]) -> str:
-        """Delete the scratch objects, as far as S3 lets it (run itself never deletes an
-        object, so a refusal is not a failure); say what is left."""
+        """Delete the scratch objects, as far as S3 lets it (run deletes objects only with
+        stream.keep_chunks off, so a refusal is not a failure); say what is left."""
         left = []
         for key in keys:
             try:

@@ -108,14 +108,15 @@ def verify_stream(
     verdict = Verdict(record.stream_id, len(chunks))
     finished = record.state is not StreamState.ACTIVE
     try:
-        verdict.problems += chunk_problems(
-            record.stream_id,
-            chunks,
-            record.total_size if finished else None,
-            s3,
-            look="stored" if quick else "bytes",
-            progress=progress,
-        )
+        if record.chunks_deleted_at is None:
+            verdict.problems += chunk_problems(
+                record.stream_id,
+                chunks,
+                record.total_size if finished else None,
+                s3,
+                look="stored" if quick else "bytes",
+                progress=progress,
+            )
         if finished:
             verdict.problems += manifest_problems(s3, record, chunks)
         if record.assembled is not None:

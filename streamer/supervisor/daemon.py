@@ -26,6 +26,7 @@ from streamer.messages import (
     ChunkUploaded,
     FinishDeclined,
     Mailbox,
+    Pruned,
     Retired,
     S3State,
     SourceRewritten,
@@ -36,6 +37,7 @@ from streamer.supervisor import startup
 from streamer.supervisor.batch import Batch
 from streamer.supervisor.context import Context
 from streamer.supervisor.discovery import Discovery
+from streamer.supervisor.pruning import Pruning
 from streamer.supervisor.retirement import Retirement
 from streamer.supervisor.streams import Phase, StreamTable
 from streamer.supervisor.workers import MAX_RESTARTS, RESTART_WINDOW, Worker, Workers, WorkerState
@@ -59,6 +61,7 @@ class Supervisor:
         self.workers = Workers(self.ctx, self.inherited_fds)
         self.table = StreamTable(self.ctx, self.workers)
         self.finished = Retirement(self.ctx, self.workers)
+        self.pruning = Pruning(self.ctx, self.workers)
         self.discovery = Discovery(self.ctx, self.table, self.finished)
         self.signals: deque[int] = deque()
         self.metrics_server: metrics.MetricsServer | None = None
@@ -130,6 +133,8 @@ class Supervisor:
         for worker_id in range(config.workers):
             self.workers.spawn(worker_id)
         self.ctx.open_store()
+        if self.pruning.enabled:
+            self.pruning.find_unpruned()
         # Before the first scan: from then on every change in the directory is queued.
         self.ctx.watcher.open()
         if config.metrics.enabled:
@@ -206,7 +211,10 @@ class Supervisor:
             discovery.check_cancellations()
         discovery.finish_idle_streams(now)
         if self.config.retention.enabled and now >= self.finished.next_retention:
-            self.finished.apply(now)
+            self.finished.apply(now, busy=self.pruning.waiting.keys())
+        if self.pruning.enabled:
+            retiring = self.finished.retiring
+            self.pruning.apply(now, busy=retiring[0] if retiring else None)
 
     def shutdown(self) -> None:
         self.ctx.watcher.close()
@@ -276,12 +284,15 @@ class Supervisor:
             case StreamFinished(stream_id=stream_id) if stream_id in table:
                 if self.batch is not None:
                     self.batch.concluded(stream_id, message.status)
+                self.pruning.finished(stream_id, now)
                 self.discovery.concluded(stream_id, message.size, message.mtime_ns, now)
             case CheckpointState(writable=writable, error=error):
                 if self.ctx.checkpoint_state(writable, error) and writable:
                     self.discovery.next_rescan = now  # what was passed over meanwhile
             case Retired():
                 self.finished.retired(message, now)
+            case Pruned():
+                self.pruning.pruned(message, now)
 
     # Signals
 
@@ -359,6 +370,7 @@ class Supervisor:
             return
         metrics.UPLOADER_RESTARTS.inc()
         self.finished.uploader_died(worker.worker_id)
+        self.pruning.uploader_died(worker.worker_id)
         self.workers.spawn(worker.worker_id)
         self.table.reassign_from(worker.worker_id, now)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from streamer import metrics
@@ -64,10 +65,11 @@ class Retirement:
         self.settled.pop(path, None)
         self.retainable.pop(path, None)
 
-    def apply(self, now: float) -> None:
+    def apply(self, now: float, busy: Collection[str] = ()) -> None:
         """One file at a time, the oldest first: under disk pressure the oldest that may
         go, else (retention.delete_after_upload) the oldest finished. The next is asked
-        for as soon as the uploader answers."""
+        for as soon as the uploader answers. `busy` streams wait (their chunks are being
+        pruned: both rewrite metadata.json)."""
         self.next_retention = now + RETENTION_INTERVAL
         retention = self.ctx.config.retention
         need, free = self.free_space_needed() if retention.guarded else (0, 0)
@@ -80,7 +82,9 @@ class Retirement:
         candidates = [
             (e.mtime_ns, e.stream_id)
             for e in self.retainable.values()
-            if now >= e.not_before and old_enough(e.mtime_ns, wall_ns, retention.min_age)
+            if now >= e.not_before
+            and old_enough(e.mtime_ns, wall_ns, retention.min_age)
+            and e.stream_id not in busy
         ]
         chosen = next_to_retire(candidates, need, retention.delete_after_upload)
         if chosen is not None:

@@ -20,13 +20,24 @@ from streamer.chunkstore import ChunkStore, Taken
 from streamer.config import Config, MiB
 from streamer.failures import Backoff
 from streamer.fileio import timestamp_granularity_ns
-from streamer.messages import Abandon, Assign, Finish, Grow, Mailbox, Moved, Retire, Stop
+from streamer.messages import (
+    Abandon,
+    Assign,
+    Finish,
+    Grow,
+    Mailbox,
+    Moved,
+    Prune,
+    Retire,
+    Stop,
+)
 from streamer.records import StreamState
 from streamer.uploader.assembly import Assembler
 from streamer.uploader.completion import Completion
 from streamer.uploader.context import STEP_EVENTS, Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.ledger import Ledger
+from streamer.uploader.pruning import Pruner
 from streamer.uploader.reports import PrefixHash
 from streamer.uploader.retiring import Retirer
 from streamer.uploader.schedule import IDLE_WAIT, Schedule
@@ -141,6 +152,7 @@ class Uploader:
         self.assembler = Assembler(ctx)
         self.completion = Completion(ctx, self.ledger, self.surveyor, self.assembler)
         self.retirer = Retirer(ctx)
+        self.pruner = Pruner(ctx)
         sender = Sender(ctx, self.ledger.chunk_returned)
         self.schedule = Schedule(ctx, sender, self.surveyor, self.completion)
 
@@ -256,6 +268,8 @@ class Uploader:
                 job.wake()
             case Retire(stream_id=stream_id, reason=reason):
                 self.retirer.retire(stream_id, reason)
+            case Prune(stream_id=stream_id):
+                self.pruner.prune(stream_id)
             case Stop():
                 self.stopping = True
 

@@ -9,6 +9,7 @@ import time
 
 from streamer.chunkstore import ChunkStore, Taken
 from streamer.fileio import read_into
+from streamer.layout import CHUNK_TAGS
 from streamer.policy import UploadChunk
 from streamer.records import StreamRecord
 from streamer.uploader.context import Context
@@ -32,7 +33,9 @@ def place_chunk(
         if stored is None:
             started = time.perf_counter()
             try:
-                etag = s3.put(key, data, sha256, "application/octet-stream", if_absent=True)
+                etag = s3.put(
+                    key, data, sha256, "application/octet-stream", if_absent=True, tags=CHUNK_TAGS
+                )
                 return revision, etag, time.perf_counter() - started
             except Taken:
                 # Written by someone else since (another host under this instance name,

@@ -1,0 +1,62 @@
+"""stream.keep_chunks off: each finished stream's chunk objects are deleted once its
+assembled object is proven to hold every byte, by an uploader asked for one stream at a
+time. The streams left to prune are found at start (a stop may have come between a
+stream's end and its pruning) and as streams finish; one that could not be pruned is
+asked for again later."""
+
+from __future__ import annotations
+
+from streamer.messages import Prune, Pruned
+from streamer.policy import prunable
+from streamer.supervisor.context import Context
+from streamer.supervisor.workers import Workers
+
+PRUNE_RETRY = 60.0  # seconds before a stream whose pruning failed is asked for again
+
+
+class Pruning:
+    def __init__(self, ctx: Context, workers: Workers):
+        self.ctx = ctx
+        self.workers = workers
+        self.waiting: dict[str, float] = {}  # stream id -> not before
+        self.asked: tuple[str, int] | None = None  # (stream, uploader)
+
+    @property
+    def enabled(self) -> bool:
+        return not self.ctx.config.stream.keep_chunks
+
+    def find_unpruned(self) -> None:
+        """At start: the finished streams whose chunks are still there."""
+        records, _ = self.ctx.store.every_stream()  # an unreadable one is reported elsewhere
+        self.waiting.update((r.stream_id, 0.0) for r in records if prunable(r))
+
+    def finished(self, stream_id: str, now: float) -> None:
+        if self.enabled:
+            self.waiting[stream_id] = now
+
+    def apply(self, now: float, busy: str | None = None) -> None:
+        """Ask for the next stream due, unless one is being pruned; not `busy`, the one
+        retention is deleting the file of (both rewrite metadata.json)."""
+        if self.asked is not None:
+            return
+        due = next(
+            (s for s, at in self.waiting.items() if at <= now and s != busy),
+            None,
+        )
+        uploader = self.workers.least_loaded() if due is not None else None
+        if uploader is not None:
+            self.asked = (due, uploader)
+            self.workers[uploader].send(Prune(stream_id=due))
+
+    def pruned(self, message: Pruned, now: float) -> None:
+        if self.asked is not None and self.asked[0] == message.stream_id:
+            self.asked = None
+        if message.deleted or message.final:
+            self.waiting.pop(message.stream_id, None)
+        elif message.stream_id in self.waiting:
+            self.waiting[message.stream_id] = now + PRUNE_RETRY
+
+    def uploader_died(self, worker_id: int) -> None:
+        """Its pruning, if it was asked for one, will never be answered: asked again."""
+        if self.asked is not None and self.asked[1] == worker_id:
+            self.asked = None

@@ -1,0 +1,83 @@
+"""Deleting a finished stream's chunk objects (stream.keep_chunks off), as the supervisor
+asks: only once its assembled object is in S3 with the stream's size and ETag and its
+bytes read back hash to the stream's sha256. metadata.json says so first, then the
+chunks go, then the checkpoint records it; the supervisor is always answered."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from datetime import UTC, datetime
+
+import msgspec
+
+from streamer.logs import describe
+from streamer.messages import Pruned
+from streamer.policy import prunable
+from streamer.records import ChunkRecord, StreamRecord
+from streamer.uploader.completion import put_manifest
+from streamer.uploader.context import Context
+
+
+class NotProven(Exception):
+    """The assembled object is not the recording: the chunks stay, for good."""
+
+
+class Pruner:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def prune(self, stream_id: str) -> None:
+        record = self.ctx.store.find_stream(stream_id)
+        if record is None or not prunable(record):
+            self.answer(stream_id, deleted=False, final=True)
+            return
+        self.ctx.tasks.submit(
+            "sender",
+            stream_id,
+            self.delete_chunks,
+            record,
+            self.ctx.store.chunks(stream_id),
+            then=lambda future, now: self.pruned(record, future),
+        )
+
+    def delete_chunks(self, record: StreamRecord, chunks: list[ChunkRecord]) -> StreamRecord:
+        """In a sender thread: prove the assembled object, say so in metadata.json, delete."""
+        s3, assembled = self.ctx.s3, record.assembled
+        found = s3.stat(assembled.key)
+        if found is None or (found.size, found.etag) != (record.total_size, assembled.etag):
+            raise NotProven(f"the assembled object {assembled.key} is not the one made")
+        if s3.sha256_of(assembled.key) != record.sha256:
+            raise NotProven(f"the assembled object {assembled.key} holds other bytes")
+        pruned = msgspec.structs.replace(record, chunks_deleted_at=datetime.now(UTC))
+        put_manifest(s3, pruned, chunks)
+        for chunk in chunks:
+            s3.remove(s3.layout.chunk_key(record.stream_id, chunk.index, chunk.revision))
+        return pruned
+
+    def pruned(self, record: StreamRecord, future: Future) -> None:
+        stream_id = record.stream_id
+        exc = future.exception()
+        if exc is not None:
+            final = isinstance(exc, NotProven)
+            fields = {"stream_id": stream_id, "error": describe(exc), "final": final}
+            if final:
+                self.ctx.log.error("chunks_kept", **fields)
+            else:
+                self.ctx.log.warning("chunks_kept", **fields)
+            self.answer(stream_id, deleted=False, final=final)
+            return
+        deleted_at = future.result().chunks_deleted_at
+        self.ctx.store.update_stream(
+            stream_id, lambda r: msgspec.structs.replace(r, chunks_deleted_at=deleted_at)
+        )
+        self.ctx.log.info(
+            "chunks_deleted",
+            stream_id=stream_id,
+            chunks=record.chunk_count,
+            size=record.total_size,
+            kept=record.assembled.key,
+        )
+        self.answer(stream_id, deleted=True)
+
+    def answer(self, stream_id: str, deleted: bool, final: bool = False) -> None:
+        self.ctx.events.put(Pruned(stream_id=stream_id, deleted=deleted, final=final))
