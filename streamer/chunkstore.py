@@ -90,6 +90,8 @@ def server_side_encryption(setting: str) -> Sse | None:
 
 # What S3 (and servers like it) answer for a key that holds no object.
 MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
+# What a server says to a PUT with tags it will not take.
+TAGS_REFUSED = ("NotImplemented", "AccessDenied", "InvalidArgument", "InvalidRequest")
 
 
 class Taken(Exception):
@@ -174,6 +176,7 @@ class ChunkStore:
         self._sse = server_side_encryption(config.sse)
         self._bandwidth = bandwidth
         self._conditional = True  # the server honours If-None-Match on a PUT
+        self._tagging = True  # the server (and the policy) take tags on a PUT
         http = http_pool(config, connections)
         self._client = _Client(
             config.endpoint,
@@ -208,6 +211,7 @@ class ChunkStore:
         """Upload `data`, whose sha256 is given, in one PUT and return its ETag.
         `if_absent`: only if no object is at the key (raises Taken), where the server can
         say so; one that cannot is written to as before. `tags`: the object's tags."""
+        tags = tags if self._tagging else None
         headers = genheaders(
             {"Content-Type": content_type, SHA256_META: sha256}, self._sse, tags, None, False
         )
@@ -223,6 +227,12 @@ class ChunkStore:
         except S3Error as exc:
             if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise Taken(key) from None
+            if tags and exc.code in TAGS_REFUSED:
+                # Some servers take no tags (R2, B2), some policies allow PutObject but
+                # not PutObjectTagging: the chunk matters, its tag does not.
+                etag = self.put(key, data, sha256, content_type, if_absent)
+                self._tagging = False
+                return etag
             if "If-None-Match" in headers and exc.code == "NotImplemented":
                 self._conditional = False
                 return self.put(key, data, sha256, content_type, tags=tags)
@@ -316,6 +326,11 @@ class ChunkStore:
                 with contextlib.suppress(Exception):
                     self.abort_upload(key, upload_id)
             raise
+
+    def children(self, prefix: str) -> list[str]:
+        """The 'folders' right under `prefix` (one listing with a delimiter)."""
+        items = self._client.list_objects(self.bucket, prefix=prefix, recursive=False)
+        return [item.object_name for item in items if item.is_dir]
 
     def listing(self, prefix: str) -> dict[str, StoredObject]:
         """Every object under `prefix`, by key, with its size and ETag (one request per

@@ -97,6 +97,7 @@ def prunable(record: StreamRecord) -> bool:
         and record.assembled is not None
         and record.sha256 is not None
         and record.chunks_deleted_at is None
+        and record.chunks_kept_because is None
     )
 
 

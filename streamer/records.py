@@ -100,6 +100,7 @@ class StreamRecord(Struct, kw_only=True):
     # When its chunk objects were deleted, the assembled object proven to hold every byte
     # (stream.keep_chunks off); None: they are in S3.
     chunks_deleted_at: UTC | None = None
+    chunks_kept_because: str | None = None  # why they may not go (not asked again)
     deleted_because: str | None = None
 
     @property

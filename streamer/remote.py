@@ -5,6 +5,7 @@ For `streamer remote list` and `streamer restore`."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from streamer.layout import KeyOf
 from streamer.manifest import Manifest
 
 UNFINISHED = "unfinished"
+MANIFEST_READERS = 4  # metadata.json files read at once
 
 
 @dataclass
@@ -97,11 +99,11 @@ def streams_in(
     """The streams under these instances (None: every instance under the prefix), or only
     those with this id, with their metadata.json read; sorted by instance, then id."""
     layout = s3.layout
-    prefixes = (
-        [layout.instances_prefix()]
-        if instances is None
-        else [f"{layout.instances_prefix()}{name}/" for name in instances]
-    )
+    top = layout.instances_prefix()
+    if instances is None:
+        instances = [p.removeprefix(top).strip("/") for p in s3.children(top)]
+    below = f"{stream_id}/" if stream_id is not None else ""
+    prefixes = [f"{top}{name}/{below}" for name in instances]
     found: dict[tuple[str, str], RemoteStream] = {}
     for prefix in prefixes:
         for key, stored in s3.listing(prefix).items():
@@ -112,8 +114,8 @@ def streams_in(
             if which not in found:
                 found[which] = RemoteStream(place.instance, place.stream_id)
             found[which].add(key, place, stored)
-    for stream in found.values():
-        read_manifest(s3, stream)
+    with ThreadPoolExecutor(MANIFEST_READERS) as pool:
+        list(pool.map(lambda stream: read_manifest(s3, stream), found.values()))
     return [found[k] for k in sorted(found)]
 
 

@@ -48,6 +48,11 @@ class Plan:
 
 def plan(stream: RemoteStream) -> Plan:
     """What to download, in order, and what each piece must hash to."""
+    if stream.manifest_error is not None:
+        raise RestoreError(
+            f"its metadata.json cannot be read ({stream.manifest_error}): what it lists, and "
+            "the sha256 to check the whole by, are not known"
+        )
     found = stream.manifest
     if found is None:
         return unfinished_plan(stream)
@@ -62,15 +67,28 @@ def plan(stream: RemoteStream) -> Plan:
 
 
 def unfinished_plan(stream: RemoteStream) -> Plan:
+    """Chunks from index 0 while each follows the last: every chunk but the file's tail
+    is as long as chunk 0, so a shorter one ends the recording as uploaded (the chunks
+    after it hold older bytes, from before the file shrank)."""
+    if 0 not in stream.chunks:
+        raise RestoreError("chunk 0 is not in S3: there is nothing to restore from")
     pieces, offset, index = [], 0, 0
+    full = stream.chunks[0][1].size
+    stopped = None
     while index in stream.chunks:
         key, stored = stream.chunks[index]
         pieces.append(Piece(index, key, offset, stored.size, None))
         offset += stored.size
         index += 1
+        if stored.size < full and index <= max(stream.chunks):
+            stopped = (
+                f"chunk {index - 1} is shorter than the others, the end of the file as "
+                f"uploaded: the chunks after it in S3 ({len(stream.chunks) - index}) hold "
+                "older bytes"
+            )
+            return Plan(pieces, None, stopped)
     in_s3 = len(stream.chunks)
-    stopped = None
-    if index < (max(stream.chunks) + 1 if stream.chunks else 0):
+    if index <= max(stream.chunks):
         stopped = f"chunk {index} is missing: restored {index} of the {in_s3} chunks in S3"
     return Plan(pieces, None, stopped)
 
@@ -132,7 +150,8 @@ def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ChunkStore) -> 
     for piece in pieces:
         if piece.offset + piece.size > have:
             break
-        expected = piece.sha256 or s3.stat(piece.key).sha256
+        stored = None if piece.sha256 else s3.stat(piece.key)
+        expected = piece.sha256 or (stored.sha256 if stored is not None else None)
         if expected and sha256_of_fd_range(fd, piece.offset, piece.size) == expected:
             found.add(piece.index)
     return found
@@ -161,6 +180,8 @@ def make_playable(fd: int, size: int) -> int:
     def read_at(offset: int, length: int) -> bytes:
         return os.pread(fd, length, offset)
 
+    if mp4.inspect(read_at, size).playable:
+        return 0  # it plays whole: every byte stays
     keep = mp4.playable_prefix(read_at, size)
     if keep is None:
         raise NotPlayable(

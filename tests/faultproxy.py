@@ -3,7 +3,8 @@
 Modes: pass (forward), refuse (nothing listens: connection refused, open connections
 reset), reset (every connection reset), blackhole (connections, open or new, go silent:
 bytes are read and dropped, nothing is answered), throttle (forward at a byte rate),
-refuse_puts (a connection that starts a PUT request is reset; other requests pass).
+refuse_puts (a connection that starts a PUT request is reset; other requests pass),
+refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it).
 Whatever the mode, `damage_puts(n)` flips one byte in the body of each of the next n PUT
 requests with a body: a request damaged on the way, its headers intact.
 """
@@ -38,7 +39,9 @@ class FaultProxy:
         self._listen()
 
     def set(self, mode: str, rate: int = 0) -> None:
-        assert mode in ("pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts")
+        assert mode in (
+            "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", "refuse_tags"
+        )  # fmt: skip
         with self._lock:
             self.mode, self.rate = mode, rate
             if mode in ("refuse", "reset"):
@@ -121,6 +124,11 @@ class FaultProxy:
                 if upload and self.mode == "refuse_puts" and data.startswith(b"PUT "):
                     _reset(source)  # every other request goes through
                     break
+                if upload and self.mode == "refuse_tags" and _puts_tags(data):
+                    with contextlib.suppress(OSError):
+                        source.sendall(NOT_IMPLEMENTED)
+                    _reset(source)
+                    break
                 if upload and data.startswith(b"PUT ") and b"\r\n\r\n" in data:
                     with self._lock:
                         armed = self._to_damage > 0
@@ -149,6 +157,21 @@ class FaultProxy:
         for conn in self._conns:
             _reset(conn)
         self._conns.clear()
+
+
+_ERROR = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>A '
+    b"header you provided implies functionality that is not implemented</Message></Error>"
+)
+NOT_IMPLEMENTED = (
+    b"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\n"
+    b"Content-Length: " + str(len(_ERROR)).encode() + b"\r\nConnection: close\r\n\r\n" + _ERROR
+)
+
+
+def _puts_tags(data: bytes) -> bool:
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    return data.startswith(b"PUT ") and b"\r\nx-amz-tagging:" in head
 
 
 def _reset(conn: socket.socket) -> None:

@@ -142,8 +142,24 @@ def test_refused_deletes_keep_the_chunks_and_doctor_says_so(make_daemon, minio, 
     (pruning.watch / "stays.mp4").write_bytes(os.urandom(200 * 1024))
     stream_id = pruning.wait_for("stream_finished")[0]["stream_id"]
     kept = pruning.wait_for("chunks_kept", stream_id=stream_id, timeout=60)[0]
-    assert kept["final"] is False and "AccessDenied" in kept["error"]
+    assert kept["final"] is True and "AccessDenied" in kept["error"]
     assert len(chunk_keys(minio, pruning, stream_id)) == 4
+    assert manifest_of(minio.client, bucket, stream_id)["chunks_deleted_at"] is None
+    shown = json.loads(cli(pruning, "streams", "show", stream_id, "--json").stdout)
+    assert "AccessDenied" in shown["record"]["chunks_kept_because"], "not asked again"
     others = pruning.watch / "next.mp4"
     others.write_bytes(os.urandom(100 * 1024))
     pruning.wait_for("stream_finished", count=2)  # the daemon goes on
+
+
+def test_a_server_that_takes_no_tags_still_takes_every_chunk(make_daemon, minio, proxy):
+    proxy.set("refuse_tags")
+    daemon = make_daemon(s3={"endpoint": proxy.endpoint}).start()
+    path = daemon.watch / "untagged.mp4"
+    path.write_bytes(os.urandom(200 * 1024))
+    stream_id = daemon.wait_for("stream_finished")[0]["stream_id"]
+    chunks = chunk_keys(minio, daemon, stream_id)
+    assert len(chunks) == 4
+    assert all(not minio.client.get_object_tags(daemon.bucket, key) for key in chunks)
+    assert not daemon.find("upload_retry"), "the tags were dropped, not the chunk retried"
+    assert cli(daemon, "verify", stream_id).returncode == 0

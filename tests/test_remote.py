@@ -50,7 +50,18 @@ def test_an_unfinished_stream_is_its_run_of_chunks_from_zero_latest_revision_fir
     ]
     assert planned.stopped == "chunk 3 is missing: restored 3 of the 4 chunks in S3"
     assert plan(unfinished((0, 0, 10), (1, 0, 5))).stopped is None
-    assert plan(unfinished((1, 0, 5))).pieces == []
+    with pytest.raises(RestoreError, match="chunk 0 is not in S3"):
+        plan(unfinished((1, 0, 5)))
+
+
+def test_an_unfinished_stream_ends_at_a_short_chunk_not_at_older_bytes_after_it():
+    # The file shrank and grew again: chunk 2's new revision is its tail, chunk 3 is old.
+    planned = plan(unfinished((0, 0, 10), (1, 0, 10), (2, 0, 10), (2, 1, 4), (3, 0, 10)))
+    assert [(p.index, p.size) for p in planned.pieces] == [(0, 10), (1, 10), (2, 4)]
+    assert planned.stopped == (
+        "chunk 2 is shorter than the others, the end of the file as uploaded: the chunks "
+        "after it in S3 (1) hold older bytes"
+    )
 
 
 def test_a_finished_stream_without_its_chunks_nor_its_whole_object_names_the_first_gone():

@@ -169,8 +169,17 @@ def test_an_interrupted_restore_goes_on_from_what_it_wrote_checked(make_daemon, 
     assert out.read_bytes() == source
 
 
-def test_no_such_stream_and_s3_away_are_clear_errors(make_daemon, tmp_path):
+def test_no_such_stream_an_unreadable_manifest_and_s3_away_are_clear_errors(
+    make_daemon, tmp_path, minio
+):
     daemon = make_daemon().start()
+    (daemon.watch / "x.mp4").write_bytes(b"x" * 100 * KiB)
+    stream_id = daemon.wait_for("stream_finished")[0]["stream_id"]
+    key = f"rec/test-host/{stream_id}/metadata.json"
+    minio.client.put_object(daemon.bucket, key, io.BytesIO(b"not json"), 8)
+    unreadable = cli(daemon, "restore", stream_id, "-o", str(tmp_path / "u.mp4"))
+    assert unreadable.returncode == 1 and "its metadata.json cannot be read" in unreadable.stderr
+    assert not (tmp_path / "u.mp4").exists()
     missing = cli(daemon, "restore", "nope-20260101T000000Z", "-o", str(tmp_path / "x"))
     assert missing.returncode == 1 and "no stream 'nope-20260101T000000Z'" in missing.stderr
     away = {"STREAMER_S3_ENDPOINT": "127.0.0.1:9", "STREAMER_S3_CONNECT_TIMEOUT": "1"}

@@ -211,7 +211,7 @@ class Supervisor:
             discovery.check_cancellations()
         discovery.finish_idle_streams(now)
         if self.config.retention.enabled and now >= self.finished.next_retention:
-            self.finished.apply(now, busy=self.pruning.waiting.keys())
+            self.finished.apply(now, busy=self.pruning.busy)
         if self.pruning.enabled:
             retiring = self.finished.retiring
             self.pruning.apply(now, busy=retiring[0] if retiring else None)

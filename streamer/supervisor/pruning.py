@@ -22,6 +22,11 @@ class Pruning:
         self.asked: tuple[str, int] | None = None  # (stream, uploader)
 
     @property
+    def busy(self) -> tuple[str, ...]:
+        """The stream being pruned, if one is."""
+        return (self.asked[0],) if self.asked is not None else ()
+
+    @property
     def enabled(self) -> bool:
         return not self.ctx.config.stream.keep_chunks
 

@@ -1,7 +1,8 @@
 """Deleting a finished stream's chunk objects (stream.keep_chunks off), as the supervisor
 asks: only once its assembled object is in S3 with the stream's size and ETag and its
-bytes read back hash to the stream's sha256. metadata.json says so first, then the
-chunks go, then the checkpoint records it; the supervisor is always answered."""
+bytes read back hash to the stream's sha256. Every object under the stream's chunks/
+goes (older revisions too), then metadata.json says so, then the checkpoint records it;
+the supervisor is always answered."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from streamer.failures import classify
 from streamer.logs import describe
 from streamer.messages import Pruned
 from streamer.policy import prunable
@@ -31,8 +33,9 @@ class Pruner:
         if record is None or not prunable(record):
             self.answer(stream_id, deleted=False, final=True)
             return
+        # The finisher lane: reading a whole object back takes no sender from live chunks.
         self.ctx.tasks.submit(
-            "sender",
+            "finisher",
             stream_id,
             self.delete_chunks,
             record,
@@ -41,35 +44,29 @@ class Pruner:
         )
 
     def delete_chunks(self, record: StreamRecord, chunks: list[ChunkRecord]) -> StreamRecord:
-        """In a sender thread: prove the assembled object, say so in metadata.json, delete."""
+        """In a finisher thread: prove the assembled object, delete, say so."""
         s3, assembled = self.ctx.s3, record.assembled
         found = s3.stat(assembled.key)
         if found is None or (found.size, found.etag) != (record.total_size, assembled.etag):
             raise NotProven(f"the assembled object {assembled.key} is not the one made")
         if s3.sha256_of(assembled.key) != record.sha256:
             raise NotProven(f"the assembled object {assembled.key} holds other bytes")
+        for key in s3.listing(s3.layout.stream_prefix(record.stream_id) + "chunks/"):
+            s3.remove(key)
         pruned = msgspec.structs.replace(record, chunks_deleted_at=datetime.now(UTC))
         put_manifest(s3, pruned, chunks)
-        for chunk in chunks:
-            s3.remove(s3.layout.chunk_key(record.stream_id, chunk.index, chunk.revision))
         return pruned
 
     def pruned(self, record: StreamRecord, future: Future) -> None:
         stream_id = record.stream_id
-        exc = future.exception()
-        if exc is not None:
-            final = isinstance(exc, NotProven)
-            fields = {"stream_id": stream_id, "error": describe(exc), "final": final}
-            if final:
-                self.ctx.log.error("chunks_kept", **fields)
-            else:
-                self.ctx.log.warning("chunks_kept", **fields)
-            self.answer(stream_id, deleted=False, final=final)
+        try:
+            deleted_at = future.result().chunks_deleted_at
+            self.ctx.store.update_stream(
+                stream_id, lambda r: msgspec.structs.replace(r, chunks_deleted_at=deleted_at)
+            )
+        except Exception as exc:
+            self.kept(record, exc)
             return
-        deleted_at = future.result().chunks_deleted_at
-        self.ctx.store.update_stream(
-            stream_id, lambda r: msgspec.structs.replace(r, chunks_deleted_at=deleted_at)
-        )
         self.ctx.log.info(
             "chunks_deleted",
             stream_id=stream_id,
@@ -78,6 +75,25 @@ class Pruner:
             kept=record.assembled.key,
         )
         self.answer(stream_id, deleted=True)
+
+    def kept(self, record: StreamRecord, exc: Exception) -> None:
+        """Not pruned: for good when the whole object is not the recording, or S3 refuses
+        the deletes (recorded, so that no later start reads the whole object back again
+        for nothing); else asked for again later."""
+        final = isinstance(exc, NotProven) or classify(exc) == "rejected"
+        fields = {"stream_id": record.stream_id, "error": describe(exc), "final": final}
+        if final:
+            self.ctx.log.error("chunks_kept", **fields)
+            try:
+                self.ctx.store.update_stream(
+                    record.stream_id,
+                    lambda r: msgspec.structs.replace(r, chunks_kept_because=describe(exc)),
+                )
+            except Exception as error:  # the next start asks again
+                self.ctx.log.warning("chunks_kept", **fields, not_recorded=describe(error))
+        else:
+            self.ctx.log.warning("chunks_kept", **fields)
+        self.answer(record.stream_id, deleted=False, final=final)
 
     def answer(self, stream_id: str, deleted: bool, final: bool = False) -> None:
         self.ctx.events.put(Pruned(stream_id=stream_id, deleted=deleted, final=final))
