@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
@@ -251,10 +252,11 @@ def test_status_and_health_say_so_when_another_program_answers_on_the_port(finis
     raw = socket.create_server(("127.0.0.1", 0))
 
     def answer_garbage():
-        while True:
-            conn, _ = raw.accept()
-            conn.sendall(b"garbage\r\n\r\n")
-            conn.close()
+        with contextlib.suppress(OSError):  # until the test closes it
+            while True:
+                conn, _ = raw.accept()
+                conn.sendall(b"garbage\r\n\r\n")
+                conn.close()
 
     threading.Thread(target=answer_garbage, daemon=True).start()
     try:
