@@ -1,5 +1,6 @@
-"""One way to check a stream's chunks against S3, for completion (before metadata.json
-says the stream is there), retention (before a file is deleted) and `streamer verify`:
+"""One way to check a stream's chunks, and its assembled object, against S3, for
+completion (before metadata.json says the stream is there), retention (before a file is
+deleted), pruning (before the chunks go) and `streamer verify`:
 every chunk the checkpoint records is in S3 with its recorded size and ETag, and together,
 in order, the chunks are the stream's bytes. One listing per thousand chunks; verify looks
 deeper: at the sha256 stored with each chunk (a HEAD each), or at its bytes (read back)."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from streamer.records import ChunkRecord
+from streamer.records import ChunkRecord, StreamRecord
 
 if TYPE_CHECKING:
     from streamer.chunkstore import ChunkStore
@@ -58,3 +59,23 @@ def stored_sha256(s3: ChunkStore, key: str) -> str | None:
     listing, which the next look reports)."""
     found = s3.stat(key)
     return found.sha256 if found is not None else None
+
+
+def assembled_problem(record: StreamRecord, s3: ChunkStore, read_back: bool = False) -> str | None:
+    """What keeps the stream's assembled object in S3 from being the one made: there, with
+    the stream's size and the recorded ETag, and, `read_back`, bytes hashing to the
+    stream's sha256 (where it is known); None if nothing does."""
+    assembled = record.assembled
+    found = s3.stat(assembled.key)
+    if found is None:
+        return f"the assembled object is missing from S3 ({assembled.key})"
+    if (found.size, found.etag) != (assembled.size, assembled.etag) or (
+        found.size != record.total_size
+    ):
+        return (
+            f"the assembled object in S3 is not the one made: {found.size} bytes, ETag "
+            f"{found.etag} (recorded: {assembled.size} bytes, ETag {assembled.etag})"
+        )
+    if read_back and record.sha256 and s3.sha256_of(assembled.key) != record.sha256:
+        return f"the assembled object's bytes are not the stream's ({assembled.key})"
+    return None

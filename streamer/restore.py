@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from streamer import mp4
+from streamer.audit import stored_sha256
 from streamer.chunkstore import ChunkStore
 from streamer.fileio import sha256_of_fd_range
 from streamer.remote import RemoteStream
@@ -150,8 +151,7 @@ def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ChunkStore) -> 
     for piece in pieces:
         if piece.offset + piece.size > have:
             break
-        stored = None if piece.sha256 else s3.stat(piece.key)
-        expected = piece.sha256 or (stored.sha256 if stored is not None else None)
+        expected = piece.sha256 or stored_sha256(s3, piece.key)
         if expected and sha256_of_fd_range(fd, piece.offset, piece.size) == expected:
             found.add(piece.index)
     return found

@@ -27,7 +27,7 @@ import stat
 import msgspec
 
 from streamer import manifest
-from streamer.audit import chunk_problems
+from streamer.audit import assembled_problem, chunk_problems
 from streamer.chunkstore import ChunkStore
 from streamer.fileio import is_finalised_file
 from streamer.policy import retirable
@@ -75,16 +75,8 @@ def check_chunks(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore
 
 
 def check_assembled(record: StreamRecord, s3: ChunkStore) -> None:
-    assembled = record.assembled
-    if assembled is None:
-        return
-    found = s3.stat(assembled.key)
-    if found is None:
-        raise Kept(f"the assembled object is missing from S3 ({assembled.key})")
-    if (found.size, found.etag) != (record.total_size, assembled.etag):
-        raise Kept(
-            f"the assembled object in S3 is not the one made: {found.size} bytes, ETag {found.etag}"
-        )
+    if record.assembled is not None and (problem := assembled_problem(record, s3)):
+        raise Kept(problem)
 
 
 def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:

@@ -69,7 +69,7 @@ def test_verify_checks_metadata_and_the_assembled_object_quickly_or_fully(finish
     minio.client.put_object(daemon.bucket, manifest_key, io.BytesIO(body), len(body))
     bad = cli(daemon, "verify", stream_id, "--quick")
     assert bad.returncode == 1
-    assert f"{stream_id}: the assembled object is not the one written: 1024 bytes" in bad.stdout
+    assert f"{stream_id}: the assembled object in S3 is not the one made: 1024 bytes" in bad.stdout
     assert f"{stream_id}: metadata.json says total_size is {200 * KiB + 1}" in bad.stdout
 
     away = cli(daemon, "verify", stream_id, env={"STREAMER_S3_ENDPOINT": "127.0.0.1:9"})

@@ -10,7 +10,7 @@ import click
 import msgspec
 
 from streamer import manifest
-from streamer.audit import chunk_problems
+from streamer.audit import assembled_problem, chunk_problems
 from streamer.cli import display
 from streamer.cli.common import (
     EXIT_MISMATCH,
@@ -119,8 +119,10 @@ def verify_stream(
             )
         if finished:
             verdict.problems += manifest_problems(s3, record, chunks)
-        if record.assembled is not None:
-            verdict.problems += assembled_problems(s3, record, quick)
+        if record.assembled is not None and (
+            problem := assembled_problem(record, s3, read_back=not quick)
+        ):
+            verdict.problems.append(problem)
     except away as exc:
         verdict.error = f"cannot read it from S3: {describe(exc)}"
         return verdict
@@ -161,21 +163,6 @@ def manifest_problems(s3, record: StreamRecord, chunks: list[ChunkRecord]) -> li
     if listed != recorded:
         problems.append("metadata.json lists other chunks than the checkpoint records")
     return problems
-
-
-def assembled_problems(s3, record: StreamRecord, quick: bool) -> list[str]:
-    assembled = record.assembled
-    found = s3.stat(assembled.key)
-    if found is None:
-        return [f"the assembled object is missing from S3 ({assembled.key})"]
-    if (found.size, found.etag) != (assembled.size, assembled.etag):
-        return [
-            f"the assembled object is not the one written: {found.size} bytes, ETag "
-            f"{found.etag} (recorded: {assembled.size} bytes, ETag {assembled.etag})"
-        ]
-    if not quick and record.sha256 and s3.sha256_of(assembled.key) != record.sha256:
-        return ["the assembled object's bytes are not the stream's (sha256 differs)"]
-    return []
 
 
 def file_unchanged(record: StreamRecord) -> bool:

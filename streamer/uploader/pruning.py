@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from streamer.audit import assembled_problem
 from streamer.failures import classify
 from streamer.logs import describe
 from streamer.messages import Pruned
@@ -45,12 +46,9 @@ class Pruner:
 
     def delete_chunks(self, record: StreamRecord, chunks: list[ChunkRecord]) -> StreamRecord:
         """In a finisher thread: prove the assembled object, delete, say so."""
-        s3, assembled = self.ctx.s3, record.assembled
-        found = s3.stat(assembled.key)
-        if found is None or (found.size, found.etag) != (record.total_size, assembled.etag):
-            raise NotProven(f"the assembled object {assembled.key} is not the one made")
-        if s3.sha256_of(assembled.key) != record.sha256:
-            raise NotProven(f"the assembled object {assembled.key} holds other bytes")
+        s3 = self.ctx.s3
+        if problem := assembled_problem(record, s3, read_back=True):
+            raise NotProven(problem)
         for key in s3.listing(s3.layout.stream_prefix(record.stream_id) + "chunks/"):
             s3.remove(key)
         pruned = msgspec.structs.replace(record, chunks_deleted_at=datetime.now(UTC))
