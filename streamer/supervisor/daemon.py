@@ -32,14 +32,14 @@ from streamer.messages import (
     SourceRewritten,
     StreamFinished,
 )
-from streamer.policy import oldest_uncommitted_age
 from streamer.supervisor import startup
 from streamer.supervisor.batch import Batch
 from streamer.supervisor.context import Context
 from streamer.supervisor.discovery import Discovery
 from streamer.supervisor.pruning import Pruning
+from streamer.supervisor.readiness import Readiness
 from streamer.supervisor.retirement import Retirement
-from streamer.supervisor.streams import Phase, StreamTable
+from streamer.supervisor.streams import StreamTable
 from streamer.supervisor.workers import MAX_RESTARTS, RESTART_WINDOW, Worker, Workers, WorkerState
 from streamer.watcher import Watcher
 
@@ -68,13 +68,11 @@ class Supervisor:
         self.stop_deadline: float | None = None
         self.exit_code: int | None = None
         self.next_request_check = 0.0
-        self.started_at = clock()
         self.last_turn = clock()  # the loop's heartbeat, for /healthz
         self.last_beat = -BEAT_EVERY  # when the heartbeat file was touched (metrics off)
-        self.last_upload: float | None = None
-        self.s3_reachable: bool | None = None
-        self.s3_error = "no answer from S3 yet"
-        self.published = self.readiness()  # what /readyz answers, as the loop last saw it
+        self.readiness = Readiness(self.ctx, self.workers, self.table)
+        # What /readyz answers, as the loop last saw it.
+        self.published = self.readiness.checks(running=True)
         self.once = once
         self.batch: Batch | None = None  # with `once`: the streams found at start
         self.batch_timeout = timeout  # seconds `once` may take; None: as long as it takes
@@ -196,8 +194,8 @@ class Supervisor:
             self.tend_streams(now)
         else:
             self.check_stop(now)
-        self.update_gauges(now)
-        self.published = self.readiness()
+        self.readiness.update_gauges(now)
+        self.published = self.readiness.checks(running=self.stop_deadline is None)
 
     def tend_streams(self, now: float) -> None:
         """The timed work of a running supervisor."""
@@ -268,15 +266,13 @@ class Supervisor:
         match message:
             case ChunkUploaded(stream_id=stream_id, end=end) if stream_id in table:
                 table[stream_id].uploaded(end)
-                self.last_upload = now
+                self.readiness.last_upload = now
             case ChunkCommitted(stream_id=stream_id, committed_bytes=committed) if (
                 stream_id in table
             ):
                 table[stream_id].committed_to(committed)
             case S3State(reachable=reachable, error=error):
-                if reachable != self.s3_reachable:
-                    self.log.info("s3_state", reachable=reachable, error=error)
-                self.s3_reachable, self.s3_error = reachable, error
+                self.readiness.s3_state(reachable, error)
             case FinishDeclined(stream_id=stream_id) if stream_id in table:
                 self.discovery.finish_declined(table[stream_id], now)
             case SourceRewritten(stream_id=stream_id) if stream_id in table:
@@ -378,33 +374,3 @@ class Supervisor:
         self.log.error("halting", reason=reason)
         self.workers.murder()
         self.exit_code = exit_code
-
-    def readiness(self) -> tuple[bool, dict]:
-        alive, expected = self.workers.alive(), self.config.workers
-        checks = {
-            "s3": {"ok": self.s3_reachable is True, "error": self.s3_error},
-            "checkpoint": {
-                "ok": self.ctx.store is not None and self.ctx.checkpoint_writable,
-                "error": self.ctx.checkpoint_error,
-            },
-            "uploaders": {"ok": alive == expected, "alive": alive, "expected": expected},
-            "running": {"ok": self.stop_deadline is None},
-        }
-        return all(c["ok"] for c in checks.values()), checks
-
-    # Gauges
-
-    def update_gauges(self, now: float) -> None:
-        streams = self.table.all()
-        for phase in Phase:
-            metrics.STREAMS.labels(state=phase.value).set(
-                sum(1 for t in streams if t.phase is phase)
-            )
-        live = [t for t in streams if t.phase is not Phase.ABANDONING]
-        metrics.BYTES_ON_DISK.set(sum(t.file.size for t in live))
-        metrics.BYTES_CONFIRMED.set(sum(t.confirmed for t in live))
-        metrics.BYTES_COMMITTED.set(sum(t.committed for t in live))
-        metrics.OLDEST_UNCOMMITTED_AGE.set(
-            max((oldest_uncommitted_age(t.arrivals, t.committed, now) for t in live), default=0)
-        )
-        metrics.SINCE_LAST_UPLOAD.set(now - (self.last_upload or self.started_at))

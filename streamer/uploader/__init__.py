@@ -14,4 +14,5 @@ idle. Its roles, one module each:
 - assembly    the whole object in S3: part copies while live, the final join
 - completion  a stream checked, reconciled, assembled and concluded
 - retiring    retention's deletions, proven in S3 first
+- pruning     a finished stream's chunks deleted once its whole object is proven
 """
