@@ -50,6 +50,8 @@ class CheckpointUnwritable(CheckpointError):
 
 
 DATABASES = (b"streams", b"chunks", b"paths", b"inodes", b"active", b"meta")
+# Less free space than this on the store's filesystem, and a failed write says it is full.
+FULL_BELOW = 1024 * 1024
 
 _encoder = msgspec.msgpack.Encoder()
 _stream_decoder = msgspec.msgpack.Decoder(StreamRecord)
@@ -79,6 +81,7 @@ class CheckpointStore:
     """One process's handle on the shared environment. Open it after fork."""
 
     def __init__(self, path: str, map_size: int, readonly: bool = False):
+        self.path = path
         if not readonly:
             os.makedirs(path, exist_ok=True)
         try:
@@ -383,7 +386,18 @@ class CheckpointStore:
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
             except lmdb.Error as exc:
-                raise CheckpointUnwritable(f"cannot write the checkpoint store: {exc}") from None
+                error = f"cannot write the checkpoint store: {exc}{self._full()}"
+                raise CheckpointUnwritable(error) from None
+
+    def _full(self) -> str:
+        """What a failed write may owe to a full filesystem, which LMDB does not always say:
+        a write cut short by it is an I/O error to LMDB."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return ""
+        free = st.f_bavail * st.f_frsize
+        return f" (its filesystem is full: {free} bytes free)" if free < FULL_BELOW else ""
 
 
 def _decode_stream(stream_id: str, value: bytes) -> StreamRecord:
