@@ -3,13 +3,15 @@ completion (before metadata.json says the stream is there), retention (before a 
 deleted), pruning (before the chunks go) and `streamer verify`:
 every chunk the checkpoint records is in S3 with its recorded size and ETag, and together,
 in order, the chunks are the stream's bytes. One listing per thousand chunks; verify looks
-deeper: at the sha256 stored with each chunk (a HEAD each), or at its bytes (read back)."""
+deeper: at the digest stored with each chunk (a HEAD each), or at its bytes (read back)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from streamer.digests import SHA256, Digest
 from streamer.records import ChunkRecord, StreamRecord
 
 if TYPE_CHECKING:
@@ -23,14 +25,18 @@ def chunk_problems(
     s3: ChunkStore,
     look: Literal["listing", "stored", "bytes"] = "listing",
     progress: Callable[[int], None] = lambda done: None,
+    sha256: str | None = None,
 ) -> list[str]:
     """What keeps `chunks` in S3 from being, in order, exactly the `size` bytes the
     checkpoint says they are (any size, if None); empty if nothing does. `look` says how
-    deep each chunk is compared: size and ETag, also the sha256 stored with it, or also
-    the sha256 of its bytes; `progress` is told of each chunk done."""
+    deep each chunk is compared: size and ETag, also the digest stored with it, or also
+    the digest of its bytes, and then the chunks together against the stream's `sha256`
+    (where it is known: a crc32c is a weaker proof than it); `progress` is told of each
+    chunk done."""
     stored = s3.listing(s3.layout.stream_prefix(stream_id) + "chunks/")
     problems = []
     offset = 0
+    whole = hashlib.sha256() if look == "bytes" and sha256 else None
     for chunk in chunks:
         key = s3.layout.chunk_key(stream_id, chunk.index, chunk.revision)
         found = stored.get(key)
@@ -41,9 +47,9 @@ def chunk_problems(
                 f"chunk {chunk.index} in S3 is not the one uploaded: {found.size} bytes, "
                 f"ETag {found.etag} (recorded: {chunk.size} bytes, ETag {chunk.etag})"
             )
-        elif look == "stored" and stored_sha256(s3, key) not in (chunk.sha256, None):
-            problems.append(f"chunk {chunk.index}: the sha256 stored with it is not the recorded")
-        elif look == "bytes" and s3.sha256_of(key) != chunk.sha256:
+        elif look == "stored" and stored_digest(s3, key) not in (chunk.digest, None):
+            problems.append(f"chunk {chunk.index}: the digest stored with it is not the recorded")
+        elif look == "bytes" and s3.digest_of(key, chunk.digest.algorithm, whole) != chunk.digest:
             problems.append(f"chunk {chunk.index}: the bytes in S3 differ from those recorded")
         progress(1)
         if chunk.offset != offset:
@@ -51,14 +57,16 @@ def chunk_problems(
         offset = chunk.offset + chunk.size
     if size is not None and offset != size:
         problems.append(f"the chunks hold {offset} bytes of {size}")
+    if whole is not None and not problems and whole.hexdigest() != sha256:
+        problems.append(f"the chunks together are not the stream: sha256 {whole.hexdigest()}")
     return problems
 
 
-def stored_sha256(s3: ChunkStore, key: str) -> str | None:
-    """The sha256 an object was stored with (None: none, or the object is gone since the
+def stored_digest(s3: ChunkStore, key: str) -> Digest | None:
+    """The digest an object was stored with (None: none, or the object is gone since the
     listing, which the next look reports)."""
     found = s3.stat(key)
-    return found.sha256 if found is not None else None
+    return found.digest if found is not None else None
 
 
 def assembled_problem(record: StreamRecord, s3: ChunkStore, read_back: bool = False) -> str | None:
@@ -76,6 +84,7 @@ def assembled_problem(record: StreamRecord, s3: ChunkStore, read_back: bool = Fa
             f"the assembled object in S3 is not the one made: {found.size} bytes, ETag "
             f"{found.etag} (recorded: {assembled.size} bytes, ETag {assembled.etag})"
         )
-    if read_back and record.sha256 and s3.sha256_of(assembled.key) != record.sha256:
+    whole = Digest(SHA256, record.sha256) if record.sha256 else None
+    if read_back and whole and s3.digest_of(assembled.key, SHA256) != whole:
         return f"the assembled object's bytes are not the stream's ({assembled.key})"
     return None

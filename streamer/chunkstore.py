@@ -6,9 +6,7 @@ A ChunkStore holds a minio client and an HTTP pool; build it in the process that
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -33,11 +31,11 @@ from minio.error import S3Error
 from minio.helpers import genheaders
 from minio.sse import Sse, SseKMS, SseS3
 
+from streamer import digests
 from streamer.bandwidth import TokenBucket
 from streamer.config import S3Config
+from streamer.digests import CRC32C, SHA256, Digest
 from streamer.layout import Layout
-
-SHA256_META = "sha256"
 
 
 def http_pool(config: S3Config, connections: int) -> urllib3.PoolManager:
@@ -92,6 +90,8 @@ def server_side_encryption(setting: str) -> Sse | None:
 MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
 # What a server says to a PUT with tags it will not take.
 TAGS_REFUSED = ("NotImplemented", "AccessDenied", "InvalidArgument", "InvalidRequest")
+# What a server says to a checksum algorithm it does not know.
+CHECKSUM_REFUSED = ("NotImplemented", "InvalidArgument", "InvalidRequest")
 
 
 class Taken(Exception):
@@ -106,18 +106,18 @@ class BucketMissing(Exception):
 class StoredObject:
     size: int
     etag: str
-    sha256: str | None
+    digest: Digest | None  # what streamer stored it with, if anything
     modified: datetime | None = None
 
 
 @dataclass(frozen=True)
 class Fetched:
-    """An object's bytes, written to a file: how many, their sha256, and the sha256 S3
-    stored with the object (None if none)."""
+    """An object's bytes, written to a file: how many, their digest, and the digest the
+    object was stored with (None if none)."""
 
     size: int
-    sha256: str
-    stored_sha256: str | None
+    digest: Digest
+    stored: Digest | None
 
 
 class UploadGone(Exception):
@@ -147,9 +147,10 @@ def _upload_gone_if_missing(upload_id: str):
 
 class _Client(Minio):
     """minio-py signs a body by hashing it again (sha256 over http, MD5 over https), and
-    needs it whole in memory to do so. A chunk's sha256 is known already: given as
-    x-amz-content-sha256, it is signed as it is and the body may be sent in pieces. S3
-    checks the bytes it receives against it, over http and https alike."""
+    needs it whole in memory to do so. A body's digest is known already: given as
+    x-amz-content-sha256 (its sha256, or UNSIGNED-PAYLOAD with a CRC in its checksum
+    header), it is signed as it is and the body may be sent in pieces. S3 checks the
+    bytes it receives against it."""
 
     def _build_headers(self, host, headers=None, body=None, creds=None):
         if not headers or "x-amz-content-sha256" not in headers:
@@ -177,6 +178,11 @@ class ChunkStore:
         self._bandwidth = bandwidth
         self._conditional = True  # the server honours If-None-Match on a PUT
         self._tagging = True  # the server (and the policy) take tags on a PUT
+        # Over https chunks go unsigned, checked by crc32c (see streamer.digests), unless
+        # the server refuses that checksum; over http their sha256 is signed.
+        # Not without verification either: anyone on the path could then forge a CRC.
+        self._wants_crc32c = config.secure and not config.tls_skip_verify
+        self._crc32c = self._wants_crc32c
         http = http_pool(config, connections)
         self._client = _Client(
             config.endpoint,
@@ -199,27 +205,98 @@ class ChunkStore:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
+    @property
+    def crc32c_refused(self) -> bool:
+        """Over https, the server refused crc32c: chunks go signed with their sha256."""
+        return self._wants_crc32c and not self._crc32c
+
+    def chunk_digest(self, data) -> Digest:
+        """What a chunk put in this store is identified and checked by."""
+        return digests.of(CRC32C if self._crc32c else SHA256, data)
+
     def put(
         self,
         key: str,
         data: bytes,
-        sha256: str,
+        digest: Digest,
         content_type: str,
         if_absent: bool = False,
         tags: dict[str, str] | None = None,
     ) -> str:
-        """Upload `data`, whose sha256 is given, in one PUT and return its ETag.
-        `if_absent`: only if no object is at the key (raises Taken), where the server can
-        say so; one that cannot is written to as before. `tags`: the object's tags."""
+        """Upload `data`, whose digest is given, in one PUT and return its ETag. S3 checks
+        the body against the digest, which is stored with the object. `if_absent`: only if
+        no object is at the key (raises Taken), where the server can say so; one that
+        cannot is written to as before. `tags`: the object's tags, where it takes them."""
         tags = tags if self._tagging else None
+        conditional = if_absent and self._conditional
+        try:
+            return self._send(key, data, digest, content_type, conditional, tags)
+        except S3Error as exc:
+            if digest.algorithm == CRC32C and exc.code in CHECKSUM_REFUSED:
+                raise  # put_chunk tells whether it was crc32c the server refused
+            if tags and exc.code in TAGS_REFUSED:
+                # Some servers take no tags (R2, B2), some policies allow PutObject but
+                # not PutObjectTagging: the chunk matters, its tag does not.
+                etag = self.put(key, data, digest, content_type, if_absent)
+                self._tagging = False
+                return etag
+            if conditional and exc.code == "NotImplemented":
+                self._conditional = False
+                return self.put(key, data, digest, content_type, tags=tags)
+            raise
+
+    def put_chunk(
+        self, key: str, data, digest: Digest, tags: dict[str, str] | None
+    ) -> tuple[str, Digest]:
+        """A chunk's PUT, never over an object already at `key` (raises Taken) where the
+        server can tell. Returns its ETag and the digest S3 checked it by: `digest`, or
+        its sha256, signed, where the server refuses a crc32c checksum. A refusal may be of
+        the tags or the condition instead: crc32c is given up only if the same PUT, with
+        the same tags and condition but sha256 instead, then goes through."""
+        content_type = "application/octet-stream"
+        if digest.algorithm == CRC32C:
+            tags = tags if self._tagging else None
+            conditional = self._conditional
+            try:
+                return self._send(key, data, digest, content_type, conditional, tags), digest
+            except S3Error as exc:
+                if exc.code not in TAGS_REFUSED or (exc.code not in CHECKSUM_REFUSED and not tags):
+                    raise
+                if exc.code in CHECKSUM_REFUSED:
+                    signed = digests.of(SHA256, data)
+                    try:
+                        etag = self._send(key, data, signed, content_type, conditional, tags)
+                    except S3Error:
+                        digest = signed  # not crc32c, or not it alone: put tells which
+                    else:
+                        self._crc32c = False
+                        return etag, signed
+        return self.put(key, data, digest, content_type, if_absent=True, tags=tags), digest
+
+    def _send(
+        self,
+        key: str,
+        data,
+        digest: Digest,
+        content_type: str,
+        conditional: bool,
+        tags: dict[str, str] | None,
+    ) -> str:
+        """One PUT, as asked; raises Taken where `conditional` finds an object there."""
         headers = genheaders(
-            {"Content-Type": content_type, SHA256_META: sha256}, self._sse, tags, None, False
+            {"Content-Type": content_type, digest.algorithm: digest.value},
+            self._sse,
+            tags,
+            None,
+            False,
         )
         headers["Content-Length"] = str(len(data))
-        headers["x-amz-content-sha256"] = sha256
-        # Stored with the object, and what S3 asks of a PUT to an Object Lock bucket.
-        headers["x-amz-checksum-sha256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
-        if if_absent and self._conditional:
+        signed = digest.value if digest.algorithm == SHA256 else "UNSIGNED-PAYLOAD"
+        headers["x-amz-content-sha256"] = signed
+        # Checked by S3, and what it asks of a PUT to an Object Lock bucket.
+        name, value = digest.header()
+        headers[name] = value
+        if conditional:
             headers["If-None-Match"] = "*"
         body = self._bandwidth.pace(data) if self._bandwidth else data
         try:
@@ -227,15 +304,6 @@ class ChunkStore:
         except S3Error as exc:
             if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise Taken(key) from None
-            if tags and exc.code in TAGS_REFUSED:
-                # Some servers take no tags (R2, B2), some policies allow PutObject but
-                # not PutObjectTagging: the chunk matters, its tag does not.
-                etag = self.put(key, data, sha256, content_type, if_absent)
-                self._tagging = False
-                return etag
-            if "If-None-Match" in headers and exc.code == "NotImplemented":
-                self._conditional = False
-                return self.put(key, data, sha256, content_type, tags=tags)
             raise
 
     def get_if_exists(self, key: str) -> bytes | None:
@@ -334,37 +402,44 @@ class ChunkStore:
 
     def listing(self, prefix: str) -> dict[str, StoredObject]:
         """Every object under `prefix`, by key, with its size and ETag (one request per
-        thousand objects; no sha256)."""
+        thousand objects; no digest)."""
         return {
             item.object_name: StoredObject(item.size, item.etag, None, item.last_modified)
             for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
         }
 
-    def fetch_into(self, key: str, fd: int, offset: int, block: int = 1024 * 1024) -> Fetched:
+    def fetch_into(
+        self, key: str, fd: int, offset: int, algorithm: str | None, block: int = 1024 * 1024
+    ) -> Fetched:
         """Write an object's bytes into the open file `fd` from `offset`, a block at a time
-        (memory stays at one block), hashing them on the way."""
-        digest, size = hashlib.sha256(), 0
+        (memory stays at one block), hashing them on the way with `algorithm` (None: the
+        one the object was stored with, sha256 if none)."""
+        size = 0
         with self._response(key) as response:
-            stored = _stored_sha256(response.headers.items())
+            stored = _stored_digest(response.headers.items())
+            algorithm = algorithm or (stored.algorithm if stored else SHA256)
+            digest = digests.hasher(algorithm)
             for data in response.stream(block):
                 digest.update(data)
                 written = 0
                 while written < len(data):
                     written += os.pwrite(fd, memoryview(data)[written:], offset + size + written)
                 size += len(data)
-        return Fetched(size, digest.hexdigest(), stored)
+        return Fetched(size, Digest(algorithm, digest.hexdigest()), stored)
 
     def get(self, key: str) -> bytes:
         with self._response(key) as response:
             return response.read()
 
-    def sha256_of(self, key: str) -> str:
-        """The sha256 of an object's bytes, read from S3."""
-        digest = hashlib.sha256()
+    def digest_of(self, key: str, algorithm: str, also=None) -> Digest:
+        """The digest of an object's bytes, read from S3; `also`, a hasher, is fed them too."""
+        digest = digests.hasher(algorithm)
         with self._response(key) as response:
             for block in response.stream(1024 * 1024):
                 digest.update(block)
-        return digest.hexdigest()
+                if also is not None:
+                    also.update(block)
+        return Digest(algorithm, digest.hexdigest())
 
     @contextlib.contextmanager
     def _response(self, key: str):
@@ -387,11 +462,12 @@ class ChunkStore:
                 exc.__traceback__ = None
                 return None
             raise
-        return StoredObject(info.size, info.etag, _stored_sha256(info.metadata.items()))
+        return StoredObject(info.size, info.etag, _stored_digest(info.metadata.items()))
 
 
-def _stored_sha256(headers) -> str | None:
-    return next((v for k, v in headers if k.lower() == f"x-amz-meta-{SHA256_META}"), None)
+def _stored_digest(headers) -> Digest | None:
+    names = {f"x-amz-meta-{algorithm}": algorithm for algorithm in digests.ALGORITHMS}
+    return next((Digest(names[k.lower()], v) for k, v in headers if k.lower() in names), None)
 
 
 class _PacedReader:

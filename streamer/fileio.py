@@ -13,7 +13,9 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from streamer import digests
 from streamer.buffers import BufferPool
+from streamer.digests import SHA256, Digest
 from streamer.records import StreamRecord
 
 
@@ -90,21 +92,27 @@ def reading(
             buffers.give(buffer)
 
 
-def sha256_of_range(
-    record: StreamRecord, offset: int, size: int, buffers: BufferPool | None = None
-) -> str:
-    """The sha256 of `size` bytes from `offset`, read a chunk at a time."""
-    whole = hashlib.sha256()
+def digest_of_range(
+    record: StreamRecord,
+    offset: int,
+    size: int,
+    algorithm: str = SHA256,
+    buffers: BufferPool | None = None,
+) -> Digest:
+    """The digest of `size` bytes from `offset`, read a chunk at a time."""
+    whole = digests.hasher(algorithm)
     for start in range(offset, offset + size, record.chunk_size):
         with reading(record, start, min(record.chunk_size, offset + size - start), buffers) as data:
             whole.update(data)
-    return whole.hexdigest()
+    return Digest(algorithm, whole.hexdigest())
 
 
-def sha256_of_fd_range(fd: int, offset: int, size: int, block: int = 1024 * 1024) -> str:
-    """The sha256 of `size` bytes of an open file from `offset` (fewer if it ends first),
+def digest_of_fd_range(
+    fd: int, offset: int, size: int, algorithm: str = SHA256, block: int = 1024 * 1024
+) -> Digest:
+    """The digest of `size` bytes of an open file from `offset` (fewer if it ends first),
     read a block at a time."""
-    whole = hashlib.sha256()
+    whole = digests.hasher(algorithm)
     end = offset + size
     while offset < end:
         data = os.pread(fd, min(block, end - offset), offset)
@@ -112,7 +120,7 @@ def sha256_of_fd_range(fd: int, offset: int, size: int, block: int = 1024 * 1024
             break
         whole.update(data)
         offset += len(data)
-    return whole.hexdigest()
+    return Digest(algorithm, whole.hexdigest())
 
 
 class HashingReader:

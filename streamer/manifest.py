@@ -7,24 +7,32 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
+from streamer.digests import Digest, recorded
 from streamer.layout import Layout
 from streamer.mp4 import Mp4Facts
 from streamer.records import UTC as UTCTime
 from streamer.records import Assembled, ChunkRecord, StreamRecord
 
-SCHEMA_VERSION = 1
+# 2: a chunk carries the digest S3 checked it by, sha256 or crc32c (1: always sha256).
+SCHEMA_VERSION = 2
 
 
-class ManifestChunk(Struct, kw_only=True):
+class ManifestChunk(Struct, kw_only=True, omit_defaults=True):
     index: int
     key: str
     offset: int
     size: int
-    sha256: str
+    # One of the two: what identifies its bytes, and S3 checked them by (streamer.digests).
+    sha256: str | None = None
+    crc32c: str | None = None
     etag: str
     uploaded_at: UTCTime
     revision: int
     reupload_reason: str | None
+
+    @property
+    def digest(self) -> Digest | None:
+        return recorded(self.sha256, self.crc32c)
 
 
 class Source(Struct, kw_only=True):
@@ -96,6 +104,7 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
                 offset=c.offset,
                 size=c.size,
                 sha256=c.sha256,
+                crc32c=c.crc32c,
                 etag=c.etag,
                 uploaded_at=c.uploaded_at,
                 revision=c.revision,

@@ -125,10 +125,11 @@ def backoff_delay(
 
 
 # S3 error codes worth retrying at once: the server is busy, restarting or timed out, or
-# the bytes were damaged on the way (S3 checks every body against its signed sha256).
+# the bytes were damaged on the way (S3 checks every body against its digest).
 TRANSIENT_CODES = frozenset(
     {
         "XAmzContentSHA256Mismatch",
+        "XAmzContentChecksumMismatch",
         "BadDigest",
         "SlowDown",
         "RequestTimeout",

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from streamer.digests import Digest, recorded
 from streamer.mp4 import Mp4Facts
 
 UTC = Annotated[datetime, Meta(tz=True)]
@@ -31,9 +32,11 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     index: int
     offset: int
     size: int
-    sha256: str
     etag: str
     uploaded_at: UTC
+    # What identifies its bytes, one of the two (streamer.digests says which is used when).
+    sha256: str | None = None
+    crc32c: str | None = None
     # Chunk objects are never overwritten: bytes the recorder rewrote go to a new revision's key.
     revision: int = 0
     reason: str | None = None  # why this revision was uploaded, if it is not the first
@@ -45,6 +48,10 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     # ETag, and which upload): a part of an upload since lost or replaced does not count.
     part_etag: str | None = None
     part_upload: str | None = None
+
+    @property
+    def digest(self) -> Digest | None:
+        return recorded(self.sha256, self.crc32c)
 
     def part_in(self, upload_id: str | None) -> str | None:
         """The ETag of this chunk's part in the upload, if it was copied there."""

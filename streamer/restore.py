@@ -1,5 +1,5 @@
 """Rebuilding a recording from S3 alone (`streamer restore`): its chunks, each checked
-against its sha256 as it arrives, written in parallel into a temporary file that takes
+against its digest as it arrives, written in parallel into a temporary file that takes
 the output's name only once whole; a re-run goes on from what that file already holds.
 A finished stream is its metadata.json's chunks (or, if those are gone, its assembled
 object); an unfinished one is the run of chunks from index 0 up to the first missing."""
@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from streamer import mp4
-from streamer.audit import stored_sha256
+from streamer.audit import stored_digest
 from streamer.chunkstore import ChunkStore
-from streamer.fileio import sha256_of_fd_range
+from streamer.digests import SHA256, Digest
+from streamer.fileio import digest_of_fd_range
 from streamer.remote import RemoteStream
 
 CONNECTIONS = 4
@@ -37,7 +38,7 @@ class Piece:
     key: str
     offset: int
     size: int
-    sha256: str | None  # as recorded; None: the sha256 S3 stored with the object
+    digest: Digest | None  # as recorded; None: the digest S3 stored with the object
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,11 @@ def plan(stream: RemoteStream) -> Plan:
         return unfinished_plan(stream)
     missing = [c for c in found.chunks if c.key not in stream.chunk_keys]
     if not missing:
-        pieces = [Piece(c.index, c.key, c.offset, c.size, c.sha256) for c in found.chunks]
+        pieces = [Piece(c.index, c.key, c.offset, c.size, c.digest) for c in found.chunks]
         return Plan(pieces, found.sha256, None)
     if stream.assembled_key is not None:  # its chunks gone, its whole object there
-        whole = Piece(0, stream.assembled_key, 0, found.total_size, found.sha256)
+        digest = Digest(SHA256, found.sha256) if found.sha256 else None
+        whole = Piece(0, stream.assembled_key, 0, found.total_size, digest)
         return Plan([whole], found.sha256, None)
     raise RestoreError(f"chunk {missing[0].index} is missing from S3 ({missing[0].key})")
 
@@ -126,7 +128,7 @@ def restore(
                 progress(piece.size)
         size = sum(p.size for p in what.pieces)
         os.ftruncate(fd, size)
-        sha256 = sha256_of_fd_range(fd, 0, size)
+        sha256 = digest_of_fd_range(fd, 0, size).value
         if what.sha256 is not None and sha256 != what.sha256:
             raise RestoreError(
                 f"the restored bytes are not the recording: sha256 {sha256}, metadata.json "
@@ -135,7 +137,7 @@ def restore(
         cut = make_playable(fd, size) if playable else None
         if cut is not None:
             size -= cut
-            sha256 = sha256_of_fd_range(fd, 0, size)
+            sha256 = digest_of_fd_range(fd, 0, size).value
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -145,31 +147,34 @@ def restore(
 
 def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ChunkStore) -> set[int]:
     """The pieces a temporary file from an earlier run holds already, each checked against
-    its sha256 (asked of S3 where metadata.json does not say it)."""
+    its digest (asked of S3 where metadata.json does not say it)."""
     have = os.fstat(fd).st_size
     found = set()
     for piece in pieces:
         if piece.offset + piece.size > have:
             break
-        expected = piece.sha256 or stored_sha256(s3, piece.key)
-        if expected and sha256_of_fd_range(fd, piece.offset, piece.size) == expected:
+        expected = piece.digest or stored_digest(s3, piece.key)
+        if expected and digest_of_fd_range(fd, piece.offset, piece.size, expected.algorithm) == (
+            expected
+        ):
             found.add(piece.index)
     return found
 
 
 def fetch(s3: ChunkStore, fd: int, piece: Piece) -> Piece:
-    got = s3.fetch_into(piece.key, fd, piece.offset)
-    expected = piece.sha256 or got.stored_sha256
+    expected = piece.digest
+    got = s3.fetch_into(piece.key, fd, piece.offset, expected.algorithm if expected else None)
+    expected = expected or got.stored
     if got.size != piece.size:
         raise RestoreError(
             f"chunk {piece.index} in S3 is {got.size} bytes, not {piece.size} ({piece.key})"
         )
     if expected is None:
-        raise RestoreError(f"chunk {piece.index} has no sha256 to check it by ({piece.key})")
-    if got.sha256 != expected:
+        raise RestoreError(f"chunk {piece.index} has no digest to check it by ({piece.key})")
+    if got.digest != expected:
         raise RestoreError(
-            f"chunk {piece.index} in S3 is not the bytes it was stored as: sha256 "
-            f"{got.sha256}, expected {expected} ({piece.key})"
+            f"chunk {piece.index} in S3 is not the bytes it was stored as: "
+            f"{got.digest}, expected {expected} ({piece.key})"
         )
     return piece
 

@@ -232,13 +232,21 @@ class VersityServer(S3Server):
 
     name = "versitygw"
 
-    def __init__(self, binary: str, data_dir: Path):
+    def __init__(self, binary: str, data_dir: Path, certs_dir: Path | None = None):
+        self.certs_dir = certs_dir
         super().__init__(
-            binary, data_dir, {"ROOT_ACCESS_KEY": ACCESS_KEY, "ROOT_SECRET_KEY": SECRET_KEY}
+            binary,
+            data_dir,
+            {"ROOT_ACCESS_KEY": ACCESS_KEY, "ROOT_SECRET_KEY": SECRET_KEY},
+            ca_file=certs_dir / "CAs" / "ca.crt" if certs_dir else None,
         )
 
     def command(self) -> list[str]:
-        return [self.binary, "--port", self.endpoint, "posix", str(self.data_dir)]
+        tls = []
+        if self.certs_dir:
+            tls = ["--cert", str(self.certs_dir / "public.crt")]
+            tls += ["--key", str(self.certs_dir / "private.key")]
+        return [self.binary, "--port", self.endpoint, *tls, "posix", str(self.data_dir)]
 
 
 def binary(variable: str, name: str) -> str:
@@ -285,6 +293,17 @@ def tls_minio(tmp_path_factory):
         base / "data",
         env={"MINIO_KMS_SECRET_KEY": f"{KMS_KEY_ID}:{key}"},
         certs_dir=make_certificates(base / "certs"),
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_versitygw(tmp_path_factory):
+    """versitygw over https, with a certificate from a private CA."""
+    base = tmp_path_factory.mktemp("tls-versitygw")
+    server = VersityServer(
+        binary("VERSITYGW_BIN", "versitygw"), base / "data", make_certificates(base / "certs")
     )
     yield server
     server.stop()
@@ -643,6 +662,40 @@ def fill_up(path: Path) -> None:
 def proxy(minio):
     """A misbehaving network between streamer and the MinIO (tests/faultproxy.py)."""
     proxy = FaultProxy(("127.0.0.1", minio.port), free_port())
+    yield proxy
+    proxy.close()
+
+
+def over_tls(server, **s3) -> dict:
+    """The `s3` settings to reach `server` (or a TLS proxy) over https with its CA."""
+    return {"secure": True, "ca_file": str(server.ca_file), **s3}
+
+
+def chunk_store(server, bucket: str, **s3):
+    """The test's own S3 side of streamer, on `server`, with the tests' key layout."""
+    from streamer.chunkstore import ChunkStore
+    from streamer.config import S3Config
+
+    config = S3Config(
+        endpoint=server.endpoint,
+        bucket=bucket,
+        prefix="rec",
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        **s3,
+    )
+    return ChunkStore(config, "test-host")
+
+
+@pytest.fixture
+def tls_proxy(minio, tmp_path):
+    """The fault proxy speaking https to streamer (its own private CA, `ca_file`) and
+    plain http to the MinIO: requests are seen, and refused, over https too."""
+    certs = make_certificates(tmp_path / "proxy-certs")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs / "public.crt", certs / "private.key")
+    proxy = FaultProxy(("127.0.0.1", minio.port), free_port(), tls=context)
+    proxy.ca_file = certs / "CAs" / "ca.crt"
     yield proxy
     proxy.close()
 

@@ -4,7 +4,11 @@ Modes: pass (forward), refuse (nothing listens: connection refused, open connect
 reset), reset (every connection reset), blackhole (connections, open or new, go silent:
 bytes are read and dropped, nothing is answered), throttle (forward at a byte rate),
 refuse_puts (a connection that starts a PUT request is reset; other requests pass),
-refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it).
+refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it),
+refuse_checksums (a PUT with a crc32c checksum is answered 400 InvalidRequest, as a server
+that does not know the algorithm answers it).
+With `tls` (a server-side SSL context) the proxy speaks https to its clients and plain
+http to the server: headers are seen, and refused, over https too.
 Whatever the mode, `damage_puts(n)` flips one byte in the body of each of the next n PUT
 requests with a body: a request damaged on the way, its headers intact.
 """
@@ -12,15 +16,18 @@ requests with a body: a request damaged on the way, its headers intact.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
 
 
 class FaultProxy:
-    def __init__(self, upstream: tuple[str, int], port: int):
+    def __init__(self, upstream: tuple[str, int], port: int, tls: ssl.SSLContext | None = None):
         self.upstream = upstream
+        self.tls = tls
         self.mode = "pass"
         self.rate = 0  # bytes per second, in throttle mode
         # Connections open to the server at once, at most: an HTTP pool opens one only when
@@ -39,8 +46,10 @@ class FaultProxy:
         self._listen()
 
     def set(self, mode: str, rate: int = 0) -> None:
+        assert self.tls is None or mode in ("pass", "refuse_tags", "refuse_checksums"), mode
         assert mode in (
-            "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", "refuse_tags"
+            "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", "refuse_tags",
+            "refuse_checksums",
         )  # fmt: skip
         with self._lock:
             self.mode, self.rate = mode, rate
@@ -52,6 +61,7 @@ class FaultProxy:
             self._listen()
 
     def damage_puts(self, count: int) -> None:
+        assert self.tls is None, "a body damaged inside TLS is a broken connection"
         with self._lock:
             self._to_damage += count
 
@@ -99,18 +109,66 @@ class FaultProxy:
                     pass
             return
         try:
+            if self.tls is not None:
+                client.settimeout(5)
+                client = self.tls.wrap_socket(client, server_side=True)
+                client.settimeout(None)
             upstream = socket.create_connection(self.upstream, timeout=5)
+            upstream.settimeout(None)
         except OSError:
             _reset(client)
             return
         with self._lock:
-            self._conns.append(upstream)
+            self._conns += [client, upstream]
             self._open += 1
             self.peak_connections = max(self.peak_connections, self._open)
-        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-        self._pump(upstream, client)
+        if self.tls is not None:
+            self._relay(client, upstream)
+        else:
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            self._pump(upstream, client)
         with self._lock:
             self._open -= 1
+
+    def _relay(self, client: ssl.SSLSocket, upstream: socket.socket) -> None:
+        """Both ways in one thread: an SSL socket must not be read and written by two
+        threads at once. Only the refusals apply here (not throttle, blackhole, damage)."""
+        try:
+            while not self._stopped:
+                ready = (
+                    [client]
+                    if client.pending()
+                    else select.select([client, upstream], [], [], 1)[0]
+                )
+                for source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    if source is upstream:
+                        client.sendall(data)
+                    elif self._refused(data, client):
+                        return
+                    else:
+                        upstream.sendall(data)
+        except (OSError, ValueError):  # ValueError: a socket closed by close() meanwhile
+            pass
+        finally:
+            _reset(upstream)
+            _reset(client)
+
+    def _refused(self, data: bytes, client: socket.socket) -> bool:
+        """Is this piece of a request refused in the current mode? Then it is answered
+        as the mode says, and the connection closed."""
+        if self.mode == "refuse_tags" and _puts_header(data, b"x-amz-tagging"):
+            answer = NOT_IMPLEMENTED
+        elif self.mode == "refuse_checksums" and _puts_header(data, b"x-amz-checksum-crc32c"):
+            answer = INVALID_REQUEST
+        else:
+            return False
+        with contextlib.suppress(OSError):
+            client.sendall(answer)
+        _reset(client)
+        return True
 
     def _pump(self, source: socket.socket, sink: socket.socket, upload: bool = False) -> None:
         flip_at = None  # where in the stream of request bytes the next body starts
@@ -124,10 +182,7 @@ class FaultProxy:
                 if upload and self.mode == "refuse_puts" and data.startswith(b"PUT "):
                     _reset(source)  # every other request goes through
                     break
-                if upload and self.mode == "refuse_tags" and _puts_tags(data):
-                    with contextlib.suppress(OSError):
-                        source.sendall(NOT_IMPLEMENTED)
-                    _reset(source)
+                if upload and self._refused(data, source):
                     break
                 if upload and data.startswith(b"PUT ") and b"\r\n\r\n" in data:
                     with self._lock:
@@ -159,19 +214,30 @@ class FaultProxy:
         self._conns.clear()
 
 
-_ERROR = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>A '
-    b"header you provided implies functionality that is not implemented</Message></Error>"
+def _answer(status: bytes, code: bytes, message: bytes) -> bytes:
+    error = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>' + code + b"</Code><Message>"
+        + message + b"</Message></Error>"
+    )  # fmt: skip
+    return (
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml\r\nContent-Length: "
+        + str(len(error)).encode() + b"\r\nConnection: close\r\n\r\n" + error
+    )  # fmt: skip
+
+
+NOT_IMPLEMENTED = _answer(
+    b"501 Not Implemented",
+    b"NotImplemented",
+    b"A header you provided implies functionality that is not implemented",
 )
-NOT_IMPLEMENTED = (
-    b"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\n"
-    b"Content-Length: " + str(len(_ERROR)).encode() + b"\r\nConnection: close\r\n\r\n" + _ERROR
+INVALID_REQUEST = _answer(
+    b"400 Bad Request", b"InvalidRequest", b"Value for x-amz-checksum-crc32c header is invalid."
 )
 
 
-def _puts_tags(data: bytes) -> bool:
+def _puts_header(data: bytes, name: bytes) -> bool:
     head = data.split(b"\r\n\r\n", 1)[0].lower()
-    return data.startswith(b"PUT ") and b"\r\nx-amz-tagging:" in head
+    return data.startswith(b"PUT ") and b"\r\n" + name + b":" in head
 
 
 def _reset(conn: socket.socket) -> None:

@@ -76,13 +76,18 @@ def _hold_the_write_lock(path: str, holding, release) -> None:
         release.wait(120)
 
 
+@pytest.mark.parametrize("server", ["minio", "tls_minio"], indirect=True)
 @pytest.mark.parametrize("rewritten", [False, True], ids=["same", "rewritten"])
-def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(make_daemon, minio, rewritten):
+def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(
+    make_daemon, server, rewritten
+):
     """The kill falls between a chunk's PUT and its checkpoint commit, every time: the
     test holds LMDB's write lock, so the commit waits while the PUT goes through. If the
     recorder rewrote that chunk meanwhile, its new bytes go to a new revision key and the
-    object in S3 stays as it was: an object once written is never overwritten."""
-    daemon = make_daemon(workers=1, stream={"idle_timeout": 3}).start()
+    object in S3 stays as it was: an object once written is never overwritten. Over https
+    the chunk is known by its crc32c, over http by its sha256."""
+    tls = {"secure": True, "ca_file": str(server.ca_file)} if server.ca_file else {}
+    daemon = make_daemon(workers=1, stream={"idle_timeout": 3}, s3=tls).start()
     path = daemon.watch / "between.mp4"
     data = bytearray(hashlib.shake_256(b"between").digest(3 * 64 * KiB + 1000))
     with open(path, "wb") as f:
@@ -101,8 +106,8 @@ def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(make_daemon
             f.write(data[64 * KiB + 10 : 2 * 64 * KiB + 10])  # chunk 1 is now whole
             f.flush()
             chunk_1 = f"rec/test-host/{stream_id}/chunks/000001"
-            wait_until(lambda: chunk_1 in objects(minio, daemon.bucket, stream_id), 30, what="PUT")
-            put = objects(minio, daemon.bucket, stream_id)[chunk_1]
+            wait_until(lambda: chunk_1 in objects(server, daemon.bucket, stream_id), 30, what="PUT")
+            put = objects(server, daemon.bucket, stream_id)[chunk_1]
             [uploader] = daemon.uploader_pids()
             daemon.kill()  # its uploader dies with it, still waiting to commit chunk 1
             wait_until(lambda: not alive(uploader), 10, what="the uploader to die")
@@ -118,9 +123,9 @@ def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(make_daemon
         daemon.start()
         f.write(data[2 * 64 * KiB + 10 :])
     daemon.wait_for("stream_finished", timeout=60)
-    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
-    assert reassemble(minio.client, daemon.bucket, manifest) == data
-    assert objects(minio, daemon.bucket, stream_id)[chunk_1] == put, "the first PUT stays"
+    manifest = manifest_of(server.client, daemon.bucket, stream_id)
+    assert reassemble(server.client, daemon.bucket, manifest) == data
+    assert objects(server, daemon.bucket, stream_id)[chunk_1] == put, "the first PUT stays"
     found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
     if rewritten:

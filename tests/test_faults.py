@@ -14,13 +14,12 @@ import urllib.request
 import lmdb
 import pytest
 from conftest import (
-    ACCESS_KEY,
     FAST_RETRIES,
-    SECRET_KEY,
     GrowingFile,
     MinioUser,
     assert_exact,
     both_servers,
+    chunk_store,
     cli,
     fill_up,
     get_json,
@@ -34,8 +33,7 @@ from conftest import (
     wait_until,
 )
 
-from streamer.chunkstore import ChunkStore
-from streamer.config import Config, S3Config
+from streamer.config import Config
 from streamer.uploader.sending import place_chunk
 
 pytestmark = pytest.mark.integration
@@ -651,19 +649,12 @@ def test_one_instance_name_has_one_owner(make_daemon, minio):
 def test_a_chunk_put_never_overwrites_an_object_it_did_not_write(server, bucket):
     """Where the server takes a conditional PUT (If-None-Match), an object at the key goes
     to the next revision instead of being written over, even without a probe."""
-    config = S3Config(
-        endpoint=server.endpoint,
-        bucket=bucket,
-        prefix="rec",
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-    )
-    s3 = ChunkStore(config, "test-host")
+    s3 = chunk_store(server, bucket)
     foreign = b"written by someone else"
     key = s3.layout.chunk_key("s", 0)
     server.client.put_object(bucket, key, io.BytesIO(foreign), len(foreign))
     data = b"the chunk's bytes"
-    revision, _, seconds = place_chunk(s3, "s", 0, 0, data, hashlib.sha256(data).hexdigest(), False)
+    revision, _, _, seconds = place_chunk(s3, "s", 0, 0, data, s3.chunk_digest(data), False)
     assert (revision, seconds is not None) == (1, True)
     assert object_bytes(server.client, bucket, key) == foreign
     assert object_bytes(server.client, bucket, s3.layout.chunk_key("s", 0, 1)) == data

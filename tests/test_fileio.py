@@ -11,19 +11,20 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import crc32c
 import msgspec
 import pytest
 
 from streamer.fileio import (
     CAP_LEASE,
     SourceChanged,
+    digest_of_range,
     filesystem_type,
     is_finalised_file,
     lease_blindness,
     open_regular,
     raise_capability,
     read_into,
-    sha256_of_range,
     size_of,
     timestamp_granularity_ns,
 )
@@ -68,7 +69,11 @@ def test_bytes_are_read_from_the_stream_s_file_only_and_whole(tmp_path):
     buffer = memoryview(bytearray(4))
     assert read_into(record, 3, buffer) == os.stat(path).st_mtime_ns
     assert bytes(buffer) == b"3456" and size_of(record) == 10
-    assert sha256_of_range(record, 3, 4) == hashlib.sha256(b"3456").hexdigest()
+    assert digest_of_range(record, 3, 4).value == hashlib.sha256(b"3456").hexdigest()
+    assert (
+        str(digest_of_range(record, 3, 4, "crc32c"))
+        == "crc32c:" + crc32c.CRC32CHash(b"3456").hexdigest()
+    )
     with pytest.raises(SourceChanged, match="ends before byte 12"):
         read_into(record, 8, buffer)
     replacement = tmp_path / "new.mp4"

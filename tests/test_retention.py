@@ -15,11 +15,10 @@ from datetime import datetime
 import msgspec
 import pytest
 from conftest import (
-    ACCESS_KEY,
     FAST_RETRIES,
-    SECRET_KEY,
     GrowingFile,
     assert_exact,
+    chunk_store,
     cli,
     manifest_of,
     object_bytes,
@@ -29,8 +28,6 @@ from conftest import (
 
 from streamer import retention
 from streamer.checkpoint import CheckpointStore
-from streamer.chunkstore import ChunkStore
-from streamer.config import S3Config
 from streamer.records import StreamState
 
 pytestmark = pytest.mark.integration
@@ -270,14 +267,7 @@ def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
     daemon.start()
     ids = finished_ids(daemon, len(names))
     daemon.stop()
-    config = S3Config(
-        endpoint=minio.endpoint,
-        bucket=daemon.bucket,
-        prefix="rec",
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-    )
-    s3 = ChunkStore(config, "test-host")
+    s3 = chunk_store(minio, daemon.bucket)
     store = CheckpointStore(str(daemon.config_path.parent / "checkpoint"), 64 * MiB)
 
     def delete(name: str, directory=daemon.watch, **changes) -> None:

@@ -18,6 +18,7 @@ from conftest import (
     cli,
     free_port,
     object_bytes,
+    over_tls,
     port_of,
     wait_until,
 )
@@ -27,10 +28,6 @@ pytestmark = pytest.mark.integration
 KiB, MiB = 1024, 1024 * 1024
 on_tls_minio = pytest.mark.parametrize("server", ["tls_minio"], indirect=True)
 NO_KEYS = {"access_key": "", "secret_key": ""}
-
-
-def over_tls(server, **s3) -> dict:
-    return {"secure": True, "ca_file": str(server.ca_file), **s3}
 
 
 def get(daemon, path: str) -> bytes:

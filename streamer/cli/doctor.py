@@ -6,7 +6,6 @@ retention can see writers, and the instance name."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import uuid
@@ -200,14 +199,15 @@ class Doctor:
         key = s3.layout.scratch_key(uuid.uuid4().hex)
         data = os.urandom(64 * 1024)
         try:
-            s3.put(key, data, hashlib.sha256(data).hexdigest(), "application/octet-stream")
+            s3.put_chunk(key, data, s3.chunk_digest(data), None)
             if s3.get(key) != data:
                 raise Problem("the bytes read back differ from those written")
         finally:
             left = self.clean_up(s3, [key])
         if left and not self.config.stream.keep_chunks:
             raise Problem(f"{left}; stream.keep_chunks off deletes chunks: allow DeleteObject")
-        return "written and read back" + (f"; {left}" if left else ", and deleted")
+        checked = "; S3 refuses crc32c: chunks go with sha256" if s3.crc32c_refused else ""
+        return "written and read back" + (f"; {left}" if left else ", and deleted") + checked
 
     def multipart_copy(self, s3) -> str:
         from streamer.chunkstore import PartSource
@@ -216,9 +216,7 @@ class Doctor:
         data = os.urandom(64 * 1024)
         upload_id = None
         try:
-            etag = s3.put(
-                source, data, hashlib.sha256(data).hexdigest(), "application/octet-stream"
-            )
+            etag, _ = s3.put_chunk(source, data, s3.chunk_digest(data), None)
             upload_id = s3.begin_upload(target, "application/octet-stream")
             part = s3.copy_part(target, upload_id, 1, PartSource(source, len(data), etag))
             s3.complete_upload(target, upload_id, [part])

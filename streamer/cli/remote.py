@@ -112,7 +112,7 @@ def restore(
 ) -> None:
     """Rebuild a recording from S3 alone into OUTPUT: a finished stream from the chunks
     its metadata.json lists (or its whole object), an unfinished one from its chunks in
-    order up to the first missing. Every chunk is checked against its sha256 as it
+    order up to the first missing. Every chunk is checked against its digest as it
     arrives, and a finished stream's whole file against metadata.json. It writes
     OUTPUT.part and renames it only when whole; a re-run goes on from what OUTPUT.part
     holds, checked.

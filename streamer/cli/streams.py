@@ -89,11 +89,11 @@ def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
             f"{c.offset:,}",
             display.size(c.size),
             display.timestamp(c.uploaded_at),
-            c.sha256,
+            str(c.digest),
         )
         for c in chunks
     ]
-    headers = ("INDEX", "REV", "OFFSET", "SIZE", "UPLOADED", "SHA256")
+    headers = ("INDEX", "REV", "OFFSET", "SIZE", "UPLOADED", "DIGEST")
     for line in display.table(headers, rows, right={0, 1, 2, 3}):
         click.echo(line)
 

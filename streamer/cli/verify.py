@@ -23,7 +23,8 @@ from streamer.cli.common import (
     open_store,
     s3_errors,
 )
-from streamer.fileio import is_finalised_file, sha256_of_range
+from streamer.digests import SHA256
+from streamer.fileio import digest_of_range, is_finalised_file
 from streamer.logs import describe
 from streamer.records import ChunkRecord, StreamRecord, StreamState
 
@@ -47,7 +48,7 @@ class Verdict:
 @click.option(
     "--quick",
     is_flag=True,
-    help="Compare sizes, ETags and the sha256 stored with each object (HEAD requests) "
+    help="Compare sizes, ETags and the digest stored with each object (HEAD requests) "
     "instead of reading chunks and the assembled object back.",
 )
 @json_option
@@ -55,7 +56,7 @@ def verify(
     config_path: str | None, stream_id: str | None, check_all: bool, quick: bool, as_json: bool
 ) -> None:
     """Compare streams with S3: every chunk present with its recorded size, ETag and
-    sha256 (its bytes read back, unless --quick), metadata.json and the assembled object
+    digest (its bytes read back, unless --quick), metadata.json and the assembled object
     as recorded, and, where the file is still there unchanged, the file's bytes.
 
     Exit status: 0 all good, 1 a mismatch found (named, chunk by chunk), 2 a wrong
@@ -116,6 +117,7 @@ def verify_stream(
                 s3,
                 look="stored" if quick else "bytes",
                 progress=progress,
+                sha256=record.sha256,
             )
         if finished:
             verdict.problems += manifest_problems(s3, record, chunks)
@@ -131,8 +133,17 @@ def verify_stream(
             verdict.problems += [
                 f"chunk {c.index}: the file's bytes differ from S3's"
                 for c in chunks
-                if sha256_of_range(record, c.offset, c.size) != c.sha256
+                if digest_of_range(record, c.offset, c.size, c.digest.algorithm) != c.digest
             ]
+            # A crc32c proves less than a sha256: the whole file's proves the rest.
+            by_crc = any(c.digest.algorithm != SHA256 for c in chunks)
+            if (
+                by_crc
+                and record.sha256
+                and not verdict.problems
+                and (digest_of_range(record, 0, record.total_size).value != record.sha256)
+            ):
+                verdict.problems.append("the file's bytes are not the stream's (sha256)")
     except OSError as exc:  # not readable by this user, or deleted meanwhile
         verdict.error = f"cannot read its file {record.path}: {describe(exc)}"
     return verdict
@@ -158,8 +169,8 @@ def manifest_problems(s3, record: StreamRecord, chunks: list[ChunkRecord]) -> li
         )
         if got != want
     ]
-    listed = [(c.index, c.key, c.size, c.sha256, c.etag) for c in stored.chunks]
-    recorded = [(c.index, c.key, c.size, c.sha256, c.etag) for c in expected.chunks]
+    listed = [(c.index, c.key, c.size, c.digest, c.etag) for c in stored.chunks]
+    recorded = [(c.index, c.key, c.size, c.digest, c.etag) for c in expected.chunks]
     if listed != recorded:
         problems.append("metadata.json lists other chunks than the checkpoint records")
     return problems

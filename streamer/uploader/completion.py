@@ -5,16 +5,16 @@ A stream whose file went away, or that an operator cancelled, concludes with wha
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
 import msgspec
 
-from streamer import manifest, metrics, mp4
+from streamer import digests, manifest, metrics, mp4
 from streamer.audit import chunk_problems
 from streamer.chunkstore import ChunkStore
+from streamer.digests import SHA256
 from streamer.failures import NotInS3
 from streamer.fileio import open_regular, reading
 from streamer.messages import Finish, FinishDeclined, StreamFinished
@@ -41,7 +41,7 @@ class FinishCalledOff(Exception):
 def put_manifest(s3: ChunkStore, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
     body = manifest.encode(manifest.build(record, chunks, s3.layout))
     key = s3.layout.manifest_key(record.stream_id)
-    s3.put(key, body, hashlib.sha256(body).hexdigest(), "application/json")
+    s3.put(key, body, digests.of(SHA256, body), "application/json")
 
 
 def check_still_idle(path: str, finish: Finish) -> None:
@@ -145,11 +145,11 @@ class Completion:
         reason: str,
         log_fields: dict,
     ) -> tuple[ChunkRecord, bytes | None]:
-        sha256 = hashlib.sha256(data).hexdigest()
+        s3 = self.ctx.s3
         # A crash after an earlier re-upload's PUT may have left its bytes at that key.
         first = max(old.revision + 1, record.min_revision)
-        revision, etag, seconds = place_chunk(
-            self.ctx.s3, record.stream_id, old.index, first, data, sha256, probe=True
+        revision, etag, digest, seconds = place_chunk(
+            s3, record.stream_id, old.index, first, data, s3.chunk_digest(data), probe=True
         )
         if seconds is not None:
             metrics.BYTES_UPLOADED.inc(len(data))
@@ -164,7 +164,7 @@ class Completion:
         )
         head = bytes(data[:HEAD_SIZE]) if old.index == 0 else None
         chunk = UploadChunk(old.index, old.offset, len(data))
-        sent = Sent(chunk, revision, sha256, etag, head, seconds, None, None)
+        sent = Sent(chunk, revision, digest, etag, head, seconds, None, None)
         return sent.record(reason), head
 
     def finished(self, job: Job, future: Future, now: float) -> None:

@@ -17,6 +17,7 @@ from streamer.uploader.reports import Sent
 class Ledger:
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self.told_crc32c_refused = False
 
     def chunk_returned(self, job: Job, index: int, future: Future, now: float) -> None:
         """A chunk came back from its sender thread. A failed one is sent again after the
@@ -55,7 +56,15 @@ class Ledger:
             "index": chunk.index,
             "offset": chunk.offset,
             "size": chunk.size,
+            "digest": str(sent.digest),
         }
+        if ctx.s3.crc32c_refused and not self.told_crc32c_refused:
+            self.told_crc32c_refused = True
+            ctx.log.warning(
+                "crc32c_refused",
+                message="S3 refuses x-amz-checksum-crc32c: chunks go with their sha256 signed "
+                "instead, which costs a sha256 of every byte",
+            )
         if sent.seconds is None:
             ctx.log.info("chunk_found_in_s3", **fields)
             return

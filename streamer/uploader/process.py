@@ -5,19 +5,19 @@ under way land and be committed before the process exits."""
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import select
 import signal
 import time
 
-from streamer import logs
+from streamer import digests, logs
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
 from streamer.chunkstore import ChunkStore, Taken
 from streamer.config import Config, MiB
+from streamer.digests import SHA256
 from streamer.failures import Backoff
 from streamer.fileio import timestamp_granularity_ns
 from streamer.messages import (
@@ -203,7 +203,7 @@ class Uploader:
         if owner is None:
             claim = mine.encode()
             try:
-                s3.put(key, claim, hashlib.sha256(claim).hexdigest(), "text/plain", if_absent=True)
+                s3.put(key, claim, digests.of(SHA256, claim), "text/plain", if_absent=True)
                 return
             except Taken:
                 owner = s3.get_if_exists(key)

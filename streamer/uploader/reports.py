@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from streamer import mp4
 from streamer.buffers import BufferPool
+from streamer.digests import Digest
 from streamer.messages import Finish
 from streamer.policy import UploadChunk
 from streamer.records import Assembled, AssemblyUpload, ChunkRecord
@@ -23,7 +24,7 @@ class Sent:
 
     chunk: UploadChunk
     revision: int
-    sha256: str
+    digest: Digest
     etag: str
     head: bytes | None  # the file's first bytes, with chunk 0
     seconds: float | None  # None: found in S3 already, not sent again
@@ -36,7 +37,7 @@ class Sent:
             index=self.chunk.index,
             offset=self.chunk.offset,
             size=self.chunk.size,
-            sha256=self.sha256,
+            **{self.digest.algorithm: self.digest.value},
             etag=self.etag,
             uploaded_at=datetime.now(UTC),
             revision=self.revision,

@@ -12,7 +12,8 @@ from concurrent.futures import Future
 from dataclasses import replace
 
 from streamer.buffers import BufferPool
-from streamer.fileio import reading, sha256_of_range
+from streamer.digests import SHA256
+from streamer.fileio import digest_of_range, reading
 from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import SETTLED_NS, settled
@@ -77,10 +78,11 @@ def survey(
                 whole.update(data)
             if length != chunk.size:
                 stale.append((chunk.index, "file shrank"))
-            elif not known and hashlib.sha256(data).hexdigest() != chunk.sha256:
+            elif not known and not chunk.digest.matches(data):
                 stale.append((chunk.index, "bytes changed after upload"))
     if whole is None and stale:
-        sha256 = sha256_of_range(record, 0, size, buffers)  # what was sent is no longer the file
+        # What was sent is no longer the file.
+        sha256 = digest_of_range(record, 0, size, SHA256, buffers).value
     elif whole is None and ahead:
         sha256 = None
     else:
