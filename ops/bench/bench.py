@@ -1,6 +1,7 @@
 """`make bench`: streamer against the S3 tools users would script instead (mc, s5cmd, the
-AWS CLI, rclone), every figure measured in one run against one MinIO. Prints the table
-and writes it to ops/bench/RESULTS.md.
+AWS CLI, rclone), every figure measured in one run against one MinIO, over http and over
+https (a certificate from a private CA the bench makes, given to every tool). Prints the
+tables and writes them to ops/bench/RESULTS.md.
 
 Figures from one run are compared with each other only: the machine is shared and noisy.
 """
@@ -30,7 +31,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 from conftest import ACCESS_KEY as ACCESS  # noqa: E402
 from conftest import SECRET_KEY as SECRET  # noqa: E402
-from conftest import Daemon, MinioServer, free_port, wait_until  # noqa: E402
+from conftest import (  # noqa: E402
+    Daemon,
+    MinioServer,
+    free_port,
+    make_certificates,
+    scrape,
+    wait_until,
+)
 from minio.deleteobjects import DeleteObject  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -78,18 +86,24 @@ def rss_and_cpu(pids: list[int]) -> tuple[int, float]:
 
 
 class Sampler:
-    """Peak memory (PSS) of a process tree, sampled every 50 ms."""
+    """Peak memory (PSS) of a process tree, sampled every 50 ms: of the whole tree, and of
+    the root and of its busiest child on their own."""
 
     def __init__(self, pid: int):
         self.pid, self.peak, self.cpu = pid, 0, 0.0
+        self.peak_root, self.peak_child = 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, cpu = rss_and_cpu(tree_of(self.pid))
+            pids = tree_of(self.pid)
+            rss, cpu = rss_and_cpu(pids)
             self.peak, self.cpu = max(self.peak, rss), max(self.cpu, cpu)
+            self.peak_root = max(self.peak_root, rss_and_cpu([self.pid])[0])
+            children = [rss_and_cpu([p])[0] for p in pids if p != self.pid]
+            self.peak_child = max([self.peak_child, *children])
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -102,6 +116,9 @@ class Run:
     seconds: float
     cpu: float  # CPU seconds of the whole process tree
     peak_rss: int  # bytes: the tree's proportional set size, at its peak
+    # bytes: the root process's own PSS at its peak, and the largest of its children's
+    peak_root: int = 0
+    peak_child: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -132,15 +149,28 @@ def clear(minio: MinioServer) -> None:
 # The peers
 
 
+def scheme(minio: MinioServer) -> str:
+    return "https" if minio.ca_file else "http"
+
+
 def peer_env(minio: MinioServer, work: Path) -> dict:
+    tls = {}
+    if minio.ca_file:
+        # mc reads its CAs from its config directory; the Go tools (s5cmd, rclone) from
+        # SSL_CERT_FILE; the AWS CLI from AWS_CA_BUNDLE.
+        cas = work / "mc" / "certs" / "CAs"
+        cas.mkdir(parents=True, exist_ok=True)
+        shutil.copy(minio.ca_file, cas / "ca.crt")
+        tls = {"SSL_CERT_FILE": str(minio.ca_file), "AWS_CA_BUNDLE": str(minio.ca_file)}
     return {
         **os.environ,
+        **tls,
         "AWS_ACCESS_KEY_ID": ACCESS,
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_CONFIG_FILE": str(work / "aws-config"),
-        "MC_HOST_bench": f"http://{ACCESS}:{SECRET}@{minio.endpoint}",
+        "MC_HOST_bench": f"{scheme(minio)}://{ACCESS}:{SECRET}@{minio.endpoint}",
         "MC_CONFIG_DIR": str(work / "mc"),
         "RCLONE_CONFIG": str(work / "rclone.conf"),
         "HOME": str(work),
@@ -149,7 +179,7 @@ def peer_env(minio: MinioServer, work: Path) -> dict:
 
 def peer_commands(tools: dict, minio: MinioServer, source: Path, name: str) -> dict[str, list[str]]:
     """How each peer copies `source` (a directory, or one file called `name`) to bench/<tool>/."""
-    many, url = source.is_dir(), f"http://{minio.endpoint}"
+    many, url = source.is_dir(), f"{scheme(minio)}://{minio.endpoint}"
     recursive = ["--recursive"] if many else []
     rclone_s3 = [
         "--s3-provider=Minio",
@@ -189,6 +219,11 @@ class Streamer(Daemon):
             "STREAMER_METRICS_HOST": "127.0.0.1",
             "STREAMER_METRICS_PORT": str(self.metrics_port),
             "STREAMER_INSTANCE": "bench",
+            **(
+                {"STREAMER_S3_SECURE": "true", "STREAMER_S3_CA_FILE": str(minio.ca_file)}
+                if minio.ca_file
+                else {}
+            ),
             **{f"STREAMER_{k.upper()}": str(v) for k, v in settings.items()},
         }
         config = work / "config.json"
@@ -218,7 +253,9 @@ class Streamer(Daemon):
         _, _, usage = os.wait4(self.process.pid, 0)
         self.sampler.stop()
         seconds = time.perf_counter() - self.started
-        return Run(seconds, usage.ru_utime + usage.ru_stime, self.sampler.peak)
+        sampler = self.sampler
+        cpu = usage.ru_utime + usage.ru_stime
+        return Run(seconds, cpu, sampler.peak, sampler.peak_root, sampler.peak_child)
 
 
 def ts(event: dict) -> float:
@@ -294,6 +331,40 @@ def throughput(work, minio, tools, sets) -> list[tuple]:
     return rows
 
 
+IDLE_LEAVES = ("select", "poll", "_worker", "wait", "serve_forever", "sleep", "get", "acquire")
+
+
+def profile(work: Path, minio: MinioServer, source: Path, py_spy: str, top=10) -> list:
+    """Where streamer's CPU goes, uploading `source` like for like (no assembly): py-spy's
+    samples of every process, by the line on top of the stack (C code, hashing or TLS,
+    counts on the Python line that called it), as a share of the busy samples."""
+    clear(minio)
+    home = Path(tempfile.mkdtemp(dir=work))
+    out = home / "profile.txt"
+    daemon = Streamer(
+        home, minio, source, stream_idle_timeout=IDLE_TIMEOUT, stream_assemble="false"
+    ).start()
+    spy = subprocess.Popen(
+        [py_spy, "record", "--pid", str(daemon.process.pid), "--subprocesses", "--nonblocking",
+         "--rate", "250", "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    daemon.wait_for("stream_finished", timeout=1800, count=len(list(source.iterdir())))
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=60)
+    daemon.stop()
+    leaves: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1].strip()
+        if leaf.split(" ")[0].rsplit(".", 1)[-1] not in IDLE_LEAVES:
+            leaves[leaf] = leaves.get(leaf, 0) + int(count)
+    shutil.rmtree(home)
+    busy = sum(leaves.values()) or 1
+    ranked = sorted(leaves.items(), key=lambda item: -item[1])
+    return [(leaf, n / busy) for leaf, n in ranked[:top]]
+
+
 def peer_source(source: Path) -> tuple[Path, str]:
     files = list(source.iterdir())
     return (files[0], files[0].name) if len(files) == 1 else (source, "")
@@ -364,6 +435,61 @@ def live_lag(
         "size": rate * seconds,
         "run": run,
     }
+
+
+RECORDING_BITRATE = "4M"  # about 515 KB/s, with its audio and container
+CAP = 700_000  # bytes/s: just above the recording's rate
+
+
+def assembly_cost(work: Path, minio: MinioServer, ffmpeg: str, seconds: int = 30) -> dict:
+    """A live plain-MP4 recording (ffmpeg at real time; it rewrites its first bytes when it
+    ends), 5 MiB chunks so its whole object is joined by server-side copy: what S3 copies,
+    and how long after the last write `metadata.json` comes, with and without a bandwidth
+    cap just above the recording's rate."""
+    results = {}
+    for label, cap in (("uncapped", None), (f"capped at {CAP // 1000} KB/s", CAP)):
+        clear(minio)
+        home = Path(tempfile.mkdtemp(dir=work))
+        watch = home / "input"
+        watch.mkdir()
+        idle = 3.0
+        settings = {"stream_idle_timeout": idle, "stream_chunk_size": 5 * MiB}
+        if cap:
+            settings["s3_max_bytes_per_second"] = cap
+        daemon = Streamer(home, minio, watch, **settings).start()
+        wait_until(daemon.ready, 30, what="streamer ready")
+        path = watch / "live.mp4"
+        subprocess.run(
+            [ffmpeg, "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+             "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i",
+             "sine=frequency=440:sample_rate=48000", "-t", str(seconds), "-c:v", "libx264",
+             "-preset", "ultrafast", "-b:v", RECORDING_BITRATE, "-maxrate", RECORDING_BITRATE,
+             "-bufsize", "8M", "-c:a", "aac", str(path)],
+            check=True,
+        )  # fmt: skip
+        last_write = path.stat().st_mtime
+        size = path.stat().st_size
+        finished = daemon.wait_for("stream_finished", timeout=600)[0]
+        assembled = daemon.wait_for("stream_assembled", timeout=10)[0]
+        values = scrape(daemon)
+        daemon.stop()
+        live = values.get("streamer_assembly_parts_copied_total{when=live}", 0)
+        at_end = values.get("streamer_assembly_parts_copied_total{when=completion}", 0)
+        chunks = finished["chunks"]
+        results[label] = {
+            "size": size,
+            "rate": size / seconds,
+            "method": assembled["method"],
+            "parts": chunks,
+            "live": int(live),
+            "at_end": int(at_end),
+            # Every byte once, and each part copied again (a rewritten chunk) once more.
+            "copied": size + max(0, int(live + at_end) - chunks) * 5 * MiB,
+            "finish": ts(finished) - last_write,
+            "idle": idle,
+        }
+        shutil.rmtree(home)
+    return results
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -457,19 +583,9 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def report(versions: dict, rows, lags, costs, total, idle, ready) -> str:
-    live, long = lags
+def throughput_table(title: str, rows) -> list[str]:
     lines = [
-        "# streamer benchmark",
-        "",
-        f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores, {platform.platform()}, "
-        "one MinIO on loopback for every figure. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in versions.items())
-        + ".",
-        "",
-        "Figures from one run; compare them with each other, not with another run's.",
-        "",
-        "## Throughput (already finished MP4 files, real ffmpeg output copied to size)",
+        f"## {title}",
         "",
         "| set | tool | seconds | MiB/s | streamer vs tool | same, no assembly | "
         "CPU-s/GiB | peak memory MiB |",
@@ -485,8 +601,97 @@ def report(versions: dict, rows, lags, costs, total, idle, ready) -> str:
                 f"{ratio(run.seconds, lean.seconds) if peer else ''} | "
                 f"{run.cpu / (size / GiB):.2f} | {run.peak_rss / MiB:.0f} |"
             )
+    return [*lines, ""]
+
+
+def targets_table(throughputs: dict) -> list[str]:
+    """The figures the targets are set in, like for like (streamer without assembly)."""
+    lines = [
+        "## Like for like, against the targets",
+        "",
+        "| link | set | streamer vs the faster of mc and s5cmd | streamer CPU over mc's | "
+        "peak memory MiB: all, supervisor, largest uploader |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for link, rows in throughputs.items():
+        for label, _, runs in rows:
+            lean, mc = runs["streamer, no assembly"], runs["mc"]
+            fastest = min(mc.seconds, runs["s5cmd"].seconds)
+            lines.append(
+                f"| {link} | {label} | {ratio(fastest, lean.seconds)} | "
+                f"{ratio(lean.cpu, mc.cpu)} | {lean.peak_rss / MiB:.0f}, "
+                f"{lean.peak_root / MiB:.0f}, {lean.peak_child / MiB:.0f} |"
+            )
     lines += [
         "",
+        "Throughput above 1 means streamer is faster; CPU below 1 means it uses less.",
+        "",
+    ]
+    return lines
+
+
+def profile_table(label: str, profiled: list) -> list[str]:
+    return [
+        f"## Where streamer's CPU goes over https ({label}, no assembly)",
+        "",
+        "| share of busy samples | line on top of the stack |",
+        "| ---: | --- |",
+        *[f"| {share:.0%} | `{leaf}` |" for leaf, share in profiled],
+        "",
+        "py-spy's samples of the supervisor and its uploaders, idle waits left out. Time in C "
+        "(sha256, crc32c, TLS, a read) counts on the Python line that called it.",
+        "",
+    ]
+
+
+def assembly_table(results: dict) -> list[str]:
+    first = next(iter(results.values()))
+    lines = [
+        "## Assembly's cost (a live plain-MP4 recording, 5 MiB chunks, idle timeout 3 s)",
+        "",
+        f"One ffmpeg recording at real time, {first['size'] / MiB:.1f} MiB at "
+        f"{first['rate'] / 1000:.0f} KB/s; it rewrites its first bytes when it ends.",
+        "",
+        "| link | parts | copied live | copied at completion | bytes S3 copied server-side "
+        "| last write to `metadata.json`, seconds (idle timeout included) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, r in results.items():
+        lines.append(
+            f"| {label} | {r['parts']} | {r['live']} | {r['at_end']} | "
+            f"{r['copied'] / MiB:.1f} MiB | {r['finish']:.1f} |"
+        )
+    lines += [
+        "",
+        "Server-side copies cost the host nothing but requests: S3 moves the bytes. What "
+        "completion waits for on a capped link is the tail and the rewritten chunk 0 going "
+        "through the cap.",
+        "",
+    ]
+    return lines
+
+
+def report(versions: dict, throughputs, profiled, lags, costs, total, idle, ready, assembly) -> str:
+    live, long = lags
+    lines = [
+        "# streamer benchmark",
+        "",
+        f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores, {platform.platform()}, "
+        "one MinIO on loopback for every figure. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
+        "",
+        "Figures from one run; compare them with each other, not with another run's.",
+        "",
+        *targets_table(throughputs),
+        *throughput_table(
+            "Throughput over http (already finished MP4 files, real ffmpeg output copied to size)",
+            throughputs["http"],
+        ),
+        *throughput_table(
+            "Throughput over https (a certificate from a private CA, given to every tool)",
+            throughputs["https"],
+        ),
         f"streamer's time runs from its start to the last `metadata.json`, minus the idle "
         f"timeout ({IDLE_TIMEOUT:g} s) it waits to know a file is finished. "
         "`streamer vs tool` is the tool's time over streamer's: above 1 means streamer is faster. "
@@ -495,8 +700,12 @@ def report(versions: dict, rows, lags, costs, total, idle, ready) -> str:
         "directly, so `no assembly` is the like-for-like comparison of moving the bytes. "
         "CPU and memory are of the whole process tree (streamer: the supervisor and its "
         "uploaders); memory is the summed proportional set size (PSS), in which a page shared "
-        "by forked processes counts once, at its peak.",
+        "by forked processes counts once, at its peak. Over https, streamer sends each chunk "
+        "unsigned with a crc32c S3 checks (over http, signed with its sha256), and hashes "
+        "the whole file with sha256 for `metadata.json` either way.",
         "",
+        *profile_table(throughputs["https"][1][0], profiled),
+        *assembly_table(assembly),
         "## Live lag (10 MiB chunks, idle timeout 5 s)",
         "",
         f"| figure, seconds | 8 recordings growing at 1 MiB/s each | one growing at "
@@ -520,13 +729,15 @@ def report(versions: dict, rows, lags, costs, total, idle, ready) -> str:
         "",
         f"## Cost and scale ({total / GiB:g} GiB in total, split over N streams at once)",
         "",
-        "| streams | seconds | MiB/s | CPU-s/GiB | peak memory MiB (all processes) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| streams | seconds | MiB/s | CPU-s/GiB | peak memory MiB (all processes) | "
+        "supervisor | largest uploader |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for count, run in costs.items():
         lines.append(
             f"| {count} | {run.seconds:.1f} | {total / MiB / run.seconds:.0f} | "
-            f"{run.cpu / (total / GiB):.2f} | {run.peak_rss / MiB:.0f} |"
+            f"{run.cpu / (total / GiB):.2f} | {run.peak_rss / MiB:.0f} | "
+            f"{run.peak_root / MiB:.0f} | {run.peak_child / MiB:.0f} |"
         )
     lines += [
         "",
@@ -556,6 +767,7 @@ def main() -> None:
     parser.add_argument("--s5cmd", required=True)
     parser.add_argument("--aws", required=True)
     parser.add_argument("--rclone", required=True)
+    parser.add_argument("--py-spy", required=True, help="to profile streamer over https")
     parser.add_argument("--pins", default="", help="the peers' pinned versions, for the report")
     parser.add_argument("--work", default=None, help="scratch directory (needs about 4 GiB)")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
@@ -568,13 +780,23 @@ def main() -> None:
     minio = MinioServer(args.minio, work / "minio" / "data")
     minio.client.make_bucket("bench")
     try:
-        pattern = make_recording(shutil.which("ffmpeg") or "ffmpeg", work / "source.mp4")
+        ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
+        pattern = make_recording(ffmpeg, work / "source.mp4")
         gib = int(GiB * args.size)
         sets = [
             (f"{2 * gib / GiB:g} GiB, 8 files", make_set(work / "set-2g", 8, 2 * gib, pattern)),
             (f"{gib / GiB:g} GiB, 1 file", make_set(work / "set-1g", 1, gib, pattern)),
         ]
-        rows = throughput(work, minio, tools, sets)
+        throughputs = {"http": throughput(work, minio, tools, sets)}
+        tls = MinioServer(
+            args.minio, work / "tls-minio" / "data", certs_dir=make_certificates(work / "certs")
+        )
+        try:
+            tls.client.make_bucket("bench")
+            throughputs["https"] = throughput(work, tls, tools, sets)
+            profiled = profile(work, tls, sets[1][1], args.py_spy)
+        finally:
+            tls.stop()
         for _, source in sets:
             shutil.rmtree(source)
         live = live_lag(work, minio, pattern, seconds=max(20, round(60 * args.size)))
@@ -582,9 +804,20 @@ def main() -> None:
             work, minio, pattern, streams=1, rate=LONG_RATE, seconds=max(2, round(16 * args.size))
         )
         costs = scale(work, minio, pattern, total=gib)
+        assembly = assembly_cost(work, minio, ffmpeg, seconds=max(10, round(30 * args.size)))
         idle = idle_cpu(work, minio, files=max(50, round(1000 * args.size)))
         ready = ready_time(work, minio, counts=[round(n * args.size) for n in READY_COUNTS])
-        text = report(versions(tools, args.pins), rows, (live, long), costs, gib, idle, ready)
+        text = report(
+            versions(tools, args.pins),
+            throughputs,
+            profiled,
+            (live, long),
+            costs,
+            gib,
+            idle,
+            ready,
+            assembly,
+        )
     finally:
         minio.stop()
         shutil.rmtree(work, ignore_errors=True)
