@@ -1,7 +1,7 @@
 """The S3 side: the verbs to put and inspect objects (where they go is `layout`).
 
 No policy lives here: what to upload and when to retry is the uploader's business.
-A ChunkStore holds a minio client and an HTTP pool; build it in the process that uses it.
+A ChunkStore holds a client (`s3client`); build it in the process that uses it.
 """
 
 from __future__ import annotations
@@ -14,77 +14,16 @@ from datetime import datetime
 from itertools import count
 from typing import BinaryIO
 
-import urllib3
-from minio import Minio
-from minio import time as amz_time
 from minio.commonconfig import ComposeSource
-from minio.credentials import (
-    AWSConfigProvider,
-    ChainedProvider,
-    EnvAWSProvider,
-    IamAwsProvider,
-    Provider,
-    StaticProvider,
-)
 from minio.datatypes import Part
 from minio.error import S3Error
 from minio.helpers import genheaders
-from minio.sse import Sse, SseKMS, SseS3
 
-from streamer import digests
+from streamer import digests, s3client
 from streamer.bandwidth import TokenBucket
 from streamer.config import S3Config
 from streamer.digests import CRC32C, SHA256, Digest
 from streamer.layout import Layout
-
-
-def http_pool(config: S3Config, connections: int) -> urllib3.PoolManager:
-    # Our own pool: minio-py's default waits 5 minutes and retries behind our back;
-    # the uploader owns retries so it can log, count and cancel them.
-    tls = {}
-    if config.tls_skip_verify:
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        tls = {"cert_reqs": "CERT_NONE"}
-    elif config.ca_file:
-        tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": config.ca_file}
-    return urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
-        retries=False,
-        maxsize=connections,
-        **tls,
-    )
-
-
-def credentials(config: S3Config, http: urllib3.PoolManager) -> Provider:
-    if config.access_key:
-        return StaticProvider(config.access_key, config.secret_key, config.session_token or None)
-    return AwsChain([EnvAWSProvider(), AWSConfigProvider(), IamAwsProvider(http_client=http)])
-
-
-class NoCredentials(Exception):
-    """Neither the configuration nor the AWS chain gave S3 credentials."""
-
-
-class AwsChain(ChainedProvider):
-    def retrieve(self):
-        try:
-            return super().retrieve()
-        # The role lookup's own connection errors would read as "S3 unreachable".
-        except (ValueError, urllib3.exceptions.HTTPError) as exc:
-            raise NoCredentials(
-                "no S3 credentials: s3.access_key/s3.secret_key are empty, and the AWS chain "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the shared credentials file, an "
-                f"instance or container role) gave none ({type(exc).__name__}: {exc})"
-            ) from None
-
-
-def server_side_encryption(setting: str) -> Sse | None:
-    if setting == "s3":
-        return SseS3()
-    if setting.startswith("kms:"):
-        return SseKMS(setting.removeprefix("kms:"), None)
-    return None
-
 
 # What S3 (and servers like it) answer for a key that holds no object.
 MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
@@ -145,25 +84,6 @@ def _upload_gone_if_missing(upload_id: str):
         raise UploadGone(f"multipart upload {upload_id} is gone ({exc.message})") from None
 
 
-class _Client(Minio):
-    """minio-py signs a body by hashing it again (sha256 over http, MD5 over https), and
-    needs it whole in memory to do so. A body's digest is known already: given as
-    x-amz-content-sha256 (its sha256, or UNSIGNED-PAYLOAD with a CRC in its checksum
-    header), it is signed as it is and the body may be sent in pieces. S3 checks the
-    bytes it receives against it."""
-
-    def _build_headers(self, host, headers=None, body=None, creds=None):
-        if not headers or "x-amz-content-sha256" not in headers:
-            return super()._build_headers(host, headers, body, creds)
-        headers["Host"] = host
-        headers["User-Agent"] = self._user_agent
-        if creds and creds.session_token:
-            headers["X-Amz-Security-Token"] = creds.session_token
-        date = amz_time.utcnow()
-        headers["x-amz-date"] = amz_time.to_amz_date(date)
-        return headers, date
-
-
 class ChunkStore:
     def __init__(
         self,
@@ -174,7 +94,7 @@ class ChunkStore:
     ):
         self.bucket = config.bucket
         self.layout = Layout(config.prefix, instance)
-        self._sse = server_side_encryption(config.sse)
+        self._sse = s3client.server_side_encryption(config.sse)
         self._bandwidth = bandwidth
         self._conditional = True  # the server honours If-None-Match on a PUT
         self._tagging = True  # the server (and the policy) take tags on a PUT
@@ -183,14 +103,7 @@ class ChunkStore:
         # Not without verification either: anyone on the path could then forge a CRC.
         self._wants_crc32c = config.secure and not config.tls_skip_verify
         self._crc32c = self._wants_crc32c
-        http = http_pool(config, connections)
-        self._client = _Client(
-            config.endpoint,
-            secure=config.secure,
-            region=config.region,
-            http_client=http,
-            credentials=credentials(config, http),
-        )
+        self._client = s3client.client(config, connections)
 
     def ensure_bucket(self, create: bool) -> None:
         if self._client.bucket_exists(self.bucket):

@@ -10,9 +10,10 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from streamer.checkpoint import CheckpointUnwritable
-from streamer.chunkstore import BucketMissing, NoCredentials, UploadGone
+from streamer.chunkstore import BucketMissing, UploadGone
 from streamer.fileio import SourceChanged
 from streamer.policy import is_rejection, retry_delay
+from streamer.s3client import NoCredentials
 
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
 S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)

@@ -65,7 +65,7 @@ def test_the_supervisor_process_never_loads_the_s3_client():
     loaded = loaded_by(
         "streamer.cli, streamer.supervisor.daemon",
         "m.split('.')[0] in ('minio', 'urllib3', 'crc32c') "
-        "or m in ('streamer.uploader', 'streamer.chunkstore')",
+        "or m in ('streamer.uploader', 'streamer.chunkstore', 'streamer.s3client')",
     )
     assert loaded == "[]"
 

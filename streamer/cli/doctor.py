@@ -175,7 +175,7 @@ class Doctor:
     def s3_refused(self, exc: Exception) -> None:
         from minio.error import S3Error
 
-        from streamer.chunkstore import NoCredentials
+        from streamer.s3client import NoCredentials
 
         if isinstance(exc, S3Error):
             self.passed("S3 reachable", self.config.s3.endpoint)
