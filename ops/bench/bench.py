@@ -702,7 +702,10 @@ def report(versions: dict, throughputs, profiled, lags, costs, total, idle, read
         "uploaders); memory is the summed proportional set size (PSS), in which a page shared "
         "by forked processes counts once, at its peak. Over https, streamer sends each chunk "
         "unsigned with a crc32c S3 checks (over http, signed with its sha256), and hashes "
-        "the whole file with sha256 for `metadata.json` either way.",
+        "the whole file with sha256 for `metadata.json` either way. What each protects "
+        "against: a chunk's crc32c, accidental changes on the way (all but one in 2^32), "
+        "while TLS stops deliberate ones; over http the signed sha256 stops both; the whole "
+        "file's sha256 proves the recording at rest (`verify`, `restore`).",
         "",
         *profile_table(throughputs["https"][1][0], profiled),
         *assembly_table(assembly),
