@@ -165,9 +165,20 @@ class FaultProxy:
             answer = INVALID_REQUEST
         else:
             return False
-        with contextlib.suppress(OSError):
+        # As a server does: the whole request read, then answered, then the connection
+        # closed. Cut while the client still sends, it would see a broken connection
+        # (over TLS, an SSL error), not the answer.
+        with contextlib.suppress(OSError, ValueError):
+            client.settimeout(5)
+            left = _content_length(data) - len(data.partition(b"\r\n\r\n")[2])
+            while left > 0 and (got := client.recv(min(65536, left))):
+                left -= len(got)
             client.sendall(answer)
-        _reset(client)
+            client.shutdown(socket.SHUT_WR)
+            while client.recv(65536):  # until the client, told to, closes its end
+                pass
+        with contextlib.suppress(OSError):
+            client.close()
         return True
 
     def _pump(self, source: socket.socket, sink: socket.socket, upload: bool = False) -> None:
@@ -233,6 +244,15 @@ NOT_IMPLEMENTED = _answer(
 INVALID_REQUEST = _answer(
     b"400 Bad Request", b"InvalidRequest", b"Value for x-amz-checksum-crc32c header is invalid."
 )
+
+
+def _content_length(data: bytes) -> int:
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip() == b"content-length":
+            return int(value)
+    return 0
 
 
 def _puts_header(data: bytes, name: bytes) -> bool:
