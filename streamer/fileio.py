@@ -98,12 +98,16 @@ def digest_of_range(
     size: int,
     algorithm: str = SHA256,
     buffers: BufferPool | None = None,
+    also=None,
 ) -> Digest:
-    """The digest of `size` bytes from `offset`, read a chunk at a time."""
+    """The digest of `size` bytes from `offset`, read a chunk at a time; `also`, a hasher,
+    is fed them too."""
     whole = digests.hasher(algorithm)
     for start in range(offset, offset + size, record.chunk_size):
         with reading(record, start, min(record.chunk_size, offset + size - start), buffers) as data:
             whole.update(data)
+            if also is not None:
+                also.update(data)
     return Digest(algorithm, whole.hexdigest())
 
 

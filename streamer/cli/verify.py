@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -130,19 +131,17 @@ def verify_stream(
         return verdict
     try:
         if file_unchanged(record):
+            # A crc32c proves less than a sha256: the whole file's, hashed in the same
+            # pass over the file, proves the rest.
+            by_crc = any(c.digest.algorithm != SHA256 for c in chunks)
+            whole = hashlib.sha256() if by_crc and record.sha256 else None
             verdict.problems += [
                 f"chunk {c.index}: the file's bytes differ from S3's"
                 for c in chunks
-                if digest_of_range(record, c.offset, c.size, c.digest.algorithm) != c.digest
+                if digest_of_range(record, c.offset, c.size, c.digest.algorithm, also=whole)
+                != c.digest
             ]
-            # A crc32c proves less than a sha256: the whole file's proves the rest.
-            by_crc = any(c.digest.algorithm != SHA256 for c in chunks)
-            if (
-                by_crc
-                and record.sha256
-                and not verdict.problems
-                and (digest_of_range(record, 0, record.total_size).value != record.sha256)
-            ):
+            if whole is not None and not verdict.problems and whole.hexdigest() != record.sha256:
                 verdict.problems.append("the file's bytes are not the stream's (sha256)")
     except OSError as exc:  # not readable by this user, or deleted meanwhile
         verdict.error = f"cannot read its file {record.path}: {describe(exc)}"
