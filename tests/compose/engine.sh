@@ -30,12 +30,30 @@ if ! docker compose version >/dev/null 2>&1; then
   cp "$plugin" "$HOME/.docker/cli-plugins/docker-compose"
 fi
 
+# A dockerd killed without its shutdown leaves pid files behind. Once the PID is reused by
+# another process, the next dockerd takes that process for its containerd and waits for a
+# socket that never comes, so a pid file whose process is not the daemon it names goes.
+drop_stale_pid() {
+  local file=$1 daemon=$2 pid
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file" 2>/dev/null || true)
+  if [ -z "$pid" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" != "$daemon" ]; then
+    rm -f "$file"
+  fi
+}
+
 if ! docker info >/dev/null 2>&1; then
   mkdir -p "$CACHE"
+  drop_stale_pid /var/run/docker.pid dockerd
+  drop_stale_pid /var/run/docker/containerd/containerd.pid containerd
   nohup dockerd >"$CACHE/dockerd.log" 2>&1 &
   for _ in $(seq 60); do
     docker info >/dev/null 2>&1 && break
     sleep 1
   done
 fi
-docker info >/dev/null 2>&1 || { echo "engine.sh: dockerd did not start; see $CACHE/dockerd.log" >&2; exit 1; }
+if ! docker info >/dev/null 2>&1; then
+  echo "engine.sh: dockerd did not start; the end of $CACHE/dockerd.log:" >&2
+  tail -n 20 "$CACHE/dockerd.log" >&2 || true
+  exit 1
+fi
