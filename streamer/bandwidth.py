@@ -14,7 +14,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from streamer import metrics
 
@@ -52,13 +52,13 @@ class TokenBucket:
                 fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
         return max(0.0, -tokens / self.rate)
 
-    def pace(self, data: bytes) -> Iterator[memoryview]:
-        """`data` in pieces, each released when the bucket allows."""
-        view = memoryview(data)
-        for start in range(0, len(view), self.piece):
-            piece = view[start : start + self.piece]
-            delay = self.take(len(piece))
-            if delay:
-                metrics.BANDWIDTH_WAIT_SECONDS.inc(delay)
-                time.sleep(delay)
-            yield piece
+    def pace(self, pieces: Iterable[memoryview]) -> Iterator[memoryview]:
+        """The bytes of `pieces` in smaller ones, each released when the bucket allows."""
+        for view in pieces:
+            for start in range(0, len(view), self.piece):
+                piece = view[start : start + self.piece]
+                delay = self.take(len(piece))
+                if delay:
+                    metrics.BANDWIDTH_WAIT_SECONDS.inc(delay)
+                    time.sleep(delay)
+                yield piece

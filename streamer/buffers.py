@@ -1,11 +1,12 @@
-"""Chunk buffers, used again chunk after chunk by an uploader's threads.
+"""Read buffers, used again piece after piece by an uploader's threads.
 
-A fresh 10 MiB buffer per chunk is mapped anew by the kernel: a page fault and a zeroed
-page for every 4 KiB, about a third of a CPU-second per GiB here, ten times the read
-itself. A buffer from the pool costs nothing but the read. The pool grows to what is in
-use at once (the chunks on the wire, and those waiting to be hashed in order), and lets
-go of every buffer not in use when its uploader has nothing on the wire, so an idle
-uploader holds no chunk memory.
+A chunk is read in pieces of `fileio.PIECE` (1 MiB) into a buffer of the pool, on each
+pass over it: its digest, then its PUT. A fresh buffer per read would be mapped anew by
+the kernel, a page fault and a zeroed page for every 4 KiB (about a third of a CPU-second
+per GiB here, ten times the read itself); a buffer from the pool costs nothing but the
+read. The pool grows to what is in use at once (a piece for each thread reading), and
+lets go of every buffer not in use when its uploader has nothing on the wire, so an idle
+uploader holds none.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from minio.datatypes import Part
 from minio.error import S3Error
 from minio.helpers import genheaders
 
-from streamer import digests, s3client
+from streamer import bodies, digests, s3client
 from streamer.bandwidth import TokenBucket
+from streamer.bodies import Body
 from streamer.config import S3Config
 from streamer.digests import CRC32C, SHA256, Digest
 from streamer.layout import Layout
@@ -123,43 +124,44 @@ class ChunkStore:
         """Over https, the server refused crc32c: chunks go signed with their sha256."""
         return self._wants_crc32c and not self._crc32c
 
-    def chunk_digest(self, data) -> Digest:
+    @property
+    def chunk_algorithm(self) -> str:
         """What a chunk put in this store is identified and checked by."""
-        return digests.of(CRC32C if self._crc32c else SHA256, data)
+        return CRC32C if self._crc32c else SHA256
 
     def put(
         self,
         key: str,
-        data: bytes,
+        body: Body,
         digest: Digest,
         content_type: str,
         if_absent: bool = False,
         tags: dict[str, str] | None = None,
     ) -> str:
-        """Upload `data`, whose digest is given, in one PUT and return its ETag. S3 checks
+        """Upload `body`, whose digest is given, in one PUT and return its ETag. S3 checks
         the body against the digest, which is stored with the object. `if_absent`: only if
         no object is at the key (raises Taken), where the server can say so; one that
         cannot is written to as before. `tags`: the object's tags, where it takes them."""
         tags = tags if self._tagging else None
         conditional = if_absent and self._conditional
         try:
-            return self._send(key, data, digest, content_type, conditional, tags)
+            return self._send(key, body, digest, content_type, conditional, tags)
         except S3Error as exc:
             if digest.algorithm == CRC32C and exc.code in CHECKSUM_REFUSED:
                 raise  # put_chunk tells whether it was crc32c the server refused
             if tags and exc.code in TAGS_REFUSED:
                 # Some servers take no tags (R2, B2), some policies allow PutObject but
                 # not PutObjectTagging: the chunk matters, its tag does not.
-                etag = self.put(key, data, digest, content_type, if_absent)
+                etag = self.put(key, body, digest, content_type, if_absent)
                 self._tagging = False
                 return etag
             if conditional and exc.code == "NotImplemented":
                 self._conditional = False
-                return self.put(key, data, digest, content_type, tags=tags)
+                return self.put(key, body, digest, content_type, tags=tags)
             raise
 
     def put_chunk(
-        self, key: str, data, digest: Digest, tags: dict[str, str] | None
+        self, key: str, body: Body, digest: Digest, tags: dict[str, str] | None
     ) -> tuple[str, Digest]:
         """A chunk's PUT, never over an object already at `key` (raises Taken) where the
         server can tell. Returns its ETag and the digest S3 checked it by: `digest`, or
@@ -171,31 +173,32 @@ class ChunkStore:
             tags = tags if self._tagging else None
             conditional = self._conditional
             try:
-                return self._send(key, data, digest, content_type, conditional, tags), digest
+                return self._send(key, body, digest, content_type, conditional, tags), digest
             except S3Error as exc:
                 if exc.code not in TAGS_REFUSED or (exc.code not in CHECKSUM_REFUSED and not tags):
                     raise
                 if exc.code in CHECKSUM_REFUSED:
-                    signed = digests.of(SHA256, data)
+                    signed = bodies.digest(SHA256, body)
                     try:
-                        etag = self._send(key, data, signed, content_type, conditional, tags)
+                        etag = self._send(key, body, signed, content_type, conditional, tags)
                     except S3Error:
                         digest = signed  # not crc32c, or not it alone: put tells which
                     else:
                         self._crc32c = False
                         return etag, signed
-        return self.put(key, data, digest, content_type, if_absent=True, tags=tags), digest
+        return self.put(key, body, digest, content_type, if_absent=True, tags=tags), digest
 
     def _send(
         self,
         key: str,
-        data,
+        body: Body,
         digest: Digest,
         content_type: str,
         conditional: bool,
         tags: dict[str, str] | None,
     ) -> str:
-        """One PUT, as asked; raises Taken where `conditional` finds an object there."""
+        """One PUT, as asked; raises Taken where `conditional` finds an object there. The
+        body is read as it is sent: bytes that differ from `digest` are refused by S3."""
         headers = genheaders(
             {"Content-Type": content_type, digest.algorithm: digest.value},
             self._sse,
@@ -203,7 +206,7 @@ class ChunkStore:
             None,
             False,
         )
-        headers["Content-Length"] = str(len(data))
+        headers["Content-Length"] = str(len(body))
         signed = digest.value if digest.algorithm == SHA256 else "UNSIGNED-PAYLOAD"
         headers["x-amz-content-sha256"] = signed
         # Checked by S3, and what it asks of a PUT to an Object Lock bucket.
@@ -211,13 +214,17 @@ class ChunkStore:
         headers[name] = value
         if conditional:
             headers["If-None-Match"] = "*"
-        body = self._bandwidth.pace(data) if self._bandwidth else data
-        try:
-            return self._client._put_object(self.bucket, key, body, headers).etag
-        except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise Taken(key) from None
-            raise
+        pieces = body.pieces()
+        if self._bandwidth:
+            pieces = self._bandwidth.pace(pieces)
+        # Closed here, not when the error's frames go: a body read from a file holds it open.
+        with contextlib.closing(pieces):
+            try:
+                return self._client._put_object(self.bucket, key, pieces, headers).etag
+            except S3Error as exc:
+                if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise Taken(key) from None
+                raise
 
     def get_if_exists(self, key: str) -> bytes | None:
         try:
@@ -393,6 +400,6 @@ class _PacedReader:
 
     def read(self, size: int = -1) -> bytes:
         data = self._stream.read(size)
-        for _ in self._bandwidth.pace(data):
+        for _ in self._bandwidth.pace([memoryview(data)]):
             pass
         return data

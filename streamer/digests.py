@@ -42,9 +42,6 @@ class Digest(Struct, frozen=True):
         value = base64.b64encode(bytes.fromhex(self.value)).decode()
         return f"x-amz-checksum-{self.algorithm}", value
 
-    def matches(self, data) -> bool:
-        return of(self.algorithm, data) == self
-
 
 def recorded(sha256: str | None, crc32c: str | None) -> Digest | None:
     """The digest of a record that keeps one of the two (None: it keeps neither)."""

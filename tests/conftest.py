@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -664,6 +665,27 @@ def proxy(minio):
     proxy = FaultProxy(("127.0.0.1", minio.port), free_port())
     yield proxy
     proxy.close()
+
+
+def record_of(path, **changes):
+    """A finished stream's record of the file at `path`, as it is now (4-byte chunks)."""
+    import msgspec
+
+    from streamer.records import StreamRecord, StreamState
+
+    st = os.stat(path)
+    record = StreamRecord(
+        stream_id="s",
+        path=str(path),
+        inode=st.st_ino,
+        device=st.st_dev,
+        chunk_size=4,
+        first_seen_at=datetime.now(UTC),
+        state=StreamState.COMPLETE,
+        total_size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+    )
+    return msgspec.structs.replace(record, **changes)
 
 
 def over_tls(server, **s3) -> dict:

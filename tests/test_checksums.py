@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 
 import crc32c
 import msgspec
 import pytest
-from conftest import GrowingFile, assert_exact, chunk_store, cli, over_tls
+from conftest import GrowingFile, assert_exact, chunk_store, cli, over_tls, record_of
 from minio.error import S3Error
 
+from streamer.bodies import InMemory, digest
 from streamer.checkpoint import CheckpointStore
 from streamer.digests import CRC32C, SHA256, Digest, of, recorded
+from streamer.fileio import SourceChanged, Span
 from streamer.policy import TRANSIENT_CODES
-from streamer.uploader.sending import same_bytes
+from streamer.uploader.sending import digest_chunk, place_chunk, same_bytes
 
 KiB = 1024
 on_tls_servers = pytest.mark.parametrize("server", ["tls_minio", "tls_versitygw"], indirect=True)
@@ -33,7 +36,8 @@ def test_a_digest_has_one_string_form_and_the_header_s3_checks():
     signed = of(SHA256, b"abc")
     assert signed.value == hashlib.sha256(b"abc").hexdigest()
     assert signed.header()[1] == base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
-    assert check.matches(b"123456789") and not check.matches(b"123456780")
+    assert digest(CRC32C, InMemory(b"123456789")) == check
+    assert digest(CRC32C, InMemory(b"123456780")) != check
     assert recorded(None, "e3069283") == check and recorded(signed.value, None) == signed
     with pytest.raises(ValueError, match="not a digest"):
         Digest.parse("md5:abc")
@@ -42,8 +46,8 @@ def test_a_digest_has_one_string_form_and_the_header_s3_checks():
 def test_an_object_holds_the_same_bytes_by_the_digest_it_was_stored_with():
     from streamer.chunkstore import StoredObject
 
-    data = b"chunk bytes"
-    crc, sha = of(CRC32C, data), of(SHA256, data)
+    data = InMemory(b"chunk bytes")
+    crc, sha = of(CRC32C, b"chunk bytes"), of(SHA256, b"chunk bytes")
     assert same_bytes(StoredObject(len(data), "e", sha), data, crc)
     assert same_bytes(StoredObject(len(data), "e", crc), data, crc)
     assert not same_bytes(StoredObject(len(data), "e", of(SHA256, b"other bytes")), data, crc)
@@ -102,8 +106,8 @@ def test_over_https_chunks_go_unsigned_and_s3_checks_their_crc32c(make_daemon, s
 @on_tls_servers
 def test_a_body_that_is_not_its_crc32c_is_refused_and_retried_at_once(server, bucket):
     s3 = chunk_store(server, bucket, **over_tls(server))
-    data = b"the chunk's bytes" * 1000
-    assert s3.chunk_digest(data).algorithm == CRC32C
+    data = InMemory(b"the chunk's bytes" * 1000)
+    assert s3.chunk_algorithm == CRC32C
     with pytest.raises(S3Error) as refused:
         s3.put("rec/wrong", data, of(CRC32C, b"other bytes"), "application/octet-stream")
     assert refused.value.code in TRANSIENT_CODES
@@ -112,8 +116,7 @@ def test_a_body_that_is_not_its_crc32c_is_refused_and_retried_at_once(server, bu
 
 def test_over_http_chunks_keep_their_signed_sha256(minio, bucket):
     s3 = chunk_store(minio, bucket)
-    data = b"over plain http"
-    assert s3.chunk_digest(data) == of(SHA256, data)
+    assert s3.chunk_algorithm == SHA256
 
 
 @pytest.mark.parametrize("server", ["minio"], indirect=True)
@@ -147,3 +150,43 @@ def test_a_refusal_of_tags_over_https_costs_the_tags_not_crc32c(make_daemon, ser
         assert not server.client.get_object_tags(daemon.bucket, chunk["key"])
     assert not daemon.find("crc32c_refused")
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("server", ["minio", "tls_minio", "tls_versitygw"], indirect=True)
+def test_a_chunk_whose_file_changes_between_its_digest_and_its_send_is_not_stored(
+    server, bucket, tmp_path
+):
+    """A chunk is digested on one pass over its file and sent, read again, on the next.
+    Bytes rewritten in between are refused by S3, which checks the body against the
+    digest; and streamer's own check of the second pass stops the body before its end,
+    whether or not the server checks. A file cut short during the send stops it too.
+    Nothing is stored, and the next try goes."""
+    s3 = chunk_store(server, bucket, **(over_tls(server) if server.ca_file else {}))
+    path = tmp_path / "rec.mp4"
+    path.write_bytes(b"a" * 300 * KiB)
+    span = Span(record_of(path), 0, 300 * KiB)
+    key = s3.layout.chunk_key("s", 0)
+
+    def rewrite(at: int) -> None:
+        with path.open("r+b") as f:
+            f.seek(at)
+            f.write(b"b")
+
+    digested = digest(s3.chunk_algorithm, span)
+    rewrite(100 * KiB)
+    with pytest.raises(S3Error) as refused:
+        place_chunk(s3, "s", 0, 0, span, digested, probe=False)
+    assert refused.value.code in TRANSIENT_CODES
+    first = digest_chunk(s3, span, 0)
+    rewrite(200 * KiB)
+    with pytest.raises(SourceChanged, match="changed since they were digested"):
+        place_chunk(s3, "s", 0, 0, first.body, first.digest, probe=False)
+    first = digest_chunk(s3, span, 0)
+    os.truncate(path, 200 * KiB)
+    with pytest.raises(SourceChanged, match="ends before"):
+        place_chunk(s3, "s", 0, 0, first.body, first.digest, probe=False)
+    assert s3.stat(key) is None
+    first = digest_chunk(s3, Span(record_of(path), 0, 200 * KiB), 0)
+    place_chunk(s3, "s", 0, 0, first.body, first.digest, probe=False)
+    assert s3.get(key) == path.read_bytes()
+    assert first.head == path.read_bytes()[: len(first.head)]

@@ -33,6 +33,8 @@ from conftest import (
     wait_until,
 )
 
+from streamer import bodies
+from streamer.bodies import InMemory
 from streamer.config import Config
 from streamer.uploader.sending import place_chunk
 
@@ -654,7 +656,9 @@ def test_a_chunk_put_never_overwrites_an_object_it_did_not_write(server, bucket)
     key = s3.layout.chunk_key("s", 0)
     server.client.put_object(bucket, key, io.BytesIO(foreign), len(foreign))
     data = b"the chunk's bytes"
-    revision, _, _, seconds = place_chunk(s3, "s", 0, 0, data, s3.chunk_digest(data), False)
+    body = InMemory(data)
+    digest = bodies.digest(s3.chunk_algorithm, body)
+    revision, _, _, seconds = place_chunk(s3, "s", 0, 0, body, digest, False)
     assert (revision, seconds is not None) == (1, True)
     assert object_bytes(server.client, bucket, key) == foreign
     assert object_bytes(server.client, bucket, s3.layout.chunk_key("s", 0, 1)) == data

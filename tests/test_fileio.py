@@ -8,43 +8,28 @@ import stat
 import subprocess
 import tempfile
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 import crc32c
-import msgspec
 import pytest
+from conftest import record_of
 
+from streamer.bodies import Checked, digest
+from streamer.buffers import BufferPool
+from streamer.digests import CRC32C, SHA256
 from streamer.fileio import (
     CAP_LEASE,
+    PIECE,
     SourceChanged,
-    digest_of_range,
+    Span,
     filesystem_type,
     is_finalised_file,
     lease_blindness,
     open_regular,
     raise_capability,
-    read_into,
     size_of,
     timestamp_granularity_ns,
 )
-from streamer.records import StreamRecord, StreamState
-
-
-def record_of(path, **changes) -> StreamRecord:
-    st = os.stat(path)
-    record = StreamRecord(
-        stream_id="s",
-        path=str(path),
-        inode=st.st_ino,
-        device=st.st_dev,
-        chunk_size=4,
-        first_seen_at=datetime.now(UTC),
-        state=StreamState.COMPLETE,
-        total_size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
-    )
-    return msgspec.structs.replace(record, **changes)
 
 
 def test_a_finalised_file_is_the_same_inode_size_and_mtime_and_a_regular_file(tmp_path):
@@ -66,23 +51,48 @@ def test_bytes_are_read_from_the_stream_s_file_only_and_whole(tmp_path):
     path = tmp_path / "cam.mp4"
     path.write_bytes(b"0123456789")
     record = record_of(path)
-    buffer = memoryview(bytearray(4))
-    assert read_into(record, 3, buffer) == os.stat(path).st_mtime_ns
-    assert bytes(buffer) == b"3456" and size_of(record) == 10
-    assert digest_of_range(record, 3, 4).value == hashlib.sha256(b"3456").hexdigest()
-    assert (
-        str(digest_of_range(record, 3, 4, "crc32c"))
-        == "crc32c:" + crc32c.CRC32CHash(b"3456").hexdigest()
-    )
+    span = Span(record, 3, 4)
+    assert b"".join(bytes(piece) for piece in span.pieces()) == b"3456"
+    assert span.read_mtime_ns == os.stat(path).st_mtime_ns and size_of(record) == 10
+    assert digest(SHA256, span).value == hashlib.sha256(b"3456").hexdigest()
+    assert str(digest(CRC32C, span)) == "crc32c:" + crc32c.CRC32CHash(b"3456").hexdigest()
     with pytest.raises(SourceChanged, match="ends before byte 12"):
-        read_into(record, 8, buffer)
+        digest(SHA256, Span(record, 8, 4))
     replacement = tmp_path / "new.mp4"
     replacement.write_bytes(b"another recording")
     os.replace(replacement, path)
     with pytest.raises(SourceChanged, match="is now another file"):
-        read_into(record, 0, buffer)
+        digest(SHA256, span)
     with pytest.raises(SourceChanged, match="is now another file"):
         size_of(record)
+
+
+def test_a_checked_body_reads_as_its_first_pass_did_or_stops_before_its_last_piece(tmp_path):
+    path = tmp_path / "cam.mp4"
+    path.write_bytes(os.urandom(2 * PIECE + 5))
+    span = Span(record_of(path), 0, 2 * PIECE + 5)
+    body = Checked(span, digest(CRC32C, span))
+    assert b"".join(bytes(piece) for piece in body.pieces()) == path.read_bytes()
+    with path.open("r+b") as f:
+        f.write(b"rewritten")
+    pieces = body.pieces()
+    assert len(next(pieces)) == PIECE and len(next(pieces)) == PIECE
+    with pytest.raises(SourceChanged, match="changed since they were digested"):
+        next(pieces)
+
+
+def test_a_span_is_read_in_pieces_into_one_buffer_of_the_pool(tmp_path):
+    path = tmp_path / "long.mp4"
+    data = os.urandom(2 * PIECE + 123)
+    path.write_bytes(data)
+    pool = BufferPool()
+    pieces = []
+    for piece in Span(record_of(path), 5, len(data) - 5, pool).pieces():
+        pieces.append(bytes(piece))
+        assert len(piece) <= PIECE
+    assert b"".join(pieces) == data[5:] and len(pieces) == 3
+    buffer = pool.take(PIECE)  # given back when the pass ended, and the only one made
+    assert len(buffer) == PIECE and pool.take(PIECE) is not buffer
 
 
 def special_files(tmp_path):
@@ -124,7 +134,7 @@ def test_a_fifo_renamed_over_a_stream_s_file_is_another_file(tmp_path):
     os.unlink(path)
     os.mkfifo(path)
     with pytest.raises(SourceChanged, match="not a regular file"):
-        read_into(record, 0, memoryview(bytearray(4)))
+        digest(SHA256, Span(record, 0, 4))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="compares root with an unprivileged user")

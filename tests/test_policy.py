@@ -1,4 +1,5 @@
 import hashlib
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.config import Config
+from streamer.digests import SHA256, of
 from streamer.messages import Finish
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
@@ -144,40 +146,62 @@ def test_on_fat_a_chunk_is_settled_only_past_its_2_s_timestamps(read_after, expe
 SECOND = 1_000_000_000
 
 
-def fed(prefix: PrefixHash, pool: BufferPool, offset: int, part: bytes) -> bytearray:
-    """Feed `part` as a sender thread does, from a buffer of the pool; return the buffer."""
-    buffer = pool.take(len(part))
-    buffer[: len(part)] = part
-    prefix.feed(offset, memoryview(buffer)[: len(part)], buffer)
-    return buffer
+def fed(prefix: PrefixHash, index: int, offset: int, part: bytes) -> str:
+    """Feed chunk `index` as a sender thread does, in its turn; return its sha256."""
+    whole = prefix.take_turn(index, offset)
+    whole.update(part)
+    digest = of(SHA256, part)
+    prefix.fed(index, len(part), digest)
+    return digest.value
 
 
-def test_the_prefix_hash_takes_chunks_in_any_order_and_distrusts_a_second_feed():
+def test_the_prefix_hash_is_fed_in_turn_and_holds_for_the_digests_it_was_fed():
     data = bytes(range(256)) * 40
-    pool = BufferPool()
-    prefix = PrefixHash(pool)
-    first = fed(prefix, pool, 0, data[:4000])
-    # Given back once hashed: the next chunk is read into the same buffer.
-    early = fed(prefix, pool, 8000, data[8000:])
-    assert early is first
-    # Early: kept, so the next chunk gets another buffer, and its bytes are not overwritten.
-    assert fed(prefix, pool, 4000, data[4000:8000]) is not early
-    state = prefix.state(len(data))
+    parts = [(0, 0, data[:4000]), (1, 4000, data[4000:8000]), (2, 8000, data[8000:])]
+    prefix = PrefixHash()
+    order, sha256s = [], {}
+
+    def send(index: int, offset: int, part: bytes) -> None:
+        sha256s[offset] = fed(prefix, index, offset, part)
+        order.append(offset)
+
+    later = [threading.Thread(target=send, args=part) for part in reversed(parts[1:])]
+    for thread in later:
+        thread.start()
+    send(*parts[0])
+    for thread in later:
+        thread.join()
+    assert order == [0, 4000, 8000]  # each waited for the bytes before its own
+    chunks = [chunk_record(o, len(p), sha256=sha256s[o]) for _, o, p in parts]
+    state = prefix.state(chunks)
     assert state.hexdigest() == hashlib.sha256(data).hexdigest()
     state.update(b"tail")  # a copy: going on with it leaves the prefix as it was
-    assert prefix.state(len(data)).hexdigest() == hashlib.sha256(data).hexdigest()
-    assert prefix.state(len(data) - 1) is None
-    fed(prefix, pool, 4000, data[4000:8000])
-    assert prefix.state(len(data)) is None
+    assert prefix.state(chunks).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert prefix.state(chunks[:2]) is None  # it holds more than those
+    other = chunk_record(4000, 4000, sha256=of(SHA256, b"other bytes").value)
+    assert prefix.state([chunks[0], other, chunks[2]]) is None  # S3 holds other bytes
+    prefix.seen(4000, of(SHA256, parts[1][2]))  # read again, the same bytes
+    assert prefix.state(chunks) is not None
+    prefix.seen(4000, of(SHA256, b"rewritten"))  # read again, other bytes
+    assert prefix.state(chunks) is None
 
 
-def test_a_distrusted_prefix_hash_gives_back_the_buffers_it_held():
-    pool = BufferPool()
-    prefix = PrefixHash(pool)
-    early = fed(prefix, pool, 100, b"b" * 100)
-    fed(prefix, pool, 100, b"b" * 100)  # sent again: distrusted, and `early` let go
-    assert any(pool.take(100) is early for _ in range(2))
-    assert prefix.state(0) is None
+def test_a_turn_given_up_or_never_taken_breaks_the_prefix_hash_and_frees_who_waits():
+    prefix = PrefixHash()
+    waiting = []
+    thread = threading.Thread(target=lambda: waiting.append(prefix.take_turn(1, 100)))
+    thread.start()
+    assert prefix.take_turn(0, 0) is not None
+    assert prefix.state([]) is None  # part way through a chunk
+    prefix.give_up()  # the chunk's first pass failed part way
+    thread.join()
+    assert waiting == [None] and prefix.state([]) is None
+    lonely = PrefixHash(wait_s=0.01)
+    assert lonely.take_turn(1, 100) is None  # the chunk before it never came
+    assert lonely.broken
+    gap = PrefixHash()
+    fed(gap, 0, 0, b"a short tail")  # sent as the tail, then the file grew
+    assert gap.take_turn(1, 100) is None and gap.broken  # not where the bytes fed end
 
 
 def test_the_buffer_pool_reuses_what_is_given_back_and_lets_it_go_when_told():
@@ -300,11 +324,12 @@ def test_the_live_upload_is_finished_only_if_name_type_and_method_still_fit():
 
 def test_a_survey_made_ahead_is_used_only_while_it_holds_and_its_sha256_is_known():
     data = b"x" * 300
-    pool = BufferPool()
-    sent = PrefixHash(pool)
-    fed(sent, pool, 0, data[:200])
+    sent = PrefixHash()
+    first = fed(sent, 0, 0, data[:200])
     mtime = 7 * SECOND
-    head = chunk_record(0, 200, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND)
+    head = chunk_record(
+        0, 200, sha256=first, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
+    )
     ahead = Survey(size=300, mtime_ns=mtime, sha256=None, stale=[], drop_from=None, checked=1)
     finish = Finish(stream_id="s", size=300, mtime_ns=mtime)
     assert still_holds(None, finish, [head], sent) is None
@@ -314,26 +339,28 @@ def test_a_survey_made_ahead_is_used_only_while_it_holds_and_its_sha256_is_known
     )
     # The tail not sent yet: its sha256 is not known.
     assert still_holds(ahead, finish, [head], sent) is None
-    fed(sent, pool, 200, data[200:])
-    tail = chunk_record(200, 100, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime)
+    last = fed(sent, 1, 200, data[200:])
+    tail = chunk_record(200, 100, sha256=last, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime)
     used = still_holds(ahead, finish, [head, tail], sent)
     assert used.sha256 == hashlib.sha256(data).hexdigest() and used.stale == ahead.stale
     assert still_holds(used, finish, [head, tail], None) is used
     # A chunk the survey did not compare, read before the file's last write: its bytes
     # may have been rewritten since (a recorder that went on after the survey was planned).
-    early = chunk_record(200, 100, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND)
+    early = chunk_record(
+        200, 100, sha256=last, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
+    )
     assert still_holds(used, finish, [head, early], None) is None
-    fed(sent, pool, 200, data[200:])  # the tail sent twice: no longer trusted
+    sent.seen(200, of(SHA256, b"y" * 100))  # the tail read again, rewritten: not the file's
     assert still_holds(ahead, finish, [head, tail], sent) is None
     assert still_holds(ahead, finish, [head, tail], None) is None
 
 
-def chunk_record(offset: int, size: int, **read) -> ChunkRecord:
+def chunk_record(offset: int, size: int, sha256: str = "", **read) -> ChunkRecord:
     return ChunkRecord(
         index=offset // 200,
         offset=offset,
         size=size,
-        sha256="",
+        sha256=sha256,
         etag="",
         uploaded_at=datetime.now(UTC),
         **read,

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import click
 import msgspec
 
-from streamer import manifest
+from streamer import bodies, manifest
 from streamer.audit import assembled_problem, chunk_problems
 from streamer.cli import display
 from streamer.cli.common import (
@@ -25,7 +25,7 @@ from streamer.cli.common import (
     s3_errors,
 )
 from streamer.digests import SHA256
-from streamer.fileio import digest_of_range, is_finalised_file
+from streamer.fileio import Span, is_finalised_file
 from streamer.logs import describe
 from streamer.records import ChunkRecord, StreamRecord, StreamState
 
@@ -135,10 +135,11 @@ def verify_stream(
             # pass over the file, proves the rest.
             by_crc = any(c.digest.algorithm != SHA256 for c in chunks)
             whole = hashlib.sha256() if by_crc and record.sha256 else None
+            also = () if whole is None else (whole,)
             verdict.problems += [
                 f"chunk {c.index}: the file's bytes differ from S3's"
                 for c in chunks
-                if digest_of_range(record, c.offset, c.size, c.digest.algorithm, also=whole)
+                if bodies.digest(c.digest.algorithm, Span(record, c.offset, c.size), *also)
                 != c.digest
             ]
             if whole is not None and not verdict.problems and whole.hexdigest() != record.sha256:

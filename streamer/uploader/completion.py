@@ -13,10 +13,11 @@ import msgspec
 
 from streamer import digests, manifest, metrics, mp4
 from streamer.audit import chunk_problems
+from streamer.bodies import InMemory
 from streamer.chunkstore import ChunkStore
 from streamer.digests import SHA256
 from streamer.failures import NotInS3
-from streamer.fileio import open_regular, reading
+from streamer.fileio import Span, open_regular
 from streamer.messages import Finish, FinishDeclined, StreamFinished
 from streamer.policy import UploadChunk, final_status
 from streamer.records import ChunkRecord, StreamRecord
@@ -25,9 +26,8 @@ from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.ledger import Ledger
 from streamer.uploader.reports import Finished, PrefixHash, Sent, Survey
-from streamer.uploader.sending import place_chunk
+from streamer.uploader.sending import digest_chunk, place_chunk
 from streamer.uploader.survey import Surveyor, still_holds, survey
-from streamer.watcher import HEAD_SIZE
 
 
 class FinishCalledOff(Exception):
@@ -41,7 +41,7 @@ class FinishCalledOff(Exception):
 def put_manifest(s3: ChunkStore, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
     body = manifest.encode(manifest.build(record, chunks, s3.layout))
     key = s3.layout.manifest_key(record.stream_id)
-    s3.put(key, body, digests.of(SHA256, body), "application/json")
+    s3.put(key, InMemory(body), digests.of(SHA256, body), "application/json")
 
 
 def check_still_idle(path: str, finish: Finish) -> None:
@@ -129,8 +129,8 @@ class Completion:
         for index, reason in survey.stale:
             chunk = by_index[index]
             length = min(chunk.size, survey.size - chunk.offset)
-            with reading(record, chunk.offset, length, self.ctx.buffers) as data:
-                revised.append(self.reupload(record, chunk, data, reason, log_fields))
+            span = Span(record, chunk.offset, length, self.ctx.buffers)
+            revised.append(self.reupload(record, chunk, span, reason, log_fields))
         if survey.drop_from is not None:
             self.ctx.log.warning(
                 "chunks_dropped", **log_fields, from_index=survey.drop_from, reason="file shrank"
@@ -141,31 +141,31 @@ class Completion:
         self,
         record: StreamRecord,
         old: ChunkRecord,
-        data: memoryview,
+        span: Span,
         reason: str,
         log_fields: dict,
     ) -> tuple[ChunkRecord, bytes | None]:
         s3 = self.ctx.s3
+        first = digest_chunk(s3, span, old.index)
         # A crash after an earlier re-upload's PUT may have left its bytes at that key.
-        first = max(old.revision + 1, record.min_revision)
+        revision = max(old.revision + 1, record.min_revision)
         revision, etag, digest, seconds = place_chunk(
-            s3, record.stream_id, old.index, first, data, s3.chunk_digest(data), probe=True
+            s3, record.stream_id, old.index, revision, first.body, first.digest, probe=True
         )
         if seconds is not None:
-            metrics.BYTES_UPLOADED.inc(len(data))
+            metrics.BYTES_UPLOADED.inc(len(span))
         self.ctx.log.info(
             "chunk_reuploaded",
             **log_fields,
             index=old.index,
             offset=old.offset,
-            size=len(data),
+            size=len(span),
             revision=revision,
             reason=reason,
         )
-        head = bytes(data[:HEAD_SIZE]) if old.index == 0 else None
-        chunk = UploadChunk(old.index, old.offset, len(data))
-        sent = Sent(chunk, revision, digest, etag, head, seconds, None, None)
-        return sent.record(reason), head
+        chunk = UploadChunk(old.index, old.offset, len(span))
+        sent = Sent(chunk, revision, digest, etag, first.head, seconds, None, None)
+        return sent.record(reason), first.head
 
     def finished(self, job: Job, future: Future, now: float) -> None:
         """Record what a finisher thread reports: the chunks it uploaded again, then the

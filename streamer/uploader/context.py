@@ -1,5 +1,5 @@
 """What every role of an uploader process works with, made once after the fork: the
-settings, the checkpoint store, the S3 store, the chunk buffers, the door for background
+settings, the checkpoint store, the S3 store, the read buffers, the door for background
 work, the owned streams, and the one way a failed step is retried."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Context:
 
     def outstanding(self) -> int:
         """Chunks on the wire or waiting for their turn to be committed. The window is
-        shared by all the streams, so the chunk buffers held stay at `window`, however many
+        shared by all the streams, so the chunks on the wire stay at `window`, however many
         streams this uploader owns."""
         return sum(job.held for job in self.jobs.values())
 

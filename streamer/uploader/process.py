@@ -12,6 +12,7 @@ import time
 
 from streamer import digests, logs
 from streamer.bandwidth import TokenBucket
+from streamer.bodies import InMemory
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
@@ -106,8 +107,8 @@ class Uploader:
         libc = ctypes.CDLL(None, use_errno=True)
         # Die with the supervisor: an orphan would keep uploading streams it no longer owns.
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        # Chunk buffers are large. glibc would raise its mmap threshold after the first one
-        # is freed and then keep freed buffers in each thread's arena; with a fixed
+        # Read buffers (1 MiB) are large. glibc would raise its mmap threshold after the
+        # first is freed and then keep freed buffers in each thread's arena; with a fixed
         # threshold each is mapped on its own, and one the pool lets go of (an idle
         # uploader) goes back to the system.
         libc.mallopt(M_MMAP_THRESHOLD, MiB)
@@ -203,7 +204,8 @@ class Uploader:
         if owner is None:
             claim = mine.encode()
             try:
-                s3.put(key, claim, digests.of(SHA256, claim), "text/plain", if_absent=True)
+                digest = digests.of(SHA256, claim)
+                s3.put(key, InMemory(claim), digest, "text/plain", if_absent=True)
                 return
             except Taken:
                 owner = s3.get_if_exists(key)
@@ -279,7 +281,7 @@ class Uploader:
         job = Job(
             record=record,
             probe_below=record.chunk_count + ctx.window,
-            sent_hash=PrefixHash(ctx.buffers) if record.chunk_count == 0 else None,
+            sent_hash=PrefixHash() if record.chunk_count == 0 else None,
             log_fields={"stream_id": stream_id},
         )
         if record.chunk_count:
@@ -292,6 +294,9 @@ class Uploader:
         under way finish and are recorded (the supervisor's grace period bounds the
         wait)."""
         tasks = self.ctx.tasks
+        for job in self.ctx.jobs.values():
+            if job.sent_hash:
+                job.sent_hash.give_up()  # a chunk dropped here would keep the next waiting
         tasks.settle()
         tasks.run_handlers(self.clock())
         tasks.shutdown()

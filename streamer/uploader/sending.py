@@ -1,14 +1,17 @@
-"""Sending chunks: a sender thread reads a chunk once, digests it and puts it in S3 (or
-finds it there, after a crash); it touches neither the checkpoint nor the jobs, and
-reports what S3 holds as a `Sent`. The ledger commits it."""
+"""Sending chunks: a sender thread digests a chunk, then puts it in S3 (or finds it there,
+after a crash), reading it from the file on each pass; it touches neither the checkpoint
+nor the jobs, and reports what S3 holds as a `Sent`. The ledger commits it."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
+from streamer import bodies, digests
+from streamer.bodies import Body, Checked, Head
 from streamer.chunkstore import ChunkStore, StoredObject, Taken
-from streamer.digests import Digest
-from streamer.fileio import read_into
+from streamer.digests import CRC32C, Digest
+from streamer.fileio import Span
 from streamer.layout import CHUNK_TAGS
 from streamer.policy import UploadChunk
 from streamer.records import StreamRecord
@@ -20,7 +23,13 @@ from streamer.watcher import HEAD_SIZE
 
 
 def place_chunk(
-    s3: ChunkStore, stream_id: str, index: int, revision: int, data, digest: Digest, probe: bool
+    s3: ChunkStore,
+    stream_id: str,
+    index: int,
+    revision: int,
+    body: Body,
+    digest: Digest,
+    probe: bool,
 ) -> tuple[int, str, Digest, float | None]:
     """Put a chunk's bytes under the first revision key, from `revision` on, that is free
     or already holds exactly these bytes; `probe` says one may be taken. An object once
@@ -33,25 +42,45 @@ def place_chunk(
         if stored is None:
             started = time.perf_counter()
             try:
-                etag, digest = s3.put_chunk(key, data, digest, CHUNK_TAGS)
+                etag, digest = s3.put_chunk(key, body, digest, CHUNK_TAGS)
                 return revision, etag, digest, time.perf_counter() - started
             except Taken:
                 # Written by someone else since (another host under this instance name,
                 # or an upload no checkpoint recorded): never overwritten.
                 stored = s3.stat(key)
-        if stored is not None and same_bytes(stored, data, digest):
+        if stored is not None and same_bytes(stored, body, digest):
             return revision, stored.etag, stored.digest, None
         revision += 1
 
 
-def same_bytes(stored: StoredObject, data, digest: Digest) -> bool:
-    """Does the object hold exactly `data` (whose digest is `digest`)? By the digest it
-    was stored with, in its own algorithm."""
-    if stored.digest is None or stored.size != len(data):
+def same_bytes(stored: StoredObject, body: Body, digest: Digest) -> bool:
+    """Does the object hold exactly `body`'s bytes (whose digest is `digest`)? By the
+    digest it was stored with, in its own algorithm."""
+    if stored.digest is None or stored.size != len(body):
         return False
     if stored.digest.algorithm == digest.algorithm:
         return stored.digest == digest
-    return stored.digest.matches(data)
+    return bodies.digest(stored.digest.algorithm, body) == stored.digest
+
+
+@dataclass(frozen=True)
+class Digested:
+    """A chunk's first pass: its digest in the store's algorithm, the file's head with
+    chunk 0, and the chunk to send, checked to read again as it did."""
+
+    digest: Digest
+    head: bytes | None
+    body: Checked
+
+
+def digest_chunk(s3: ChunkStore, span: Span, index: int, *also) -> Digested:
+    """Read a chunk once to digest it; `also`, other hashers, are fed its bytes too."""
+    head = Head(HEAD_SIZE) if index == 0 else None
+    crc = digests.hasher(CRC32C) if s3.chunk_algorithm != CRC32C else None
+    hashers = [h for h in (*also, head, crc) if h is not None]
+    digest = bodies.digest(s3.chunk_algorithm, span, *hashers)
+    check = Digest(CRC32C, crc.hexdigest()) if crc else digest
+    return Digested(digest, head.data if head else None, Checked(span, check))
 
 
 class Sender:
@@ -82,25 +111,30 @@ class Sender:
         probe: bool,
         sent_hash: PrefixHash | None,
     ) -> Sent:
-        """In a sender thread: read the chunk once, digest it, and put it in S3 unless S3
-        holds exactly these bytes already (`probe`: after a crash, an upload may have
-        finished that no checkpoint recorded)."""
-        buffers = self.ctx.buffers
-        read_at_ns = time.time_ns()
-        buffer = buffers.take(chunk.size)
-        data = memoryview(buffer)[: chunk.size]
+        """In a sender thread: digest the chunk, then put it in S3 unless S3 holds exactly
+        these bytes already (`probe`: after a crash, an upload may have finished that no
+        checkpoint recorded). The PUT reads the file again as it sends: S3 refuses it if
+        the bytes are not the ones digested."""
+        span = Span(record, chunk.offset, chunk.size, self.ctx.buffers)
+        first = self.digest_in_turn(span, chunk.index, sent_hash)
+        read_at_ns, mtime_ns = span.read_at_ns, span.read_mtime_ns
+        revision, etag, digest, seconds = place_chunk(
+            self.ctx.s3, record.stream_id, chunk.index, revision, first.body, first.digest, probe
+        )
+        return Sent(chunk, revision, digest, etag, first.head, seconds, read_at_ns, mtime_ns)
+
+    def digest_in_turn(self, span: Span, index: int, sent_hash: PrefixHash | None) -> Digested:
+        """The chunk's first pass, feeding the file's sha256 when its turn comes."""
+        whole = sent_hash.take_turn(index, span.offset) if sent_hash else None
+        if whole is None:
+            first = digest_chunk(self.ctx.s3, span, index)
+            if sent_hash:
+                sent_hash.seen(span.offset, first.digest)
+            return first
         try:
-            mtime_ns = read_into(record, chunk.offset, data)
-            s3 = self.ctx.s3
-            head = bytes(data[:HEAD_SIZE]) if chunk.index == 0 else None
-            revision, etag, digest, seconds = place_chunk(
-                s3, record.stream_id, chunk.index, revision, data, s3.chunk_digest(data), probe
-            )
+            first = digest_chunk(self.ctx.s3, span, index, whole)
         except BaseException:
-            buffers.give(buffer)
+            sent_hash.give_up()
             raise
-        if sent_hash is None:
-            buffers.give(buffer)
-        else:
-            sent_hash.feed(chunk.offset, data, buffer)  # S3 holds these bytes, sent or found
-        return Sent(chunk, revision, digest, etag, head, seconds, read_at_ns, mtime_ns)
+        sent_hash.fed(index, span.size, first.digest)
+        return first

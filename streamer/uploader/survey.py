@@ -11,9 +11,10 @@ import time
 from concurrent.futures import Future
 from dataclasses import replace
 
+from streamer import bodies
 from streamer.buffers import BufferPool
 from streamer.digests import SHA256
-from streamer.fileio import digest_of_range, reading
+from streamer.fileio import Span
 from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import SETTLED_NS, settled
@@ -40,9 +41,10 @@ def still_holds(
         return None
     if survey.sha256 is not None:
         return survey
-    # The tail has been sent since: the sender threads' sha256 is the file's, unless a
-    # chunk was fed to it twice (sent again after a failed commit).
-    whole = sent.state(finish.size) if sent else None
+    # The tail has been sent since: the sender threads' sha256 is the file's, if they fed
+    # it these chunks' bytes, in order.
+    covers = sum(c.size for c in chunks) == finish.size
+    whole = sent.state(chunks) if sent and covers else None
     return replace(survey, sha256=whole.hexdigest()) if whole else None
 
 
@@ -62,8 +64,9 @@ def survey(
     file still holds what they sent: one pass over the file instead of two. `ahead`:
     the tail is still to be sent."""
     covered = sum(c.size for c in chunks)
-    prefix = sent_hash.state(covered) if sent_hash and covered <= size else None
+    prefix = sent_hash.state(chunks) if sent_hash and covered <= size else None
     whole = None if prefix else hashlib.sha256()
+    also = () if whole is None else (whole,)
     stale, drop_from = [], None
     for chunk in chunks:
         if chunk.offset >= size:
@@ -73,23 +76,23 @@ def survey(
         known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns, granularity_ns)
         if known and length == chunk.size and whole is None:
             continue
-        with reading(record, chunk.offset, length, buffers) as data:
-            if whole is not None:
-                whole.update(data)
-            if length != chunk.size:
-                stale.append((chunk.index, "file shrank"))
-            elif not known and not chunk.digest.matches(data):
-                stale.append((chunk.index, "bytes changed after upload"))
+        span = Span(record, chunk.offset, length, buffers)
+        if length != chunk.size:
+            stale.append((chunk.index, "file shrank"))
+        if length != chunk.size or known:
+            if also:
+                bodies.feed(span, *also)
+        elif bodies.digest(chunk.digest.algorithm, span, *also) != chunk.digest:
+            stale.append((chunk.index, "bytes changed after upload"))
     if whole is None and stale:
         # What was sent is no longer the file.
-        sha256 = digest_of_range(record, 0, size, SHA256, buffers).value
+        sha256 = bodies.digest(SHA256, Span(record, 0, size, buffers)).value
     elif whole is None and ahead:
         sha256 = None
     else:
         whole = prefix if whole is None else whole
         if covered < size:  # the tail, not uploaded yet
-            with reading(record, covered, size - covered, buffers) as data:
-                whole.update(data)
+            bodies.feed(Span(record, covered, size - covered, buffers), whole)
         sha256 = whole.hexdigest()
     return Survey(size, mtime_ns, sha256, stale, drop_from, checked=len(chunks))
 

@@ -1,0 +1,82 @@
+"""A PUT's body: its length, and its bytes in pieces as many times as they are wanted (a
+pass to digest them, another to send them). `InMemory` is bytes at hand (a claim,
+metadata.json); `fileio.Span` is a chunk of a recording, read from the file on each
+pass, so that no chunk is held in memory whole; `Checked` is a span that must read as it
+did on its first pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from streamer import digests
+from streamer.digests import Digest
+from streamer.fileio import SourceChanged
+
+
+class Body(Protocol):
+    def __len__(self) -> int: ...
+
+    def pieces(self) -> Iterator[memoryview]: ...
+
+
+class InMemory:
+    def __init__(self, data: bytes | bytearray | memoryview):
+        self._data = memoryview(data).cast("B")
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def pieces(self) -> Iterator[memoryview]:
+        yield self._data
+
+
+class Checked:
+    """A body read again that must be the bytes of the pass that took `crc32c`: its last
+    piece is let go only once the bytes before it match, so other bytes (a recorder that
+    rewrote them in between) never make a whole body, whether or not the server checks
+    the digest it is given. The check is a hardware CRC, a few hundredths of a
+    CPU-second per GiB."""
+
+    def __init__(self, body: Body, crc32c: Digest):
+        self.body = body
+        self.crc32c = crc32c
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def pieces(self) -> Iterator[memoryview]:
+        hasher, read, total = digests.hasher(digests.CRC32C), 0, len(self.body)
+        for piece in self.body.pieces():
+            hasher.update(piece)
+            read += len(piece)
+            if read == total and hasher.hexdigest() != self.crc32c.value:
+                raise SourceChanged("the bytes changed since they were digested")
+            yield piece
+
+
+class Head:
+    """The first `size` bytes of what it is fed: the file's head, taken in the same pass
+    as chunk 0's digest."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self.data = b""
+
+    def update(self, piece: memoryview) -> None:
+        if len(self.data) < self._size:
+            self.data += bytes(piece[: self._size - len(self.data)])
+
+
+def feed(body: Body, *hashers) -> None:
+    """One pass over `body`, each piece to every hasher."""
+    for piece in body.pieces():
+        for hasher in hashers:
+            hasher.update(piece)
+
+
+def digest(algorithm: str, body: Body, *also) -> Digest:
+    """The digest of `body`'s bytes; `also`, other hashers, are fed them in the same pass."""
+    hasher = digests.hasher(algorithm)
+    feed(body, hasher, *also)
+    return Digest(algorithm, hasher.hexdigest())
