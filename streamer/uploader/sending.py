@@ -113,8 +113,8 @@ class Sender:
     ) -> Sent:
         """In a sender thread: digest the chunk, then put it in S3 unless S3 holds exactly
         these bytes already (`probe`: after a crash, an upload may have finished that no
-        checkpoint recorded). The PUT reads the file again as it sends: S3 refuses it if
-        the bytes are not the ones digested."""
+        checkpoint recorded). The PUT reads the file again as it sends: bytes that are not
+        the ones digested are stopped before the body is whole, and refused by S3."""
         span = Span(record, chunk.offset, chunk.size, self.ctx.buffers)
         first = self.digest_in_turn(span, chunk.index, sent_hash)
         read_at_ns, mtime_ns = span.read_at_ns, span.read_mtime_ns

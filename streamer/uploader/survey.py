@@ -77,11 +77,11 @@ def survey(
         if known and length == chunk.size and whole is None:
             continue
         span = Span(record, chunk.offset, length, buffers)
-        if length != chunk.size:
+        shrank = length != chunk.size
+        if shrank:
             stale.append((chunk.index, "file shrank"))
-        if length != chunk.size or known:
-            if also:
-                bodies.feed(span, *also)
+        if shrank or known:
+            bodies.feed(span, *also)
         elif bodies.digest(chunk.digest.algorithm, span, *also) != chunk.digest:
             stale.append((chunk.index, "bytes changed after upload"))
     if whole is None and stale:
