@@ -5,6 +5,7 @@ the admin commands."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import hashlib
 import os
@@ -239,3 +240,33 @@ def filesystem_type(directory: str) -> str | None:
             if inside and len(mount_point) > deepest:
                 found, deepest = fields[fields.index("-") + 1], len(mount_point)
     return found
+
+
+RENAME_NOREPLACE = 1
+AT_FDCWD = -100
+# In glibc since 2.28; None before, and callers make do without it.
+_renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def renameat2_noreplace(source: str, target: str, dir_fd: int = AT_FDCWD) -> bool:
+    """Rename `source` to `target` (both in the directory `dir_fd`, or relative to the
+    working directory), raising FileExistsError rather than replace a file at `target`:
+    renameat2's RENAME_NOREPLACE. False, having done nothing, where libc or the
+    filesystem (NFS) has no such rename."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(dir_fd, os.fsencode(source), dir_fd, os.fsencode(target), RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(code, os.strerror(code), source, None, target)
+
+
+def move_noreplace(source: str, target: str, dir_fd: int = AT_FDCWD) -> None:
+    """Give `source` the name `target`, raising FileExistsError rather than replace a file
+    there: renameat2, or else a hard link and an unlink of `source` (FAT and exFAT, which
+    have no hard links, have RENAME_NOREPLACE)."""
+    if not renameat2_noreplace(source, target, dir_fd):
+        os.link(source, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.unlink(source, dir_fd=dir_fd)

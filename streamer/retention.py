@@ -18,10 +18,10 @@ writing (a recorder that paused past the idle timeout may still come back to it)
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
+import secrets
 import stat
 
 import msgspec
@@ -29,7 +29,7 @@ import msgspec
 from streamer import manifest
 from streamer.audit import assembled_problem, chunk_problems
 from streamer.chunkstore import ChunkStore
-from streamer.fileio import is_finalised_file
+from streamer.fileio import is_finalised_file, move_noreplace, renameat2_noreplace
 from streamer.policy import retirable
 from streamer.records import ChunkRecord, StreamRecord
 
@@ -126,8 +126,9 @@ def check_inside(record: StreamRecord, directory: str) -> None:
 def unlink_same_file(record: StreamRecord, directory: str) -> None:
     """Unlink through the watch directory, holding the file open (and, where allowed, a
     lease on it), after one last look at it there. What is unlinked is what was checked:
-    the name is first renamed aside, and what was renamed is unlinked only if it is that
-    file; a file a writer renamed over the name meanwhile is put back."""
+    the name is first renamed aside, to a name of its own, and what was renamed is unlinked
+    only if it is that file; a file a writer renamed over the name meanwhile is put back.
+    Neither rename ever replaces a file."""
     parent = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -138,7 +139,7 @@ def unlink_same_file(record: StreamRecord, directory: str) -> None:
                 raise Kept("the file changed after it was uploaded", final=True)
             leased = _lease(fd)
             try:
-                _unlink_if(record.name, (checked.st_dev, checked.st_ino), parent)
+                _unlink_if(record.name, (checked.st_dev, checked.st_ino), parent, directory)
             finally:
                 if leased:
                     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
@@ -148,19 +149,43 @@ def unlink_same_file(record: StreamRecord, directory: str) -> None:
         os.close(parent)
 
 
-def _unlink_if(name: str, identity: tuple[int, int], parent: int) -> None:
-    aside = f".{name}.streamer-deleting"
-    os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
+def _unlink_if(name: str, identity: tuple[int, int], parent: int, directory: str) -> None:
+    aside = _set_aside(name, parent)
     st = os.stat(aside, dir_fd=parent, follow_symlinks=False)
     if (st.st_dev, st.st_ino) == identity:
         os.unlink(aside, dir_fd=parent)
         return
     # Another file took the name after the checks: it goes back, unless the name has been
-    # taken again since (then it stays aside, under a name that says so).
-    with contextlib.suppress(FileExistsError):
-        os.link(aside, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+    # taken again since (then it stays aside, and the reason says where).
+    try:
+        move_noreplace(aside, name, parent)
+    except FileExistsError:
+        pass
+    else:
+        raise Kept("another file was put at its name during the deletion", final=True)
+    raise Kept(
+        "another file was put at its name during the deletion, and the name was taken again "
+        f"before it could be put back: it is kept as {os.path.join(directory, aside)}",
+        final=True,
+    )
+
+
+def _set_aside(name: str, parent: int) -> str:
+    """Rename the name to one of its own, made for this deletion: nothing else in the
+    directory is replaced (a file an earlier deletion could not put back, say)."""
+    aside = f".{name}.streamer-deleting-{secrets.token_hex(8)}"
+    if renameat2_noreplace(name, aside, parent):
+        return aside
+    # The new name is made first, and only it is replaced. (A link, then an unlink of the
+    # name, would unlink whatever a writer renamed over the name in between.)
+    reserved = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(aside, reserved, 0o600, dir_fd=parent))
+    try:
+        os.rename(name, aside, src_dir_fd=parent, dst_dir_fd=parent)
+    except OSError:
         os.unlink(aside, dir_fd=parent)
-    raise Kept("another file was put at its name during the deletion", final=True)
+        raise
+    return aside
 
 
 def _lease(fd: int) -> bool:
