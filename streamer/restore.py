@@ -2,10 +2,17 @@
 against its digest as it arrives, written in parallel into a temporary file that takes
 the output's name only once whole; a re-run goes on from what that file already holds.
 A finished stream is its metadata.json's chunks (or, if those are gone, its assembled
-object); an unfinished one is the run of chunks from index 0 up to the first missing."""
+object), checked to be this stream's and to make one file before a byte is written; an
+unfinished one is the run of chunks from index 0 up to the first missing.
+
+It harms nothing on the disk: the temporary file is created new and marked as this
+restore's (a re-run goes on only from one marked for the same stream; any other is
+refused, untouched), and it takes the output's name only where no file has it, unless
+told to replace it."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,15 +22,33 @@ from streamer import mp4
 from streamer.audit import stored_digest
 from streamer.chunkstore import ChunkStore
 from streamer.digests import SHA256, Digest
-from streamer.fileio import digest_of_fd_range
+from streamer.fileio import digest_of_fd_range, move_noreplace
+from streamer.layout import Layout
+from streamer.manifest import Manifest
 from streamer.remote import RemoteStream
 
 CONNECTIONS = 4
 PART_SUFFIX = ".part"
+# The temporary file's mark is a file beside it (OUTPUT.part.streamer), not an extended
+# attribute on it: a recording is restored to whatever disk is at hand, and FAT and exFAT
+# (USB disks), NFSv3, and tmpfs before Linux 6.6 keep no user.* attributes. The mark names
+# the stream and the temporary file's device and inode, so that a file put at its name
+# since, by anything else, is not taken for restore's (where a filesystem numbers its
+# files anew at each mount, as FAT does, a re-run after one refuses it rather than guess).
+MARK_SUFFIX = ".streamer"
+MARK = b"streamer restore\n"
+MAX_CHUNK = 5 * 1024**3  # S3 takes no larger PUT, so no chunk is larger
+LEFT = "it is left as it is; move it away, or restore to another file"
 
 
 class RestoreError(Exception):
-    """A chunk is missing or not the bytes it was stored as: the output is not written."""
+    """A chunk is missing or not the bytes it was stored as, or metadata.json does not
+    describe this stream's file: the output is not written."""
+
+
+class Refused(Exception):
+    """A file on the disk is in the way (the output, or a temporary file that is not this
+    restore's): it is left as it is."""
 
 
 class NotPlayable(Exception):
@@ -58,6 +83,8 @@ def plan(stream: RemoteStream) -> Plan:
     found = stream.manifest
     if found is None:
         return unfinished_plan(stream)
+    if wrong := untrusted(found, stream):
+        raise RestoreError(f"its metadata.json is not to be trusted: {wrong}")
     missing = [c for c in found.chunks if c.key not in stream.chunk_keys]
     if not missing:
         pieces = [Piece(c.index, c.key, c.offset, c.size, c.digest) for c in found.chunks]
@@ -67,6 +94,40 @@ def plan(stream: RemoteStream) -> Plan:
         whole = Piece(0, stream.assembled_key, 0, found.total_size, digest)
         return Plan([whole], found.sha256, None)
     raise RestoreError(f"chunk {missing[0].index} is missing from S3 ({missing[0].key})")
+
+
+def untrusted(found: Manifest, stream: RemoteStream) -> str | None:
+    """Why the chunks metadata.json lists are not this stream's file (None: they are).
+    Each must be this stream's chunk at its place, start where the one before ends, be
+    no longer than a chunk and as long as its object in S3, and together make its
+    total_size: a wrong offset or size must not write anywhere in the file."""
+    if not 0 <= found.chunk_size <= MAX_CHUNK:
+        return f"its chunk_size, {found.chunk_size}, is not one S3 takes"
+    layout = layout_of(stream)
+    end = 0
+    for place, chunk in enumerate(found.chunks):
+        key = layout.chunk_key(stream.stream_id, place, chunk.revision)
+        listed = stream.chunks.get(place)
+        if chunk.index != place or chunk.key != key:
+            return f"chunk {place} is listed as chunk {chunk.index} at {chunk.key}, not at {key}"
+        if chunk.offset != end:
+            return f"chunk {place} starts at byte {chunk.offset}, not at {end}"
+        if not 0 <= chunk.size <= found.chunk_size:
+            return f"chunk {place} is {chunk.size} bytes, not 0 to {found.chunk_size} (a chunk)"
+        if listed is not None and listed[0] == key and listed[1].size != chunk.size:
+            return f"chunk {place} is {chunk.size} bytes, and {listed[1].size} in S3 ({key})"
+        end += chunk.size
+    if end != found.total_size:
+        return f"its chunks add up to {end} bytes, not to its total_size, {found.total_size}"
+    return None
+
+
+def layout_of(stream: RemoteStream) -> Layout:
+    """The layout the stream's keys were written in: its prefix is where S3 listed its
+    metadata.json."""
+    assert stream.manifest_key is not None
+    bare = Layout("", stream.instance).manifest_key(stream.stream_id)
+    return Layout(stream.manifest_key.removesuffix(bare), stream.instance)
 
 
 def unfinished_plan(stream: RemoteStream) -> Plan:
@@ -110,13 +171,14 @@ def restore(
     stream: RemoteStream,
     output: str,
     playable: bool = False,
+    force: bool = False,
     progress: Callable[[int], None] = lambda size: None,
 ) -> tuple[Restored, str | None]:
-    """Write the recording to `output`; return what was written and, for an unfinished
-    stream, why it ends where it does."""
+    """Write the recording to `output` (replacing a file there only with `force`); return
+    what was written and, for an unfinished stream, why it ends where it does."""
     what = plan(stream)
     partial = output + PART_SUFFIX
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = open_partial(partial, stream.stream_id)
     try:
         reused = held(fd, what.pieces, stream, s3)
         todo = [p for p in what.pieces if p.index not in reused]
@@ -141,8 +203,90 @@ def restore(
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(partial, output)
+    settle(partial, output, force)
+    os.unlink(partial + MARK_SUFFIX)
     return Restored(size, len(what.pieces), len(reused), sha256, cut), what.stopped
+
+
+def open_partial(partial: str, stream_id: str) -> int:
+    """The temporary file, open for writing: an earlier restore's of this stream, to go
+    on from, or a new one, created and marked as this restore's. Any other file there is
+    refused, and never opened for writing."""
+    marker = partial + MARK_SUFFIX
+    if os.path.lexists(partial):
+        return reopen(partial, marker, stream_id)
+    if (stale := read_mark(marker)) is not None:
+        if not stale.startswith(MARK):
+            raise Refused(f"{marker} is there, and is not restore's mark: {LEFT}")
+        os.unlink(marker)  # an earlier restore's, whose temporary file was removed since
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        create_new(marker, mark(stream_id, os.fstat(fd)))
+    except BaseException:
+        os.close(fd)
+        os.unlink(partial)
+        raise
+    return fd
+
+
+def reopen(partial: str, marker: str, stream_id: str) -> int:
+    """An earlier restore's temporary file, if its mark names this stream and this very
+    file: looked at before it is opened, and again once open, in case it was replaced."""
+    found = read_mark(marker)
+    if found != mark(stream_id, os.lstat(partial)):
+        raise Refused(not_ours(partial, marker, stream_id, found))
+    fd = os.open(partial, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if found != mark(stream_id, os.fstat(fd)):
+        os.close(fd)
+        raise Refused(not_ours(partial, marker, stream_id, found))
+    return fd
+
+
+def not_ours(partial: str, marker: str, stream_id: str, found: bytes | None) -> str:
+    if found is None:
+        return f"{partial} is there, and no {marker} marks it as restore's: {LEFT}"
+    return f"{partial} is there, and {marker} does not mark it as restoring {stream_id}: {LEFT}"
+
+
+def mark(stream_id: str, st: os.stat_result) -> bytes:
+    return MARK + f"{stream_id}\n{st.st_dev} {st.st_ino}\n".encode()
+
+
+def read_mark(marker: str) -> bytes | None:
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        return b""  # a symbolic link: not a mark
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def create_new(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def settle(partial: str, output: str, force: bool) -> None:
+    """Give the whole file the output's name, replacing a file there only with `force`."""
+    if force:
+        os.replace(partial, output)
+        return
+    try:
+        move_noreplace(partial, output)
+    except FileExistsError:
+        raise Refused(
+            f"{output} appeared while restoring: it is left as it is, the restored file "
+            f"is {partial}; run again with --force to replace it"
+        ) from None
 
 
 def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ChunkStore) -> set[int]:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 
 import pytest
-from conftest import both_servers, cli, record, sha256_file
+from conftest import both_servers, chunk_store, cli, manifest_of, record, sha256_file
+from minio.commonconfig import CopySource
 
 from streamer import mp4
+from streamer.remote import find
+from streamer.restore import Refused, restore
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +45,46 @@ def finished_recording(daemon, ffmpeg, tmp_path, kind="fragmented") -> tuple[str
     stream_id = daemon.wait_for("stream_discovered", path=str(path))[0]["stream_id"]
     daemon.wait_for("stream_finished", stream_id=stream_id, timeout=60)
     return stream_id, path
+
+
+def finished_file(daemon, name: str, size: int = 200 * KiB) -> tuple[str, bytes]:
+    """A file of random bytes (not an MP4: quick to make), uploaded and finished."""
+    data = os.urandom(size)
+    path = daemon.watch / name
+    path.write_bytes(data)
+    stream_id = daemon.wait_for("stream_discovered", path=str(path))[0]["stream_id"]
+    daemon.wait_for("stream_finished", stream_id=stream_id, timeout=60)
+    return stream_id, data
+
+
+def chunk_key(stream_id: str, index: int) -> str:
+    return f"rec/test-host/{stream_id}/chunks/{index:06d}"
+
+
+def damage(server, bucket: str, key: str):
+    """Other bytes, as many, put at `key` in place of its own; returns what puts its own
+    back, with the object metadata they were stored with."""
+    aside = f"aside/{key}"
+    server.client.copy_object(bucket, aside, CopySource(bucket, key))
+    size = server.client.stat_object(bucket, key).size
+    server.client.put_object(bucket, key, io.BytesIO(b"?" * size), size)
+    return lambda: server.client.copy_object(bucket, key, CopySource(bucket, aside))
+
+
+def stored_with(server, bucket: str, key: str) -> dict:
+    """The object metadata a chunk was stored with: the digest of its bytes."""
+    metadata = server.client.stat_object(bucket, key).metadata
+    return {k: v for k, v in metadata.items() if k.lower().startswith("x-amz-meta-")}
+
+
+def unchanged(path) -> tuple:
+    """What a file is, to compare before and after: its bytes, inode and mtime."""
+    return path.read_bytes(), path.lstat().st_ino, path.lstat().st_mtime_ns
+
+
+def left_beside(out) -> list[str]:
+    """What restore left next to its output: its temporary file and that file's mark."""
+    return sorted(p.name for p in out.parent.glob(f"{out.name}.*"))
 
 
 def the_host_dies(daemon, ffmpeg, tmp_path, kind: str, chunks: int = 6):
@@ -76,7 +120,7 @@ def test_a_finished_stream_is_listed_and_restores_to_the_exact_bytes(make_daemon
     restored = cli(daemon, "restore", stream_id, "-o", str(out))
     assert restored.returncode == 0, restored.stderr
     assert sha256_file(out) == sha256_file(path)
-    assert not (tmp_path / "restored.mp4.part").exists()
+    assert left_beside(out) == []
     human = cli(daemon, "remote", "list").stdout
     assert stream_id in human and "complete" in human
 
@@ -156,17 +200,228 @@ def test_a_chunk_with_other_bytes_is_named_and_the_output_not_written(
     assert sha256_file(out) == sha256_file(path)
 
 
-def test_an_interrupted_restore_goes_on_from_what_it_wrote_checked(make_daemon, ffmpeg, tmp_path):
+def test_an_interrupted_restore_goes_on_from_what_it_wrote_checked(
+    make_daemon, ffmpeg, tmp_path, minio
+):
     daemon = make_daemon().start()
     stream_id, path = finished_recording(daemon, ffmpeg, tmp_path)
     source = path.read_bytes()
+    chunks = manifest_of(minio.client, daemon.bucket, stream_id)["chunks"]
     out = tmp_path / "again.mp4"
-    # What an interrupted run leaves: the first chunk whole, the second damaged, no more.
-    (tmp_path / "again.mp4.part").write_bytes(source[: 64 * KiB] + b"?" * 64 * KiB)
+    # Interrupted by a chunk with other bytes: that one damaged, some others written.
+    put_back = damage(minio, daemon.bucket, chunk_key(stream_id, 1))
+    assert cli(daemon, "restore", stream_id, "-o", str(out)).returncode == 1
+    assert left_beside(out) == ["again.mp4.part", "again.mp4.part.streamer"]
+    held = (tmp_path / "again.mp4.part").read_bytes()
+    spans = [slice(c["offset"], c["offset"] + c["size"]) for c in chunks]
+    whole = [n for n, span in enumerate(spans) if held[span] == source[span]]
+    assert 0 in whole and 1 not in whole
+    put_back()
     again = cli(daemon, "restore", stream_id, "-o", str(out))
     assert again.returncode == 0, again.stderr
-    assert ", 1 already there," in again.stdout
+    assert f", {len(whole)} already there," in again.stdout
     assert out.read_bytes() == source
+    assert left_beside(out) == []
+
+
+def test_an_output_that_is_there_is_refused_before_any_download_unless_forced(
+    make_daemon, tmp_path
+):
+    daemon = make_daemon().start()
+    stream_id, data = finished_file(daemon, "x.mp4")
+    out = tmp_path / "precious.mp4"
+    out.write_bytes(b"not to be lost")
+    away = {"STREAMER_S3_ENDPOINT": "127.0.0.1:9", "STREAMER_S3_CONNECT_TIMEOUT": "1"}
+    for env in ({}, away):  # S3 away: refused all the same, so before S3 is asked
+        refused = cli(daemon, "restore", stream_id, "-o", str(out), env=env)
+        assert refused.returncode == 1, refused.stderr
+        assert f"{out} is there already: give --force" in refused.stderr
+        assert out.read_bytes() == b"not to be lost" and left_beside(out) == []
+    forced = cli(daemon, "restore", stream_id, "-o", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert out.read_bytes() == data and left_beside(out) == []
+
+
+def test_a_temporary_file_that_is_not_this_restores_is_refused_and_left_as_it_is(
+    make_daemon, tmp_path, minio
+):
+    daemon = make_daemon().start()
+    stream_id, data = finished_file(daemon, "a.mp4")
+    other, _ = finished_file(daemon, "b.mp4")
+    assert daemon.stop() == 0
+    # Another program's download, and a symbolic link to a file of the user's.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"the user's")
+    (tmp_path / "download.mp4.part").write_bytes(b"a browser's download")
+    (tmp_path / "linked.mp4.part").symlink_to(victim)
+    for name in ("download.mp4", "linked.mp4"):
+        partial = tmp_path / f"{name}.part"
+        before = unchanged(partial)
+        refused = cli(daemon, "restore", stream_id, "-o", str(tmp_path / name))
+        assert refused.returncode == 1, refused.stderr
+        assert f"{partial} is there, and no {partial}.streamer marks it" in refused.stderr
+        assert unchanged(partial) == before
+        assert not (tmp_path / name).exists() and left_beside(tmp_path / name) == [partial.name]
+    assert victim.read_bytes() == b"the user's"
+
+    # What an interrupted restore of another stream left.
+    out = tmp_path / "shared.mp4"
+    damage(minio, daemon.bucket, chunk_key(other, 1))
+    assert cli(daemon, "restore", other, "-o", str(out)).returncode == 1
+    partial = tmp_path / "shared.mp4.part"
+    marker = tmp_path / "shared.mp4.part.streamer"
+    before = unchanged(partial), unchanged(marker)
+    refused = cli(daemon, "restore", stream_id, "-o", str(out))
+    assert refused.returncode == 1
+    assert f"does not mark it as restoring {stream_id}" in refused.stderr
+    assert (unchanged(partial), unchanged(marker)) == before and not out.exists()
+    # Its temporary file removed by hand: the mark left beside it is restore's, and goes.
+    partial.unlink()
+    restored = cli(daemon, "restore", stream_id, "-o", str(out))
+    assert restored.returncode == 0, restored.stderr
+    assert out.read_bytes() == data and left_beside(out) == []
+
+    # A file at the mark's name that is not restore's mark, and a symbolic link there.
+    (tmp_path / "notes.mp4.part.streamer").write_bytes(b"someone's notes")
+    (tmp_path / "linked-mark.mp4.part.streamer").symlink_to(victim)
+    for name in ("notes.mp4", "linked-mark.mp4"):
+        foreign = tmp_path / f"{name}.part.streamer"
+        before = unchanged(foreign)
+        refused = cli(daemon, "restore", stream_id, "-o", str(tmp_path / name))
+        assert refused.returncode == 1, refused.stderr
+        assert f"{foreign} is there, and is not restore's mark" in refused.stderr
+        assert unchanged(foreign) == before and left_beside(tmp_path / name) == [foreign.name]
+    assert victim.read_bytes() == b"the user's"
+
+
+def test_an_output_that_appears_while_restoring_is_not_replaced(make_daemon, tmp_path, minio):
+    daemon = make_daemon().start()
+    stream_id, data = finished_file(daemon, "x.mp4")
+    s3 = chunk_store(minio, daemon.bucket)
+    [stream] = find(s3, stream_id, None)
+    out = tmp_path / "raced.mp4"
+
+    def appears(size: int) -> None:
+        if not out.exists():
+            out.write_bytes(b"written meanwhile")
+
+    with pytest.raises(Refused, match=f"{out} appeared while restoring"):
+        restore(s3, stream, str(out), progress=appears)
+    assert out.read_bytes() == b"written meanwhile"
+    # Run again with --force: it goes on from the temporary file, whole already.
+    forced = cli(daemon, "restore", stream_id, "-o", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert ", 4 already there," in forced.stdout
+    assert out.read_bytes() == data and left_beside(out) == []
+
+
+def test_a_wrong_or_hostile_metadata_json_writes_nothing(make_daemon, tmp_path, minio):
+    daemon = make_daemon().start()
+    stream_id, _ = finished_file(daemon, "x.mp4")  # chunks of 64, 64, 64 and 8 KiB
+    other, _ = finished_file(daemon, "y.mp4")
+    assert daemon.stop() == 0  # it has nothing more to do with these streams
+    key = f"rec/test-host/{stream_id}/metadata.json"
+    good = manifest_of(minio.client, daemon.bucket, stream_id)
+
+    def giant_offset(m):
+        m["chunks"][1]["offset"] = 2**70
+
+    def overlap(m):
+        m["chunks"][2]["offset"] -= 1
+
+    def gap(m):
+        for c in m["chunks"][2:]:
+            c["offset"] += 1
+        m["total_size"] += 1
+
+    def another_streams_chunk(m):
+        m["chunks"][1]["key"] = chunk_key(other, 1)
+
+    def twice_the_same_chunk(m):
+        m["chunks"][2]["key"] = m["chunks"][1]["key"]
+
+    def an_index_twice(m):
+        m["chunks"][2]["index"] = 1
+
+    def negative_size(m):
+        m["chunks"][3]["size"] = -1
+        m["total_size"] -= 8 * KiB + 1
+
+    def longer_than_a_chunk(m):
+        m["chunks"][3]["size"] = 2**40
+        m["total_size"] += 2**40 - 8 * KiB
+
+    def not_its_size_in_s3(m):
+        m["chunks"][3]["size"] = 4 * KiB
+        m["total_size"] -= 4 * KiB
+
+    def a_giant_chunk_size(m):
+        m["chunk_size"] = 2**62
+        m["chunks"][0]["size"] = 2**61
+        for c in m["chunks"][1:]:
+            c["offset"] += 2**61 - 64 * KiB
+        m["total_size"] += 2**61 - 64 * KiB
+
+    def not_its_total_size(m):
+        m["total_size"] += 1
+
+    expected = {
+        giant_offset: "chunk 1 starts at byte 1180591620717411303424, not at 65536",
+        overlap: "chunk 2 starts at byte 131071, not at 131072",
+        gap: "chunk 2 starts at byte 131073, not at 131072",
+        another_streams_chunk: f"chunk 1 is listed as chunk 1 at {chunk_key(other, 1)}, not at "
+        f"{chunk_key(stream_id, 1)}",
+        twice_the_same_chunk: f"chunk 2 is listed as chunk 2 at {chunk_key(stream_id, 1)}",
+        an_index_twice: "chunk 2 is listed as chunk 1 at",
+        negative_size: "chunk 3 is -1 bytes, not 0 to 65536",
+        longer_than_a_chunk: "chunk 3 is 1099511627776 bytes, not 0 to 65536",
+        not_its_size_in_s3: f"chunk 3 is 4096 bytes, and 8192 in S3 ({chunk_key(stream_id, 3)})",
+        a_giant_chunk_size: "its chunk_size, 4611686018427387904, is not one S3 takes",
+        not_its_total_size: "its chunks add up to 204800 bytes, not to its total_size, 204801",
+    }
+    let_through = []
+    for wrong, reason in expected.items():
+        manifest = json.loads(json.dumps(good))
+        wrong(manifest)
+        body = json.dumps(manifest).encode()
+        minio.client.put_object(daemon.bucket, key, io.BytesIO(body), len(body))
+        out = tmp_path / f"{wrong.__name__}.mp4"
+        refused = cli(daemon, "restore", stream_id, "-o", str(out))
+        said = f"its metadata.json is not to be trusted: {reason}"
+        if refused.returncode != 1 or said not in refused.stderr or out.exists():
+            let_through.append((wrong.__name__, refused.returncode, refused.stderr[-300:]))
+        elif left_beside(out) != []:
+            let_through.append((wrong.__name__, "left", left_beside(out)))
+    assert let_through == []
+
+
+def test_a_chunk_of_an_unfinished_stream_with_other_bytes_is_caught_as_it_arrives(
+    make_daemon, tmp_path, minio
+):
+    daemon = make_daemon(stream={"idle_timeout": 60}).start()
+    data = os.urandom(4 * 64 * KiB + 1000)  # its tail waits for the stream to finish
+    (daemon.watch / "live.mp4").write_bytes(data)
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("chunk_uploaded", count=4, stream_id=stream_id)
+    assert daemon.stop() == 0  # the stream stays unfinished: no metadata.json
+    out = tmp_path / "live.mp4"
+    whole = cli(daemon, "restore", stream_id, "-o", str(out))
+    assert whole.returncode == 0, whole.stderr
+    assert out.read_bytes() == data[: 4 * 64 * KiB]
+
+    # Chunk 2 with one bit changed, claiming the digest its own bytes were stored with:
+    # there is no whole-file sha256 to catch it later.
+    key = chunk_key(stream_id, 2)
+    claims = stored_with(minio, daemon.bucket, key)
+    forged = bytearray(data[2 * 64 * KiB : 3 * 64 * KiB])
+    forged[100] ^= 1
+    minio.client.put_object(daemon.bucket, key, io.BytesIO(forged), len(forged), metadata=claims)
+    assert stored_with(minio, daemon.bucket, key) == claims != {}
+    bad = tmp_path / "bad.mp4"
+    caught = cli(daemon, "restore", stream_id, "-o", str(bad))
+    assert caught.returncode == 1, caught.stderr
+    assert "chunk 2 in S3 is not the bytes it was stored as" in caught.stderr
+    assert key in caught.stderr and not bad.exists()
 
 
 def test_no_such_stream_an_unreadable_manifest_and_s3_away_are_clear_errors(

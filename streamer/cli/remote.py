@@ -4,6 +4,7 @@ directory), and one of them rebuilt into a file, checked."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import click
@@ -24,6 +25,7 @@ from streamer.config import Config
 from streamer.logs import describe
 
 EXIT_MISSING = 1  # a chunk missing or not its bytes; no such stream
+EXIT_REFUSED = 1  # a file on the disk in the way: it is left as it is
 EXIT_NOT_PLAYABLE = 4
 
 instance_option = click.option(
@@ -107,25 +109,42 @@ def list_remote(
     help="Cut a fragmented MP4 after its last whole fragment so that it plays; exit 4 "
     "when no prefix can play (a plain MP4 whose moov never reached S3).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace OUTPUT if it is there; without it, an OUTPUT there is refused (exit 1) "
+    "before anything is downloaded.",
+)
 def restore(
-    config_path: str | None, stream_id: str, output: str, instance: str | None, playable: bool
+    config_path: str | None,
+    stream_id: str,
+    output: str,
+    instance: str | None,
+    playable: bool,
+    force: bool,
 ) -> None:
     """Rebuild a recording from S3 alone into OUTPUT: a finished stream from the chunks
     its metadata.json lists (or its whole object), an unfinished one from its chunks in
-    order up to the first missing. Every chunk is checked against its digest as it
-    arrives, and a finished stream's whole file against metadata.json. It writes
-    OUTPUT.part and renames it only when whole; a re-run goes on from what OUTPUT.part
-    holds, checked.
+    order up to the first missing. metadata.json is checked first (this stream's chunks,
+    in order, adding up to its size), every chunk against its digest as it arrives, and
+    a finished stream's whole file against metadata.json. It writes OUTPUT.part, marked
+    as restore's by OUTPUT.part.streamer, and renames it only when whole, never over a
+    file there unless --force; a re-run goes on from what OUTPUT.part holds, checked. An
+    OUTPUT.part that is not restore's, for this stream, is refused and left as it is.
 
     Exit status: 0 restored (an unfinished stream: as far as its chunks go, said on
-    stderr), 1 a chunk missing or not its bytes (named) or no such stream, 2 a wrong
-    argument, 3 S3 cannot be read, 4 --playable and no prefix can play.
+    stderr), 1 a chunk missing or not its bytes (named), a metadata.json not to be
+    trusted, no such stream, or a file in the way (OUTPUT without --force, an OUTPUT.part
+    not restore's), 2 a wrong argument, 3 S3 cannot be read, 4 --playable and no prefix
+    can play.
     """
     from streamer.remote import find
-    from streamer.restore import NotPlayable, RestoreError
+    from streamer.restore import NotPlayable, Refused, RestoreError
     from streamer.restore import restore as rebuild
 
     cfg = load_or_exit(config_path)
+    if os.path.lexists(output) and not force:
+        fail(f"{output} is there already: give --force to replace it", EXIT_REFUSED)
     s3 = s3_of(cfg)
     try:
         found = find(s3, stream_id, instance)
@@ -143,9 +162,11 @@ def restore(
     [stream] = found
     try:
         with display.progress(stream.size, "restoring", shown=True) as bar:
-            restored, stopped = rebuild(s3, stream, output, playable, bar.update)
+            restored, stopped = rebuild(s3, stream, output, playable, force, bar.update)
     except RestoreError as exc:
         fail(f"{stream_id}: {exc}; {output} is not written", EXIT_MISSING)
+    except Refused as exc:
+        fail(f"{stream_id}: {exc}", EXIT_REFUSED)
     except NotPlayable as exc:
         fail(f"{stream_id}: {exc}", EXIT_NOT_PLAYABLE)
     except s3_errors() as exc:
