@@ -56,6 +56,8 @@ FULL_BELOW = 1024 * 1024
 _encoder = msgspec.msgpack.Encoder()
 _stream_decoder = msgspec.msgpack.Decoder(StreamRecord)
 _chunk_decoder = msgspec.msgpack.Decoder(ChunkRecord)
+# Starts that never reached S3 (an outage at every start): the oldest are let go.
+MAX_UNCONFIRMED_STARTS = 64
 
 
 def _chunk_key(stream_id: str, index: int) -> bytes:
@@ -68,6 +70,16 @@ def _inode_key(device: int, inode: int) -> bytes:
 
 def _chunk_end(chunk: ChunkRecord) -> int:
     return chunk.offset + chunk.size
+
+
+def _superseding(stored: bytes | None, chunk: ChunkRecord) -> ChunkRecord:
+    """`chunk`, a later revision, carrying the revisions it replaces (their objects are
+    this store's to delete)."""
+    old = _chunk_decoder.decode(stored) if stored is not None else None
+    if old is None or old.revision == chunk.revision:
+        return chunk
+    superseded = (*old.superseded, (old.revision, old.etag))
+    return msgspec.structs.replace(chunk, superseded=superseded)
 
 
 def _path_key(path: str) -> bytes:
@@ -246,7 +258,9 @@ class CheckpointStore:
                 if chunk.index == record.chunk_count - 1:
                     record.committed_bytes = chunk.offset + chunk.size
             record.last_upload_at = chunk.uploaded_at
-            txn.put(_chunk_key(stream_id, chunk.index), _encoder.encode(chunk), db=self._chunks)
+            key = _chunk_key(stream_id, chunk.index)
+            kept = _superseding(txn.get(key, db=self._chunks), chunk)
+            txn.put(key, _encoder.encode(kept), db=self._chunks)
             self._save(txn, record)
             return record
 
@@ -307,11 +321,16 @@ class CheckpointStore:
 
         return self._write(write)
 
-    def forget_stream(self, stream_id: str) -> None:
-        """Remove every trace of a stream: its file, if still there, is then a new stream."""
+    def forget_stream(
+        self, stream_id: str, check: Callable[[StreamRecord], None] | None = None
+    ) -> None:
+        """Remove every trace of a stream: its file, if still there, is then a new stream.
+        `check` sees the record in the same transaction, and may refuse by raising."""
 
         def write(txn):
             record = self._load(txn, stream_id)
+            if check is not None:
+                check(record)
             for i in range(record.chunk_count):
                 txn.delete(_chunk_key(stream_id, i), db=self._chunks)
             for key, db in (
@@ -337,10 +356,75 @@ class CheckpointStore:
             found = txn.get(b"store_id", db=self._meta)
             return found.decode() if found is not None else None
 
+    def begin_start(self) -> str:
+        """A new start of the daemon on this store: its id, which the instance's claim in
+        S3 is moved on to. Starts not yet seen to hold the claim are kept (a crash can
+        come between the claim's write and its confirmation); one that does, replaces
+        them all."""
+        start = uuid.uuid4().hex
+
+        def write(txn):
+            starts = self._starts(txn)
+            # The first is the last seen to hold the claim: never the one let go.
+            starts = starts[:1] + starts[1:][-(MAX_UNCONFIRMED_STARTS - 2) :] + [start]
+            txn.put(b"claim_starts", msgspec.json.encode(starts), db=self._meta)
+            txn.put(b"start", start.encode(), db=self._meta)
+
+        self._write(write)
+        return start
+
+    def claim_starts(self) -> tuple[str | None, list[str], bool]:
+        """This start's id; every start whose claim in S3 is this store's own: the last
+        one seen to hold it, and those begun since; and whether one was ever seen to."""
+        with self._read() as txn:
+            start = txn.get(b"start", db=self._meta)
+            confirmed = txn.get(b"claim_confirmed", db=self._meta) is not None
+            return (start.decode() if start is not None else None), self._starts(txn), confirmed
+
+    def confirm_claim(self, start: str) -> None:
+        """S3's claim holds `start`, of this store: earlier starts can no longer be."""
+
+        def write(txn):
+            txn.put(b"claim_starts", msgspec.json.encode([start]), db=self._meta)
+            txn.put(b"claim_confirmed", b"1", db=self._meta)
+
+        self._write(write)
+
+    def _starts(self, txn) -> list[str]:
+        stored = txn.get(b"claim_starts", db=self._meta)
+        return msgspec.json.decode(stored, type=list[str]) if stored is not None else []
+
     def instance(self) -> str | None:
         with self._read() as txn:
             stored = txn.get(b"instance", db=self._meta)
             return stored.decode() if stored is not None else None
+
+    def forget_superseded(self, stream_id: str) -> None:
+        """The earlier revisions of the stream's chunks are deleted from S3."""
+
+        def write(txn):
+            for index in range(self._load(txn, stream_id).chunk_count):
+                key = _chunk_key(stream_id, index)
+                chunk = _chunk_decoder.decode(txn.get(key, db=self._chunks))
+                if chunk.superseded:
+                    cleared = msgspec.structs.replace(chunk, superseded=())
+                    txn.put(key, _encoder.encode(cleared), db=self._chunks)
+
+        self._write(write)
+
+    def replace_stream(self, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
+        """Bring a stream up to its record in S3: its record and chunk table, whole."""
+
+        def write(txn):
+            stream_id = record.stream_id
+            old = self._load(txn, stream_id)
+            for index in range(max(old.chunk_count, len(chunks))):
+                txn.delete(_chunk_key(stream_id, index), db=self._chunks)
+            for chunk in chunks:
+                txn.put(_chunk_key(stream_id, chunk.index), _encoder.encode(chunk), db=self._chunks)
+            self._save(txn, record)
+
+        self._write(write)
 
     def update_stream(
         self, stream_id: str, change: Callable[[StreamRecord], StreamRecord]

@@ -7,6 +7,7 @@ A ChunkStore holds a client (`s3client`); build it in the process that uses it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -15,13 +16,14 @@ from itertools import count
 from typing import BinaryIO
 
 from minio.commonconfig import ComposeSource
-from minio.datatypes import Part
+from minio.datatypes import CompleteMultipartUploadResult
 from minio.error import S3Error
-from minio.helpers import genheaders
+from minio.helpers import genheaders, get_part_info, md5sum_hash
+from minio.xml import Element, SubElement, getbytes
 
 from streamer import bodies, digests, s3client
 from streamer.bandwidth import TokenBucket
-from streamer.bodies import Body
+from streamer.bodies import Body, InMemory
 from streamer.config import S3Config
 from streamer.digests import CRC32C, SHA256, Digest
 from streamer.layout import Layout
@@ -34,8 +36,15 @@ TAGS_REFUSED = ("NotImplemented", "AccessDenied", "InvalidArgument", "InvalidReq
 CHECKSUM_REFUSED = ("NotImplemented", "InvalidArgument", "InvalidRequest")
 
 
+# As the `expect` of a write: no object at the key (else, the ETag of the one there).
+ABSENT = ""
+# What a server says when a write's condition does not hold.
+PRECONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
+
+
 class Taken(Exception):
-    """A conditional write found an object at the key already: nothing was written."""
+    """A conditional write found the key not as the writer last saw it (an object where
+    there was none, or another than the one it named): nothing was written."""
 
 
 class BucketMissing(Exception):
@@ -135,30 +144,52 @@ class ChunkStore:
         body: Body,
         digest: Digest,
         content_type: str,
-        if_absent: bool = False,
+        expect: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> str:
         """Upload `body`, whose digest is given, in one PUT and return its ETag. S3 checks
-        the body against the digest, which is stored with the object. `if_absent`: only if
-        no object is at the key (raises Taken), where the server can say so; one that
-        cannot is written to as before. `tags`: the object's tags, where it takes them."""
+        the body against the digest, which is stored with the object. `expect`: only if
+        the key holds what the writer last saw there, ABSENT or an ETag (raises Taken);
+        a server that does not take conditions is asked first (`conditional_writes`).
+        `tags`: the object's tags, where it takes them."""
         tags = tags if self._tagging else None
-        conditional = if_absent and self._conditional
+        if expect is not None and not self._conditional:
+            self._check_holds(key, expect)
         try:
-            return self._send(key, body, digest, content_type, conditional, tags)
+            return self._send(key, body, digest, content_type, self._condition(expect), tags)
         except S3Error as exc:
             if digest.algorithm == CRC32C and exc.code in CHECKSUM_REFUSED:
                 raise  # put_chunk tells whether it was crc32c the server refused
             if tags and exc.code in TAGS_REFUSED:
                 # Some servers take no tags (R2, B2), some policies allow PutObject but
                 # not PutObjectTagging: the chunk matters, its tag does not.
-                etag = self.put(key, body, digest, content_type, if_absent)
+                etag = self.put(key, body, digest, content_type, expect)
                 self._tagging = False
                 return etag
-            if conditional and exc.code == "NotImplemented":
+            if expect is not None and self._conditional and exc.code == "NotImplemented":
                 self._conditional = False
-                return self.put(key, body, digest, content_type, tags=tags)
+                return self.put(key, body, digest, content_type, expect, tags)
             raise
+
+    @property
+    def conditional_writes(self) -> bool:
+        """The server honours If-None-Match and If-Match on a PUT. Where it refuses them,
+        a conditional write reads the key first and writes only if it holds what was
+        expected: never over what this store did not see, though another writer could
+        come between the read and the write."""
+        return self._conditional
+
+    def _condition(self, expect: str | None) -> dict[str, str]:
+        if expect is None or not self._conditional:
+            return {}
+        if expect == ABSENT:
+            return {"If-None-Match": "*"}
+        return {"If-Match": f'"{expect}"'}
+
+    def _check_holds(self, key: str, expect: str) -> None:
+        found = self.stat(key)
+        if (found.etag if found is not None else ABSENT) != expect:
+            raise Taken(key)
 
     def put_chunk(
         self, key: str, body: Body, digest: Digest, tags: dict[str, str] | None
@@ -171,22 +202,24 @@ class ChunkStore:
         content_type = "application/octet-stream"
         if digest.algorithm == CRC32C:
             tags = tags if self._tagging else None
-            conditional = self._conditional
+            if not self._conditional:
+                self._check_holds(key, ABSENT)
+            condition = self._condition(ABSENT)
             try:
-                return self._send(key, body, digest, content_type, conditional, tags), digest
+                return self._send(key, body, digest, content_type, condition, tags), digest
             except S3Error as exc:
                 if exc.code not in TAGS_REFUSED or (exc.code not in CHECKSUM_REFUSED and not tags):
                     raise
                 if exc.code in CHECKSUM_REFUSED:
                     signed = bodies.digest(SHA256, body)
                     try:
-                        etag = self._send(key, body, signed, content_type, conditional, tags)
+                        etag = self._send(key, body, signed, content_type, condition, tags)
                     except S3Error:
                         digest = signed  # not crc32c, or not it alone: put tells which
                     else:
                         self._crc32c = False
                         return etag, signed
-        return self.put(key, body, digest, content_type, if_absent=True, tags=tags), digest
+        return self.put(key, body, digest, content_type, ABSENT, tags), digest
 
     def _send(
         self,
@@ -194,10 +227,10 @@ class ChunkStore:
         body: Body,
         digest: Digest,
         content_type: str,
-        conditional: bool,
+        condition: dict[str, str],
         tags: dict[str, str] | None,
     ) -> str:
-        """One PUT, as asked; raises Taken where `conditional` finds an object there. The
+        """One PUT, as asked; raises Taken where the `condition` headers do not hold. The
         body is read as it is sent: bytes that differ from `digest` are refused by S3."""
         headers = genheaders(
             {"Content-Type": content_type, digest.algorithm: digest.value},
@@ -212,8 +245,7 @@ class ChunkStore:
         # Checked by S3, and what it asks of a PUT to an Object Lock bucket.
         name, value = digest.header()
         headers[name] = value
-        if conditional:
-            headers["If-None-Match"] = "*"
+        headers.update(condition)
         pieces = body.pieces()
         if self._bandwidth:
             pieces = self._bandwidth.pace(pieces)
@@ -222,36 +254,88 @@ class ChunkStore:
             try:
                 return self._client._put_object(self.bucket, key, pieces, headers).etag
             except S3Error as exc:
-                if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                if exc.code in PRECONDITION_FAILED:
                     raise Taken(key) from None
                 raise
 
     def get_if_exists(self, key: str) -> bytes | None:
+        found = self.read(key)
+        return found[0] if found is not None else None
+
+    def read(self, key: str) -> tuple[bytes, str] | None:
+        """An object's bytes and its ETag, in one GET; None if there is none."""
         try:
-            return self.get(key)
+            with self._response(key) as response:
+                return response.read(), response.headers.get("ETag", "").strip('"')
         except S3Error as exc:
             if exc.code in MISSING:
                 return None
             raise
 
-    def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str) -> str:
-        """Upload `length` bytes read from `stream` (multipart when large); return the ETag."""
+    def put_stream(
+        self,
+        key: str,
+        stream: BinaryIO,
+        length: int,
+        content_type: str,
+        expect: str | None = None,
+    ) -> str:
+        """Upload `length` bytes read from `stream` in order (the caller may be hashing
+        it), in one PUT or, when large, in parts of minio-py's size; return the ETag.
+        `expect`: as for `put`; an object with these very bytes there already is taken
+        as written."""
         if self._bandwidth:
             stream = _PacedReader(stream, self._bandwidth)
-        result = self._client.put_object(
-            self.bucket,
-            key,
-            stream,
-            length,
-            content_type=content_type,
-            sse=self._sse,
-            num_parallel_uploads=1,  # read the stream in order: the caller may be hashing it
-        )
-        return result.etag
+        part_size, count = get_part_info(length, 0)
+        if count <= 1:
+            data = stream.read(length)
+            try:
+                return self.put(key, InMemory(data), digests.of(SHA256, data), content_type, expect)
+            except Taken:
+                return self._identical(key, hashlib.md5(data, usedforsecurity=False).hexdigest())
+        upload_id = self.begin_upload(key, content_type)
+        try:
+            etags = [
+                self._client._upload_part(
+                    self.bucket, key, stream.read(min(part_size, length - done)), None, upload_id, n
+                )
+                for n, done in enumerate(range(0, length, part_size), start=1)
+            ]
+            return self.complete_upload(key, upload_id, etags, expect)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.abort_upload(key, upload_id)
+            raise
+
+    def _identical(self, key: str, etag: str) -> str:
+        """A conditional write was refused: the object there is taken as written if its
+        ETag is the one the write would have made (the same bytes, or parts); else Taken."""
+        found = self.stat(key)
+        if found is None or found.etag != etag:
+            raise Taken(key)
+        return etag
 
     def remove(self, key: str) -> None:
-        """Delete an object: a pruned stream's chunks, doctor's scratch objects."""
+        """Delete an object: doctor's scratch objects."""
         self._client.remove_object(self.bucket, key)
+
+    def remove_if(self, key: str, etag: str) -> bool:
+        """Delete the object at `key` only while it is the one with `etag`; False (nothing
+        deleted) if another object, or none, is there. The DELETE itself carries the ETag
+        (If-Match) for a server that checks it; it follows a HEAD that checks it for one
+        that does not."""
+        found = self.stat(key)
+        if found is None or found.etag != etag:
+            return False
+        try:
+            self._client._execute("DELETE", self.bucket, key, headers={"If-Match": f'"{etag}"'})
+        except S3Error as exc:
+            if exc.code in PRECONDITION_FAILED:
+                return False
+            if exc.code in MISSING:
+                return False
+            raise
+        return True
 
     def begin_upload(self, key: str, content_type: str) -> str:
         """Start a multipart upload to `key`; return its upload id."""
@@ -269,13 +353,52 @@ class ChunkStore:
             )
         return etag
 
-    def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> str:
+    def complete_upload(
+        self, key: str, upload_id: str, etags: list[str], expect: str | None = None
+    ) -> str:
         """Join the parts, numbered from 1 in the order given, into `key`; return its ETag.
-        Parts of the upload not listed are discarded by S3."""
-        parts = [Part(number, etag) for number, etag in enumerate(etags, start=1)]
-        with _upload_gone_if_missing(upload_id):
-            result = self._client._complete_multipart_upload(self.bucket, key, upload_id, parts)
-        return result.etag
+        Parts of the upload not listed are discarded by S3. `expect`: as for `put`; an
+        object joined from these very parts there already is taken as written."""
+        if expect is not None and not self._conditional:
+            self._check_holds(key, expect)
+        try:
+            with _upload_gone_if_missing(upload_id):
+                return self._complete(key, upload_id, etags, self._condition(expect))
+        except S3Error as exc:
+            if expect is None or not self._conditional or exc.code != "NotImplemented":
+                raise
+            self._conditional = False
+            return self.complete_upload(key, upload_id, etags, expect)
+        except Taken:
+            etag = self._identical(key, multipart_etag(etags))
+            self.abort_upload(key, upload_id)
+            return etag
+
+    def _complete(
+        self, key: str, upload_id: str, etags: list[str], condition: dict[str, str]
+    ) -> str:
+        """CompleteMultipartUpload as minio-py sends it, with the condition's headers."""
+        element = Element("CompleteMultipartUpload")
+        for number, etag in enumerate(etags, start=1):
+            part = SubElement(element, "Part")
+            SubElement(part, "PartNumber", str(number))
+            SubElement(part, "ETag", f'"{etag}"')
+        body = getbytes(element)
+        headers = {"Content-Type": "application/xml", "Content-MD5": md5sum_hash(body)}
+        try:
+            response = self._client._execute(
+                "POST",
+                self.bucket,
+                key,
+                body=body,
+                headers={**headers, **condition},
+                query_params={"uploadId": upload_id},
+            )
+        except S3Error as exc:
+            if exc.code in PRECONDITION_FAILED:
+                raise Taken(key) from None
+            raise
+        return CompleteMultipartUploadResult(response).etag
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(UploadGone), _upload_gone_if_missing(upload_id):
@@ -293,13 +416,14 @@ class ChunkStore:
         content_type: str,
         pool: Executor,
         upload_id: str | None = None,
+        expect: str | None = None,
     ) -> str:
         """Join `parts` (each but the last >= 5 MiB) into `key`: the parts not copied yet
         are copied several at a time on `pool`, into `upload_id` or a new upload.
         minio-py's compose_object would first stat every source and then copy one part at
         a time: on a long recording most of the time to completion. So its multipart verbs
         are used directly (minio is pinned to 7.2 for this). Raises UploadGone if
-        `upload_id` is no longer there."""
+        `upload_id` is no longer there. `expect`: as for `put`."""
         fresh = upload_id is None
         upload_id = upload_id or self.begin_upload(key, content_type)
 
@@ -308,7 +432,7 @@ class ChunkStore:
 
         try:
             etags = list(pool.map(part_etag, count(1), parts))
-            return self.complete_upload(key, upload_id, etags)
+            return self.complete_upload(key, upload_id, etags, expect)
         except BaseException:
             if fresh:  # an upload given is the caller's, and may be used again
                 with contextlib.suppress(Exception):
@@ -351,10 +475,11 @@ class ChunkStore:
         with self._response(key) as response:
             return response.read()
 
-    def digest_of(self, key: str, algorithm: str, also=None) -> Digest:
-        """The digest of an object's bytes, read from S3; `also`, a hasher, is fed them too."""
+    def digest_of(self, key: str, algorithm: str, also=None, etag: str | None = None) -> Digest:
+        """The digest of an object's bytes, read from S3; `also`, a hasher, is fed them too.
+        `etag`: only of the object with that ETag (raises Taken if another is there)."""
         digest = digests.hasher(algorithm)
-        with self._response(key) as response:
+        with self._response(key, etag) as response:
             for block in response.stream(1024 * 1024):
                 digest.update(block)
                 if also is not None:
@@ -362,9 +487,16 @@ class ChunkStore:
         return Digest(algorithm, digest.hexdigest())
 
     @contextlib.contextmanager
-    def _response(self, key: str):
-        """An object's body, its connection given back to the pool afterwards."""
-        response = self._client.get_object(self.bucket, key)
+    def _response(self, key: str, etag: str | None = None):
+        """An object's body (only if its ETag is `etag`, if given), its connection given
+        back to the pool afterwards."""
+        pinned = {"If-Match": f'"{etag}"'} if etag is not None else None
+        try:
+            response = self._client.get_object(self.bucket, key, request_headers=pinned)
+        except S3Error as exc:
+            if exc.code in PRECONDITION_FAILED:
+                raise Taken(key) from None
+            raise
         try:
             yield response
         finally:
@@ -383,6 +515,15 @@ class ChunkStore:
                 return None
             raise
         return StoredObject(info.size, info.etag, _stored_digest(info.metadata.items()))
+
+
+def multipart_etag(etags: list[str]) -> str:
+    """The ETag S3 gives an object joined from parts with these ETags (each an MD5)."""
+    try:
+        joined = b"".join(bytes.fromhex(etag) for etag in etags)
+    except ValueError:
+        return ""  # not MD5s (an encrypted object's): matches no ETag
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(etags)}"
 
 
 def _stored_digest(headers) -> Digest | None:

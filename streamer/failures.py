@@ -10,9 +10,9 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from streamer.checkpoint import CheckpointUnwritable
-from streamer.chunkstore import BucketMissing, UploadGone
+from streamer.chunkstore import BucketMissing, Taken, UploadGone
 from streamer.fileio import SourceChanged
-from streamer.policy import is_rejection, retry_delay
+from streamer.policy import OtherRecording, is_rejection, retry_delay
 from streamer.s3client import NoCredentials
 
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
@@ -29,6 +29,11 @@ AWAY = (
 )
 REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
 MISSING_HINT = "put the chunk back (the local file has its bytes): the stream then completes"
+TAKEN_HINT = (
+    "S3 holds an object there that this store did not write (another host under this "
+    "instance name, or a copy of this checkpoint store): it is never written over; see "
+    "docs/operations.md, Backup and restore"
+)
 UNTRUSTED_HINT = "S3's certificate is not trusted: set s3.ca_file to the CA certificate (PEM)"
 
 
@@ -43,7 +48,7 @@ def classify(exc: Exception) -> str:
     if isinstance(exc, S3Error):
         status = exc.response.status if exc.response is not None else 500
         return "rejected" if is_rejection(status, exc.code) else "transient"
-    if isinstance(exc, BucketMissing | NoCredentials | NotInS3):
+    if isinstance(exc, BucketMissing | NoCredentials | NotInS3 | Taken | OtherRecording):
         return "rejected"
     if isinstance(exc, AWAY):
         return "transient"
@@ -54,6 +59,8 @@ def hint(exc: Exception, rejected: bool) -> dict:
     """What an operator can do about it, as a log field, where there is something."""
     if isinstance(exc, NotInS3):
         return {"hint": MISSING_HINT}
+    if isinstance(exc, Taken | OtherRecording):
+        return {"hint": TAKEN_HINT}
     if "certificate verify failed" in str(exc):
         return {"hint": UNTRUSTED_HINT}
     return {"hint": REJECTED_HINT} if rejected else {}

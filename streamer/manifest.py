@@ -11,7 +11,7 @@ from streamer.digests import Digest, recorded
 from streamer.layout import Layout
 from streamer.mp4 import Mp4Facts
 from streamer.records import UTC as UTCTime
-from streamer.records import Assembled, ChunkRecord, StreamRecord
+from streamer.records import Assembled, ChunkRecord, StreamRecord, StreamState
 
 # 2: a chunk carries the digest S3 checked it by, sha256 or crc32c (1: always sha256).
 SCHEMA_VERSION = 2
@@ -124,6 +124,60 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
         ),
         mp4=record.mp4,
     )
+
+
+def to_records(
+    manifest: Manifest, record: StreamRecord, etag: str
+) -> tuple[StreamRecord, list[ChunkRecord]]:
+    """The stream as its metadata.json (with ETag `etag`) says it is, over `record`: what
+    a store that is behind S3 is brought up to."""
+    by_index = {c.index: c for c in record_chunks(manifest)}
+    chunks = [by_index[i] for i in sorted(by_index)]
+    modified = manifest.source.modified_at
+    mtime_ns = round(modified.timestamp() * 1e9) if modified is not None else None
+    brought = msgspec.structs.replace(
+        record,
+        state=StreamState(manifest.status),
+        status_reason=manifest.status_reason,
+        total_size=manifest.total_size,
+        sha256=manifest.sha256,
+        committed_bytes=sum(c.size for c in chunks),
+        chunk_count=len(chunks),
+        reuploaded_chunks=manifest.reuploaded_chunks,
+        first_upload_at=manifest.first_upload_at,
+        last_upload_at=manifest.last_upload_at,
+        completed_at=manifest.completed_at,
+        mtime_ns=record.mtime_ns if _same_instant(record.mtime_ns, mtime_ns) else mtime_ns,
+        mp4=manifest.mp4,
+        assembled=manifest.assembled,
+        assembly=None,
+        source_deleted_at=manifest.source.deleted_at,
+        chunks_deleted_at=manifest.chunks_deleted_at,
+        manifest_etag=etag,
+    )
+    return brought, chunks
+
+
+def record_chunks(manifest: Manifest) -> list[ChunkRecord]:
+    return [
+        ChunkRecord(
+            index=c.index,
+            offset=c.offset,
+            size=c.size,
+            etag=c.etag,
+            uploaded_at=c.uploaded_at,
+            sha256=c.sha256,
+            crc32c=c.crc32c,
+            revision=c.revision,
+            reason=c.reupload_reason,
+        )
+        for c in manifest.chunks
+    ]
+
+
+def _same_instant(ns: int | None, other: int | None) -> bool:
+    """metadata.json keeps a time to the microsecond; the checkpoint, to the nanosecond."""
+    return ns is not None and other is not None and abs(ns - other) < 1000
 
 
 def encode(manifest: Manifest) -> bytes:

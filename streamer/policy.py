@@ -3,11 +3,15 @@ which uploader owns it, how long to wait before trying again. Tested without pro
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
+from streamer.manifest import Manifest
 from streamer.mp4 import Mp4Facts
 from streamer.records import AssemblyUpload, StreamRecord, StreamState
 
@@ -99,6 +103,74 @@ def prunable(record: StreamRecord) -> bool:
         and record.chunks_deleted_at is None
         and record.chunks_kept_because is None
     )
+
+
+class OtherRecording(Exception):
+    """metadata.json in S3 describes another recording than this stream: never written
+    over."""
+
+
+def reconciled_record(ours: Manifest, theirs: Manifest) -> Manifest:
+    """What a stream's metadata.json must say, given the one this store would write and
+    the one S3 holds: whichever is further along (a complete recording with its sha256
+    over a partial or cancelled one, more bytes over fewer), with what either learned
+    after the stream ended (its file deleted, its chunks pruned). Never less than S3's.
+    Raises OtherRecording where the two are not one recording."""
+    if theirs.stream_id != ours.stream_id or (
+        ours.sha256 and theirs.sha256 and ours.sha256 != theirs.sha256
+    ):
+        raise OtherRecording(
+            f"metadata.json in S3 is of another recording (stream {theirs.stream_id}, "
+            f"sha256 {theirs.sha256}, {theirs.total_size} bytes)"
+        )
+    base = theirs if _progress(theirs) > _progress(ours) else ours
+    deleted_at = ours.source.deleted_at or theirs.source.deleted_at
+    return msgspec.structs.replace(
+        base,
+        source=msgspec.structs.replace(base.source, deleted_at=deleted_at),
+        chunks_deleted_at=ours.chunks_deleted_at or theirs.chunks_deleted_at,
+    )
+
+
+def _progress(record: Manifest) -> tuple:
+    """How far along a stream's record is, in the order that outranks."""
+    return (
+        record.sha256 is not None,
+        record.status == StreamState.COMPLETE.value,
+        record.total_size,
+        len(record.chunks),
+        record.assembled is not None,
+    )
+
+
+class ClaimVerdict(enum.Enum):
+    HELD = "held"  # this start holds the claim already
+    MOVE_ON = "move on"  # this store's, from an earlier start: moved on to this one
+    TAKEN = "taken"  # another checkpoint store's
+    BEHIND = "behind"  # this store's id, moved on by a start it never made: a copy's
+
+
+def claim_verdict(
+    store: str | None,
+    start: str | None,
+    mine: str,
+    this_start: str,
+    own_starts: Sequence[str],
+    confirmed: bool,
+) -> ClaimVerdict:
+    """What to do with the instance's claim in S3, by the store and start it names (None,
+    None: no claim; a start of None: a claim from before starts were named), given this
+    store's id, this start, the starts whose claim is this store's own, and whether this
+    store has ever seen a claim of its own named by a start."""
+    if store is None:
+        return ClaimVerdict.MOVE_ON
+    if store != mine:
+        return ClaimVerdict.TAKEN
+    if start == this_start:
+        return ClaimVerdict.HELD
+    if start in own_starts or (start is None and not confirmed):
+        return ClaimVerdict.MOVE_ON
+    return ClaimVerdict.BEHIND
 
 
 def is_idle(changed_at: float, now: float, idle_timeout: float) -> bool:

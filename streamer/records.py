@@ -48,6 +48,9 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     # ETag, and which upload): a part of an upload since lost or replaced does not count.
     part_etag: str | None = None
     part_upload: str | None = None
+    # Earlier revisions of this chunk this store wrote, (revision, ETag): superseded once
+    # the stream's metadata.json lists this one, then deleted exactly so.
+    superseded: tuple[tuple[int, str], ...] = ()
 
     @property
     def digest(self) -> Digest | None:
@@ -109,6 +112,9 @@ class StreamRecord(Struct, kw_only=True):
     chunks_deleted_at: UTC | None = None
     chunks_kept_because: str | None = None  # why they may not go (not asked again)
     deleted_because: str | None = None
+    # The ETag of the metadata.json this store last wrote or saw in S3: the next write
+    # of it goes only over that one (None: over none).
+    manifest_etag: str | None = None
 
     @property
     def name(self) -> str:

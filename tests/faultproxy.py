@@ -6,7 +6,8 @@ bytes are read and dropped, nothing is answered), throttle (forward at a byte ra
 refuse_puts (a connection that starts a PUT request is reset; other requests pass),
 refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it),
 refuse_checksums (a PUT with a crc32c checksum is answered 400 InvalidRequest, as a server
-that does not know the algorithm answers it).
+that does not know the algorithm answers it), refuse_conditions (a PUT with If-None-Match
+or If-Match is answered 501 NotImplemented, as a server without conditional writes does).
 With `tls` (a server-side SSL context) the proxy speaks https to its clients and plain
 http to the server: headers are seen, and refused, over https too.
 Whatever the mode, `damage_puts(n)` flips one byte in the body of each of the next n PUT
@@ -46,10 +47,10 @@ class FaultProxy:
         self._listen()
 
     def set(self, mode: str, rate: int = 0) -> None:
-        assert self.tls is None or mode in ("pass", "refuse_tags", "refuse_checksums"), mode
+        refusals = ("refuse_tags", "refuse_checksums", "refuse_conditions")
+        assert self.tls is None or mode in ("pass", *refusals), mode
         assert mode in (
-            "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", "refuse_tags",
-            "refuse_checksums",
+            "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", *refusals,
         )  # fmt: skip
         with self._lock:
             self.mode, self.rate = mode, rate
@@ -163,6 +164,10 @@ class FaultProxy:
             answer = NOT_IMPLEMENTED
         elif self.mode == "refuse_checksums" and _puts_header(data, b"x-amz-checksum-crc32c"):
             answer = INVALID_REQUEST
+        elif self.mode == "refuse_conditions" and (
+            _puts_header(data, b"if-none-match") or _puts_header(data, b"if-match")
+        ):
+            answer = NOT_IMPLEMENTED
         else:
             return False
         # As a server does: the whole request read, then answered, then the connection

@@ -131,3 +131,42 @@ def test_processes_write_one_environment_each_with_its_own_handle(tmp_path):
     store = CheckpointStore(path, map_size=1 << 20)
     assert sum(1 for _ in store.streams(StreamState.ACTIVE)) == 1500
     store.close()
+
+
+def test_a_chunk_uploaded_again_carries_the_revisions_it_supersedes(store):
+    store.create_stream(stream())
+    store.commit_chunk("cam-1", chunk(0))
+    store.commit_chunk("cam-1", chunk(1))
+    store.commit_chunk("cam-1", msgspec.structs.replace(chunk(0), revision=1, etag="r1"))
+    store.commit_chunk("cam-1", msgspec.structs.replace(chunk(0), revision=2, etag="r2"))
+    first, second = store.chunks("cam-1")
+    assert first.superseded == ((0, "e0"), (1, "r1")) and second.superseded == ()
+    store.forget_superseded("cam-1")
+    assert [c.superseded for c in store.chunks("cam-1")] == [(), ()]
+
+
+def test_a_stream_brought_up_to_s3_s_record_takes_its_chunk_table_whole(store):
+    store.create_stream(stream())
+    for index in range(3):
+        store.commit_chunk("cam-1", chunk(index))
+    brought = msgspec.structs.replace(
+        store.get_stream("cam-1"), state=StreamState.COMPLETE, chunk_count=2
+    )
+    store.replace_stream(brought, [chunk(0), chunk(1, size=50)])
+    assert [c.size for c in store.chunks("cam-1")] == [100, 50]
+    assert store.get_stream("cam-1").state is StreamState.COMPLETE
+    assert [r.stream_id for r in store.active_streams()[0]] == []
+
+
+def test_starts_not_seen_to_hold_the_claim_are_kept_until_one_does(store):
+    store.claim_instance("host", "default")
+    first = store.begin_start()
+    second = store.begin_start()
+    assert store.claim_starts() == (second, [first, second], False)
+    store.confirm_claim(second)
+    third = store.begin_start()
+    assert store.claim_starts() == (third, [second, third], True)
+    for _ in range(100):
+        store.begin_start()
+    kept = store.claim_starts()[1]
+    assert len(kept) == 64 and kept[0] == second, "the last one confirmed is never let go"

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,9 @@ import time
 
 import pytest
 from conftest import GrowingFile, cli, port_of, wait_until
+
+from streamer import config
+from streamer.checkpoint import CheckpointStore
 
 pytestmark = pytest.mark.integration
 
@@ -182,6 +186,86 @@ def test_forget_asks_first_and_refuses_active_streams(finished, make_daemon):
     active = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
     refused = cli(daemon, "streams", "forget", active, "--yes")
     assert refused.returncode == 1 and "cancel it first" in refused.stderr
+
+
+def test_forget_checks_again_after_asking_and_refuses_a_stream_retried_meanwhile(make_daemon):
+    daemon = make_daemon().start()
+    writer = GrowingFile(daemon.watch / "cam.mp4", total=512 * KiB, rate=256 * KiB).start()
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    assert cli(daemon, "streams", "cancel", stream_id).returncode == 0
+    daemon.wait_for("stream_finished", stream_id=stream_id, status="cancelled")
+
+    asking = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "streams", "forget", stream_id],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**daemon.env, "STREAMER_CONFIG": str(daemon.config_path)},
+    )
+    prompt = b""
+    while not prompt.endswith(b"[y/N]: "):
+        prompt += asking.stdout.read(1) or pytest.fail(f"no prompt, only {prompt!r}")
+    assert cli(daemon, "streams", "retry", stream_id).returncode == 0
+    _, err = asking.communicate(b"y\n", timeout=60)
+    assert asking.returncode == 1
+    assert (
+        f"stream {stream_id} changed meanwhile: it is active now, no longer cancelled; "
+        "nothing was forgotten"
+    ) in err.decode()
+    daemon.wait_for("stream_resumed", stream_id=stream_id)
+    writer.wait()
+    daemon.wait_for("stream_finished", stream_id=stream_id, count=2)
+
+
+# An ftyp box, then no moov box: its stream finishes partial.
+UNFINISHED_MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(200 * KiB)
+
+
+def test_retry_refuses_a_stream_whose_chunks_were_deleted(make_daemon):
+    daemon = make_daemon(stream={"keep_chunks": False}).start()
+    (daemon.watch / "cut.mp4").write_bytes(UNFINISHED_MP4)
+    finished = daemon.wait_for("stream_finished")[0]
+    stream_id = finished["stream_id"]
+    assert finished["status"] == "partial"
+    daemon.wait_for("chunks_deleted", stream_id=stream_id)
+
+    refused = cli(daemon, "streams", "retry", stream_id)
+    assert refused.returncode == 1
+    assert f"stream {stream_id} cannot be retried: its chunks were deleted from S3" in (
+        refused.stderr
+    )
+    shown = json.loads(cli(daemon, "streams", "show", stream_id, "--json").stdout)
+    assert shown["state"] == "partial"
+    time.sleep(2.5)  # a rescan has passed
+    assert not daemon.find("stream_resumed")
+
+
+def test_a_stream_forgotten_before_its_uploader_takes_it_up_is_dropped(make_daemon):
+    """An uploader handed a stream the checkpoint store no longer has says so and drops
+    it, and the file is taken up again as a new stream; no uploader dies. (`streams
+    forget` refuses an active stream now; the store is changed here as a forget that
+    raced a retry once could.)"""
+    daemon = make_daemon().start()
+    uploaders = daemon.uploader_pids()
+    for pid in uploaders:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        (daemon.watch / "cam.mp4").write_bytes(b"c" * 100 * KiB)
+        forgotten = daemon.wait_for("stream_discovered")[0]["stream_id"]
+        settings = config.load(str(daemon.config_path), environ={})
+        store = CheckpointStore(settings.checkpoint.path, settings.checkpoint.map_size)
+        store.forget_stream(forgotten)
+        store.close()
+    finally:
+        for pid in uploaders:
+            os.kill(pid, signal.SIGCONT)
+
+    daemon.wait_for("stream_unknown", stream_id=forgotten)
+    again = daemon.wait_for("stream_discovered", count=2)[1]
+    assert again["path"] == str(daemon.watch / "cam.mp4")
+    finished = daemon.wait_for("stream_finished", stream_id=again["stream_id"])[0]
+    assert finished["size"] == 100 * KiB
+    assert len(daemon.find("stream_adopted")) == 1 and not daemon.find("uploader_died")
 
 
 def test_config_check_and_show_keep_secrets(make_daemon, tmp_path):

@@ -29,6 +29,7 @@ def test_every_check_passes_on_a_good_setup_before_and_after_the_first_run(make_
         "S3 credentials",
         "bucket",
         "scratch object",
+        "conditional writes",
         "multipart copy",
         "instance name",
     ]
@@ -36,12 +37,14 @@ def test_every_check_passes_on_a_good_setup_before_and_after_the_first_run(make_
     assert all(line.startswith("✓ ") for line in lines)
     assert "none yet, created at first start" in before.stdout
     assert "test-host: unclaimed" in before.stdout
+    assert "honoured: records are written only over what this store last saw" in before.stdout
 
     daemon.start()
     during = cli(daemon, "doctor", "--json")
     assert during.returncode == 0 and json.loads(during.stdout)["ok"] is True
     assert (
-        checks(during)["instance name"]["detail"] == "test-host: claimed by this checkpoint store"
+        checks(during)["instance name"]["detail"]
+        == "test-host: claimed by this checkpoint store (generation 1)"
     )
     assert "opened, writable, 0 streams" in checks(during)["checkpoint store"]["detail"]
     scratch = [o.object_name for o in minio.client.list_objects(daemon.bucket, recursive=True)]

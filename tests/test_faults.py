@@ -632,6 +632,7 @@ def test_one_instance_name_has_one_owner(make_daemon, minio):
     (first.watch / "mine.mp4").write_bytes(hashlib.shake_256(b"mine").digest(100 * KiB))
     first.wait_for("stream_finished")
     claim = object_bytes(minio.client, first.bucket, "rec/test-host/.owner").decode()
+    owner = json.loads(claim)["store"]
 
     second = make_daemon(home="second")
     second.expect("instance_taken", "uploader_died", "halting", exit_codes=(3,))
@@ -640,7 +641,7 @@ def test_one_instance_name_has_one_owner(make_daemon, minio):
     assert second.process.wait(30) == 3
     taken = second.find("instance_taken")[0]  # each uploader says so
     assert (
-        claim in taken["error"] and "give this host an instance name of its own" in taken["error"]
+        owner in taken["error"] and "give this host an instance name of its own" in taken["error"]
     )
     assert "delete s3://" in taken["error"]
     assert not second.find("chunk_uploaded")

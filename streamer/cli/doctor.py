@@ -20,11 +20,16 @@ from streamer.bodies import InMemory
 from streamer.checkpoint import CheckpointError, CheckpointStore
 from streamer.cli.common import config_option, json_option, load_or_exit
 from streamer.config import Config
+from streamer.digests import SHA256
 from streamer.fileio import lease_blindness
 from streamer.logs import describe
 
 ASSEMBLE_HINT = "this server cannot copy objects into a multipart upload: set stream.assemble=false"
 S3_HINT = "check s3.endpoint and s3.secure, and that the server runs and is reachable from here"
+CONDITIONS_HINT = (
+    "a server that ignores If-None-Match cannot keep a stale store from writing over S3's "
+    "records: use one that honours or refuses it"
+)
 CREDENTIALS_HINT = "check s3.access_key and s3.secret_key (or the AWS_* chain)"
 
 
@@ -48,6 +53,8 @@ class Doctor:
         self.config = config
         self.checks: list[Check] = []
         self.store_id: str | None = None
+        self.own_starts: list[str] = []
+        self.confirmed = False
         self.instance = config.instance
 
     def run(self) -> list[Check]:
@@ -118,6 +125,7 @@ class Doctor:
             return
         try:
             self.store_id, stored = store.claimed(), store.instance()
+            _, self.own_starts, self.confirmed = store.claim_starts()
             count = sum(1 for _ in store.streams())
         except CheckpointError as exc:  # a record that does not decode, among others
             self.failed(
@@ -149,7 +157,7 @@ class Doctor:
         from streamer.chunkstore import BucketMissing, ChunkStore  # the S3 client is heavy
 
         s3_config = self.config.s3
-        later = ["scratch object", "multipart copy", "instance name"]
+        later = ["scratch object", "conditional writes", "multipart copy", "instance name"]
         try:
             s3 = ChunkStore(s3_config, self.instance)
             s3.ensure_bucket(s3_config.create_bucket)
@@ -167,6 +175,7 @@ class Doctor:
         self.passed("S3 credentials", "accepted")
         self.passed("bucket", f"{s3_config.bucket}: present")
         self.attempt("scratch object", lambda: self.scratch(s3), CREDENTIALS_HINT)
+        self.attempt("conditional writes", lambda: self.conditional(s3), CONDITIONS_HINT)
         if self.config.stream.assemble:
             self.attempt("multipart copy", lambda: self.multipart_copy(s3), ASSEMBLE_HINT)
         else:
@@ -210,6 +219,28 @@ class Doctor:
         checked = "; S3 refuses crc32c: chunks go with sha256" if s3.crc32c_refused else ""
         return "written and read back" + (f"; {left}" if left else ", and deleted") + checked
 
+    def conditional(self, s3) -> str:
+        """How metadata.json and the instance's claim will be written: over exactly what
+        this store last saw there, by the server's check or by streamer's own."""
+        from streamer.chunkstore import ABSENT, Taken
+
+        key = s3.layout.scratch_key(uuid.uuid4().hex)
+        body = InMemory(b"{}")
+        digest = bodies.digest(SHA256, body)
+        try:
+            etag = s3.put(key, body, digest, "application/json", ABSENT)
+            try:
+                s3.put(key, body, digest, "application/json", ABSENT)
+            except Taken:
+                s3.put(key, body, digest, "application/json", etag)
+            else:
+                raise Problem("the server wrote over an object a write said must not be there")
+        finally:
+            self.clean_up(s3, [key])
+        if s3.conditional_writes:
+            return "honoured: records are written only over what this store last saw"
+        return "refused by the server: streamer reads each record, compares, then writes"
+
     def multipart_copy(self, s3) -> str:
         from streamer.chunkstore import PartSource
 
@@ -244,18 +275,18 @@ class Doctor:
         return f"could not delete {', '.join(left)}: delete it by hand" if left else ""
 
     def instance_claim(self, s3) -> str:
+        from streamer import claim
+
         key = s3.layout.owner_key()
-        owner = s3.get_if_exists(key)
-        if owner is None:
+        found = s3.get_if_exists(key)
+        if found is None:
             return f"{self.instance}: unclaimed; the daemon claims it at first start"
-        owner_id = owner.decode(errors="replace")
-        if owner_id == self.store_id:
-            return f"{self.instance}: claimed by this checkpoint store"
-        raise Problem(
-            f"{self.instance}: claimed by another checkpoint store ({owner_id}) in "
-            f"s3://{s3.bucket}/{key}: set an instance name of its own (instance, "
-            "STREAMER_INSTANCE), or delete that object if that store is gone for good"
-        )
+        held = claim.decode(found)
+        if held.store != self.store_id:
+            raise Problem(claim.taken_message(s3, key, held.store, str(self.store_id)))
+        if held.start not in self.own_starts and (held.start is not None or self.confirmed):
+            raise Problem(claim.behind_message(s3, key, held))
+        return f"{self.instance}: claimed by this checkpoint store (generation {held.generation})"
 
 
 def nearest_existing(path: str) -> str:

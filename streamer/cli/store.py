@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from streamer.checkpoint import CheckpointError
-from streamer.cli.common import config_option, fail, open_store
+from streamer.cli.common import config_option, fail, load_or_exit, open_store, s3_errors
+from streamer.logs import describe
 
 
 @click.group("checkpoint")
@@ -25,3 +26,38 @@ def backup(config_path: str | None, destination: str) -> None:
         except CheckpointError as exc:
             fail(str(exc))
     click.echo(f"checkpoint store copied to {destination}")
+
+
+@checkpoint_group.command("adopt")
+@config_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def adopt(config_path: str | None, yes: bool) -> None:
+    """Carry on with this checkpoint store where S3 has moved on past it: a restored
+    backup, or the store of a host that is gone for good, copied here. The daemon refuses
+    to start on such a store (exit 3, `store_behind`). Every stream the store holds is
+    first brought up to its metadata.json in S3 (S3's record wins where it is further
+    along), then the instance's claim is moved on to this store, so that any other copy
+    of it is refused in turn. Run it with the daemon stopped, and never while another
+    host still runs with a copy of this store."""
+    from streamer.adoption import adopt as take_over
+    from streamer.chunkstore import ChunkStore
+    from streamer.claim import InstanceTaken
+
+    if not yes:
+        click.confirm("Take over the instance's records in S3 with this store?", abort=True)
+    with open_store(config_path) as store:
+        cfg = load_or_exit(config_path)
+        s3 = ChunkStore(cfg.s3, store.instance() or cfg.instance)
+        try:
+            done = take_over(s3, store)
+        except InstanceTaken as exc:
+            fail(str(exc))
+        except s3_errors() as exc:
+            fail(f"S3 cannot be reached or refused: {describe(exc)}; nothing was taken over", 3)
+    click.echo(
+        f"{len(done.brought_up)} streams brought up to S3's records, {len(done.written)} "
+        f"written to S3, {done.unchanged} unchanged"
+    )
+    for stream_id in done.unreadable:
+        click.echo(f"{stream_id}: its metadata.json in S3 does not read; left as it is")
+    click.echo(f"instance claimed by this store (generation {done.claim.generation})")

@@ -3,14 +3,16 @@ store."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import click
 import msgspec
 
+from streamer.checkpoint import CheckpointError, UnknownStream
 from streamer.cli import display
 from streamer.cli.common import config_option, fail, get_or_exit, json_option, open_store, summary
-from streamer.records import StreamState
+from streamer.records import StreamRecord, StreamState
 
 
 @click.group()
@@ -104,11 +106,14 @@ def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
 def cancel_stream(config_path: str | None, stream_id: str) -> None:
     """Stop uploading a stream; what is in S3 stays, and it is finished as cancelled.
     It is not picked up again unless retried."""
-    with open_store(config_path) as store:
-        record = get_or_exit(store, stream_id)
+
+    def cancel(record: StreamRecord) -> StreamRecord:
         if record.state is not StreamState.ACTIVE:
-            fail(f"stream {stream_id} is {record.state.value} already: nothing to cancel")
-        store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, cancel_requested=True))
+            raise Refused(f"stream {stream_id} is {record.state.value} already: nothing to cancel")
+        return msgspec.structs.replace(record, cancel_requested=True)
+
+    with open_store(config_path) as store:
+        in_one_write(stream_id, store.update_stream, cancel)
     click.echo(f"{stream_id}: cancel requested; the daemon finishes it as cancelled")
 
 
@@ -117,24 +122,31 @@ def cancel_stream(config_path: str | None, stream_id: str) -> None:
 @click.argument("stream_id")
 def retry_stream(config_path: str | None, stream_id: str) -> None:
     """Put a cancelled or partial stream back to work: the daemon resumes it where it was,
-    if its file is still there."""
-    with open_store(config_path) as store:
-        record = get_or_exit(store, stream_id)
+    if its file is still there. Not one whose chunks were deleted from S3
+    (stream.keep_chunks off): there is nothing left to resume it from."""
+
+    def retry(record: StreamRecord) -> StreamRecord:
         if record.state not in (StreamState.CANCELLED, StreamState.PARTIAL):
-            fail(
+            raise Refused(
                 f"stream {stream_id} is {record.state.value}: only cancelled or partial "
                 "streams can be retried"
             )
-        store.update_stream(
-            stream_id,
-            lambda r: msgspec.structs.replace(
-                r,
-                state=StreamState.ACTIVE,
-                cancel_requested=False,
-                status_reason=None,
-                completed_at=None,
-            ),
+        if record.chunks_deleted_at is not None:
+            raise Refused(
+                f"stream {stream_id} cannot be retried: its chunks were deleted from S3 at "
+                f"{display.timestamp(record.chunks_deleted_at)} (stream.keep_chunks off), and "
+                "a retry resumes from them; what was uploaded is in its assembled object"
+            )
+        return msgspec.structs.replace(
+            record,
+            state=StreamState.ACTIVE,
+            cancel_requested=False,
+            status_reason=None,
+            completed_at=None,
         )
+
+    with open_store(config_path) as store:
+        in_one_write(stream_id, store.update_stream, retry)
     click.echo(f"{stream_id}: back to active; the daemon resumes it at its next scan")
 
 
@@ -144,12 +156,37 @@ def retry_stream(config_path: str | None, stream_id: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def forget_stream(config_path: str | None, stream_id: str, yes: bool) -> None:
     """Remove a finished stream from the checkpoint store. Its objects stay in S3; its file,
-    if still in the directory, is uploaded again as a new stream after the next restart."""
+    if still in the directory, is uploaded again as a new stream after the next restart.
+    Nothing is forgotten if the stream's state changes while you are asked."""
     with open_store(config_path) as store:
-        record = get_or_exit(store, stream_id)
-        if record.state is StreamState.ACTIVE:
+        asked = get_or_exit(store, stream_id)
+        if asked.state is StreamState.ACTIVE:
             fail(f"stream {stream_id} is active: cancel it first")
         if not yes:
-            click.confirm(f"Forget stream {stream_id} ({record.path})?", abort=True)
-        store.forget_stream(stream_id)
+            click.confirm(f"Forget stream {stream_id} ({asked.path})?", abort=True)
+
+        def unchanged(record: StreamRecord) -> None:
+            if record.state is not asked.state:
+                raise Refused(
+                    f"stream {stream_id} changed meanwhile: it is {record.state.value} now, "
+                    f"no longer {asked.state.value}; nothing was forgotten"
+                )
+
+        in_one_write(stream_id, store.forget_stream, unchanged)
     click.echo(f"{stream_id}: forgotten")
+
+
+class Refused(Exception):
+    """The stream, as it is when the command acts, forbids it."""
+
+
+def in_one_write(stream_id: str, write: Callable, check: Callable) -> None:
+    """`write`, a store method, with `check`, which sees the stream in the very transaction
+    that changes it: the daemon or another command may have changed it since it was read.
+    A refusal leaves the store as it was."""
+    try:
+        write(stream_id, check)
+    except UnknownStream:
+        fail(f"no stream {stream_id!r}; `streamer streams list` shows them")
+    except (Refused, CheckpointError) as exc:
+        fail(str(exc))

@@ -73,14 +73,16 @@ def check_leases(ctx: Context) -> None:
 
 
 def prepare_store(ctx: Context) -> None:
-    """Before any uploader opens it: clear what killed processes left, and settle this
-    host's instance name, which every uploader then writes its keys under."""
+    """Before any uploader opens it: clear what killed processes left, settle this
+    host's instance name, which every uploader then writes its keys under, and begin a
+    start, which the first uploader moves the instance's claim in S3 on to."""
     ctx.open_store()
     try:
         cleared = ctx.store.clear_stale_readers()
         if cleared:
             ctx.log.info("stale_readers_cleared", count=cleared)
         instance = ctx.store.claim_instance(ctx.config.instance, naming.host_instance())
+        ctx.store.begin_start()
     finally:
         ctx.close_store()
     ctx.config = msgspec.structs.replace(ctx.config, instance=instance)

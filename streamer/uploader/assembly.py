@@ -12,7 +12,7 @@ from concurrent.futures import Future
 import msgspec
 
 from streamer import metrics, mp4, naming
-from streamer.chunkstore import PartSource, UploadGone
+from streamer.chunkstore import ABSENT, PartSource, UploadGone
 from streamer.fileio import HashingReader, SourceChanged, open_regular
 from streamer.logs import describe
 from streamer.messages import Finish
@@ -175,17 +175,19 @@ class Assembler:
         the file (checked against the sha256 just computed)."""
         s3 = self.ctx.s3
         key = self.assembled_key(record)
+        # Made once: over nothing, or over the one this store made before (a retried stream).
+        expect = record.assembled.etag if record.assembled is not None else ABSENT
         method = assembly_method([c.size for c in chunks])
         upload = upload_to_finish(record.assembly, key, kind, method)
         if record.assembly is not None and upload is None:
             s3.abort_upload(record.assembly.key, record.assembly.upload_id)
         if method == "compose":
-            etag, ahead = self.compose(record, chunks, key, kind, upload, log_fields)
+            etag, ahead = self.compose(record, chunks, key, kind, upload, expect, log_fields)
         else:
             ahead = 0
             with open_regular(record.path) as f:
                 reader = HashingReader(f)
-                etag = s3.put_stream(key, reader, finish.size, kind)
+                etag = s3.put_stream(key, reader, finish.size, kind, expect)
             if reader.hexdigest() != sha256:
                 raise SourceChanged(f"{record.path} changed while it was being assembled")
         self.abort_strays(key, log_fields)
@@ -206,6 +208,7 @@ class Assembler:
         key: str,
         kind: str,
         upload: AssemblyUpload | None,
+        expect: str,
         log_fields: dict,
     ) -> tuple[str, int]:
         """The object's ETag, and how many of its parts were copied while live."""
@@ -214,14 +217,14 @@ class Assembler:
             parts = [self.part_source(record.stream_id, c, upload.upload_id) for c in chunks]
             ahead = sum(1 for p in parts if p.copied)
             try:
-                etag = s3.compose(key, parts, kind, senders, upload.upload_id)
+                etag = s3.compose(key, parts, kind, senders, upload.upload_id, expect)
             except UploadGone as exc:
                 self.ctx.log.warning("assembly_upload_lost", **log_fields, error=str(exc))
             else:
                 metrics.PARTS_COPIED.labels(when="completion").inc(len(parts) - ahead)
                 return etag, ahead
         parts = [self.part_source(record.stream_id, c, None) for c in chunks]
-        etag = s3.compose(key, parts, kind, senders)
+        etag = s3.compose(key, parts, kind, senders, expect=expect)
         metrics.PARTS_COPIED.labels(when="completion").inc(len(parts))
         return etag, 0
 

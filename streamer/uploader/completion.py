@@ -11,15 +11,15 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from streamer import digests, manifest, metrics, mp4
+from streamer import metrics, mp4
 from streamer.audit import chunk_problems
-from streamer.bodies import InMemory
 from streamer.chunkstore import ChunkStore
-from streamer.digests import SHA256
 from streamer.failures import NotInS3
 from streamer.fileio import Span, open_regular
+from streamer.logs import describe
 from streamer.messages import Finish, FinishDeclined, StreamFinished
 from streamer.policy import UploadChunk, final_status
+from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord
 from streamer.uploader.assembly import Assembler, content_type
 from streamer.uploader.context import Context
@@ -30,18 +30,57 @@ from streamer.uploader.sending import digest_chunk, place_chunk
 from streamer.uploader.survey import Surveyor, still_holds, survey
 
 
+def bring_up(
+    ctx: Context, record: StreamRecord, published: Published
+) -> tuple[StreamRecord, list[ChunkRecord]]:
+    """S3's record of the stream is further along than this store's: the store takes it
+    as it is, and S3 is left alone."""
+    brought, chunks = published.records(record)
+    ctx.store.replace_stream(brought, chunks)
+    ctx.log.warning(
+        "stream_reconciled",
+        stream_id=record.stream_id,
+        status=brought.state.value,
+        size=brought.total_size,
+        was_status=record.state.value,
+        was_size=record.total_size,
+    )
+    return brought, chunks
+
+
+def delete_superseded(ctx: Context, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
+    """The earlier revisions of chunks the recorder rewrote, once metadata.json lists the
+    later ones: each deleted only while it is the object this store wrote there."""
+    keys = superseded_keys(ctx.s3, record.stream_id, chunks)
+    if not keys:
+        return
+    try:
+        kept = [key for key, etag in keys if not ctx.s3.remove_if(key, etag)]
+        ctx.store.forget_superseded(record.stream_id)
+    except Exception as exc:  # an orphan of this store's; the next pruning names it
+        ctx.log.warning("superseded_kept", stream_id=record.stream_id, error=describe(exc))
+        return
+    if kept:
+        ctx.log.warning("objects_kept", stream_id=record.stream_id, keys=kept, reason="changed")
+
+
+def superseded_keys(
+    s3: ChunkStore, stream_id: str, chunks: list[ChunkRecord]
+) -> list[tuple[str, str]]:
+    """(key, ETag) of every earlier revision of `chunks` this store wrote."""
+    return [
+        (s3.layout.chunk_key(stream_id, c.index, revision), etag)
+        for c in chunks
+        for revision, etag in c.superseded
+    ]
+
+
 class FinishCalledOff(Exception):
     """The file changed while its stream was being finished: it goes on streaming."""
 
     def __init__(self, size: int):
         super().__init__(f"the file changed (now {size} bytes) while it was being finished")
         self.size = size
-
-
-def put_manifest(s3: ChunkStore, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
-    body = manifest.encode(manifest.build(record, chunks, s3.layout))
-    key = s3.layout.manifest_key(record.stream_id)
-    s3.put(key, InMemory(body), digests.of(SHA256, body), "application/json")
 
 
 def check_still_idle(path: str, finish: Finish) -> None:
@@ -225,8 +264,13 @@ class Completion:
         done = msgspec.structs.replace(job.record, **completion)
         chunks = ctx.store.chunks(stream_id)
         # The manifest goes first: a finished stream always has its metadata.json.
-        put_manifest(ctx.s3, done, chunks)
-        ctx.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
+        published = publish(ctx.s3, done, chunks)
+        if published.behind:
+            done, chunks = bring_up(ctx, done, published)
+        else:
+            completion["manifest_etag"] = published.etag
+            ctx.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
+            delete_superseded(ctx, done, chunks)
         job.move_to(Phase.CONCLUDED)
         del ctx.jobs[stream_id]
         ctx.wake_starved()

@@ -10,17 +10,16 @@ import select
 import signal
 import time
 
-from streamer import digests, logs
+from streamer import claim, logs
 from streamer.bandwidth import TokenBucket
-from streamer.bodies import InMemory
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
-from streamer.chunkstore import ChunkStore, Taken
+from streamer.chunkstore import ChunkStore
 from streamer.config import Config, MiB
-from streamer.digests import SHA256
 from streamer.failures import Backoff
 from streamer.fileio import timestamp_granularity_ns
+from streamer.logs import describe
 from streamer.messages import (
     Abandon,
     Assign,
@@ -31,6 +30,7 @@ from streamer.messages import (
     Prune,
     Retire,
     Stop,
+    StreamFinished,
 )
 from streamer.records import StreamState
 from streamer.uploader.assembly import Assembler
@@ -50,11 +50,6 @@ PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
 
 BUCKET_EVENTS = {"transient": "s3_unreachable", "rejected": "s3_rejected", "failed": "s3_rejected"}
-
-
-class InstanceTaken(Exception):
-    """Another checkpoint store claims this instance name in the bucket: two hosts under
-    one name would write over each other's streams."""
 
 
 def main(*args) -> None:
@@ -99,6 +94,9 @@ class Uploader:
         while not self.stopping:
             self.loop(self.clock())
         self.settle()
+        held = self.bucket_ready and self.ctx.s3_reachable
+        if self.worker_id == 0 and held and self.exit_code == EXIT_OK:
+            self.move_claim_on()
         self.ctx.store.close()
         self.log.info("uploader_stopped", worker=self.worker_id)
         return self.exit_code
@@ -181,12 +179,16 @@ class Uploader:
 
     def check_bucket(self, now: float) -> None:
         """S3 is asked first thing, so /readyz tells whether S3 works before any file comes;
-        and whether this host may write under its instance name."""
+        and whether this start of this store may write under its instance name."""
         try:
             self.ctx.s3.ensure_bucket(self.config.s3.create_bucket)
-            self.claim_instance()
-        except InstanceTaken as exc:
+            claim.hold(self.ctx.s3, self.ctx.store)
+        except claim.InstanceTaken as exc:
             self.log.error("instance_taken", error=str(exc))
+            self.exit_code, self.stopping = EXIT_BOOT_ERROR, True  # restarting cannot help
+            return
+        except claim.Behind as exc:
+            self.log.error("store_behind", error=str(exc))
             self.exit_code, self.stopping = EXIT_BOOT_ERROR, True  # restarting cannot help
             return
         except Exception as exc:
@@ -194,29 +196,6 @@ class Uploader:
             return
         self.bucket_ready = True
         self.ctx.s3_state(True)
-
-    def claim_instance(self) -> None:
-        """The first store to write under an instance name claims it (a conditional PUT
-        of its id, where S3 supports one); any other is refused."""
-        s3, mine = self.ctx.s3, self.ctx.store.store_id()
-        key = s3.layout.owner_key()
-        owner = s3.get_if_exists(key)
-        if owner is None:
-            claim = mine.encode()
-            try:
-                digest = digests.of(SHA256, claim)
-                s3.put(key, InMemory(claim), digest, "text/plain", if_absent=True)
-                return
-            except Taken:
-                owner = s3.get_if_exists(key)
-        if owner is not None and owner.decode(errors="replace") != mine:
-            where = f"s3://{s3.bucket}/{key}"
-            raise InstanceTaken(
-                f"instance {self.config.instance!r} is claimed by another checkpoint store "
-                f"({owner.decode(errors='replace')}; this one is {mine}), in {where}: give this "
-                "host an instance name of its own (instance, STREAMER_INSTANCE), or, if that "
-                f"store is gone for good, delete {where} and start again"
-            )
 
     def work_on(self, job: Job, now: float) -> None:
         try:
@@ -277,7 +256,10 @@ class Uploader:
 
     def adopt(self, stream_id: str) -> None:
         ctx = self.ctx
-        record = ctx.store.get_stream(stream_id)
+        record = ctx.store.find_stream(stream_id)
+        if record is None:
+            self.drop_unknown(stream_id)
+            return
         job = Job(
             record=record,
             probe_below=record.chunk_count + ctx.window,
@@ -288,6 +270,24 @@ class Uploader:
             job.uncopied.extend(self.assembler.not_copied(record))
         ctx.jobs[stream_id] = job
         self.log.info("stream_adopted", stream_id=stream_id, position=str(record.position))
+
+    def drop_unknown(self, stream_id: str) -> None:
+        """The checkpoint store no longer has the stream (forgotten since the supervisor took
+        it up): nothing is left to resume. The supervisor hears it ended, with its file as if
+        gone, so it stops waiting for it and looks at the file afresh (a new stream, if it
+        is still there)."""
+        self.log.warning("stream_unknown", stream_id=stream_id)
+        self.events.put(
+            StreamFinished(stream_id=stream_id, status="forgotten", size=-1, mtime_ns=-1)
+        )
+
+    def move_claim_on(self) -> None:
+        """A clean stop moves the instance's claim on too: a backup taken while the daemon
+        ran is then found behind S3 when it is put back."""
+        try:
+            claim.move_on(self.ctx.s3, self.ctx.store)
+        except Exception as exc:  # the next start moves it on all the same
+            self.log.warning("claim_not_moved", error=describe(exc))
 
     def settle(self) -> None:
         """On stop: chunks, completions and deletions not yet started are dropped; those

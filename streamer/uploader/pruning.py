@@ -7,6 +7,7 @@ the supervisor is always answered."""
 from __future__ import annotations
 
 from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -16,9 +17,22 @@ from streamer.failures import classify
 from streamer.logs import describe
 from streamer.messages import Pruned
 from streamer.policy import prunable
+from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord
-from streamer.uploader.completion import put_manifest
+from streamer.uploader.completion import bring_up, superseded_keys
 from streamer.uploader.context import Context
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What a pruning did: the record with its chunks deleted; what is left under its
+    chunks/, and why; and metadata.json written (or the error that refused it)."""
+
+    record: StreamRecord
+    left: list[str]
+    left_because: str
+    published: Published | None
+    manifest_error: Exception | None
 
 
 class NotProven(Exception):
@@ -44,27 +58,50 @@ class Pruner:
             then=lambda future, now: self.pruned(record, future),
         )
 
-    def delete_chunks(self, record: StreamRecord, chunks: list[ChunkRecord]) -> StreamRecord:
+    def delete_chunks(self, record: StreamRecord, chunks: list[ChunkRecord]) -> Pruning:
         """In a finisher thread: prove the assembled object, delete, say so."""
         s3 = self.ctx.s3
         if problem := assembled_problem(record, s3, read_back=True):
             raise NotProven(problem)
-        for key in s3.listing(s3.layout.stream_prefix(record.stream_id) + "chunks/"):
-            s3.remove(key)
+        # The read back is long: the object is looked at once more just before the deletes.
+        if problem := assembled_problem(record, s3):
+            raise NotProven(problem)
+        ours = [
+            (s3.layout.chunk_key(record.stream_id, c.index, c.revision), c.etag) for c in chunks
+        ]
+        ours += superseded_keys(s3, record.stream_id, chunks)
+        left_because = "not written by this store, or changed since"
+        for done, (key, etag) in enumerate(ours):
+            try:
+                s3.remove_if(key, etag)
+            except Exception as exc:
+                if done == 0:
+                    raise  # nothing deleted: the stream is as it was
+                left_because = f"S3 refused the rest of the deletes: {describe(exc)}"
+                break
+        left = list(s3.listing(self.chunks_prefix(record)))
         pruned = msgspec.structs.replace(record, chunks_deleted_at=datetime.now(UTC))
-        put_manifest(s3, pruned, chunks)
-        return pruned
+        try:
+            published = publish(s3, pruned, chunks)
+        except Exception as exc:
+            return Pruning(pruned, left, left_because, None, exc)
+        return Pruning(pruned, left, left_because, published, None)
+
+    def chunks_prefix(self, record: StreamRecord) -> str:
+        return self.ctx.s3.layout.stream_prefix(record.stream_id) + "chunks/"
 
     def pruned(self, record: StreamRecord, future: Future) -> None:
         stream_id = record.stream_id
         try:
-            deleted_at = future.result().chunks_deleted_at
-            self.ctx.store.update_stream(
-                stream_id, lambda r: msgspec.structs.replace(r, chunks_deleted_at=deleted_at)
-            )
+            done = future.result()
+            self.note(done)
         except Exception as exc:
             self.kept(record, exc)
             return
+        if done.left:
+            self.ctx.log.warning(
+                "objects_kept", stream_id=stream_id, keys=done.left, reason=done.left_because
+            )
         self.ctx.log.info(
             "chunks_deleted",
             stream_id=stream_id,
@@ -73,6 +110,24 @@ class Pruner:
             kept=record.assembled.key,
         )
         self.answer(stream_id, deleted=True)
+
+    def note(self, done: Pruning) -> None:
+        """The chunks are gone: the checkpoint says so whatever became of metadata.json,
+        which is brought up to date or, refused, named in the log."""
+        stream_id, deleted_at = done.record.stream_id, done.record.chunks_deleted_at
+        if done.published is not None and done.published.behind:
+            bring_up(self.ctx, done.record, done.published)
+            return
+        etag = done.published.etag if done.published is not None else done.record.manifest_etag
+        self.ctx.store.update_stream(
+            stream_id,
+            lambda r: msgspec.structs.replace(r, chunks_deleted_at=deleted_at, manifest_etag=etag),
+        )
+        self.ctx.store.forget_superseded(stream_id)
+        if done.manifest_error is not None:
+            self.ctx.log.error(
+                "manifest_update_failed", stream_id=stream_id, error=describe(done.manifest_error)
+            )
 
     def kept(self, record: StreamRecord, exc: Exception) -> None:
         """Not pruned: for good when the whole object is not the recording, or S3 refuses

@@ -14,8 +14,9 @@ from streamer import metrics, retention
 from streamer.checkpoint import UnknownStream
 from streamer.logs import describe
 from streamer.messages import Retired
+from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord
-from streamer.uploader.completion import put_manifest
+from streamer.uploader.completion import bring_up
 from streamer.uploader.context import Context
 
 
@@ -43,7 +44,7 @@ class Retirer:
 
     def delete_source(
         self, record: StreamRecord, chunks: list[ChunkRecord], reason: str
-    ) -> StreamRecord:
+    ) -> tuple[StreamRecord, Published | None]:
         """In a sender thread: prove, delete, and write metadata.json again, saying so."""
         config = self.ctx.config
         retention.delete_if_proven(
@@ -53,21 +54,21 @@ class Retirer:
             record, source_deleted_at=datetime.now(UTC), deleted_because=reason
         )
         try:
-            put_manifest(self.ctx.s3, deleted, chunks)
+            return deleted, publish(self.ctx.s3, deleted, chunks)
         except Exception as exc:
             # The checkpoint has the deletion; `streamer streams show` tells it.
             self.ctx.log.error(
                 "manifest_update_failed", stream_id=record.stream_id, error=describe(exc)
             )
-        return deleted
+        return deleted, None
 
     def retired(self, record: StreamRecord, reason: str, future: Future) -> None:
         if future.exception() is not None:
             self.keep(record.stream_id, record.path, reason, future.exception())
         else:
-            self.note_deletion(future.result())
+            self.note_deletion(*future.result())
 
-    def note_deletion(self, deleted: StreamRecord) -> None:
+    def note_deletion(self, deleted: StreamRecord, published: Published | None) -> None:
         """Told and counted first: the file is gone, whatever the checkpoint store says."""
         stream_id, reason = deleted.stream_id, deleted.deleted_because
         metrics.SOURCES_DELETED.labels(reason=reason).inc()
@@ -80,10 +81,17 @@ class Retirer:
         )
         self.ctx.events.put(Retired(stream_id=stream_id, deleted=True))
         with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
+            if published is not None and published.behind:
+                bring_up(self.ctx, deleted, published)
+                return
+            etag = published.etag if published is not None else deleted.manifest_etag
             self.ctx.store.update_stream(
                 stream_id,
                 lambda r: msgspec.structs.replace(
-                    r, source_deleted_at=deleted.source_deleted_at, deleted_because=reason
+                    r,
+                    source_deleted_at=deleted.source_deleted_at,
+                    deleted_because=reason,
+                    manifest_etag=etag,
                 ),
             )
 
