@@ -12,8 +12,11 @@ Three databases:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -87,6 +90,38 @@ def _path_key(path: str) -> bytes:
     # 511 bytes, so a longer path is keyed by its digest.
     raw = os.fsencode(path)
     return raw if len(raw) <= 400 else b"sha256:" + hashlib.sha256(raw).digest()
+
+
+LOCK_FILE = "daemon.lock"
+LOCK_WAIT = 2.0  # seconds: a daemon exiting just now lets go of the store
+
+
+def lock_store(checkpoint_path: str) -> int:
+    """One daemon per checkpoint store: two would take up the same files as two streams
+    each (a cron `run --once` over a run still going, say). The lock goes with the
+    supervisor's process; its uploaders close their copy of it. `checkpoint adopt` holds
+    it too. Raises OSError where another holds it."""
+    path = os.path.join(checkpoint_path, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OSError(
+                f"another streamer daemon (pid {holder}) runs on the checkpoint store "
+                f"{checkpoint_path}"
+            ) from None
+    with contextlib.suppress(OSError):  # the pid is for the message only: a full disk
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class CheckpointStore:

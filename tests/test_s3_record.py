@@ -301,3 +301,10 @@ def test_chunks_deleted_with_metadata_json_refused_are_recorded_as_deleted(
     restored = cli(pruning, "restore", stream_id, "-o", str(out))
     assert restored.returncode == 0, restored.stderr
     assert sha256_file(out) == sha256_file(source)
+
+
+def test_adopt_refuses_while_a_daemon_runs_on_the_store(make_daemon):
+    daemon = make_daemon().start()
+    refused = cli(daemon, "checkpoint", "adopt", "--yes")
+    assert refused.returncode == 1 and "another streamer daemon" in refused.stderr
+    assert "stop it first" in refused.stderr

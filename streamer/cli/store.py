@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import click
 
-from streamer.checkpoint import CheckpointError
+from streamer.checkpoint import CheckpointError, lock_store
 from streamer.cli.common import config_option, fail, load_or_exit, open_store, s3_errors
 from streamer.logs import describe
 
@@ -45,8 +49,8 @@ def adopt(config_path: str | None, yes: bool) -> None:
 
     if not yes:
         click.confirm("Take over the instance's records in S3 with this store?", abort=True)
-    with open_store(config_path) as store:
-        cfg = load_or_exit(config_path)
+    cfg = load_or_exit(config_path)
+    with open_store(config_path) as store, held_alone(cfg.checkpoint.path):
         s3 = ChunkStore(cfg.s3, store.instance() or cfg.instance)
         try:
             done = take_over(s3, store)
@@ -61,3 +65,17 @@ def adopt(config_path: str | None, yes: bool) -> None:
     for stream_id in done.unreadable:
         click.echo(f"{stream_id}: its metadata.json in S3 does not read; left as it is")
     click.echo(f"instance claimed by this store (generation {done.claim.generation})")
+
+
+@contextlib.contextmanager
+def held_alone(checkpoint_path: str) -> Iterator[None]:
+    """The daemon's lock on the store, held while the command acts: no daemon starts on it
+    meanwhile, and none runs on it now."""
+    try:
+        fd = lock_store(checkpoint_path)
+    except OSError as exc:
+        fail(f"{exc}: stop it first")
+    try:
+        yield
+    finally:
+        os.close(fd)

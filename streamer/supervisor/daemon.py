@@ -15,7 +15,7 @@ import time
 from collections import deque
 
 from streamer import bandwidth, logs, metrics
-from streamer.checkpoint import CheckpointError
+from streamer.checkpoint import CheckpointError, lock_store
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
 from streamer.health import BEAT_EVERY, beat, heartbeat_path
@@ -121,7 +121,7 @@ class Supervisor:
                 "the uploads. For development only; use s3.ca_file for a private CA.",
             )
         startup.check_directories(config)
-        self.store_lock = startup.lock_store(config)
+        self.store_lock = lock_store(config.checkpoint.path)
         if config.retention.enabled:
             startup.check_leases(self.ctx)
         startup.prepare_store(self.ctx)

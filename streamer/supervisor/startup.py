@@ -4,10 +4,7 @@ can tell that a recording is still being written."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import time
 
 import msgspec
 
@@ -24,37 +21,6 @@ def check_directories(config: Config) -> None:
     os.makedirs(path, exist_ok=True)
     if not os.access(path, os.W_OK):
         raise OSError(f"checkpoint.path {path} is not writable")
-
-
-LOCK_FILE = "daemon.lock"
-LOCK_WAIT = 2.0  # seconds: a daemon exiting just now lets go of the store
-
-
-def lock_store(config: Config) -> int:
-    """One daemon per checkpoint store: two would take up the same files as two streams
-    each (a cron `run --once` over a run still going, say). The lock goes with the
-    supervisor's process; its uploaders close their copy of it."""
-    path = os.path.join(config.checkpoint.path, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() < deadline:
-                time.sleep(0.1)
-                continue
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise OSError(
-                f"another streamer daemon (pid {holder}) runs on the checkpoint store "
-                f"{config.checkpoint.path}"
-            ) from None
-    with contextlib.suppress(OSError):  # the pid is for the message only: a full disk
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def check_leases(ctx: Context) -> None:
