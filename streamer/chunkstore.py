@@ -254,7 +254,7 @@ class ChunkStore:
             try:
                 return self._client._put_object(self.bucket, key, pieces, headers).etag
             except S3Error as exc:
-                if exc.code in PRECONDITION_FAILED:
+                if _not_held(exc, condition):
                     raise Taken(key) from None
                 raise
 
@@ -395,7 +395,7 @@ class ChunkStore:
                 query_params={"uploadId": upload_id},
             )
         except S3Error as exc:
-            if exc.code in PRECONDITION_FAILED:
+            if _not_held(exc, condition):
                 raise Taken(key) from None
             raise
         return CompleteMultipartUploadResult(response).etag
@@ -515,6 +515,12 @@ class ChunkStore:
                 return None
             raise
         return StoredObject(info.size, info.etag, _stored_digest(info.metadata.items()))
+
+
+def _not_held(exc: S3Error, condition: dict[str, str]) -> bool:
+    """Did a write fail because its condition does not hold? S3 answers an If-Match on a
+    key that holds nothing with NoSuchKey."""
+    return exc.code in PRECONDITION_FAILED or ("If-Match" in condition and exc.code in MISSING)
 
 
 def multipart_etag(etags: list[str]) -> str:

@@ -308,3 +308,15 @@ def test_adopt_refuses_while_a_daemon_runs_on_the_store(make_daemon):
     refused = cli(daemon, "checkpoint", "adopt", "--yes")
     assert refused.returncode == 1 and "another streamer daemon" in refused.stderr
     assert "stop it first" in refused.stderr
+
+
+def test_a_metadata_json_deleted_behind_streamer_s_back_is_written_again(
+    make_daemon, minio, ffmpeg, tmp_path
+):
+    daemon, stream_id, _ = finished_and_stopped(make_daemon, ffmpeg, tmp_path)
+    minio.client.remove_object(daemon.bucket, f"rec/test-host/{stream_id}/metadata.json")
+    pruning = make_daemon(stream={"keep_chunks": False}).start()
+    pruning.wait_for("chunks_deleted", stream_id=stream_id, timeout=60)
+    assert not pruning.find("manifest_update_failed")
+    written = msgspec.json.decode(manifest_bytes(minio, pruning, stream_id))
+    assert written["status"] == "complete" and written["chunks_deleted_at"]
