@@ -31,6 +31,7 @@ def adopt(s3: ChunkStore, store: CheckpointStore) -> Adopted:
     """Reconcile every stream with S3, then take the claim. Raises claim.InstanceTaken
     where another store's claim holds the instance name."""
     done = Adopted()
+    claim.check_owner(s3, store)  # before anything is written under the instance
     records, _ = store.every_stream()  # an unreadable record is reported by `status`
     for record in records:
         reconcile(s3, store, record, done)
@@ -51,23 +52,26 @@ def reconcile(s3: ChunkStore, store: CheckpointStore, record: StreamRecord, done
         done.unreadable.append(record.stream_id)  # left as it is: never written over
         return
     if not record.state.finished:
-        brought, chunks = manifest.to_records(theirs, record, etag)
-        store.replace_stream(brought, chunks)
+        if record.assembly is not None:  # S3's record says how it ended: the upload is done with
+            s3.abort_upload(record.assembly.key, record.assembly.upload_id)
+        store.replace_stream(*manifest.to_records(theirs, record, etag))
         done.brought_up.append(record.stream_id)
         return
-    seen = msgspec.structs.replace(record, manifest_etag=etag)
     chunks = store.chunks(record.stream_id)
-    if manifest.build(seen, chunks, s3.layout) == theirs:
-        published_etag = etag
+    if manifest.build(record, chunks, s3.layout) == theirs:
+        store.update_stream(
+            record.stream_id, lambda r: msgspec.structs.replace(r, manifest_etag=etag)
+        )
         done.unchanged += 1
-    else:
-        published = publish(s3, seen, chunks)
-        if published.behind:
-            store.replace_stream(*published.records(record))
-            done.brought_up.append(record.stream_id)
-            return
-        published_etag = published.etag
-        done.written.append(record.stream_id)
+        return
+    # Over the ETag this store last saw, not the one just read: S3's record is reconciled
+    # with this store's, and a lesser one never goes over it.
+    published = publish(s3, record, chunks)
+    if published.behind:
+        store.replace_stream(*published.records(record))
+        done.brought_up.append(record.stream_id)
+        return
     store.update_stream(
-        record.stream_id, lambda r: msgspec.structs.replace(r, manifest_etag=published_etag)
+        record.stream_id, lambda r: msgspec.structs.replace(r, manifest_etag=published.etag)
     )
+    done.written.append(record.stream_id)

@@ -169,6 +169,23 @@ class CheckpointStore:
             self._env.copy(destination, compact=True)
         except lmdb.Error as exc:
             raise CheckpointError(f"cannot back up to {destination}: {exc}") from None
+        copy = CheckpointStore(destination, self._env.info()["map_size"])
+        try:
+            copy.forget_own_starts()
+        finally:
+            copy.close()
+
+    def forget_own_starts(self) -> None:
+        """A backup knows none of its store's starts: put back, it finds itself behind S3
+        whatever the daemon did after it was taken (a clean stop or not), and runs only
+        once adopted (`streamer checkpoint adopt`)."""
+
+        def write(txn):
+            txn.put(b"claim_starts", msgspec.json.encode([]), db=self._meta)
+            txn.put(b"claim_confirmed", b"1", db=self._meta)
+            txn.delete(b"start", db=self._meta)
+
+        self._write(write)
 
     def claim_instance(self, wanted: str, default: str) -> str:
         """The instance name, fixed at first start: `wanted` (or `default`) then, and

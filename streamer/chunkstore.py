@@ -327,14 +327,15 @@ class ChunkStore:
         found = self.stat(key)
         if found is None or found.etag != etag:
             return False
+        condition = self._condition(etag)
         try:
-            self._client._execute("DELETE", self.bucket, key, headers={"If-Match": f'"{etag}"'})
+            self._client._execute("DELETE", self.bucket, key, headers=condition)
         except S3Error as exc:
-            if exc.code in PRECONDITION_FAILED:
+            if exc.code in PRECONDITION_FAILED or exc.code in MISSING:
                 return False
-            if exc.code in MISSING:
-                return False
-            raise
+            if exc.code != "NotImplemented" or not condition:
+                raise
+            self._client.remove_object(self.bucket, key)  # checked by the HEAD alone
         return True
 
     def begin_upload(self, key: str, content_type: str) -> str:

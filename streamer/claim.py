@@ -87,6 +87,34 @@ def hold(s3: ChunkStore, store: CheckpointStore, take_over: bool = False) -> Cla
     raise Taken(key)
 
 
+def check_owner(s3: ChunkStore, store: CheckpointStore) -> None:
+    """Raise InstanceTaken where another checkpoint store claims the instance name."""
+    key = s3.layout.owner_key()
+    found = s3.read(key)
+    mine = store.store_id()
+    if found is not None and (owner := decode(found[0]).store) != mine:
+        raise InstanceTaken(taken_message(s3, key, owner, mine))
+
+
+def check_held(s3: ChunkStore, store: CheckpointStore) -> None:
+    """While the daemon runs: raise Behind (or InstanceTaken) where the claim was moved on
+    by a start this store never made (or taken by another store) since this start held
+    it. A claim gone from S3 is claimed again at the next start."""
+    key = s3.layout.owner_key()
+    found = s3.read(key)
+    if found is None:
+        return
+    claim = decode(found[0])
+    this_start, own_starts, confirmed = store.claim_starts()
+    verdict = claim_verdict(
+        claim.store, claim.start, store.store_id(), str(this_start), own_starts, confirmed
+    )
+    if verdict is ClaimVerdict.TAKEN:
+        raise InstanceTaken(taken_message(s3, key, claim.store, store.store_id()))
+    if verdict is ClaimVerdict.BEHIND:
+        raise Behind(behind_message(s3, key, claim))
+
+
 def move_on(s3: ChunkStore, store: CheckpointStore) -> Claim:
     """Move the claim on from this start to a new token of this store's (a clean stop)."""
     store.begin_start()

@@ -137,6 +137,9 @@ class HashingReader:
 
     def read(self, size: int = -1) -> bytes:
         data = self._f.read(size)
+        if 0 <= len(data) < size:
+            # Asked only for bytes the file had: it shrank, and S3 must not get fewer.
+            raise SourceChanged("the file shrank while it was being read")
         self._sha256.update(data)
         return data
 

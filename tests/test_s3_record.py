@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import time
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -23,8 +24,11 @@ from conftest import (
     wait_until,
 )
 
+from streamer import manifest
+from streamer.adoption import adopt
 from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ABSENT, Taken
+from streamer.records import ChunkRecord, StreamRecord, StreamState
 
 pytestmark = pytest.mark.integration
 
@@ -320,3 +324,101 @@ def test_a_metadata_json_deleted_behind_streamer_s_back_is_written_again(
     assert not pruning.find("manifest_update_failed")
     written = msgspec.json.decode(manifest_bytes(minio, pruning, stream_id))
     assert written["status"] == "complete" and written["chunks_deleted_at"]
+
+
+def test_adopt_takes_s3_s_record_where_it_is_further_along_than_the_store_s(
+    minio, bucket, tmp_path
+):
+    """The store holds a stream as partial (as a backup taken before it was retried and
+    completed would): adopting it leaves S3's complete record as it is."""
+    s3 = chunk_store(minio, bucket)
+    store = CheckpointStore(str(tmp_path / "checkpoint"), 1 << 30)
+    try:
+        store.claim_instance("test-host", "test-host")
+        now = datetime.now(UTC)
+        chunk = ChunkRecord(index=0, offset=0, size=3, etag="e", uploaded_at=now, sha256="0" * 64)
+        partial = StreamRecord(
+            stream_id="cam-1",
+            path="/gone/cam.mp4",
+            inode=1,
+            device=1,
+            chunk_size=3,
+            first_seen_at=now,
+            state=StreamState.PARTIAL,
+            total_size=3,
+            committed_bytes=3,
+            chunk_count=1,
+            completed_at=now,
+        )
+        store.create_stream(partial)
+        store.commit_chunk("cam-1", chunk)
+        complete = msgspec.structs.replace(
+            partial, state=StreamState.COMPLETE, sha256="ab" * 32, total_size=3
+        )
+        theirs = manifest.encode(manifest.build(complete, [chunk], s3.layout))
+        key = s3.layout.manifest_key("cam-1")
+        minio.client.put_object(bucket, key, io.BytesIO(theirs), len(theirs))
+
+        done = adopt(s3, store)
+        assert done.brought_up == ["cam-1"] and done.written == []
+        assert object_bytes(minio.client, bucket, key) == theirs
+        assert store.get_stream("cam-1").state is StreamState.COMPLETE
+        assert done.claim is not None and done.claim.store == store.store_id()
+    finally:
+        store.close()
+
+
+def test_a_whole_object_made_before_its_finishing_was_called_off_is_made_again(
+    make_daemon, minio, proxy
+):
+    """The file grows again while its whole object is being uploaded: finishing is called
+    off after the object is made, and the next finishing makes it again over it (its own),
+    instead of finding the key taken for good."""
+    daemon = make_daemon(s3={"endpoint": proxy.endpoint}).start()
+    path = daemon.watch / "cam.mp4"
+    data = os.urandom(320 * 1024)
+    path.write_bytes(data)
+    stream_id = daemon.wait_for("chunk_uploaded", index=4, timeout=30)[0]["stream_id"]
+    before = proxy.uploaded
+    proxy.set("throttle", rate=40_000)  # the whole object takes seconds to go up
+    wait_until(lambda: proxy.uploaded > before + 60_000, 60, what="the whole object going up")
+    with open(path, "ab") as f:
+        f.write(b"more")
+    daemon.wait_for("finish_declined", stream_id=stream_id, timeout=60)
+    proxy.set("pass")
+    finished = daemon.wait_for("stream_finished", stream_id=stream_id, timeout=60)[0]
+    assert finished["size"] == len(data) + 4
+    key = manifest_of(minio.client, daemon.bucket, stream_id)["assembled"]["key"]
+    assert object_bytes(minio.client, daemon.bucket, key) == data + b"more"
+
+
+def test_a_backup_put_back_after_a_crash_is_behind_s3_too(make_daemon, tmp_path):
+    """No clean stop moved the claim on after the backup: the backup itself knows it is
+    one."""
+    daemon = make_daemon().start()
+    (daemon.watch / "cam.mp4").write_bytes(os.urandom(100_000))
+    daemon.wait_for("stream_finished")
+    backup = tmp_path / "backup"
+    assert cli(daemon, "checkpoint", "backup", str(backup)).returncode == 0
+    daemon.kill()
+    put_back(daemon, backup)
+    daemon.expect(*BEHIND, exit_codes=(3,)).start(wait=False)
+    assert daemon.process.wait(60) == 3 and daemon.find("store_behind")
+    assert cli(daemon, "checkpoint", "adopt", "--yes").returncode == 0
+    daemon.start()
+    assert daemon.stop() == 0
+
+
+def test_a_daemon_whose_store_was_adopted_elsewhere_stops_while_it_runs(make_daemon, tmp_path):
+    first = make_daemon(home="a").start()
+    second = make_daemon(home="b")
+    backup = tmp_path / "b" / "checkpoint"
+    assert cli(first, "checkpoint", "backup", str(backup)).returncode == 0
+    adopted = cli(second, "checkpoint", "adopt", "--yes")
+    assert adopted.returncode == 0, adopted.stderr
+    first.expect(*BEHIND, exit_codes=(3,))
+    assert first.process.wait(60) == 3 and first.find("store_behind")
+    second.start()
+    (second.watch / "cam.mp4").write_bytes(os.urandom(100_000))
+    second.wait_for("stream_finished")
+    assert second.stop() == 0

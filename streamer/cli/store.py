@@ -23,7 +23,9 @@ def checkpoint_group() -> None:
 @click.argument("destination", type=click.Path(file_okay=False))
 def backup(config_path: str | None, destination: str) -> None:
     """Copy the checkpoint store to DESTINATION (a new or empty directory), consistently,
-    while the daemon runs. Restore by pointing checkpoint.path at the copy."""
+    while the daemon runs. The copy knows it is a backup: to restore, put it in place of
+    checkpoint.path and run `streamer checkpoint adopt`, which brings it up to S3's
+    records first (the daemon refuses to start on it until then)."""
     with open_store(config_path, readonly=True) as store:
         try:
             store.backup(destination)

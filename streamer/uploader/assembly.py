@@ -32,6 +32,9 @@ def content_type(is_mp4: bool) -> str:
 class Assembler:
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        # The whole object made for a stream whose finishing was then called off (its
+        # file changed): made again over that one, which is this uploader's own.
+        self.made: dict[str, str] = {}
 
     # While live
 
@@ -175,19 +178,23 @@ class Assembler:
         the file (checked against the sha256 just computed)."""
         s3 = self.ctx.s3
         key = self.assembled_key(record)
-        # Made once: over nothing, or over the one this store made before (a retried stream).
-        expect = record.assembled.etag if record.assembled is not None else ABSENT
+        # Made over nothing, or over the one this store made before (a finishing called
+        # off, a retried stream).
+        made = record.assembled.etag if record.assembled is not None else ABSENT
+        expect = self.made.get(record.stream_id, made)
         method = assembly_method([c.size for c in chunks])
         upload = upload_to_finish(record.assembly, key, kind, method)
         if record.assembly is not None and upload is None:
             s3.abort_upload(record.assembly.key, record.assembly.upload_id)
         if method == "compose":
             etag, ahead = self.compose(record, chunks, key, kind, upload, expect, log_fields)
+            self.made[record.stream_id] = etag
         else:
             ahead = 0
             with open_regular(record.path) as f:
                 reader = HashingReader(f)
                 etag = s3.put_stream(key, reader, finish.size, kind, expect)
+            self.made[record.stream_id] = etag
             if reader.hexdigest() != sha256:
                 raise SourceChanged(f"{record.path} changed while it was being assembled")
         self.abort_strays(key, log_fields)

@@ -5,6 +5,7 @@ A stream whose file went away, or that an operator cancelled, concludes with wha
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ import msgspec
 
 from streamer import metrics, mp4
 from streamer.audit import chunk_problems
+from streamer.checkpoint import UnknownStream
 from streamer.chunkstore import ChunkStore
 from streamer.failures import NotInS3
 from streamer.fileio import Span, open_regular
@@ -50,18 +52,34 @@ def bring_up(
 
 def delete_superseded(ctx: Context, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
     """The earlier revisions of chunks the recorder rewrote, once metadata.json lists the
-    later ones: each deleted only while it is the object this store wrote there."""
+    later ones, deleted in a finisher thread: each only while it is the object this store
+    wrote there. Their record stays until they are gone (pruning tries them again)."""
     keys = superseded_keys(ctx.s3, record.stream_id, chunks)
-    if not keys:
+    if keys:
+        ctx.tasks.submit(
+            "finisher",
+            record.stream_id,
+            remove_exactly,
+            ctx.s3,
+            keys,
+            then=lambda future, now: superseded_deleted(ctx, record.stream_id, future),
+        )
+
+
+def remove_exactly(s3: ChunkStore, keys: list[tuple[str, str]]) -> list[str]:
+    """Delete each (key, ETag) while the key holds that very object; return those that
+    did not (another object there now)."""
+    return [k for k, etag in keys if not s3.remove_if(k, etag) and s3.stat(k) is not None]
+
+
+def superseded_deleted(ctx: Context, stream_id: str, future: Future) -> None:
+    if future.exception() is not None:
+        ctx.log.warning("superseded_kept", stream_id=stream_id, error=describe(future.exception()))
         return
-    try:
-        kept = [key for key, etag in keys if not ctx.s3.remove_if(key, etag)]
-        ctx.store.forget_superseded(record.stream_id)
-    except Exception as exc:  # an orphan of this store's; the next pruning names it
-        ctx.log.warning("superseded_kept", stream_id=record.stream_id, error=describe(exc))
-        return
-    if kept:
-        ctx.log.warning("objects_kept", stream_id=record.stream_id, keys=kept, reason="changed")
+    with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
+        ctx.store.forget_superseded(stream_id)
+    if kept := future.result():
+        ctx.log.warning("objects_kept", stream_id=stream_id, keys=kept, reason="changed since")
 
 
 def superseded_keys(
@@ -271,6 +289,7 @@ class Completion:
             completion["manifest_etag"] = published.etag
             ctx.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
             delete_superseded(ctx, done, chunks)
+        self.assembler.made.pop(stream_id, None)
         job.move_to(Phase.CONCLUDED)
         del ctx.jobs[stream_id]
         ctx.wake_starved()

@@ -49,6 +49,9 @@ from streamer.uploader.tasks import Tasks
 PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3
 
+CLAIM_CHECK = 10.0  # seconds between looks at the instance's claim, while running
+CLAIM_TASK = ".claim"  # not a stream: the claim's look goes through the one door too
+NOT_YET = ConnectionError("S3 is not reached yet, or this store may not write there")
 BUCKET_EVENTS = {"transient": "s3_unreachable", "rejected": "s3_rejected", "failed": "s3_rejected"}
 
 
@@ -81,6 +84,7 @@ class Uploader:
         self.stopping = False
         self.exit_code = EXIT_OK
         self.bucket_ready = False
+        self.claim_due = float("inf")
         self.bucket_backoff = Backoff()
         self.log = logs.EventLog(f"uploader.{worker_id}")
 
@@ -162,6 +166,8 @@ class Uploader:
         ctx = self.ctx
         if not self.bucket_ready and now >= self.bucket_backoff.due:
             self.check_bucket(now)
+        elif self.worker_id == 0 and self.bucket_ready and now >= self.claim_due:
+            self.check_claim(now)
         ctx.tasks.run_handlers(now)
         if not self.stopping:
             self.assembler.copy_ahead(now)
@@ -183,19 +189,40 @@ class Uploader:
         try:
             self.ctx.s3.ensure_bucket(self.config.s3.create_bucket)
             claim.hold(self.ctx.s3, self.ctx.store)
-        except claim.InstanceTaken as exc:
-            self.log.error("instance_taken", error=str(exc))
-            self.exit_code, self.stopping = EXIT_BOOT_ERROR, True  # restarting cannot help
-            return
-        except claim.Behind as exc:
-            self.log.error("store_behind", error=str(exc))
-            self.exit_code, self.stopping = EXIT_BOOT_ERROR, True  # restarting cannot help
+        except (claim.InstanceTaken, claim.Behind) as exc:
+            self.lost_claim(exc)
             return
         except Exception as exc:
             self.ctx.fail(self.bucket_backoff, exc, now, BUCKET_EVENTS)
             return
         self.bucket_ready = True
+        self.claim_due = now + CLAIM_CHECK
         self.ctx.s3_state(True)
+
+    def check_claim(self, now: float) -> None:
+        """While it runs, the first uploader looks at the claim now and then (in a thread):
+        a copy of this store that took it over since (`checkpoint adopt` on another
+        host) stops this daemon before it writes more."""
+        self.claim_due = float("inf")  # until this look comes back
+        self.ctx.tasks.submit(
+            "finisher",
+            CLAIM_TASK,
+            claim.check_held,
+            self.ctx.s3,
+            self.ctx.store,
+            then=self.claim_seen,
+        )
+
+    def claim_seen(self, future, now: float) -> None:
+        self.claim_due = now + CLAIM_CHECK
+        if isinstance(exc := future.exception(), claim.InstanceTaken | claim.Behind):
+            self.lost_claim(exc)
+        # Any other error: S3 is away, which the uploads find out and say.
+
+    def lost_claim(self, exc: Exception) -> None:
+        event = "instance_taken" if isinstance(exc, claim.InstanceTaken) else "store_behind"
+        self.log.error(event, error=str(exc))
+        self.exit_code, self.stopping = EXIT_BOOT_ERROR, True  # restarting cannot help
 
     def work_on(self, job: Job, now: float) -> None:
         try:
@@ -247,10 +274,16 @@ class Uploader:
                 job.move_to(Phase.ABANDONING)
                 job.backoff.retry_now()
                 job.wake()
-            case Retire(stream_id=stream_id, reason=reason):
+            # Deletions wait until this start holds the instance's claim: a store behind
+            # S3 deletes nothing before it stops.
+            case Retire(stream_id=stream_id, reason=reason) if self.bucket_ready:
                 self.retirer.retire(stream_id, reason)
-            case Prune(stream_id=stream_id):
+            case Retire(stream_id=stream_id, reason=reason):
+                self.retirer.keep(stream_id, "", reason, NOT_YET)
+            case Prune(stream_id=stream_id) if self.bucket_ready:
                 self.pruner.prune(stream_id)
+            case Prune(stream_id=stream_id):
+                self.pruner.answer(stream_id, deleted=False)
             case Stop():
                 self.stopping = True
 

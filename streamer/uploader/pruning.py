@@ -75,8 +75,8 @@ class Pruner:
             try:
                 s3.remove_if(key, etag)
             except Exception as exc:
-                if done == 0:
-                    raise  # nothing deleted: the stream is as it was
+                if done == 0 or classify(exc) != "rejected":
+                    raise  # asked again (the deletes done are not done twice), or kept
                 left_because = f"S3 refused the rest of the deletes: {describe(exc)}"
                 break
         left = list(s3.listing(self.chunks_prefix(record)))
