@@ -16,6 +16,7 @@ from streamer.bodies import InMemory
 from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ABSENT, ChunkStore, Taken
 from streamer.digests import SHA256
+from streamer.logs import describe
 from streamer.policy import ClaimVerdict, claim_verdict
 
 ATTEMPTS = 5
@@ -29,6 +30,11 @@ class InstanceTaken(Exception):
 class Behind(Exception):
     """The claim names this store, moved on by a start this store never made: this store
     is a copy, behind what S3 records."""
+
+
+class NotMoved(Exception):
+    """The claim is this store's to move on (it is not behind), but S3 refused the write
+    (writes refused, or away since the read): the daemon goes on, and tries again."""
 
 
 class Claim(msgspec.Struct, kw_only=True):
@@ -82,7 +88,10 @@ def hold(s3: ChunkStore, store: CheckpointStore, take_over: bool = False) -> Cla
                 s3.put(key, InMemory(body), digests.of(SHA256, body), "application/json", expect)
             except Taken:
                 continue  # another uploader of this start, or another store: read again
-        store.confirm_claim(this_start)
+            except Exception as exc:
+                raise NotMoved(f"the claim could not be moved on: {describe(exc)}") from exc
+        if own_starts != [this_start] or not confirmed:
+            store.confirm_claim(this_start)
         return claim
     raise Taken(key)
 
@@ -94,25 +103,6 @@ def check_owner(s3: ChunkStore, store: CheckpointStore) -> None:
     mine = store.store_id()
     if found is not None and (owner := decode(found[0]).store) != mine:
         raise InstanceTaken(taken_message(s3, key, owner, mine))
-
-
-def check_held(s3: ChunkStore, store: CheckpointStore) -> None:
-    """While the daemon runs: raise Behind (or InstanceTaken) where the claim was moved on
-    by a start this store never made (or taken by another store) since this start held
-    it. A claim gone from S3 is claimed again at the next start."""
-    key = s3.layout.owner_key()
-    found = s3.read(key)
-    if found is None:
-        return
-    claim = decode(found[0])
-    this_start, own_starts, confirmed = store.claim_starts()
-    verdict = claim_verdict(
-        claim.store, claim.start, store.store_id(), str(this_start), own_starts, confirmed
-    )
-    if verdict is ClaimVerdict.TAKEN:
-        raise InstanceTaken(taken_message(s3, key, claim.store, store.store_id()))
-    if verdict is ClaimVerdict.BEHIND:
-        raise Behind(behind_message(s3, key, claim))
 
 
 def move_on(s3: ChunkStore, store: CheckpointStore) -> Claim:

@@ -47,7 +47,7 @@ def adopt(config_path: str | None, yes: bool) -> None:
     host still runs with a copy of this store."""
     from streamer.adoption import adopt as take_over
     from streamer.chunkstore import ChunkStore
-    from streamer.claim import InstanceTaken
+    from streamer.claim import InstanceTaken, NotMoved
 
     if not yes:
         click.confirm("Take over the instance's records in S3 with this store?", abort=True)
@@ -58,6 +58,8 @@ def adopt(config_path: str | None, yes: bool) -> None:
             done = take_over(s3, store)
         except InstanceTaken as exc:
             fail(str(exc))
+        except NotMoved as exc:
+            fail(f"{exc}: the streams were brought up to S3's records; run it again", 3)
         except s3_errors() as exc:
             fail(f"S3 cannot be reached or refused: {describe(exc)}; nothing was taken over", 3)
     click.echo(

@@ -192,6 +192,9 @@ class Uploader:
         except (claim.InstanceTaken, claim.Behind) as exc:
             self.lost_claim(exc)
             return
+        except claim.NotMoved as exc:
+            # Not behind, as S3 showed it just now; the first uploader moves it on later.
+            self.log.warning("claim_not_moved", error=str(exc))
         except Exception as exc:
             self.ctx.fail(self.bucket_backoff, exc, now, BUCKET_EVENTS)
             return
@@ -200,14 +203,15 @@ class Uploader:
         self.ctx.s3_state(True)
 
     def check_claim(self, now: float) -> None:
-        """While it runs, the first uploader looks at the claim now and then (in a thread):
-        a copy of this store that took it over since (`checkpoint adopt` on another
-        host) stops this daemon before it writes more."""
+        """While it runs, the first uploader looks at the claim now and then (in a thread),
+        and moves it on if it could not at start: a copy of this store that took it over
+        since (`checkpoint adopt` on another host) stops this daemon before it writes
+        more."""
         self.claim_due = float("inf")  # until this look comes back
         self.ctx.tasks.submit(
             "finisher",
             CLAIM_TASK,
-            claim.check_held,
+            claim.hold,
             self.ctx.s3,
             self.ctx.store,
             then=self.claim_seen,
