@@ -23,14 +23,19 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 # CAP_LEASE for the interpreter, permitted but not effective: streamer raises it when the
 # container is given it (cap_add: LEASE), so that retention can tell whether a recording
-# another user writes is still open before it deletes it. Without it, nothing changes but
-# a retention_blind warning.
+# another user writes is still open before it deletes it. Without it (or under
+# no-new-privileges, which ignores file capabilities) retention is blind to such files:
+# it keeps each until ten minutes after its last write, and warns at each deletion.
 RUN python -c "import os, struct, sys; os.setxattr(os.path.realpath(sys.executable), \
       'security.capability', struct.pack('<5I', 0x02000000, 1 << 28, 0, 0, 0))"
 USER streamer
+# The metrics port listens on every interface of the container's own network (loopback
+# is the default outside a container): a published port, Prometheus and a kubelet's
+# probes reach it from outside the container.
 ENV PYTHONUNBUFFERED=1 \
     STREAMER_WATCH_DIRECTORY=/input \
-    STREAMER_CHECKPOINT_PATH=/var/lib/streamer
+    STREAMER_CHECKPOINT_PATH=/var/lib/streamer \
+    STREAMER_METRICS_HOST=0.0.0.0
 VOLUME ["/var/lib/streamer"]
 EXPOSE 9108
 # streamer itself answers, from the effective configuration: the configured metrics port,

@@ -96,6 +96,10 @@ LOCK_FILE = "daemon.lock"
 LOCK_WAIT = 2.0  # seconds: a daemon exiting just now lets go of the store
 
 
+class StoreLocked(OSError):
+    """Another process holds the daemon's lock on the store."""
+
+
 def lock_store(checkpoint_path: str) -> int:
     """One daemon per checkpoint store: two would take up the same files as two streams
     each (a cron `run --once` over a run still going, say). The lock goes with the
@@ -114,7 +118,7 @@ def lock_store(checkpoint_path: str) -> int:
                 continue
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise OSError(
+            raise StoreLocked(
                 f"another streamer daemon (pid {holder}) runs on the checkpoint store "
                 f"{checkpoint_path}"
             ) from None
@@ -208,6 +212,11 @@ class CheckpointStore:
             return stored.decode()
 
         return self._write(write)
+
+    def release_instance(self) -> None:
+        """Unfix the instance name: the first start, which fixed it, failed before it
+        wrote anything under it (the name may have been the mistake)."""
+        self._write(lambda txn: txn.delete(b"instance", db=self._meta))
 
     def clear_stale_readers(self) -> int:
         return self._env.reader_check()

@@ -6,9 +6,10 @@ Every setting has a default, so `streamer run` works with environment variables 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
-import urllib.parse
+import ssl
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
@@ -29,6 +30,41 @@ SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://")
 # Below this, a body paced in the smallest pieces waits long enough between pieces for
 # S3 to drop the request as idle.
 MIN_RATE = 8 * 1024
+# host[:port]: a host name, an IPv4 address or a bracketed IPv6 address; nothing that
+# urllib3 would refuse, or no resolver could find, when the first request is built.
+ENDPOINT = re.compile(
+    r"(?:(?P<name>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+# How minio-py reads a host under amazonaws.com (its helpers._get_aws_info), which it
+# refuses when the client is built, in every uploader, unless it is an S3 endpoint: not a
+# bucket's own host (bucket.s3.amazonaws.com), not another service's.
+AWS_HOST = re.compile(r".*\.amazonaws\.com(\.cn)?", re.IGNORECASE)
+AWS_OTHER_HOST = re.compile(
+    r"ec2-.*|(?!-)(?!_)[a-z_\d-]{1,63}(?<!-)(?<!_)\.(?!-)(?!_)[a-z_\d-]{1,63}(?<!-)(?<!_)"
+    r"\.elb\.amazonaws\.com",
+    re.IGNORECASE,
+)
+AWS_S3_HOST = re.compile(
+    r"(?P<prefix>((bucket\.|accesspoint\.)vpce(-(?!_)[a-z_\d]+(?<!-)(?<!_))+\.s3\.)"
+    r"|((?!s3)(?!-)(?!_)[a-z_\d-]{1,63}(?<!-)(?<!_)\.)s3-control(-(?!_)[a-z_\d]+(?<!-)(?<!_))*\."
+    r"|(s3(-(?!_)[a-z_\d]+(?<!-)(?<!_))*\.))"
+    r"((?!s3)(?!-)(?!_)[a-z_\d-]{1,63}(?<!-)(?<!_)\.)*amazonaws\.com(\.cn)?",
+    re.IGNORECASE,
+)
+# As minio-py checks it when the client is built; ASCII, as a header must be.
+REGION = re.compile(r"(?!_)(?!-)[a-z_\d-]{1,63}(?<!-)(?<!_)", re.IGNORECASE | re.ASCII)
+# S3's rules for a bucket name (AWS's "Bucket naming rules"; MinIO and minio-py keep them
+# too). A name outside them is refused as a bad request, which reads like bad credentials.
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+BUCKET_LIKE_IP = re.compile(r"[0-9]+(\.[0-9]+){3}")
+BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# A key is at most 1024 bytes; what follows the prefix (instance, stream id, file name)
+# takes at most about 300 of them.
+MAX_PREFIX_BYTES = 512
+# What no HTTP header can carry (the access key and session token go in one).
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
 # 0: any free port, named in the `metrics_listening` log line.
@@ -58,11 +94,14 @@ class StreamConfig(Section):
     # Chunks in flight at once per uploader (its sender threads), shared by its streams:
     # one stream alone can use them all. The checkpoint still advances in chunk order.
     upload_window: Annotated[int, Meta(ge=1, le=16)] = 3
+    # A stream whose steps have failed for this long without a success between is stuck
+    # (a state, a gauge, an alert), not merely parked.
+    stuck_after: Seconds = 3600.0
 
 
 class S3Config(Section):
     endpoint: NonEmpty = "localhost:9000"
-    bucket: Annotated[str, Meta(min_length=3, max_length=63)] = "recordings"
+    bucket: str = "recordings"
     prefix: str = "streams"
     # Empty access and secret key: the AWS chain (AWS_* variables, the shared credentials
     # file, an instance or container role).
@@ -112,8 +151,17 @@ class CheckpointConfig(Section):
 
 class MetricsConfig(Section):
     enabled: bool = True
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: ListenPort = 9108
+
+
+class WorkersConfig(Section):
+    # Uploader processes.
+    count: Annotated[int, Meta(ge=1, le=64)] = 2
+    # An uploader whose heartbeat is older than this is killed and replaced (a read stuck
+    # on a dead mount, a stopped process): no step of its loop, nor a read of a chunk,
+    # legitimately takes this long.
+    stall_timeout: Annotated[float, Meta(ge=5, le=3600)] = 60.0
 
 
 class LogConfig(Section):
@@ -131,8 +179,9 @@ class Config(Section):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     # This host's name in every object key, so hosts can share a bucket; empty: the host
     # name. Fixed in the checkpoint store at first start.
-    instance: Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{0,64}$")] = ""
-    workers: Annotated[int, Meta(ge=1, le=64)] = 2
+    # \Z: a "$" would let a trailing line break through.
+    instance: Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{0,64}\Z")] = ""
+    workers: WorkersConfig = msgspec.field(default_factory=WorkersConfig)
     grace_period: Seconds = 20.0
 
 
@@ -148,6 +197,8 @@ class ConfigError(Exception):
 
 def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
     raw = _read_file(path) if path else {}
+    if isinstance(raw.get("workers"), int):  # the count alone, as it was first written
+        raw["workers"] = {"count": raw["workers"]}
     overrides = _env_overrides(environ)
     for (section, key), (_, value) in overrides.items():
         if section is None:
@@ -219,6 +270,7 @@ def credential_source(config: Config, environ: Mapping[str, str] = os.environ) -
 
 def _env_overrides(environ: Mapping[str, str]) -> dict:
     known = {env_name(s, k): (s, k) for s, k in settings()}
+    known[env_name(None, "workers")] = ("workers", "count")  # the count alone, as before
     from_files = {env_name(*key) + FILE_SUFFIX: key for key in FILE_KEYS}
     overrides = {}
     for name, value in environ.items():
@@ -271,16 +323,38 @@ def _explain(message: str, overrides: dict) -> str:
     return f"{dotted}{source}: {text}"
 
 
+def bucket_name_problem(name: str) -> str | None:
+    """What breaks S3's rules for a bucket name, or None if nothing does."""
+    if not 3 <= len(name) <= 63:
+        return "must be 3 to 63 characters long"
+    if not BUCKET_NAME.fullmatch(name):
+        return (
+            "must hold only lowercase letters, digits, '.' and '-', and start and end with "
+            "a letter or a digit"
+        )
+    if ".." in name or ".-" in name or "-." in name:
+        return "must not hold '..', '.-' or '-.'"
+    if BUCKET_LIKE_IP.fullmatch(name):
+        return "must not be an IP address"
+    for reserved in BUCKET_RESERVED_PREFIXES:
+        if name.startswith(reserved):
+            return f"must not start with {reserved!r} (reserved by S3)"
+    for reserved in BUCKET_RESERVED_SUFFIXES:
+        if name.endswith(reserved):
+            return f"must not end with {reserved!r} (reserved by S3)"
+    return None
+
+
 def _check(config: Config) -> None:
-    if "://" in config.s3.endpoint:
-        raise ConfigError("s3.endpoint: give host[:port] without a scheme; set s3.secure for https")
-    parts = urllib.parse.urlsplit("//" + config.s3.endpoint)
-    try:
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        port_ok = False
-    if parts.path or parts.query or not parts.hostname or not port_ok:
-        raise ConfigError(f"s3.endpoint: {config.s3.endpoint!r} is not host[:port]")
+    for setting, path in (
+        ("watch.directory", config.watch.directory),
+        ("checkpoint.path", config.checkpoint.path),
+        ("s3.ca_file", config.s3.ca_file),
+    ):
+        if "\0" in path:
+            raise ConfigError(f"{setting}: a path cannot contain a NUL character")
+    _check_endpoint(config.s3)
+    _check_object_names(config)
     s3 = config.s3
     if bool(s3.access_key) != bool(s3.secret_key):
         raise ConfigError(
@@ -290,8 +364,13 @@ def _check(config: Config) -> None:
         raise ConfigError("s3.sse: SSE-KMS needs s3.secure=true (S3 refuses it over http)")
     if s3.ca_file and not s3.secure:
         raise ConfigError("s3.ca_file: set s3.secure=true too, or the CA is never used")
-    if s3.ca_file and not os.access(s3.ca_file, os.R_OK):
-        raise ConfigError(f"s3.ca_file: cannot read {s3.ca_file}")
+    if s3.ca_file:
+        _check_ca_file(s3.ca_file)
+    for key in ("access_key", "session_token"):
+        if CONTROL.search(getattr(s3, key)):
+            raise ConfigError(
+                f"s3.{key}: holds a control character (a line break?), which no request can carry"
+            )
     if 0 < s3.max_bytes_per_second < MIN_RATE:
         raise ConfigError(
             f"s3.max_bytes_per_second: {s3.max_bytes_per_second} is below {MIN_RATE} "
@@ -304,3 +383,97 @@ def _check(config: Config) -> None:
         )
     if "/" in config.watch.pattern:
         raise ConfigError("watch.pattern: a file name pattern cannot contain '/'")
+    if not config.stream.keep_chunks and not config.stream.assemble:
+        raise ConfigError(
+            "stream.keep_chunks: false deletes chunks only once the assembled object is "
+            "proven in S3, and stream.assemble is false, so nothing would ever be deleted: "
+            "set stream.assemble=true, or stream.keep_chunks=true"
+        )
+
+
+def _check_endpoint(s3: S3Config) -> None:
+    if "://" in s3.endpoint:
+        raise ConfigError("s3.endpoint: give host[:port] without a scheme; set s3.secure for https")
+    parts = ENDPOINT.fullmatch(s3.endpoint)
+    if not parts or not _is_port(parts["port"]) or not _is_ipv6(parts["ipv6"]):
+        raise ConfigError(
+            f"s3.endpoint: {s3.endpoint!r} is not host[:port] (a host name, an IPv4 address "
+            "or an [IPv6] address, and a port from 1 to 65535)"
+        )
+    if not REGION.fullmatch(s3.region):
+        raise ConfigError(
+            f"s3.region: {s3.region!r} is not a region name (letters, digits, '-' and '_', "
+            "such as us-east-1)"
+        )
+    host = parts["name"] or ""
+    if not AWS_HOST.fullmatch(host) or AWS_OTHER_HOST.fullmatch(host):
+        return
+    aws = AWS_S3_HOST.fullmatch(host)
+    if not aws:
+        raise ConfigError(
+            f"s3.endpoint: {host} is not an S3 endpoint (s3.REGION.amazonaws.com); "
+            "give the bucket in s3.bucket, not in the host"
+        )
+    if "s3-accesspoint" in aws["prefix"].lower() and not s3.secure:
+        raise ConfigError("s3.endpoint: an S3 access point needs s3.secure=true")
+    if "s3-accelerate" in aws["prefix"].lower() and "." in s3.bucket:
+        raise ConfigError(
+            f"s3.bucket: {s3.bucket!r} holds a '.', which an s3-accelerate endpoint refuses"
+        )
+
+
+def _is_port(port: str | None) -> bool:
+    return port is None or 0 < int(port) <= 65535
+
+
+def _is_ipv6(address: str | None) -> bool:
+    if address is None:
+        return True
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_object_names(config: Config) -> None:
+    """Where every object goes: the bucket, and the s3.prefix and instance of its key."""
+    s3 = config.s3
+    if problem := bucket_name_problem(s3.bucket):
+        raise ConfigError(f"s3.bucket: {s3.bucket!r} is not a bucket name: it {problem}")
+    if config.instance in (".", ".."):
+        raise ConfigError(
+            f"instance: {config.instance!r} cannot be a segment of a key: "
+            "S3 clients and servers refuse '.' and '..' there"
+        )
+    prefix = s3.prefix.strip("/")  # as the layout uses it
+    try:
+        size = len(prefix.encode())
+    except UnicodeEncodeError:
+        raise ConfigError("s3.prefix: is not UTF-8 text") from None
+    if size > MAX_PREFIX_BYTES:
+        raise ConfigError(
+            f"s3.prefix: {size} bytes is too long: at most {MAX_PREFIX_BYTES}, so that every "
+            "key fits in S3's 1024"
+        )
+    if "\0" in prefix:
+        raise ConfigError("s3.prefix: a key cannot contain a NUL character")
+    for segment in prefix.split("/") if prefix else ():
+        if not segment:
+            raise ConfigError(
+                f"s3.prefix: {s3.prefix!r} has an empty segment ('//'), which S3 servers refuse"
+            )
+        if segment.strip() in (".", ".."):
+            raise ConfigError(
+                f"s3.prefix: {s3.prefix!r} has a {segment.strip()!r} segment: "
+                "S3 clients and servers refuse '.' and '..' in a key"
+            )
+
+
+def _check_ca_file(path: str) -> None:
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:
+        raise ConfigError(f"s3.ca_file: {path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise ConfigError(f"s3.ca_file: cannot read {path}: {exc.strerror}") from None

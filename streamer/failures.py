@@ -11,21 +11,25 @@ from minio.error import MinioException, S3Error
 
 from streamer.checkpoint import CheckpointUnwritable
 from streamer.chunkstore import BucketMissing, Taken, UploadGone
-from streamer.fileio import SourceChanged
+from streamer.fileio import SourceChanged, SourceUnreadable
 from streamer.policy import OtherRecording, is_rejection, retry_delay
 from streamer.s3client import NoCredentials
 
 # Errors that say S3 itself (or the way to it) is in trouble, not the file.
 S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
-# Errors that go away by themselves: S3 or the network or the file was away, or S3 dropped
-# the assembly upload (begun again).
+# The errors a fault can cause, which may go away by themselves: S3 or the network away,
+# the file changed or unreadable, the checkpoint's disk full, or S3 dropped the assembly
+# upload (begun again). Any other exception, an OSError of streamer's own among them, is
+# a bug: it is not retried quietly.
 AWAY = (
     SourceChanged,
+    SourceUnreadable,
     UploadGone,
     CheckpointUnwritable,
     MinioException,
     urllib3.exceptions.HTTPError,
-    OSError,
+    ConnectionError,
+    TimeoutError,
 )
 REJECTED_HINT = "check s3.access_key, s3.secret_key, s3.bucket and the bucket's policy"
 MISSING_HINT = "put the chunk back (the local file has its bytes): the stream then completes"
@@ -72,17 +76,22 @@ class Backoff:
 
     attempt: int = 0
     due: float = 0.0  # not before
+    since: float = 0.0  # when the failures in a row began
+    error: str = ""  # the last one, as logged
 
     def failed(self, kind: str, now: float, base: float, cap: float) -> float:
         """Count a failure and schedule the next try (full jitter; a rejection waits the
         whole cap, never in a hot loop); return the delay."""
         delay = retry_delay(self.attempt, kind != "transient", base, cap)
+        if self.attempt == 0:
+            self.since = now
         self.attempt += 1
         self.due = now + delay
         return delay
 
     def succeeded(self) -> None:
         self.attempt = 0
+        self.error = ""
 
     def retry_now(self) -> None:
         self.due = 0.0

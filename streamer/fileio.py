@@ -4,12 +4,14 @@ the admin commands."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import hashlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -22,6 +24,25 @@ from streamer.records import StreamRecord
 
 class SourceChanged(Exception):
     """The file no longer holds the bytes the step was planned on."""
+
+
+class SourceUnreadable(Exception):
+    """The recording's file could not be looked at or read (gone, or an I/O error): a
+    fault of the file, where any other OSError in a step is streamer's own."""
+
+
+@contextlib.contextmanager
+def touching(path: str) -> Iterator[None]:
+    """Around what a step does to a recording's file: its OSErrors are the file's."""
+    try:
+        yield
+    except OSError as exc:
+        raise SourceUnreadable(f"{path}: {exc.strerror or exc}") from exc
+
+
+def stat_source(path: str) -> os.stat_result:
+    with touching(path):
+        return os.stat(path)
 
 
 def is_stream_file(st: os.stat_result, record: StreamRecord) -> bool:
@@ -40,7 +61,7 @@ def is_finalised_file(st: os.stat_result, record: StreamRecord) -> bool:
 
 
 def size_of(record: StreamRecord) -> int:
-    st = os.stat(record.path)
+    st = stat_source(record.path)
     if not is_stream_file(st, record):
         raise SourceChanged(f"{record.path} is now another file (inode {st.st_ino})")
     return st.st_size
@@ -49,8 +70,9 @@ def size_of(record: StreamRecord) -> int:
 def open_regular(path: str) -> BinaryIO:
     """A watched path, opened for reading: without blocking (a FIFO or a device put there
     would hang a plain open) and without following a link; anything but a regular file is
-    refused (SourceChanged)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    refused (SourceChanged); one that cannot be opened is SourceUnreadable."""
+    with touching(path):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise SourceChanged(f"{path} is not a regular file")
@@ -63,6 +85,26 @@ def open_regular(path: str) -> BinaryIO:
 # A chunk is read in pieces of this size, into a buffer of the uploader's pool: each pass
 # over a 10 MiB chunk costs 1 MiB of memory, not 10.
 PIECE = 1024 * 1024
+
+
+# The reads under way in this process, by thread: (when it began, what it reads). A read
+# stuck in the kernel (a dead network mount) ages the uploader's heartbeat.
+_reads: dict[int, tuple[float, str]] = {}
+
+
+@contextlib.contextmanager
+def reading(what: str) -> Iterator[None]:
+    thread = threading.get_ident()
+    _reads[thread] = (time.monotonic(), what)
+    try:
+        yield
+    finally:
+        del _reads[thread]
+
+
+def oldest_read() -> tuple[float, str] | None:
+    """The read under way that began first, if any."""
+    return min(list(_reads.values()), default=None)
 
 
 class Span:
@@ -89,7 +131,9 @@ class Span:
         SourceChanged if the path is now another file, or the file ends before the span."""
         record, end = self.record, self.offset + self.size
         self.read_at_ns = time.time_ns()
-        with open_regular(record.path) as f:
+        with reading(f"opening {record.path}"):
+            f = open_regular(record.path)
+        with f:
             fd = f.fileno()
             st = os.fstat(fd)
             if not is_stream_file(st, record):
@@ -101,7 +145,11 @@ class Span:
                 view = memoryview(buffer)[:length]
                 position = self.offset
                 while position < end:
-                    read = os.preadv(fd, [view[: end - position]], position)
+                    with (
+                        reading(f"reading {record.path} at byte {position}"),
+                        touching(record.path),
+                    ):
+                        read = os.preadv(fd, [view[: end - position]], position)
                     if not read:
                         raise SourceChanged(f"{record.path} ends before byte {end}")
                     yield view[:read]
@@ -136,7 +184,8 @@ class HashingReader:
         self._sha256 = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
-        data = self._f.read(size)
+        with reading(f"reading {self._f.name}"), touching(self._f.name):
+            data = self._f.read(size)
         if 0 <= len(data) < size:
             # Asked only for bytes the file had: it shrank, and S3 must not get fewer.
             raise SourceChanged("the file shrank while it was being read")
@@ -148,6 +197,11 @@ class HashingReader:
 
 
 CAP_LEASE = 28
+# Seconds since its last write before a file no lease can be taken on may be deleted,
+# whatever retention.min_age says: without a lease a recorder's pause cannot be told from
+# its end, and ten minutes is far past the pauses recorders make (a keyframe interval, a
+# reconnect to a camera).
+BLIND_MIN_AGE = 600.0
 
 
 def lease_blindness(directory: str) -> str | None:

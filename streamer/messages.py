@@ -103,6 +103,25 @@ class SourceRewritten(Message):
     stream_id: str
 
 
+class StreamParked(Message):
+    """A step of the stream failed; it is tried again in `delay` seconds. `failing_for`:
+    seconds since its steps began to fail (without a success between); `heals`: the
+    failure may go away by itself (S3 or the network away); `bug`: no fault explains it."""
+
+    stream_id: str
+    reason: str
+    delay: float
+    failing_for: float
+    heals: bool
+    bug: bool = False
+
+
+class StreamResumed(Message):
+    """A step of a parked stream succeeded again."""
+
+    stream_id: str
+
+
 class StreamFinished(Message):
     """Finished, as the file was when its size and mtime were these (-1: the file is gone)."""
 
@@ -127,6 +146,7 @@ class Retired(Message):
     deleted: bool
     final: bool = False
     kept_because: str = ""
+    retry_in: float = 0.0  # seconds before asking again could change that
 
 
 class Prune(Message):
@@ -153,6 +173,8 @@ Event = (
     | CheckpointState
     | FinishDeclined
     | SourceRewritten
+    | StreamParked
+    | StreamResumed
     | StreamFinished
     | Retired
     | Pruned

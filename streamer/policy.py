@@ -227,6 +227,19 @@ def retry_delay(
     return cap if rejected else backoff_delay(attempt, base, cap, rand)
 
 
+def stream_condition(
+    failing_since: float | None, due: float, bug: bool, now: float, stuck_after: float
+) -> str | None:
+    """Is a stream `parked` (waiting out the backoff of a failed step, due again at
+    `due`) or `stuck` (failing since longer than `stuck_after`, or for a reason no fault
+    explains)? None: neither, its steps go through or are being tried again."""
+    if failing_since is None:
+        return None
+    if bug or now - failing_since >= stuck_after:
+        return "stuck"
+    return "parked" if due > now else None
+
+
 def oldest_uncommitted_age(
     arrivals: Sequence[tuple[int, float]], committed: int, now: float
 ) -> float:

@@ -13,7 +13,9 @@ keeps the file:
      regular file: a symlink's target is never deleted;
   6. it is inside the watch directory;
 and, where the kernel lets streamer take a lease on it, no process has it open for
-writing (a recorder that paused past the idle timeout may still come back to it).
+writing (a recorder that paused past the idle timeout may still come back to it). Where
+it does not, retention is blind to the file: it is kept until its last write is
+BLIND_MIN_AGE old, whatever retention.min_age says, and its deletion is logged as blind.
 """
 
 from __future__ import annotations
@@ -23,24 +25,32 @@ import fcntl
 import os
 import secrets
 import stat
+import time
 
 import msgspec
 
 from streamer import manifest
 from streamer.audit import assembled_problem, chunk_problems
 from streamer.chunkstore import ChunkStore
-from streamer.fileio import is_finalised_file, move_noreplace, renameat2_noreplace
+from streamer.fileio import (
+    BLIND_MIN_AGE,
+    is_finalised_file,
+    move_noreplace,
+    renameat2_noreplace,
+)
 from streamer.policy import retirable
 from streamer.records import ChunkRecord, StreamRecord
 
 
 class Kept(Exception):
     """Why a file stays: it is not proven in S3, or it is no longer the file that was.
-    `final`: asking again later cannot change the answer."""
+    `final`: asking again later cannot change the answer; `retry_in`: asking again
+    sooner than this many seconds cannot."""
 
-    def __init__(self, reason: str, final: bool = False):
+    def __init__(self, reason: str, final: bool = False, retry_in: float = 0.0):
         super().__init__(reason)
         self.final = final
+        self.retry_in = retry_in
 
 
 def delete_if_proven(
@@ -49,15 +59,16 @@ def delete_if_proven(
     s3: ChunkStore,
     directory: str,
     delete_partial: bool,
-) -> None:
-    """Delete the stream's local file, or raise Kept (or S3's error) and leave it."""
+) -> str | None:
+    """Delete the stream's local file, or raise Kept (or S3's error) and leave it. Returns
+    why no lease could be taken on the file deleted (None: one was held)."""
     check_status(record, delete_partial)
     check_chunks(record, chunks, s3)
     check_assembled(record, s3)
     check_manifest(record, chunks, s3)
     check_same_file(record)
     check_inside(record, directory)
-    unlink_same_file(record, directory)
+    return unlink_same_file(record, directory)
 
 
 def check_status(record: StreamRecord, delete_partial: bool) -> None:
@@ -123,12 +134,13 @@ def check_inside(record: StreamRecord, directory: str) -> None:
         raise Kept(f"the file is not inside the watch directory {directory}", final=True)
 
 
-def unlink_same_file(record: StreamRecord, directory: str) -> None:
+def unlink_same_file(record: StreamRecord, directory: str) -> str | None:
     """Unlink through the watch directory, holding the file open (and, where allowed, a
     lease on it), after one last look at it there. What is unlinked is what was checked:
     the name is first renamed aside, to a name of its own, and what was renamed is unlinked
     only if it is that file; a file a writer renamed over the name meanwhile is put back.
-    Neither rename ever replaces a file."""
+    Neither rename ever replaces a file. Returns why no lease could be taken (None: one
+    was held)."""
     parent = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -137,16 +149,32 @@ def unlink_same_file(record: StreamRecord, directory: str) -> None:
             checked = os.fstat(fd)
             if not is_finalised_file(checked, record):
                 raise Kept("the file changed after it was uploaded", final=True)
-            leased = _lease(fd)
+            blind = _lease(fd, checked)
+            if blind is not None:
+                check_old_enough_blind(checked, blind)
             try:
                 _unlink_if(record.name, (checked.st_dev, checked.st_ino), parent, directory)
             finally:
-                if leased:
+                if blind is None:
                     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
         finally:
             os.close(fd)
     finally:
         os.close(parent)
+    return blind
+
+
+def check_old_enough_blind(st: os.stat_result, blind: str) -> None:
+    """Without a lease, whether a recorder still has the file open cannot be known: only
+    its age can say it is done with it."""
+    age = time.time() - st.st_mtime_ns / 1e9
+    if age < BLIND_MIN_AGE:
+        raise Kept(
+            f"no lease could be taken on it ({blind}), so whether a process still has it "
+            "open for writing cannot be known: it is kept until its last write is "
+            f"{BLIND_MIN_AGE / 60:g} minutes old",
+            retry_in=BLIND_MIN_AGE - age,
+        )
 
 
 def _unlink_if(name: str, identity: tuple[int, int], parent: int, directory: str) -> None:
@@ -188,14 +216,18 @@ def _set_aside(name: str, parent: int) -> str:
     return aside
 
 
-def _lease(fd: int) -> bool:
+def _lease(fd: int, st: os.stat_result) -> str | None:
     """Take a read lease, which the kernel grants only if no process has the file open for
-    writing. Refused (the file is not ours and we lack CAP_LEASE, or the filesystem has no
-    leases): False, and the deletion rests on the other checks and retention.min_age."""
+    writing, and return None; or say why none could be taken."""
     try:
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
             raise Kept("a process has the file open for writing") from None
-        return False
-    return True
+        if exc.errno == errno.EACCES:
+            return (
+                f"it is owned by uid {st.st_uid}, and streamer runs as uid {os.geteuid()} "
+                "without CAP_LEASE"
+            )
+        return f"its filesystem takes no leases: {exc.strerror}"
+    return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from streamer.fileio import SourceChanged, open_regular
+from streamer.fileio import SourceChanged, SourceUnreadable, open_regular
 
 # How many first bytes tell one recording from another written over it in place.
 HEAD_SIZE = 16
@@ -115,7 +115,7 @@ class Watcher:
         try:
             with open_regular(path) as f:
                 now = f.read(HEAD_SIZE)
-        except (OSError, SourceChanged):
+        except (OSError, SourceChanged, SourceUnreadable):
             return False
         common = min(len(now), len(head))
         return now[:common] != head[:common]

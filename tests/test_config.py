@@ -1,12 +1,17 @@
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import msgspec
 import pytest
+import urllib3
+from conftest import clean_env
+from minio.helpers import check_bucket_name
 
-from streamer import config
+from streamer import config, s3client
+from streamer.layout import Layout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +45,7 @@ def test_environment_wins_over_the_file(tmp_path):
     cfg = config.load(path, environ=env)
     assert cfg.stream.idle_timeout == 7.5
     assert cfg.s3.secret_key == "from-env"
-    assert cfg.workers == 4 and cfg.s3.secure is True
+    assert cfg.workers.count == 4 and cfg.s3.secure is True
 
 
 @pytest.mark.parametrize(
@@ -54,7 +59,7 @@ def test_environment_wins_over_the_file(tmp_path):
             {"STREAMER_STREAM_IDLE_TIMEOUT": "-1"},
             "stream.idle_timeout (from STREAMER_STREAM_IDLE_TIMEOUT): Expected `float` > 0",
         ),
-        ({}, {"STREAMER_WORKERS": "many"}, "workers (from STREAMER_WORKERS)"),
+        ({}, {"STREAMER_WORKERS": "many"}, "workers.count (from STREAMER_WORKERS)"),
         (
             {},
             {"STREAMER_S3_SECRETKEY": "x"},
@@ -63,6 +68,7 @@ def test_environment_wins_over_the_file(tmp_path):
         ({}, {"STREAMER_PORT": "9108"}, "STREAMER_PORT: unknown setting"),
         ({}, {"STREAMER_METRICS_PORT": "http://x:1"}, "metrics.port (from STREAMER_METRICS_PORT)"),
         ({"log": {"format": "xml"}}, {}, "log.format"),
+        ({"instance": "host\n"}, {}, "instance: Expected `str` matching regex"),
         ({"s3": {"endpoint": "http://minio:9000"}}, {}, "s3.endpoint: give host[:port]"),
         ({"s3": {"endpoint": "minio:99999"}}, {}, "s3.endpoint: 'minio:99999' is not host[:port]"),
         ({"s3": {"endpoint": "minio/path"}}, {}, "is not host[:port]"),
@@ -115,7 +121,7 @@ def test_kubernetes_service_links_are_not_settings(tmp_path):
         "STREAMER_METRICS_PORT_9108_TCP_ADDR": "10.96.0.8",
     }
     cfg = config.load(write(tmp_path, {}), environ={**links, "STREAMER_WORKERS": "3"})
-    assert cfg.metrics.port == config.Config().metrics.port and cfg.workers == 3
+    assert cfg.metrics.port == config.Config().metrics.port and cfg.workers.count == 3
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -183,3 +189,155 @@ def test_run_with_an_invalid_config_exits_2_naming_the_field(tmp_path):
     assert result.returncode == 2
     assert "stream.chunk_size" in result.stderr
     assert result.stderr.count("\n") == 1, "one clear message"
+
+
+# Values the daemon cannot run with: minio-py or urllib3 refuses them in every uploader,
+# or S3 refuses every request, or they would quietly do nothing.
+CANNOT_RUN = [
+    ({"s3": {"endpoint": "minio:9000#part"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "user@minio:9000"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "[::1"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "[zz]:9000"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "min io:9000"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "minio:"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "minio:0"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "recordings.s3.amazonaws.com"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "s3-accesspoint.us-east-1.amazonaws.com"}}, {}, "s3.endpoint"),
+    ({"s3": {"endpoint": "s3-accelerate.amazonaws.com", "bucket": "rec.ordings"}}, {}, "s3.bucket"),
+    ({"s3": {"region": "us east-1"}}, {}, "s3.region"),
+    ({"s3": {"bucket": "My_Bucket"}}, {}, "s3.bucket"),
+    ({"s3": {"bucket": "192.168.5.4"}}, {}, "s3.bucket"),
+    ({"s3": {"bucket": "xn--recordings"}}, {}, "s3.bucket"),
+    ({"instance": "."}, {}, "instance"),
+    ({"instance": ".."}, {}, "instance"),
+    ({"s3": {"prefix": "streams/../other"}}, {}, "s3.prefix"),
+    ({"s3": {"prefix": "streams/./here"}}, {}, "s3.prefix"),
+    ({"s3": {"prefix": "streams/ .. /x"}}, {}, "s3.prefix"),
+    ({"s3": {"prefix": "streams//here"}}, {}, "s3.prefix"),
+    ({"s3": {"prefix": "streams\u0000here"}}, {}, "s3.prefix"),
+    ({"s3": {"prefix": "p" * 513}}, {}, "s3.prefix"),
+    ({}, {"STREAMER_S3_PREFIX": "str\udcffeams"}, "s3.prefix"),  # bytes that are not UTF-8
+    ({"stream": {"keep_chunks": False, "assemble": False}}, {}, "stream.keep_chunks"),
+    ({"s3": {"secure": True, "ca_file": "/etc/hostname"}}, {}, "s3.ca_file"),
+    ({"s3": {"secure": True, "ca_file": "/etc/ca\u0000.pem"}}, {}, "s3.ca_file"),
+    ({"s3": {"access_key": "key\nmore"}}, {}, "s3.access_key"),
+    ({"s3": {"session_token": "token\r\n"}}, {}, "s3.session_token"),
+    ({"watch": {"directory": "/in\u0000put"}}, {}, "watch.directory"),
+    ({"checkpoint": {"path": "/var/lib/str\u0000eamer"}}, {}, "checkpoint.path"),
+]
+
+
+@pytest.fixture
+def s3_listener():
+    """Where S3 would be: a socket that accepts nothing, so a connection stays pending."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "setting"), CANNOT_RUN, ids=[json.dumps(d or e)[:60] for d, e, _ in CANNOT_RUN]
+)
+@pytest.mark.parametrize("command", [("config", "check"), ("run",)], ids=["check", "run"])
+def test_what_the_daemon_cannot_run_is_refused_by_check_and_run(
+    tmp_path, s3_listener, command, data, env, setting
+):
+    base = {
+        "watch": {"directory": str(tmp_path)},
+        "checkpoint": {"path": str(tmp_path / "checkpoint")},
+        "metrics": {"enabled": False},
+        "s3": {
+            "endpoint": f"127.0.0.1:{s3_listener.getsockname()[1]}",
+            "access_key": "key",
+            "secret_key": "secret",
+        },
+    }
+    for section, value in data.items():
+        base[section] = {**base.get(section, {}), **value} if isinstance(value, dict) else value
+    result = subprocess.run(
+        [sys.executable, "-m", "streamer", *command, "--config", write(tmp_path, base)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(env),
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"streamer: invalid configuration: {setting}: ")
+    assert result.stderr.count("\n") == 1, "one line"
+    assert not (tmp_path / "checkpoint").exists(), "no checkpoint store was made"
+    with pytest.raises(BlockingIOError):
+        s3_listener.accept()  # nothing asked S3
+
+
+# Unusual values that work: each goes through minio-py and urllib3 as a request to S3.
+RUNNABLE = [
+    {"endpoint": "minio"},
+    {"endpoint": "my_minio.local.:65535"},
+    {"endpoint": "10.0.0.7:9000"},
+    {"endpoint": "[::1]:9000"},
+    {"endpoint": "[::ffff:10.0.0.7]"},
+    {"endpoint": "s3.eu-west-1.amazonaws.com", "region": "eu-west-1"},
+    {"endpoint": "s3.dualstack.eu-west-1.amazonaws.com"},
+    {"endpoint": "s3-accelerate.amazonaws.com"},
+    {"endpoint": "s3-accesspoint.us-east-1.amazonaws.com", "secure": True},
+    {"endpoint": "bucket.vpce-1a2b3c4d-5e6f.s3.us-east-1.vpce.amazonaws.com"},
+    {"endpoint": "s3.cn-north-1.amazonaws.com.cn", "region": "cn-north-1"},
+    {"endpoint": "ec2-10-0-0-7.compute-1.amazonaws.com"},
+    {"endpoint": "minio.my-lb.elb.amazonaws.com"},
+    {"region": "Local_Region-2"},
+    {"bucket": "rec.ord-ings.2"},
+    {"bucket": "a" * 63},
+    {"prefix": ""},
+    {"prefix": "/"},
+    {"prefix": "/streams/"},
+    {"prefix": "a/.../b. c/..x"},
+    {"prefix": "récords/" + "p" * 500},
+]
+
+
+@pytest.mark.parametrize("s3", RUNNABLE, ids=[json.dumps(s3)[:60] for s3 in RUNNABLE])
+@pytest.mark.parametrize("instance", ["...", "a..b", ""])
+def test_what_check_accepts_the_s3_client_takes(tmp_path, s3, instance):
+    keys = {"access_key": "key", "secret_key": "secret"}
+    cfg = config.load(write(tmp_path, {"s3": {**keys, **s3}, "instance": instance}), environ={})
+    client = s3client.client(cfg.s3, 1)
+    key = Layout(cfg.s3.prefix, instance or "host").owner_key()
+    url = client.get_presigned_url("PUT", cfg.s3.bucket, key)
+    assert urllib3.util.parse_url(url).host
+
+
+VALID_BUCKETS = ["recordings", "abc", "a" * 63, "rec.ord-ings.2", "1-2", "192.168.5", "xn-a"]
+INVALID_BUCKETS = [
+    "ab",
+    "a" * 64,
+    "My_Bucket",
+    "rec_ordings",
+    "Recordings",
+    "-recordings",
+    "recordings-",
+    "recordings.",
+    "rec..ordings",
+    "rec.-ordings",
+    "rec-.ordings",
+    "192.168.5.4",
+    "xn--recordings",
+    "sthree-recordings",
+    "amzn-s3-demo-recordings",
+    "recordings-s3alias",
+    "recordings--ol-s3",
+    "recordings.mrap",
+    "recordings--x-s3",
+    "recordings--table-s3",
+    "récordings",
+]
+
+
+@pytest.mark.parametrize("name", VALID_BUCKETS)
+def test_bucket_names_within_s3_s_rules_are_accepted(name):
+    assert config.bucket_name_problem(name) is None
+    check_bucket_name(name, strict=True, s3_check=True)  # minio-py takes it too
+
+
+@pytest.mark.parametrize("name", INVALID_BUCKETS)
+def test_bucket_names_outside_s3_s_rules_say_which_rule(name):
+    assert config.bucket_name_problem(name).startswith("must")

@@ -21,7 +21,7 @@ KiB = 1024
 def crash_loop(make_daemon, minio, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     daemon = make_daemon(stream={"idle_timeout": 3})
-    daemon.expect("uploader_died", "halting", exit_codes=(1,)).start()
+    daemon.start()
     seconds = kills * 0.9 + 5
     writers = [
         GrowingFile(
@@ -33,7 +33,7 @@ def crash_loop(make_daemon, minio, kills: int, seed: int) -> None:
     for _ in range(kills):
         time.sleep(rng.uniform(0.2, 1.2))
         if daemon.process.poll() is not None:  # halted after too many uploader restarts
-            daemon.start()
+            daemon.expect("halting", exit_codes=(1,), run=-1).start()
         uploaders = [pid for pid in daemon.uploader_pids() if alive(pid)]
         if rng.random() < 0.5 or not uploaders:
             old = uploaders
@@ -43,11 +43,12 @@ def crash_loop(make_daemon, minio, kills: int, seed: int) -> None:
             daemon.start()
         else:
             os.kill(rng.choice(uploaders), signal.SIGKILL)
+            daemon.expect(uploader_died=range(0, 2))  # none if its supervisor is killed first
             killed["uploader"] += 1
     for writer in writers:
         writer.wait(120)
     if daemon.process.poll() is not None:
-        daemon.start()
+        daemon.expect("halting", exit_codes=(1,), run=-1).start()
 
     def all_finished():
         done = {e["stream_id"] for e in daemon.find("stream_finished")}

@@ -116,6 +116,8 @@ def test_the_metrics_table_in_the_docs_is_the_code_s_metrics():
         if isinstance(value, MetricWrapperBase):
             name = value._name + ("_total" if value._type == "counter" else "")
             defined[name] = (value._type, tuple(value._labelnames))
+        elif isinstance(value, metrics.FeatureGauge):
+            defined[value.name] = ("gauge", ())
     assert documented == defined
 
 
@@ -233,7 +235,7 @@ def test_every_setting_in_the_example_config_is_in_the_configuration_docs():
     text = CONFIGURATION.read_text()
     settings = example_settings()
     assert ("s3.secret_key", "STREAMER_S3_SECRET_KEY") in settings
-    assert ("workers", "STREAMER_WORKERS") in settings
+    assert ("workers.stall_timeout", "STREAMER_WORKERS_STALL_TIMEOUT") in settings
     missing = [
         name
         for name, variable in settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -10,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from datetime import datetime
@@ -17,10 +19,12 @@ from datetime import datetime
 import pytest
 from conftest import (
     ACCESS_KEY,
+    AT_LEAST_ONE,
     SECRET_KEY,
     Daemon,
     GrowingFile,
     alive,
+    at_least,
     clean_env,
     free_port,
     manifest_of,
@@ -65,6 +69,118 @@ def test_a_killed_uploader_is_replaced_and_its_stream_resumes(make_daemon, minio
     uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
     found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
     assert sorted(uploaded + found) == list(range(manifest["chunk_count"])), "each chunk once"
+
+
+def test_stopped_uploaders_are_replaced_and_their_recording_finishes_exact(make_daemon, minio):
+    daemon = make_daemon(workers={"count": 2, "stall_timeout": 5})
+    daemon.expect(uploader_stalled=2).start()
+    writer = GrowingFile(daemon.watch / "wedged.mp4", total=1536 * KiB, rate=256 * KiB).start()
+    daemon.wait_for("chunk_uploaded", count=2)
+    stopped = daemon.uploader_pids()
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+
+    stalls = daemon.wait_for("uploader_stalled", count=2, timeout=30)
+    assert {e["pid"] for e in stalls} == set(stopped)
+    assert any(e["streams"] for e in stalls) and all(e["doing"] for e in stalls)
+    wait_until(lambda: len(daemon.uploader_pids()) == 4, 15, what="two new uploaders")
+    for pid in stopped:  # too late: they were killed, and no second owner comes of it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    writer.wait()
+    stream_id = daemon.wait_for("stream_finished", timeout=60)[0]["stream_id"]
+    manifest = manifest_of(minio.client, daemon.bucket, stream_id)
+    data = reassemble(minio.client, daemon.bucket, manifest)
+    assert hashlib.sha256(data).hexdigest() == sha256_file(writer.path)
+    assert scrape(daemon)["streamer_uploader_stalls_total"] == 2
+    assert not daemon.find("uploader_died") and daemon.process.poll() is None
+    uploaded = [e["index"] for e in daemon.find("chunk_uploaded", stream_id=stream_id)]
+    found = [e["index"] for e in daemon.find("chunk_found_in_s3", stream_id=stream_id)]
+    assert sorted(uploaded + found) == list(range(manifest["chunk_count"])), "each chunk once"
+    assert not [
+        e
+        for e in daemon.find("chunk_uploaded")
+        if e["pid"] in stopped and e["ts"] > stalls[0]["ts"]
+    ]
+
+
+def put_in(directory, module: str, name: str, raises: str) -> dict:
+    """The environment of a daemon whose `module.name`, once imported, raises `raises`
+    (a bug, or a value no check foresaw), put into its processes by a sitecustomize
+    module: the code under test runs as it is, only that one function replaced."""
+    directory.mkdir()
+    (directory / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""
+            import builtins
+            import sys
+
+
+            def broken(*args, **kwargs):
+                raise {raises}
+
+
+            def put_in(name, *args, _import=builtins.__import__, **kwargs):
+                imported = _import(name, *args, **kwargs)
+                module = sys.modules.get({module!r})
+                if module is not None and hasattr(module, {name!r}):
+                    setattr(module, {name!r}, broken)
+                return imported
+
+
+            builtins.__import__ = put_in
+            """
+        )
+    )
+    return {"PYTHONPATH": str(directory)}
+
+
+def test_a_bug_in_completion_leaves_its_stream_stuck_and_fails_an_undeclared_test(
+    make_daemon, tmp_path
+):
+    """A FileNotFoundError raised by streamer's own code is not retried quietly as if the
+    file were away: the stream is stuck at once, its traceback logged once at error level,
+    and the harness fails the test that did not declare it."""
+    bug = 'FileNotFoundError(2, "No such file or directory", "/nonexistent/a-bug")'
+    env = put_in(tmp_path / "bug", "streamer.uploader.completion", "check_still_idle", bug)
+    daemon = make_daemon(
+        env=env,
+        log={"level": "debug"},
+        s3={"retry_base": 0.2, "retry_cap": 1},
+    ).start()
+    (daemon.watch / "buggy.mp4").write_bytes(b"b" * 100 * KiB)
+    stuck = daemon.wait_for("stream_stuck", timeout=30)[0]
+    assert "FileNotFoundError" in stuck["reason"] and "a bug" in stuck["reason"]
+    again = daemon.wait_for("step_failed_again", count=2, timeout=30)
+    assert all(e["level"] == "debug" and "traceback" not in e for e in again)
+    [failed] = daemon.find("stream_failed")
+    assert failed["level"] == "error" and "check_still_idle" in failed["traceback"]
+    assert not daemon.find("upload_retry")
+
+    with pytest.raises(pytest.fail.Exception, match="stream_stuck"):
+        daemon.check()
+    daemon.expect(stream_failed=1, stream_stuck=1, run=0)
+    daemon.check()
+
+
+def test_an_uploader_that_cannot_start_halts_the_daemon_once_with_a_boot_error(
+    make_daemon, tmp_path
+):
+    """Any exception before an uploader's loop (here the S3 client refusing a value no
+    check foresaw) is a boot error: the daemon halts with exit 3, once, instead of
+    restarting uploaders that would only fail again."""
+    env = put_in(
+        tmp_path / "hook", "streamer.chunkstore", "ChunkStore", 'ValueError("no such endpoint")'
+    )
+    daemon = make_daemon(env=env)
+    daemon.expect(uploader_boot_failed=range(1, 3), uploader_died=1, halting=1, exit_codes=(3,))
+    daemon.start(wait=False)
+    assert daemon.process.wait(30) == 3
+    failed = daemon.find("uploader_boot_failed")
+    assert "ValueError: no such endpoint" in failed[0]["error"]
+    assert len(daemon.find("uploader_spawned")) == 2, "no uploader was restarted"
+    [halting] = daemon.find("halting")
+    assert halting["reason"] == "an uploader could not start"
 
 
 def _hold_the_write_lock(path: str, holding, release) -> None:
@@ -137,7 +253,7 @@ def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(
 
 
 def test_too_many_uploader_deaths_halt_the_supervisor(make_daemon):
-    daemon = make_daemon(workers=1).expect("uploader_died", "halting", exit_codes=(1,)).start()
+    daemon = make_daemon(workers=1).expect(uploader_died=6, halting=1, exit_codes=(1,)).start()
     for n in range(6):
         pid = daemon.wait_for("uploader_spawned", count=n + 1)[n]["pid"]
         daemon.wait_for("uploader_started", count=n + 1)
@@ -221,7 +337,7 @@ def test_a_stuck_uploader_does_not_stall_the_supervisor(make_daemon):
 
 
 def test_a_file_name_that_is_not_utf8_does_not_stop_the_others(make_daemon, minio):
-    daemon = make_daemon().start()
+    daemon = make_daemon().expect(file_failed=AT_LEAST_ONE).start()  # again at every scan
     bad = os.path.join(os.fsencode(daemon.watch), b"bad-\xff.mp4")
     with open(bad, "wb") as f:
         f.write(b"x" * 100 * KiB)
@@ -324,7 +440,8 @@ def test_a_checkpoint_store_keeps_its_instance(tmp_path, minio):
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    first = Daemon(path, tmp_path / "streamer.log").start()
+    # No credentials in the configuration: S3 refuses what the uploaders send at start.
+    first = Daemon(path, tmp_path / "streamer.log").expect(s3_rejected=at_least(0)).start()
     assert first.find("instance")
     first.check()
     config["instance"] = "another-name"

@@ -14,10 +14,12 @@ import urllib.request
 import lmdb
 import pytest
 from conftest import (
+    AT_LEAST_ONE,
     FAST_RETRIES,
     GrowingFile,
     MinioUser,
     assert_exact,
+    at_least,
     both_servers,
     chunk_store,
     cli,
@@ -189,6 +191,7 @@ def test_wrong_credentials_are_a_clear_slow_error_and_the_secret_stays_secret(ma
     secret = "Sup3r-Secret-Value-for-the-test"
     daemon = make_daemon(s3={"secret_key": secret, **FAST_RETRIES, "retry_cap": 3}).start()
     (daemon.watch / "denied.mp4").write_bytes(b"z" * 100 * KiB)
+    daemon.expect(s3_rejected=at_least(2))
     rejected = daemon.wait_for("s3_rejected", count=2, timeout=30)
     # A HEAD request's 403 has no body: minio-py names it AccessDenied.
     codes = ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied")
@@ -229,6 +232,7 @@ def test_a_chunk_removed_from_s3_keeps_the_stream_from_completing_until_put_back
     stream_id = daemon.wait_for("chunk_uploaded", count=2)[0]["stream_id"]
     key = f"rec/test-host/{stream_id}/chunks/000000"
     minio.client.remove_object(daemon.bucket, key)
+    daemon.expect(s3_rejected=at_least(2))
     rejected = daemon.wait_for("s3_rejected", count=2, timeout=30)
     assert all(r["stream_id"] == stream_id for r in rejected)
     assert all(f"chunk 0 is missing from S3 ({key})" in r["error"] for r in rejected)
@@ -259,6 +263,7 @@ def test_a_refused_metadata_json_parks_its_stream_and_the_others_flow(
     keys = {"access_key": user.access_key, "secret_key": user.secret_key}
     daemon = make_daemon(workers=1, s3={**keys, **FAST_RETRIES}).start()
     user.refuse_puts("rec/test-host/refused-*/metadata.json")
+    daemon.expect(s3_rejected=at_least(2))
     refused = daemon.watch / "refused.mp4"
     refused.write_bytes(hashlib.shake_256(b"refused").digest(100 * KiB))
     stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
@@ -273,11 +278,69 @@ def test_a_refused_metadata_json_parks_its_stream_and_the_others_flow(
     assert len(daemon.find("uploader_spawned")) == 1, "the uploader lived through it"
 
 
+def test_a_refused_stream_is_parked_then_stuck_and_its_object_made_once(
+    make_daemon, minio, bucket, tmp_path
+):
+    """A metadata.json S3 refuses for good: the stream is `parked` with why (it will not
+    heal by itself) and when it is due, then `stuck` once it has failed for
+    stream.stuck_after; each retry uses the whole object already proven, never copies it
+    again; once S3 takes it, the stream resumes and finishes."""
+    user = MinioUser(minio, bucket, tmp_path)
+    keys = {"access_key": user.access_key, "secret_key": user.secret_key}
+    daemon = make_daemon(
+        workers=1,
+        s3={**keys, "retry_base": 0.2, "retry_cap": 2},
+        stream={"stuck_after": 8},
+    ).start()
+    user.refuse_puts("rec/test-host/refused-*/metadata.json")
+    refused = daemon.watch / "refused.mp4"
+    refused.write_bytes(hashlib.shake_256(b"refused").digest(200 * KiB))
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
+    daemon.wait_for("s3_rejected", stream_id=stream_id)
+
+    port = {"STREAMER_METRICS_PORT": str(port_of(daemon))}
+
+    def parked():
+        listed = json.loads(cli(daemon, "streams", "list", "--json", env=port).stdout)
+        return next((s for s in listed if s["state"] == "parked"), None)
+
+    shown = wait_until(parked, 10, what="the stream listed as parked")
+    assert shown["stream_id"] == stream_id and not shown["heals"]
+    assert "AccessDenied" in shown["reason"] and "will not heal by itself" in shown["reason"]
+    parked_gauge = "streamer_streams{state=parked}"
+    wait_until(lambda: scrape(daemon)[parked_gauge] == 1, 10, what="the parked gauge")
+
+    stuck = daemon.wait_for("stream_stuck", stream_id=stream_id, timeout=30)[0]
+    assert stuck["failing_for"] >= 8 and "AccessDenied" in stuck["reason"]
+    status, ready = get_json(daemon, "/readyz")
+    assert status == 503 and [s["stream_id"] for s in ready["checks"]["streams"]["stuck"]] == [
+        stream_id
+    ]
+    assert scrape(daemon)["streamer_streams{state=stuck}"] == 1
+    listed = cli(daemon, "streams", "list", "--state", "stuck", env=port)
+    assert stream_id in listed.stdout and "AccessDenied" in listed.stdout
+    shown = cli(daemon, "status", env=port).stdout
+    assert "1 stuck" in shown and f"{stream_id} stuck: S3Error" in shown
+    rejections = len(daemon.find("s3_rejected", stream_id=stream_id))
+    assert rejections >= 3
+    assert len(daemon.find("stream_assembled", stream_id=stream_id)) == 1
+    assert len(daemon.find("assembled_object_reused", stream_id=stream_id)) >= rejections - 1
+
+    user.refuse_puts()
+    daemon.wait_for("stream_finished", stream_id=stream_id, timeout=30)
+    assert_exact(minio, daemon, stream_id, refused)
+    assert len(daemon.find("stream_assembled", stream_id=stream_id)) == 1
+    wait_until(lambda: get_json(daemon, "/readyz")[0] == 200, 5, what="ready again")
+    assert scrape(daemon)["streamer_streams{state=stuck}"] == 0
+    daemon.expect(stream_stuck=1, s3_rejected=range(rejections, 1000))
+
+
 def test_a_missing_bucket_that_may_not_be_created_is_reported(make_daemon, minio):
     daemon = make_daemon(
         s3={"bucket": "no-such-bucket-here", "create_bucket": False, **FAST_RETRIES}
     ).start()
     (daemon.watch / "nowhere.mp4").write_bytes(b"n" * 10 * KiB)
+    daemon.expect(s3_rejected=AT_LEAST_ONE)
     rejected = daemon.wait_for("s3_rejected", timeout=30)[0]
     assert "does not exist and s3.create_bucket is off" in rejected["error"]
     assert not minio.client.bucket_exists("no-such-bucket-here")
@@ -578,6 +641,7 @@ def test_a_full_checkpoint_filesystem_is_a_state_not_a_crash(make_daemon, minio,
     stream_id = daemon.wait_for("stream_discovered", count=2)[1]["stream_id"]
     daemon.wait_for("chunk_uploaded", stream_id=stream_id)
     fill_up(disk / "filler")
+    daemon.expect("checkpoint_unwritable")  # once, until it is writable again
     daemon.wait_for("checkpoint_unwritable")
     status, body = get_json(daemon, "/readyz")
     assert status == 503 and body["checks"]["checkpoint"]["ok"] is False
@@ -592,7 +656,7 @@ def test_a_full_checkpoint_filesystem_is_a_state_not_a_crash(make_daemon, minio,
     assert committed < len(in_s3) <= committed + WINDOW, "no further ahead than the window"
     assert daemon.stop() == 0, "SIGTERM stops it while the store is full"
 
-    daemon.start()  # the filesystem still full
+    daemon.expect("checkpoint_unwritable").start()  # the filesystem still full
     (daemon.watch / "while-full.mp4").write_bytes(hashlib.shake_256(b"full").digest(200 * KiB))
     daemon.wait_for("checkpoint_unwritable", this_run=True)
     assert len(daemon.find("uploader_spawned")) == 2, "no uploader died"
@@ -614,7 +678,7 @@ def test_an_unreadable_stream_record_is_passed_over_and_the_rest_runs(make_daemo
         txn.put(b"damaged-1", b"", db=env.open_db(b"active", txn=txn))
     env.close()
 
-    daemon.start()
+    daemon.expect("stream_unreadable").start()
     [unreadable] = daemon.wait_for("stream_unreadable", this_run=True)
     assert unreadable["stream_id"] == "damaged-1" and "cannot be read" in unreadable["error"]
     fresh = daemon.watch / "fresh.mp4"
@@ -635,7 +699,8 @@ def test_one_instance_name_has_one_owner(make_daemon, minio):
     owner = json.loads(claim)["store"]
 
     second = make_daemon(home="second")
-    second.expect("instance_taken", "uploader_died", "halting", exit_codes=(3,))
+    # Each uploader says so, unless the halt that the first one brings comes first.
+    second.expect(instance_taken=range(1, 3), uploader_died=1, halting=1, exit_codes=(3,))
     (second.watch / "theirs.mp4").write_bytes(b"t" * 100 * KiB)
     second.start(wait=False)
     assert second.process.wait(30) == 3

@@ -25,6 +25,8 @@ def exported_series() -> set[str]:
         if isinstance(metric, MetricWrapperBase):
             for family in metric.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])
+        elif isinstance(metric, metrics.FeatureGauge):
+            names.add(metric.name)
     return names
 
 
@@ -59,6 +61,16 @@ def test_dashboard_shows_what_an_operator_asks_first():
     sources = {p["datasource"]["uid"] for p in dashboard["panels"]}
     provisioned = (OPS / "grafana/provisioning/datasources/prometheus.yml").read_text()
     assert sources == {"prometheus"} and "uid: prometheus" in provisioned
+
+
+def test_stuck_streams_and_stalled_uploaders_are_shown_and_alerted():
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert any('state="stuck"' in q and "streamer_streams" in q for q in queries)
+    assert any("streamer_uploader_stalls_total" in q for q in queries)
+    alerts = (OPS / "prometheus" / "alerts.yml").read_text()
+    assert 'expr: streamer_streams{state="stuck"} > 0' in alerts
+    assert "expr: increase(streamer_uploader_stalls_total[15m]) > 0" in alerts
 
 
 def test_compose_mounts_only_files_that_exist():

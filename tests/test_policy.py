@@ -373,3 +373,15 @@ def test_a_file_found_quiet_is_dated_by_its_mtime_and_a_future_mtime_counts_as_n
     assert is_idle(changed_at_by_mtime(100.0, wall, wall - 45 * 10**9), 100.0, 30)
     assert not is_idle(changed_at_by_mtime(100.0, wall, wall - 10 * 10**9), 100.0, 30)
     assert changed_at_by_mtime(100.0, wall, wall + 5 * 10**9) == 100.0
+
+
+def test_a_failing_stream_is_parked_until_due_and_stuck_after_a_while_or_at_once_for_a_bug():
+    from streamer.policy import stream_condition
+
+    assert stream_condition(None, 0.0, False, now=100.0, stuck_after=60.0) is None
+    assert stream_condition(90.0, 105.0, False, now=100.0, stuck_after=60.0) == "parked"
+    # Due again: being tried, neither parked nor stuck yet.
+    assert stream_condition(90.0, 99.0, False, now=100.0, stuck_after=60.0) is None
+    assert stream_condition(40.0, 99.0, False, now=100.0, stuck_after=60.0) == "stuck"
+    assert stream_condition(40.0, 105.0, False, now=100.0, stuck_after=60.0) == "stuck"
+    assert stream_condition(99.0, 130.0, True, now=100.0, stuck_after=60.0) == "stuck"

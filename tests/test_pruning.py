@@ -97,7 +97,7 @@ def test_a_whole_object_that_is_not_the_recording_keeps_the_chunks(
     size = path.stat().st_size
     minio.client.put_object(daemon.bucket, key, io.BytesIO(b"\0" * size), size)
 
-    again = make_daemon(stream=NO_CHUNKS).start()
+    again = make_daemon(stream=NO_CHUNKS).expect("chunks_kept").start()
     kept = again.wait_for("chunks_kept", stream_id=stream_id, timeout=60)[0]
     assert kept["final"] is True and "is not the one made" in kept["error"]
     assert chunk_keys(minio, again, stream_id), "the chunks are the recording now"
@@ -138,7 +138,8 @@ def test_refused_deletes_keep_the_chunks_and_doctor_says_so(make_daemon, minio, 
     refused = cli(daemon, "doctor", env={"STREAMER_STREAM_KEEP_CHUNKS": "false"})
     assert refused.returncode == 1 and "allow DeleteObject" in refused.stdout
 
-    pruning = make_daemon(s3=s3, stream=NO_CHUNKS).start()
+    # The next stream's too, if its deletes are refused before the daemon stops.
+    pruning = make_daemon(s3=s3, stream=NO_CHUNKS).expect(chunks_kept=range(1, 3)).start()
     (pruning.watch / "stays.mp4").write_bytes(os.urandom(200 * 1024))
     stream_id = pruning.wait_for("stream_finished")[0]["stream_id"]
     kept = pruning.wait_for("chunks_kept", stream_id=stream_id, timeout=60)[0]

@@ -154,25 +154,50 @@ def test_a_file_still_open_for_writing_or_too_young_or_forgotten_is_kept(
     assert deleted_names(daemon) == ["young.mp4"]
 
 
-def test_without_a_lease_retention_says_at_start_that_it_is_blind(make_daemon, minio, recording):
-    """streamer without CAP_LEASE, and a recorder of another user holding its file open:
-    the kernel cannot tell streamer, so it says so at start (retention_blind, the metric),
-    and only retention.min_age keeps the file meanwhile."""
+def test_without_a_lease_retention_waits_ten_minutes_and_says_so_at_each_deletion(
+    make_daemon, minio, recording
+):
+    """streamer without CAP_LEASE (the bounding set drops it, as a container not given it
+    does), and recordings of another user: the kernel cannot tell streamer whether they
+    are still open for writing. It says so at start, keeps each such file until its last
+    write is ten minutes old whatever retention.min_age says (asking about it again only
+    then), and warns at each such deletion; its own files it can lease."""
     daemon = make_daemon(
         wrapper=["setpriv", "--bounding-set", "-lease"],
-        retention={"delete_after_upload": True, "min_age": 30},
+        retention={"delete_after_upload": True, "min_age": 0},
     )
-    paused = place(recording, daemon.watch / "paused.mp4")
-    os.chown(paused, 65534, 65534)
-    with open(paused, "ab"):  # a recorder that paused, its file still open
-        daemon.start()
-        blind = daemon.wait_for("retention_blind")[0]
-        assert blind["reason"].startswith("no CAP_LEASE") and blind["min_age"] == 30
-        assert scrape(daemon)["streamer_retention_blind"] == 1
-        finished_ids(daemon, 1)
-        time.sleep(3)  # retention has looked: too young to go
-        assert paused.read_bytes() == recording.read_bytes()
-        assert not daemon.find("source_deleted")
+    old = place(recording, daemon.watch / "old.mp4", age_hours=1)
+    # Old enough for min_age, young enough to be kept, and then to be asked about again
+    # only once ten minutes old (later than a minute from now).
+    young = place(recording, daemon.watch / "young.mp4", age_hours=520 / 3600)
+    last_write = young.stat().st_mtime
+    for path in (old, young):
+        os.chown(path, 65534, 65534)
+    mine = place(recording, daemon.watch / "mine.mp4")  # the daemon's own user's
+    daemon.start()
+    blind = daemon.wait_for("retention_blind")[0]
+    assert blind["reason"].startswith("no CAP_LEASE") and blind["min_age"] == 0
+    assert blind["blind_min_age"] == retention.BLIND_MIN_AGE == 600
+    assert scrape(daemon)["streamer_retention_blind"] == 1
+    ids = finished_ids(daemon, 3)
+
+    kept = daemon.wait_for("source_kept", stream_id=ids["young.mp4"])[0]
+    assert kept["kept_because"] == (
+        "no lease could be taken on it (it is owned by uid 65534, and streamer runs as uid 0 "
+        "without CAP_LEASE), so whether a process still has it open for writing cannot be "
+        "known: it is kept until its last write is 10 minutes old"
+    )
+    assert young.read_bytes() == recording.read_bytes()
+    daemon.wait_for("source_deleted", path=str(mine))
+    warned = daemon.wait_for("source_deleted_blind", stream_id=ids["old.mp4"])[0]
+    assert warned["path"] == str(old) and "uid 65534" in warned["blind_because"]
+
+    deleted = daemon.wait_for("source_deleted", path=str(young), timeout=180)[0]
+    assert datetime.fromisoformat(deleted["ts"]).timestamp() - last_write >= 600
+    assert len(daemon.find("source_kept")) == 1, "asked about again before ten minutes"
+    daemon.wait_for("source_deleted_blind", stream_id=ids["young.mp4"])
+    assert not daemon.find("source_deleted_blind", stream_id=ids["mine.mp4"])
+    assert sorted(deleted_names(daemon)) == ["mine.mp4", "old.mp4", "young.mp4"]
 
 
 def test_a_file_changed_after_it_finished_is_a_new_generation_deleted_in_its_turn(
@@ -215,7 +240,8 @@ def test_s3_away_or_refusing_writes_never_costs_a_file(make_daemon, minio, proxy
     # S3 answers reads but refuses writes: every byte is proven, so the files go; the
     # metadata.json update fails loudly, and the checkpoint still records the deletion.
     proxy.set("refuse_puts")
-    read_only = make_daemon(s3=s3, retention=AFTER_UPLOAD).start()
+    read_only = make_daemon(s3=s3, retention=AFTER_UPLOAD)
+    read_only.expect(manifest_update_failed=2).start()
     read_only.wait_for("manifest_update_failed", count=2)
     assert not (daemon.watch / "first.mp4").exists()
     shown = json.loads(cli(read_only, "streams", "show", ids["first.mp4"], "--json").stdout)
@@ -317,11 +343,12 @@ def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
     # A writer renames a new file over the name after the last check, before the unlink
     # (the lease is taken at that moment): the new file is put back, not deleted.
     swapped = daemon.watch / "swapped.mp4"
+    lease = retention._lease
 
-    def rename_over(fd: int) -> bool:
+    def rename_over(fd: int, st: os.stat_result) -> str | None:
         (daemon.watch / ".new").write_bytes(b"a new recording")
         os.rename(daemon.watch / ".new", swapped)
-        return False
+        return lease(fd, st)
 
     with monkeypatch.context() as patched:
         patched.setattr(retention, "_lease", rename_over)

@@ -15,6 +15,7 @@ from conftest import (
     SECRET_KEY,
     GrowingFile,
     assert_exact,
+    at_least,
     cli,
     free_port,
     object_bytes,
@@ -141,6 +142,7 @@ def test_no_credentials_anywhere_is_a_clear_slow_error(make_daemon, tmp_path):
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{free_port()}/role",
     }
     daemon = make_daemon(s3={**NO_KEYS, **FAST_RETRIES}, env=env).start()
+    daemon.expect(s3_rejected=at_least(2))
     rejected = daemon.wait_for("s3_rejected", count=2, timeout=30)
     assert "no S3 credentials" in rejected[0]["error"]
     assert all(r["delay"] == FAST_RETRIES["retry_cap"] for r in rejected)
@@ -179,7 +181,8 @@ def test_no_secret_appears_in_anything_streamer_writes(make_daemon, server, tmp_
         home="bad",
         s3={"secret_key": wrong_secret, "session_token": token, **FAST_RETRIES},
         log={"format": "text"},
-    ).start(wait=False)
+    )
+    bad.expect(s3_rejected=at_least(2)).start(wait=False)
     (bad.watch / "denied.mp4").write_bytes(b"z" * 100 * KiB)
     wait_until(lambda: bad.log_path.read_bytes().count(b"s3_rejected") >= 2, 30, what="rejections")
     (tmp_path / "wrong").write_text(wrong_secret)

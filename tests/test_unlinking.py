@@ -44,7 +44,7 @@ def test_a_file_renamed_over_the_name_is_put_back(watch, monkeypatch):
     recorded = watch / "cam.mp4"
     recorded.write_bytes(b"the recording, proven in S3")
     record = record_of(recorded)
-    monkeypatch.setattr(retention, "_lease", lambda fd: swap(watch, b"a new recording"))
+    monkeypatch.setattr(retention, "_lease", lambda fd, st: swap(watch, b"a new recording", fd, st))
     with pytest.raises(retention.Kept, match="another file was put at its name during"):
         retention.unlink_same_file(record, str(watch))
     assert names(watch) == ["cam.mp4"] and recorded.read_bytes() == b"a new recording"
@@ -62,7 +62,9 @@ def test_a_file_that_cannot_be_put_back_is_kept_aside_and_survives_the_next_dele
     record = record_of(recorded)
     os.link(recorded, tmp_path / "recording")  # to put it back later
     with monkeypatch.context() as racing:
-        racing.setattr(retention, "_lease", lambda fd: swap(watch, b"a second recording"))
+        racing.setattr(
+            retention, "_lease", lambda fd, st: swap(watch, b"a second recording", fd, st)
+        )
         racing.setattr(retention, "os", ThirdWriter(recorded, b"a third recording"))
         with pytest.raises(retention.Kept, match="taken again before it could be put back") as why:
             retention.unlink_same_file(record, str(watch))
@@ -76,11 +78,14 @@ def test_a_file_that_cannot_be_put_back_is_kept_aside_and_survives_the_next_dele
     assert names(watch) == [kept.name] and kept.read_bytes() == b"a second recording"
 
 
-def swap(directory, data: bytes) -> bool:
-    """A writer renames a new file over cam.mp4 (and no lease is taken)."""
+LEASE = retention._lease
+
+
+def swap(directory, data: bytes, fd: int, st: os.stat_result) -> str | None:
+    """A writer renames a new file over cam.mp4 as the lease is taken."""
     (directory / ".new").write_bytes(data)
     os.rename(directory / ".new", directory / "cam.mp4")
-    return False
+    return LEASE(fd, st)
 
 
 class ThirdWriter:

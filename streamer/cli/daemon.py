@@ -20,24 +20,28 @@ from streamer.health import HEALTHY_WITHIN, heartbeat_path, since_beat
 @click.option(
     "--once",
     is_flag=True,
-    help="Upload the files already in the directory, finish each, then exit (backfill, "
-    "cron). A file quiet for stream.idle_timeout is finished at once; one still growing "
-    "is waited for; files that appear meanwhile are left for the next run.",
+    help="Upload the files already in the directory, finish each, let retention and "
+    "pruning delete what is due (files, chunks), then exit (backfill, cron). A file quiet "
+    "for stream.idle_timeout is finished at once; one still growing is waited for; files "
+    "that appear meanwhile are left for the next run.",
 )
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
-    help="With --once: stop after SECONDS even if not every stream has finished (exit 1); "
-    "by default it waits as long as S3 and the recorders take.",
+    help="With --once: stop after SECONDS even if not every stream has finished, or not "
+    "every deletion is done (exit 1); by default it waits as long as S3 and the recorders "
+    "take.",
 )
 def run(config_path: str | None, once: bool, timeout: float | None) -> None:
     """Watch the directory and upload every recording in it, until SIGTERM or SIGINT.
 
-    Exit status: 0 after a graceful stop (with --once: every stream finished), 1 after a
-    forced stop, too many uploader crashes, or, with --once, a stop or a timeout before
-    every stream finished; 2 for an invalid configuration, 3 when it cannot start
-    (directories, checkpoint store, another daemon on the same store).
+    Exit status: 0 after a graceful stop (with --once: every stream finished, and every
+    deletion retention and pruning had due done), 1 after a forced stop, too many uploader
+    crashes, or, with --once, a stop or a timeout before that, or a file or chunks kept
+    (the summary names them); 2 for an invalid configuration, 3 when it cannot start
+    (directories, checkpoint store, another daemon on the same store, the metrics port in
+    use, the instance name claimed by another checkpoint store).
     """
     if timeout is not None and not once:
         raise click.UsageError("--timeout goes with --once")
@@ -57,8 +61,9 @@ def run(config_path: str | None, once: bool, timeout: float | None) -> None:
 @config_option
 def health(config_path: str | None) -> None:
     """Is the daemon of this configuration alive: has its loop turned in the last 10 s?
-    Asks its /healthz on the configured metrics port or, with metrics off, reads its
-    heartbeat file in the checkpoint directory. For container health checks.
+    Asks its /healthz on the configured metrics port (giving up on a daemon silent for
+    2 s) or, with metrics off, reads its heartbeat file in the checkpoint directory. For
+    container health checks.
 
     Exit status: 0 alive, 1 not (the reason on stderr), 2 an invalid configuration.
     """

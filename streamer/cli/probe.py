@@ -10,8 +10,12 @@ import urllib.parse
 import urllib.request
 
 from streamer.config import Config
+from streamer.records import StreamRecord, StreamState
 
-TIMEOUT = 3.0
+# Per connect and per read. The daemon answers at once however many other clients are
+# connected; this is for one that does not, and stays well within the 5 s a container
+# health check waits, so `health` says why rather than being cut off.
+TIMEOUT = 2.0
 
 
 class NotReachable(Exception):
@@ -52,13 +56,37 @@ def healthy(config: Config) -> tuple[bool, str]:
 
 
 def readiness(config: Config) -> dict:
-    """/readyz's checks: s3, checkpoint, uploaders, running."""
+    """/readyz's checks: s3, checkpoint, uploaders, streams (parked and stuck)."""
     _, body = get(config, "/readyz")
     try:
         checks = json.loads(body)["checks"]
-        return {name: checks[name] for name in ("s3", "checkpoint", "uploaders")}
+        return {name: checks[name] for name in ("s3", "checkpoint", "uploaders", "streams")}
     except (ValueError, KeyError, TypeError):
         raise NotReachable(f"{base_url(config)}/readyz: not the daemon's answer") from None
+
+
+WAITING = ("parked", "stuck")  # an active stream as the running daemon sees it
+
+
+def waiting(config: Config) -> dict[str, dict]:
+    """The streams the running daemon has parked or found stuck, by id, each with its
+    `condition`, reason and times; none when the daemon cannot be asked (they are then
+    shown by their state in the store alone)."""
+    if not config.metrics.enabled:
+        return {}
+    try:
+        return by_stream(readiness(config)["streams"])
+    except NotReachable:
+        return {}
+
+
+def by_stream(streams: dict) -> dict[str, dict]:
+    """/readyz's parked and stuck streams, by id, each with its `condition`."""
+    return {
+        s["stream_id"]: {**s, "condition": condition}
+        for condition in WAITING
+        for s in streams.get(condition, [])
+    }
 
 
 def samples(config: Config) -> dict[str, float]:
@@ -79,3 +107,10 @@ def samples(config: Config) -> dict[str, float]:
     except ValueError:
         raise NotReachable(f"{base_url(config)}/metrics: not the daemon's answer") from None
     return found
+
+
+def state_of(record: StreamRecord, waiting: dict[str, dict]) -> str:
+    """Its state in the store, or, while active, `parked` or `stuck` as the daemon says."""
+    if record.state is StreamState.ACTIVE and record.stream_id in waiting:
+        return waiting[record.stream_id]["condition"]
+    return record.state.value

@@ -17,8 +17,9 @@ def config_group() -> None:
 @config_group.command("check")
 @config_option
 def config_check(config_path: str | None) -> None:
-    """Exit 0 if the configuration is valid, else 2 with a message naming the setting.
-    (That it also works, directories, store and S3: `streamer doctor`.)"""
+    """Exit 0 if the configuration is valid, else 2 with a message naming the setting:
+    the checks `streamer run` makes before it starts. (That it also works, directories,
+    store and S3: `streamer doctor`.)"""
     load_or_exit(config_path)
     click.echo("configuration ok")
 

@@ -55,10 +55,12 @@ def status(config_path: str | None, as_json: bool, interval: float | None) -> No
 def show(cfg: Config, config_path: str | None, as_json: bool, daemon: dict) -> None:
     with open_store(config_path, readonly=True) as store:
         records = list(store.streams())
-    counts = {s.value: sum(1 for r in records if r.state is s) for s in StreamState}
+    waiting = daemon.get("waiting", {})
+    states = [probe.state_of(r, waiting) for r in records]
+    counts = {s: states.count(s) for s in (*(s.value for s in StreamState), *probe.WAITING)}
     active = [
-        {**summary(r), "on_disk": size_on_disk(r.path)}
-        for r in records
+        {**summary(r), "state": state, "on_disk": size_on_disk(r.path)}
+        for r, state in zip(records, states, strict=True)
         if r.state is StreamState.ACTIVE
     ]
     if as_json:
@@ -87,6 +89,10 @@ def show(cfg: Config, config_path: str | None, as_json: bool, daemon: dict) -> N
     headers = ("STREAM", "PROGRESS", "UPLOADED", "ON DISK", "LAST UPLOAD")
     for line in display.table(headers, rows, right={2, 3}):
         click.echo(line)
+    for a in active:
+        if (w := waiting.get(a["stream_id"])) is not None:
+            due = f", tried again in {display.seconds(w['due_in'])}" if w["due_in"] else ""
+            click.echo(f"{a['stream_id']} {w['condition']}: {w['reason']}{due}")
 
 
 def size_on_disk(path: str) -> int | None:
@@ -121,6 +127,7 @@ def view_daemon(cfg: Config, previous: dict | None) -> dict:
         "checkpoint_writable": checks["checkpoint"]["ok"],
         "uploaders_alive": checks["uploaders"].get("alive"),
         "uploaders_expected": checks["uploaders"].get("expected"),
+        "waiting": probe.by_stream(checks["streams"]),
         "upload_rate": max(0.0, now["uploaded"] - previous["uploaded"]) / elapsed,
     }
 

@@ -10,8 +10,16 @@ import click
 import msgspec
 
 from streamer.checkpoint import CheckpointError, UnknownStream
-from streamer.cli import display
-from streamer.cli.common import config_option, fail, get_or_exit, json_option, open_store, summary
+from streamer.cli import display, probe
+from streamer.cli.common import (
+    config_option,
+    fail,
+    get_or_exit,
+    json_option,
+    load_or_exit,
+    open_store,
+    summary,
+)
 from streamer.records import StreamRecord, StreamState
 
 
@@ -24,15 +32,24 @@ def streams() -> None:
 @streams.command("list")
 @config_option
 @click.option(
-    "--state", type=click.Choice([s.value for s in StreamState]), help="Only streams in this state."
+    "--state",
+    type=click.Choice([*(s.value for s in StreamState), *probe.WAITING]),
+    help="Only streams in this state (parked and stuck: as the running daemon says).",
 )
 @json_option
 def list_streams(config_path: str | None, state: str | None, as_json: bool) -> None:
-    """One line per stream: id, state, bytes uploaded, chunks, last upload, file."""
+    """One line per stream: id, state, bytes uploaded, chunks, last upload, file. An
+    active stream the running daemon has parked (waiting out a backoff) or found stuck
+    shows as such, with why."""
+    waiting = probe.waiting(load_or_exit(config_path))
     with open_store(config_path, readonly=True) as store:
-        records = [r for r in store.streams() if state is None or r.state.value == state]
+        records = [r for r in store.streams() if state in (None, probe.state_of(r, waiting))]
     if as_json:
-        click.echo(msgspec.json.encode([summary(r) for r in records]))
+        shown = [
+            {**summary(r), "state": probe.state_of(r, waiting), **held_back(r, waiting)}
+            for r in records
+        ]
+        click.echo(msgspec.json.encode(shown))
         return
     if not records:
         click.echo("no streams" + (f" {state}" if state else ""))
@@ -41,7 +58,7 @@ def list_streams(config_path: str | None, state: str | None, as_json: bool) -> N
     rows = [
         (
             r.stream_id,
-            r.state.value,
+            probe.state_of(r, waiting),
             display.size(r.committed_bytes),
             str(r.chunk_count),
             display.ago(r.last_upload_at, now),
@@ -52,6 +69,21 @@ def list_streams(config_path: str | None, state: str | None, as_json: bool) -> N
     headers = ("STREAM", "STATE", "UPLOADED", "CHUNKS", "LAST UPLOAD", "FILE")
     for line in display.table(headers, rows, right={2, 3}):
         click.echo(line)
+    for r in records:
+        if (w := waiting.get(r.stream_id)) and probe.state_of(r, waiting) == w["condition"]:
+            due = f", tried again in {display.seconds(w['due_in'])}" if w["due_in"] else ""
+            click.echo(f"{r.stream_id} {w['condition']}: {w['reason']}{due}")
+
+
+def held_back(record: StreamRecord, waiting: dict[str, dict]) -> dict:
+    """--json's view of a parked or stuck stream: its condition, why, and when."""
+    w = waiting.get(record.stream_id)
+    if w is None or record.state is not StreamState.ACTIVE:
+        return {}
+    return {
+        "state": w["condition"],
+        **{k: w[k] for k in ("reason", "heals", "failing_for", "due_in")},
+    }
 
 
 @streams.command("show")

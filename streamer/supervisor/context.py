@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamer import logs, metrics
+from streamer import logs
 from streamer.checkpoint import CheckpointStore
 from streamer.config import Config
 from streamer.watcher import Watcher
@@ -29,7 +29,6 @@ class Context:
         if writable == self.checkpoint_writable:
             return False
         self.checkpoint_writable, self.checkpoint_error = writable, error
-        metrics.CHECKPOINT_WRITABLE.set(1 if writable else 0)
         if writable:
             self.log.info("checkpoint_writable", path=self.config.checkpoint.path)
         else:

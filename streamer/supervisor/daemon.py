@@ -15,7 +15,7 @@ import time
 from collections import deque
 
 from streamer import bandwidth, logs, metrics
-from streamer.checkpoint import CheckpointError, lock_store
+from streamer.checkpoint import CheckpointError
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
 from streamer.health import BEAT_EVERY, beat, heartbeat_path
@@ -31,6 +31,8 @@ from streamer.messages import (
     S3State,
     SourceRewritten,
     StreamFinished,
+    StreamParked,
+    StreamResumed,
 )
 from streamer.supervisor import startup
 from streamer.supervisor.batch import Batch
@@ -44,6 +46,9 @@ from streamer.supervisor.workers import MAX_RESTARTS, RESTART_WINDOW, Worker, Wo
 from streamer.watcher import Watcher
 
 TICK = 0.5
+# A longer gap between two turns of the loop: this process itself was stopped or starved
+# (a suspended host), and its uploaders' heartbeats aged meanwhile through no fault of theirs.
+AWAY = 5.0
 
 
 class Supervisor:
@@ -69,6 +74,7 @@ class Supervisor:
         self.exit_code: int | None = None
         self.next_request_check = 0.0
         self.last_turn = clock()  # the loop's heartbeat, for /healthz
+        self.awake_since = self.last_turn  # this process was last stopped or starved until
         self.last_beat = -BEAT_EVERY  # when the heartbeat file was touched (metrics off)
         self.readiness = Readiness(self.ctx, self.workers, self.table)
         # What /readyz answers, as the loop last saw it.
@@ -78,6 +84,10 @@ class Supervisor:
         self.batch_timeout = timeout  # seconds `once` may take; None: as long as it takes
         self.batch_deadline = math.inf
         self.store_lock: int | None = None
+        self.fixed_instance = False  # this start fixed a fresh store's instance name
+        # The uploaders (by their event mailbox) that reached S3, holding the claim: they
+        # answer a deletion with more than "not yet".
+        self.at_s3: set[Mailbox] = set()
 
     @property
     def config(self) -> Config:
@@ -93,6 +103,7 @@ class Supervisor:
             error = str(exc) if isinstance(exc, CheckpointError | OSError) else describe(exc)
             self.log.error("start_failed", error=error)
             self.workers.murder()
+            self.release_instance()
             return EXIT_BOOT_ERROR
         try:
             while self.exit_code is None:
@@ -121,27 +132,32 @@ class Supervisor:
                 "the uploads. For development only; use s3.ca_file for a private CA.",
             )
         startup.check_directories(config)
-        self.store_lock = lock_store(config.checkpoint.path)
+        self.store_lock = startup.lock_store(config)
+        # What the host can refuse is asked before the store is written: a fresh store's
+        # instance name is fixed there.
+        if config.metrics.enabled:
+            self.metrics_server = startup.bind_metrics(
+                config, lambda: self.published, lambda: self.clock() - self.last_turn
+            )
+        # Before the first scan: from then on every change in the directory is queued.
+        self.ctx.watcher.open()
         if config.retention.enabled:
             startup.check_leases(self.ctx)
-        startup.prepare_store(self.ctx)
+        self.fixed_instance = startup.prepare_store(self.ctx)
         self.install_signals()
         rate = config.s3.max_bytes_per_second
         self.workers.bandwidth = bandwidth.TokenBucket(rate) if rate else None
-        for worker_id in range(config.workers):
+        for worker_id in range(config.workers.count):
             self.workers.spawn(worker_id)
         self.ctx.open_store()
         if self.pruning.enabled:
             self.pruning.find_unpruned()
-        # Before the first scan: from then on every change in the directory is queued.
-        self.ctx.watcher.open()
-        if config.metrics.enabled:
-            self.metrics_server = metrics.MetricsServer(
-                config.metrics.host,
-                config.metrics.port,
-                lambda: self.published,
-                lambda: self.clock() - self.last_turn,
-            )
+        # Every gauge, and /readyz, true from the first scrape on.
+        self.readiness.update_gauges(self.clock())
+        self.published = self.readiness.checks(running=True)
+        if config.retention.guarded:
+            self.finished.measure_disk()
+        if self.metrics_server:
             self.metrics_server.start()
             self.log.info(
                 "metrics_listening", host=config.metrics.host, port=self.metrics_server.port
@@ -165,19 +181,37 @@ class Supervisor:
         self.log.info("batch_started", streams=len(self.table), passed_over=len(discovery.missed))
 
     def tend_batch(self, now: float) -> bool:
-        """Is the batch over (every stream ended, or its time up)? Then stop."""
+        """Is the batch over (every stream ended, and no deletion due: retention and
+        pruning did theirs, as the daemon would), or its time up? Then stop."""
         batch = self.batch
         batch.follow({t.file.path: t.stream_id for t in self.table.all()}, os.path.lexists)
-        if batch.done:
+        timed_out = now >= self.batch_deadline
+        if not batch.done and not timed_out:
+            return False
+        files, streams = self.deletions_due(now)
+        if batch.done and not files and not streams:
+            batch.stopping(files, streams)
             self.log.info("batch_finished", **batch.summary())
-        elif now >= self.batch_deadline:
+        elif timed_out:
+            batch.stopping(files, streams)
             self.log.warning("batch_timed_out", timeout=self.batch_timeout, **batch.summary())
         else:
             return False
         self.handle_term()
         return True
 
+    def deletions_due(self, now: float) -> tuple[list[str], list[str]]:
+        """Retention's files and pruning's streams due now (or asked for)."""
+        return self.finished.due(now), self.pruning.due(now)
+
+    def may_delete(self) -> bool:
+        """`run --once` counts every answer to a deletion: it asks none before each
+        uploader reached S3, when "not yet" is all it would hear."""
+        return self.batch is None or set(self.workers.event_mailboxes()) <= self.at_s3
+
     def loop(self, now: float) -> None:
+        if now - self.last_turn > AWAY:
+            self.awake_since = now  # the uploaders' heartbeats are judged from now on
         self.last_turn = now
         if not self.config.metrics.enabled and now - self.last_beat >= BEAT_EVERY:
             beat(heartbeat_path(self.config.checkpoint.path))
@@ -188,6 +222,7 @@ class Supervisor:
             self.handle_signal(self.signals.popleft())
         if self.exit_code is None:
             self.reap_workers(now)
+            self.check_heartbeats(now)
         if self.exit_code is not None:
             return
         if self.stop_deadline is None:
@@ -208,6 +243,9 @@ class Supervisor:
             self.next_request_check = now + TICK
             discovery.check_cancellations()
         discovery.finish_idle_streams(now)
+        self.table.tell_stuck(now)
+        if not self.may_delete():
+            return
         if self.config.retention.enabled and now >= self.finished.next_retention:
             self.finished.apply(now, busy=self.pruning.busy)
         if self.pruning.enabled:
@@ -218,6 +256,8 @@ class Supervisor:
         self.ctx.watcher.close()
         if self.metrics_server:
             self.metrics_server.close()
+        if self.exit_code == EXIT_BOOT_ERROR:
+            self.release_instance()
         self.ctx.close_store()
         self.log.info("stopped", exit_code=self.exit_code)
 
@@ -258,6 +298,8 @@ class Supervisor:
     def handle_worker_events(self, events: Mailbox, now: float) -> None:
         message = events.get(0)
         while message is not None:
+            if isinstance(message, S3State) and message.reachable:
+                self.at_s3.add(events)
             self.handle_event(message, now)
             message = events.get(0)
 
@@ -277,6 +319,10 @@ class Supervisor:
                 self.discovery.finish_declined(table[stream_id], now)
             case SourceRewritten(stream_id=stream_id) if stream_id in table:
                 self.discovery.rewritten(table[stream_id], now)
+            case StreamParked(stream_id=stream_id) if stream_id in table:
+                table.parked(table[stream_id], message, now)
+            case StreamResumed(stream_id=stream_id) if stream_id in table:
+                table.resumed(table[stream_id])
             case StreamFinished(stream_id=stream_id) if stream_id in table:
                 if self.batch is not None:
                     self.batch.concluded(stream_id, message.status)
@@ -286,9 +332,13 @@ class Supervisor:
                 if self.ctx.checkpoint_state(writable, error) and writable:
                     self.discovery.next_rescan = now  # what was passed over meanwhile
             case Retired():
-                self.finished.retired(message, now)
+                path = self.finished.retired(message, now)
+                if self.batch is not None and path is not None:
+                    self.batch.retired(path, message, os.path.lexists)
             case Pruned():
                 self.pruning.pruned(message, now)
+                if self.batch is not None:
+                    self.batch.pruned(message.stream_id, message.deleted)
 
     # Signals
 
@@ -329,8 +379,19 @@ class Supervisor:
 
     def stopped_status(self) -> int:
         """A graceful stop is a success, unless `run --once` stopped before all its
-        streams finished."""
-        return EXIT_FAILURE if self.batch is not None and not self.batch.all_finished else EXIT_OK
+        streams finished and every deletion due was done."""
+        batch = self.batch
+        if batch is None:
+            return EXIT_OK
+        # Noted here where a signal stopped the run (a stop of tend_batch's noted its own).
+        batch.stopping(*self.deletions_due(self.clock()))
+        return EXIT_OK if batch.succeeded else EXIT_FAILURE
+
+    def release_instance(self) -> None:
+        """A start that failed before any uploader reached S3 does not leave a fresh
+        store tied to the instance name it was given."""
+        if self.fixed_instance and not self.at_s3:
+            startup.release_instance(self.ctx)
 
     # Uploaders
 
@@ -341,12 +402,29 @@ class Supervisor:
             fds.append(self.metrics_server.fileno())
         return fds
 
+    def check_heartbeats(self, now: float) -> None:
+        """gunicorn's rule: an uploader whose heartbeat went stale is killed; it is
+        replaced, and its streams resume elsewhere, once it is reaped."""
+        for worker in self.workers.stalled(now, self.awake_since):
+            self.log.error(
+                "uploader_stalled",
+                worker=worker.worker_id,
+                pid=worker.process.pid,
+                seconds_since_heartbeat=round(now - worker.heartbeat.at, 1),
+                doing=worker.heartbeat.doing,
+                streams=sorted(worker.streams),
+            )
+            metrics.UPLOADER_STALLS.inc()
+            self.workers.kill(worker)
+
     def reap_workers(self, now: float) -> None:
         for worker in self.workers.reap():
             if worker.state is WorkerState.STOPPING:
                 self.log.info(
                     "uploader_exited", worker=worker.worker_id, exit_code=worker.process.exitcode
                 )
+            elif worker.state is WorkerState.STALLED:
+                self.replace_worker(worker, now)
             elif self.exit_code is None:
                 self.handle_worker_death(worker, now)
 
@@ -365,6 +443,12 @@ class Supervisor:
             self.halt(reason, EXIT_FAILURE)
             return
         metrics.UPLOADER_RESTARTS.inc()
+        self.replace_worker(worker, now)
+
+    def replace_worker(self, worker: Worker, now: float) -> None:
+        """A new uploader in its place; its streams, deletions and prunings go on from the
+        checkpoint. (A stalled one is not counted against the restart budget: what
+        stalls it, a dead mount, is the host's, and halting would not heal it.)"""
         self.finished.uploader_died(worker.worker_id)
         self.pruning.uploader_died(worker.worker_id)
         self.workers.spawn(worker.worker_id)

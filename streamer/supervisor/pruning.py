@@ -36,8 +36,16 @@ class Pruning:
         self.waiting.update((r.stream_id, 0.0) for r in records if prunable(r))
 
     def finished(self, stream_id: str, now: float) -> None:
-        if self.enabled:
+        """A stream just finished: pruned next if it may be (assembled, its sha256 known);
+        asking for one that may not would only be answered "kept"."""
+        record = self.ctx.store.find_stream(stream_id) if self.enabled else None
+        if record is not None and prunable(record):
             self.waiting[stream_id] = now
+
+    def due(self, now: float) -> list[str]:
+        """The streams to prune now, the one asked for among them: what `run --once` waits
+        for before it stops."""
+        return sorted(s for s, at in self.waiting.items() if at <= now)
 
     def apply(self, now: float, busy: str | None = None) -> None:
         """Ask for the next stream due, unless one is being pruned; not `busy`, the one

@@ -28,7 +28,7 @@ class Readiness:
 
     def checks(self, running: bool) -> tuple[bool, dict]:
         ctx = self.ctx
-        alive, expected = self.workers.alive(), ctx.config.workers
+        alive, expected = self.workers.alive(), ctx.config.workers.count
         checks = {
             "s3": {"ok": self.s3_reachable is True, "error": self.s3_error},
             "checkpoint": {
@@ -37,15 +37,35 @@ class Readiness:
             },
             "uploaders": {"ok": alive == expected, "alive": alive, "expected": expected},
             "running": {"ok": running},
+            "streams": self.waiting(ctx.clock()),
         }
         return all(c["ok"] for c in checks.values()), checks
 
+    def waiting(self, now: float) -> dict:
+        """The streams parked and stuck, with why and until when; none stuck is ok."""
+        stuck_after = self.ctx.config.stream.stuck_after
+        shown: dict[str, list] = {"parked": [], "stuck": []}
+        for t in self.table.all():
+            if (condition := t.condition(now, stuck_after)) is not None:
+                p = t.parking
+                shown[condition].append(
+                    {
+                        "stream_id": t.stream_id,
+                        "path": t.file.path,
+                        "reason": p.reason,
+                        "heals": p.heals,
+                        "failing_for": round(now - p.since, 1),
+                        "due_in": round(max(0.0, p.due - now), 1),
+                    }
+                )
+        return {"ok": not shown["stuck"], **shown}
+
     def update_gauges(self, now: float) -> None:
         streams = self.table.all()
-        for phase in Phase:
-            metrics.STREAMS.labels(state=phase.value).set(
-                sum(1 for t in streams if t.phase is phase)
-            )
+        stuck_after = self.ctx.config.stream.stuck_after
+        states = [t.condition(now, stuck_after) or t.phase.value for t in streams]
+        for state in [*(p.value for p in Phase), "parked", "stuck"]:
+            metrics.STREAMS.labels(state=state).set(states.count(state))
         live = [t for t in streams if t.phase is not Phase.ABANDONING]
         metrics.BYTES_ON_DISK.set(sum(t.file.size for t in live))
         metrics.BYTES_CONFIRMED.set(sum(t.confirmed for t in live))
@@ -54,3 +74,6 @@ class Readiness:
             max((oldest_uncommitted_age(t.arrivals, t.committed, now) for t in live), default=0)
         )
         metrics.SINCE_LAST_UPLOAD.set(now - (self.last_upload or self.started_at))
+        metrics.S3_REACHABLE.set(1 if self.s3_reachable else 0)
+        writable = self.ctx.store is not None and self.ctx.checkpoint_writable
+        metrics.CHECKPOINT_WRITABLE.set(1 if writable else 0)

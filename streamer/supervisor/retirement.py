@@ -42,6 +42,8 @@ class Retirement:
         self.settled: dict[str, tuple[int, int, int]] = {}  # path -> identity
         self.retainable: dict[str, Retainable] = {}  # by path
         self.retiring: tuple[str, int] | None = None  # (stream, uploader) asked to delete
+        # Its path: the deletion's own file events may unsettle it before the answer comes.
+        self.retiring_path = ""
         self.next_retention = 0.0
         self.disk_pressure = False
 
@@ -78,19 +80,39 @@ class Retirement:
         if need == 0 and not retention.delete_after_upload:
             self.set_disk_pressure(False, free, free)
             return
-        wall_ns = time.time_ns()
-        candidates = [
-            (e.mtime_ns, e.stream_id)
-            for e in self.retainable.values()
-            if now >= e.not_before
-            and old_enough(e.mtime_ns, wall_ns, retention.min_age)
-            and e.stream_id not in busy
-        ]
-        chosen = next_to_retire(candidates, need, retention.delete_after_upload)
+        chosen = next_to_retire(self.candidates(now, busy), need, retention.delete_after_upload)
         if chosen is not None:
             self.ask_to_retire(*chosen)
         if retention.guarded:
             self.set_disk_pressure(need > 0 and self.retiring is None, free, free + need)
+
+    def candidates(self, now: float, busy: Collection[str] = ()) -> list[tuple[int, str]]:
+        """(mtime_ns, stream id) of the files that may be deleted now."""
+        wall_ns = time.time_ns()
+        min_age = self.ctx.config.retention.min_age
+        return [
+            (e.mtime_ns, e.stream_id)
+            for e in self.retainable.values()
+            if now >= e.not_before
+            and old_enough(e.mtime_ns, wall_ns, min_age)
+            and e.stream_id not in busy
+        ]
+
+    def due(self, now: float) -> list[str]:
+        """The files retention deletes now, one after the other, and the one it asked
+        for: what `run --once` waits for before it stops."""
+        retention = self.ctx.config.retention
+        need = self.free_space_needed()[0] if retention.guarded else 0
+        candidates = self.candidates(now)
+        if retention.delete_after_upload:
+            due = {stream_id for _, stream_id in candidates}
+        else:
+            chosen = next_to_retire(candidates, need, delete_after_upload=False)
+            due = {chosen[0]} if chosen is not None else set()
+        paths = {path for path, e in self.retainable.items() if e.stream_id in due}
+        if self.retiring is not None:
+            paths.add(self.retiring_path)
+        return sorted(paths)
 
     def free_space_needed(self) -> tuple[int, int]:
         """Bytes to delete to get back above the free-space thresholds, and the free bytes
@@ -106,6 +128,11 @@ class Retirement:
         retention = config.retention
         need = space_to_free(free, total, retention.min_free_bytes, retention.min_free_percent)
         return need, free
+
+    def measure_disk(self) -> None:
+        """The free-space gauges, before the first scrape."""
+        self.free_space_needed()
+        metrics.DISK_PRESSURE.set(1 if self.disk_pressure else 0)
 
     def set_disk_pressure(self, pressure: bool, free: int, wanted: int) -> None:
         if pressure == self.disk_pressure:
@@ -128,21 +155,29 @@ class Retirement:
         uploader = self.workers.least_loaded()
         if uploader is not None:
             self.retiring = (stream_id, uploader)
+            self.retiring_path = next(
+                path for path, e in self.retainable.items() if e.stream_id == stream_id
+            )
             self.workers[uploader].send(Retire(stream_id=stream_id, reason=reason))
 
-    def retired(self, message: Retired, now: float) -> None:
+    def retired(self, message: Retired, now: float) -> str | None:
+        """The uploader's answer; returns the path of the file it is about, if retention
+        held one."""
+        found = None
         if self.retiring is not None and self.retiring[0] == message.stream_id:
-            self.retiring = None
+            self.retiring, found = None, self.retiring_path
         self.next_retention = now
         for path, entry in list(self.retainable.items()):
             if entry.stream_id != message.stream_id:
                 continue
+            found = path
             if message.deleted:
                 self.unsettle(path)
             elif message.final:
                 del self.retainable[path]
             else:
-                entry.not_before = now + KEPT_RETRY
+                entry.not_before = now + max(KEPT_RETRY, message.retry_in)
+        return found
 
     def uploader_died(self, worker_id: int) -> None:
         """Its deletion, if it was asked for one, will never be answered."""

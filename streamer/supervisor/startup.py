@@ -1,16 +1,20 @@
 """Before the supervisor's loop: the directories it needs are there, the checkpoint store
-is ready for the uploaders and this host's instance name settled, and whether retention
-can tell that a recording is still being written."""
+locked for this daemon, the metrics port bound, the store ready for the uploaders and this
+host's instance name settled, and whether retention can tell that a recording is still
+being written. What can fail on the host fails before the store is written: a start that
+fails leaves a fresh store free to take another instance name."""
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 
 import msgspec
 
-from streamer import metrics, naming
+from streamer import checkpoint, metrics, naming
 from streamer.config import Config
-from streamer.fileio import CAP_LEASE, lease_blindness, raise_capability
+from streamer.fileio import BLIND_MIN_AGE, CAP_LEASE, lease_blindness, raise_capability
 from streamer.supervisor.context import Context
 
 
@@ -23,6 +27,36 @@ def check_directories(config: Config) -> None:
         raise OSError(f"checkpoint.path {path} is not writable")
 
 
+def lock_store(config: Config) -> int:
+    path = config.checkpoint.path
+    try:
+        return checkpoint.lock_store(path)
+    except checkpoint.StoreLocked as exc:
+        raise OSError(
+            f"{exc}: wait for it to stop, or give this daemon a checkpoint store of its own "
+            "(checkpoint.path, STREAMER_CHECKPOINT_PATH)"
+        ) from None
+
+
+def bind_metrics(
+    config: Config, readiness: Callable[[], tuple[bool, dict]], since_loop: Callable[[], float]
+) -> metrics.MetricsServer:
+    """The metrics endpoint's port, bound (served once the loop runs)."""
+    host, port = config.metrics.host, config.metrics.port
+    try:
+        return metrics.MetricsServer(host, port, readiness, since_loop)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why = "another process listens there, another streamer daemon perhaps"
+        raise OSError(
+            f"cannot serve metrics on {host}:{port} (metrics.host, metrics.port): {why}. "
+            "Give this daemon a port of its own (metrics.port, STREAMER_METRICS_PORT; 0 takes "
+            "any free port) or turn its metrics off (metrics.enabled false, "
+            "STREAMER_METRICS_ENABLED=false)"
+        ) from None
+
+
 def check_leases(ctx: Context) -> None:
     raise_capability(CAP_LEASE)  # where the image and the container grant it
     blind = lease_blindness(ctx.config.watch.directory)
@@ -32,24 +66,47 @@ def check_leases(ctx: Context) -> None:
             "retention_blind",
             reason=blind,
             min_age=ctx.config.retention.min_age,
-            message="whether a recording is still open for writing cannot be known: "
-            "retention.min_age is the only guard; set it above your recorders' "
-            "longest pause",
+            blind_min_age=BLIND_MIN_AGE,
+            message="whether a recording is still open for writing cannot be known: a file "
+            f"no lease can be taken on is kept until its last write is {BLIND_MIN_AGE / 60:g} "
+            "minutes old (or retention.min_age, if longer), and each such deletion is "
+            "logged (source_deleted_blind); grant CAP_LEASE to see writers",
         )
 
 
-def prepare_store(ctx: Context) -> None:
+def prepare_store(ctx: Context) -> bool:
     """Before any uploader opens it: clear what killed processes left, settle this
     host's instance name, which every uploader then writes its keys under, and begin a
-    start, which the first uploader moves the instance's claim in S3 on to."""
+    start, which the first uploader moves the instance's claim in S3 on to. Returns
+    whether this start fixed the name (a fresh store)."""
     ctx.open_store()
     try:
         cleared = ctx.store.clear_stale_readers()
         if cleared:
             ctx.log.info("stale_readers_cleared", count=cleared)
+        fresh = ctx.store.instance() is None
         instance = ctx.store.claim_instance(ctx.config.instance, naming.host_instance())
         ctx.store.begin_start()
     finally:
         ctx.close_store()
     ctx.config = msgspec.structs.replace(ctx.config, instance=instance)
     ctx.log.info("instance", instance=instance)
+    return fresh
+
+
+def release_instance(ctx: Context) -> None:
+    """A start that fixed a fresh store's instance name and failed before any uploader
+    reached S3 (the name claimed by another store, say): unless an uploader held the
+    claim meanwhile, nothing was written under the name, and the store is left free to
+    take another."""
+    opened = ctx.store is None
+    if opened:
+        ctx.open_store()
+    try:
+        _, _, held = ctx.store.claim_starts()
+        if not held:
+            ctx.store.release_instance()
+            ctx.log.info("instance_released", instance=ctx.config.instance)
+    finally:
+        if opened:
+            ctx.close_store()

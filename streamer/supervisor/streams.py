@@ -8,8 +8,8 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-from streamer.messages import Abandon, Assign, Grow
-from streamer.policy import choose_uploader
+from streamer.messages import Abandon, Assign, Grow, StreamParked
+from streamer.policy import choose_uploader, stream_condition
 from streamer.records import StreamRecord
 from streamer.supervisor.context import Context
 from streamer.supervisor.workers import Workers
@@ -34,6 +34,18 @@ _PHASE_MOVES = {
 
 
 @dataclass
+class Parking:
+    """Why a stream's steps fail, since when, and when its owner tries again."""
+
+    reason: str
+    since: float
+    due: float
+    heals: bool
+    bug: bool
+    told_stuck: bool = False
+
+
+@dataclass
 class Tracked:
     """A stream the supervisor is responsible for until its uploader reports it finished."""
 
@@ -50,6 +62,14 @@ class Tracked:
     confirmed: int = 0
     committed: int = 0
     arrivals: deque = field(default_factory=deque)
+    parking: Parking | None = None  # while its steps fail
+
+    def condition(self, now: float, stuck_after: float) -> str | None:
+        """`parked`, `stuck`, or None (see policy.stream_condition)."""
+        p = self.parking
+        if p is None:
+            return None
+        return stream_condition(p.since, p.due, p.bug, now, stuck_after)
 
     def is_at(self, file: FileStat) -> bool:
         """Could `file` be this stream's file under another name? (Its inode, at least: a
@@ -169,6 +189,39 @@ class StreamTable:
         for tracked in self.all():
             if tracked.owner == worker_id:
                 self.assign(tracked, now)
+
+    def parked(self, tracked: Tracked, message: StreamParked, now: float) -> None:
+        """Its owner failed a step: it waits `delay`. Failing since the first failure
+        without a success between, whichever uploader owned it then."""
+        since = now - message.failing_for
+        if tracked.parking is not None:
+            since = min(since, tracked.parking.since)
+        told = tracked.parking is not None and tracked.parking.told_stuck
+        tracked.parking = Parking(
+            message.reason, since, now + message.delay, message.heals, message.bug, told
+        )
+
+    def resumed(self, tracked: Tracked) -> None:
+        if tracked.parking is not None and tracked.parking.told_stuck:
+            self.ctx.log.info("stream_resumed", stream_id=tracked.stream_id)
+        tracked.parking = None
+
+    def tell_stuck(self, now: float) -> None:
+        """Each stream that turned stuck is said once, at error level."""
+        stuck_after = self.ctx.config.stream.stuck_after
+        for tracked in self.streams.values():
+            p = tracked.parking
+            if p is None or p.told_stuck or tracked.condition(now, stuck_after) != "stuck":
+                continue
+            p.told_stuck = True
+            self.ctx.log.error(
+                "stream_stuck",
+                stream_id=tracked.stream_id,
+                path=tracked.file.path,
+                reason=p.reason,
+                failing_for=round(now - p.since, 1),
+                heals=p.heals,
+            )
 
     def tell_owner(self, tracked: Tracked, message) -> None:
         if tracked.owner in self.workers:

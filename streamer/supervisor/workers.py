@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import multiprocessing
 import os
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 from streamer import metrics
 from streamer.bandwidth import TokenBucket
-from streamer.childproc import FORK_BLOCKED_SIGNALS
+from streamer.childproc import FORK_BLOCKED_SIGNALS, Heartbeat
 from streamer.messages import Mailbox, Stop
 from streamer.policy import choose_uploader
 from streamer.supervisor.context import Context
@@ -33,7 +34,8 @@ def run_uploader(*args) -> None:
 
 class WorkerState(enum.Enum):
     RUNNING = "running"
-    STOPPING = "stopping"
+    STOPPING = "stopping"  # told to stop: its grace period bounds the wait
+    STALLED = "stalled"  # its heartbeat went stale: killed, and replaced once reaped
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Worker:
     process: multiprocessing.Process
     commands: Mailbox
     events: Mailbox
+    heartbeat: Heartbeat
     state: WorkerState = WorkerState.RUNNING
     streams: set[str] = field(default_factory=set)
     # Commands its pipe had no room for yet: the supervisor never blocks on a slow uploader.
@@ -78,6 +81,7 @@ class Workers:
         ctx = self.ctx
         commands = Mailbox.for_commands(self.fork)
         events = Mailbox.for_events(self.fork)
+        heartbeat = Heartbeat(self.fork, ctx.clock())
         process = self.fork.Process(
             target=run_uploader,
             name=f"streamer-uploader-{worker_id}",
@@ -88,6 +92,7 @@ class Workers:
                 events,
                 os.getpid(),
                 self.inherited_fds(),
+                heartbeat,
                 self.bandwidth,
             ),
         )
@@ -102,7 +107,7 @@ class Workers:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED_SIGNALS)
             if reopen:
                 ctx.open_store()
-        self.workers[worker_id] = Worker(worker_id, process, commands, events)
+        self.workers[worker_id] = Worker(worker_id, process, commands, events, heartbeat)
         ctx.log.info("uploader_spawned", worker=worker_id, pid=process.pid)
 
     def event_mailboxes(self) -> list[Mailbox]:
@@ -142,6 +147,23 @@ class Workers:
         for worker in self.workers.values():
             worker.state = WorkerState.STOPPING
             worker.send(Stop())
+
+    def stalled(self, now: float, since: float) -> list[Worker]:
+        """The running uploaders whose heartbeat is older than `workers.stall_timeout`,
+        not counting the time before `since` (when the supervisor itself was away)."""
+        timeout = self.ctx.config.workers.stall_timeout
+        return [
+            w
+            for w in self.workers.values()
+            if w.state is WorkerState.RUNNING and now - max(w.heartbeat.at, since) > timeout
+        ]
+
+    def kill(self, worker: Worker) -> None:
+        """SIGKILL: a stopped process dies of it too, and a process stuck in the kernel as
+        soon as it leaves it; reaped when its sentinel says so."""
+        worker.state = WorkerState.STALLED
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.process.pid, signal.SIGKILL)
 
     def murder(self) -> None:
         for worker in self.workers.values():

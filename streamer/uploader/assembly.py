@@ -35,6 +35,15 @@ class Assembler:
         # The whole object made for a stream whose finishing was then called off (its
         # file changed): made again over that one, which is this uploader's own.
         self.made: dict[str, str] = {}
+        # The whole object proven for a stream, and what it was made from (its key, the
+        # file's sha256, its chunks' ETags): a completion tried again over the same (a
+        # refused metadata.json) uses it again instead of copying every byte once more.
+        self.proven: dict[str, tuple[tuple, Assembled]] = {}
+
+    def forget(self, stream_id: str) -> None:
+        """The stream concluded."""
+        self.made.pop(stream_id, None)
+        self.proven.pop(stream_id, None)
 
     # While live
 
@@ -178,6 +187,10 @@ class Assembler:
         the file (checked against the sha256 just computed)."""
         s3 = self.ctx.s3
         key = self.assembled_key(record)
+        basis = (key, sha256, tuple((c.index, c.revision, c.etag) for c in chunks))
+        if (reused := self.still_proven(record.stream_id, basis)) is not None:
+            self.ctx.log.info("assembled_object_reused", **log_fields, key=key, etag=reused.etag)
+            return reused
         # Made over nothing, or over the one this store made before (a finishing called
         # off, a retried stream).
         made = record.assembled.etag if record.assembled is not None else ABSENT
@@ -206,7 +219,17 @@ class Assembler:
             size=finish.size,
             parts_copied_live=ahead,
         )
-        return Assembled(key=key, size=finish.size, etag=etag, method=method)
+        assembled = Assembled(key=key, size=finish.size, etag=etag, method=method)
+        self.proven[record.stream_id] = (basis, assembled)
+        return assembled
+
+    def still_proven(self, stream_id: str, basis: tuple) -> Assembled | None:
+        """The object made from the very same before, if S3 still holds it as made."""
+        proven = self.proven.get(stream_id)
+        if proven is None or proven[0] != basis:
+            return None
+        stored = self.ctx.s3.stat(proven[1].key)
+        return proven[1] if stored is not None and stored.etag == proven[1].etag else None
 
     def compose(
         self,

@@ -6,7 +6,6 @@ A stream whose file went away, or that an operator cancelled, concludes with wha
 from __future__ import annotations
 
 import contextlib
-import os
 from concurrent.futures import Future
 from datetime import UTC, datetime
 
@@ -17,7 +16,7 @@ from streamer.audit import chunk_problems
 from streamer.checkpoint import UnknownStream
 from streamer.chunkstore import ChunkStore
 from streamer.failures import NotInS3
-from streamer.fileio import Span, open_regular
+from streamer.fileio import Span, open_regular, stat_source, touching
 from streamer.logs import describe
 from streamer.messages import Finish, FinishDeclined, StreamFinished
 from streamer.policy import UploadChunk, final_status
@@ -102,7 +101,7 @@ class FinishCalledOff(Exception):
 
 
 def check_still_idle(path: str, finish: Finish) -> None:
-    st = os.stat(path)
+    st = stat_source(path)
     if (st.st_size, st.st_mtime_ns) != (finish.size, finish.mtime_ns):
         raise FinishCalledOff(st.st_size)
 
@@ -162,7 +161,7 @@ class Completion:
             self.surveyor.log(quiet, while_quiet=False, log_fields=log_fields)
         revised = self.reconcile(record, chunks, quiet, log_fields)
         sha256, drop_from = quiet.sha256, quiet.drop_from
-        with open_regular(record.path) as f:
+        with open_regular(record.path) as f, touching(record.path):
             facts = mp4.inspect_file(f)
         check_still_idle(record.path, finish)
         by_index = {c.index: c for c in chunks[:drop_from]} | {c.index: c for c, _ in revised}
@@ -289,7 +288,7 @@ class Completion:
             completion["manifest_etag"] = published.etag
             ctx.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
             delete_superseded(ctx, done, chunks)
-        self.assembler.made.pop(stream_id, None)
+        self.assembler.forget(stream_id)
         job.move_to(Phase.CONCLUDED)
         del ctx.jobs[stream_id]
         ctx.wake_starved()

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from minio.error import S3Error
+
 from streamer import logs, metrics
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointStore, CheckpointUnwritable
@@ -16,7 +18,7 @@ from streamer.chunkstore import ChunkStore
 from streamer.config import Config
 from streamer.failures import S3_TROUBLE, Backoff, classify, hint
 from streamer.logs import describe
-from streamer.messages import CheckpointState, Mailbox, S3State
+from streamer.messages import CheckpointState, Mailbox, S3State, StreamParked, StreamResumed
 from streamer.uploader.jobs import Job
 from streamer.uploader.tasks import Handler, Tasks
 
@@ -70,7 +72,6 @@ class Context:
     def s3_state(self, reachable: bool, exc: Exception | None = None) -> None:
         if reachable != self.s3_reachable:
             self.s3_reachable = reachable
-            metrics.S3_REACHABLE.set(1 if reachable else 0)
             self.events.put(S3State(reachable=reachable, error=describe(exc) if exc else ""))
 
     def checkpoint_state(self, writable: bool, exc: Exception | None = None) -> None:
@@ -80,29 +81,61 @@ class Context:
             self.events.put(CheckpointState(writable=writable, error=describe(exc) if exc else ""))
 
     def retry_later(self, job: Job, exc: Exception, now: float) -> None:
-        """A step of the stream failed: it waits, the others go on."""
-        self.fail(job.backoff, exc, now, STEP_EVENTS, **job.log_fields)
+        """A step of the stream failed: it is parked (the supervisor is told why, and
+        until when), the others go on."""
+        backoff = job.backoff
+        kind, delay = self.fail(backoff, exc, now, STEP_EVENTS, **job.log_fields)
+        reason = describe(exc)
+        if kind == "rejected":
+            reason += f" (will not heal by itself: {hint(exc, True)['hint']})"
+        elif kind == "failed":
+            reason += " (a bug: no fault explains it; its stream_failed line has the traceback)"
+        self.events.put(
+            StreamParked(
+                stream_id=job.stream_id,
+                reason=reason,
+                delay=delay,
+                failing_for=now - backoff.since,
+                heals=kind == "transient",
+                bug=kind == "failed",
+            )
+        )
+
+    def step_succeeded(self, job: Job) -> None:
+        """A step of the stream went through: parked no longer."""
+        if job.backoff.attempt:
+            self.events.put(StreamResumed(stream_id=job.stream_id))
+        job.backoff.succeeded()
 
     def fail(
         self, backoff: Backoff, exc: Exception, now: float, events: dict[str, str], **fields
-    ) -> None:
+    ) -> tuple[str, float]:
         """The one way a failed step is retried, wherever it failed: classified, counted,
-        logged (`events` names the line for each kind) and scheduled again."""
+        logged (`events` names the line for each kind) and scheduled again. Returns the
+        kind and the delay."""
         kind = classify(exc)
         s3 = self.config.s3
+        error = describe(exc)
+        repeated = backoff.error == error
+        backoff.error = error
         delay = backoff.failed(kind, now, s3.retry_base, s3.retry_cap)
         metrics.UPLOAD_ERRORS.labels(kind=kind).inc()
         metrics.UPLOAD_RETRIES.inc()
-        if isinstance(exc, S3_TROUBLE):
+        # S3 refusing one object answered all the same: it is reached (the stream is
+        # parked, and says why).
+        if isinstance(exc, S3_TROUBLE) and not (isinstance(exc, S3Error) and kind == "rejected"):
             self.s3_state(False, exc)
         if isinstance(exc, CheckpointUnwritable):
             self.checkpoint_state(False, exc)
-        fields |= {"error": describe(exc), "attempt": backoff.attempt, "delay": round(delay, 3)}
+        fields |= {"error": error, "attempt": backoff.attempt, "delay": round(delay, 3)}
         if kind == "transient":
             self.log.warning(events[kind], **fields, **hint(exc, False))
         elif kind == "rejected":
             self.log.error(events[kind], **fields, **hint(exc, True))
+        elif repeated:
+            self.log.debug("step_failed_again", **fields)  # its traceback was logged once
         else:
-            # A bug, or a file we cannot handle: it waits, the rest goes on.
-            trace = "".join(traceback.format_exception(exc, limit=5))
+            # A bug, or a file we cannot handle: it waits (stuck), the rest goes on.
+            trace = "".join(traceback.format_exception(exc, limit=-8))  # where it was raised
             self.log.error(events[kind], **fields, traceback=trace)
+        return kind, delay

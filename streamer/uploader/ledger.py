@@ -50,7 +50,7 @@ class Ledger:
         self.commit(job, committed, sent.head)
         if copies_ahead(ctx.config.stream.assemble, record.chunk_size, chunk.index, chunk.size):
             job.uncopied.append(committed)
-        job.backoff.succeeded()
+        ctx.step_succeeded(job)
         fields = {
             **job.log_fields,
             "index": chunk.index,

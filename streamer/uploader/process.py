@@ -9,12 +9,13 @@ import os
 import select
 import signal
 import time
+from concurrent.futures import Future
 
-from streamer import claim, logs
+from streamer import claim, fileio, logs
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore
-from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS
+from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS, Heartbeat
 from streamer.chunkstore import ChunkStore
 from streamer.config import Config, MiB
 from streamer.failures import Backoff
@@ -70,10 +71,13 @@ class Uploader:
         events: Mailbox,
         parent_pid: int,
         inherited_fds: list[int],
+        heartbeat: Heartbeat,
         bandwidth: TokenBucket | None = None,
         clock=time.monotonic,
     ):
         self.worker_id = worker_id
+        self.heartbeat = heartbeat
+        self.doing = "starting"
         self.config = config
         self.commands = commands
         self.events = events
@@ -86,13 +90,17 @@ class Uploader:
         self.bucket_ready = False
         self.claim_due = float("inf")
         self.bucket_backoff = Backoff()
+        self.bucket_check: Future | None = None  # the look at S3 under way
+        self.waiting_for_s3: list[Retire | Prune] = []  # deletions asked meanwhile
         self.log = logs.EventLog(f"uploader.{worker_id}")
 
     def run(self) -> int:
         try:
             self.init_process()
-        except CheckpointError as exc:
-            self.log.error("uploader_boot_failed", error=str(exc))
+        except Exception as exc:
+            # Whatever stops its start would stop the next one: the daemon halts, once.
+            error = str(exc) if isinstance(exc, CheckpointError) else describe(exc)
+            self.log.error("uploader_boot_failed", error=error)
             return EXIT_BOOT_ERROR
         self.log.info("uploader_started", worker=self.worker_id)
         while not self.stopping:
@@ -164,6 +172,7 @@ class Uploader:
 
     def loop(self, now: float) -> None:
         ctx = self.ctx
+        self.beat(now)
         if not self.bucket_ready and now >= self.bucket_backoff.due:
             self.check_bucket(now)
         elif self.worker_id == 0 and self.bucket_ready and now >= self.claim_due:
@@ -172,6 +181,8 @@ class Uploader:
         if not self.stopping:
             self.assembler.copy_ahead(now)
         job = self.schedule.next_job(now) if self.bucket_ready else None
+        if job is None:
+            self.doing = f"waiting, {len(ctx.jobs)} streams held"
         if job is None and not ctx.outstanding():
             ctx.buffers.release()  # nothing on the wire: an idle uploader holds no chunk
         self.handle_commands(timeout=0 if job else self.wait_time(now))
@@ -184,11 +195,30 @@ class Uploader:
         return self.schedule.wait_time(now)
 
     def check_bucket(self, now: float) -> None:
-        """S3 is asked first thing, so /readyz tells whether S3 works before any file comes;
-        and whether this start of this store may write under its instance name."""
+        """S3 is asked first thing (in a thread: the loop never waits on S3), so /readyz
+        tells whether S3 works before any file comes; and whether this start of this store
+        may write under its instance name."""
+        self.bucket_backoff.due = float("inf")  # until this look comes back
+        self.bucket_check = self.ctx.tasks.submit(
+            "finisher", CLAIM_TASK, self.reach_s3, then=self.bucket_checked
+        )
+
+    def reach_s3(self) -> None:
+        self.ctx.s3.ensure_bucket(self.config.s3.create_bucket)
+        claim.hold(self.ctx.s3, self.ctx.store)
+
+    def bucket_checked(self, future, now: float) -> None:
+        self.bucket_check = None
         try:
-            self.ctx.s3.ensure_bucket(self.config.s3.create_bucket)
-            claim.hold(self.ctx.s3, self.ctx.store)
+            self.looked_at_s3(future, now)
+        finally:
+            waiting, self.waiting_for_s3 = self.waiting_for_s3, []
+            for message in waiting:
+                self.handle(message)
+
+    def looked_at_s3(self, future, now: float) -> None:
+        try:
+            future.result()
         except (claim.InstanceTaken, claim.Behind) as exc:
             self.lost_claim(exc)
             return
@@ -228,7 +258,17 @@ class Uploader:
         self.log.error(event, error=str(exc))
         self.exit_code, self.stopping = EXIT_BOOT_ERROR, True  # restarting cannot help
 
+    def beat(self, now: float) -> None:
+        """Alive as of now, unless one of its reads has been under way since earlier: a
+        read stuck in the kernel ages the heartbeat as a stopped loop does."""
+        read = fileio.oldest_read()
+        if read is not None and read[0] < now:
+            self.heartbeat.beat(*read)
+        else:
+            self.heartbeat.beat(now, self.doing)
+
     def work_on(self, job: Job, now: float) -> None:
+        self.doing = f"{job.phase.value} {job.stream_id}"
         try:
             self.schedule.step(job)
         except Exception as exc:
@@ -279,7 +319,10 @@ class Uploader:
                 job.backoff.retry_now()
                 job.wake()
             # Deletions wait until this start holds the instance's claim: a store behind
-            # S3 deletes nothing before it stops.
+            # S3 deletes nothing before it stops. Asked while S3 is being looked at, they
+            # are answered once the look comes back.
+            case Retire() | Prune() if self.bucket_check is not None:
+                self.waiting_for_s3.append(message)
             case Retire(stream_id=stream_id, reason=reason) if self.bucket_ready:
                 self.retirer.retire(stream_id, reason)
             case Retire(stream_id=stream_id, reason=reason):

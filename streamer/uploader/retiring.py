@@ -12,6 +12,7 @@ import msgspec
 
 from streamer import metrics, retention
 from streamer.checkpoint import UnknownStream
+from streamer.fileio import BLIND_MIN_AGE
 from streamer.logs import describe
 from streamer.messages import Retired
 from streamer.publishing import Published, publish
@@ -44,23 +45,24 @@ class Retirer:
 
     def delete_source(
         self, record: StreamRecord, chunks: list[ChunkRecord], reason: str
-    ) -> tuple[StreamRecord, Published | None]:
-        """In a sender thread: prove, delete, and write metadata.json again, saying so."""
+    ) -> tuple[StreamRecord, Published | None, str | None]:
+        """In a sender thread: prove, delete, and write metadata.json again, saying so.
+        Also returns why retention was blind to the file (None: a lease was held)."""
         config = self.ctx.config
-        retention.delete_if_proven(
+        blind = retention.delete_if_proven(
             record, chunks, self.ctx.s3, config.watch.directory, config.retention.delete_partial
         )
         deleted = msgspec.structs.replace(
             record, source_deleted_at=datetime.now(UTC), deleted_because=reason
         )
         try:
-            return deleted, publish(self.ctx.s3, deleted, chunks)
+            return deleted, publish(self.ctx.s3, deleted, chunks), blind
         except Exception as exc:
             # The checkpoint has the deletion; `streamer streams show` tells it.
             self.ctx.log.error(
                 "manifest_update_failed", stream_id=record.stream_id, error=describe(exc)
             )
-        return deleted, None
+        return deleted, None, blind
 
     def retired(self, record: StreamRecord, reason: str, future: Future) -> None:
         if future.exception() is not None:
@@ -68,7 +70,9 @@ class Retirer:
         else:
             self.note_deletion(*future.result())
 
-    def note_deletion(self, deleted: StreamRecord, published: Published | None) -> None:
+    def note_deletion(
+        self, deleted: StreamRecord, published: Published | None, blind: str | None
+    ) -> None:
         """Told and counted first: the file is gone, whatever the checkpoint store says."""
         stream_id, reason = deleted.stream_id, deleted.deleted_because
         metrics.SOURCES_DELETED.labels(reason=reason).inc()
@@ -79,6 +83,16 @@ class Retirer:
             reason=reason,
             size=deleted.total_size,
         )
+        if blind is not None:
+            self.ctx.log.warning(
+                "source_deleted_blind",
+                stream_id=stream_id,
+                path=deleted.path,
+                blind_because=blind,
+                message="deleted without a lease: whether a process still had it open for "
+                "writing could not be known; its last write was over "
+                f"{BLIND_MIN_AGE / 60:g} minutes old",
+            )
         self.ctx.events.put(Retired(stream_id=stream_id, deleted=True))
         with contextlib.suppress(UnknownStream):  # forgotten meanwhile: nothing to note
             if published is not None and published.behind:
@@ -97,13 +111,19 @@ class Retirer:
 
     def keep(self, stream_id: str, path: str, reason: str, exc: BaseException) -> None:
         if isinstance(exc, retention.Kept):
-            why, final = str(exc), exc.final
+            why, final, retry_in = str(exc), exc.final, exc.retry_in
         else:
-            why, final = f"could not finish the checks: {describe(exc)}", False
+            why, final, retry_in = f"could not finish the checks: {describe(exc)}", False, 0.0
         metrics.SOURCES_KEPT.inc()
         self.ctx.log.warning(
             "source_kept", stream_id=stream_id, path=path, reason=reason, kept_because=why
         )
         self.ctx.events.put(
-            Retired(stream_id=stream_id, deleted=False, final=final, kept_because=why)
+            Retired(
+                stream_id=stream_id,
+                deleted=False,
+                final=final,
+                kept_because=why,
+                retry_in=retry_in,
+            )
         )

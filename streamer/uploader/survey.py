@@ -6,7 +6,6 @@ that completion need not (on a long recording, most of its time)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from concurrent.futures import Future
 from dataclasses import replace
@@ -14,7 +13,7 @@ from dataclasses import replace
 from streamer import bodies
 from streamer.buffers import BufferPool
 from streamer.digests import SHA256
-from streamer.fileio import Span
+from streamer.fileio import Span, stat_source
 from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import SETTLED_NS, settled
@@ -111,7 +110,7 @@ class Surveyor:
         ctx = self.ctx
         if job.surveying is not None or (job.survey_at or 0) > ctx.clock():
             return  # under way, or planned (or tried and failed) not long ago
-        st = os.stat(job.record.path)
+        st = stat_source(job.record.path)
         planned = (st.st_size, st.st_mtime_ns)
         if job.quiet and (job.quiet.size, job.quiet.mtime_ns) == planned:
             return
@@ -151,7 +150,7 @@ class Surveyor:
             ahead=True,
             granularity_ns=self.ctx.granularity_ns,
         )
-        st = os.stat(record.path)
+        st = stat_source(record.path)
         return quiet if (st.st_size, st.st_mtime_ns) == planned else None
 
     def surveyed(self, job: Job, future: Future) -> None:

@@ -134,10 +134,8 @@ def exact(stack: Stack, stream_id: str, path: Path) -> dict:
     return manifest
 
 
-def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, tmp_path):
-    stack.wait_for("started")
-    input_dir = stack.directory / "input"
-    finished = tmp_path / "finished.mp4"
+def finished_recording(path: Path) -> Path:
+    """A finished MP4 of 4 seconds, written by ffmpeg."""
     subprocess.run(
         [
             "ffmpeg",
@@ -153,10 +151,17 @@ def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, 
             "libx264",
             "-preset",
             "ultrafast",
-            str(finished),
+            str(path),
         ],
         check=True,
     )
+    return path
+
+
+def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, tmp_path):
+    stack.wait_for("started")
+    input_dir = stack.directory / "input"
+    finished = finished_recording(tmp_path / "finished.mp4")
     shutil.copy(finished, input_dir / "finished.mp4")
     live_path = input_dir / "live.mp4"
     recorder = record("ffmpeg", live_path, 40, "fragmented")
@@ -206,6 +211,38 @@ def test_the_stack_uploads_survives_kills_and_restarts_and_stops_cleanly(stack, 
     assert not [e for e in events if e.get("event") == "stream_discovered"]
     assert uploaded_before >= 5
     assert SECRET not in stack.logs()
+
+
+def test_retention_in_the_stack_keeps_a_recording_still_open_and_deletes_it_once_closed(
+    stack, tmp_path
+):
+    """Retention on, as the compose file says to turn it on (INPUT_MODE=rw, ./input
+    writable by uid 10001): the shipped image, given CAP_LEASE by the shipped compose file,
+    sees a recording another user's process still holds open for writing, though older
+    than retention.min_age, and keeps it; once it is closed, it is deleted. The daemon
+    never says it is blind."""
+    input_dir = stack.directory / "input"
+    os.chown(input_dir, 10001, 10001)
+    stack.env.update(INPUT_MODE="rw", STREAMER_RETENTION_DELETE_AFTER_UPLOAD="true")
+    stack.run("up", "-d")  # streamer's container made again, with retention on
+    recording = finished_recording(tmp_path / "held.mp4")
+    held = input_dir / "held.mp4"
+    with open(held, "wb") as recorder:  # it pauses, its file still open
+        recorder.write(recording.read_bytes())
+        recorder.flush()
+        os.chown(held, 20000, 20000)  # the recorder's user: neither streamer's nor root
+        an_hour_ago = time.time() - 3600
+        os.utime(held, (an_hour_ago, an_hour_ago))
+        kept = stack.wait_for("source_kept", path="/input/held.mp4")[0]
+        assert kept["kept_because"] == "a process has the file open for writing"
+    assert held.exists()
+    # Closed. Retention asks about a kept file again a minute later, or at once after a
+    # restart: the restart saves the minute.
+    stack.run("restart", "streamer")
+    stack.wait_for("source_deleted", path="/input/held.mp4")
+    assert not held.exists()
+    events = {e.get("event") for e in stack.events()}
+    assert "retention_blind" not in events and "source_deleted_blind" not in events
 
 
 LEASE_PROBE = (
