@@ -274,14 +274,37 @@ class Completion:
         )
 
     def conclude(self, job: Job, **completion) -> None:
+        """The manifest goes first, in a finisher thread (the loop never waits on S3): a
+        finished stream always has its metadata.json."""
         ctx = self.ctx
         completion["completed_at"] = datetime.now(UTC)
         completion["assembly"] = None  # completed, or aborted
-        stream_id = job.stream_id
         done = msgspec.structs.replace(job.record, **completion)
-        chunks = ctx.store.chunks(stream_id)
-        # The manifest goes first: a finished stream always has its metadata.json.
-        published = publish(ctx.s3, done, chunks)
+        chunks = ctx.store.chunks(job.stream_id)
+        job.finishing = ctx.submit(
+            "finisher",
+            job,
+            publish,
+            ctx.s3,
+            done,
+            chunks,
+            then=lambda future, now: self.published(job, done, chunks, completion, future),
+        )
+
+    def published(
+        self,
+        job: Job,
+        done: StreamRecord,
+        chunks: list[ChunkRecord],
+        completion: dict,
+        future: Future,
+    ) -> None:
+        """Its metadata.json is in S3 (a failure to write it parks the stream, and its
+        completion is tried again): the stream is concluded."""
+        ctx, stream_id = self.ctx, job.stream_id
+        job.finishing = None
+        job.wake()
+        published = future.result()
         if published.behind:
             done, chunks = bring_up(ctx, done, published)
         else:
