@@ -37,6 +37,7 @@ class Discovery:
         self.discovering = True
         self.only: set[str] = set()
         self.missed: set[str] = set()  # paths whose last look failed (tried at each scan)
+        self.failed: dict[str, str] = {}  # path -> the error its last look logged
 
     def handle_file_events(self, now: float) -> None:
         batch = self.ctx.watcher.read()
@@ -84,9 +85,16 @@ class Discovery:
             self.passed_over(exc)
         except (OSError, ValueError, CheckpointError) as exc:
             self.missed.add(path)
-            self.ctx.log.error("file_failed", path=path, error=describe(exc))
+            error = describe(exc)
+            # Said once at error level; the same again at each scan, at debug level.
+            if self.failed.get(path) == error:
+                self.ctx.log.debug("file_failed", path=path, error=error)
+            else:
+                self.ctx.log.error("file_failed", path=path, error=error)
+            self.failed[path] = error
         else:
             self.missed.discard(path)
+            self.failed.pop(path, None)
 
     def wrote(self) -> None:
         """A write to the checkpoint store succeeded: if the last one had failed, what was
