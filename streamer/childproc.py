@@ -29,6 +29,7 @@ class Heartbeat:
     def __init__(self, fork_context, now: float):
         self._at = fork_context.RawValue(ctypes.c_double, now)
         self._doing = fork_context.RawArray(ctypes.c_char, DOING_SIZE)
+        self._doing.value = b"starting"
 
     def beat(self, at: float, doing: str) -> None:
         self._doing.value = doing.encode(errors="replace")[: DOING_SIZE - 1]
