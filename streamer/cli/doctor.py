@@ -98,7 +98,9 @@ class Doctor:
             self.failed(
                 "retention sees writers",
                 blind,
-                "grant CAP_LEASE (docker: cap_add LEASE) or raise retention.min_age",
+                "grant CAP_LEASE (docker: cap_add LEASE; systemd: AmbientCapabilities) or "
+                "run as the recorders' user; until then a file is kept ten minutes after its "
+                "last write",
             )
         else:
             self.passed("retention sees writers", f"retention is off (if turned on: {blind})")
