@@ -74,7 +74,9 @@ def open_regular(path: str) -> BinaryIO:
     with touching(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        with touching(path):
+            st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise SourceChanged(f"{path} is not a regular file")
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -135,7 +137,8 @@ class Span:
             f = open_regular(record.path)
         with f:
             fd = f.fileno()
-            st = os.fstat(fd)
+            with touching(record.path):
+                st = os.fstat(fd)
             if not is_stream_file(st, record):
                 raise SourceChanged(f"{record.path} is now another file")
             self.read_mtime_ns = st.st_mtime_ns

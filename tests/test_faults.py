@@ -335,6 +335,36 @@ def test_a_refused_stream_is_parked_then_stuck_and_its_object_made_once(
     daemon.expect(stream_stuck=1, s3_rejected=range(rejections, 1000))
 
 
+def test_a_stream_parked_by_an_uploader_that_died_is_not_stuck_once_it_flows_again(
+    make_daemon, minio, bucket, tmp_path
+):
+    """Its new owner never saw it fail: the first chunk it commits tells the supervisor
+    the stream is parked no longer, so it never turns stuck while it flows."""
+    user = MinioUser(minio, bucket, tmp_path)
+    keys = {"access_key": user.access_key, "secret_key": user.secret_key}
+    daemon = make_daemon(
+        workers=1, s3={**keys, "retry_base": 0.2, "retry_cap": 1}, stream={"stuck_after": 12}
+    )
+    daemon.expect(uploader_died=1, s3_rejected=AT_LEAST_ONE).start()
+    user.refuse_puts("rec/test-host/flowing-*/chunks/*")
+    writer = GrowingFile(daemon.watch / "flowing.mp4", total=2048 * KiB, rate=64 * KiB).start()
+    stream_id = daemon.wait_for("s3_rejected")[0]["stream_id"]
+    wait_until(
+        lambda: get_json(daemon, "/readyz")[1]["checks"]["streams"]["parked"], 10, what="parked"
+    )
+    [uploader] = daemon.uploader_pids()
+    os.kill(uploader, signal.SIGKILL)
+    daemon.wait_for("uploader_spawned", count=2)
+    user.refuse_puts()
+    daemon.wait_for("chunk_uploaded", stream_id=stream_id, timeout=30)
+    time.sleep(14)  # past stream.stuck_after since its first failure, while it flows
+    assert not writer.done.is_set(), "still recording"
+    assert not daemon.find("stream_stuck")
+    streams = get_json(daemon, "/readyz")[1]["checks"]["streams"]
+    assert streams == {"ok": True, "parked": [], "stuck": []}
+    writer.wait()
+
+
 def test_a_missing_bucket_that_may_not_be_created_is_reported(make_daemon, minio):
     daemon = make_daemon(
         s3={"bucket": "no-such-bucket-here", "create_bucket": False, **FAST_RETRIES}

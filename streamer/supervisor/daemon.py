@@ -423,7 +423,7 @@ class Supervisor:
                 self.log.info(
                     "uploader_exited", worker=worker.worker_id, exit_code=worker.process.exitcode
                 )
-            elif worker.state is WorkerState.STALLED:
+            elif worker.state is WorkerState.STALLED and worker.killed_by_us:
                 self.replace_worker(worker, now)
             elif self.exit_code is None:
                 self.handle_worker_death(worker, now)

@@ -50,6 +50,11 @@ class Worker:
     # Commands its pipe had no room for yet: the supervisor never blocks on a slow uploader.
     outbox: deque = field(default_factory=deque)
 
+    @property
+    def killed_by_us(self) -> bool:
+        """Ended by the SIGKILL of a stall, not by an exit of its own (whose code counts)."""
+        return self.process.exitcode == -signal.SIGKILL
+
     def send(self, message) -> None:
         self.outbox.append(message)
         self.flush()

@@ -85,6 +85,7 @@ class Context:
         until when), the others go on."""
         backoff = job.backoff
         kind, delay = self.fail(backoff, exc, now, STEP_EVENTS, **job.log_fields)
+        job.told_parked = True
         reason = describe(exc)
         if kind == "rejected":
             reason += f" (will not heal by itself: {hint(exc, True)['hint']})"
@@ -103,8 +104,9 @@ class Context:
 
     def step_succeeded(self, job: Job) -> None:
         """A step of the stream went through: parked no longer."""
-        if job.backoff.attempt:
+        if job.told_parked:
             self.events.put(StreamResumed(stream_id=job.stream_id))
+            job.told_parked = False
         job.backoff.succeeded()
 
     def fail(

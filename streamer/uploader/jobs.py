@@ -61,6 +61,7 @@ class Job:
     # The sha256 of what this process sent, from the first byte; None for a resumed
     # stream, whose earlier chunks completion reads again.
     sent_hash: PrefixHash | None = None
+    told_parked: bool = False  # the supervisor may hold it parked: a success is told
     shrank: bool = False
     # The file compared with its chunks once it had been quiet a while (in a finisher
     # thread), ahead of completion: used then if the file has not changed since.

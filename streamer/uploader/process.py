@@ -348,6 +348,7 @@ class Uploader:
         )
         if record.chunk_count:
             job.uncopied.extend(self.assembler.not_copied(record))
+        job.told_parked = True  # perhaps, by its owner before: its first success says not
         ctx.jobs[stream_id] = job
         self.log.info("stream_adopted", stream_id=stream_id, position=str(record.position))
 
@@ -377,6 +378,14 @@ class Uploader:
         for job in self.ctx.jobs.values():
             if job.sent_hash:
                 job.sent_hash.give_up()  # a chunk dropped here would keep the next waiting
-        tasks.settle()
-        tasks.run_handlers(self.clock())
+        # Stopping is not stalling: the heartbeat gives it the grace period, the
+        # supervisor's own bound when it asked for the stop, and the same when it did not.
+        grace = self.config.grace_period
+        self.heartbeat.beat(self.clock() + grace, "stopping: the work under way lands")
+        # A handler may hand work on (a completion, its metadata.json): it lands too.
+        while True:
+            tasks.settle()
+            tasks.run_handlers(self.clock())
+            if not tasks.under_way():
+                break
         tasks.shutdown()
