@@ -203,7 +203,7 @@ class StreamTable:
 
     def resumed(self, tracked: Tracked) -> None:
         if tracked.parking is not None and tracked.parking.told_stuck:
-            self.ctx.log.info("stream_resumed", stream_id=tracked.stream_id)
+            self.ctx.log.info("stream_unstuck", stream_id=tracked.stream_id)
         tracked.parking = None
 
     def tell_stuck(self, now: float) -> None:
