@@ -443,10 +443,17 @@ class CheckpointStore:
             return (start.decode() if start is not None else None), self._starts(txn), confirmed
 
     def confirm_claim(self, start: str) -> None:
-        """S3's claim holds `start`, of this store: earlier starts can no longer be."""
+        """S3's claim holds `start`, of this store: earlier starts can no longer be. Starts
+        begun since are kept (S3's claim may be moved on to one of them meanwhile, by
+        another uploader); a confirmation that comes after a later start's changes
+        nothing."""
 
         def write(txn):
-            txn.put(b"claim_starts", msgspec.json.encode([start]), db=self._meta)
+            starts = self._starts(txn)
+            if start not in starts:
+                return
+            kept = [start, *starts[starts.index(start) + 1 :]]
+            txn.put(b"claim_starts", msgspec.json.encode(kept), db=self._meta)
             txn.put(b"claim_confirmed", b"1", db=self._meta)
 
         self._write(write)

@@ -58,10 +58,12 @@ def hold(s3: ChunkStore, store: CheckpointStore, take_over: bool = False) -> Cla
     `take_over` (`streamer checkpoint adopt`): moves on a claim this store is behind."""
     key = s3.layout.owner_key()
     mine = store.store_id()
-    this_start, own_starts, confirmed = store.claim_starts()
-    assert this_start is not None, "a start is begun before the claim is held"
     for _ in range(ATTEMPTS):
         found = s3.read(key)
+        # After S3's claim: a start moves it on only once begun in the store, so a start
+        # of this store's that moved it meanwhile (a stop, in another uploader) is known.
+        this_start, own_starts, confirmed = store.claim_starts()
+        assert this_start is not None, "a start is begun before the claim is held"
         claim = decode(found[0]) if found is not None else None
         verdict = claim_verdict(
             claim.store if claim else None,

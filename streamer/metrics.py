@@ -10,8 +10,10 @@ to exhaust; here one thread runs a selector loop, and a connection waiting costs
 descriptor. At most `connection_cap()` connections are open at once (a quarter of the
 descriptors the process may open, so that clients never take the daemon's own); a new
 one at the cap, or when descriptors run out, makes room by closing the oldest connection
-that has not sent its whole request (if all have, the oldest), never the newest: a prober
-sends its request as it connects and is answered at once. Each connection is cut
+that has not sent its whole request (if all have, the oldest), those accepted in this
+turn of the loop last. What a connection has sent is read before it is closed, so a
+request that has come is answered instead: a prober, which sends its request as it
+connects, is answered even when it comes among a flood of connections. Each connection is cut
 CONNECTION_DEADLINE after it opened, and a request is at most MAX_REQUEST bytes.
 /metrics reads every process's file, which blocks: that is done on a thread of its own,
 one collection at a time answering every scrape that came in while the one before ran,
@@ -262,6 +264,7 @@ class _Server:
     # Connections
 
     def _accept(self) -> None:
+        fresh: set[socket.socket] = set()  # accepted in this turn
         for _ in range(ACCEPTS_PER_TURN):
             try:
                 sock, _ = self.listener.accept()
@@ -269,27 +272,37 @@ class _Server:
                 return
             except OSError as exc:
                 # Out of descriptors: one of ours makes room, as at the cap.
-                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._drop_oldest():
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and self._make_room(fresh):
                     continue
                 return
             if len(self._open) >= self.cap:
-                self._drop_oldest()
+                self._make_room(fresh)
             sock.setblocking(False)
             connection = _Connection(sock, time.monotonic())
             self._open[sock] = connection
+            fresh.add(sock)
             self._selector.register(sock, selectors.EVENT_READ, partial(self._receive, connection))
             # A prober sends its request as it connects: read now, it is then answered
             # before more connections are taken up.
             self._receive(connection)
 
-    def _drop_oldest(self) -> bool:
-        """Room for one more: the oldest connection still sending its request (else the
-        oldest); never the newest, so a client that sends its request at once gets in."""
-        connections = self._open.values()
-        oldest = next(iter(connections), None)
+    def _make_room(self, fresh: set[socket.socket]) -> bool:
+        """Room for one more: the oldest connection still sending its request, once what
+        it sent is read (one whose request has come is answered instead), those accepted
+        in this turn (`fresh`) last; if every one has sent its request, the oldest."""
+        held = len(self._open)
+        waiting = [c for c in self._open.values() if not c.complete]
+        waiting.sort(key=lambda c: c.sock in fresh)  # stable: oldest first within each
+        for connection in waiting:
+            self._receive(connection)
+            if connection.sock in self._open and not connection.complete:
+                self._close(connection)
+            if len(self._open) < held:
+                return True
+        oldest = next(iter(self._open.values()), None)
         if oldest is None:
             return False
-        self._close(next((c for c in connections if not c.complete), oldest))
+        self._close(oldest)
         return True
 
     def _cut_late(self, now: float) -> None:

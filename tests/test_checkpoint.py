@@ -170,3 +170,16 @@ def test_starts_not_seen_to_hold_the_claim_are_kept_until_one_does(store):
         store.begin_start()
     kept = store.claim_starts()[1]
     assert len(kept) == 64 and kept[0] == second, "the last one confirmed is never let go"
+
+
+def test_a_confirmation_keeps_the_starts_begun_since_and_never_undoes_a_later_one(store):
+    """One uploader confirms the start it read while another (a clean stop) begins a new
+    one and moves S3's claim on to it: the store must keep knowing the new one as its own."""
+    store.claim_instance("host", "default")
+    first = store.begin_start()
+    stop = store.begin_start()
+    store.confirm_claim(first)
+    assert store.claim_starts() == (stop, [first, stop], True)
+    store.confirm_claim(stop)
+    store.confirm_claim(first)  # late
+    assert store.claim_starts() == (stop, [stop], True)

@@ -160,6 +160,33 @@ def test_at_the_cap_with_every_request_read_the_oldest_goes(make_daemon):
         assert health.returncode == 0, health.stderr
 
 
+def test_a_request_that_came_while_connections_poured_in_is_answered(make_daemon):
+    """At the cap (32), a prober's request arrives just after 40 new connections: room is
+    made by closing the connections that sent nothing, and the prober is answered, though
+    it is among the oldest still open when the new ones are taken up."""
+    daemon = make_daemon(wrapper=("prlimit", "--nofile=128")).start()
+    port, pid = port_of(daemon), daemon.process.pid
+    wait_until(lambda: ask(port, "/readyz")[0] == 200, 10, what="ready")
+
+    def taken_up() -> int:
+        return len(connections_on(port) & sockets_held_by(pid))
+
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(31)]
+    wait_until(lambda: taken_up() == 31, 10, what="31 connections taken up")
+    prober = socket.create_connection(("127.0.0.1", port), timeout=5)
+    wait_until(lambda: taken_up() == 32, 10, what="the prober taken up")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        silent += [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        prober.sendall(b"GET /healthz HTTP/1.1\r\nHost: streamer\r\n\r\n")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    reply = prober.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 200 OK"), reply
+    for client in [prober, *silent]:
+        client.close()
+
+
 def test_health_answers_when_clients_hold_the_last_descriptors(make_daemon):
     """The process may open 32 descriptors more than it holds: 40 clients take them, and
     each new connection closes an older one to get its own."""

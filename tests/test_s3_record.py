@@ -25,7 +25,7 @@ from conftest import (
     wait_until,
 )
 
-from streamer import manifest
+from streamer import claim, manifest
 from streamer.adoption import adopt
 from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ABSENT, Taken
@@ -426,3 +426,32 @@ def test_a_daemon_whose_store_was_adopted_elsewhere_stops_while_it_runs(make_dae
     (second.watch / "cam.mp4").write_bytes(os.urandom(100_000))
     second.wait_for("stream_finished")
     assert second.stop() == 0
+
+
+def test_an_uploader_holding_the_claim_while_another_stops_is_not_behind(minio, bucket, tmp_path):
+    """Uploader 1 is still looking at the claim when uploader 0, stopping cleanly, begins
+    a new start and moves the claim on to it: uploader 1 sees a start of its own store,
+    and the store knows it as its own for the next daemon."""
+    s3 = chunk_store(minio, bucket)
+    store = CheckpointStore(str(tmp_path / "checkpoint"), 1 << 30)
+    try:
+        store.claim_instance("test-host", "test-host")
+        store.begin_start()
+        claim.hold(s3, store)
+
+        class StopMeanwhile:
+            """S3 as uploader 1 reads it: uploader 0 stops just before the read."""
+
+            layout, bucket = s3.layout, s3.bucket
+
+            def read(self, key):
+                claim.move_on(s3, store)
+                self.read = s3.read
+                return s3.read(key)
+
+        held = claim.hold(StopMeanwhile(), store)
+        assert held.start == store.claim_starts()[0]
+        store.begin_start()  # the next daemon
+        assert claim.hold(s3, store).generation == held.generation + 1
+    finally:
+        store.close()
