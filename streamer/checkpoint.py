@@ -99,6 +99,11 @@ LOCK_WAIT = 2.0  # seconds: a daemon exiting just now lets go of the store
 class StoreLocked(OSError):
     """Another process holds the daemon's lock on the store."""
 
+    def __init__(self, checkpoint_path: str, holder: str):
+        super().__init__(
+            f"another streamer daemon (pid {holder}) runs on the checkpoint store {checkpoint_path}"
+        )
+
 
 def lock_store(checkpoint_path: str) -> int:
     """One daemon per checkpoint store: two would take up the same files as two streams
@@ -118,10 +123,7 @@ def lock_store(checkpoint_path: str) -> int:
                 continue
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise StoreLocked(
-                f"another streamer daemon (pid {holder}) runs on the checkpoint store "
-                f"{checkpoint_path}"
-            ) from None
+            raise StoreLocked(checkpoint_path, holder) from None
     with contextlib.suppress(OSError):  # the pid is for the message only: a full disk
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -368,14 +370,15 @@ class CheckpointStore:
 
         return self._write(write)
 
-    def move_stream(self, stream_id: str, path: str) -> StreamRecord:
-        """The stream's file was renamed: same file, new path."""
+    def move_stream(self, stream_id: str, path: str, relative_path: str) -> StreamRecord:
+        """The stream's file was renamed: same file, new path (and path below the watch
+        directory)."""
 
         def write(txn):
             record = self._load(txn, stream_id)
             if txn.get(_path_key(record.path), db=self._paths) == stream_id.encode():
                 txn.delete(_path_key(record.path), db=self._paths)
-            record.path = path
+            record.path, record.relative_path = path, relative_path
             txn.put(_path_key(path), stream_id.encode(), db=self._paths)
             self._save(txn, record)
             return record

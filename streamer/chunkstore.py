@@ -115,9 +115,10 @@ class ChunkStore:
         self._crc32c = self._wants_crc32c
         self._client = s3client.client(config, connections)
 
-    def ensure_bucket(self, create: bool) -> None:
+    def ensure_bucket(self, create: bool) -> bool:
+        """Whether this call made the bucket."""
         if self._client.bucket_exists(self.bucket):
-            return
+            return False
         if not create:
             raise BucketMissing(
                 f"bucket {self.bucket!r} does not exist and s3.create_bucket is off"
@@ -127,6 +128,8 @@ class ChunkStore:
         except S3Error as exc:
             if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
+            return False
+        return True
 
     @property
     def crc32c_refused(self) -> bool:

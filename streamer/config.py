@@ -1,6 +1,8 @@
 """Configuration: a JSON file decoded into Structs, with STREAMER_<SECTION>_<KEY> overrides.
 
 Every setting has a default, so `streamer run` works with environment variables alone.
+Every command finds the file the same way (`locate`): --config, STREAMER_CONFIG, the
+user's file, the system's file.
 """
 
 from __future__ import annotations
@@ -10,14 +12,23 @@ import ipaddress
 import os
 import re
 import ssl
-from collections.abc import Mapping
-from typing import Annotated, Literal
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta, Struct
 
 MiB = 1024 * 1024
 ENV_PREFIX = "STREAMER_"
+CONFIG_VARIABLE = "STREAMER_CONFIG"
+SYSTEM_CONFIG = "/etc/streamer/config.json"
+# JSON has no comments: a key that starts with this is one, at the top or in a section,
+# so a file can explain itself and a setting can be switched off by renaming it.
+COMMENT = "//"
+# How alike a mistyped name and a setting's must be (difflib's ratio) to be suggested,
+# and how much less alike than the nearest the others suggested with it may be.
+NEAR = 0.7
+AS_NEAR = 0.08
 # What Kubernetes puts in the environment of every pod in a namespace with a Service named
 # `streamer` (or `streamer-...`): {NAME}_SERVICE_HOST, {NAME}_SERVICE_PORT[_PORTNAME],
 # {NAME}_PORT=tcp://10.0.0.7:9108 and {NAME}_PORT_9108_TCP[_PROTO|_PORT|_ADDR].
@@ -82,6 +93,14 @@ class WatchConfig(Section):
     directory: NonEmpty = "/input"
     pattern: NonEmpty = "*.mp4"
     rescan_interval: Seconds = 10.0
+    # Recordings in folders below the directory too, down to max_depth folders deep.
+    recursive: bool = True
+    max_depth: Annotated[int, Meta(ge=1, le=64)] = 8
+
+    @property
+    def depth(self) -> int:
+        """How many folders deep recordings are looked for (0: the directory alone)."""
+        return self.max_depth if self.recursive else 0
 
 
 class StreamConfig(Section):
@@ -195,11 +214,57 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending setting."""
 
 
+class Location(NamedTuple):
+    """Where the configuration comes from: the file (None: there is none) and how it was
+    found."""
+
+    path: str | None
+    found_by: str
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return f"no config file ({self.found_by}): the defaults and STREAMER_* variables"
+        return f"{self.path} ({self.found_by})"
+
+
+def user_config(environ: Mapping[str, str] = os.environ) -> str:
+    """The user's config file: $XDG_CONFIG_HOME/streamer/config.json, by default
+    ~/.config/streamer/config.json."""
+    base = environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):  # the XDG Base Directory rule: a relative one is ignored
+        base = os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.join(base, "streamer", "config.json")
+
+
+def locate(
+    given: str | None, environ: Mapping[str, str] = os.environ, system: str = SYSTEM_CONFIG
+) -> Location:
+    """The config file every command reads: --config, else STREAMER_CONFIG, else the
+    first of the user's and the system's config files that exists."""
+    if given:
+        return Location(given, "--config")
+    if environ.get(CONFIG_VARIABLE):
+        return Location(environ[CONFIG_VARIABLE], CONFIG_VARIABLE)
+    user = user_config(environ)
+    for path, found_by in ((user, "the user's config file"), (system, "the system's config file")):
+        # A link to nothing counts: the file meant is missing, which must be said, not
+        # passed over for another.
+        if os.path.lexists(path):
+            if path == user and os.path.lexists(system):
+                # A trial's file (`make run` writes one) must not hide a service's unseen.
+                found_by += f"; {system} is there too, and not read"
+            return Location(path, found_by)
+    return Location(None, f"none at {user} or {system}")
+
+
 def load(path: str | None, environ: Mapping[str, str] = os.environ) -> Config:
-    raw = _read_file(path) if path else {}
+    raw = _settings_in(_read_file(path), path) if path else {}
+    return _build(raw, _env_overrides(environ))
+
+
+def _build(raw: dict, overrides: dict) -> Config:
     if isinstance(raw.get("workers"), int):  # the count alone, as it was first written
         raw["workers"] = {"count": raw["workers"]}
-    overrides = _env_overrides(environ)
     for (section, key), (_, value) in overrides.items():
         if section is None:
             raw[key] = value
@@ -251,6 +316,83 @@ def _read_file(path: str) -> dict:
     return data
 
 
+# What `streamer config init` writes: the settings a new host looks at first, each
+# section (and top-level setting) with its comment; the rest keep their defaults.
+STARTING_SETTINGS = (
+    ("watch", "directory"),
+    ("watch", "pattern"),
+    ("stream", "idle_timeout"),
+    ("stream", "chunk_size"),
+    ("s3", "endpoint"),
+    ("s3", "bucket"),
+    ("s3", "prefix"),
+    ("s3", "access_key"),
+    ("s3", "secret_key"),
+    ("s3", "region"),
+    ("s3", "secure"),
+    ("retention", "delete_after_upload"),
+    ("checkpoint", "path"),
+    ("log", "format"),
+    ("log", "level"),
+    (None, "instance"),
+)
+STARTING_COMMENTS = {
+    None: "streamer's configuration. Every key is optional: one left out keeps its default, "
+    "and a STREAMER_<SECTION>_<KEY> variable wins over the file. A key that starts with // "
+    "is a comment. Every setting: docs/configuration.md. `streamer config check` checks "
+    "this file, `streamer config show` prints what every command uses.",
+    "watch": "the directory recorders write into, and the names of the files to upload "
+    "(a glob, case-insensitive)",
+    "stream": "a recording is finished once unchanged for idle_timeout seconds (longer than "
+    "your recorder's longest pause); chunk_size: bytes per chunk object",
+    "s3": "where recordings go: endpoint is host[:port] without a scheme (secure: true for "
+    "https); access_key and secret_key both empty: the AWS credential chain",
+    "retention": "delete a local recording once every byte of it is proven in S3",
+    "checkpoint": "the checkpoint store: a directory on a local disk (not NFS), kept across "
+    "restarts",
+    "log": "format: json or text; level: debug, info, warning or error",
+    "instance": "this host's name in every key, so hosts can share a bucket; empty: the host name",
+}
+# Paths in a file read from anywhere: one given relative is written absolute.
+PATH_SETTINGS = frozenset({("watch", "directory"), ("checkpoint", "path"), ("s3", "ca_file")})
+
+
+def starting_file(values: Mapping[str, str]) -> bytes:
+    """The commented JSON `streamer config init` writes, with `values` (dotted key: value,
+    converted as the environment's are) set; refused like a config file if they are not
+    valid."""
+    given = {}
+    for dotted, value in values.items():
+        section, _, key = dotted.rpartition(".")
+        setting = (section or None, key)
+        if setting not in settings():
+            raise ConfigError(_unknown_key(dotted, "setting", "--set", _names()))
+        given[setting] = value if setting not in PATH_SETTINGS else os.path.abspath(value)
+    raw: dict = {}
+    for (section, key), value in given.items():
+        (raw.setdefault(section, {}) if section else raw)[key] = value
+    data = msgspec.to_builtins(_build(raw, {}))
+    document = {COMMENT: STARTING_COMMENTS[None]}
+    for section, key in settings():
+        if (section, key) not in STARTING_SETTINGS and (section, key) not in given:
+            continue
+        if section is None:
+            if key in STARTING_COMMENTS:
+                document[f"{COMMENT} {key}"] = STARTING_COMMENTS[key]
+            document[key] = data[key]
+            continue
+        if section not in document:
+            comment = STARTING_COMMENTS.get(section)
+            document[section] = {COMMENT: comment} if comment else {}
+        document[section][key] = data[section][key]
+    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+
+
+def _names() -> set[str]:
+    """Every setting as a file spells it: `stream.chunk_size`, `instance`."""
+    return {f"{s}.{k}" if s else k for s, k in settings()}
+
+
 def credential_source(config: Config, environ: Mapping[str, str] = os.environ) -> str:
     """Where the S3 credentials come from, for the start log and `config show`: never the
     values themselves."""
@@ -274,7 +416,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict:
     from_files = {env_name(*key) + FILE_SUFFIX: key for key in FILE_KEYS}
     overrides = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "STREAMER_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_VARIABLE:
             continue
         if name in from_files:
             if name.removesuffix(FILE_SUFFIX) in environ:
@@ -296,9 +438,57 @@ def _is_service_link(name: str, value: str) -> bool:
 
 
 def _unknown(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-    guess = f"; did you mean {close[0]}?" if close else ""
-    return f"{name}: unknown setting{guess} (known: {', '.join(sorted(known))})"
+    # The prefix all share would make every name look alike.
+    near = _nearest(name.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known])
+    return f"{name}: unknown setting{_did_you_mean([ENV_PREFIX + n for n in near])}"
+
+
+def _settings_in(data: dict, path: str) -> dict:
+    """The file's settings, its comments left out; a key that is no setting is refused,
+    naming the nearest settings."""
+    names = _names()
+    sections = {s for s, _ in settings() if s}
+    raw = {}
+    for key, value in data.items():
+        if key.startswith(COMMENT):
+            continue
+        if key not in names and key not in sections:
+            what = "section" if isinstance(value, dict) else "setting"
+            raise ConfigError(_unknown_key(key, what, path, [*names, *sections]))
+        if key in sections and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if not k.startswith(COMMENT)}
+            for dotted in (f"{key}.{k}" for k in value):
+                if dotted not in names:
+                    raise ConfigError(_unknown_key(dotted, "setting", path, names))
+        raw[key] = value
+    return raw
+
+
+def _unknown_key(dotted: str, what: str, where: str, known: Iterable[str]) -> str:
+    key = dotted.rpartition(".")[2]
+    # The right key in the wrong section (`bucket` in `stream`) is the likeliest mistake.
+    elsewhere = sorted(name for name in known if name.rpartition(".")[2] == key)
+    near = elsewhere[:3] or _nearest(dotted, known)
+    return f"{dotted}: unknown {what} in {where}{_did_you_mean(near)}"
+
+
+def _nearest(name: str, known: Iterable[str]) -> list[str]:
+    """The one to three known names nearest to a mistyped one: the nearest, and those
+    about as near as it."""
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, name, k).ratio(), k) for k in known),
+        key=lambda pair: (-pair[0], pair[1]),
+    )
+    if not scored or scored[0][0] < NEAR:
+        return []
+    return [k for ratio, k in scored[:3] if ratio >= scored[0][0] - AS_NEAR]
+
+
+def _did_you_mean(names: list[str]) -> str:
+    if not names:
+        return " (every setting, and its variable: docs/configuration.md)"
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"; did you mean {listed}?"
 
 
 def _read_secret(name: str, path: str) -> str:

@@ -13,10 +13,12 @@ from streamer.checkpoint import CheckpointUnwritable
 from streamer.chunkstore import BucketMissing, Taken, UploadGone
 from streamer.fileio import SourceChanged, SourceUnreadable
 from streamer.policy import OtherRecording, is_rejection, retry_delay
+from streamer.preflight import BUCKET_HINT
 from streamer.s3client import NoCredentials
 
-# Errors that say S3 itself (or the way to it) is in trouble, not the file.
-S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, BucketMissing, NoCredentials)
+# Errors that say S3 itself (or the way to it) is in trouble, not the file. A missing bucket
+# is not: S3 answered.
+S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, NoCredentials)
 # The errors a fault can cause, which may go away by themselves: S3 or the network away,
 # the file changed or unreadable, the checkpoint's disk full, or S3 dropped the assembly
 # upload (begun again). Any other exception, an OSError of streamer's own among them, is
@@ -63,6 +65,8 @@ def hint(exc: Exception, rejected: bool) -> dict:
     """What an operator can do about it, as a log field, where there is something."""
     if isinstance(exc, NotInS3):
         return {"hint": MISSING_HINT}
+    if isinstance(exc, BucketMissing):
+        return {"hint": BUCKET_HINT}
     if isinstance(exc, Taken | OtherRecording):
         return {"hint": TAKEN_HINT}
     if "certificate verify failed" in str(exc):

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import threading
 import time
@@ -288,17 +289,35 @@ def timestamp_granularity_ns(directory: str) -> int:
     return COARSE_NS if filesystem_type(directory) in COARSE_TIMESTAMPS else 0
 
 
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def file_granularity_ns(path: str, known: dict[int, int]) -> int:
+    """`timestamp_granularity_ns` of the file at `path`, by its folder's filesystem: a card
+    may be mounted in a folder below the watch directory. `known`: by st_dev, so far."""
+    folder = os.path.dirname(path)
+    try:
+        device = os.stat(folder).st_dev
+    except OSError:
+        return COARSE_NS  # cannot tell: the longer wait is the safe one
+    if device not in known:
+        known[device] = timestamp_granularity_ns(folder)
+    return known[device]
+
+
 def filesystem_type(directory: str) -> str | None:
     """The type of the filesystem mounted deepest above `directory`."""
-    target = os.path.realpath(directory)
+    target = os.fsencode(os.path.realpath(directory))
     found, deepest = None, -1
-    with open("/proc/self/mountinfo") as mountinfo:
+    # As bytes: a mount point is any bytes the kernel took (`/media/Kamera-Ö` in UTF-8),
+    # with only space, tab, newline and backslash written as octal escapes.
+    with open("/proc/self/mountinfo", "rb") as mountinfo:
         for line in mountinfo:
-            fields = line.split(" ")
-            mount_point = fields[4].encode().decode("unicode_escape")  # "\040": a space
-            inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+            fields = line.split(b" ")
+            mount_point = _OCTAL.sub(lambda m: bytes([int(m[1], 8)]), fields[4])
+            inside = target == mount_point or target.startswith(mount_point.rstrip(b"/") + b"/")
             if inside and len(mount_point) > deepest:
-                found, deepest = fields[fields.index("-") + 1], len(mount_point)
+                found, deepest = fields[fields.index(b"-") + 1].decode(), len(mount_point)
     return found
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 # Every chunk object carries this tag, so that a lifecycle rule can expire chunks alone.
 CHUNK_TAGS = {"streamer": "chunk"}
-# <stream_id>/chunks/000041 or 000041.r2 (a later revision of the same bytes' place).
-_CHUNK = re.compile(r"^chunks/(\d{6,})(?:\.r(\d+))?$")
+# <stream_id>/chunks/000041 or 000041.r2 (a later revision of the same bytes' place); a
+# stream id may hold folders (`cam1/2026-12-06/late-20261206T221500Z`).
+_CHUNK = re.compile(r"^(.+)/chunks/(\d{6,})(?:\.r(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,16 @@ class Layout:
         rest = key.removeprefix(self.instances_prefix())
         if rest == key and self.instances_prefix():
             return None
-        parts = rest.split("/", 2)
-        if len(parts) < 3 or not parts[0] or not parts[1] or parts[1].startswith("."):
+        instance, _, below = rest.partition("/")
+        if chunk := _CHUNK.match(below):
+            stream_id, kind = chunk[1], "chunk"
+        else:
+            stream_id, _, name = below.rpartition("/")
+            kind = "manifest" if name == "metadata.json" else "object"
+        if not instance or not stream_id or stream_id.startswith("."):
             return None
-        instance, stream_id, name = parts
-        if name == "metadata.json":
-            return KeyOf(instance, stream_id, "manifest")
-        if chunk := _CHUNK.match(name):
-            return KeyOf(instance, stream_id, "chunk", int(chunk[1]), int(chunk[2] or 0))
-        if "/" in name:
+        if any(not part for part in stream_id.split("/")):
             return None
-        return KeyOf(instance, stream_id, "object")
+        if kind == "chunk":
+            return KeyOf(instance, stream_id, kind, int(chunk[2]), int(chunk[3] or 0))
+        return KeyOf(instance, stream_id, kind)

@@ -40,20 +40,36 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(line, default=repr)
 
 
+EMPTY = (None, "")  # a field with nothing in it
+
+
 class TextFormatter(logging.Formatter):
     """logfmt: `ts=… level=info event=chunk_uploaded role=uploader.0 stream_id=… index=3`,
-    one line per event whatever the values hold."""
+    one line per event whatever the values hold. A field with nothing in it (no error, no
+    hint) is left out: JSON keeps it."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = _line(record)
-        return " ".join(f"{key}={logfmt_value(value)}" for key, value in line.items())
+        return " ".join(
+            f"{key}={logfmt_value(value)}" for key, value in line.items() if value not in EMPTY
+        )
+
+
+def flat(settings: dict) -> dict:
+    """Settings as one `section.key` field each, for a text line: `{"s3": {"bucket": "b"},
+    "instance": ""}` -> `{"s3.bucket": "b", "instance": ""}`."""
+    fields = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            fields.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            fields[key] = value
+    return fields
 
 
 def logfmt_value(value) -> str:
     """A value as logfmt writes it: bare when it can be, else double-quoted with JSON's
     escapes (so no line break of any kind stays in it); structures as JSON."""
-    if value is None:
-        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

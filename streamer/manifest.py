@@ -38,6 +38,9 @@ class ManifestChunk(Struct, kw_only=True, omit_defaults=True):
 class Source(Struct, kw_only=True):
     path: str
     name: str
+    # Below the watch directory (`cam1/2026-12-06/late.mp4`); None in a metadata.json
+    # written before folders were watched.
+    relative_path: str | None = None
     inode: int
     modified_at: UTCTime | None  # None when the file went away before it finished
     # When streamer deleted the file, once it was proven in S3 (retention); else None.
@@ -88,6 +91,7 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
         source=Source(
             path=record.path,
             name=record.name,
+            relative_path=record.relative,
             inode=record.inode,
             modified_at=modified_at,
             deleted_at=record.source_deleted_at,

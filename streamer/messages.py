@@ -78,10 +78,12 @@ class ChunkCommitted(Message):
 
 
 class S3State(Message):
-    """Whether this uploader can reach S3 now, and the last error if it cannot."""
+    """Whether this uploader can reach S3 now, and the last error if it cannot; reached,
+    whether the bucket is missing (what is wrong and what to do), which S3 answered."""
 
     reachable: bool
     error: str = ""
+    bucket_missing: str = ""
 
 
 class CheckpointState(Message):

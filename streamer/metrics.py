@@ -67,21 +67,21 @@ CHECKPOINT_COMMIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 STREAMS = Gauge(
-    "streamer_streams", "Unfinished streams, by state", ["state"], multiprocess_mode="livesum"
+    "streamer_streams", "Active streams, by phase", ["state"], multiprocess_mode="livesum"
 )
 BYTES_ON_DISK = Gauge(
     "streamer_delivery_bytes_on_disk",
-    "Bytes in the files of unfinished streams",
+    "Bytes in the files of active streams",
     multiprocess_mode="livesum",
 )
 BYTES_CONFIRMED = Gauge(
     "streamer_delivery_bytes_uploaded",
-    "Bytes of unfinished streams that S3 has confirmed",
+    "Bytes of active streams that S3 has confirmed",
     multiprocess_mode="livesum",
 )
 BYTES_COMMITTED = Gauge(
     "streamer_delivery_bytes_committed",
-    "Bytes of unfinished streams recorded in the checkpoint store",
+    "Bytes of active streams recorded in the checkpoint store",
     multiprocess_mode="livesum",
 )
 OLDEST_UNCOMMITTED_AGE = Gauge(
@@ -92,6 +92,14 @@ OLDEST_UNCOMMITTED_AGE = Gauge(
 SINCE_LAST_UPLOAD = Gauge(
     "streamer_seconds_since_last_upload",
     "Seconds since S3 last confirmed a chunk (since start, if none yet)",
+    multiprocess_mode="livesum",
+)
+# Which instance the scraped address is: a dashboard picks hosts by it (Prometheus's own
+# `instance` label is the address it scrapes). Set by the supervisor once the name is settled.
+INSTANCE_INFO = Gauge(
+    "streamer_info",
+    "1, labelled with this host's instance name, the one in every key",
+    ["instance_name"],
     multiprocess_mode="livesum",
 )
 # Set by the supervisor alone, from what /readyz says, at start and at each turn of its loop.

@@ -87,6 +87,9 @@ class StreamRecord(Struct, kw_only=True):
     device: int
     chunk_size: int
     first_seen_at: UTC
+    # Its path below the watch directory (`cam1/late.mp4`); None in a record from before
+    # folders were watched, whose file was at the top: its name.
+    relative_path: str | None = None
     state: StreamState = StreamState.ACTIVE
     committed_bytes: int = 0
     chunk_count: int = 0
@@ -119,6 +122,11 @@ class StreamRecord(Struct, kw_only=True):
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
+
+    @property
+    def relative(self) -> str:
+        """Its path below the watch directory."""
+        return self.relative_path or self.name
 
     @property
     def position(self) -> Position:

@@ -1,13 +1,17 @@
 """The bucket as S3 alone shows it, without a checkpoint store or a watch directory: the
-streams under each instance, what state each is in (from its metadata.json, or
-`unfinished` when it has chunks and none), and the pieces a recording is restored from.
-For `streamer remote list` and `streamer restore`."""
+streams under each instance, what state each is in (from its metadata.json, or `active`
+when it has chunks and none: not finished yet, or never), which of them a recording's
+name means, and the pieces a recording is restored from. For `streamer remote list` and
+`streamer restore`."""
 
 from __future__ import annotations
 
+import difflib
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 
 import msgspec
 
@@ -15,9 +19,17 @@ from streamer import manifest
 from streamer.chunkstore import ChunkStore, StoredObject
 from streamer.layout import KeyOf
 from streamer.manifest import Manifest
+from streamer.records import StreamState
 
-UNFINISHED = "unfinished"
 MANIFEST_READERS = 4  # metadata.json files read at once
+# A stream id as naming.stream_id_for makes it: the recording's name (its path below the
+# watch directory, without the extension), the UTC second it was first seen, and -2, -3...
+# for a later stream of the same name first seen in the same second.
+STREAM_ID = re.compile(r"^(?P<name>.+)-(?P<at>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?$")
+# What streamer records, and so the extension of a recording whose own name is not in S3
+# (an active stream has chunks and no metadata.json).
+RECORDING_EXTENSION = ".mp4"
+SUGGESTIONS = 3
 
 
 @dataclass
@@ -51,7 +63,7 @@ class RemoteStream:
     def status(self) -> str:
         if self.manifest is not None:
             return self.manifest.status
-        return "invalid metadata.json" if self.manifest_error else UNFINISHED
+        return "invalid metadata.json" if self.manifest_error else StreamState.ACTIVE.value
 
     @property
     def size(self) -> int:
@@ -72,6 +84,52 @@ class RemoteStream:
         stored = self.objects.get(assembled.key)
         return assembled.key if stored is not None and stored.size == assembled.size else None
 
+    @property
+    def name(self) -> str:
+        """The recording's name, as its stream id has it: `cam1/2026-12-06/late`."""
+        parts = STREAM_ID.match(self.stream_id)
+        return parts["name"] if parts else self.stream_id
+
+    def named(self, pattern: str) -> bool:
+        """Whether `pattern` (a glob, or a plain name) names this stream's recording: its
+        name, or its end after any `/` (`late`, `2026-12-06/late`); an extension given
+        (`late.mp4`) may be left off, as the stream id leaves it off."""
+        stem, dot, extension = pattern.rpartition(".")
+        patterns = {pattern, stem} if dot and stem and "/" not in extension else {pattern}
+        return any(fnmatchcase(end, p) for end in ends(self.name) for p in patterns)
+
+    @property
+    def first_seen(self) -> datetime | None:
+        if self.manifest is not None:
+            return self.manifest.first_seen_at
+        return self.id_time or self.upload_times()[0]
+
+    @property
+    def id_time(self) -> datetime | None:
+        parts = STREAM_ID.match(self.stream_id)
+        return (
+            datetime.strptime(parts["at"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC) if parts else None
+        )
+
+    def newness(self) -> tuple[datetime, int]:
+        """What orders the streams of a recording, oldest first: the second its stream id
+        gives, then the -2, -3... of a later one first seen in the same second (from the
+        id alone: no metadata.json needs to be read)."""
+        parts = STREAM_ID.match(self.stream_id)
+        at = self.id_time or self.upload_times()[0] or datetime.min.replace(tzinfo=UTC)
+        return at, (int(parts["n"] or 1) if parts else 1)
+
+    @property
+    def file_name(self) -> str:
+        """The name to restore it under in a directory: its file's, from metadata.json
+        (unless that is not one file's name), else its recording's name with the
+        extension of what streamer records."""
+        if self.manifest is not None:
+            given = self.manifest.source.name
+            if given not in ("", ".", "..") and "/" not in given and "\0" not in given:
+                return given
+        return ends(self.name)[-1] + RECORDING_EXTENSION
+
     def upload_times(self) -> tuple[datetime | None, datetime | None]:
         if self.manifest is not None:
             return self.manifest.first_upload_at, self.manifest.last_upload_at
@@ -87,17 +145,53 @@ class RemoteStream:
             "status": self.status,
             "size": self.size,
             "chunks": self.chunk_count,
+            "first_seen_at": self.first_seen,
             "first_upload_at": first,
             "last_upload_at": last,
             "assembled": self.assembled_key is not None,
         }
 
 
-def streams_in(
+def ends(name: str) -> list[str]:
+    """A recording's name and its ends after each `/`, the whole first."""
+    parts = name.split("/")
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
+class Ambiguous(Exception):
+    """A name matches the streams of more than one recording."""
+
+    def __init__(self, candidates: list[RemoteStream]):
+        super().__init__(candidates)
+        self.candidates = candidates
+
+
+def recordings(streams: list[RemoteStream]) -> set[tuple[str, str]]:
+    return {(s.instance, s.name) for s in streams}
+
+
+def newest(streams: list[RemoteStream], latest: bool) -> RemoteStream:
+    """The newest of these streams, when they are the streams of one recording (one name
+    under one instance), or, with `latest`, whatever recordings they are; else Ambiguous,
+    with the candidates newest first."""
+    ordered = sorted(streams, key=RemoteStream.newness, reverse=True)
+    if len(recordings(streams)) > 1 and not latest:
+        raise Ambiguous(ordered)
+    return ordered[0]
+
+
+def nearest(streams: list[RemoteStream], pattern: str) -> list[str]:
+    """The recording names, or ends of them, that look most like `pattern`."""
+    known = {end for s in streams for end in ends(s.name)}
+    return difflib.get_close_matches(pattern, sorted(known), n=SUGGESTIONS)
+
+
+def listed(
     s3: ChunkStore, instances: list[str] | None, stream_id: str | None = None
 ) -> list[RemoteStream]:
     """The streams under these instances (None: every instance under the prefix), or only
-    those with this id, with their metadata.json read; sorted by instance, then id."""
+    those with this id, from one listing, their metadata.json not read yet; sorted by
+    instance, then id."""
     layout = s3.layout
     top = layout.instances_prefix()
     if instances is None:
@@ -114,9 +208,20 @@ def streams_in(
             if which not in found:
                 found[which] = RemoteStream(place.instance, place.stream_id)
             found[which].add(key, place, stored)
-    with ThreadPoolExecutor(MANIFEST_READERS) as pool:
-        list(pool.map(lambda stream: read_manifest(s3, stream), found.values()))
     return [found[k] for k in sorted(found)]
+
+
+def read_manifests(s3: ChunkStore, streams: list[RemoteStream]) -> list[RemoteStream]:
+    with ThreadPoolExecutor(MANIFEST_READERS) as pool:
+        list(pool.map(lambda stream: read_manifest(s3, stream), streams))
+    return streams
+
+
+def streams_in(
+    s3: ChunkStore, instances: list[str] | None, stream_id: str | None = None
+) -> list[RemoteStream]:
+    """`listed`, with their metadata.json read."""
+    return read_manifests(s3, listed(s3, instances, stream_id))
 
 
 def read_manifest(s3: ChunkStore, stream: RemoteStream) -> None:

@@ -8,15 +8,23 @@ unfinished one is the run of chunks from index 0 up to the first missing.
 It harms nothing on the disk: the temporary file is created new and marked as this
 restore's (a re-run goes on only from one marked for the same stream; any other is
 refused, untouched), and it takes the output's name only where no file has it, unless
-told to replace it."""
+told to replace it.
+
+To a pipe (`-o -`), the pieces go out in order, each checked in a temporary file of its
+own first: no byte of a piece that is not the bytes it was stored as goes out."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
+from typing import BinaryIO
 
 from streamer import mp4
 from streamer.audit import stored_digest
@@ -28,6 +36,7 @@ from streamer.manifest import Manifest
 from streamer.remote import RemoteStream
 
 CONNECTIONS = 4
+BLOCK = 1024 * 1024  # bytes copied at a time from a piece's temporary file to the pipe
 PART_SUFFIX = ".part"
 # The temporary file's mark is a file beside it (OUTPUT.part.streamer), not an extended
 # attribute on it: a recording is restored to whatever disk is at hand, and FAT and exFAT
@@ -208,6 +217,73 @@ def restore(
     return Restored(size, len(what.pieces), len(reused), sha256, cut), what.stopped
 
 
+def restore_to_pipe(
+    s3: ChunkStore,
+    stream: RemoteStream,
+    out: int,
+    progress: Callable[[int], None] = lambda size: None,
+) -> tuple[Restored, str | None]:
+    """Write the recording to the open file `out` (a pipe: written in order, never
+    sought), each piece checked before a byte of it is written. The whole file's sha256
+    can only be checked once it is all out: a RestoreError then comes after the bytes."""
+    what = plan(stream)
+    whole = hashlib.sha256()
+    with ThreadPoolExecutor(CONNECTIONS) as pool:
+        for piece, spool in in_order(pool, what.pieces, lambda p: spooled(s3, p)):
+            with spool:
+                pour(spool.fileno(), piece.size, out, whole)
+            progress(piece.size)
+    size = sum(p.size for p in what.pieces)
+    sha256 = whole.hexdigest()
+    if what.sha256 is not None and sha256 != what.sha256:
+        raise RestoreError(
+            f"the bytes written are not the recording: sha256 {sha256}, metadata.json "
+            f"says {what.sha256}"
+        )
+    return Restored(size, len(what.pieces), 0, sha256, None), what.stopped
+
+
+def in_order(
+    pool: Executor, pieces: list[Piece], work: Callable[[Piece], BinaryIO]
+) -> Iterator[tuple[Piece, BinaryIO]]:
+    """`work` done on each piece, CONNECTIONS at a time, handed back in order: no more
+    than CONNECTIONS pieces ahead of the one being written, however slow the pipe."""
+    rest = iter(pieces)
+    pending = deque((p, pool.submit(work, p)) for p in islice(rest, CONNECTIONS))
+    try:
+        while pending:
+            piece, done = pending.popleft()
+            result = done.result()
+            pending.extend((p, pool.submit(work, p)) for p in islice(rest, 1))
+            yield piece, result
+    finally:
+        for _, waiting in pending:
+            waiting.cancel()
+
+
+def spooled(s3: ChunkStore, piece: Piece) -> BinaryIO:
+    """The piece in a temporary file of its own (unnamed: nothing is left behind), checked."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (handed on, closed once written out)
+    try:
+        fetch(s3, spool.fileno(), piece, at=0)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def pour(source: int, size: int, out: int, whole) -> None:
+    """`size` bytes from the start of `source` written to `out`, and fed to `whole`."""
+    offset = 0
+    while offset < size:
+        data = os.pread(source, min(BLOCK, size - offset), offset)
+        whole.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view) :]
+        offset += len(data)
+
+
 def open_partial(partial: str, stream_id: str) -> int:
     """The temporary file, open for writing: an earlier restore's of this stream, to go
     on from, or a new one, created and marked as this restore's. Any other file there is
@@ -305,9 +381,11 @@ def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ChunkStore) -> 
     return found
 
 
-def fetch(s3: ChunkStore, fd: int, piece: Piece) -> Piece:
+def fetch(s3: ChunkStore, fd: int, piece: Piece, at: int | None = None) -> Piece:
+    """The piece written into `fd` at its offset in the recording (or at `at`), checked."""
     expected = piece.digest
-    got = s3.fetch_into(piece.key, fd, piece.offset, expected.algorithm if expected else None)
+    offset = piece.offset if at is None else at
+    got = s3.fetch_into(piece.key, fd, offset, expected.algorithm if expected else None)
     expected = expected or got.stored
     if got.size != piece.size:
         raise RestoreError(

@@ -129,19 +129,38 @@ def check_same_file(record: StreamRecord) -> None:
 
 
 def check_inside(record: StreamRecord, directory: str) -> None:
-    parent = os.path.realpath(os.path.dirname(record.path))
-    if parent != os.path.realpath(directory):
+    parent, top = os.path.realpath(os.path.dirname(record.path)), os.path.realpath(directory)
+    if parent != top and not parent.startswith(top + os.sep):
         raise Kept(f"the file is not inside the watch directory {directory}", final=True)
 
 
+def open_folder(directory: str, folder: str) -> int:
+    """The folder of a file below the watch directory, opened from the watch directory one
+    folder at a time, never through a link: a folder swapped for a link to elsewhere after
+    the checks leads nowhere."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    relative = os.path.relpath(folder, directory)
+    for part in [] if relative == "." else relative.split(os.sep):
+        try:
+            below = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+        finally:
+            os.close(fd)
+        fd = below
+    return fd
+
+
 def unlink_same_file(record: StreamRecord, directory: str) -> str | None:
-    """Unlink through the watch directory, holding the file open (and, where allowed, a
-    lease on it), after one last look at it there. What is unlinked is what was checked:
-    the name is first renamed aside, to a name of its own, and what was renamed is unlinked
-    only if it is that file; a file a writer renamed over the name meanwhile is put back.
+    """Unlink through the file's folder (opened from the watch directory), holding the file
+    open (and, where allowed, a lease on it), after one last look at it there. What is
+    unlinked is what was checked: the name is first renamed aside, to a name of its own,
+    and what was renamed is unlinked only if it is that file; a file a writer renamed over
+    the name meanwhile is put back.
     Neither rename ever replaces a file. Returns why no lease could be taken (None: one
     was held)."""
-    parent = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    folder = os.path.dirname(record.path)
+    parent = open_folder(directory, folder)
     try:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(record.name, flags, dir_fd=parent)
@@ -153,7 +172,7 @@ def unlink_same_file(record: StreamRecord, directory: str) -> str | None:
             if blind is not None:
                 check_old_enough_blind(checked, blind)
             try:
-                _unlink_if(record.name, (checked.st_dev, checked.st_ino), parent, directory)
+                _unlink_if(record.name, (checked.st_dev, checked.st_ino), parent, folder)
             finally:
                 if blind is None:
                     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
@@ -177,7 +196,7 @@ def check_old_enough_blind(st: os.stat_result, blind: str) -> None:
         )
 
 
-def _unlink_if(name: str, identity: tuple[int, int], parent: int, directory: str) -> None:
+def _unlink_if(name: str, identity: tuple[int, int], parent: int, folder: str) -> None:
     aside = _set_aside(name, parent)
     st = os.stat(aside, dir_fd=parent, follow_symlinks=False)
     if (st.st_dev, st.st_ino) == identity:
@@ -193,7 +212,7 @@ def _unlink_if(name: str, identity: tuple[int, int], parent: int, directory: str
         raise Kept("another file was put at its name during the deletion", final=True)
     raise Kept(
         "another file was put at its name during the deletion, and the name was taken again "
-        f"before it could be put back: it is kept as {os.path.join(directory, aside)}",
+        f"before it could be put back: it is kept as {os.path.join(folder, aside)}",
         final=True,
     )
 

@@ -8,22 +8,38 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import click
 import pytest
-from conftest import GrowingFile, cli, port_of, wait_until
+from conftest import (
+    GrowingFile,
+    alive,
+    binary,
+    clean_env,
+    cli,
+    free_port,
+    port_of,
+    record,
+    wait_until,
+)
 
 from streamer import config
 from streamer.checkpoint import CheckpointStore
+from streamer.health import HEALTHY_WITHIN
+from streamer.naming import host_instance
 
 pytestmark = pytest.mark.integration
 
 KiB = 1024
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -104,7 +120,7 @@ def test_status_shows_progress_of_active_streams_and_the_daemon_s_own_view(make_
     lines = result.stdout.splitlines()
     assert lines[0].startswith("daemon:") and "running, 2 of 2 uploaders" in lines[0]
     assert "s3:         reachable" in lines and "checkpoint: writable" in lines
-    assert any(line.startswith("uploading:") and "/s" in line for line in lines)
+    assert any(line.startswith("upload:") and "/s" in line for line in lines)
     assert "streams:    1 active" in result.stdout
     [row] = [
         line for line in lines if line.startswith(daemon.find("stream_discovered")[0]["stream_id"])
@@ -275,7 +291,10 @@ def test_config_check_and_show_keep_secrets(make_daemon, tmp_path):
     config = json.loads(shown.stdout)
     assert config["s3"]["secret_key"] == "***" and config["stream"]["chunk_size"] == 65536
     assert "streamer-test-secret" not in shown.stdout
-    assert cli(daemon, "config", "check").stdout.strip() == "configuration ok"
+    assert f"config: {daemon.config_path} (--config)\n" in shown.stderr
+    checked = cli(daemon, "config", "check")
+    assert checked.stdout == "configuration ok\n"
+    assert checked.stderr == f"config: {daemon.config_path} (--config)\n"
     bad = tmp_path / "bad.json"
     bad.write_text('{"workers": 0}')
     result = subprocess.run(
@@ -290,6 +309,7 @@ def test_helpful_errors(make_daemon):
     daemon = make_daemon()
     missing = cli(daemon, "streams", "list")
     assert missing.returncode == 1 and "no checkpoint store at" in missing.stderr
+    assert f"config: {daemon.config_path} (--config)" in missing.stderr
     daemon.start()
     unknown = cli(daemon, "verify", "nope")
     assert unknown.returncode == 2 and "no stream 'nope'" in unknown.stderr
@@ -355,3 +375,309 @@ def test_status_and_health_say_so_when_another_program_answers_on_the_port(finis
     finally:
         server.shutdown()
         raw.close()
+
+
+def processes_naming(path: Path) -> dict[int, str]:
+    """The running processes whose command line names something under `path`."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and alive(int(entry)):
+                line = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if str(path) in line:
+                    found[int(entry)] = line
+    return found
+
+
+MAKE_RUN = ["make", "-o", ".venv/.installed", "run"]  # -o: the checkout's virtualenv as it is
+RUN_LOCAL = [".venv/bin/python", "ops/run_local.py"]  # what `make run` runs
+
+
+class LocalRun:
+    """`make run`, or the script it runs, in a copy of the files it uses (with the checkout's
+    virtualenv, never reinstalled by a test), on free ports, for a user of its own."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.project = base / "project"
+        (self.project / "ops").mkdir(parents=True)
+        for name in ("Makefile", "setup.cfg", "pyproject.toml", "constraints.txt"):
+            shutil.copy2(ROOT / name, self.project / name)  # older than .venv/.installed
+        shutil.copy2(ROOT / "ops" / "run_local.py", self.project / "ops")
+        (self.project / ".venv").symlink_to(ROOT / ".venv")
+        self.user = {"HOME": str(base / "home"), "XDG_CONFIG_HOME": str(base / "xdg")}
+        self.config_file = base / "xdg" / "streamer" / "config.json"
+        # The metrics port too, in every terminal: 9108 may be another test's.
+        self.metrics = {"STREAMER_METRICS_PORT": str(free_port())}
+        self.minio_port = free_port()
+        self.env = {
+            **self.user,
+            **self.metrics,
+            "MINIO_PORT": str(self.minio_port),
+            "MINIO_CONSOLE_PORT": str(free_port()),
+            "MINIO_BIN": binary("MINIO_BIN", "minio"),
+            "STREAMER_STREAM_IDLE_TIMEOUT": "2",
+        }
+        self.output = base / "run.out"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, command: list[str], **env: str) -> LocalRun:
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.project,
+                env=clean_env({**self.env, **env}),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def said(self) -> str:
+        return self.output.read_text()
+
+    def wait_for(self, text: str) -> None:
+        wait_until(
+            lambda: self.process.poll() is not None or text in self.said(), 60, what=repr(text)
+        )
+        assert self.process.poll() is None, self.said()
+
+    def exit_code(self) -> int:
+        return self.process.wait(timeout=60)
+
+    def clean_up(self) -> None:
+        for pid in processes_naming(self.base):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture
+def local_run(tmp_path):
+    run = LocalRun(tmp_path)
+    yield run
+    run.clean_up()
+
+
+def test_make_run_serves_minio_and_streamer_every_command_finds_and_ctrl_c_stops_both(
+    local_run, ffmpeg
+):
+    """`make run` as the README has it: a recording dropped into ./input is in MinIO, the
+    admin commands of a second terminal find the config file it wrote, and Ctrl-C stops
+    streamer and MinIO."""
+    run = local_run.start(MAKE_RUN)
+    run.wait_for("event=started")
+    said = run.said()
+    assert f"config     {run.config_file} (written now by `streamer config init`" in said
+    assert f"watching   {run.project / 'input'} (*.mp4)" in said
+    assert f"to s3://recordings/streams/{host_instance()}/" in said
+    assert f"at http://127.0.0.1:{run.minio_port}\n" in said
+    recording = run.project / "input" / "cam1.mp4"
+    assert record(ffmpeg, recording, 2, "plain", live=False).wait() == 0
+    run.wait_for("event=stream_finished")
+
+    def second_terminal(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "streamer"), *args],
+            cwd=run.base,
+            env=clean_env({**run.user, **run.metrics}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result
+
+    assert json.loads(second_terminal("status", "--json").stdout)["daemon"]["running"]
+    [stream] = json.loads(second_terminal("streams", "list", "--json").stdout)
+    assert stream["state"] == "complete"
+    second_terminal("verify", stream["stream_id"])
+    [remote] = json.loads(second_terminal("remote", "list", "--json").stdout)
+    assert remote["stream_id"] == stream["stream_id"]
+    second_terminal("restore", stream["stream_id"], "-o", str(run.base / "back.mp4"))
+    assert (run.base / "back.mp4").read_bytes() == recording.read_bytes()
+
+    running = processes_naming(run.base)
+    assert any(" server " in line for line in running.values()), running
+    assert any(" run --config " in line for line in running.values()), running
+    os.killpg(run.process.pid, signal.SIGINT)  # Ctrl-C in make's terminal
+    run.exit_code()
+    assert not [pid for pid in running if alive(pid)]
+    said = run.said()
+    assert re.search(r"event=stopped .*exit_code=0", said), said[-3000:]
+    assert "level=error" not in said and "Traceback" not in said
+
+
+def test_run_local_stops_both_on_sigterm_and_keeps_the_config_file_it_finds(local_run):
+    run = local_run.start(RUN_LOCAL)
+    run.wait_for("event=started")
+    written = run.config_file.read_bytes()
+    running = processes_naming(run.base)
+    run.process.terminate()  # as a service manager would: to it alone
+    assert run.exit_code() == 0
+    assert not [pid for pid in running if alive(pid)]
+
+    run.start(RUN_LOCAL).wait_for("event=started")
+    assert f"config     {run.config_file} (yours: every streamer command reads it)" in run.said()
+    assert run.config_file.read_bytes() == written
+    run.process.terminate()
+    assert run.exit_code() == 0
+    assert "level=error" not in run.said() and "Traceback" not in run.said()
+
+
+def test_run_local_says_why_it_cannot_start_and_leaves_nothing_running(local_run):
+    run = local_run
+    run.config_file.parent.mkdir(parents=True)
+    run.config_file.write_text(json.dumps({"watch": {"patern": "*.mov"}}))
+    assert run.start(RUN_LOCAL).exit_code() == 2
+    assert run.said() == (
+        f"streamer: invalid configuration: watch.patern: unknown setting in {run.config_file}; "
+        "did you mean watch.pattern?\n"
+    )
+    run.config_file.unlink()
+    blocked = run.base / "a-file"
+    blocked.touch()
+    assert run.start(RUN_LOCAL, XDG_CONFIG_HOME=str(blocked)).exit_code() == 1
+    assert run.said() == (f"streamer: cannot make the folder {blocked}/streamer: Not a directory\n")
+
+    with socket.create_server(("127.0.0.1", run.minio_port)):  # the port is taken
+        assert run.start(RUN_LOCAL).exit_code() == 1
+    assert f"MinIO did not start: see {run.project}/.cache/run/minio.log" in run.said()
+    assert "port is already in use" in run.said(), "what MinIO said"
+
+    # Ctrl-C while MinIO starts: a stand-in that never answers, so the press comes then.
+    never = run.base / "never-ready"
+    never.write_text("#!/bin/sh\nwhile :; do sleep 1; done\n")
+    never.chmod(0o755)
+    run.start(RUN_LOCAL, MINIO_BIN=str(never)).wait_for("")
+    wait_until(lambda: processes_naming(run.project / ".cache"), 30, what="the stand-in")
+    os.killpg(run.process.pid, signal.SIGINT)
+    assert run.exit_code() == 130
+    assert not processes_naming(run.base)
+
+
+def streamer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`streamer` as a user runs it, in an 80-column terminal, with no configuration of
+    the developer's."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env({"COLUMNS": "80", **(env or {})}),
+    )
+
+
+def test_help_lists_every_command_on_one_whole_line():
+    from streamer.cli import main
+
+    groups = {(): main} | {(n,): c for n, c in main.commands.items() if isinstance(c, click.Group)}
+    assert len(groups) >= 5
+    for path, group in groups.items():
+        shown = streamer(*path, "--help")
+        assert shown.returncode == 0, shown.stderr
+        listing = shown.stdout.split("\nCommands:\n")[1].splitlines()
+        entries = [re.fullmatch(r"  (\S+) +(\S.*)", line) for line in listing]
+        assert None not in entries, f"a line that is not one command's: {shown.stdout}"
+        lines = {entry[1]: entry[2] for entry in entries}
+        assert sorted(lines) == sorted(group.commands), path
+        assert [line for line in lines.values() if line.endswith("...")] == [], path
+
+
+def test_health_json_says_how_the_daemon_is_with_metrics_on_or_off(make_daemon, tmp_path):
+    daemon = make_daemon().start()
+    port = {"STREAMER_METRICS_PORT": str(port_of(daemon))}
+    alive = cli(daemon, "--json", "health", env=port)
+    assert alive.returncode == 0, alive.stderr
+    assert json.loads(alive.stdout) == {
+        "status": "ok",
+        "http_status": 200,
+        "seconds_since_loop": None,  # /healthz says it only when stalled
+        "error": None,
+    }
+    daemon.stop()
+    down = cli(daemon, "health", "--json", env=port)
+    said = json.loads(down.stdout)
+    assert down.returncode == 1 and down.stderr == ""
+    assert (said["status"], said["http_status"], said["seconds_since_loop"]) == (
+        "not running",
+        None,
+        None,
+    )
+    assert said["error"].startswith("no answer at http://127.0.0.1:")
+
+    quiet = make_daemon(home="quiet", metrics={"enabled": False}, instance="quiet-host")
+    never = cli(quiet, "health", "--json")
+    assert never.returncode == 1
+    assert json.loads(never.stdout)["status"] == "not running"
+    assert "no heartbeat in" in json.loads(never.stdout)["error"]
+    quiet.start()
+    wait_until(lambda: cli(quiet, "health").returncode == 0, 10, what="a heartbeat")
+    beating = json.loads(cli(quiet, "health", "--json").stdout)
+    assert (beating["status"], beating["http_status"], beating["error"]) == ("ok", None, None)
+    assert 0 <= beating["seconds_since_loop"] < HEALTHY_WITHIN
+    quiet.stop()
+    heartbeat = quiet.config_path.parent / "checkpoint" / "heartbeat"
+    old = time.time() - 60
+    os.utime(heartbeat, (old, old))
+    stale = cli(quiet, "health", "--json")
+    said = json.loads(stale.stdout)
+    assert stale.returncode == 1 and said["status"] == "stalled"
+    assert said["seconds_since_loop"] >= 60 and "last turned" in said["error"]
+
+    not_a_directory = tmp_path / "not-a-directory"
+    not_a_directory.touch()
+    blind = cli(quiet, "health", "--json", env={"STREAMER_CHECKPOINT_PATH": str(not_a_directory)})
+    assert blind.returncode == 1
+    assert json.loads(blind.stdout) == {
+        "status": "unknown",
+        "http_status": None,
+        "seconds_since_loop": None,
+        "error": f"cannot read the heartbeat in {not_a_directory}: Not a directory",
+    }
+
+
+def test_a_command_without_json_refuses_the_one_given_before_it_and_does_nothing(
+    finished, tmp_path
+):
+    daemon, _ = finished
+    copy = tmp_path / "backup"
+    refused = cli(daemon, "--json", "checkpoint", "backup", str(copy))
+    assert refused.returncode == 2
+    assert "`streamer checkpoint backup` has no --json: leave it out" in refused.stderr
+    assert not copy.exists()
+    listed = cli(daemon, "--json", "streams", "list")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 1
+
+    from streamer.cli import main
+
+    without = [path for path, c in leaves(main) if not any(p.name == "as_json" for p in c.params)]
+    assert {("run",), ("streams", "cancel"), ("config", "init")} <= set(without)
+    missing = str(tmp_path / "missing.json")  # were one not refused, it could not do much
+    for path in without:
+        said = streamer("--json", "--config", missing, *path, env={"HOME": str(tmp_path)})
+        assert said.returncode == 2, path
+        assert f"`streamer {' '.join(path)}` has no --json: leave it out" in said.stderr, path
+
+
+def leaves(group: click.Group, path: tuple[str, ...] = ()):
+    """Every command below a group that is not a group itself, with its path."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from leaves(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_one_chunk_is_said_in_the_singular(make_daemon, tmp_path):
+    daemon = make_daemon().start()
+    (daemon.watch / "short.mp4").write_bytes(b"s" * 10 * KiB)
+    stream_id = daemon.wait_for("stream_finished")[0]["stream_id"]
+    verified = cli(daemon, "verify", stream_id)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout == f"{stream_id}: ok (1 chunk)\n"
+    restored = cli(daemon, "restore", stream_id, "-o", str(tmp_path / "short.mp4"))
+    assert restored.returncode == 0, restored.stderr
+    assert f"{stream_id}: invalid, 10.0 KiB in 1 piece, sha256 " in restored.stdout  # not an MP4

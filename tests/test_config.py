@@ -53,7 +53,6 @@ def test_environment_wins_over_the_file(tmp_path):
     [
         ({"stream": {"chunk_size": 100}}, {}, "stream.chunk_size: Expected `int` >= 65536"),
         ({"stream": {"idle_timeout": "soon"}}, {}, "stream.idle_timeout"),
-        ({"watch": {"directroy": "/x"}}, {}, "watch: Object contains unknown field `directroy`"),
         (
             {},
             {"STREAMER_STREAM_IDLE_TIMEOUT": "-1"},
@@ -64,6 +63,18 @@ def test_environment_wins_over_the_file(tmp_path):
             {},
             {"STREAMER_S3_SECRETKEY": "x"},
             "STREAMER_S3_SECRETKEY: unknown setting; did you mean STREAMER_S3_SECRET_KEY?",
+        ),
+        (
+            {},
+            {"STREAMER_S3_SECRET": "x"},
+            "STREAMER_S3_SECRET: unknown setting; did you mean STREAMER_S3_SECURE or "
+            "STREAMER_S3_SECRET_KEY?",
+        ),
+        (
+            {},
+            {"STREAMER_S3_KEY": "x"},
+            "STREAMER_S3_KEY: unknown setting (every setting, and its variable: "
+            "docs/configuration.md)",
         ),
         ({}, {"STREAMER_PORT": "9108"}, "STREAMER_PORT: unknown setting"),
         ({}, {"STREAMER_METRICS_PORT": "http://x:1"}, "metrics.port (from STREAMER_METRICS_PORT)"),
@@ -101,6 +112,256 @@ def test_invalid_settings_name_the_field(tmp_path, data, env, expected):
     with pytest.raises(config.ConfigError) as raised:
         config.load(write(tmp_path, data), environ=env)
     assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"watch": {"directroy": "/x"}},
+            "watch.directroy: unknown setting in {path}; did you mean watch.directory?",
+        ),
+        (
+            {"streem": {"chunk_size": 65536}},
+            "streem: unknown section in {path}; did you mean stream?",
+        ),
+        (
+            {"stream": {"bucket": "b"}},
+            "stream.bucket: unknown setting in {path}; did you mean s3.bucket?",
+        ),
+        (
+            {"chunk_size": 65536},
+            "chunk_size: unknown setting in {path}; did you mean stream.chunk_size?",
+        ),
+        (
+            {"metrics": {"prot": 1}},
+            "metrics.prot: unknown setting in {path}; did you mean metrics.port?",
+        ),
+        (
+            {"retention": {"delete_after": True}},
+            "retention.delete_after: unknown setting in {path}; did you mean "
+            "retention.delete_after_upload or retention.delete_partial?",
+        ),
+        (
+            {"s3": {"password": "p"}},
+            "s3.password: unknown setting in {path} (every setting, and its variable: "
+            "docs/configuration.md)",
+        ),
+    ],
+)
+def test_a_mistyped_key_in_the_file_gets_the_nearest_settings(tmp_path, data, expected):
+    path = write(tmp_path, data)
+    with pytest.raises(config.ConfigError) as raised:
+        config.load(path, environ={})
+    assert str(raised.value) == expected.format(path=path)
+
+
+def test_keys_that_start_with_two_slashes_are_comments(tmp_path):
+    path = write(
+        tmp_path,
+        {
+            "//": "a comment",
+            "// instance": "another",
+            "stream": {"//": "in a section", "//idle_timeout": 5, "chunk_size": 65536},
+        },
+    )
+    cfg = config.load(path, environ={})
+    assert cfg.stream.chunk_size == 65536
+    assert cfg.stream.idle_timeout == config.StreamConfig().idle_timeout, "commented out"
+
+
+def test_the_config_file_is_the_flag_s_the_variable_s_the_user_s_or_the_system_s(tmp_path):
+    user = tmp_path / "xdg" / "streamer" / "config.json"
+    system = tmp_path / "etc" / "config.json"
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path / "home")}
+
+    def found(given=None, **variables):
+        return config.locate(given, {**env, **variables}, system=str(system))
+
+    assert found() == (None, f"none at {user} or {system}")
+    assert "the defaults and STREAMER_* variables" in str(found())
+    system.parent.mkdir()
+    system.write_text("{}")
+    assert found() == (str(system), "the system's config file")
+    user.parent.mkdir(parents=True)
+    user.symlink_to(tmp_path / "nowhere")
+    shadowed = f"the user's config file; {system} is there too, and not read"
+    assert found() == (str(user), shadowed), "a link to nothing is no gap"
+    with pytest.raises(config.ConfigError, match=f"cannot read config file {user}: No such"):
+        config.load(found().path, environ={})
+    assert found(STREAMER_CONFIG="env.json") == ("env.json", "STREAMER_CONFIG")
+    assert found("flag.json", STREAMER_CONFIG="env.json") == ("flag.json", "--config")
+    assert str(found("flag.json")) == "flag.json (--config)"
+
+
+@pytest.mark.parametrize("xdg", [None, "", "relative/dir"])
+def test_the_user_s_file_is_under_dot_config_without_an_absolute_xdg_config_home(xdg):
+    env = {"HOME": "/home/someone"} | ({} if xdg is None else {"XDG_CONFIG_HOME": xdg})
+    assert config.user_config(env) == "/home/someone/.config/streamer/config.json"
+
+
+def test_the_starting_file_is_commented_and_reads_back_as_what_was_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    values = {
+        "watch.directory": "input",
+        "s3.access_key": "key",
+        "s3.secret_key": "secret",
+        "stream.idle_timeout": "5",
+        "metrics.port": "0",
+        "grace_period": "3",
+    }
+    text = config.starting_file(values)
+    data = json.loads(text)
+    assert all(data[s]["//"] for s in ("watch", "stream", "s3", "retention", "checkpoint", "log"))
+    assert data["//"] and data["// instance"] and data["instance"] == ""
+    assert data["metrics"] == {"port": 0} and data["grace_period"] == 3
+    same = {
+        "watch": {"directory": str(tmp_path / "input")},
+        "s3": {"access_key": "key", "secret_key": "secret"},
+        "stream": {"idle_timeout": 5},
+        "metrics": {"port": 0},
+        "grace_period": 3,
+    }
+    (tmp_path / "written.json").write_bytes(text)
+    (tmp_path / "same.json").write_text(json.dumps(same))
+    assert config.load(str(tmp_path / "written.json"), environ={}) == config.load(
+        str(tmp_path / "same.json"), environ={}
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"s3.acess_key": "k"},
+            "s3.acess_key: unknown setting in --set; did you mean s3.access_key?",
+        ),
+        ({"stream.idle_timeout": "-1"}, "stream.idle_timeout: Expected `float` > 0"),
+        ({"s3.access_key": "k"}, "s3.access_key, s3.secret_key: give both"),
+    ],
+)
+def test_a_starting_file_that_could_not_be_read_is_not_made(values, expected):
+    with pytest.raises(config.ConfigError) as raised:
+        config.starting_file(values)
+    assert str(raised.value).startswith(expected)
+
+
+def streamer(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamer", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(env),
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def home(tmp_path) -> tuple[dict, Path]:
+    """A user of their own: their environment, and the path of their config file."""
+    env = {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    return env, tmp_path / "xdg" / "streamer" / "config.json"
+
+
+def test_config_init_writes_the_user_s_file_once_and_every_command_reads_it(tmp_path, home):
+    home, user = home
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    init = ("config", "init", "--set", "watch.directory=input", "--set", "checkpoint.path=store")
+    made = streamer(*init, env=home, cwd=here)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == f"wrote {user}\n"
+    assert user.stat().st_mode & 0o777 == 0o600, "it may hold the secret key"
+    written = user.read_bytes()
+
+    again = streamer(*init, env=home, cwd=here)
+    assert again.returncode == 1
+    assert again.stderr == f"streamer: {user} exists: edit it, or write over it with --force\n"
+    bad = streamer(
+        "config", "init", "--force", "--set", "stream.idle_timeout=0", env=home, cwd=here
+    )
+    assert bad.returncode == 2 and "stream.idle_timeout" in bad.stderr
+    assert user.read_bytes() == written, "kept"
+
+    shown = streamer("config", "show", env=home, cwd=elsewhere)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["watch"]["directory"] == str(here / "input")
+    assert f"config: {user} (the user's config file)\n" in shown.stderr
+    status = streamer("status", env=home, cwd=elsewhere)
+    assert status.returncode == 1
+    assert f"no checkpoint store at {here / 'store'} (checkpoint.path)" in status.stderr
+    assert f"config: {user} (the user's config file)" in status.stderr
+
+    forced = streamer("config", "init", "--force", "--set", "log.format=text", env=home, cwd=here)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(user.read_text())["log"]["format"] == "text"
+    other = streamer("config", "init", "other.json", env=home, cwd=here)
+    assert other.returncode == 0 and (here / "other.json").exists()
+    assert f"the commands read {user} (the user's config file); this file with --config " in (
+        other.stdout
+    )
+    unwritable = streamer("config", "init", "other.json/config.json", env=home, cwd=here)
+    assert unwritable.returncode == 1
+    assert unwritable.stderr == f"streamer: cannot make the folder {here}/other.json: File exists\n"
+    too_long = "c" * 300 + ".json"
+    unwritable = streamer("config", "init", too_long, env=home, cwd=here)
+    assert unwritable.returncode == 1
+    assert unwritable.stderr == f"streamer: cannot write {too_long}: File name too long\n"
+    no_value = streamer("config", "init", "x.json", "--set", "log.format", env=home, cwd=here)
+    assert no_value.returncode == 2 and "'log.format' is not KEY=VALUE" in no_value.stderr
+    assert not (here / "x.json").exists()
+    named = {**home, "STREAMER_CONFIG": "named.json"}
+    assert streamer("config", "init", env=named, cwd=here).stdout == "wrote named.json\n"
+    flag = streamer("--config", "flag.json", "config", "init", env=named, cwd=here)
+    assert flag.stdout.startswith("wrote flag.json\nthe commands read named.json (STREAMER_CONFIG)")
+
+
+COMMANDS = [
+    ("run",),
+    ("run", "--once"),
+    ("doctor",),
+    ("health",),
+    ("status",),
+    ("streams", "list"),
+    ("streams", "show", "cam1-20261206T221500Z"),
+    ("verify", "--all"),
+    ("remote", "list"),
+    ("restore", "cam1-20261206T221500Z", "-o", "cam1.mp4"),
+    ("checkpoint", "backup", "copy"),
+    ("config", "show"),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_reads_the_config_file_found_the_same_way(tmp_path, home, command):
+    home, user = home
+    user.parent.mkdir(parents=True)
+    user.write_text(json.dumps({"stream": {"idle_timout": 5}}))
+    result = streamer(*command, env=home, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"streamer: invalid configuration: stream.idle_timout: unknown setting in {user}; "
+        "did you mean stream.idle_timeout?\n"
+    )
+
+
+def test_the_variable_wins_over_the_user_s_file_and_the_flag_over_both(tmp_path, home):
+    home, user = home
+    user.parent.mkdir(parents=True)
+    user.write_text(json.dumps({"instance": "from-user-file"}))
+    (tmp_path / "env.json").write_text(json.dumps({"instance": "from-variable"}))
+    (tmp_path / "flag.json").write_text(json.dumps({"instance": "from-flag"}))
+
+    def instance(*args: str, **env: str) -> str:
+        shown = streamer(*args, "config", "show", env={**home, **env}, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)["instance"]
+
+    assert instance() == "from-user-file"
+    assert instance(STREAMER_CONFIG="env.json") == "from-variable"
+    assert instance("--config", "flag.json", STREAMER_CONFIG="env.json") == "from-flag"
 
 
 def test_kubernetes_service_links_are_not_settings(tmp_path):

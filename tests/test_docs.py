@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import click
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -247,3 +248,109 @@ def test_every_setting_in_the_example_config_is_in_the_configuration_docs():
 def test_the_readme_stays_short():
     lines = len((ROOT / "README.md").read_text().splitlines())
     assert lines < README_MAX_LINES, "move the detail into docs/"
+
+
+# Commands: every `streamer ...` line in a shell block names a command there is, with its
+# options, and every `make X` a target of the Makefile.
+
+SHELL_BLOCKS = ("sh", "shell", "bash", "console", "crontab")
+# `streamer` at the start of a shell command (after any VAR=value), or as an installed path.
+INVOCATION = re.compile(r"(?:(?:^|&&|;)\s*(?:[A-Z_]+=\S*\s+)*|\S/bin/)streamer\s+(.*)")
+END_OF_COMMAND = re.compile(r"\s(?:#|&&|\|\||;|\d?>)")
+OPTION = re.compile(r"^--?[A-Za-z]")  # `-` alone is a value (stdout)
+MAKE = re.compile(r"\bmake ([a-z][a-z0-9_-]*)")
+MAKE_TARGET = re.compile(r"^([A-Za-z0-9_.-]+(?:[ \t]+[A-Za-z0-9_.-]+)*)[ \t]*:(?!=)", re.M)
+
+
+def code_blocks(text: str, languages: tuple[str, ...] | None = None) -> list[str]:
+    """The lines of a Markdown text's fenced code blocks (of these languages)."""
+    lines, fence, keep = [], "", False
+    for line in text.splitlines():
+        marker = re.match(r"^\s*(`{3,}|~{3,})\s*(\S*)", line)
+        if not fence and marker:
+            fence, keep = marker.group(1), languages is None or marker.group(2) in languages
+        elif fence and line.lstrip().startswith(fence):
+            fence = ""
+        elif fence and keep:
+            lines.append(line)
+    return lines
+
+
+def streamer_commands(text: str) -> list[str]:
+    """The arguments of every `streamer` command in the shell blocks, comments left off."""
+    found = []
+    for line in code_blocks(text, SHELL_BLOCKS):
+        if invocation := INVOCATION.search(line):
+            found.append(END_OF_COMMAND.split(f" {invocation.group(1)}")[0].strip())
+    return found
+
+
+def command_problems(arguments: str) -> list[str]:
+    """What in `streamer <arguments>`, as the documentation writes it, the command tree
+    (`streamer.cli.main`) does not know: a command, an option, a choice, an argument too
+    many. As in usage lines, [...] is optional, a lone | separates alternatives, and
+    A|B|C is one of several values; upper-case words are placeholders."""
+    from streamer.cli import HELP_OPTIONS, main
+
+    command, path, positional = main, ["streamer"], 0
+    words = [w for w in re.split(r"[\s\[\]]+", arguments) if w and w != "|"]
+    while words:
+        word = words.pop(0)
+        where = " ".join(path)
+        if isinstance(command, click.Group) and not OPTION.match(word):
+            if word not in command.commands:
+                return [f"{where} has no command {word!r}"]
+            command, path = command.commands[word], [*path, word]
+        elif not OPTION.match(word):
+            positional += 1
+        elif (name := word.partition("=")[0]) not in HELP_OPTIONS:
+            options = {o: p for p in command.params if isinstance(p, click.Option) for o in p.opts}
+            if name not in options:
+                return [f"{where} has no option {name}"]
+            value = word.partition("=")[2]
+            takes = not (options[name].is_flag or options[name].count)
+            if takes and not value and words and not OPTION.match(words[0]):
+                value = words.pop(0)
+            choices = getattr(options[name].type, "choices", None) or ()
+            wrong = [
+                v for v in value.split("|") if choices and not v.isupper() and v not in choices
+            ]
+            if value and wrong:
+                return [f"{where} {name}: no choice {', '.join(wrong)}"]
+    taken = [p.nargs for p in command.params if isinstance(p, click.Argument)]
+    if -1 not in taken and positional > sum(taken):
+        return [f"{' '.join(path)} takes {sum(taken)} argument(s), not {positional}"]
+    return []
+
+
+def test_the_command_checker_finds_unknown_commands_options_choices_and_arguments():
+    assert command_problems("streams list --state active|parked --json") == []
+    assert command_problems("restore NAME | --latest -o FILE|DIR|- [--instance NAME]") == []
+    assert command_problems("--config x.json --json status [--watch [SECONDS]]") == []
+    assert command_problems("streams lst") == ["streamer streams has no command 'lst'"]
+    assert command_problems("status --wach") == ["streamer status has no option --wach"]
+    assert command_problems("streams list --state unfinished") == [
+        "streamer streams list --state: no choice unfinished"
+    ]
+    assert command_problems("verify A B") == ["streamer verify takes 1 argument(s), not 2"]
+    text = "```sh\nX=1 streamer run --once  # a comment\n```\n```\nstreamer nothing\n```\n"
+    text += "```sh\nsudo -u streamer /opt/streamer/bin/streamer doctor >log 2>&1\n```\n"
+    assert streamer_commands(text) == ["run --once", "doctor"]
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_documented_streamer_command_is_one_there_is(path):
+    commands = streamer_commands(path.read_text())
+    assert [(c, p) for c in commands for p in command_problems(c)] == []
+
+
+def test_the_readme_shows_commands_and_make_targets_there_are():
+    text = (ROOT / "README.md").read_text()
+    assert len(streamer_commands(text)) >= 10
+    targets = {
+        t for rule in MAKE_TARGET.findall((ROOT / "Makefile").read_text()) for t in rule.split()
+    }
+    code = code_blocks(text) + re.findall(r"`([^`\n]+)`", "\n".join(outside_code_blocks(text)))
+    named = {target for line in code for target in MAKE.findall(line)}
+    assert {"test", "run"} <= named
+    assert sorted(named - targets) == []

@@ -14,6 +14,7 @@ import crc32c
 import pytest
 from conftest import record_of
 
+from streamer import fileio
 from streamer.bodies import Checked, digest, feed
 from streamer.buffers import BufferPool
 from streamer.digests import CRC32C, SHA256
@@ -23,6 +24,7 @@ from streamer.fileio import (
     SourceChanged,
     SourceUnreadable,
     Span,
+    file_granularity_ns,
     filesystem_type,
     is_finalised_file,
     lease_blindness,
@@ -167,8 +169,10 @@ def test_whether_the_kernel_can_tell_a_file_is_open_for_writing():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root")
-def test_the_filesystem_of_a_directory_is_the_one_mounted_deepest_above_it(tmp_path):
-    mount = tmp_path / "a mount"  # a space: escaped in /proc/self/mountinfo
+@pytest.mark.parametrize("name", ["a mount", "Kamera-Ö"])
+def test_the_filesystem_of_a_directory_is_the_one_mounted_deepest_above_it(tmp_path, name):
+    """A space is escaped in /proc/self/mountinfo; a non-ASCII name is there as its bytes."""
+    mount = tmp_path / name
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
     try:
@@ -177,3 +181,24 @@ def test_the_filesystem_of_a_directory_is_the_one_mounted_deepest_above_it(tmp_p
         assert timestamp_granularity_ns(str(mount)) == 0
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a filesystem needs root")
+def test_a_card_mounted_in_a_folder_below_the_watch_directory_has_its_own_timestamps(
+    tmp_path, monkeypatch
+):
+    """The rule for coarse timestamps goes by the filesystem of each file's folder, not of
+    the watch directory (here tmpfs stands in for FAT, which this kernel may not have)."""
+    card = tmp_path / "Kamera-Ö"
+    card.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(card)], check=True)
+    try:
+        assert filesystem_type(str(tmp_path)) != "tmpfs", "the watch directory is not the card"
+        monkeypatch.setattr(fileio, "COARSE_TIMESTAMPS", frozenset({"tmpfs"}))
+        known: dict[int, int] = {}
+        assert file_granularity_ns(str(card / "clip.mp4"), known) == fileio.COARSE_NS
+        assert file_granularity_ns(str(tmp_path / "clip.mp4"), known) == 0
+        assert len(known) == 2
+        assert file_granularity_ns(str(tmp_path / "gone/clip.mp4"), known) == fileio.COARSE_NS
+    finally:
+        subprocess.run(["umount", "-l", str(card)], check=False)

@@ -46,8 +46,10 @@ def test_a_fresh_daemon_s_gauges_agree_with_readyz(make_daemon):
         "streamer_delivery_bytes_committed",
         "streamer_delivery_oldest_uncommitted_age_seconds",
         "streamer_seconds_since_last_upload",
+        "streamer_info{instance_name=test-host}",
     }
     assert set(first) == told, "a gauge this test does not check"
+    assert first["streamer_info{instance_name=test-host}"] == 1
     assert first["streamer_delivery_bytes_on_disk"] == 0
     assert 0 <= first["streamer_seconds_since_last_upload"] < 30
 

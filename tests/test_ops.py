@@ -58,9 +58,67 @@ def test_dashboard_shows_what_an_operator_asks_first():
         "streamer_streams_finished_total",
     ):
         assert re.search(rf"\b{series}\b", queries), series
-    sources = {p["datasource"]["uid"] for p in dashboard["panels"]}
+
+
+def test_the_dashboard_opens_on_a_row_that_answers_at_a_glance():
+    """Up, checkpoint writable, S3 reachable, bytes behind, the oldest byte waiting,
+    parked and stuck streams: stat panels across the top, the time series below."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    top = [p for p in panels if p["gridPos"]["y"] == 0]
+    assert {p["type"] for p in top} == {"stat"}
+    assert sum(p["gridPos"]["w"] for p in top) == 24
+    asked = [" ".join(t["expr"] for t in p["targets"]) for p in top]
+    for wanted in (
+        r"\bup\{",
+        r"\bstreamer_checkpoint_writable\b",
+        r"\bstreamer_s3_reachable\b",
+        r"streamer_delivery_bytes_on_disk\{[^}]*\} - streamer_delivery_bytes_committed\b",
+        r"\bstreamer_delivery_oldest_uncommitted_age_seconds\b",
+        r'\bstreamer_streams\{[^}]*state="parked"',
+        r'\bstreamer_streams\{[^}]*state="stuck"',
+    ):
+        assert sum(bool(re.search(wanted, a)) for a in asked) == 1, wanted
+    below = [p for p in panels if p["gridPos"]["y"] > 0]
+    assert below and {p["type"] for p in below} == {"timeseries"}
+    assert all(p["gridPos"]["y"] >= 4 for p in below)
+    # One unit a panel: none set again for some of its series.
+    assert all(p["fieldConfig"]["overrides"] == [] for p in panels)
+
+
+def test_the_dashboard_asks_for_its_data_source_and_the_compose_stack_provides_one():
+    """Imported, Grafana asks which Prometheus (`__inputs`); provisioned, the data source
+    variable takes the default Prometheus, which the compose stack provisions."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    [asked] = dashboard["__inputs"]
+    assert (asked["name"], asked["type"], asked["pluginId"]) == (
+        "DS_PROMETHEUS", "datasource", "prometheus",
+    )  # fmt: skip
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    used = [
+        *(p["datasource"] for p in dashboard["panels"]),
+        *(t["datasource"] for p in dashboard["panels"] for t in p["targets"]),
+        *(v["datasource"] for v in variables.values() if v["type"] == "query"),
+    ]
+    assert all(d == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"} for d in used)
     provisioned = (OPS / "grafana/provisioning/datasources/prometheus.yml").read_text()
-    assert sources == {"prometheus"} and "uid: prometheus" in provisioned
+    assert "type: prometheus" in provisioned and "isDefault: true" in provisioned
+
+
+def test_the_dashboard_picks_hosts_by_streamer_s_instance_name():
+    """Prometheus's `instance` label is the address it scrapes; streamer's instance name
+    is streamer_info's `instance_name`, and the panels select the addresses it is at."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["instance"]["query"] == "label_values(streamer_info, instance_name)"
+    assert variables["instance"]["label"] == "instance"
+    assert variables["target"]["query"] == (
+        'label_values(streamer_info{instance_name=~"$instance"}, instance)'
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    selectors = re.findall(r"\b(?:streamer_[a-z_]+|up)\{([^}]*)\}", " ".join(exprs))
+    assert selectors and all('instance=~"$target"' in s for s in selectors)
 
 
 def test_stuck_streams_and_stalled_uploaders_are_shown_and_alerted():

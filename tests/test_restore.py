@@ -6,8 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import shutil
 import subprocess
+import sys
+from datetime import datetime, timedelta
 
 import pytest
 from conftest import both_servers, chunk_store, cli, manifest_of, record, sha256_file
@@ -47,14 +50,30 @@ def finished_recording(daemon, ffmpeg, tmp_path, kind="fragmented") -> tuple[str
     return stream_id, path
 
 
-def finished_file(daemon, name: str, size: int = 200 * KiB) -> tuple[str, bytes]:
-    """A file of random bytes (not an MP4: quick to make), uploaded and finished."""
+def finished_file(daemon, name: str, size: int = 200 * KiB, nth: int = 1) -> tuple[str, bytes]:
+    """A file of random bytes (not an MP4: quick to make), uploaded and finished; `nth`:
+    the nth stream at that path."""
     data = os.urandom(size)
     path = daemon.watch / name
     path.write_bytes(data)
-    stream_id = daemon.wait_for("stream_discovered", path=str(path))[0]["stream_id"]
+    found = daemon.wait_for("stream_discovered", count=nth, path=str(path))
+    stream_id = found[nth - 1]["stream_id"]
     daemon.wait_for("stream_finished", stream_id=stream_id, timeout=60)
     return stream_id, data
+
+
+def restore_raw(daemon, *args, cwd, **run) -> subprocess.CompletedProcess:
+    """`streamer restore` with its stdout as bytes (the recording, with `-o -`)."""
+    command = [
+        sys.executable,
+        "-m",
+        "streamer",
+        "restore",
+        *args,
+        "--config",
+        str(daemon.config_path),
+    ]
+    return subprocess.run(command, env=daemon.env, cwd=cwd, timeout=60, **run)
 
 
 def chunk_key(stream_id: str, index: int) -> str:
@@ -134,7 +153,7 @@ def test_the_host_dies_mid_recording_and_the_recording_comes_back(
     stream_id, kept = the_host_dies(daemon, ffmpeg, tmp_path, "fragmented")
 
     entry = remote_list(daemon)[stream_id]
-    assert entry["status"] == "unfinished" and entry["assembled"] is False
+    assert entry["status"] == "active" and entry["assembled"] is False
     raw = tmp_path / "raw.mp4"
     restored = cli(daemon, "restore", stream_id, "-o", str(raw))
     assert restored.returncode == 0, restored.stderr
@@ -441,3 +460,221 @@ def test_no_such_stream_an_unreadable_manifest_and_s3_away_are_clear_errors(
     listed = cli(daemon, "remote", "list", env=away)
     assert listed.returncode == 3 and "cannot read s3://" in listed.stderr
     assert "Traceback" not in listed.stderr
+
+
+def test_a_recording_is_restored_by_its_name_the_newest_of_its_streams(make_daemon, tmp_path):
+    daemon = make_daemon().start()
+    older, old_data = finished_file(daemon, "x.mp4")
+    (daemon.watch / "x.mp4").unlink()
+    newer, new_data = finished_file(daemon, "x.mp4", size=10 * KiB, nth=2)  # one chunk
+    into = tmp_path / "restored"
+    into.mkdir()
+    by_name = cli(daemon, "restore", "x", "-o", str(into))
+    assert by_name.returncode == 0, by_name.stderr
+    assert (into / "x.mp4").read_bytes() == new_data and left_beside(into / "x.mp4") == []
+    assert f"restoring {newer} of instance test-host, the newest of 2 streams" in by_name.stderr
+    assert "`streamer remote list --all-instances --name x` lists them" in by_name.stderr
+    assert f"{newer}: invalid, 10.0 KiB in 1 piece, sha256 " in by_name.stdout
+    again = cli(daemon, "restore", "x", "-o", str(into))
+    assert again.returncode == 1 and f"{into / 'x.mp4'} is there already" in again.stderr
+
+    # The file's name with its extension, and as JSON; a stream id still means its stream.
+    as_json = cli(daemon, "restore", "x.mp4", "-o", str(tmp_path / "new.mp4"), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    said = json.loads(as_json.stdout)
+    assert (said["stream_id"], said["output"], said["size"], said["pieces"]) == (
+        newer, str(tmp_path / "new.mp4"), 10 * KiB, 1
+    )  # fmt: skip
+    assert (tmp_path / "new.mp4").read_bytes() == new_data
+    by_id = cli(daemon, "restore", older, "-o", str(tmp_path / "old.mp4"))
+    assert by_id.returncode == 0, by_id.stderr
+    assert (tmp_path / "old.mp4").read_bytes() == old_data and "restoring" not in by_id.stderr
+
+
+def test_a_name_of_several_recordings_lists_them_and_latest_takes_the_newest(
+    make_daemon, tmp_path, minio
+):
+    daemon = make_daemon().start()
+    cam1, _ = finished_file(daemon, "cam1.mp4")
+    cam2, cam2_data = finished_file(daemon, "cam2.mp4", size=100 * KiB)
+    out = tmp_path / "out.mp4"
+    several = cli(daemon, "restore", "cam*", "-o", str(out))
+    assert several.returncode == 2, several.stderr
+    lines = several.stderr.splitlines()
+    assert lines[0] == (
+        "streamer: 'cam*' names 2 streams of several recordings: give a stream id, the "
+        "recording's path, --instance, or --latest for the newest"
+    )
+    assert lines[1].split() == ["STREAM", "INSTANCE", "FIRST", "SEEN", "SIZE"]
+    assert [line.split()[:2] for line in lines[2:]] == [[cam2, "test-host"], [cam1, "test-host"]]
+    assert lines[2].endswith("100.0 KiB") and lines[3].endswith("200.0 KiB")
+    assert not out.exists() and left_beside(out) == []
+    for args in (["cam*", "--latest"], ["--latest"]):
+        latest = cli(daemon, "restore", *args, "-o", str(out), "--force")
+        assert latest.returncode == 0, latest.stderr
+        assert out.read_bytes() == cam2_data
+    neither = cli(daemon, "restore", "-o", str(out))
+    assert (
+        neither.returncode == 2
+        and "give NAME (a stream id or a recording's name), or --latest" in neither.stderr
+    )
+
+    # The same name under another instance is another recording; --instance tells them apart.
+    other = make_daemon(home="b", instance="other-host").start()
+    theirs_out = tmp_path / "theirs.mp4"
+    theirs, their_data = finished_file(other, "cam1.mp4", size=50 * KiB)
+    both = cli(daemon, "restore", "cam1", "-o", str(theirs_out))
+    assert both.returncode == 2 and theirs in both.stderr, both.stderr
+    assert {line.split()[1] for line in both.stderr.splitlines()[2:]} == {"test-host", "other-host"}
+    chosen = cli(
+        daemon, "restore", "cam1", "--instance", "other-host", "-o", str(theirs_out), "--force"
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert theirs_out.read_bytes() == their_data
+    # A stream id under two instances (its objects copied): listed, to be told by --instance.
+    for found in minio.client.list_objects(daemon.bucket, f"rec/test-host/{cam2}/", recursive=True):
+        key = found.object_name
+        copied = key.replace("rec/test-host/", "rec/copy-host/", 1)
+        minio.client.copy_object(daemon.bucket, copied, CopySource(daemon.bucket, key))
+    twice = cli(daemon, "restore", cam2, "-o", str(tmp_path / "copy.mp4"))
+    assert twice.returncode == 2, twice.stderr
+    assert f"streamer: stream '{cam2}' is under several instances: give --instance" in twice.stderr
+    assert {line.split()[1] for line in twice.stderr.splitlines()[2:]} == {"test-host", "copy-host"}
+
+
+def test_a_name_that_matches_nothing_gets_the_nearest_names(make_daemon, tmp_path):
+    daemon = make_daemon().start()
+    finished_file(daemon, "garage.mp4", size=10 * KiB)
+    out = tmp_path / "out.mp4"
+    typo = cli(daemon, "restore", "garaeg", "-o", str(out))
+    assert typo.returncode == 1, typo.stderr
+    assert (
+        f"no stream 'garaeg' of any instance in s3://{daemon.bucket}; the nearest: garage"
+        in typo.stderr
+    )
+    far = cli(daemon, "restore", "yard", "--instance", "test-host", "-o", str(out))
+    assert far.returncode == 1, far.stderr
+    assert "; `streamer remote list --instance test-host` lists them" in far.stderr
+    nobody = cli(daemon, "restore", "--latest", "--instance", "nobody", "-o", str(out))
+    assert nobody.returncode == 1, nobody.stderr
+    assert f"streamer: no streams of instance nobody in s3://{daemon.bucket}\n" == nobody.stderr
+    assert not out.exists()
+
+
+def test_a_recording_goes_to_stdout_each_chunk_checked_before_it_is_written(
+    make_daemon, tmp_path, minio
+):
+    daemon = make_daemon().start()
+    stream_id, data = finished_file(daemon, "x.mp4")  # chunks of 64, 64, 64 and 8 KiB
+    assert daemon.stop() == 0
+    here = tmp_path / "here"
+    here.mkdir()
+    piped = restore_raw(daemon, stream_id, "-o", "-", cwd=here, capture_output=True)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == data and list(here.iterdir()) == [], "no file named -"
+    assert f"{stream_id}: invalid, 200.0 KiB in 4 pieces, sha256 " in piped.stderr.decode()
+    assert piped.stderr.decode().rstrip().endswith("-> stdout")
+
+    # A chunk with other bytes: what went out is the chunks before it, none of its bytes.
+    put_back = damage(minio, daemon.bucket, chunk_key(stream_id, 2))
+    bad = restore_raw(daemon, stream_id, "-o", "-", cwd=here, capture_output=True)
+    assert bad.returncode == 1
+    assert "chunk 2 in S3 is not the bytes it was stored as" in bad.stderr.decode()
+    assert bad.stdout == data[: 2 * 64 * KiB]
+    put_back()
+    # Its chunks gone, from its whole object.
+    for n in range(4):
+        minio.client.remove_object(daemon.bucket, chunk_key(stream_id, n))
+    whole = restore_raw(daemon, stream_id, "-o", "-", cwd=here, capture_output=True)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout == data and "in 1 piece," in whole.stderr.decode()
+
+    # Its reader gone: said, without telling to run it again.
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "restore", stream_id, "-o", "-", "--config",
+         str(daemon.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=daemon.env, cwd=here,
+    )  # fmt: skip
+    assert reader.stdout.read(1000) == data[:1000]
+    reader.stdout.close()
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(60) == 3
+    assert f"streamer: {stream_id}: stopped: BrokenPipeError" in stderr
+    assert "run again" not in stderr and "Traceback" not in stderr
+
+    # What cannot go with stdout is refused before anything is asked of S3.
+    for extra, said in (
+        (["--json"], "--json cannot go there"),
+        (["--playable"], "--playable cuts the file once it is whole"),
+    ):
+        refused = restore_raw(daemon, stream_id, "-o", "-", *extra, cwd=here, capture_output=True)
+        assert refused.returncode == 2 and said in refused.stderr.decode() and refused.stdout == b""
+    terminal, other_end = pty.openpty()
+    try:
+        on_tty = restore_raw(
+            daemon, stream_id, "-o", "-", cwd=here, stdout=terminal, stderr=subprocess.PIPE
+        )
+    finally:
+        os.close(terminal)
+        os.close(other_end)
+    assert on_tty.returncode == 2
+    assert "-o -: stdout is a terminal; send it to a pipe or a file" in on_tty.stderr.decode()
+    assert list(here.iterdir()) == []
+
+
+def test_remote_list_filters_by_name_and_upload_time_in_one_time_format(make_daemon):
+    daemon = make_daemon().start()
+    # A chunk uploaded at once, its tail once the file is idle: first and last upload differ.
+    first, _ = finished_file(daemon, "front.mp4", size=74 * KiB)
+    second, _ = finished_file(daemon, "back.mp4", size=10 * KiB)
+    front, back = remote_list(daemon)[first], remote_list(daemon)[second]
+    at = datetime.fromisoformat
+    assert at(front["first_upload_at"]) < at(front["last_upload_at"]) < at(back["first_upload_at"])
+    assert at(back["first_seen_at"]) > at(front["first_seen_at"])
+    assert list(remote_list(daemon, "--name", "f*")) == [first]
+    assert list(remote_list(daemon, "--name", "back.mp4")) == [second]
+
+    def just_after(when: str) -> str:
+        return (at(when) + timedelta(milliseconds=1)).isoformat()
+
+    assert set(remote_list(daemon, "--since", just_after(front["first_upload_at"]))) == {
+        first,
+        second,
+    }, "uploaded to since: its last upload counts"
+    assert list(remote_list(daemon, "--since", just_after(front["last_upload_at"]))) == [second]
+    assert set(remote_list(daemon, "--since", "1h")) == {first, second}
+    assert list(remote_list(daemon, "--since", "1h", "--name", "front")) == [first]
+
+    table = cli(daemon, "remote", "list").stdout
+    assert " ago" not in table, "one time format in a table"
+    assert remote_list(daemon)[second]["last_upload_at"][:19] in table.replace("Z", "")
+    none = cli(daemon, "remote", "list", "--since", "2099-01-01T00:00Z", "--name", "f*")
+    assert none.returncode == 0
+    assert none.stdout.strip() == (
+        "no streams named 'f*' of instance test-host uploaded to since 2099-01-01T00:00:00Z "
+        f"in s3://{daemon.bucket}/rec/"
+    )
+    wrong = cli(daemon, "remote", "list", "--since", "yesterday")
+    assert wrong.returncode == 2
+    assert "Invalid value for '--since': 'yesterday' is not a time" in wrong.stderr
+
+
+def test_one_file_name_in_two_folders_is_two_recordings_told_apart_by_their_path(
+    make_daemon, tmp_path
+):
+    daemon = make_daemon().start()
+    written = {}
+    for camera in ("cam1", "cam2"):
+        (daemon.watch / camera).mkdir()
+        written[camera] = finished_file(daemon, f"{camera}/late.mp4", size=10 * KiB)
+    (cam1, cam1_data), (cam2, _) = written["cam1"], written["cam2"]
+    assert cam1.startswith("cam1/late-") and cam2.startswith("cam2/late-")
+    out = tmp_path / "late.mp4"
+    both = cli(daemon, "restore", "late", "-o", str(out))
+    assert both.returncode == 2, both.stderr
+    assert {line.split()[0] for line in both.stderr.splitlines()[2:]} == {cam1, cam2}
+    assert not out.exists()
+    by_path = cli(daemon, "restore", "cam1/late.mp4", "-o", str(tmp_path))
+    assert by_path.returncode == 0, by_path.stderr
+    assert out.read_bytes() == cam1_data
+    assert list(remote_list(daemon, "--name", "cam2/*")) == [cam2]

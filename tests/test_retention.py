@@ -358,7 +358,7 @@ def test_only_a_proven_unchanged_regular_file_inside_the_directory_is_deleted(
     assert sorted(p.name for p in daemon.watch.iterdir() if "swapped" in p.name) == ["swapped.mp4"]
 
     with pytest.raises(retention.Kept, match="not inside the watch directory"):
-        delete("plain.mp4", directory=tmp_path)
+        delete("plain.mp4", directory=tmp_path / "another")
     delete("plain.mp4")
     assert not (daemon.watch / "plain.mp4").exists()
     store.close()

@@ -107,7 +107,7 @@ def test_a_restored_backup_is_behind_s3_stops_and_adopting_it_changes_nothing_th
 
     adopted = cli(daemon, "checkpoint", "adopt", "--yes")
     assert adopted.returncode == 0, adopted.stderr
-    assert "1 streams brought up to S3's records" in adopted.stdout
+    assert "1 stream brought up to S3's records" in adopted.stdout
     shown = cli(daemon, "streams", "show", stream_id, "--json")
     assert msgspec.json.decode(shown.stdout)["state"] == "complete"
 

@@ -30,14 +30,15 @@ def _or_before_the_command(ctx: click.Context, param: click.Parameter, value):
 
 
 CONFIG_HELP = (
-    "JSON config file (env STREAMER_CONFIG). Without it: defaults and "
-    "STREAMER_<SECTION>_<KEY> environment variables."
+    "JSON config file. Without it: the one $STREAMER_CONFIG names, else the first there "
+    "of $XDG_CONFIG_HOME/streamer/config.json (~/.config/streamer/config.json) and "
+    f"{config.SYSTEM_CONFIG}; `streamer config show` says which. "
+    "STREAMER_<SECTION>_<KEY> environment variables win over the file."
 )
 JSON_HELP = "Print JSON, for scripts (raw numbers)."
 root_config_option = click.option(
     "--config",
     "config_path",
-    envvar="STREAMER_CONFIG",
     metavar="PATH",
     type=click.Path(dir_okay=False),
     help=CONFIG_HELP,
@@ -59,8 +60,10 @@ json_option = click.option(
 
 
 def load_or_exit(config_path: str | None) -> config.Config:
+    """The configuration of the file every command finds the same way (see
+    `config.locate`), or exit 2 saying what is wrong."""
     try:
-        return config.load(config_path)
+        return config.load(config.locate(config_path).path)
     except config.ConfigError as exc:
         click.echo(f"streamer: invalid configuration: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -74,7 +77,11 @@ def open_store(
     cfg = load_or_exit(config_path)
     path = cfg.checkpoint.path
     if not os.path.exists(os.path.join(path, "data.mdb")):
-        fail(f"no checkpoint store at {path} (checkpoint.path): has streamer run here?", code)
+        fail(
+            f"no checkpoint store at {path} (checkpoint.path): has streamer run here? "
+            f"config: {config.locate(config_path)}",
+            code,
+        )
     try:
         store = CheckpointStore(path, cfg.checkpoint.map_size, readonly=readonly)
     except CheckpointError as exc:

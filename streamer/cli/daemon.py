@@ -8,14 +8,14 @@ import sys
 import tempfile
 
 import click
+import msgspec
 
 from streamer import logs
 from streamer.cli import probe
-from streamer.cli.common import config_option, fail, load_or_exit
-from streamer.health import HEALTHY_WITHIN, heartbeat_path, since_beat
+from streamer.cli.common import config_option, fail, json_option, load_or_exit
 
 
-@click.command()
+@click.command(short_help="Watch the directory and upload every recording in it.")
 @config_option
 @click.option(
     "--once",
@@ -57,33 +57,25 @@ def run(config_path: str | None, once: bool, timeout: float | None) -> None:
     sys.exit(code)
 
 
-@click.command()
+@click.command(short_help="Is the daemon alive: has its loop turned in the last 10 s?")
 @config_option
-def health(config_path: str | None) -> None:
+@json_option
+def health(config_path: str | None, as_json: bool) -> None:
     """Is the daemon of this configuration alive: has its loop turned in the last 10 s?
     Asks its /healthz on the configured metrics port (giving up on a daemon silent for
     2 s) or, with metrics off, reads its heartbeat file in the checkpoint directory. For
-    container health checks.
+    container health checks. --json prints status (ok, stalled, not running, unknown),
+    http_status (/healthz's), seconds_since_loop (where known) and error.
 
-    Exit status: 0 alive, 1 not (the reason on stderr), 2 an invalid configuration.
+    Exit status: 0 alive, 1 not (the reason on stderr, or in the JSON), 2 an invalid
+    configuration.
     """
-    cfg = load_or_exit(config_path)
-    if cfg.metrics.enabled:
-        try:
-            alive, said = probe.healthy(cfg)
-        except probe.NotReachable as exc:
-            fail(str(exc))
-        if not alive:
-            fail(f"unhealthy: {said}")
-    else:
-        try:
-            since = since_beat(heartbeat_path(cfg.checkpoint.path))
-        except OSError as exc:
-            fail(f"cannot read the heartbeat in {cfg.checkpoint.path}: {exc.strerror}")
-        if since is None:
-            fail(f"no heartbeat in {cfg.checkpoint.path}: the daemon has not run there")
-        if since >= HEALTHY_WITHIN:
-            fail(f"unhealthy: the daemon's loop last turned {since:.0f} s ago")
+    said = probe.liveness(load_or_exit(config_path))
+    if as_json:
+        click.echo(msgspec.json.encode(said))
+        sys.exit(0 if said.status == probe.OK else 1)
+    if said.status != probe.OK:
+        fail(said.error)
     click.echo("ok")
 
 

@@ -27,6 +27,11 @@ def size(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def counted(n: int, thing: str) -> str:
+    """'1 chunk', '4 chunks': a number of things, in the number they are."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
 def rate(bytes_per_second: float | None) -> str:
     return "-" if bytes_per_second is None else f"{size(round(bytes_per_second))}/s"
 

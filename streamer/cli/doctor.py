@@ -1,7 +1,8 @@
 """`streamer doctor`: will `streamer run` work here? A checklist, each item with a hint
-when it fails: the watch directory, the checkpoint store, S3 (reachable, credentials,
-bucket, a scratch object written, read back and deleted, a multipart copy), whether
-retention can see writers, and the instance name."""
+when it fails: the watch directory, the checkpoint store (and no daemon on it already), S3
+(reachable, credentials, bucket, a scratch object written, read back and deleted, a
+multipart copy), whether retention can see writers, and the instance name. What `run`
+checks too is checked by the same code, in the same words (streamer.preflight)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,22 @@ from dataclasses import asdict, dataclass
 import click
 import msgspec
 
-from streamer import bodies, naming
+from streamer import bodies, naming, preflight
 from streamer.bodies import InMemory
 from streamer.checkpoint import CheckpointError, CheckpointStore
+from streamer.cli import display
 from streamer.cli.common import config_option, json_option, load_or_exit
 from streamer.config import Config
 from streamer.digests import SHA256
 from streamer.fileio import lease_blindness
 from streamer.logs import describe
+from streamer.preflight import Unmet
 
 ASSEMBLE_HINT = "this server cannot copy objects into a multipart upload: set stream.assemble=false"
-S3_HINT = "check s3.endpoint and s3.secure, and that the server runs and is reachable from here"
 CONDITIONS_HINT = (
     "a server that ignores If-None-Match cannot keep a stale store from writing over S3's "
     "records: use one that honours or refuses it"
 )
-CREDENTIALS_HINT = "check s3.access_key and s3.secret_key (or the AWS_* chain)"
 
 
 class Problem(Exception):
@@ -70,21 +71,18 @@ class Doctor:
     def failed(self, name: str, detail: str, hint: str = "") -> None:
         self.checks.append(Check(name, False, detail, hint))
 
+    def unmet(self, name: str, exc: Unmet) -> None:
+        self.failed(name, exc.detail, exc.hint)
+
     def skipped(self, names: list[str], why: str) -> None:
         self.checks += [Check(name, None, f"not tried: {why}") for name in names]
 
     def watch_directory(self) -> None:
         path = self.config.watch.directory
-        if not os.path.isdir(path):
-            self.failed(
-                "watch directory", f"{path} is not a directory", "create it, or set watch.directory"
-            )
-        elif not os.access(path, os.R_OK | os.X_OK):
-            self.failed(
-                "watch directory",
-                f"{path} is not readable by uid {os.geteuid()}",
-                "give this user read access",
-            )
+        try:
+            preflight.watch_directory(path)
+        except Unmet as exc:
+            self.unmet("watch directory", exc)
         else:
             self.passed("watch directory", f"{path}: readable, {len(os.listdir(path))} entries")
         self.retention_sight(path)
@@ -97,63 +95,42 @@ class Doctor:
         elif retention:
             self.failed(
                 "retention sees writers",
-                blind,
-                "grant CAP_LEASE (docker: cap_add LEASE; systemd: AmbientCapabilities) or "
-                "run as the recorders' user; until then a file is kept ten minutes after its "
-                "last write",
+                f"{blind}; such a file is kept until its last write is ten minutes old",
+                preflight.LEASE_HINT,
             )
         else:
             self.passed("retention sees writers", f"retention is off (if turned on: {blind})")
 
     def checkpoint_store(self) -> None:
+        try:
+            detail = self.read_store()
+            preflight.store_unheld(self.config.checkpoint.path)
+        except Unmet as exc:
+            self.unmet("checkpoint store", exc)
+        else:
+            self.passed("checkpoint store", detail)
+
+    def read_store(self) -> str:
+        """What the store holds that the later checks need: whose it is, its starts."""
         path = self.config.checkpoint.path
+        preflight.checkpoint_directory(path)
         if not os.path.exists(os.path.join(path, "data.mdb")):
-            parent = nearest_existing(path)
-            if os.access(parent, os.W_OK | os.X_OK):
-                self.passed("checkpoint store", f"{path}: none yet, created at first start")
-            else:
-                self.failed(
-                    "checkpoint store",
-                    f"{path} does not exist and {parent} is not writable by uid {os.geteuid()}",
-                    "create checkpoint.path writable by this user",
-                )
-            return
+            return f"{path}: none yet, created at first start"
         try:
             store = CheckpointStore(path, self.config.checkpoint.map_size, readonly=True)
         except CheckpointError as exc:
-            self.failed(
-                "checkpoint store", str(exc), "check checkpoint.path's permissions and space"
-            )
-            return
+            raise Unmet(str(exc), "check checkpoint.path's permissions and space") from None
         try:
             self.store_id, stored = store.claimed(), store.instance()
             _, self.own_starts, self.confirmed = store.claim_starts()
             count = sum(1 for _ in store.streams())
         except CheckpointError as exc:  # a record that does not decode, among others
-            self.failed(
-                "checkpoint store", str(exc), "`streamer checkpoint backup`, then see the logs"
-            )
-            return
+            raise Unmet(str(exc), "`streamer checkpoint backup`, then see the logs") from None
         finally:
             store.close()
-        if stored and self.config.instance and stored != self.config.instance:
-            self.failed(
-                "checkpoint store",
-                f"it belongs to instance {stored!r}, the configuration says "
-                f"{self.config.instance!r}: run would refuse to start",
-                "set instance to the store's, or point checkpoint.path at another store",
-            )
-            return
+        preflight.same_instance(self.config.instance, stored)
         self.instance = stored or self.instance
-        files = [path, *(os.path.join(path, f) for f in ("data.mdb", "lock.mdb"))]
-        if not all(os.access(f, os.W_OK) for f in files if os.path.exists(f)):
-            self.failed(
-                "checkpoint store",
-                f"{path} is not writable by uid {os.geteuid()}",
-                "make it writable",
-            )
-            return
-        self.passed("checkpoint store", f"{path}: opened, writable, {count} streams")
+        return f"{path}: opened, writable, {display.counted(count, 'stream')}"
 
     def s3(self) -> None:
         from streamer.chunkstore import BucketMissing, ChunkStore  # the S3 client is heavy
@@ -162,11 +139,11 @@ class Doctor:
         later = ["scratch object", "conditional writes", "multipart copy", "instance name"]
         try:
             s3 = ChunkStore(s3_config, self.instance)
-            s3.ensure_bucket(s3_config.create_bucket)
+            bucket = preflight.bucket(s3, s3_config.create_bucket)
         except BucketMissing as exc:
             self.passed("S3 reachable", s3_config.endpoint)
             self.passed("S3 credentials", "accepted")
-            self.failed("bucket", str(exc), "create the bucket, or set s3.create_bucket=true")
+            self.failed("bucket", str(exc), preflight.BUCKET_HINT)
             self.skipped(later, "no bucket")
             return
         except Exception as exc:
@@ -175,8 +152,8 @@ class Doctor:
             return
         self.passed("S3 reachable", s3_config.endpoint)
         self.passed("S3 credentials", "accepted")
-        self.passed("bucket", f"{s3_config.bucket}: present")
-        self.attempt("scratch object", lambda: self.scratch(s3), CREDENTIALS_HINT)
+        self.passed("bucket", f"{s3_config.bucket}: {bucket}")
+        self.attempt("scratch object", lambda: self.scratch(s3), rejected_hint())
         self.attempt("conditional writes", lambda: self.conditional(s3), CONDITIONS_HINT)
         if self.config.stream.assemble:
             self.attempt("multipart copy", lambda: self.multipart_copy(s3), ASSEMBLE_HINT)
@@ -191,12 +168,12 @@ class Doctor:
 
         if isinstance(exc, S3Error):
             self.passed("S3 reachable", self.config.s3.endpoint)
-            self.failed("S3 credentials", describe(exc), CREDENTIALS_HINT)
+            self.failed("S3 credentials", describe(exc), rejected_hint())
         elif isinstance(exc, NoCredentials):
             self.passed("S3 reachable", self.config.s3.endpoint)
-            self.failed("S3 credentials", str(exc), CREDENTIALS_HINT)
+            self.failed("S3 credentials", str(exc), rejected_hint())
         else:
-            self.failed("S3 reachable", describe(exc), S3_HINT)
+            self.failed("S3 reachable", describe(exc), preflight.S3_HINT)
             self.skipped(["S3 credentials", "bucket"], "S3 unreachable")
 
     def attempt(self, name: str, check: Callable[[], str], hint: str) -> None:
@@ -291,21 +268,16 @@ class Doctor:
         return f"{self.instance}: claimed by this checkpoint store (generation {held.generation})"
 
 
-def nearest_existing(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
-@click.command()
+@click.command(short_help="Check that `streamer run` will work here: a checklist.")
 @config_option
 @json_option
 def doctor(config_path: str | None, as_json: bool) -> None:
     """Check that `streamer run` will work with this configuration: the watch directory,
-    the checkpoint store, S3 (reachable, credentials, bucket, a scratch object written,
-    read back and deleted, a multipart copy), whether retention can see writers, and the
-    instance name. Safe while the daemon runs.
+    the checkpoint store (and that no daemon runs on it already), S3 (reachable,
+    credentials, the bucket, created if missing and s3.create_bucket is on, a scratch
+    object written, read back and deleted, a multipart copy), whether retention can see
+    writers, and the instance name. Safe while the daemon runs (it then says the store
+    is taken).
 
     Exit status: 0 all checks pass, 1 any does not, 2 an invalid configuration.
     """
@@ -320,6 +292,14 @@ def doctor(config_path: str | None, as_json: bool) -> None:
             if c.hint:
                 click.echo(f"  {'':<24} hint: {c.hint}")
     sys.exit(0 if passed else 1)
+
+
+def rejected_hint() -> str:
+    """The hint `run` logs with S3's refusals (s3_rejected). Imported when asked: the S3
+    client is heavy."""
+    from streamer.failures import REJECTED_HINT
+
+    return REJECTED_HINT
 
 
 def put_scratch(s3, key: str, data: bytes) -> str:

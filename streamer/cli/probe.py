@@ -1,5 +1,5 @@
 """Asking the running daemon how it is, over its metrics endpoint (/healthz, /readyz,
-/metrics): for `status` and `health`."""
+/metrics), or, with metrics off, by its heartbeat file: for `status` and `health`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 from streamer.config import Config
+from streamer.health import HEALTHY_WITHIN, heartbeat_path, since_beat
 from streamer.records import StreamRecord, StreamState
 
 # Per connect and per read. The daemon answers at once however many other clients are
@@ -45,14 +47,69 @@ def get(config: Config, path: str) -> tuple[int, bytes]:
         raise NotReachable(f"no answer at {base_url(config)}: {reason}") from None
 
 
-def healthy(config: Config) -> tuple[bool, str]:
-    """Does the daemon's loop turn? (/healthz)"""
+def healthz(config: Config) -> float | None:
+    """/healthz's answer: None while the daemon's loop turns (200), else the seconds since
+    it last turned (503)."""
     status, body = get(config, "/healthz")
     try:
-        said = json.loads(body)["status"]
+        said = json.loads(body)
+        if (status, said["status"]) == (200, OK):
+            return None
+        since = said["seconds_since_loop"]
+        if (status, said["status"]) == (503, STALLED) and isinstance(since, int | float):
+            return float(since)
     except (ValueError, KeyError, TypeError):
-        raise NotReachable(f"{base_url(config)}/healthz: not the daemon's answer") from None
-    return status == 200 and said == "ok", body.decode(errors="replace").strip()
+        pass
+    raise NotReachable(f"{base_url(config)}/healthz: not the daemon's answer")
+
+
+def healthy(config: Config) -> bool:
+    """Does the daemon's loop turn?"""
+    return healthz(config) is None
+
+
+OK, STALLED, NOT_RUNNING, UNKNOWN = "ok", "stalled", "not running", "unknown"
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What `health` says: `status` ok, stalled (the loop has not turned for
+    HEALTHY_WITHIN seconds), not running (no answer, or no heartbeat ever), or unknown
+    (the heartbeat cannot be read); `error` says why it is not ok."""
+
+    status: str
+    http_status: int | None  # /healthz's; None with metrics off, or without an answer
+    seconds_since_loop: float | None  # where known: /healthz gives it only when stalled
+    error: str | None = None
+
+
+def liveness(config: Config) -> Liveness:
+    """Is the daemon of this configuration alive: /healthz, or with metrics off its
+    heartbeat file in the checkpoint directory."""
+    if config.metrics.enabled:
+        try:
+            since = healthz(config)
+        except NotReachable as exc:
+            return Liveness(NOT_RUNNING, None, None, str(exc))
+        if since is None:
+            return Liveness(OK, 200, None)
+        return Liveness(STALLED, 503, since, f"unhealthy: {turned(since)}")
+    directory = config.checkpoint.path
+    try:
+        since = since_beat(heartbeat_path(directory))
+    except OSError as exc:
+        error = f"cannot read the heartbeat in {directory}: {exc.strerror}"
+        return Liveness(UNKNOWN, None, None, error)
+    if since is None:
+        error = f"no heartbeat in {directory}: the daemon has not run there"
+        return Liveness(NOT_RUNNING, None, None, error)
+    if since >= HEALTHY_WITHIN:
+        return Liveness(STALLED, None, round(since, 1), f"unhealthy: {turned(since)}")
+    return Liveness(OK, None, round(since, 1))
+
+
+def turned(since: float) -> str:
+    return f"the daemon's loop last turned {since:.0f} s ago"
 
 
 def readiness(config: Config) -> dict:

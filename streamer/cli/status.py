@@ -19,7 +19,7 @@ RATE_SAMPLE = 1.0  # seconds between the two readings an upload rate is taken fr
 INTERNAL = ("at", "uploaded")  # what a reading keeps for the next rate, not for --json
 
 
-@click.command()
+@click.command(short_help="The daemon, streams by state, and the active streams' progress.")
 @config_option
 @json_option
 @click.option(
@@ -34,7 +34,7 @@ INTERNAL = ("at", "uploaded")  # what a reading keeps for the next rate, not for
 )
 def status(config_path: str | None, as_json: bool, interval: float | None) -> None:
     """One screen: the daemon (running, S3, upload rate, how far behind), streams by
-    state, and how far each unfinished stream has got."""
+    state, and how far each active stream has got."""
     cfg = load_or_exit(config_path)
     if interval is None:
         show(cfg, config_path, as_json, view_daemon(cfg, previous=None))
@@ -109,7 +109,7 @@ def view_daemon(cfg: Config, previous: dict | None) -> dict:
     if not cfg.metrics.enabled:
         return {"running": None, "error": "metrics.enabled is false: the daemon cannot be asked"}
     try:
-        healthy, _ = probe.healthy(cfg)
+        healthy = probe.healthy(cfg)
         checks = probe.readiness(cfg)
         if previous is None or not previous.get("running"):
             previous = {"at": time.monotonic(), **readings(probe.samples(cfg))}
@@ -157,7 +157,7 @@ def daemon_lines(daemon: dict) -> list[str]:
         labelled("s3", s3),
         labelled("checkpoint", "writable" if daemon["checkpoint_writable"] else "NOT WRITABLE"),
         labelled(
-            "uploading",
+            "upload",
             f"{display.rate(daemon['upload_rate'])}, "
             f"{display.size(daemon['bytes_behind'])} on disk not yet committed, "
             f"the oldest for {display.seconds(daemon['oldest_uncommitted_seconds'])}",

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import click
 
 from streamer.checkpoint import CheckpointError, lock_store
+from streamer.cli import display
 from streamer.cli.common import config_option, fail, load_or_exit, open_store, s3_errors
 from streamer.logs import describe
 
@@ -18,7 +19,7 @@ def checkpoint_group() -> None:
     """Look after the checkpoint store."""
 
 
-@checkpoint_group.command("backup")
+@checkpoint_group.command("backup", short_help="Copy the checkpoint store while the daemon runs.")
 @config_option
 @click.argument("destination", type=click.Path(file_okay=False))
 def backup(config_path: str | None, destination: str) -> None:
@@ -34,7 +35,7 @@ def backup(config_path: str | None, destination: str) -> None:
     click.echo(f"checkpoint store copied to {destination}")
 
 
-@checkpoint_group.command("adopt")
+@checkpoint_group.command("adopt", short_help="Carry on with a store that S3 has moved on past.")
 @config_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def adopt(config_path: str | None, yes: bool) -> None:
@@ -63,8 +64,8 @@ def adopt(config_path: str | None, yes: bool) -> None:
         except s3_errors() as exc:
             fail(f"S3 cannot be reached or refused: {describe(exc)}; nothing was taken over", 3)
     click.echo(
-        f"{len(done.brought_up)} streams brought up to S3's records, {len(done.written)} "
-        f"written to S3, {done.unchanged} unchanged"
+        f"{display.counted(len(done.brought_up), 'stream')} brought up to S3's records, "
+        f"{len(done.written)} written to S3, {done.unchanged} unchanged"
     )
     for stream_id in done.unreadable:
         click.echo(f"{stream_id}: its metadata.json in S3 does not read; left as it is")

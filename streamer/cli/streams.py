@@ -29,7 +29,7 @@ def streams() -> None:
     checkpoint store, which serialises writers."""
 
 
-@streams.command("list")
+@streams.command("list", short_help="One line per stream: id, state, uploaded, chunks, file.")
 @config_option
 @click.option(
     "--state",
@@ -86,12 +86,12 @@ def held_back(record: StreamRecord, waiting: dict[str, dict]) -> dict:
     }
 
 
-@streams.command("show")
+@streams.command("show", short_help="A stream's checkpoint, with its chunk table.")
 @config_option
 @click.argument("stream_id")
 @json_option
 def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
-    """The stream's full checkpoint, with its chunk table (and, while it is live, how many
+    """The stream's full checkpoint, with its chunk table (and, while it is active, how many
     chunks are copied into its assembled object so far)."""
     with open_store(config_path, readonly=True) as store:
         record = get_or_exit(store, stream_id)
@@ -109,8 +109,10 @@ def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
             shown = display.value(raw)
         click.echo(f"{key.replace('_', ' '):<18} {shown}")
     if record.assembly is not None:
-        copied = sum(1 for c in chunks if c.part_in(record.assembly.upload_id))
-        click.echo(f"{'assembly':<18} {copied} chunks copied into {record.assembly.key}")
+        copied = display.counted(
+            sum(1 for c in chunks if c.part_in(record.assembly.upload_id)), "chunk"
+        )
+        click.echo(f"{'assembly':<18} {copied} copied into {record.assembly.key}")
     if record.assembled is not None:
         click.echo(f"{'assembled':<18} {record.assembled.key} ({record.assembled.method})")
     if not chunks:
@@ -132,7 +134,7 @@ def show_stream(config_path: str | None, stream_id: str, as_json: bool) -> None:
         click.echo(line)
 
 
-@streams.command("cancel")
+@streams.command("cancel", short_help="Stop uploading a stream; what is in S3 stays.")
 @config_option
 @click.argument("stream_id")
 def cancel_stream(config_path: str | None, stream_id: str) -> None:
@@ -149,7 +151,7 @@ def cancel_stream(config_path: str | None, stream_id: str) -> None:
     click.echo(f"{stream_id}: cancel requested; the daemon finishes it as cancelled")
 
 
-@streams.command("retry")
+@streams.command("retry", short_help="Put a cancelled or partial stream back to work.")
 @config_option
 @click.argument("stream_id")
 def retry_stream(config_path: str | None, stream_id: str) -> None:

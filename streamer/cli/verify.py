@@ -42,7 +42,7 @@ class Verdict:
         return not self.problems and self.error is None
 
 
-@click.command()
+@click.command(short_help="Compare streams with S3, and with their files where still there.")
 @config_option
 @click.argument("stream_id", required=False)
 @click.option("--all", "check_all", is_flag=True, help="Verify every stream.")
@@ -100,7 +100,7 @@ def report(v: Verdict) -> None:
     if v.error:
         click.echo(f"{v.stream_id}: not checked: {v.error}")
     elif v.ok:
-        click.echo(f"{v.stream_id}: ok ({v.chunks} chunks)")
+        click.echo(f"{v.stream_id}: ok ({display.counted(v.chunks, 'chunk')})")
 
 
 def verify_stream(

@@ -14,7 +14,7 @@ import signal
 import time
 from collections import deque
 
-from streamer import bandwidth, logs, metrics
+from streamer import bandwidth, logs, metrics, preflight
 from streamer.checkpoint import CheckpointError
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_FAILURE, EXIT_OK
 from streamer.config import Config, credential_source, redacted
@@ -59,7 +59,7 @@ class Supervisor:
         once: bool = False,
         timeout: float | None = None,
     ):
-        watcher = Watcher(config.watch.directory, config.watch.pattern)
+        watcher = Watcher(config.watch.directory, config.watch.pattern, config.watch.depth)
         self.ctx = Context(config, clock, logs.EventLog("supervisor"), watcher)
         self.log = self.ctx.log
         self.clock = clock
@@ -100,8 +100,8 @@ class Supervisor:
             self.initialize()
         except Exception as exc:
             # Whatever stops the start: never a process left behind with its uploaders.
-            error = str(exc) if isinstance(exc, CheckpointError | OSError) else describe(exc)
-            self.log.error("start_failed", error=error)
+            said = isinstance(exc, CheckpointError | OSError | preflight.Unmet)
+            self.log.error("start_failed", error=str(exc) if said else describe(exc))
             self.workers.murder()
             self.release_instance()
             return EXIT_BOOT_ERROR
@@ -119,20 +119,15 @@ class Supervisor:
 
     def initialize(self) -> None:
         config = self.config
-        self.log.info(
-            "starting",
-            config=redacted(config),
-            credentials=credential_source(config),
-            pid=os.getpid(),
-        )
+        startup.check_directories(config)
+        self.store_lock = startup.lock_store(config)
+        self.log_start()
         if config.s3.tls_skip_verify:
             self.log.warning(
                 "tls_verification_off",
                 message="s3.tls_skip_verify is on: anyone on the path to S3 can read and change "
                 "the uploads. For development only; use s3.ca_file for a private CA.",
             )
-        startup.check_directories(config)
-        self.store_lock = startup.lock_store(config)
         # What the host can refuse is asked before the store is written: a fresh store's
         # instance name is fixed there.
         if config.metrics.enabled:
@@ -166,6 +161,24 @@ class Supervisor:
         self.log.info("started", streams=len(self.table))
         if self.once:
             self.start_batch(self.clock())
+
+    def log_start(self) -> None:
+        """The first line: what is watched and where it goes. The settings go with it in
+        JSON; in text, on a line of their own, one `section.key=value` each."""
+        config = self.config
+        where = {
+            "watching": config.watch.directory,
+            "pattern": config.watch.pattern,
+            "depth": config.watch.depth,
+            "destination": startup.destination(config),
+            "endpoint": config.s3.endpoint,
+        }
+        credentials = credential_source(config)
+        if config.log.format == "text":
+            self.log.info("starting", **where)
+            self.log.info("settings", credentials=credentials, **logs.flat(redacted(config)))
+        else:
+            self.log.info("starting", **where, config=redacted(config), credentials=credentials)
 
     def start_batch(self, now: float) -> None:
         """`run --once`: the files found now are the work; no file that comes later is."""
@@ -259,7 +272,22 @@ class Supervisor:
         if self.exit_code == EXIT_BOOT_ERROR:
             self.release_instance()
         self.ctx.close_store()
-        self.log.info("stopped", exit_code=self.exit_code)
+        self.log_active()
+        self.log.info("stopped", exit_code=self.exit_code, active=len(self.table))
+
+    def log_active(self) -> None:
+        """At stop, where each active stream stands, as this process last heard: the next
+        start resumes it from its uploaded bytes."""
+        now, stuck_after = self.clock(), self.config.stream.stuck_after
+        for t in self.table.all():
+            self.log.info(
+                "stream_still_active",
+                stream_id=t.stream_id,
+                path=t.file.path,
+                phase=t.condition(now, stuck_after) or t.phase.value,
+                uploaded_bytes=t.committed,
+                size=t.file.size,
+            )
 
     # Waiting and dispatching
 
@@ -298,7 +326,7 @@ class Supervisor:
     def handle_worker_events(self, events: Mailbox, now: float) -> None:
         message = events.get(0)
         while message is not None:
-            if isinstance(message, S3State) and message.reachable:
+            if isinstance(message, S3State) and message.reachable and not message.bucket_missing:
                 self.at_s3.add(events)
             self.handle_event(message, now)
             message = events.get(0)
@@ -313,8 +341,8 @@ class Supervisor:
                 stream_id in table
             ):
                 table[stream_id].committed_to(committed)
-            case S3State(reachable=reachable, error=error):
-                self.readiness.s3_state(reachable, error)
+            case S3State(reachable=reachable, error=error, bucket_missing=missing):
+                self.readiness.s3_state(reachable, error, missing)
             case FinishDeclined(stream_id=stream_id) if stream_id in table:
                 self.discovery.finish_declined(table[stream_id], now)
             case SourceRewritten(stream_id=stream_id) if stream_id in table:

@@ -19,7 +19,7 @@ from streamer.records import StreamRecord, StreamState
 from streamer.supervisor.context import Context
 from streamer.supervisor.retirement import Retirement, identity
 from streamer.supervisor.streams import Phase, StreamTable, Tracked
-from streamer.watcher import FileStat
+from streamer.watcher import WATCHES_SYSCTL, FileStat
 
 REWRITTEN = "another recording was written over it before it finished"
 
@@ -38,11 +38,14 @@ class Discovery:
         self.only: set[str] = set()
         self.missed: set[str] = set()  # paths whose last look failed (tried at each scan)
         self.failed: dict[str, str] = {}  # path -> the error its last look logged
+        self.watches_refused = False  # the kernel refused a folder a watch (and it was said)
+        self.unreadable_folders: set[str] = set()  # as the last scan found them
 
     def handle_file_events(self, now: float) -> None:
         batch = self.ctx.watcher.read()
         if batch.overflow:
             self.ctx.log.warning("inotify_overflow")
+        if batch.overflow or batch.folders_changed:
             self.rescan(now)
         for path in batch.deleted:
             self.forget_deleted(path)
@@ -65,10 +68,30 @@ class Discovery:
         except OSError as exc:
             self.ctx.log.error("scan_failed", directory=watcher.directory, error=str(exc))
             return
+        finally:
+            self.say_out_of_watches()
+        for folder in self.unreadable_folders - watcher.unreadable.keys():
+            self.failed.pop(folder, None)  # readable again: a new failure is said again
+        self.unreadable_folders = set(watcher.unreadable)
+        for folder, exc in watcher.unreadable.items():
+            self.say_failed(folder, describe(exc))
         for path in found.keys() | self.table.paths.keys() | self.finished.retainable.keys():
             self.observe_safely(path, now, found.get(path))
         if self.discovering:
             self.adopt_untracked(now)
+
+    def say_out_of_watches(self) -> None:
+        """Said once: the folders the kernel refused a watch are still scanned, each
+        `rescan_interval`, so their recordings are found that much later."""
+        exc, self.ctx.watcher.out_of_watches = self.ctx.watcher.out_of_watches, None
+        if exc is not None and not self.watches_refused:
+            self.watches_refused = True
+            self.ctx.log.warning(
+                "inotify_watches_exhausted",
+                error=describe(exc),
+                hint=f"raise {WATCHES_SYSCTL} (sysctl -w {WATCHES_SYSCTL}=524288); until "
+                "then, folders without a watch are scanned every watch.rescan_interval",
+            )
 
     def observe_safely(self, path: str, now: float, file: FileStat | None = None) -> None:
         self.contained(path, self.observe, path, now, file)
@@ -85,16 +108,19 @@ class Discovery:
             self.passed_over(exc)
         except (OSError, ValueError, CheckpointError) as exc:
             self.missed.add(path)
-            error = describe(exc)
-            # Said once at error level; the same again at each scan, at debug level.
-            if self.failed.get(path) == error:
-                self.ctx.log.debug("file_failed", path=path, error=error)
-            else:
-                self.ctx.log.error("file_failed", path=path, error=error)
-            self.failed[path] = error
+            self.say_failed(path, describe(exc))
         else:
             self.missed.discard(path)
             self.failed.pop(path, None)
+
+    def say_failed(self, path: str, error: str) -> None:
+        """A file or folder that could not be read: said once at error level; the same
+        again at each scan, at debug level."""
+        if self.failed.get(path) == error:
+            self.ctx.log.debug("file_failed", path=path, error=error)
+        else:
+            self.ctx.log.error("file_failed", path=path, error=error)
+        self.failed[path] = error
 
     def wrote(self) -> None:
         """A write to the checkpoint store succeeded: if the last one had failed, what was
@@ -150,7 +176,9 @@ class Discovery:
         displaced = self.table.at(file.path)
         if displaced is not None and displaced is not tracked:
             self.lose(displaced, now)
-        self.ctx.store.move_stream(tracked.stream_id, file.path)
+        self.ctx.store.move_stream(
+            tracked.stream_id, file.path, self.ctx.watcher.relative(file.path)
+        )
         self.wrote()
         old_path = self.table.move(tracked, file, now)
         self.ctx.log.info(
@@ -176,7 +204,9 @@ class Discovery:
         if record is not None and file.is_of(record):
             if record.state is StreamState.ACTIVE:
                 if record.path != file.path:
-                    record = store.move_stream(record.stream_id, file.path)
+                    record = store.move_stream(
+                        record.stream_id, file.path, self.ctx.watcher.relative(file.path)
+                    )
                 tracked = self.table.track(record, file, now, "stream_resumed")
                 if self.ctx.watcher.head_changed(file.path, record.head):
                     self.table.abandon(tracked, REWRITTEN)
@@ -187,7 +217,9 @@ class Discovery:
                 file.mtime_ns,
             ):
                 if record.path != file.path:
-                    record = store.move_stream(record.stream_id, file.path)
+                    record = store.move_stream(
+                        record.stream_id, file.path, self.ctx.watcher.relative(file.path)
+                    )
                 self.finished.settle(file.path, identity(file), record)
                 return
         record = self.new_stream(file)
@@ -246,10 +278,12 @@ class Discovery:
     def new_stream(self, file: FileStat) -> StreamRecord:
         first_seen = datetime.now(UTC)
         store = self.ctx.store
-        stream_id = naming.stream_id_for(os.path.basename(file.path), first_seen, store.has_stream)
+        relative = self.ctx.watcher.relative(file.path)
+        stream_id = naming.stream_id_for(relative, first_seen, store.has_stream)
         record = StreamRecord(
             stream_id=stream_id,
             path=file.path,
+            relative_path=relative,
             inode=file.inode,
             device=file.device,
             chunk_size=self.ctx.config.stream.chunk_size,

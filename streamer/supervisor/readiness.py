@@ -19,18 +19,22 @@ class Readiness:
         self.last_upload: float | None = None
         self.s3_reachable: bool | None = None
         self.s3_error = "no answer from S3 yet"
+        self.bucket_missing = ""
 
-    def s3_state(self, reachable: bool, error: str) -> None:
+    def s3_state(self, reachable: bool, error: str, bucket_missing: str) -> None:
         """As the uploaders last found S3; logged when it changes."""
         if reachable != self.s3_reachable:
             self.ctx.log.info("s3_state", reachable=reachable, error=error)
         self.s3_reachable, self.s3_error = reachable, error
+        if reachable:  # an answer says whether the bucket is there; no answer says nothing
+            self.bucket_missing = bucket_missing
 
     def checks(self, running: bool) -> tuple[bool, dict]:
         ctx = self.ctx
         alive, expected = self.workers.alive(), ctx.config.workers.count
         checks = {
             "s3": {"ok": self.s3_reachable is True, "error": self.s3_error},
+            "bucket": {"ok": not self.bucket_missing, "error": self.bucket_missing},
             "checkpoint": {
                 "ok": ctx.store is not None and ctx.checkpoint_writable,
                 "error": ctx.checkpoint_error,

@@ -12,19 +12,18 @@ from collections.abc import Callable
 
 import msgspec
 
-from streamer import checkpoint, metrics, naming
+from streamer import checkpoint, metrics, naming, preflight
 from streamer.config import Config
 from streamer.fileio import BLIND_MIN_AGE, CAP_LEASE, lease_blindness, raise_capability
+from streamer.layout import Layout
 from streamer.supervisor.context import Context
 
 
 def check_directories(config: Config) -> None:
-    if not os.path.isdir(config.watch.directory):
-        raise OSError(f"watch.directory {config.watch.directory} is not a directory")
-    path = config.checkpoint.path
-    os.makedirs(path, exist_ok=True)
-    if not os.access(path, os.W_OK):
-        raise OSError(f"checkpoint.path {path} is not writable")
+    """As `doctor` checks them (preflight); raises preflight.Unmet."""
+    preflight.watch_directory(config.watch.directory)
+    if not preflight.checkpoint_directory(config.checkpoint.path):
+        os.makedirs(config.checkpoint.path, exist_ok=True)
 
 
 def lock_store(config: Config) -> int:
@@ -32,10 +31,22 @@ def lock_store(config: Config) -> int:
     try:
         return checkpoint.lock_store(path)
     except checkpoint.StoreLocked as exc:
-        raise OSError(
-            f"{exc}: wait for it to stop, or give this daemon a checkpoint store of its own "
-            "(checkpoint.path, STREAMER_CHECKPOINT_PATH)"
-        ) from None
+        raise preflight.Unmet(str(exc), preflight.STORE_HELD_HINT) from None
+
+
+def destination(config: Config) -> str:
+    """Where the recordings go, `s3://<bucket>/<prefix>/<instance>/`, with the instance
+    name prepare_store settles: a store keeps the one of its first start. Asked once the
+    store is locked for this daemon."""
+    instance = config.instance
+    if not instance and os.path.exists(os.path.join(config.checkpoint.path, "data.mdb")):
+        store = checkpoint.CheckpointStore(config.checkpoint.path, config.checkpoint.map_size)
+        try:
+            instance = store.instance()
+        finally:
+            store.close()
+    layout = Layout(config.s3.prefix, instance or naming.host_instance())
+    return f"s3://{config.s3.bucket}/{layout.stream_prefix('')}"
 
 
 def bind_metrics(
@@ -70,7 +81,8 @@ def check_leases(ctx: Context) -> None:
             message="whether a recording is still open for writing cannot be known: a file "
             f"no lease can be taken on is kept until its last write is {BLIND_MIN_AGE / 60:g} "
             "minutes old (or retention.min_age, if longer), and each such deletion is "
-            "logged (source_deleted_blind); grant CAP_LEASE to see writers",
+            "logged (source_deleted_blind)",
+            hint=preflight.LEASE_HINT,
         )
 
 
@@ -84,13 +96,16 @@ def prepare_store(ctx: Context) -> bool:
         cleared = ctx.store.clear_stale_readers()
         if cleared:
             ctx.log.info("stale_readers_cleared", count=cleared)
-        fresh = ctx.store.instance() is None
+        stored = ctx.store.instance()
+        preflight.same_instance(ctx.config.instance, stored)
+        fresh = stored is None
         instance = ctx.store.claim_instance(ctx.config.instance, naming.host_instance())
         ctx.store.begin_start()
     finally:
         ctx.close_store()
     ctx.config = msgspec.structs.replace(ctx.config, instance=instance)
     ctx.log.info("instance", instance=instance)
+    metrics.INSTANCE_INFO.labels(instance_name=instance).set(1)
     return fresh
 
 

@@ -146,7 +146,7 @@ class Completion:
         Raises FinishCalledOff if the file changes meanwhile. Touches neither the checkpoint
         nor the jobs: `finished` records the outcome."""
         check_still_idle(record.path, finish)
-        granularity = self.ctx.granularity_ns
+        granularity = self.ctx.granularity_of(record.path)
         quiet = still_holds(quiet, finish, chunks, sent_hash, granularity)
         if quiet is None:
             quiet = survey(

@@ -17,6 +17,7 @@ from streamer.checkpoint import CheckpointStore, CheckpointUnwritable
 from streamer.chunkstore import ChunkStore
 from streamer.config import Config
 from streamer.failures import S3_TROUBLE, Backoff, classify, hint
+from streamer.fileio import file_granularity_ns
 from streamer.logs import describe
 from streamer.messages import CheckpointState, Mailbox, S3State, StreamParked, StreamResumed
 from streamer.uploader.jobs import Job
@@ -37,11 +38,18 @@ class Context:
     events: Mailbox  # to the supervisor
     log: logs.EventLog
     clock: Callable[[], float]
-    granularity_ns: int = 0  # how much coarser than a second the file timestamps are
+    # How much coarser than a second file timestamps are, by filesystem (st_dev): a card
+    # may be mounted in a folder below the watch directory.
+    granularities: dict[int, int] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)  # by stream id
     starved: set[str] = field(default_factory=set)  # streams waiting for room in the window
     s3_reachable: bool | None = None
+    bucket_missing: str = ""
     checkpoint_writable: bool = True
+
+    def granularity_of(self, path: str) -> int:
+        """How much coarser than a second the timestamps of the file at `path` may be."""
+        return file_granularity_ns(path, self.granularities)
 
     @property
     def window(self) -> int:
@@ -69,10 +77,17 @@ class Context:
                 self.jobs[stream_id].wake()
         self.starved.clear()
 
-    def s3_state(self, reachable: bool, exc: Exception | None = None) -> None:
-        if reachable != self.s3_reachable:
-            self.s3_reachable = reachable
-            self.events.put(S3State(reachable=reachable, error=describe(exc) if exc else ""))
+    def s3_state(
+        self, reachable: bool, exc: Exception | None = None, bucket_missing: str = ""
+    ) -> None:
+        """Told to the supervisor when it changes: S3 answered or not, and, when it did,
+        whether the bucket is missing (S3 reached all the same)."""
+        if (reachable, bucket_missing) != (self.s3_reachable, self.bucket_missing):
+            self.s3_reachable, self.bucket_missing = reachable, bucket_missing
+            error = describe(exc) if exc else ""
+            self.events.put(
+                S3State(reachable=reachable, error=error, bucket_missing=bucket_missing)
+            )
 
     def checkpoint_state(self, writable: bool, exc: Exception | None = None) -> None:
         """Told to the supervisor when it changes; it logs it and answers /readyz."""

@@ -11,15 +11,14 @@ import signal
 import time
 from concurrent.futures import Future
 
-from streamer import claim, fileio, logs
+from streamer import claim, fileio, logs, preflight
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS, Heartbeat
-from streamer.chunkstore import ChunkStore
+from streamer.chunkstore import BucketMissing, ChunkStore
 from streamer.config import Config, MiB
 from streamer.failures import Backoff
-from streamer.fileio import timestamp_granularity_ns
 from streamer.logs import describe
 from streamer.messages import (
     Abandon,
@@ -156,7 +155,6 @@ class Uploader:
             self.events,
             self.log,
             self.clock,
-            timestamp_granularity_ns(self.config.watch.directory),
         )
         self.ledger = Ledger(ctx)
         self.surveyor = Surveyor(ctx)
@@ -204,7 +202,9 @@ class Uploader:
         )
 
     def reach_s3(self) -> None:
-        self.ctx.s3.ensure_bucket(self.config.s3.create_bucket)
+        """The bucket, as `doctor` checks it (preflight), then the instance's claim."""
+        if preflight.bucket(self.ctx.s3, self.config.s3.create_bucket) == "created":
+            self.log.info("bucket_created", bucket=self.config.s3.bucket)
         claim.hold(self.ctx.s3, self.ctx.store)
 
     def bucket_checked(self, future, now: float) -> None:
@@ -227,6 +227,8 @@ class Uploader:
             self.log.warning("claim_not_moved", error=str(exc))
         except Exception as exc:
             self.ctx.fail(self.bucket_backoff, exc, now, BUCKET_EVENTS)
+            if isinstance(exc, BucketMissing):  # S3 answered: reached, not unreachable
+                self.ctx.s3_state(True, bucket_missing=f"{exc}: {preflight.BUCKET_HINT}")
             return
         self.bucket_ready = True
         self.claim_due = now + CLAIM_CHECK

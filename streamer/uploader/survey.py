@@ -99,10 +99,12 @@ def survey(
 class Surveyor:
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        # After half the idle timeout, and after policy.SETTLED_NS: what is read then is
-        # known to be the file's bytes if its mtime has not moved by completion.
-        settle_s = (SETTLED_NS + ctx.granularity_ns) / 1e9
-        self.quiet_after = max(ctx.config.stream.idle_timeout / 2, 1.5 * settle_s)
+
+    def quiet_after(self, path: str) -> float:
+        """After half the idle timeout, and after policy.SETTLED_NS: what is read then is
+        known to be the file's bytes if its mtime has not moved by completion."""
+        settle_s = (SETTLED_NS + self.ctx.granularity_of(path)) / 1e9
+        return max(self.ctx.config.stream.idle_timeout / 2, 1.5 * settle_s)
 
     def plan(self, job: Job) -> None:
         """Survey a stream with nothing to send but its tail ahead of completion, once its
@@ -114,7 +116,7 @@ class Surveyor:
         planned = (st.st_size, st.st_mtime_ns)
         if job.quiet and (job.quiet.size, job.quiet.mtime_ns) == planned:
             return
-        wait = self.quiet_after - (time.time_ns() - st.st_mtime_ns) / 1e9
+        wait = self.quiet_after(job.record.path) - (time.time_ns() - st.st_mtime_ns) / 1e9
         if wait > 0:
             job.survey_at = ctx.clock() + wait
             return
@@ -148,7 +150,7 @@ class Surveyor:
             sent_hash,
             self.ctx.buffers,
             ahead=True,
-            granularity_ns=self.ctx.granularity_ns,
+            granularity_ns=self.ctx.granularity_of(record.path),
         )
         st = stat_source(record.path)
         return quiet if (st.st_size, st.st_mtime_ns) == planned else None
@@ -160,7 +162,7 @@ class Surveyor:
             job.quiet = future.result()
         except Exception as exc:
             job.quiet = None
-            job.survey_at = self.ctx.clock() + self.quiet_after  # not at once again
+            job.survey_at = self.ctx.clock() + self.quiet_after(job.record.path)  # not at once
             self.ctx.log.warning("survey_failed", **job.log_fields, error=describe(exc))
             return
         if job.quiet is not None:
