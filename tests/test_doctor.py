@@ -177,6 +177,30 @@ def test_run_says_a_missing_bucket_is_missing_not_that_s3_is_unreachable(
     assert get_json(daemon, "/readyz")[1]["checks"]["bucket"] == {"ok": True, "error": ""}
 
 
+def test_s3_away_after_it_said_the_bucket_is_missing_is_unreachable_again(
+    make_daemon, bucket, proxy
+):
+    """Away, then there without the bucket, then away again: each is told, so /readyz and
+    the gauge never say S3 is there while it is not."""
+    s3 = {"endpoint": proxy.endpoint, "bucket": f"{bucket}-missing", "create_bucket": False}
+    daemon = make_daemon(s3={**s3, **FAST_RETRIES})
+    proxy.set("refuse")
+    daemon.expect(s3_rejected=AT_LEAST_ONE).start()
+
+    def reachable(expected: int):
+        return lambda: scrape(daemon).get("streamer_s3_reachable") == expected
+
+    for role in ("uploader.0", "uploader.1"):  # each found S3 away
+        daemon.wait_for("s3_unreachable", role=role)
+    wait_until(reachable(0), 30, what="S3 unreachable")
+    proxy.set("pass")
+    wait_until(reachable(1), 30, what="S3 reached, the bucket missing")
+    assert get_json(daemon, "/readyz")[1]["checks"]["bucket"]["ok"] is False
+    proxy.set("refuse")
+    wait_until(reachable(0), 30, what="S3 unreachable again")
+    assert get_json(daemon, "/readyz")[1]["checks"]["s3"]["ok"] is False
+
+
 def test_wrong_credentials_a_missing_bucket_and_another_store_s_instance_each_fail(make_daemon):
     daemon = make_daemon()
     wrong = cli(daemon, "doctor", env={"STREAMER_S3_SECRET_KEY": "not-the-secret-at-all"})
