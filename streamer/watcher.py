@@ -4,8 +4,8 @@ scans for truth.
 Events are only hints about which names to look at again; every decision is made on a
 fresh stat. A scan at start, on queue overflow, after a folder came or went, and every
 rescan interval catches whatever the events missed. Folders are watched down to
-`max_depth` below the watch directory; a folder made while the daemon runs is watched as
-soon as its event is read, and the scan that follows finds what was written in it before.
+`max_depth` below the watch directory; a folder made while the daemon runs is watched by
+the scan its event brings, which finds what was written in it before too.
 Symbolic links to folders are not followed (a loop would never end), nor hidden folders
 (`.Trash-1000` on a card). When the kernel refuses more watches, the folders left unwatched
 are found by the periodic scan alone.
@@ -117,13 +117,11 @@ class Watcher:
                 continue
             path = os.path.join(folder, event.name)
             if event.mask & F.ISDIR:
-                # A folder came (watched now) or went (no longer watched): the scan that
-                # follows finds the files in it, or follows those moved away with it.
+                # A folder came or went: the scan that follows watches it and those in it,
+                # and finds the files in them, or follows those moved away with it.
                 folders_changed = True
                 if event.mask & (F.MOVED_FROM | F.DELETE):
                     self._unwatch_below(path)
-                elif event.mask & (F.CREATE | F.MOVED_TO):
-                    self._watch_tree(path)
                 continue
             paths.add(path)
             if event.mask & F.DELETE:
@@ -139,7 +137,8 @@ class Watcher:
 
     def scan(self) -> dict[str, FileStat]:
         """Every matching file in the watched folders; folders not yet watched are watched
-        from now on (one made while events were lost, or refused a watch before)."""
+        from now on (one just made or moved in, one made while events were lost, or one
+        refused a watch before)."""
         found = {}
         for folder, entries in self._walk():
             if self._inotify is not None and folder not in self._watched:
@@ -189,28 +188,6 @@ class Watcher:
                 else:
                     files.append(entry)
             yield folder, files
-
-    def _depth(self, folder: str) -> int:
-        relative = self.relative(folder)
-        return 0 if relative == "." else relative.count(os.sep) + 1
-
-    def _watch_tree(self, top: str) -> None:
-        """Watch a folder that came, and those in it, as far as `max_depth` allows."""
-        if self._depth(top) > self.max_depth or os.path.basename(top).startswith("."):
-            return
-        self._watch(top)
-        pending = [top]
-        while pending:
-            folder = pending.pop()
-            try:
-                with os.scandir(folder) as it:
-                    below = [e.path for e in it if _is_folder(e) and not e.name.startswith(".")]
-            except OSError:
-                continue
-            for path in below:
-                if self._depth(path) <= self.max_depth:
-                    self._watch(path)
-                    pending.append(path)
 
     def _watch(self, folder: str) -> None:
         # The watch directory may be a link to where the recordings are; a folder in it not.

@@ -176,15 +176,17 @@ class Discovery:
         displaced = self.table.at(file.path)
         if displaced is not None and displaced is not tracked:
             self.lose(displaced, now)
-        self.ctx.store.move_stream(
-            tracked.stream_id, file.path, self.ctx.watcher.relative(file.path)
-        )
+        self.move_record(tracked.stream_id, file.path)
         self.wrote()
         old_path = self.table.move(tracked, file, now)
         self.ctx.log.info(
             "stream_renamed", stream_id=tracked.stream_id, old_path=old_path, path=file.path
         )
         self.table.tell_owner(tracked, Moved(stream_id=tracked.stream_id))
+
+    def move_record(self, stream_id: str, path: str) -> StreamRecord:
+        """The stream's file is at `path` now: so says its record, relative path too."""
+        return self.ctx.store.move_stream(stream_id, path, self.ctx.watcher.relative(path))
 
     def discover(self, file: FileStat, now: float) -> None:
         """A file no tracked stream owns: an unfinished stream from before a restart, a
@@ -204,9 +206,7 @@ class Discovery:
         if record is not None and file.is_of(record):
             if record.state is StreamState.ACTIVE:
                 if record.path != file.path:
-                    record = store.move_stream(
-                        record.stream_id, file.path, self.ctx.watcher.relative(file.path)
-                    )
+                    record = self.move_record(record.stream_id, file.path)
                 tracked = self.table.track(record, file, now, "stream_resumed")
                 if self.ctx.watcher.head_changed(file.path, record.head):
                     self.table.abandon(tracked, REWRITTEN)
@@ -217,9 +217,7 @@ class Discovery:
                 file.mtime_ns,
             ):
                 if record.path != file.path:
-                    record = store.move_stream(
-                        record.stream_id, file.path, self.ctx.watcher.relative(file.path)
-                    )
+                    record = self.move_record(record.stream_id, file.path)
                 self.finished.settle(file.path, identity(file), record)
                 return
         record = self.new_stream(file)
