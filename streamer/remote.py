@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from functools import partial
+from typing import TypeVar
 
 import msgspec
 
@@ -19,9 +21,11 @@ from streamer import manifest
 from streamer.chunkstore import ChunkStore, StoredObject
 from streamer.layout import KeyOf
 from streamer.manifest import Manifest
-from streamer.records import StreamState
+from streamer.records import Assembled, StreamState
 
-MANIFEST_READERS = 4  # metadata.json files read at once
+# metadata.json files read at once: a listing of a fleet's streams waits on round trips.
+MANIFEST_READERS = 16
+MANIFESTS_AHEAD = 256  # metadata.json files asked for at a time, a batch
 # A stream id as naming.stream_id_for makes it: the recording's name (its path below the
 # watch directory, without the extension), the UTC second it was first seen, and -2, -3...
 # for a later stream of the same name first seen in the same second.
@@ -32,20 +36,87 @@ RECORDING_EXTENSION = ".mp4"
 SUGGESTIONS = 3
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Chunks added up: how many, their bytes, their first and last upload."""
+
+    chunks: int = 0
+    size: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+
+    def plus(self, stored: StoredObject) -> Totals:
+        at = stored.modified
+        if at is None:
+            return Totals(self.chunks + 1, self.size + stored.size, self.first, self.last)
+        first, last = min(self.first or at, at), max(self.last or at, at)
+        return Totals(self.chunks + 1, self.size + stored.size, first, last)
+
+
 @dataclass
-class RemoteStream:
-    """One stream's objects in the bucket."""
+class ChunkTally:
+    """A stream's chunks added up as the listing goes by, each chunk's latest revision
+    once, in the same few bytes however many chunks it has: S3 lists keys in UTF-8 binary
+    order, so the revisions of a chunk (`chunks/000001`, `chunks/000001.r1`) come one
+    after another."""
+
+    settled: Totals = field(default_factory=Totals)  # the chunks before `index`
+    index: int = -1
+    revision: int = -1
+    latest: StoredObject | None = None  # chunk `index`'s latest revision so far
+
+    def add(self, place: KeyOf, stored: StoredObject) -> None:
+        if place.index != self.index:
+            self.settled = self.totals
+            self.index, self.revision, self.latest = place.index, -1, None
+        if place.revision >= self.revision:
+            self.revision, self.latest = place.revision, stored
+
+    @property
+    def totals(self) -> Totals:
+        return self.settled if self.latest is None else self.settled.plus(self.latest)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What is shown of a stream's metadata.json; the decoded metadata.json itself is let
+    go (a long recording's lists thousands of chunks)."""
+
+    status: str
+    total_size: int
+    chunk_count: int
+    file_name: str  # as its source gives it
+    assembled: Assembled | None
+    first_seen_at: datetime
+    first_upload_at: datetime | None
+    last_upload_at: datetime | None
+
+    @classmethod
+    def of(cls, found: Manifest) -> Recorded:
+        return cls(
+            found.status,
+            found.total_size,
+            found.chunk_count,
+            found.source.name,
+            found.assembled,
+            found.first_seen_at,
+            found.first_upload_at,
+            found.last_upload_at,
+        )
+
+
+@dataclass
+class ListedStream:
+    """One stream as a listing of the bucket shows it, in a few hundred bytes however long
+    its recording: its chunks added up, what its metadata.json says once read, its other
+    objects (its whole object)."""
 
     instance: str
     stream_id: str
-    # Per chunk index, the latest revision's key and object (a later revision holds the
-    # bytes the recorder rewrote there).
-    chunks: dict[int, tuple[str, StoredObject]] = field(default_factory=dict)
-    revisions: dict[int, int] = field(default_factory=dict)
-    chunk_keys: set[str] = field(default_factory=set)  # every revision's
+    tally: ChunkTally = field(default_factory=ChunkTally)
     manifest_key: str | None = None
     objects: dict[str, StoredObject] = field(default_factory=dict)  # its other objects
-    manifest: Manifest | None = None
+    recorded: Recorded | None = None
     manifest_error: str | None = None  # metadata.json there, but not readable as one
 
     def add(self, key: str, place: KeyOf, stored: StoredObject) -> None:
@@ -54,31 +125,34 @@ class RemoteStream:
         elif place.kind == "object":
             self.objects[key] = stored
         else:
-            self.chunk_keys.add(key)
-            if place.revision >= self.revisions.get(place.index, -1):
-                self.revisions[place.index] = place.revision
-                self.chunks[place.index] = (key, stored)
+            self.tally.add(place, stored)
+
+    def keep(self, found: Manifest) -> None:
+        """Its metadata.json, read."""
+        self.recorded = Recorded.of(found)
 
     @property
     def status(self) -> str:
-        if self.manifest is not None:
-            return self.manifest.status
+        if self.recorded is not None:
+            return self.recorded.status
         return "invalid metadata.json" if self.manifest_error else StreamState.ACTIVE.value
 
     @property
     def size(self) -> int:
-        if self.manifest is not None:
-            return self.manifest.total_size
-        return sum(stored.size for _, stored in self.chunks.values())
+        if self.recorded is not None:
+            return self.recorded.total_size
+        return self.tally.totals.size
 
     @property
     def chunk_count(self) -> int:
-        return self.manifest.chunk_count if self.manifest is not None else len(self.chunks)
+        if self.recorded is not None:
+            return self.recorded.chunk_count
+        return self.tally.totals.chunks
 
     @property
     def assembled_key(self) -> str | None:
         """The whole recording as one object, if it is there as metadata.json says."""
-        assembled = self.manifest.assembled if self.manifest is not None else None
+        assembled = self.recorded.assembled if self.recorded is not None else None
         if assembled is None:
             return None
         stored = self.objects.get(assembled.key)
@@ -100,8 +174,8 @@ class RemoteStream:
 
     @property
     def first_seen(self) -> datetime | None:
-        if self.manifest is not None:
-            return self.manifest.first_seen_at
+        if self.recorded is not None:
+            return self.recorded.first_seen_at
         return self.id_time or self.upload_times()[0]
 
     @property
@@ -124,17 +198,17 @@ class RemoteStream:
         """The name to restore it under in a directory: its file's, from metadata.json
         (unless that is not one file's name), else its recording's name with the
         extension of what streamer records."""
-        if self.manifest is not None:
-            given = self.manifest.source.name
+        if self.recorded is not None:
+            given = self.recorded.file_name
             if given not in ("", ".", "..") and "/" not in given and "\0" not in given:
                 return given
         return ends(self.name)[-1] + RECORDING_EXTENSION
 
     def upload_times(self) -> tuple[datetime | None, datetime | None]:
-        if self.manifest is not None:
-            return self.manifest.first_upload_at, self.manifest.last_upload_at
-        times = [s.modified for _, s in self.chunks.values() if s.modified is not None]
-        return (min(times), max(times)) if times else (None, None)
+        if self.recorded is not None:
+            return self.recorded.first_upload_at, self.recorded.last_upload_at
+        totals = self.tally.totals
+        return totals.first, totals.last
 
     def summary(self) -> dict:
         """What `remote list --json` gives: raw numbers, RFC 3339 times."""
@@ -152,6 +226,31 @@ class RemoteStream:
         }
 
 
+@dataclass
+class RemoteStream(ListedStream):
+    """One stream with every object of it in the bucket and its whole metadata.json: what
+    a recording is restored from."""
+
+    # Per chunk index, the latest revision's key and object (a later revision holds the
+    # bytes the recorder rewrote there).
+    chunks: dict[int, tuple[str, StoredObject]] = field(default_factory=dict)
+    revisions: dict[int, int] = field(default_factory=dict)
+    chunk_keys: set[str] = field(default_factory=set)  # every revision's
+    manifest: Manifest | None = None
+
+    def add(self, key: str, place: KeyOf, stored: StoredObject) -> None:
+        super().add(key, place, stored)
+        if place.kind == "chunk":
+            self.chunk_keys.add(key)
+            if place.revision >= self.revisions.get(place.index, -1):
+                self.revisions[place.index] = place.revision
+                self.chunks[place.index] = (key, stored)
+
+    def keep(self, found: Manifest) -> None:
+        super().keep(found)
+        self.manifest = found
+
+
 def ends(name: str) -> list[str]:
     """A recording's name and its ends after each `/`, the whole first."""
     parts = name.split("/")
@@ -161,70 +260,74 @@ def ends(name: str) -> list[str]:
 class Ambiguous(Exception):
     """A name matches the streams of more than one recording."""
 
-    def __init__(self, candidates: list[RemoteStream]):
+    def __init__(self, candidates: list[ListedStream]):
         super().__init__(candidates)
         self.candidates = candidates
 
 
-def recordings(streams: list[RemoteStream]) -> set[tuple[str, str]]:
+def recordings(streams: list[ListedStream]) -> set[tuple[str, str]]:
     return {(s.instance, s.name) for s in streams}
 
 
-def newest(streams: list[RemoteStream], latest: bool) -> RemoteStream:
+def newest(streams: list[ListedStream], latest: bool) -> ListedStream:
     """The newest of these streams, when they are the streams of one recording (one name
     under one instance), or, with `latest`, whatever recordings they are; else Ambiguous,
     with the candidates newest first."""
-    ordered = sorted(streams, key=RemoteStream.newness, reverse=True)
+    ordered = sorted(streams, key=ListedStream.newness, reverse=True)
     if len(recordings(streams)) > 1 and not latest:
         raise Ambiguous(ordered)
     return ordered[0]
 
 
-def nearest(streams: list[RemoteStream], pattern: str) -> list[str]:
+def nearest(streams: list[ListedStream], pattern: str) -> list[str]:
     """The recording names, or ends of them, that look most like `pattern`."""
     known = {end for s in streams for end in ends(s.name)}
     return difflib.get_close_matches(pattern, sorted(known), n=SUGGESTIONS)
 
 
+T = TypeVar("T", bound=ListedStream)
+
+
 def listed(
-    s3: ChunkStore, instances: list[str] | None, stream_id: str | None = None
-) -> list[RemoteStream]:
+    s3: ChunkStore,
+    instances: list[str] | None,
+    stream_id: str | None = None,
+    kind: type[T] = ListedStream,
+) -> list[T]:
     """The streams under these instances (None: every instance under the prefix), or only
-    those with this id, from one listing, their metadata.json not read yet; sorted by
-    instance, then id."""
+    those with this id, from one listing read page by page, their metadata.json not read
+    yet; sorted by instance, then id. `kind`: ListedStream, or RemoteStream to keep every
+    object."""
     layout = s3.layout
     top = layout.instances_prefix()
     if instances is None:
         instances = [p.removeprefix(top).strip("/") for p in s3.children(top)]
     below = f"{stream_id}/" if stream_id is not None else ""
     prefixes = [f"{top}{name}/{below}" for name in instances]
-    found: dict[tuple[str, str], RemoteStream] = {}
+    found: dict[tuple[str, str], T] = {}
     for prefix in prefixes:
-        for key, stored in s3.listing(prefix).items():
+        for key, stored in s3.walk(prefix):
             place = layout.parse(key)
             if place is None or stream_id not in (None, place.stream_id):
                 continue
             which = (place.instance, place.stream_id)
             if which not in found:
-                found[which] = RemoteStream(place.instance, place.stream_id)
+                found[which] = kind(place.instance, place.stream_id)
             found[which].add(key, place, stored)
     return [found[k] for k in sorted(found)]
 
 
-def read_manifests(s3: ChunkStore, streams: list[RemoteStream]) -> list[RemoteStream]:
+def read_manifests(s3: ChunkStore, streams: list[T]) -> list[T]:
+    """Their metadata.json read, MANIFEST_READERS at once, MANIFESTS_AHEAD asked for at a
+    time however many streams there are; each decoded one is let go once what is shown
+    of it is kept (a RemoteStream keeps it whole)."""
     with ThreadPoolExecutor(MANIFEST_READERS) as pool:
-        list(pool.map(lambda stream: read_manifest(s3, stream), streams))
+        for at in range(0, len(streams), MANIFESTS_AHEAD):
+            list(pool.map(partial(read_manifest, s3), streams[at : at + MANIFESTS_AHEAD]))
     return streams
 
 
-def streams_in(
-    s3: ChunkStore, instances: list[str] | None, stream_id: str | None = None
-) -> list[RemoteStream]:
-    """`listed`, with their metadata.json read."""
-    return read_manifests(s3, listed(s3, instances, stream_id))
-
-
-def read_manifest(s3: ChunkStore, stream: RemoteStream) -> None:
+def read_manifest(s3: ChunkStore, stream: ListedStream) -> None:
     if stream.manifest_key is None:
         return
     data = s3.get_if_exists(stream.manifest_key)
@@ -232,11 +335,14 @@ def read_manifest(s3: ChunkStore, stream: RemoteStream) -> None:
         stream.manifest_key = None
         return
     try:
-        stream.manifest = manifest.decode(data)
+        stream.keep(manifest.decode(data))
     except msgspec.DecodeError as exc:
         stream.manifest_error = str(exc)
 
 
 def find(s3: ChunkStore, stream_id: str, instance: str | None) -> list[RemoteStream]:
-    """The stream under this instance, or, with None, under whichever instances have it."""
-    return streams_in(s3, None if instance is None else [instance], stream_id)
+    """The stream under this instance, or, with None, under whichever instances have it,
+    with every object of it and its metadata.json read."""
+    return read_manifests(
+        s3, listed(s3, None if instance is None else [instance], stream_id, RemoteStream)
+    )

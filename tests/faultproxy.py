@@ -7,7 +7,10 @@ refuse_puts (a connection that starts a PUT request is reset; other requests pas
 refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it),
 refuse_checksums (a PUT with a crc32c checksum is answered 400 InvalidRequest, as a server
 that does not know the algorithm answers it), refuse_conditions (a PUT with If-None-Match
-or If-Match is answered 501 NotImplemented, as a server without conditional writes does).
+or If-Match is answered 501 NotImplemented, as a server without conditional writes does),
+slow_down (every PUT is held a moment, then answered 503 SlowDownWrite on a connection
+kept open, as MinIO answers a write it cannot take: an erasure set without write quorum,
+or a request that waited out its deadline in a full queue).
 With `tls` (a server-side SSL context) the proxy speaks https to its clients and plain
 http to the server: headers are seen, and refused, over https too.
 Whatever the mode, `damage_puts(n)` flips one byte in the body of each of the next n PUT
@@ -36,6 +39,9 @@ class FaultProxy:
         self.peak_connections = 0
         self.uploaded = 0  # bytes passed from clients to the server
         self.damaged = 0  # PUT bodies damaged so far
+        self.slowed_down = 0  # PUTs answered 503 SlowDownWrite so far
+        self.holding = 0  # PUTs held, in slow_down mode, before their answer
+        self._waiting: set[socket.socket] = set()  # connections whose request is unanswered
         self._to_damage = 0
         self._open = 0
         self._lock = threading.Lock()
@@ -50,7 +56,8 @@ class FaultProxy:
         refusals = ("refuse_tags", "refuse_checksums", "refuse_conditions")
         assert self.tls is None or mode in ("pass", *refusals), mode
         assert mode in (
-            "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", *refusals,
+            "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", "slow_down",
+            *refusals,
         )  # fmt: skip
         with self._lock:
             self.mode, self.rate = mode, rate
@@ -60,6 +67,12 @@ class FaultProxy:
             self._close_listener()
         elif self._listener is None:
             self._listen()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests passed to the server whose answer has not begun."""
+        with self._lock:
+            return len(self._waiting)
 
     def damage_puts(self, count: int) -> None:
         assert self.tls is None, "a body damaged inside TLS is a broken connection"
@@ -175,9 +188,7 @@ class FaultProxy:
         # (over TLS, an SSL error), not the answer.
         with contextlib.suppress(OSError, ValueError):
             client.settimeout(5)
-            left = _content_length(data) - len(data.partition(b"\r\n\r\n")[2])
-            while left > 0 and (got := client.recv(min(65536, left))):
-                left -= len(got)
+            _read_body(data, client)
             client.sendall(answer)
             client.shutdown(socket.SHUT_WR)
             while client.recv(65536):  # until the client, told to, closes its end
@@ -186,8 +197,25 @@ class FaultProxy:
             client.close()
         return True
 
+    def _slow_down(self, data: bytes, client: socket.socket) -> None:
+        """The whole request read, held, then answered 503 SlowDownWrite; the connection
+        stays open for the next request. A mode set meanwhile may cut it while held."""
+        _read_body(data, client)
+        with self._lock:
+            self.holding += 1
+        try:
+            time.sleep(SLOW_DOWN_HOLD)
+        finally:
+            with self._lock:
+                self.holding -= 1
+        client.sendall(slow_down_write(data))
+        with self._lock:
+            self.slowed_down += 1
+
     def _pump(self, source: socket.socket, sink: socket.socket, upload: bool = False) -> None:
         flip_at = None  # where in the stream of request bytes the next body starts
+        # One request at a time on a connection: its answer begins before the next one.
+        client = source if upload else sink
         try:
             while True:
                 data = source.recv(65536 if self.mode != "throttle" else 4096)
@@ -195,6 +223,15 @@ class FaultProxy:
                     break
                 if self.mode == "blackhole":
                     continue  # the line went silent: no reset, no answer
+                if upload and self.mode == "slow_down" and data.startswith(b"PUT "):
+                    self._slow_down(data, source)
+                    continue
+                if upload and data.split(b" ", 1)[0] in METHODS:
+                    with self._lock:
+                        self._waiting.add(client)
+                elif not upload and data.startswith(b"HTTP/1."):
+                    with self._lock:
+                        self._waiting.discard(client)
                 if upload and self.mode == "refuse_puts" and data.startswith(b"PUT "):
                     _reset(source)  # every other request goes through
                     break
@@ -221,6 +258,8 @@ class FaultProxy:
         except OSError:
             pass
         finally:
+            with self._lock:
+                self._waiting.discard(client)
             with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
 
@@ -230,17 +269,24 @@ class FaultProxy:
         self._conns.clear()
 
 
-def _answer(status: bytes, code: bytes, message: bytes) -> bytes:
+def _answer(
+    status: bytes, code: bytes, message: bytes, more: bytes = b"", close: bool = True
+) -> bytes:
     error = (
         b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>' + code + b"</Code><Message>"
-        + message + b"</Message></Error>"
+        + message + b"</Message>" + more + b"</Error>"
     )  # fmt: skip
     return (
         b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml\r\nContent-Length: "
-        + str(len(error)).encode() + b"\r\nConnection: close\r\n\r\n" + error
+        + str(len(error)).encode() + (b"\r\nConnection: close" if close else b"")
+        + b"\r\n\r\n" + error
     )  # fmt: skip
 
 
+METHODS = {b"GET", b"HEAD", b"PUT", b"POST", b"DELETE"}
+# How long a PUT waits in slow_down mode before its answer: a request is on its way there
+# most of the time, for a mode set meanwhile to cut.
+SLOW_DOWN_HOLD = 0.5
 NOT_IMPLEMENTED = _answer(
     b"501 Not Implemented",
     b"NotImplemented",
@@ -249,6 +295,31 @@ NOT_IMPLEMENTED = _answer(
 INVALID_REQUEST = _answer(
     b"400 Bad Request", b"InvalidRequest", b"Value for x-amz-checksum-crc32c header is invalid."
 )
+
+
+def slow_down_write(data: bytes) -> bytes:
+    """MinIO's answer to a PUT its erasure set cannot write, naming the object as it does."""
+    resource = data.split(b" ", 2)[1].split(b"?", 1)[0]
+    bucket, _, key = resource.lstrip(b"/").partition(b"/")
+    more = (
+        b"<Key>" + key + b"</Key><BucketName>" + bucket + b"</BucketName><Resource>"
+        + resource + b"</Resource><RequestId>1880F1C6A42B3E55</RequestId><HostId>"
+        + b"dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af9251148b658df7ac2e3e8</HostId>"
+    )  # fmt: skip
+    return _answer(
+        b"503 Service Unavailable",
+        b"SlowDownWrite",
+        b"Resource requested is unwritable, please reduce your request rate",
+        more,
+        close=False,
+    )
+
+
+def _read_body(data: bytes, client: socket.socket) -> None:
+    """The rest of the request whose first piece is `data`, read and dropped."""
+    left = _content_length(data) - len(data.partition(b"\r\n\r\n")[2])
+    while left > 0 and (got := client.recv(min(65536, left))):
+        left -= len(got)
 
 
 def _content_length(data: bytes) -> int:

@@ -148,7 +148,7 @@ def test_compose_secrets_are_files_that_exist_and_no_password_is_an_environment_
 def test_compose_publishes_ports_on_loopback_unless_told_otherwise():
     compose = (ROOT / "docker-compose.yml").read_text()
     published = re.findall(r'^\s+- "([^"]+):(\d+)"$', compose, re.M)
-    assert len(published) == 5
+    assert len(published) == 6
     assert all(host.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:") for host, _ in published)
 
 

@@ -20,7 +20,7 @@ from streamer.cli import main
 from streamer.cli.remote import Moment
 from streamer.layout import KeyOf, Layout
 from streamer.manifest import Manifest
-from streamer.remote import Ambiguous, RemoteStream, nearest, newest
+from streamer.remote import Ambiguous, ListedStream, RemoteStream, nearest, newest
 from streamer.restore import CONNECTIONS, Piece, RestoreError, in_order, plan
 
 LAYOUT = Layout("rec", "cam")
@@ -71,7 +71,7 @@ def test_an_active_stream_ends_at_a_short_chunk_not_at_older_bytes_after_it():
     )
 
 
-def finished(stream: RemoteStream, name: str = "x.mp4") -> RemoteStream:
+def finished(stream: ListedStream, name: str = "x.mp4") -> ListedStream:
     """The stream with a metadata.json of two 10-byte chunks, its file called `name`."""
     stream.manifest_key = LAYOUT.manifest_key("s1")
     chunks = [
@@ -80,7 +80,7 @@ def finished(stream: RemoteStream, name: str = "x.mp4") -> RemoteStream:
          "reupload_reason": None}
         for i in range(2)
     ]  # fmt: skip
-    stream.manifest = msgspec.convert(
+    found = msgspec.convert(
         {
             "stream_id": "s1", "status": "complete", "status_reason": None,
             "source": {"path": f"/in/{name}", "name": name, "inode": 1, "modified_at": AT},
@@ -91,6 +91,7 @@ def finished(stream: RemoteStream, name: str = "x.mp4") -> RemoteStream:
         },
         Manifest,
     )  # fmt: skip
+    stream.keep(found)
     return stream
 
 
@@ -100,6 +101,39 @@ def test_a_finished_stream_without_its_chunks_nor_its_whole_object_names_the_fir
         RestoreError, match=r"chunk 1 is missing from S3 \(rec/cam/s1/chunks/000001\)"
     ):
         plan(stream)
+
+
+def test_a_listed_stream_adds_up_its_chunks_as_s3_lists_them_keeping_none():
+    # S3 lists keys in UTF-8 binary order: chunk 1's revision 10 comes before its 2.
+    sizes = {(0, 0): 10, (1, 0): 10, (1, 2): 9, (1, 10): 8, (2, 0): 10, (2, 1): 6, (4, 0): 3}
+    keys = {
+        LAYOUT.chunk_key("s1", index, revision): size for (index, revision), size in sizes.items()
+    }
+    assert list(keys)[:4] != sorted(keys)[:4], "the listing's order is not the revisions'"
+    full, listed = RemoteStream("cam", "s1"), ListedStream("cam", "s1")
+    for n, key in enumerate(sorted(keys)):
+        stored = StoredObject(keys[key], "e", None, AT + timedelta(seconds=n))
+        full.add(key, LAYOUT.parse(key), stored)
+        listed.add(key, LAYOUT.parse(key), stored)
+    shown = (listed.status, listed.size, listed.chunk_count, listed.upload_times())
+    assert shown == ("active", 10 + 8 + 6 + 3, 4, (AT, AT + timedelta(seconds=6)))
+    assert shown == (full.status, full.size, full.chunk_count, full.upload_times())
+    assert sum(s.size for _, s in full.chunks.values()) == listed.size
+    assert not hasattr(listed, "chunks"), "a listed stream keeps no chunk objects"
+
+
+def test_a_listed_stream_keeps_what_is_shown_of_its_metadata_json_not_its_chunks():
+    listed = finished(ListedStream("cam", "s1"), "Front Door.MOV")
+    assert listed.recorded is not None and not hasattr(listed, "manifest")
+    assert (listed.status, listed.size, listed.chunk_count) == ("complete", 20, 2)
+    assert (listed.first_seen, listed.upload_times(), listed.file_name) == (
+        AT,
+        (AT, AT),
+        "Front Door.MOV",
+    )
+    full = finished(active((0, 0, 10), (1, 0, 10)))
+    assert full.manifest is not None and len(full.manifest.chunks) == 2, "restore's, whole"
+    assert full.summary() == listed.summary()
 
 
 def test_a_recordings_name_is_its_stream_id_without_the_time_and_any_end_of_its_path():

@@ -3,6 +3,7 @@ real servers and real ffmpeg recordings, also when the host died mid-recording."
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -10,14 +11,18 @@ import pty
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import both_servers, chunk_store, cli, manifest_of, record, sha256_file
 from minio.commonconfig import CopySource
 
-from streamer import mp4
-from streamer.remote import find
+from streamer import manifest, mp4
+from streamer.layout import Layout
+from streamer.records import ChunkRecord, StreamRecord, StreamState
+from streamer.remote import find, listed, read_manifests
 from streamer.restore import Refused, restore
 
 pytestmark = pytest.mark.integration
@@ -121,6 +126,73 @@ def the_host_dies(daemon, ffmpeg, tmp_path, kind: str, chunks: int = 6):
     path.unlink()
     shutil.rmtree(daemon.config_path.parent / "checkpoint")
     return stream_id, kept
+
+
+def written_stream(
+    client, bucket: str, layout: Layout, stream_id: str, chunks: int, size: int, threads: int = 8
+) -> bytes:
+    """A finished stream put straight into the bucket, laid out as streamer lays it out:
+    `chunks` chunk objects of `size` random bytes (`threads` put at once), and its
+    metadata.json as streamer builds it. Returns the recording's bytes."""
+    data = os.urandom(chunks * size)
+    pieces = [data[i * size : (i + 1) * size] for i in range(chunks)]
+
+    def put(index: int) -> str:
+        key, body = layout.chunk_key(stream_id, index), pieces[index]
+        return client.put_object(bucket, key, io.BytesIO(body), len(body)).etag
+
+    with ThreadPoolExecutor(threads) as pool:
+        etags = list(pool.map(put, range(chunks)))
+    now = datetime.now(UTC)
+    record = StreamRecord(
+        stream_id=stream_id, path=f"/input/{stream_id}.mp4", inode=1, device=1,
+        chunk_size=size, first_seen_at=now, state=StreamState.COMPLETE, committed_bytes=len(data),
+        chunk_count=chunks, first_upload_at=now, last_upload_at=now, total_size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(), completed_at=now,
+    )  # fmt: skip
+    recorded = [
+        ChunkRecord(index=i, offset=i * size, size=size, etag=etag, uploaded_at=now,
+                    sha256=hashlib.sha256(piece).hexdigest())
+        for i, (piece, etag) in enumerate(zip(pieces, etags, strict=True))
+    ]  # fmt: skip
+    body = manifest.encode(manifest.build(record, recorded, layout))
+    client.put_object(bucket, layout.manifest_key(stream_id), io.BytesIO(body), len(body))
+    return data
+
+
+def test_a_listing_keeps_each_streams_figures_not_its_objects_nor_its_metadata_json(
+    make_daemon, minio, tmp_path
+):
+    daemon = make_daemon()
+    s3 = chunk_store(minio, daemon.bucket)
+    stream_id = "cam1-20261206T100000Z"
+    written_stream(minio.client, daemon.bucket, Layout("rec", "short"), stream_id, 1, KiB)
+    data = written_stream(minio.client, daemon.bucket, Layout("rec", "long"), stream_id, 1500, KiB)
+
+    def kept(instance: str):
+        """The stream listed and its metadata.json read, and the memory that takes."""
+        tracemalloc.start()
+        try:
+            [stream] = read_manifests(s3, listed(s3, [instance]))
+            return stream, tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+
+    kept("short")  # the client's connections and caches, made once
+    _, short = kept("short")
+    long, memory = kept("long")
+    assert (long.status, long.size, long.chunk_count) == ("complete", len(data), 1500)
+    assert memory - short < 64 * KiB, "a stream's 1,500 chunks are not kept to list it"
+
+    both = cli(daemon, "remote", "list", "--all-instances", "--json")
+    assert [(s["instance"], s["chunks"], s["size"]) for s in json.loads(both.stdout)] == [
+        ("long", 1500, len(data)),
+        ("short", 1, KiB),
+    ]
+    out = tmp_path / "long.mp4"
+    restored = cli(daemon, "restore", "cam1", "--instance", "long", "-o", str(out))
+    assert restored.returncode == 0, restored.stderr
+    assert out.read_bytes() == data
 
 
 @both_servers

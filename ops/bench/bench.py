@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,11 @@ from conftest import (  # noqa: E402
     scrape,
     wait_until,
 )
+from distributed import DistributedMinio  # noqa: E402
 from minio.deleteobjects import DeleteObject  # noqa: E402
+from test_restore import written_stream  # noqa: E402
+
+from streamer.layout import Layout  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -576,6 +581,186 @@ def ready_time(work: Path, minio: MinioServer, counts=READY_COUNTS) -> dict:
     return results
 
 
+# A fleet: many streams in one bucket, several hosts uploading at once
+
+
+FLEET_INSTANCES = 8
+FLEET_COUNTS = (1_000, 10_000)
+FLEET_CHUNK = 4096  # bytes: each stream's one chunk object
+FLEET_TIMES = 3  # each command run this many times; the median run is reported
+FIRST_SEEN = datetime.datetime(2026, 12, 6, 8, tzinfo=datetime.UTC)
+
+
+def fleet_stream(i: int) -> tuple[str, str]:
+    """The instance and stream id of the fleet's stream `i`: 8 hosts, 25 cameras each, a
+    recording a second."""
+    at = (FIRST_SEEN + datetime.timedelta(seconds=i)).strftime("%Y%m%dT%H%M%SZ")
+    return f"gw-{i % FLEET_INSTANCES:02d}", f"cam{i // FLEET_INSTANCES % 25:02d}/rec-{i:05d}-{at}"
+
+
+def fill_fleet(minio: MinioServer, prefix: str, start: int, stop: int) -> None:
+    """Streams `start` to `stop` written straight into the bucket, as many at once as
+    the S3 client's connections allow: a chunk and a real metadata.json each."""
+
+    def write(i: int) -> None:
+        instance, stream_id = fleet_stream(i)
+        layout = Layout(prefix, instance)
+        written_stream(minio.client, "bench", layout, stream_id, 1, FLEET_CHUNK, threads=1)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(write, range(start, stop)))
+
+
+def median_run(command: list[str], env: dict) -> Run:
+    runs = sorted((measured(command, env) for _ in range(FLEET_TIMES)), key=lambda r: r.seconds)
+    return runs[len(runs) // 2]
+
+
+def fleet_reading(work: Path, minio: MinioServer, mc: str, counts=FLEET_COUNTS) -> dict:
+    """`remote list` and `restore NAME` with `count` streams in the bucket, beside mc
+    listing the same prefix and copying one object; wall time and peak memory."""
+    clear(minio)
+    prefix = "fleet"
+    home = Path(tempfile.mkdtemp(dir=work))
+    (home / "input").mkdir()
+    config = home / "config.json"
+    config.write_text("{}")
+    env = {
+        **peer_env(minio, work),
+        "STREAMER_WATCH_DIRECTORY": str(home / "input"),
+        "STREAMER_CHECKPOINT_PATH": str(home / "checkpoint"),
+        "STREAMER_S3_ENDPOINT": minio.endpoint,
+        "STREAMER_S3_BUCKET": "bench",
+        "STREAMER_S3_PREFIX": prefix,
+        "STREAMER_S3_ACCESS_KEY": ACCESS,
+        "STREAMER_S3_SECRET_KEY": SECRET,
+        "STREAMER_INSTANCE": fleet_stream(0)[0],
+    }
+    streamer = [sys.executable, "-m", "streamer"]
+    results, filled = {}, 0
+    for count in counts:
+        fill_fleet(minio, prefix, filled, count)
+        filled = count
+        instance, stream_id = fleet_stream(count // 2)
+        name = stream_id.rsplit("-", 1)[0]  # the recording's name: its id without the time
+        out = home / "restored.mp4"
+        chunk = Layout(prefix, instance).chunk_key(stream_id, 0)
+
+        def restore(command: list[str], out=out) -> Run:
+            out.unlink(missing_ok=True)
+            return measured(command, env)
+
+        config_args = ["--config", str(config)]
+        results[count] = {
+            "streamer remote list --all-instances": median_run(
+                [*streamer, "remote", "list", "--all-instances", *config_args], env
+            ),
+            "streamer remote list --all-instances --json": median_run(
+                [*streamer, "remote", "list", "--all-instances", "--json", *config_args], env
+            ),
+            "streamer restore NAME -o FILE": sorted(
+                (
+                    restore([*streamer, "restore", name, "-o", str(out), *config_args])
+                    for _ in range(FLEET_TIMES)
+                ),
+                key=lambda r: r.seconds,
+            )[FLEET_TIMES // 2],
+            "mc ls --recursive": median_run(
+                [mc, "ls", "--recursive", f"bench/bench/{prefix}/"], env
+            ),
+            "mc cp (one object)": sorted(
+                (restore([mc, "cp", "--quiet", f"bench/bench/{chunk}", str(out)])
+                 for _ in range(FLEET_TIMES)),
+                key=lambda r: r.seconds,
+            )[FLEET_TIMES // 2],
+        }  # fmt: skip
+    clear(minio)
+    shutil.rmtree(home)
+    return results
+
+
+HOSTS = 4  # daemons at once, each a host of its own
+
+
+def host_sets(work: Path, total: int, pattern: bytes) -> list[Path]:
+    """A set of finished files for each host: two files each, `total` bytes in all."""
+    return [make_set(work / f"host-{n}", 2, total // HOSTS, pattern) for n in range(HOSTS)]
+
+
+def aggregate_throughput(
+    work: Path, store, endpoints: list[str], sets: list[Path], mc: str
+) -> dict[str, Run]:
+    """HOSTS daemons at once into one store, each with its own watch directory,
+    checkpoint store and instance, its own set of finished files, through its own
+    endpoint (`endpoints`, one a host); beside HOSTS `mc cp --recursive` at once, each
+    its own set through the same endpoint. Time until the last file is in S3, CPU of
+    every process, the largest peak memory of one host."""
+    clear(store)
+    daemons = []
+    for n, (endpoint, source) in enumerate(zip(endpoints, sets, strict=True)):
+        home = Path(tempfile.mkdtemp(dir=work))
+        daemons.append(
+            Streamer(
+                home, store, source, stream_idle_timeout=IDLE_TIMEOUT,
+                stream_assemble="false", instance=f"host-{n}", s3_endpoint=endpoint,
+            )
+        )  # fmt: skip
+    for daemon in daemons:
+        daemon.start()
+    began = min(d.wall_started for d in daemons)
+    done = max(ts(d.wait_for("stream_finished", timeout=1800, count=2)[1]) for d in daemons)
+    runs = [d.stop() for d in daemons]
+    for daemon in daemons:
+        shutil.rmtree(daemon.config_path.parent)
+    ours = Run(done - began - IDLE_TIMEOUT, sum(r.cpu for r in runs), max(r.peak_rss for r in runs))
+
+    clear(store)
+    started = time.perf_counter()
+    copies = []
+    for n, (endpoint, source) in enumerate(zip(endpoints, sets, strict=True)):
+        env = {
+            **peer_env(store, work),
+            "MC_HOST_bench": f"http://{ACCESS}:{SECRET}@{endpoint}",
+        }
+        command = [mc, "cp", "--quiet", "--recursive", f"{source}/", f"bench/bench/mc/{n}/"]
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        copies.append((process, Sampler(process.pid)))
+    cpu, peak = 0.0, 0
+    for process, sampler in copies:
+        _, status, usage = os.wait4(process.pid, 0)
+        sampler.stop()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"bench: mc failed: {process.stderr.read().decode()[-2000:]}")
+        cpu += usage.ru_utime + usage.ru_stime
+        peak = max(peak, sampler.peak)
+    theirs = Run(time.perf_counter() - started, cpu, peak)
+    clear(store)
+    return {"streamer, no assembly": ours, "mc": theirs}
+
+
+def fleet_throughput(work: Path, minio: MinioServer, args, total: int, pattern: bytes) -> dict:
+    """aggregate_throughput against the single MinIO (every host through its one
+    endpoint) and a distributed one (4 nodes, 2 drives each; host n through node n)."""
+    sets = host_sets(work, total, pattern)
+    results = {
+        "one MinIO": aggregate_throughput(work, minio, [minio.endpoint] * HOSTS, sets, args.mc)
+    }
+    spread = DistributedMinio(args.minio, work / "distributed")
+    try:
+        spread.client.make_bucket("bench")
+        endpoints = [f"127.0.0.1:{port}" for port in spread.node_ports]
+        results["distributed MinIO, 4 nodes x 2 drives"] = aggregate_throughput(
+            work, spread, endpoints, sets, args.mc
+        )
+    finally:
+        spread.stop()
+    for source in sets:
+        shutil.rmtree(source)
+    return results
+
+
 # The report
 
 
@@ -676,8 +861,8 @@ def report(versions: dict, throughputs, profiled, lags, costs, total, idle, read
     lines = [
         "# streamer benchmark",
         "",
-        f"{datetime.date.today().isoformat()}, {os.cpu_count()} cores, {platform.platform()}, "
-        "one MinIO on loopback for every figure. Versions: "
+        run_line("Run of every section but the fleet's (which say their own)")
+        + " One MinIO on loopback for every figure. Versions: "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + ".",
         "",
@@ -756,6 +941,114 @@ def report(versions: dict, throughputs, profiled, lags, costs, total, idle, read
     return "\n".join(lines)
 
 
+FLEET_BEGIN, FLEET_END = "<!-- fleet: begin -->", "<!-- fleet: end -->"
+
+
+def run_line(what: str) -> str:
+    """When and from what this run was made."""
+    head = subprocess.run(
+        ["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "-C", str(HERE), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    commit = f"commit {head}{' with local changes' if changed else ''}" if head else "no commit"
+    return (
+        f"{what}: {datetime.date.today().isoformat()}, {commit}, {os.cpu_count()} cores, "
+        f"{platform.platform()}."
+    )
+
+
+def fleet_report(reading: dict, aggregate: dict, total: int) -> str:
+    small, large = sorted(reading)
+    peers = {
+        "streamer remote list --all-instances": "mc ls --recursive",
+        "streamer remote list --all-instances --json": "mc ls --recursive",
+        "streamer restore NAME -o FILE": "mc cp (one object)",
+    }
+    lines = [
+        FLEET_BEGIN,
+        f"## Fleet-scale reading ({small:,} and {large:,} streams in one bucket)",
+        "",
+        run_line("Run"),
+        "",
+        f"The streams of {FLEET_INSTANCES} instances under one prefix, each a {FLEET_CHUNK} "
+        "byte chunk and a metadata.json as streamer writes it; each command run "
+        f"{FLEET_TIMES} times, the median run shown. `restore NAME` names a recording (not "
+        "a stream id) and writes it to a file; mc lists the same prefix, and copies one "
+        "object to a file.",
+        "",
+        f"| command | seconds, {small:,} | seconds, {large:,} | time, {large:,} over {small:,} "
+        f"| peak memory MiB, {small:,} | peak memory MiB, {large:,} | memory, {large:,} over "
+        f"{small:,} | time over mc's, {large:,} | memory over mc's, {large:,} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for command in reading[small]:
+        a, b = reading[small][command], reading[large][command]
+        peer = reading[large].get(peers.get(command, ""))
+        lines.append(
+            f"| {command} | {a.seconds:.2f} | {b.seconds:.2f} | {ratio(b.seconds, a.seconds)} | "
+            f"{a.peak_rss / MiB:.0f} | {b.peak_rss / MiB:.0f} | {ratio(b.peak_rss, a.peak_rss)} | "
+            f"{ratio(b.seconds, peer.seconds) if peer else ''} | "
+            f"{ratio(b.peak_rss, peer.peak_rss) if peer else ''} |"
+        )
+    lines += [
+        "",
+        "Memory is the process's proportional set size at its peak (sampled every 50 ms). "
+        "`remote list` reads every stream's metadata.json (what it shows comes from there; "
+        "mc shows only each object's size and time), keeping only what it shows of each; "
+        "`restore NAME` lists the bucket and reads one metadata.json.",
+        "",
+        f"## Aggregate throughput ({HOSTS} hosts at once, one store, {total / GiB:g} GiB in all)",
+        "",
+        run_line("Run"),
+        "",
+        "| store | tool | seconds | MiB/s, all hosts | streamer over mc | CPU-s/GiB | "
+        "CPU over mc's | peak memory MiB, largest host |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for store, runs in aggregate.items():
+        ours, mc = runs["streamer, no assembly"], runs["mc"]
+        for tool, run in runs.items():
+            mine = tool.startswith("streamer")
+            lines.append(
+                f"| {store} | {tool} | {run.seconds:.1f} | {total / MiB / run.seconds:.0f} | "
+                f"{ratio(mc.seconds, ours.seconds) if mine else ''} | "
+                f"{run.cpu / (total / GiB):.2f} | {ratio(ours.cpu, mc.cpu) if mine else ''} | "
+                f"{run.peak_rss / MiB:.0f} |"
+            )
+    lines += [
+        "",
+        f"{HOSTS} daemons, each with its own watch directory, checkpoint store and instance, "
+        f"each uploading its own 2 finished files ({total / HOSTS / MiB:.0f} MiB), started "
+        "together, without assembly (like for like: mc makes each object once); beside "
+        f"them, {HOSTS} `mc cp --recursive` at once, each its own set. Each host reaches "
+        "the distributed MinIO through a node of its own (MinIO serves every request from "
+        "any node). The time runs from the first start to the last `metadata.json` (minus "
+        f"the idle timeout, {IDLE_TIMEOUT:g} s), or to the last mc's exit; CPU is of every "
+        "process (not MinIO's). `streamer over mc` is mc's time over streamer's: above 1 "
+        "means streamer is faster.",
+        "",
+        "The machine is shared by other work: the figures are comparable only with each "
+        "other, as ratios within one run.",
+        FLEET_END,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def with_fleet(text: str, fleet: str) -> str:
+    """`text` (a RESULTS.md) with its fleet sections replaced by `fleet`, or `fleet` added
+    at its end: the other sections stay as their own run left them."""
+    if FLEET_BEGIN in text and FLEET_END in text:
+        before, _, rest = text.partition(FLEET_BEGIN)
+        _, _, after = rest.partition(FLEET_END)
+        return before + fleet.rstrip("\n") + after
+    return text.rstrip("\n") + "\n\n" + fleet
+
+
 def versions(tools: dict, pins: str) -> dict:
     from streamer import __version__
 
@@ -767,18 +1060,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minio", required=True)
     parser.add_argument("--mc", required=True)
-    parser.add_argument("--s5cmd", required=True)
-    parser.add_argument("--aws", required=True)
-    parser.add_argument("--rclone", required=True)
-    parser.add_argument("--py-spy", required=True, help="to profile streamer over https")
+    parser.add_argument("--s5cmd")
+    parser.add_argument("--aws")
+    parser.add_argument("--rclone")
+    parser.add_argument("--py-spy", help="to profile streamer over https")
     parser.add_argument("--pins", default="", help="the peers' pinned versions, for the report")
     parser.add_argument("--work", default=None, help="scratch directory (needs about 4 GiB)")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     parser.add_argument(
         "--size", type=float, default=1.0, help="scale the data (0.05 for a quick check)"
     )
+    parser.add_argument(
+        "--only",
+        choices=["fleet"],
+        help="run only these sections and replace them in --out, the others left as they are",
+    )
     args = parser.parse_args()
     tools = {k: getattr(args, k) for k in ("minio", "mc", "s5cmd", "aws", "rclone")}
+    missing = [f"--{k.replace('_', '-')}" for k in (*tools, "py_spy") if not getattr(args, k)]
+    if missing and not args.only:
+        parser.error(f"the whole benchmark needs {', '.join(missing)} (or give --only fleet)")
     work = Path(tempfile.mkdtemp(prefix="streamer-bench-", dir=args.work))
     minio = MinioServer(args.minio, work / "minio" / "data")
     minio.client.make_bucket("bench")
@@ -786,46 +1087,62 @@ def main() -> None:
         ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
         pattern = make_recording(ffmpeg, work / "source.mp4")
         gib = int(GiB * args.size)
-        sets = [
-            (f"{2 * gib / GiB:g} GiB, 8 files", make_set(work / "set-2g", 8, 2 * gib, pattern)),
-            (f"{gib / GiB:g} GiB, 1 file", make_set(work / "set-1g", 1, gib, pattern)),
-        ]
-        throughputs = {"http": throughput(work, minio, tools, sets)}
-        tls = MinioServer(
-            args.minio, work / "tls-minio" / "data", certs_dir=make_certificates(work / "certs")
+        fleet = fleet_report(
+            fleet_reading(
+                work, minio, args.mc, counts=[max(100, round(n * args.size)) for n in FLEET_COUNTS]
+            ),
+            fleet_throughput(work, minio, args, 2 * gib, pattern),
+            2 * gib,
         )
-        try:
-            tls.client.make_bucket("bench")
-            throughputs["https"] = throughput(work, tls, tools, sets)
-            profiled = profile(work, tls, sets[1][1], args.py_spy)
-        finally:
-            tls.stop()
-        for _, source in sets:
-            shutil.rmtree(source)
-        live = live_lag(work, minio, pattern, seconds=max(20, round(60 * args.size)))
-        long = live_lag(
-            work, minio, pattern, streams=1, rate=LONG_RATE, seconds=max(2, round(16 * args.size))
-        )
-        costs = scale(work, minio, pattern, total=gib)
-        assembly = assembly_cost(work, minio, ffmpeg, seconds=max(10, round(30 * args.size)))
-        idle = idle_cpu(work, minio, files=max(50, round(1000 * args.size)))
-        ready = ready_time(work, minio, counts=[round(n * args.size) for n in READY_COUNTS])
-        text = report(
-            versions(tools, args.pins),
-            throughputs,
-            profiled,
-            (live, long),
-            costs,
-            gib,
-            idle,
-            ready,
-            assembly,
-        )
+        if args.only:
+            before = Path(args.out).read_text() if Path(args.out).exists() else ""
+            text = with_fleet(before, fleet)
+        else:
+            text = with_fleet(whole_report(work, minio, args, tools, ffmpeg, pattern, gib), fleet)
     finally:
         minio.stop()
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).write_text(text)
     print(text)
+
+
+def whole_report(work, minio, args, tools, ffmpeg: str, pattern: bytes, gib: int) -> str:
+    """Every section but the fleet's."""
+    sets = [
+        (f"{2 * gib / GiB:g} GiB, 8 files", make_set(work / "set-2g", 8, 2 * gib, pattern)),
+        (f"{gib / GiB:g} GiB, 1 file", make_set(work / "set-1g", 1, gib, pattern)),
+    ]
+    throughputs = {"http": throughput(work, minio, tools, sets)}
+    tls = MinioServer(
+        args.minio, work / "tls-minio" / "data", certs_dir=make_certificates(work / "certs")
+    )
+    try:
+        tls.client.make_bucket("bench")
+        throughputs["https"] = throughput(work, tls, tools, sets)
+        profiled = profile(work, tls, sets[1][1], args.py_spy)
+    finally:
+        tls.stop()
+    for _, source in sets:
+        shutil.rmtree(source)
+    live = live_lag(work, minio, pattern, seconds=max(20, round(60 * args.size)))
+    long = live_lag(
+        work, minio, pattern, streams=1, rate=LONG_RATE, seconds=max(2, round(16 * args.size))
+    )
+    costs = scale(work, minio, pattern, total=gib)
+    assembly = assembly_cost(work, minio, ffmpeg, seconds=max(10, round(30 * args.size)))
+    idle = idle_cpu(work, minio, files=max(50, round(1000 * args.size)))
+    ready = ready_time(work, minio, counts=[round(n * args.size) for n in READY_COUNTS])
+    return report(
+        versions(tools, args.pins),
+        throughputs,
+        profiled,
+        (live, long),
+        costs,
+        gib,
+        idle,
+        ready,
+        assembly,
+    )
 
 
 if __name__ == "__main__":

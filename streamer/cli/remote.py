@@ -320,30 +320,38 @@ def chosen(s3, bucket: str, name: str | None, instance: str | None, latest: bool
     streams = listed(s3, None if instance is None else [instance])
     matched = streams if name is None else [s for s in streams if s.named(name)]
     listing = f"streamer remote list {f'--instance {instance}' if instance else '--all-instances'}"
-    if not matched and name is None:
+    if matched:
+        try:
+            pick = newest(matched, latest)
+        except Ambiguous as exc:
+            read_manifests(s3, exc.candidates)
+            candidates(
+                f"{name!r} names {len(exc.candidates)} streams of several recordings: give a "
+                "stream id, the recording's path, --instance, or --latest for the newest",
+                exc.candidates,
+            )
+        # Only the stream chosen is listed object by object and its metadata.json read.
+        stream = next(iter(find(s3, pick.stream_id, pick.instance)), None)
+        if stream is None:
+            fail(
+                f"stream {pick.stream_id} of instance {pick.instance} went from "
+                f"s3://{bucket} while it was being read",
+                EXIT_MISSING,
+            )
+        if len(matched) > 1:
+            named = f" --name {shlex.quote(name)}" if name is not None else ""
+            click.echo(
+                f"restoring {stream.stream_id} of instance {stream.instance}, the newest "
+                f"of {display.counted(len(matched), 'stream')}; `{listing}{named}` lists "
+                "them",
+                err=True,
+            )
+        return stream
+    if name is None:
         fail(f"no streams of {where} in s3://{bucket}", EXIT_MISSING)
-    if not matched:
-        close = nearest(streams, name)
-        hint = f"the nearest: {', '.join(close)}" if close else f"`{listing}` lists them"
-        fail(f"no stream {name!r} of {where} in s3://{bucket}; {hint}", EXIT_MISSING)
-    try:
-        stream = newest(matched, latest)
-    except Ambiguous as exc:
-        read_manifests(s3, exc.candidates)
-        candidates(
-            f"{name!r} names {len(exc.candidates)} streams of several recordings: give a "
-            "stream id, the recording's path, --instance, or --latest for the newest",
-            exc.candidates,
-        )
-    read_manifests(s3, [stream])
-    if len(matched) > 1:
-        named = f" --name {shlex.quote(name)}" if name is not None else ""
-        click.echo(
-            f"restoring {stream.stream_id} of instance {stream.instance}, the newest of "
-            f"{display.counted(len(matched), 'stream')}; `{listing}{named}` lists them",
-            err=True,
-        )
-    return stream
+    close = nearest(streams, name)
+    hint = f"the nearest: {', '.join(close)}" if close else f"`{listing}` lists them"
+    fail(f"no stream {name!r} of {where} in s3://{bucket}; {hint}", EXIT_MISSING)
 
 
 def candidates(why: str, streams) -> None:
@@ -360,6 +368,7 @@ def candidates(why: str, streams) -> None:
 
 def s3_of(cfg: Config):
     from streamer.chunkstore import ChunkStore
+    from streamer.remote import MANIFEST_READERS
     from streamer.restore import CONNECTIONS
 
-    return ChunkStore(cfg.s3, cfg.instance, connections=CONNECTIONS)
+    return ChunkStore(cfg.s3, cfg.instance, connections=max(CONNECTIONS, MANIFEST_READERS))

@@ -33,8 +33,8 @@ INTERNAL = ("at", "uploaded")  # what a reading keeps for the next rate, not for
     help="Refresh in place every SECONDS (2 by default) until Ctrl-C.",
 )
 def status(config_path: str | None, as_json: bool, interval: float | None) -> None:
-    """One screen: the daemon (running, S3, upload rate, how far behind), streams by
-    state, and how far each active stream has got."""
+    """One screen: the daemon (running, S3, upload rate, how far behind), the instance
+    its keys are under, streams by state, and how far each active stream has got."""
     cfg = load_or_exit(config_path)
     if interval is None:
         show(cfg, config_path, as_json, view_daemon(cfg, previous=None))
@@ -55,6 +55,7 @@ def status(config_path: str | None, as_json: bool, interval: float | None) -> No
 def show(cfg: Config, config_path: str | None, as_json: bool, daemon: dict) -> None:
     with open_store(config_path, readonly=True) as store:
         records = list(store.streams())
+        instance = store.instance()
     waiting = daemon.get("waiting", {})
     states = [probe.state_of(r, waiting) for r in records]
     counts = {s: states.count(s) for s in (*(s.value for s in StreamState), *probe.WAITING)}
@@ -65,10 +66,15 @@ def show(cfg: Config, config_path: str | None, as_json: bool, daemon: dict) -> N
     ]
     if as_json:
         shown = {k: v for k, v in daemon.items() if k not in INTERNAL}
-        click.echo(msgspec.json.encode({"daemon": shown, "streams": counts, "active": active}))
+        click.echo(
+            msgspec.json.encode(
+                {"daemon": shown, "instance": instance, "streams": counts, "active": active}
+            )
+        )
         return
     for line in daemon_lines(daemon):
         click.echo(line)
+    click.echo(labelled("instance", display.value(instance)))
     click.echo(labelled("streams", ", ".join(f"{n} {state}" for state, n in counts.items())))
     if not active:
         return

@@ -9,14 +9,16 @@
 # Stand-ins: a Debian bookworm base made with debootstrap; the Python image = base +
 # Debian's python3; the MinIO image = base + the minio and mc binaries given in MINIO_BIN
 # and MC_BIN, behind an entrypoint that, like the official image's, runs `minio` unless the
-# command is a program.
+# command is a program; the nginx image (the distributed profile's balancer) = base +
+# Debian's nginx, run in the foreground as the official image runs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CACHE=${CACHE:-$HOME/.cache/streamer}
 BASE=streamer-standin/debian:bookworm
 python_image=$(sed -n 's/^FROM \([^ ]*\).*/\1/p' Dockerfile | sort -u)
-minio_image=$(sed -n 's/^ *image: *\(.*minio\/minio:.*\)$/\1/p' docker-compose.yml)
+minio_image=$(sed -n 's/^ *image: *\(&[^ ]* \)\{0,1\}\(.*minio\/minio:.*\)$/\2/p' docker-compose.yml)
+nginx_image=$(sed -n 's/^ *image: *\(nginx:.*\)$/\1/p' docker-compose.yml)
 
 standin() {
   [ "$(docker image inspect -f '{{index .Config.Labels "streamer.standin"}}' "$1" 2>/dev/null)" = true ]
@@ -91,4 +93,15 @@ ENTRYPOINT ["/usr/bin/docker-entrypoint.sh"]
 CMD ["minio"]
 DOCKERFILE
 fi
-echo "standins: $python_image and $minio_image are available"
+if need_standin "$nginx_image"; then
+  base
+  build "$nginx_image" <<DOCKERFILE
+FROM $BASE
+LABEL streamer.standin=true
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-g", "daemon off;"]
+DOCKERFILE
+fi
+echo "standins: $python_image, $minio_image and $nginx_image are available"

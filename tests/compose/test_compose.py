@@ -43,10 +43,17 @@ def copy_of_the_project(destination: Path) -> Path:
 
 
 class Stack:
-    def __init__(self, version: str, directory: Path, secret_file: Path | None = None):
-        self.command = [*compose_command(version), "-p", PROJECT]
+    def __init__(
+        self,
+        version: str,
+        directory: Path,
+        secret_file: Path | None = None,
+        project: str = PROJECT,
+    ):
+        self.command = [*compose_command(version), "-p", project]
         self.directory = directory
         self.minio_port = free_port()
+        self.balancer_port = free_port()
         self.env = clean_env(
             {
                 "MINIO_ROOT_USER": "streamer-admin",
@@ -54,6 +61,7 @@ class Stack:
                 "STREAMER_STREAM_CHUNK_SIZE": str(1024 * 1024),
                 "STREAMER_STREAM_IDLE_TIMEOUT": "5",
                 "MINIO_PORT": str(self.minio_port),
+                "BALANCER_PORT": str(self.balancer_port),
                 "MINIO_CONSOLE_PORT": str(free_port()),
                 "METRICS_PORT": str(free_port()),
                 "PROMETHEUS_PORT": str(free_port()),
@@ -104,22 +112,32 @@ class Stack:
         raise AssertionError(f"no {count} x {event} {fields}:\n{self.logs()[-5000:]}")
 
 
-@pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
-def stack(request, tmp_path_factory):
+def stack_in_a_copy(version: str, tmp_path_factory, project: str = PROJECT) -> Stack:
     secret_file = tmp_path_factory.mktemp("secrets") / "s3_secret_key"
     secret_file.write_text(SECRET + "\n")
     secret_file.chmod(0o644)  # read by streamer's own user in its container
-    project = copy_of_the_project(tmp_path_factory.mktemp("compose") / "streamer")
-    (project / "input").mkdir()
-    stack = Stack(request.param, project, secret_file)
+    directory = copy_of_the_project(tmp_path_factory.mktemp("compose") / "streamer")
+    (directory / "input").mkdir()
+    return Stack(version, directory, secret_file, project)
+
+
+@pytest.fixture(scope="module", params=sorted(IMPLEMENTATIONS))
+def stack(request, tmp_path_factory):
+    stack = stack_in_a_copy(request.param, tmp_path_factory)
     stack.run("up", "-d", "--build", timeout=1200)
     yield stack
     stack.run("down", "-v", "--remove-orphans", check=False)
 
 
-def exact(stack: Stack, stream_id: str, path: Path) -> dict:
+def exact(stack: Stack, stream_id: str, path: Path, port: int | None = None) -> dict:
+    """The stream's chunks, read from the store on `port` (the single MinIO's by default),
+    are the file, byte for byte."""
     client = Minio(
-        f"127.0.0.1:{stack.minio_port}", "streamer-admin", SECRET, secure=False, region="us-east-1"
+        f"127.0.0.1:{port or stack.minio_port}",
+        "streamer-admin",
+        SECRET,
+        secure=False,
+        region="us-east-1",
     )
     stream_prefix = None
     for obj in client.list_objects("recordings", prefix="streams/", recursive=True):
@@ -308,3 +326,54 @@ def test_the_stack_names_its_instance_keeps_its_ports_local_and_checks_its_own_h
     )  # fmt: skip
     assert labels["org.opencontainers.image.version"] == streamer.__version__
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+
+
+DISTRIBUTED_SERVICES = {"minio1", "minio2", "minio3", "minio4", "balancer"}
+
+
+@pytest.mark.parametrize("version", sorted(IMPLEMENTATIONS))
+def test_the_distributed_profile_adds_four_nodes_and_a_balancer_and_only_that_profile(version):
+    stack = Stack(version, ROOT)
+    profiled = stack.run("--profile", "distributed", "config", "--services").stdout.split()
+    assert DISTRIBUTED_SERVICES | {"minio", "streamer"} <= set(profiled)
+    if version == "v2":  # 1.29 lists every service, in any profile or none
+        assert not DISTRIBUTED_SERVICES & set(stack.run("config", "--services").stdout.split())
+    assert "STREAMER_S3_ENDPOINT: minio:9000" in stack.run("config").stdout
+    stack.env["STREAMER_S3_ENDPOINT"] = "balancer:9000"
+    assert "STREAMER_S3_ENDPOINT: balancer:9000" in stack.run("config").stdout
+
+
+@pytest.fixture
+def distributed(tmp_path_factory):
+    """The stack with its distributed profile, as the compose file's header says to run it."""
+    stack = stack_in_a_copy("v2", tmp_path_factory, f"{PROJECT}distributed")
+    stack.command += ["--profile", "distributed"]
+    stack.env["STREAMER_S3_ENDPOINT"] = "balancer:9000"
+    stack.run("up", "-d", "--build", timeout=1200)
+    yield stack
+    stack.run("down", "-v", "--remove-orphans", check=False)
+
+
+def test_the_distributed_profile_records_through_the_loss_of_a_node(distributed):
+    """Three recordings growing; one of the four MinIO nodes is killed mid-recording. The
+    balancer passes the dead node over, the erasure set keeps writing on the three left,
+    and every recording lands complete and exact in the distributed store (read through
+    the balancer, the node still dead)."""
+    stack = distributed
+    stack.wait_for("started")
+    input_dir = stack.directory / "input"
+    kinds = ("fragmented", "plain", "faststart")
+    paths = {kind: input_dir / f"{kind}.mp4" for kind in kinds}
+    recorders = [record("ffmpeg", paths[kind], 16, kind) for kind in kinds]
+    discovered = stack.wait_for("stream_discovered", count=len(kinds))
+    ids = {Path(e["path"]).stem: e["stream_id"] for e in discovered}
+    for stream_id in ids.values():
+        stack.wait_for("chunk_uploaded", stream_id=stream_id)
+    stack.run("kill", "minio3")
+    assert all(recorder.wait(120) == 0 for recorder in recorders)
+
+    stack.wait_for("stream_finished", count=len(kinds), timeout=240)
+    for kind, path in paths.items():
+        manifest = exact(stack, ids[kind], path, port=stack.balancer_port)
+        assert manifest["status"] == "complete"
+    assert stack.run("ps", "-q", "--status", "running", "minio3").stdout.strip() == ""
