@@ -611,9 +611,13 @@ def fill_fleet(minio: MinioServer, prefix: str, start: int, stop: int) -> None:
         list(pool.map(write, range(start, stop)))
 
 
-def median_run(command: list[str], env: dict) -> Run:
-    runs = sorted((measured(command, env) for _ in range(FLEET_TIMES)), key=lambda r: r.seconds)
-    return runs[len(runs) // 2]
+def median_run(command: list[str], env: dict, before=lambda: None) -> Run:
+    """The median of FLEET_TIMES runs of `command`, `before` called ahead of each."""
+    runs = []
+    for _ in range(FLEET_TIMES):
+        before()
+        runs.append(measured(command, env))
+    return sorted(runs, key=lambda r: r.seconds)[FLEET_TIMES // 2]
 
 
 def fleet_reading(work: Path, minio: MinioServer, mc: str, counts=FLEET_COUNTS) -> dict:
@@ -646,9 +650,8 @@ def fleet_reading(work: Path, minio: MinioServer, mc: str, counts=FLEET_COUNTS) 
         out = home / "restored.mp4"
         chunk = Layout(prefix, instance).chunk_key(stream_id, 0)
 
-        def restore(command: list[str], out=out) -> Run:
+        def unlink(out=out) -> None:
             out.unlink(missing_ok=True)
-            return measured(command, env)
 
         config_args = ["--config", str(config)]
         results[count] = {
@@ -658,21 +661,15 @@ def fleet_reading(work: Path, minio: MinioServer, mc: str, counts=FLEET_COUNTS) 
             "streamer remote list --all-instances --json": median_run(
                 [*streamer, "remote", "list", "--all-instances", "--json", *config_args], env
             ),
-            "streamer restore NAME -o FILE": sorted(
-                (
-                    restore([*streamer, "restore", name, "-o", str(out), *config_args])
-                    for _ in range(FLEET_TIMES)
-                ),
-                key=lambda r: r.seconds,
-            )[FLEET_TIMES // 2],
+            "streamer restore NAME -o FILE": median_run(
+                [*streamer, "restore", name, "-o", str(out), *config_args], env, unlink
+            ),
             "mc ls --recursive": median_run(
                 [mc, "ls", "--recursive", f"bench/bench/{prefix}/"], env
             ),
-            "mc cp (one object)": sorted(
-                (restore([mc, "cp", "--quiet", f"bench/bench/{chunk}", str(out)])
-                 for _ in range(FLEET_TIMES)),
-                key=lambda r: r.seconds,
-            )[FLEET_TIMES // 2],
+            "mc cp (one object)": median_run(
+                [mc, "cp", "--quiet", f"bench/bench/{chunk}", str(out)], env, unlink
+            ),
         }  # fmt: skip
     clear(minio)
     shutil.rmtree(home)
