@@ -7,11 +7,11 @@ deeper: at the digest stored with each chunk (a HEAD each), or at its bytes (rea
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from streamer.digests import SHA256, Digest
+from streamer import digests
+from streamer.digests import Digest
 from streamer.records import ChunkRecord, StreamRecord
 
 if TYPE_CHECKING:
@@ -25,18 +25,18 @@ def chunk_problems(
     s3: ChunkStore,
     look: Literal["listing", "stored", "bytes"] = "listing",
     progress: Callable[[int], None] = lambda done: None,
-    sha256: str | None = None,
+    whole: Digest | None = None,
 ) -> list[str]:
     """What keeps `chunks` in S3 from being, in order, exactly the `size` bytes the
     checkpoint says they are (any size, if None); empty if nothing does. `look` says how
     deep each chunk is compared: size and ETag, also the digest stored with it, or also
-    the digest of its bytes, and then the chunks together against the stream's `sha256`
-    (where it is known: a crc32c is a weaker proof than it); `progress` is told of each
-    chunk done."""
+    the digest of its bytes, and then the chunks together against `whole`, the stream's
+    digest (where it is known: a chunk's CRC is a weaker proof than a sha256 of the whole);
+    `progress` is told of each chunk done."""
     stored = s3.listing(s3.layout.stream_prefix(stream_id) + "chunks/")
     problems = []
     offset = 0
-    whole = hashlib.sha256() if look == "bytes" and sha256 else None
+    together = digests.hasher(whole.algorithm) if look == "bytes" and whole else None
     for chunk in chunks:
         key = s3.layout.chunk_key(stream_id, chunk.index, chunk.revision)
         found = stored.get(key)
@@ -49,7 +49,9 @@ def chunk_problems(
             )
         elif look == "stored" and stored_digest(s3, key) not in (chunk.digest, None):
             problems.append(f"chunk {chunk.index}: the digest stored with it is not the recorded")
-        elif look == "bytes" and s3.digest_of(key, chunk.digest.algorithm, whole) != chunk.digest:
+        elif (
+            look == "bytes" and s3.digest_of(key, chunk.digest.algorithm, together) != chunk.digest
+        ):
             problems.append(f"chunk {chunk.index}: the bytes in S3 differ from those recorded")
         progress(1)
         if chunk.offset != offset:
@@ -57,8 +59,9 @@ def chunk_problems(
         offset = chunk.offset + chunk.size
     if size is not None and offset != size:
         problems.append(f"the chunks hold {offset} bytes of {size}")
-    if whole is not None and not problems and whole.hexdigest() != sha256:
-        problems.append(f"the chunks together are not the stream: sha256 {whole.hexdigest()}")
+    if together is not None and not problems and together.hexdigest() != whole.value:
+        found = Digest(whole.algorithm, together.hexdigest())
+        problems.append(f"the chunks together are not the stream: {found}")
     return problems
 
 
@@ -72,7 +75,8 @@ def stored_digest(s3: ChunkStore, key: str) -> Digest | None:
 def assembled_problem(record: StreamRecord, s3: ChunkStore, read_back: bool = False) -> str | None:
     """What keeps the stream's assembled object in S3 from being the one made: there, with
     the stream's size and the recorded ETag, and, `read_back`, bytes hashing to the
-    stream's sha256 (where it is known); None if nothing does."""
+    stream's digest (its sha256, or the crc64nvme of its chunks, where either is known);
+    None if nothing does."""
     assembled = record.assembled
     found = s3.stat(assembled.key)
     if found is None:
@@ -84,13 +88,13 @@ def assembled_problem(record: StreamRecord, s3: ChunkStore, read_back: bool = Fa
             f"the assembled object in S3 is not the one made: {found.size} bytes, ETag "
             f"{found.etag} (recorded: {assembled.size} bytes, ETag {assembled.etag})"
         )
-    whole = Digest(SHA256, record.sha256) if record.sha256 else None
+    whole = record.whole
     if not (read_back and whole):
         return None
     from streamer.chunkstore import Taken  # here: the admin commands load audit without it
 
     try:
-        read = s3.digest_of(assembled.key, SHA256, etag=assembled.etag)
+        read = s3.digest_of(assembled.key, whole.algorithm, etag=assembled.etag)
     except Taken:
         return f"the assembled object changed while it was read back ({assembled.key})"
     if read != whole:

@@ -32,25 +32,25 @@ class InMemory:
 
 
 class Checked:
-    """A body read again that must be the bytes of the pass that took `crc32c`: its last
+    """A body read again that must be the bytes of the pass that took its `crc`: its last
     piece is let go only once the bytes before it match, so other bytes (a recorder that
     rewrote them in between) never make a whole body, whether or not the server checks
-    the digest it is given. The check is a hardware CRC, a few hundredths of a
-    CPU-second per GiB."""
+    the digest it is given. The check is a hardware CRC, about a tenth of a CPU-second
+    per GiB."""
 
-    def __init__(self, body: Body, crc32c: Digest):
+    def __init__(self, body: Body, crc: Digest):
         self.body = body
-        self.crc32c = crc32c
+        self.crc = crc
 
     def __len__(self) -> int:
         return len(self.body)
 
     def pieces(self) -> Iterator[memoryview]:
-        hasher, read, total = digests.hasher(digests.CRC32C), 0, len(self.body)
+        hasher, read, total = digests.hasher(self.crc.algorithm), 0, len(self.body)
         for piece in self.body.pieces():
             hasher.update(piece)
             read += len(piece)
-            if read == total and hasher.hexdigest() != self.crc32c.value:
+            if read == total and hasher.hexdigest() != self.crc.value:
                 raise SourceChanged("the bytes changed since they were digested")
             yield piece
 
@@ -79,6 +79,12 @@ def feed(body: Body, *hashers) -> None:
 
 def digest(algorithm: str, body: Body, *also) -> Digest:
     """The digest of `body`'s bytes; `also`, other hashers, are fed them in the same pass."""
-    hasher = digests.hasher(algorithm)
-    feed(body, hasher, *also)
-    return Digest(algorithm, hasher.hexdigest())
+    return digests_of((algorithm,), body, *also)[algorithm]
+
+
+def digests_of(algorithms: tuple[str, ...], body: Body, *also) -> dict[str, Digest]:
+    """The digests of `body`'s bytes by each of `algorithms`, in one pass that feeds `also`,
+    other hashers, too."""
+    hashers = {algorithm: digests.hasher(algorithm) for algorithm in algorithms}
+    feed(body, *hashers.values(), *also)
+    return {a: Digest(a, h.hexdigest()) for a, h in hashers.items()}

@@ -26,7 +26,7 @@ from streamer import bodies, digests, s3client
 from streamer.bandwidth import TokenBucket
 from streamer.bodies import Body, InMemory
 from streamer.config import S3Config
-from streamer.digests import CRC32C, SHA256, Digest
+from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest
 from streamer.layout import Layout
 
 # What S3 (and servers like it) answer for a key that holds no object.
@@ -109,11 +109,16 @@ class ChunkStore:
         self._bandwidth = bandwidth
         self._conditional = True  # the server honours If-None-Match on a PUT
         self._tagging = True  # the server (and the policy) take tags on a PUT
-        # Over https chunks go unsigned, checked by crc32c (see streamer.digests), unless
-        # the server refuses that checksum; over http their sha256 is signed.
-        # Not without verification either: anyone on the path could then forge a CRC.
-        self._wants_crc32c = config.secure and not config.tls_skip_verify
-        self._crc32c = self._wants_crc32c
+        # Over https a chunk goes unsigned, checked by its CRC (see streamer.digests); not
+        # without verification either: anyone on the path could then forge a CRC. Over
+        # http its sha256 is signed, unless s3.unsigned_payload_over_http trades that away.
+        self._signs = (
+            config.tls_skip_verify if config.secure else not config.unsigned_payload_over_http
+        )
+        # The checksum header a chunk goes with, best first: a server that refuses one gets
+        # the next. sha256 is the last, and is then signed.
+        self._checksums = (CRC64NVME, SHA256) if self._signs else (CRC64NVME, CRC32C, SHA256)
+        self._checksum = self._checksums[0]
         self._client = s3client.client(config, connections)
 
     def ensure_bucket(self, create: bool) -> bool:
@@ -133,14 +138,28 @@ class ChunkStore:
         return True
 
     @property
-    def crc32c_refused(self) -> bool:
-        """Over https, the server refused crc32c: chunks go signed with their sha256."""
-        return self._wants_crc32c and not self._crc32c
+    def checksum(self) -> str:
+        """The checksum header chunks go with."""
+        return self._checksum
 
     @property
-    def chunk_algorithm(self) -> str:
-        """What a chunk put in this store is identified and checked by."""
-        return CRC32C if self._crc32c else SHA256
+    def checksum_refused(self) -> str | None:
+        """The checksum the server refused, if it refused one: chunks go with the next."""
+        at = self._checksums.index(self._checksum)
+        return self._checksums[at - 1] if at else None
+
+    @property
+    def chunk_algorithms(self) -> tuple[str, ...]:
+        """What a chunk's first pass over its bytes takes: its crc64nvme, whatever it is
+        sent with (the whole recording's is combined from these), then the checksum it
+        goes with, and its sha256 if that is signed."""
+        wanted = (CRC64NVME, self._checksum, SHA256 if self._signs else CRC64NVME)
+        return tuple(dict.fromkeys(wanted))
+
+    def checked_by(self, sums: dict[str, Digest]) -> Digest:
+        """Of a chunk's digests, the one S3 checks it by: its sha256 where that is signed,
+        else its checksum."""
+        return sums[SHA256 if self._signs else self._checksum]
 
     def put(
         self,
@@ -156,23 +175,35 @@ class ChunkStore:
         the key holds what the writer last saw there, ABSENT or an ETag (raises Taken);
         a server that does not take conditions is asked first (`conditional_writes`).
         `tags`: the object's tags, where it takes them."""
+        signed = digest.value if digest.algorithm == SHA256 else None
+        return self._put(key, body, digest, signed, content_type, expect, tags)
+
+    def _put(
+        self,
+        key: str,
+        body: Body,
+        checksum: Digest,
+        signed: str | None,
+        content_type: str,
+        expect: str | None,
+        tags: dict[str, str] | None,
+    ) -> str:
         tags = tags if self._tagging else None
         if expect is not None and not self._conditional:
             self._check_holds(key, expect)
+        condition = self._condition(expect)
         try:
-            return self._send(key, body, digest, content_type, self._condition(expect), tags)
+            return self._send(key, body, checksum, signed, content_type, condition, tags)
         except S3Error as exc:
-            if digest.algorithm == CRC32C and exc.code in CHECKSUM_REFUSED:
-                raise  # put_chunk tells whether it was crc32c the server refused
             if tags and exc.code in TAGS_REFUSED:
                 # Some servers take no tags (R2, B2), some policies allow PutObject but
                 # not PutObjectTagging: the chunk matters, its tag does not.
-                etag = self.put(key, body, digest, content_type, expect)
+                etag = self._put(key, body, checksum, signed, content_type, expect, None)
                 self._tagging = False
                 return etag
             if expect is not None and self._conditional and exc.code == "NotImplemented":
                 self._conditional = False
-                return self.put(key, body, digest, content_type, expect, tags)
+                return self._put(key, body, checksum, signed, content_type, expect, tags)
             raise
 
     @property
@@ -196,58 +227,64 @@ class ChunkStore:
             raise Taken(key)
 
     def put_chunk(
-        self, key: str, body: Body, digest: Digest, tags: dict[str, str] | None
+        self, key: str, body: Body, sums: dict[str, Digest], tags: dict[str, str] | None
     ) -> tuple[str, Digest]:
         """A chunk's PUT, never over an object already at `key` (raises Taken) where the
-        server can tell. Returns its ETag and the digest S3 checked it by: `digest`, or
-        its sha256, signed, where the server refuses a crc32c checksum. A refusal may be of
-        the tags or the condition instead: crc32c is given up only if the same PUT, with
-        the same tags and condition but sha256 instead, then goes through."""
+        server can tell; `sums`: its digests, as `chunk_algorithms` asks. Returns its ETag
+        and the digest S3 checked it by. A checksum the server refuses is given up for the
+        next one (its digest taken on another pass over the body), but only if the same
+        PUT, with the same tags and condition, then goes through with it: a refusal with
+        the same code may be of the tags or the condition instead."""
         content_type = "application/octet-stream"
-        if digest.algorithm == CRC32C:
-            tags = tags if self._tagging else None
-            if not self._conditional:
-                self._check_holds(key, ABSENT)
-            condition = self._condition(ABSENT)
+        tags = tags if self._tagging else None
+        if not self._conditional:
+            self._check_holds(key, ABSENT)
+        condition = self._condition(ABSENT)
+        tried = self._checksums[self._checksums.index(self._checksum) :]
+        for algorithm in tried:
+            if algorithm not in sums:
+                sums = {**sums, algorithm: bodies.digest(algorithm, body)}
+            signed = sums[SHA256].value if self._signs or algorithm == SHA256 else None
             try:
-                return self._send(key, body, digest, content_type, condition, tags), digest
+                etag = self._send(key, body, sums[algorithm], signed, content_type, condition, tags)
             except S3Error as exc:
+                if exc.code in CHECKSUM_REFUSED and algorithm != SHA256:
+                    continue
                 if exc.code not in TAGS_REFUSED or (exc.code not in CHECKSUM_REFUSED and not tags):
                     raise
-                if exc.code in CHECKSUM_REFUSED:
-                    signed = bodies.digest(SHA256, body)
-                    try:
-                        etag = self._send(key, body, signed, content_type, condition, tags)
-                    except S3Error:
-                        digest = signed  # not crc32c, or not it alone: put tells which
-                    else:
-                        self._crc32c = False
-                        return etag, signed
-        return self.put(key, body, digest, content_type, ABSENT, tags), digest
+                # Perhaps the tags or the condition: `_put` tries without them.
+                etag = self._put(key, body, sums[algorithm], signed, content_type, ABSENT, tags)
+                return etag, sums[SHA256] if signed else sums[algorithm]
+            self._checksum = algorithm  # those before it were refused
+            return etag, self.checked_by(sums)
+        raise AssertionError("sha256, the last checksum tried, either goes or raises")
 
     def _send(
         self,
         key: str,
         body: Body,
-        digest: Digest,
+        checksum: Digest,
+        signed: str | None,
         content_type: str,
         condition: dict[str, str],
         tags: dict[str, str] | None,
     ) -> str:
         """One PUT, as asked; raises Taken where the `condition` headers do not hold. The
-        body is read as it is sent: bytes that differ from `digest` are refused by S3."""
+        body is read as it is sent: bytes that differ from `checksum`, or from the sha256
+        `signed` (None: sent unsigned), are refused by S3. The digest S3 checks it by is
+        stored with it (x-amz-meta-<algorithm>) for a later look to compare."""
+        stored = Digest(SHA256, signed) if signed else checksum
         headers = genheaders(
-            {"Content-Type": content_type, digest.algorithm: digest.value},
+            {"Content-Type": content_type, stored.algorithm: stored.value},
             self._sse,
             tags,
             None,
             False,
         )
         headers["Content-Length"] = str(len(body))
-        signed = digest.value if digest.algorithm == SHA256 else "UNSIGNED-PAYLOAD"
-        headers["x-amz-content-sha256"] = signed
+        headers["x-amz-content-sha256"] = signed or "UNSIGNED-PAYLOAD"
         # Checked by S3, and what it asks of a PUT to an Object Lock bucket.
-        name, value = digest.header()
+        name, value = checksum.header()
         headers[name] = value
         headers.update(condition)
         pieces = body.pieces()

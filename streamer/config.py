@@ -131,6 +131,9 @@ class S3Config(Section):
     secure: bool = False
     ca_file: str = ""
     tls_skip_verify: bool = False
+    # Over http, send chunks unsigned, checked by their CRC alone: no sha256 of every
+    # byte, and no proof against a body changed on purpose on the way.
+    unsigned_payload_over_http: bool = False
     sse: Annotated[str, Meta(pattern=r"^(none|s3|kms:\S+)$")] = "none"
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 60.0
@@ -183,6 +186,12 @@ class WorkersConfig(Section):
     stall_timeout: Annotated[float, Meta(ge=5, le=3600)] = 60.0
 
 
+class IntegrityConfig(Section):
+    # The whole file's sha256 in metadata.json, beside the crc64nvme combined from its
+    # chunks': one more pass of sha256 over every byte, for a proof any tool can check.
+    file_sha256: bool = True
+
+
 class LogConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -196,6 +205,7 @@ class Config(Section):
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    integrity: IntegrityConfig = msgspec.field(default_factory=IntegrityConfig)
     # This host's name in every object key, so hosts can share a bucket; empty: the host
     # name. Fixed in the checkpoint store at first start.
     # \Z: a "$" would let a trailing line break through.
@@ -554,6 +564,11 @@ def _check(config: Config) -> None:
         raise ConfigError("s3.sse: SSE-KMS needs s3.secure=true (S3 refuses it over http)")
     if s3.ca_file and not s3.secure:
         raise ConfigError("s3.ca_file: set s3.secure=true too, or the CA is never used")
+    if s3.unsigned_payload_over_http and s3.secure:
+        raise ConfigError(
+            "s3.unsigned_payload_over_http: for s3.secure=false only (over https chunks go "
+            "unsigned already, TLS keeping them from being changed on the way)"
+        )
     if s3.ca_file:
         _check_ca_file(s3.ca_file)
     for key in ("access_key", "session_token"):

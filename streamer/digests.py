@@ -1,26 +1,31 @@
 """What identifies a chunk's bytes: a `Digest`, an algorithm and its value in hex, with one
-canonical string form ("crc32c:e3069283", "sha256:<64 hex digits>").
+canonical string form ("crc64nvme:ae8b14860a799888", "sha256:<64 hex digits>").
 
+- crc64nvme: a 64-bit CRC, computed in hardware at about seven times sha256's speed. Over
+  https a chunk goes unsigned (TLS authenticates it) and S3 checks its body against this
+  CRC, which it stores. It catches every burst of changed bits up to 64 long and all but
+  one in 2^64 of any other accidental change, and the CRCs of consecutive pieces combine
+  into the CRC of the whole without the bytes (`combine`): the whole recording's comes
+  from its chunks', with no other pass over the file. It is no defence against bytes
+  changed on purpose: TLS is that on the way, and the whole file's sha256
+  (`integrity.file_sha256`) is it at rest.
+- crc32c: the same kind of check in 32 bits, for a server that refuses crc64nvme.
 - sha256: cryptographic. Over plain http it is the chunk's signed payload hash, so S3
   refuses a body that is not exactly what was hashed, whoever changed it on the way.
-- crc32c: a 32-bit CRC (Castagnoli), computed in hardware at about ten times sha256's
-  speed; over https the body is sent unsigned (TLS authenticates it) and S3 checks it
-  against this CRC. It catches every burst of changed bits up to 32 long and all but one
-  in 2^32 of any other accidental change. It is no defence against bytes changed on
-  purpose: TLS is that on the way, and the whole file's sha256 in metadata.json is it
-  at rest.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable
 
 from msgspec import Struct
 
 SHA256 = "sha256"
+CRC64NVME = "crc64nvme"
 CRC32C = "crc32c"
-ALGORITHMS = (SHA256, CRC32C)
+ALGORITHMS = (SHA256, CRC64NVME, CRC32C)
 
 
 class Digest(Struct, frozen=True):
@@ -43,23 +48,59 @@ class Digest(Struct, frozen=True):
         return f"x-amz-checksum-{self.algorithm}", value
 
 
-def recorded(sha256: str | None, crc32c: str | None) -> Digest | None:
-    """The digest of a record that keeps one of the two (None: it keeps neither)."""
+def recorded(sha256: str | None, crc32c: str | None, crc64nvme: str | None = None) -> Digest | None:
+    """The digest S3 checked a chunk by, of those its record keeps (None: it keeps none): a
+    signed sha256 where there is one, else the CRC it was sent with (a chunk sent with
+    crc32c keeps the crc64nvme streamer took of it too)."""
     if sha256 is not None:
         return Digest(SHA256, sha256)
-    return Digest(CRC32C, crc32c) if crc32c is not None else None
+    if crc32c is not None:
+        return Digest(CRC32C, crc32c)
+    return Digest(CRC64NVME, crc64nvme) if crc64nvme is not None else None
+
+
+class _Crc:
+    """An incremental CRC with hashlib's `update` and `hexdigest`. awscrt's CRCs run in
+    hardware and let go of the GIL while they do, so sender threads hash side by side."""
+
+    def __init__(self, function, width: int):
+        self._function = function
+        self._digits = width // 4
+        self.value = 0
+
+    def update(self, data) -> None:
+        self.value = self._function(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:0{self._digits}x}"
 
 
 def hasher(algorithm: str):
     """An incremental hasher (update, hexdigest) for `algorithm`."""
     if algorithm == SHA256:
         return hashlib.sha256()
-    import crc32c  # here: the supervisor, which hashes nothing, never loads it
+    # Here: the supervisor, which hashes nothing, never loads it.
+    from awscrt import checksums
 
-    return crc32c.CRC32CHash()
+    if algorithm == CRC64NVME:
+        return _Crc(checksums.crc64nvme, 64)
+    return _Crc(checksums.crc32c, 32)
 
 
 def of(algorithm: str, data) -> Digest:
     h = hasher(algorithm)
     h.update(data)
     return Digest(algorithm, h.hexdigest())
+
+
+def combine(pieces: Iterable[tuple[str, int]]) -> str | None:
+    """The crc64nvme of consecutive pieces' bytes from each one's crc64nvme (hex) and size,
+    without the bytes; None if a piece's CRC is not known."""
+    from awscrt import checksums
+
+    whole = 0
+    for value, size in pieces:
+        if value is None:
+            return None
+        whole = checksums.combine_crc64nvme(whole, int(value, 16), size)
+    return f"{whole:016x}"

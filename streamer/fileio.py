@@ -8,7 +8,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import stat
@@ -180,12 +179,12 @@ def digest_of_fd_range(
 
 
 class HashingReader:
-    """A file object's reads, hashed as they pass (the whole file's sha256 of a streamed
-    upload)."""
+    """A file object's reads, hashed as they pass with `algorithm` (the whole file's
+    digest of a streamed upload)."""
 
-    def __init__(self, f):
+    def __init__(self, f, algorithm: str = SHA256):
         self._f = f
-        self._sha256 = hashlib.sha256()
+        self._hasher = digests.hasher(algorithm)
 
     def read(self, size: int = -1) -> bytes:
         with reading(f"reading {self._f.name}"), touching(self._f.name):
@@ -193,11 +192,11 @@ class HashingReader:
         if 0 <= len(data) < size:
             # Asked only for bytes the file had: it shrank, and S3 must not get fewer.
             raise SourceChanged("the file shrank while it was being read")
-        self._sha256.update(data)
+        self._hasher.update(data)
         return data
 
     def hexdigest(self) -> str:
-        return self._sha256.hexdigest()
+        return self._hasher.hexdigest()
 
 
 CAP_LEASE = 28

@@ -7,14 +7,18 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
-from streamer.digests import Digest, recorded
+from streamer.digests import CRC64NVME, SHA256, Digest, recorded
 from streamer.layout import Layout
 from streamer.mp4 import Mp4Facts
 from streamer.records import UTC as UTCTime
 from streamer.records import Assembled, ChunkRecord, StreamRecord, StreamState
 
-# 2: a chunk carries the digest S3 checked it by, sha256 or crc32c (1: always sha256).
-SCHEMA_VERSION = 2
+# 3: each chunk carries its crc64nvme, and the stream the crc64nvme of its chunks together
+# (2: a chunk carries the digest S3 checked it by, sha256 or crc32c; 1: always sha256).
+SCHEMA_VERSION = 3
+# Who took the whole stream's crc64nvme: streamer, combining its chunks' (each checked by
+# S3 as it arrived), or S3, checking the assembled object's bytes against it.
+COMBINED_BY_STREAMER = "streamer"
 
 
 class ManifestChunk(Struct, kw_only=True, omit_defaults=True):
@@ -22,9 +26,11 @@ class ManifestChunk(Struct, kw_only=True, omit_defaults=True):
     key: str
     offset: int
     size: int
-    # One of the two: what identifies its bytes, and S3 checked them by (streamer.digests).
+    # What identifies its bytes (streamer.digests): the digest S3 checked them by, a signed
+    # sha256 or a CRC, and their crc64nvme (from schema 3), whatever they went with.
     sha256: str | None = None
     crc32c: str | None = None
+    crc64nvme: str | None = None
     etag: str
     uploaded_at: UTCTime
     revision: int
@@ -32,7 +38,7 @@ class ManifestChunk(Struct, kw_only=True, omit_defaults=True):
 
     @property
     def digest(self) -> Digest | None:
-        return recorded(self.sha256, self.crc32c)
+        return recorded(self.sha256, self.crc32c, self.crc64nvme)
 
 
 class Source(Struct, kw_only=True):
@@ -61,7 +67,13 @@ class Manifest(Struct, kw_only=True):
     status_reason: str | None
     source: Source
     total_size: int
-    sha256: str | None  # of the whole file; None when the file went away before it finished
+    # Of the whole file, with integrity.file_sha256; None when off, or when the file went
+    # away before it finished.
+    sha256: str | None
+    # Of the chunks' bytes one after another (the whole recording, or what was uploaded of
+    # one that went away), and who took it; None where a chunk has none (schema 2).
+    crc64nvme: str | None = None
+    crc64nvme_checked_by: str | None = None
     chunk_size: int
     chunk_count: int
     reuploaded_chunks: int
@@ -76,6 +88,14 @@ class Manifest(Struct, kw_only=True):
     completed_at: UTCTime
     duration: Duration
     mp4: Mp4Facts | None
+
+    @property
+    def whole(self) -> Digest | None:
+        """What the stream's bytes together are checked by: the file's sha256, else the
+        crc64nvme of its chunks together; None if it says neither."""
+        if self.sha256 is not None:
+            return Digest(SHA256, self.sha256)
+        return Digest(CRC64NVME, self.crc64nvme) if self.crc64nvme is not None else None
 
 
 def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Manifest:
@@ -98,6 +118,8 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
         ),
         total_size=record.total_size,
         sha256=record.sha256,
+        crc64nvme=record.crc64nvme,
+        crc64nvme_checked_by=COMBINED_BY_STREAMER if record.crc64nvme is not None else None,
         chunk_size=record.chunk_size,
         chunk_count=len(chunks),
         reuploaded_chunks=record.reuploaded_chunks,
@@ -109,6 +131,7 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
                 size=c.size,
                 sha256=c.sha256,
                 crc32c=c.crc32c,
+                crc64nvme=c.crc64nvme,
                 etag=c.etag,
                 uploaded_at=c.uploaded_at,
                 revision=c.revision,
@@ -145,6 +168,7 @@ def to_records(
         status_reason=manifest.status_reason,
         total_size=manifest.total_size,
         sha256=manifest.sha256,
+        crc64nvme=manifest.crc64nvme,
         committed_bytes=sum(c.size for c in chunks),
         chunk_count=len(chunks),
         reuploaded_chunks=manifest.reuploaded_chunks,
@@ -172,6 +196,7 @@ def record_chunks(manifest: Manifest) -> list[ChunkRecord]:
             uploaded_at=c.uploaded_at,
             sha256=c.sha256,
             crc32c=c.crc32c,
+            crc64nvme=c.crc64nvme,
             revision=c.revision,
             reason=c.reupload_reason,
         )

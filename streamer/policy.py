@@ -95,11 +95,12 @@ def settled(
 
 def prunable(record: StreamRecord) -> bool:
     """May a stream's chunk objects go (stream.keep_chunks off)? Only once it finished
-    with its whole object assembled and its sha256 known to prove that object by."""
+    with its whole object assembled and a digest of the whole known to prove that object
+    by (its sha256, or the crc64nvme of its chunks together)."""
     return (
         record.state.finished
         and record.assembled is not None
-        and record.sha256 is not None
+        and record.whole is not None
         and record.chunks_deleted_at is None
         and record.chunks_kept_because is None
     )
@@ -116,12 +117,10 @@ def reconciled_record(ours: Manifest, theirs: Manifest) -> Manifest:
     over a partial or cancelled one, more bytes over fewer), with what either learned
     after the stream ended (its file deleted, its chunks pruned). Never less than S3's.
     Raises OtherRecording where the two are not one recording."""
-    if theirs.stream_id != ours.stream_id or (
-        ours.sha256 and theirs.sha256 and ours.sha256 != theirs.sha256
-    ):
+    if _other_recording(ours, theirs):
         raise OtherRecording(
             f"metadata.json in S3 is of another recording (stream {theirs.stream_id}, "
-            f"sha256 {theirs.sha256}, {theirs.total_size} bytes)"
+            f"{theirs.whole}, {theirs.total_size} bytes)"
         )
     base = theirs if _progress(theirs) > _progress(ours) else ours
     deleted_at = ours.source.deleted_at or theirs.source.deleted_at
@@ -129,6 +128,21 @@ def reconciled_record(ours: Manifest, theirs: Manifest) -> Manifest:
         base,
         source=msgspec.structs.replace(base.source, deleted_at=deleted_at),
         chunks_deleted_at=ours.chunks_deleted_at or theirs.chunks_deleted_at,
+    )
+
+
+def _other_recording(ours: Manifest, theirs: Manifest) -> bool:
+    """Are these two records of other bytes? By the whole file's sha256 where both took
+    it; else, of two complete recordings of one size, by their crc64nvme (a partial one
+    holds fewer bytes, and its CRC differs from the whole's)."""
+    if theirs.stream_id != ours.stream_id:
+        return True
+    if ours.sha256 and theirs.sha256:
+        return ours.sha256 != theirs.sha256
+    complete = StreamState.COMPLETE.value
+    whole = ours.status == theirs.status == complete and ours.total_size == theirs.total_size
+    return bool(
+        whole and ours.crc64nvme and theirs.crc64nvme and ours.crc64nvme != theirs.crc64nvme
     )
 
 

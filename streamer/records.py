@@ -10,7 +10,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-from streamer.digests import Digest, recorded
+from streamer.digests import CRC64NVME, SHA256, Digest, combine, recorded
 from streamer.mp4 import Mp4Facts
 
 UTC = Annotated[datetime, Meta(tz=True)]
@@ -34,9 +34,12 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     size: int
     etag: str
     uploaded_at: UTC
-    # What identifies its bytes, one of the two (streamer.digests says which is used when).
+    # What identifies its bytes (streamer.digests says which is used when): the digest S3
+    # checked it by, a signed sha256 or a CRC, and its crc64nvme, whatever it went with
+    # (None in a record from before crc64nvme: the whole's cannot be combined then).
     sha256: str | None = None
     crc32c: str | None = None
+    crc64nvme: str | None = None
     # Chunk objects are never overwritten: bytes the recorder rewrote go to a new revision's key.
     revision: int = 0
     reason: str | None = None  # why this revision was uploaded, if it is not the first
@@ -54,11 +57,31 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
 
     @property
     def digest(self) -> Digest | None:
-        return recorded(self.sha256, self.crc32c)
+        return recorded(self.sha256, self.crc32c, self.crc64nvme)
+
+    @property
+    def quick_digest(self) -> Digest | None:
+        """The cheapest of its digests to take again: its crc64nvme, where it has one."""
+        return Digest(CRC64NVME, self.crc64nvme) if self.crc64nvme else self.digest
 
     def part_in(self, upload_id: str | None) -> str | None:
         """The ETag of this chunk's part in the upload, if it was copied there."""
         return self.part_etag if upload_id is not None and self.part_upload == upload_id else None
+
+
+def whole_crc64nvme(chunks: list[ChunkRecord]) -> str | None:
+    """The crc64nvme of the chunks' bytes one after another, combined from theirs without
+    the bytes; None if one of them has none."""
+    return combine((c.crc64nvme, c.size) for c in chunks)
+
+
+def whole_digest(sha256: str | None, chunks: list[ChunkRecord]) -> Digest | None:
+    """What the whole recording, made of `chunks`, is checked by: its sha256 where it was
+    taken, else the crc64nvme combined from its chunks'."""
+    if sha256 is not None:
+        return Digest(SHA256, sha256)
+    crc = whole_crc64nvme(chunks)
+    return Digest(CRC64NVME, crc) if crc is not None else None
 
 
 class Assembled(Struct, frozen=True, kw_only=True):
@@ -102,7 +125,10 @@ class StreamRecord(Struct, kw_only=True):
     last_upload_at: UTC | None = None
     total_size: int | None = None
     mtime_ns: int | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # of the whole file, with integrity.file_sha256
+    # Of its chunks' bytes one after another, combined from theirs when it finished (None
+    # if a chunk has none: uploaded before crc64nvme).
+    crc64nvme: str | None = None
     completed_at: UTC | None = None
     status_reason: str | None = None
     mp4: Mp4Facts | None = None
@@ -127,6 +153,14 @@ class StreamRecord(Struct, kw_only=True):
     def relative(self) -> str:
         """Its path below the watch directory."""
         return self.relative_path or self.name
+
+    @property
+    def whole(self) -> Digest | None:
+        """What its bytes together are proven by: the file's sha256 where it was taken,
+        else the crc64nvme of its chunks together; None if neither is known."""
+        if self.sha256 is not None:
+            return Digest(SHA256, self.sha256)
+        return Digest(CRC64NVME, self.crc64nvme) if self.crc64nvme is not None else None
 
     @property
     def position(self) -> Position:

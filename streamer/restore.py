@@ -16,7 +16,6 @@ own first: no byte of a piece that is not the bytes it was stored as goes out.""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import tempfile
 from collections import deque
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import BinaryIO
 
-from streamer import mp4
+from streamer import digests, mp4
 from streamer.audit import stored_digest
 from streamer.chunkstore import ChunkStore
 from streamer.digests import SHA256, Digest
@@ -78,7 +77,7 @@ class Piece:
 @dataclass(frozen=True)
 class Plan:
     pieces: list[Piece]
-    sha256: str | None  # the whole recording's, when metadata.json says it
+    whole: Digest | None  # the whole recording's, when metadata.json says it
     stopped: str | None  # why an unfinished stream's run of chunks ends where it does
 
 
@@ -87,7 +86,7 @@ def plan(stream: RemoteStream) -> Plan:
     if stream.manifest_error is not None:
         raise RestoreError(
             f"its metadata.json cannot be read ({stream.manifest_error}): what it lists, and "
-            "the sha256 to check the whole by, are not known"
+            "the digest to check the whole by, are not known"
         )
     found = stream.manifest
     if found is None:
@@ -97,11 +96,10 @@ def plan(stream: RemoteStream) -> Plan:
     missing = [c for c in found.chunks if c.key not in stream.chunk_keys]
     if not missing:
         pieces = [Piece(c.index, c.key, c.offset, c.size, c.digest) for c in found.chunks]
-        return Plan(pieces, found.sha256, None)
+        return Plan(pieces, found.whole, None)
     if stream.assembled_key is not None:  # its chunks gone, its whole object there
-        digest = Digest(SHA256, found.sha256) if found.sha256 else None
-        whole = Piece(0, stream.assembled_key, 0, found.total_size, digest)
-        return Plan([whole], found.sha256, None)
+        whole = Piece(0, stream.assembled_key, 0, found.total_size, found.whole)
+        return Plan([whole], found.whole, None)
     raise RestoreError(f"chunk {missing[0].index} is missing from S3 ({missing[0].key})")
 
 
@@ -171,7 +169,7 @@ class Restored:
     size: int
     pieces: int
     reused: int  # pieces the temporary file held already, checked
-    sha256: str
+    digest: Digest  # of what was written: by what metadata.json checks it by, else sha256
     cut: int | None  # bytes dropped to make it playable
 
 
@@ -199,22 +197,23 @@ def restore(
                 progress(piece.size)
         size = sum(p.size for p in what.pieces)
         os.ftruncate(fd, size)
-        sha256 = digest_of_fd_range(fd, 0, size).value
-        if what.sha256 is not None and sha256 != what.sha256:
+        algorithm = what.whole.algorithm if what.whole else SHA256
+        digest = digest_of_fd_range(fd, 0, size, algorithm)
+        if what.whole is not None and digest != what.whole:
             raise RestoreError(
-                f"the restored bytes are not the recording: sha256 {sha256}, metadata.json "
-                f"says {what.sha256}"
+                f"the restored bytes are not the recording: {digest}, metadata.json "
+                f"says {what.whole}"
             )
         cut = make_playable(fd, size) if playable else None
         if cut is not None:
             size -= cut
-            sha256 = digest_of_fd_range(fd, 0, size).value
+            digest = digest_of_fd_range(fd, 0, size, algorithm)
         os.fsync(fd)
     finally:
         os.close(fd)
     settle(partial, output, force)
     os.unlink(partial + MARK_SUFFIX)
-    return Restored(size, len(what.pieces), len(reused), sha256, cut), what.stopped
+    return Restored(size, len(what.pieces), len(reused), digest, cut), what.stopped
 
 
 def restore_to_pipe(
@@ -224,23 +223,23 @@ def restore_to_pipe(
     progress: Callable[[int], None] = lambda size: None,
 ) -> tuple[Restored, str | None]:
     """Write the recording to the open file `out` (a pipe: written in order, never
-    sought), each piece checked before a byte of it is written. The whole file's sha256
+    sought), each piece checked before a byte of it is written. The whole file's digest
     can only be checked once it is all out: a RestoreError then comes after the bytes."""
     what = plan(stream)
-    whole = hashlib.sha256()
+    algorithm = what.whole.algorithm if what.whole else SHA256
+    whole = digests.hasher(algorithm)
     with ThreadPoolExecutor(CONNECTIONS) as pool:
         for piece, spool in in_order(pool, what.pieces, lambda p: spooled(s3, p)):
             with spool:
                 pour(spool.fileno(), piece.size, out, whole)
             progress(piece.size)
     size = sum(p.size for p in what.pieces)
-    sha256 = whole.hexdigest()
-    if what.sha256 is not None and sha256 != what.sha256:
+    digest = Digest(algorithm, whole.hexdigest())
+    if what.whole is not None and digest != what.whole:
         raise RestoreError(
-            f"the bytes written are not the recording: sha256 {sha256}, metadata.json "
-            f"says {what.sha256}"
+            f"the bytes written are not the recording: {digest}, metadata.json says {what.whole}"
         )
-    return Restored(size, len(what.pieces), 0, sha256, None), what.stopped
+    return Restored(size, len(what.pieces), 0, digest, None), what.stopped
 
 
 def in_order(

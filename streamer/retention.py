@@ -104,6 +104,7 @@ def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkSto
         written.status,
         written.total_size,
         written.sha256,
+        written.crc64nvme,
         [c.etag for c in written.chunks],
     )
     expected = (
@@ -111,6 +112,7 @@ def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkSto
         record.state.value,
         record.total_size,
         record.sha256,
+        record.crc64nvme,
         [c.etag for c in chunks],
     )
     if read_back != expected:

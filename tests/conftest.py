@@ -993,12 +993,20 @@ def reassemble(client: Minio, bucket: str, manifest: dict) -> bytes:
     return b"".join(object_bytes(client, bucket, c["key"]) for c in manifest["chunks"])
 
 
-def assert_exact(server: S3Server, daemon: Daemon, stream_id: str, path: Path) -> dict:
+def assert_exact(
+    server: S3Server, daemon: Daemon, stream_id: str, path: Path, sha256: bool = True
+) -> dict:
     """The stream's chunks in S3, joined, are the file, byte for byte, and its manifest
-    lists them in order, without gap or overlap."""
+    lists them in order, without gap or overlap; it gives the file's crc64nvme, combined
+    from its chunks', and its sha256 (`sha256`: integrity.file_sha256 is on) or none."""
+    from awscrt.checksums import crc64nvme
+
     manifest = manifest_of(server.client, daemon.bucket, stream_id)
     data = reassemble(server.client, daemon.bucket, manifest)
-    assert hashlib.sha256(data).hexdigest() == sha256_file(path) == manifest["sha256"]
+    assert hashlib.sha256(data).hexdigest() == sha256_file(path)
+    assert manifest["sha256"] == (sha256_file(path) if sha256 else None)
+    assert manifest["crc64nvme"] == f"{crc64nvme(path.read_bytes()):016x}"
+    assert manifest["crc64nvme_checked_by"] == "streamer"
     assert manifest["total_size"] == len(data) == path.stat().st_size
     assert [c["index"] for c in manifest["chunks"]] == list(range(manifest["chunk_count"]))
     ends = [c["offset"] + c["size"] for c in manifest["chunks"]]

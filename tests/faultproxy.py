@@ -5,8 +5,9 @@ reset), reset (every connection reset), blackhole (connections, open or new, go 
 bytes are read and dropped, nothing is answered), throttle (forward at a byte rate),
 refuse_puts (a connection that starts a PUT request is reset; other requests pass),
 refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it),
-refuse_checksums (a PUT with a crc32c checksum is answered 400 InvalidRequest, as a server
-that does not know the algorithm answers it), refuse_conditions (a PUT with If-None-Match
+refuse_checksums (a PUT with one of the checksum headers named, crc64nvme and crc32c by
+default, is answered 400 InvalidRequest, as a server that does not know the algorithm
+answers it), refuse_conditions (a PUT with If-None-Match
 or If-Match is answered 501 NotImplemented, as a server without conditional writes does),
 slow_down (every PUT is held a moment, then answered 503 SlowDownWrite on a connection
 kept open, as MinIO answers a write it cannot take: an erasure set without write quorum,
@@ -34,6 +35,7 @@ class FaultProxy:
         self.tls = tls
         self.mode = "pass"
         self.rate = 0  # bytes per second, in throttle mode
+        self.checksums: list[bytes] = []  # the headers refused, in refuse_checksums mode
         # Connections open to the server at once, at most: an HTTP pool opens one only when
         # all its open ones are busy, so this is the peak of requests in flight.
         self.peak_connections = 0
@@ -52,7 +54,9 @@ class FaultProxy:
         self._stopped = False
         self._listen()
 
-    def set(self, mode: str, rate: int = 0) -> None:
+    def set(
+        self, mode: str, rate: int = 0, checksums: tuple[str, ...] = ("crc64nvme", "crc32c")
+    ) -> None:
         refusals = ("refuse_tags", "refuse_checksums", "refuse_conditions")
         assert self.tls is None or mode in ("pass", *refusals), mode
         assert mode in (
@@ -61,6 +65,7 @@ class FaultProxy:
         )  # fmt: skip
         with self._lock:
             self.mode, self.rate = mode, rate
+            self.checksums = [f"x-amz-checksum-{name}".encode() for name in checksums]
             if mode in ("refuse", "reset"):
                 self._cut_all()
         if mode == "refuse":
@@ -175,7 +180,9 @@ class FaultProxy:
         as the mode says, and the connection closed."""
         if self.mode == "refuse_tags" and _puts_header(data, b"x-amz-tagging"):
             answer = NOT_IMPLEMENTED
-        elif self.mode == "refuse_checksums" and _puts_header(data, b"x-amz-checksum-crc32c"):
+        elif self.mode == "refuse_checksums" and any(
+            _puts_header(data, name) for name in self.checksums
+        ):
             answer = INVALID_REQUEST
         elif self.mode == "refuse_conditions" and (
             _puts_header(data, b"if-none-match") or _puts_header(data, b"if-match")
@@ -293,7 +300,7 @@ NOT_IMPLEMENTED = _answer(
     b"A header you provided implies functionality that is not implemented",
 )
 INVALID_REQUEST = _answer(
-    b"400 Bad Request", b"InvalidRequest", b"Value for x-amz-checksum-crc32c header is invalid."
+    b"400 Bad Request", b"InvalidRequest", b"Value for x-amz-checksum-* header is invalid."
 )
 
 

@@ -1,94 +1,140 @@
 """How S3 checks each chunk's bytes (streamer.digests): over https a chunk goes unsigned
-with a crc32c S3 checks, over http its sha256 is signed; a server that refuses crc32c
-gets signed sha256 bodies. Against MinIO and versitygw over https with a private CA."""
+with a crc64nvme S3 checks, over http its sha256 is signed and its crc64nvme checked too;
+a server that refuses crc64nvme gets crc32c, then signed sha256. The whole recording's
+crc64nvme is combined from its chunks'. Against MinIO and versitygw, over http and over
+https with a private CA."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 
-import crc32c
 import msgspec
 import pytest
-from conftest import GrowingFile, assert_exact, chunk_store, cli, over_tls, record_of
+from awscrt.checksums import crc32c, crc64nvme
+from conftest import (
+    GrowingFile,
+    assert_exact,
+    chunk_store,
+    cli,
+    manifest_of,
+    object_bytes,
+    over_tls,
+    record_of,
+)
 from minio.error import S3Error
 
-from streamer.bodies import InMemory, digest
+from streamer.bodies import InMemory, digest, digests_of
 from streamer.checkpoint import CheckpointStore
-from streamer.digests import CRC32C, SHA256, Digest, of, recorded
+from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest, combine, of, recorded
 from streamer.fileio import SourceChanged, Span
 from streamer.policy import TRANSIENT_CODES
 from streamer.uploader.sending import digest_chunk, place_chunk, same_bytes
 
 KiB = 1024
 on_tls_servers = pytest.mark.parametrize("server", ["tls_minio", "tls_versitygw"], indirect=True)
+on_http_servers = pytest.mark.parametrize("server", ["minio", "versitygw"], indirect=True)
+
+
+def crc64_of(data: bytes) -> str:
+    return f"{crc64nvme(data):016x}"
 
 
 def test_a_digest_has_one_string_form_and_the_header_s3_checks():
-    check = of(CRC32C, b"123456789")
-    assert str(check) == "crc32c:e3069283"  # the CRC-32C check value
+    check = of(CRC64NVME, b"123456789")
+    assert str(check) == "crc64nvme:ae8b14860a799888"  # the CRC-64/NVME check value
+    assert str(of(CRC32C, b"123456789")) == "crc32c:e3069283"  # the CRC-32C check value
     assert Digest.parse(str(check)) == check
     assert check.header() == (
-        "x-amz-checksum-crc32c",
-        base64.b64encode(b"\xe3\x06\x92\x83").decode(),
+        "x-amz-checksum-crc64nvme",
+        base64.b64encode(bytes.fromhex("ae8b14860a799888")).decode(),
     )
     signed = of(SHA256, b"abc")
     assert signed.value == hashlib.sha256(b"abc").hexdigest()
     assert signed.header()[1] == base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
-    assert digest(CRC32C, InMemory(b"123456789")) == check
-    assert digest(CRC32C, InMemory(b"123456780")) != check
-    assert recorded(None, "e3069283") == check and recorded(signed.value, None) == signed
+    assert digest(CRC64NVME, InMemory(b"123456789")) == check
+    assert digest(CRC64NVME, InMemory(b"123456780")) != check
+    # What S3 checked a chunk by: a signed sha256 first, then the CRC it went with.
+    assert recorded(None, None, check.value) == check
+    assert recorded(None, "e3069283", check.value) == of(CRC32C, b"123456789")
+    assert recorded(signed.value, None, check.value) == signed
     with pytest.raises(ValueError, match="not a digest"):
         Digest.parse("md5:abc")
+
+
+def test_the_whole_crc64nvme_is_combined_from_its_pieces_without_the_bytes():
+    pieces = [os.urandom(n) for n in (5 * KiB, 1, 64 * KiB + 3, 0, 7)]
+    assert combine((crc64_of(p), len(p)) for p in pieces) == crc64_of(b"".join(pieces))
+    assert combine([]) == crc64_of(b"")
+    assert combine([(crc64_of(pieces[0]), len(pieces[0])), (None, 1)]) is None
+    swapped = [pieces[1], pieces[0], *pieces[2:]]
+    assert combine((crc64_of(p), len(p)) for p in swapped) != crc64_of(b"".join(pieces))
 
 
 def test_an_object_holds_the_same_bytes_by_the_digest_it_was_stored_with():
     from streamer.chunkstore import StoredObject
 
     data = InMemory(b"chunk bytes")
-    crc, sha = of(CRC32C, b"chunk bytes"), of(SHA256, b"chunk bytes")
-    assert same_bytes(StoredObject(len(data), "e", sha), data, crc)
-    assert same_bytes(StoredObject(len(data), "e", crc), data, crc)
-    assert not same_bytes(StoredObject(len(data), "e", of(SHA256, b"other bytes")), data, crc)
-    assert not same_bytes(StoredObject(len(data) + 1, "e", crc), data, crc)
-    assert not same_bytes(StoredObject(len(data), "e", None), data, crc)
+    sums = digests_of((CRC64NVME,), data)
+    crc, sha = sums[CRC64NVME], of(SHA256, b"chunk bytes")
+    assert same_bytes(StoredObject(len(data), "e", sha), data, sums)  # read again, by sha256
+    assert same_bytes(StoredObject(len(data), "e", crc), data, sums)
+    assert same_bytes(StoredObject(len(data), "e", of(CRC32C, b"chunk bytes")), data, sums)
+    assert not same_bytes(StoredObject(len(data), "e", of(SHA256, b"other bytes")), data, sums)
+    assert not same_bytes(StoredObject(len(data) + 1, "e", crc), data, sums)
+    assert not same_bytes(StoredObject(len(data), "e", None), data, sums)
+
+
+def head_checksums(server, bucket: str, key: str) -> dict:
+    """The checksum S3 stored with an object, and streamer's own record of its digest."""
+    response = server.client._execute(
+        "HEAD", bucket, key, headers={"x-amz-checksum-mode": "ENABLED"}
+    )
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    return {k: v for k, v in headers.items() if k.startswith(("x-amz-checksum-", "x-amz-meta-"))}
+
+
+def b64(value: int, width: int = 8) -> str:
+    return base64.b64encode(value.to_bytes(width, "big")).decode()
 
 
 @on_tls_servers
-def test_over_https_chunks_go_unsigned_and_s3_checks_their_crc32c(make_daemon, server, tmp_path):
+def test_over_https_chunks_go_unsigned_and_s3_checks_their_crc64nvme(make_daemon, server, tmp_path):
     daemon = make_daemon(s3=over_tls(server)).start()
     writer = GrowingFile(daemon.watch / "tls.mp4", total=300 * KiB, rate=2000 * KiB).start()
     writer.wait()
     event = daemon.wait_for("stream_finished", timeout=60)[0]
     manifest = assert_exact(server, daemon, event["stream_id"], writer.path)
-    assert manifest["schema_version"] == 2
+    assert manifest["schema_version"] == 3
     data = writer.path.read_bytes()
     for chunk in manifest["chunks"]:
-        expected = crc32c.CRC32CHash(data[chunk["offset"] : chunk["offset"] + chunk["size"]])
-        assert chunk["crc32c"] == expected.hexdigest() and "sha256" not in chunk
+        piece = data[chunk["offset"] : chunk["offset"] + chunk["size"]]
+        assert chunk["crc64nvme"] == crc64_of(piece)
+        assert "sha256" not in chunk and "crc32c" not in chunk
         # S3's own record of the checksum it verified, and the one streamer stored.
-        response = server.client._execute(
-            "HEAD", daemon.bucket, chunk["key"], headers={"x-amz-checksum-mode": "ENABLED"}
-        )
-        headers = {k.lower(): v for k, v in response.headers.items()}
-        assert headers["x-amz-checksum-crc32c"] == base64.b64encode(expected.digest()).decode()
-        assert headers["x-amz-meta-crc32c"] == chunk["crc32c"]
+        stored = head_checksums(server, daemon.bucket, chunk["key"])
+        assert stored["x-amz-checksum-crc64nvme"] == b64(crc64nvme(piece))
+        assert stored["x-amz-meta-crc64nvme"] == chunk["crc64nvme"]
     uploaded = daemon.find("chunk_uploaded")
-    assert [e["digest"] for e in uploaded] == [f"crc32c:{c['crc32c']}" for c in manifest["chunks"]]
+    assert [e["digest"] for e in uploaded] == [
+        f"crc64nvme:{c['crc64nvme']}" for c in manifest["chunks"]
+    ]
     checked = cli(daemon, "verify", event["stream_id"])
     assert checked.returncode == 0, checked.stdout + checked.stderr
     quick = cli(daemon, "verify", "--quick", event["stream_id"])
     assert quick.returncode == 0, quick.stdout + quick.stderr
     shown = cli(daemon, "streams", "show", event["stream_id"])
-    assert f"crc32c:{manifest['chunks'][0]['crc32c']}" in shown.stdout
+    assert f"crc64nvme:{manifest['chunks'][0]['crc64nvme']}" in shown.stdout
     output = tmp_path / "restored.mp4"
     restored = cli(daemon, "restore", event["stream_id"], "-o", str(output))
     assert restored.returncode == 0, restored.stderr
+    assert f"sha256 {manifest['sha256']}" in restored.stdout
     assert output.read_bytes() == data
     assert daemon.stop() == 0
 
-    # A crc32c proves less than a sha256: verify also holds the chunks together, and the
+    # A CRC proves less than a sha256: verify also holds the chunks together, and the
     # file, to the stream's sha256 (here the checkpoint's, made wrong on purpose).
     store = CheckpointStore(str(daemon.config_path.parent / "checkpoint"), 1 << 30)
     try:
@@ -104,39 +150,97 @@ def test_over_https_chunks_go_unsigned_and_s3_checks_their_crc32c(make_daemon, s
 
 
 @on_tls_servers
-def test_a_body_that_is_not_its_crc32c_is_refused_and_retried_at_once(server, bucket):
+def test_a_body_that_is_not_its_crc64nvme_is_refused_and_retried_at_once(server, bucket):
     s3 = chunk_store(server, bucket, **over_tls(server))
     data = InMemory(b"the chunk's bytes" * 1000)
-    assert s3.chunk_algorithm == CRC32C
+    assert s3.chunk_algorithms == (CRC64NVME,), "nothing but the CRC is taken"
     with pytest.raises(S3Error) as refused:
-        s3.put("rec/wrong", data, of(CRC32C, b"other bytes"), "application/octet-stream")
+        s3.put("rec/wrong", data, of(CRC64NVME, b"other bytes"), "application/octet-stream")
     assert refused.value.code in TRANSIENT_CODES
     assert s3.stat("rec/wrong") is None, "nothing was stored"
 
 
-def test_over_http_chunks_keep_their_signed_sha256(minio, bucket):
-    s3 = chunk_store(minio, bucket)
-    assert s3.chunk_algorithm == SHA256
+@on_http_servers
+def test_over_http_a_chunk_is_signed_by_its_sha256_and_checked_by_its_crc64nvme(server, bucket):
+    s3 = chunk_store(server, bucket)
+    assert s3.chunk_algorithms == (CRC64NVME, SHA256)
+    body = InMemory(b"signed chunk" * 5000)
+    sums = digests_of(s3.chunk_algorithms, body)
+    _, checked = s3.put_chunk("rec/signed", body, sums, None)
+    assert checked == sums[SHA256]
+    stored = head_checksums(server, bucket, "rec/signed")
+    assert stored["x-amz-checksum-crc64nvme"] == b64(int(sums[CRC64NVME].value, 16))
+    assert stored["x-amz-meta-sha256"] == sums[SHA256].value
+    # Each is checked: a wrong CRC with the right sha256, and the other way round.
+    for wrong in (CRC64NVME, SHA256):
+        bad = {**sums, wrong: of(wrong, b"other bytes")}
+        with pytest.raises(S3Error) as refused:
+            s3.put_chunk(f"rec/bad-{wrong}", body, bad, None)
+        assert refused.value.code in TRANSIENT_CODES
+        assert s3.stat(f"rec/bad-{wrong}") is None
 
 
-@pytest.mark.parametrize("server", ["minio"], indirect=True)
-def test_a_server_that_refuses_crc32c_gets_signed_sha256_bodies(make_daemon, server, tls_proxy):
-    tls_proxy.set("refuse_checksums")
-    daemon = make_daemon(s3=over_tls(tls_proxy, endpoint=tls_proxy.endpoint)).start()
-    (daemon.watch / "fallback.mp4").write_bytes(b"f" * 200 * KiB)
+@on_http_servers
+def test_unsigned_payload_over_http_sends_the_crc64nvme_alone(make_daemon, server, bucket):
+    s3 = chunk_store(server, bucket, unsigned_payload_over_http=True)
+    assert s3.chunk_algorithms == (CRC64NVME,), "no sha256 of the bytes"
+    body = InMemory(b"unsigned chunk" * 5000)
+    with pytest.raises(S3Error) as refused:
+        s3.put_chunk("rec/bad", body, {CRC64NVME: of(CRC64NVME, b"other")}, None)
+    assert refused.value.code in TRANSIENT_CODES, "the CRC is still checked"
+    daemon = make_daemon(s3={"unsigned_payload_over_http": True}).start()
+    (daemon.watch / "plain.mp4").write_bytes(os.urandom(200 * KiB))
     event = daemon.wait_for("stream_finished", timeout=60)[0]
-    manifest = assert_exact(server, daemon, event["stream_id"], daemon.watch / "fallback.mp4")
-    assert all(len(c.get("sha256") or "") == 64 for c in manifest["chunks"])
-    assert not any("crc32c" in c for c in manifest["chunks"])
-    assert daemon.find("crc32c_refused")
-    assert all(e["digest"].startswith("sha256:") for e in daemon.find("chunk_uploaded"))
+    manifest = assert_exact(server, daemon, event["stream_id"], daemon.watch / "plain.mp4")
+    assert all(set(c) & {"sha256", "crc32c"} == set() for c in manifest["chunks"])
+    assert all(e["digest"].startswith("crc64nvme:") for e in daemon.find("chunk_uploaded"))
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("server", "secure", "refused", "fallback"),
+    [
+        ("minio", True, ("crc64nvme",), CRC32C),
+        ("minio", True, ("crc64nvme", "crc32c"), SHA256),
+        ("minio", False, ("crc64nvme",), SHA256),
+    ],
+    indirect=["server"],
+)
+def test_a_server_that_refuses_a_checksum_gets_the_next(
+    make_daemon, server, proxy, tls_proxy, secure, refused, fallback
+):
+    """crc64nvme, then crc32c, then a signed sha256 (over http: crc64nvme beside the
+    signed sha256, then sha256 alone). Each chunk keeps its crc64nvme, so the whole's is
+    still combined from them."""
+    through = tls_proxy if secure else proxy
+    through.set("refuse_checksums", checksums=refused)
+    s3 = {"endpoint": through.endpoint, **(over_tls(tls_proxy) if secure else {})}
+    daemon = make_daemon(s3=s3).start()
+    path = daemon.watch / "fallback.mp4"
+    path.write_bytes(os.urandom(200 * KiB))
+    event = daemon.wait_for("stream_finished", timeout=60)[0]
+    manifest = assert_exact(server, daemon, event["stream_id"], path)
+    data = path.read_bytes()
+    for chunk in manifest["chunks"]:
+        piece = data[chunk["offset"] : chunk["offset"] + chunk["size"]]
+        assert chunk["crc64nvme"] == crc64_of(piece)
+        if fallback == CRC32C:
+            assert chunk["crc32c"] == f"{crc32c(piece):08x}" and "sha256" not in chunk
+        else:
+            assert chunk["sha256"] == hashlib.sha256(piece).hexdigest()
+            assert "crc32c" not in chunk
+    told = daemon.find("checksum_refused")
+    assert [(e["refused"], e["checksum"]) for e in told] == [(refused[-1], fallback)]
+    assert all(e["digest"].startswith(f"{fallback}:") for e in daemon.find("chunk_uploaded"))
+    checked = cli(daemon, "verify", event["stream_id"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     assert daemon.stop() == 0
 
 
 @pytest.mark.parametrize("server", ["minio"], indirect=True)
-def test_a_refusal_of_tags_over_https_costs_the_tags_not_crc32c(make_daemon, server, tls_proxy):
+def test_a_refusal_of_tags_over_https_costs_the_tags_not_crc64nvme(make_daemon, server, tls_proxy):
     """The first chunks' PUTs are refused with a code either refusal could give: they go
-    with sha256 and then without tags; the chunks after them keep crc32c."""
+    with crc32c, then sha256, then without tags; the chunks after them keep crc64nvme."""
     tls_proxy.set("refuse_tags")
     daemon = make_daemon(s3=over_tls(tls_proxy, endpoint=tls_proxy.endpoint)).start()
     (daemon.watch / "untagged.mp4").write_bytes(b"u" * 300 * KiB)
@@ -144,11 +248,14 @@ def test_a_refusal_of_tags_over_https_costs_the_tags_not_crc32c(make_daemon, ser
     manifest = assert_exact(server, daemon, event["stream_id"], daemon.watch / "untagged.mp4")
     # The chunks already in flight when the first refusal came may have gone with sha256.
     window = 3
-    kinds = {"sha256" if "sha256" in c else "crc32c" for c in manifest["chunks"][window:]}
-    assert kinds == {"crc32c"}, manifest["chunks"]
+    kinds = {
+        "sha256" if "sha256" in c else "crc32c" if "crc32c" in c else "crc64nvme"
+        for c in manifest["chunks"][window:]
+    }
+    assert kinds == {"crc64nvme"}, manifest["chunks"]
     for chunk in manifest["chunks"]:
         assert not server.client.get_object_tags(daemon.bucket, chunk["key"])
-    assert not daemon.find("crc32c_refused")
+    assert not daemon.find("checksum_refused")
     assert daemon.stop() == 0
 
 
@@ -172,7 +279,7 @@ def test_a_chunk_whose_file_changes_between_its_digest_and_its_send_is_not_store
             f.seek(at)
             f.write(b"b")
 
-    digested = digest(s3.chunk_algorithm, span)
+    digested = digests_of(s3.chunk_algorithms, span)
     rewrite(100 * KiB)
     with pytest.raises(S3Error) as refused:
         place_chunk(s3, "s", 0, 0, span, digested, probe=False)
@@ -180,13 +287,70 @@ def test_a_chunk_whose_file_changes_between_its_digest_and_its_send_is_not_store
     first = digest_chunk(s3, span, 0)
     rewrite(200 * KiB)
     with pytest.raises(SourceChanged, match="changed since they were digested"):
-        place_chunk(s3, "s", 0, 0, first.body, first.digest, probe=False)
+        place_chunk(s3, "s", 0, 0, first.body, first.sums, probe=False)
     first = digest_chunk(s3, span, 0)
     os.truncate(path, 200 * KiB)
     with pytest.raises(SourceChanged, match="ends before"):
-        place_chunk(s3, "s", 0, 0, first.body, first.digest, probe=False)
+        place_chunk(s3, "s", 0, 0, first.body, first.sums, probe=False)
     assert s3.stat(key) is None
     first = digest_chunk(s3, Span(record_of(path), 0, 200 * KiB), 0)
-    place_chunk(s3, "s", 0, 0, first.body, first.digest, probe=False)
+    place_chunk(s3, "s", 0, 0, first.body, first.sums, probe=False)
     assert s3.get(key) == path.read_bytes()
     assert first.head == path.read_bytes()[: len(first.head)]
+
+
+@pytest.mark.parametrize("server", ["tls_minio"], indirect=True)
+def test_without_file_sha256_the_whole_is_proven_by_its_crc64nvme(make_daemon, server, tmp_path):
+    """integrity.file_sha256 off: no sha256 anywhere. The assembled object (streamed from
+    the file, checked as it is read) is proven by the crc64nvme of the chunks together
+    before the chunks go; verify and restore check the whole by it, and a metadata.json
+    whose crc64nvme is not the bytes' is caught."""
+    daemon = make_daemon(
+        s3=over_tls(server),
+        integrity={"file_sha256": False},
+        stream={"assemble": True, "keep_chunks": False},
+    ).start()
+    path = daemon.watch / "nosha.mp4"
+    path.write_bytes(os.urandom(300 * KiB))
+    event = daemon.wait_for("stream_finished", timeout=60)[0]
+    stream_id = event["stream_id"]
+    assert event["sha256"] is None
+    daemon.wait_for("chunks_deleted", timeout=60)
+    manifest = manifest_of(server.client, daemon.bucket, stream_id)
+    data = path.read_bytes()
+    assert manifest["sha256"] is None and manifest["chunks_deleted_at"]
+    assert manifest["crc64nvme"] == crc64_of(data)
+    assert manifest["crc64nvme_checked_by"] == "streamer"
+    for chunk in manifest["chunks"]:
+        piece = data[chunk["offset"] : chunk["offset"] + chunk["size"]]
+        assert chunk["crc64nvme"] == crc64_of(piece) and "sha256" not in chunk
+    assert object_bytes(server.client, daemon.bucket, manifest["assembled"]["key"]) == data
+    checked = cli(daemon, "verify", stream_id)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    output = tmp_path / "restored.mp4"
+    restored = cli(daemon, "restore", stream_id, "-o", str(output), "--json")
+    assert restored.returncode == 0, restored.stderr
+    said = msgspec.json.decode(restored.stdout)
+    assert said["crc64nvme"] == manifest["crc64nvme"] and said["sha256"] is None
+    assert output.read_bytes() == path.read_bytes()
+    assert daemon.stop() == 0
+
+    key = f"rec/test-host/{stream_id}/metadata.json"
+    lying = {**manifest, "crc64nvme": crc64_of(b"other bytes")}
+    body = msgspec.json.encode(lying)
+    server.client.put_object(daemon.bucket, key, io.BytesIO(body), len(body))
+    refused = cli(daemon, "restore", stream_id, "-o", str(tmp_path / "again.mp4"))
+    assert refused.returncode != 0
+    assert "is not the bytes it was stored as: crc64nvme:" in refused.stderr
+    assert not (tmp_path / "again.mp4").exists()
+
+    store = CheckpointStore(str(daemon.config_path.parent / "checkpoint"), 1 << 30)
+    try:
+        store.update_stream(
+            stream_id, lambda r: msgspec.structs.replace(r, crc64nvme=crc64_of(b"other"))
+        )
+    finally:
+        store.close()
+    wrong = cli(daemon, "verify", stream_id)
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "the assembled object's bytes are not the stream's" in wrong.stdout

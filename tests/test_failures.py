@@ -200,7 +200,7 @@ def test_a_chunk_in_s3_but_not_committed_is_found_there_after_a_kill(
     test holds LMDB's write lock, so the commit waits while the PUT goes through. If the
     recorder rewrote that chunk meanwhile, its new bytes go to a new revision key and the
     object in S3 stays as it was: an object once written is never overwritten. Over https
-    the chunk is known by its crc32c, over http by its sha256."""
+    the chunk is known by its crc64nvme, over http by its sha256."""
     tls = {"secure": True, "ca_file": str(server.ca_file)} if server.ca_file else {}
     daemon = make_daemon(workers=1, stream={"idle_timeout": 3}, s3=tls).start()
     path = daemon.watch / "between.mp4"

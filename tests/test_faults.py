@@ -753,8 +753,8 @@ def test_a_chunk_put_never_overwrites_an_object_it_did_not_write(server, bucket)
     server.client.put_object(bucket, key, io.BytesIO(foreign), len(foreign))
     data = b"the chunk's bytes"
     body = InMemory(data)
-    digest = bodies.digest(s3.chunk_algorithm, body)
-    revision, _, _, seconds = place_chunk(s3, "s", 0, 0, body, digest, False)
+    sums = bodies.digests_of(s3.chunk_algorithms, body)
+    revision, _, _, seconds = place_chunk(s3, "s", 0, 0, body, sums, False)
     assert (revision, seconds is not None) == (1, True)
     assert object_bytes(server.client, bucket, key) == foreign
     assert object_bytes(server.client, bucket, s3.layout.chunk_key("s", 0, 1)) == data

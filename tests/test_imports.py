@@ -64,7 +64,7 @@ def test_the_supervisor_process_never_loads_the_s3_client():
     # `streamer run` imports the CLI, then the supervisor; uploaders import theirs after fork.
     loaded = loaded_by(
         "streamer.cli, streamer.supervisor.daemon",
-        "m.split('.')[0] in ('minio', 'urllib3', 'crc32c') "
+        "m.split('.')[0] in ('minio', 'urllib3', 'awscrt') "
         "or m in ('streamer.uploader', 'streamer.chunkstore', 'streamer.s3client')",
     )
     assert loaded == "[]"

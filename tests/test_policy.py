@@ -2,12 +2,13 @@ import hashlib
 import threading
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.config import Config
-from streamer.digests import SHA256, of
+from streamer.digests import CRC64NVME, of
 from streamer.messages import Finish
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
@@ -147,22 +148,22 @@ SECOND = 1_000_000_000
 
 
 def fed(prefix: PrefixHash, index: int, offset: int, part: bytes) -> str:
-    """Feed chunk `index` as a sender thread does, in its turn; return its sha256."""
+    """Feed chunk `index` as a sender thread does, in its turn; return its crc64nvme."""
     whole = prefix.take_turn(index, offset)
     whole.update(part)
-    digest = of(SHA256, part)
-    prefix.fed(index, len(part), digest)
-    return digest.value
+    crc = of(CRC64NVME, part).value
+    prefix.fed(index, len(part), crc)
+    return crc
 
 
 def test_the_prefix_hash_is_fed_in_turn_and_holds_for_the_digests_it_was_fed():
     data = bytes(range(256)) * 40
     parts = [(0, 0, data[:4000]), (1, 4000, data[4000:8000]), (2, 8000, data[8000:])]
     prefix = PrefixHash()
-    order, sha256s = [], {}
+    order, crcs = [], {}
 
     def send(index: int, offset: int, part: bytes) -> None:
-        sha256s[offset] = fed(prefix, index, offset, part)
+        crcs[offset] = fed(prefix, index, offset, part)
         order.append(offset)
 
     later = [threading.Thread(target=send, args=part) for part in reversed(parts[1:])]
@@ -172,17 +173,17 @@ def test_the_prefix_hash_is_fed_in_turn_and_holds_for_the_digests_it_was_fed():
     for thread in later:
         thread.join()
     assert order == [0, 4000, 8000]  # each waited for the bytes before its own
-    chunks = [chunk_record(o, len(p), sha256=sha256s[o]) for _, o, p in parts]
+    chunks = [chunk_record(o, len(p), crc64nvme=crcs[o]) for _, o, p in parts]
     state = prefix.state(chunks)
     assert state.hexdigest() == hashlib.sha256(data).hexdigest()
     state.update(b"tail")  # a copy: going on with it leaves the prefix as it was
     assert prefix.state(chunks).hexdigest() == hashlib.sha256(data).hexdigest()
     assert prefix.state(chunks[:2]) is None  # it holds more than those
-    other = chunk_record(4000, 4000, sha256=of(SHA256, b"other bytes").value)
+    other = chunk_record(4000, 4000, crc64nvme=of(CRC64NVME, b"other bytes").value)
     assert prefix.state([chunks[0], other, chunks[2]]) is None  # S3 holds other bytes
-    prefix.seen(4000, of(SHA256, parts[1][2]))  # read again, the same bytes
+    prefix.seen(4000, of(CRC64NVME, parts[1][2]).value)  # read again, the same bytes
     assert prefix.state(chunks) is not None
-    prefix.seen(4000, of(SHA256, b"rewritten"))  # read again, other bytes
+    prefix.seen(4000, of(CRC64NVME, b"rewritten").value)  # read again, other bytes
     assert prefix.state(chunks) is None
 
 
@@ -328,7 +329,7 @@ def test_a_survey_made_ahead_is_used_only_while_it_holds_and_its_sha256_is_known
     first = fed(sent, 0, 0, data[:200])
     mtime = 7 * SECOND
     head = chunk_record(
-        0, 200, sha256=first, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
+        0, 200, crc64nvme=first, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
     )
     ahead = Survey(size=300, mtime_ns=mtime, sha256=None, stale=[], drop_from=None, checked=1)
     finish = Finish(stream_id="s", size=300, mtime_ns=mtime)
@@ -340,27 +341,31 @@ def test_a_survey_made_ahead_is_used_only_while_it_holds_and_its_sha256_is_known
     # The tail not sent yet: its sha256 is not known.
     assert still_holds(ahead, finish, [head], sent) is None
     last = fed(sent, 1, 200, data[200:])
-    tail = chunk_record(200, 100, sha256=last, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime)
+    tail = chunk_record(
+        200, 100, crc64nvme=last, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime
+    )
     used = still_holds(ahead, finish, [head, tail], sent)
     assert used.sha256 == hashlib.sha256(data).hexdigest() and used.stale == ahead.stale
     assert still_holds(used, finish, [head, tail], None) is used
     # A chunk the survey did not compare, read before the file's last write: its bytes
     # may have been rewritten since (a recorder that went on after the survey was planned).
     early = chunk_record(
-        200, 100, sha256=last, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
+        200, 100, crc64nvme=last, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
     )
     assert still_holds(used, finish, [head, early], None) is None
-    sent.seen(200, of(SHA256, b"y" * 100))  # the tail read again, rewritten: not the file's
+    sent.seen(
+        200, of(CRC64NVME, b"y" * 100).value
+    )  # the tail read again, rewritten: not the file's
     assert still_holds(ahead, finish, [head, tail], sent) is None
     assert still_holds(ahead, finish, [head, tail], None) is None
 
 
-def chunk_record(offset: int, size: int, sha256: str = "", **read) -> ChunkRecord:
+def chunk_record(offset: int, size: int, crc64nvme: str = "", **read) -> ChunkRecord:
     return ChunkRecord(
         index=offset // 200,
         offset=offset,
         size=size,
-        sha256=sha256,
+        crc64nvme=crc64nvme,
         etag="",
         uploaded_at=datetime.now(UTC),
         **read,
@@ -385,3 +390,26 @@ def test_a_failing_stream_is_parked_until_due_and_stuck_after_a_while_or_at_once
     assert stream_condition(40.0, 99.0, False, now=100.0, stuck_after=60.0) == "stuck"
     assert stream_condition(40.0, 105.0, False, now=100.0, stuck_after=60.0) == "stuck"
     assert stream_condition(99.0, 130.0, True, now=100.0, stuck_after=60.0) == "stuck"
+
+
+def test_without_the_file_s_sha256_a_survey_made_ahead_holds_without_one():
+    from streamer.config import Config, IntegrityConfig
+    from streamer.uploader.survey import wants_sha256
+
+    mtime = 7 * SECOND
+    head = chunk_record(
+        0, 200, crc64nvme="0" * 16, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
+    )
+    tail = chunk_record(
+        200, 100, crc64nvme="1" * 16, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime
+    )
+    ahead = Survey(size=300, mtime_ns=mtime, sha256=None, stale=[], drop_from=None, checked=1)
+    finish = Finish(stream_id="s", size=300, mtime_ns=mtime)
+    assert still_holds(ahead, finish, [head, tail], None) is None, "a sha256 is wanted"
+    assert still_holds(ahead, finish, [head, tail], None, sha256=False) is ahead
+    off = Config(integrity=IntegrityConfig(file_sha256=False))
+    assert not wants_sha256(off, [head, tail])
+    # A chunk from before crc64nvme: the whole cannot be combined, so its sha256 is taken.
+    older = chunk_record(200, 100, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime)
+    assert wants_sha256(off, [head, msgspec.structs.replace(older, crc64nvme=None)])
+    assert wants_sha256(Config(), [head, tail])

@@ -82,6 +82,20 @@ def test_another_recording_is_never_written_over():
         reconciled_record(COMPLETE, msgspec.structs.replace(COMPLETE, stream_id="cam-2"))
 
 
+def test_without_the_file_s_sha256_another_recording_is_told_by_its_crc64nvme():
+    ours = msgspec.structs.replace(COMPLETE, sha256=None, crc64nvme="1" * 16)
+    theirs = msgspec.structs.replace(ours, crc64nvme="2" * 16)
+    with pytest.raises(OtherRecording, match="crc64nvme:2222"):
+        reconciled_record(ours, theirs)
+    with pytest.raises(OtherRecording):
+        reconciled_record(msgspec.structs.replace(ours, sha256="ab" * 32), theirs)
+    assert reconciled_record(ours, msgspec.structs.replace(ours, source=COMPLETE.source)) == ours
+    # A partial record holds fewer bytes: its CRC is not the whole's.
+    partial = msgspec.structs.replace(PARTIAL, crc64nvme="3" * 16)
+    assert reconciled_record(partial, ours) == ours
+    assert reconciled_record(ours, msgspec.structs.replace(ours, total_size=200)) == ours
+
+
 def test_a_store_brought_up_to_s3_s_record_holds_what_it_says():
     behind = finished(
         StreamState.ACTIVE,

@@ -195,7 +195,8 @@ class Doctor:
             left = self.clean_up(s3, [key])
         if left and not self.config.stream.keep_chunks:
             raise Problem(f"{left}; stream.keep_chunks off deletes chunks: allow DeleteObject")
-        checked = "; S3 refuses crc32c: chunks go with sha256" if s3.crc32c_refused else ""
+        refused = s3.checksum_refused
+        checked = f"; S3 refuses {refused}: chunks go with {s3.checksum}" if refused else ""
         return "written and read back" + (f"; {left}" if left else ", and deleted") + checked
 
     def conditional(self, s3) -> str:
@@ -305,4 +306,4 @@ def rejected_hint() -> str:
 def put_scratch(s3, key: str, data: bytes) -> str:
     """A scratch object put as a chunk is (its checksum, unsigned over https); its ETag."""
     body = InMemory(data)
-    return s3.put_chunk(key, body, bodies.digest(s3.chunk_algorithm, body), None)[0]
+    return s3.put_chunk(key, body, bodies.digests_of(s3.chunk_algorithms, body), None)[0]

@@ -25,6 +25,7 @@ from streamer.cli.common import (
     s3_errors,
 )
 from streamer.config import Config
+from streamer.digests import CRC64NVME, SHA256
 from streamer.logs import describe
 
 EXIT_MISSING = 1  # a chunk missing or not its bytes; no such stream
@@ -279,7 +280,8 @@ def restore(
                     "size": restored.size,
                     "pieces": restored.pieces,
                     "reused": restored.reused,
-                    "sha256": restored.sha256,
+                    **{a: None for a in (SHA256, CRC64NVME)},
+                    restored.digest.algorithm: restored.digest.value,
                     "cut": restored.cut,
                     "stopped": stopped,
                 }
@@ -289,7 +291,8 @@ def restore(
         reused = f", {restored.reused} already there" if restored.reused else ""
         click.echo(
             f"{stream_id}: {stream.status}, {display.size(restored.size)} in "
-            f"{display.counted(restored.pieces, 'piece')}{reused}, sha256 {restored.sha256} -> "
+            f"{display.counted(restored.pieces, 'piece')}{reused}, "
+            f"{restored.digest.algorithm} {restored.digest.value} -> "
             f"{'stdout' if to_stdout else output}",
             err=to_stdout,
         )

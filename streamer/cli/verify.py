@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -10,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import click
 import msgspec
 
-from streamer import bodies, manifest
+from streamer import bodies, digests, manifest
 from streamer.audit import assembled_problem, chunk_problems
 from streamer.cli import display
 from streamer.cli.common import (
@@ -118,7 +117,7 @@ def verify_stream(
                 s3,
                 look="stored" if quick else "bytes",
                 progress=progress,
-                sha256=record.sha256,
+                whole=record.whole,
             )
         if finished:
             verdict.problems += manifest_problems(s3, record, chunks)
@@ -131,10 +130,11 @@ def verify_stream(
         return verdict
     try:
         if file_unchanged(record):
-            # A crc32c proves less than a sha256: the whole file's, hashed in the same
-            # pass over the file, proves the rest.
+            # A CRC proves less than a sha256: the whole file's, hashed in the same pass
+            # over the file, proves the rest.
             by_crc = any(c.digest.algorithm != SHA256 for c in chunks)
-            whole = hashlib.sha256() if by_crc and record.sha256 else None
+            expected = record.whole
+            whole = digests.hasher(expected.algorithm) if by_crc and expected else None
             also = () if whole is None else (whole,)
             verdict.problems += [
                 f"chunk {c.index}: the file's bytes differ from S3's"
@@ -142,8 +142,10 @@ def verify_stream(
                 if bodies.digest(c.digest.algorithm, Span(record, c.offset, c.size), *also)
                 != c.digest
             ]
-            if whole is not None and not verdict.problems and whole.hexdigest() != record.sha256:
-                verdict.problems.append("the file's bytes are not the stream's (sha256)")
+            if whole is not None and not verdict.problems and whole.hexdigest() != expected.value:
+                verdict.problems.append(
+                    f"the file's bytes are not the stream's ({expected.algorithm})"
+                )
     except OSError as exc:  # not readable by this user, or deleted meanwhile
         verdict.error = f"cannot read its file {record.path}: {describe(exc)}"
     return verdict
@@ -165,12 +167,13 @@ def manifest_problems(s3, record: StreamRecord, chunks: list[ChunkRecord]) -> li
             ("status", stored.status, expected.status),
             ("total_size", stored.total_size, expected.total_size),
             ("sha256", stored.sha256, expected.sha256),
+            ("crc64nvme", stored.crc64nvme, expected.crc64nvme),
             ("chunk_count", stored.chunk_count, expected.chunk_count),
         )
         if got != want
     ]
-    listed = [(c.index, c.key, c.size, c.digest, c.etag) for c in stored.chunks]
-    recorded = [(c.index, c.key, c.size, c.digest, c.etag) for c in expected.chunks]
+    listed = [(c.index, c.key, c.size, c.digest, c.crc64nvme, c.etag) for c in stored.chunks]
+    recorded = [(c.index, c.key, c.size, c.digest, c.crc64nvme, c.etag) for c in expected.chunks]
     if listed != recorded:
         problems.append("metadata.json lists other chunks than the checkpoint records")
     return problems

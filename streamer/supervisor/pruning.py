@@ -36,7 +36,7 @@ class Pruning:
         self.waiting.update((r.stream_id, 0.0) for r in records if prunable(r))
 
     def finished(self, stream_id: str, now: float) -> None:
-        """A stream just finished: pruned next if it may be (assembled, its sha256 known);
+        """A stream just finished: pruned next if it may be (assembled, its digest known);
         asking for one that may not would only be answered "kept"."""
         record = self.ctx.store.find_stream(stream_id) if self.enabled else None
         if record is not None and prunable(record):

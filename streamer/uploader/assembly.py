@@ -13,6 +13,7 @@ import msgspec
 
 from streamer import metrics, mp4, naming
 from streamer.chunkstore import ABSENT, PartSource, UploadGone
+from streamer.digests import Digest
 from streamer.fileio import HashingReader, SourceChanged, open_regular
 from streamer.logs import describe
 from streamer.messages import Finish
@@ -178,16 +179,16 @@ class Assembler:
         record: StreamRecord,
         chunks: list[ChunkRecord],
         finish: Finish,
-        sha256: str,
+        whole: Digest,
         kind: str,
         log_fields: dict,
     ) -> Assembled:
         """The whole recording as one object: joined in S3 from the chunks where S3 allows
         (finishing the upload the chunks were copied into while live), else streamed from
-        the file (checked against the sha256 just computed)."""
+        the file (checked against `whole`, its digest, as it is read)."""
         s3 = self.ctx.s3
         key = self.assembled_key(record)
-        basis = (key, sha256, tuple((c.index, c.revision, c.etag) for c in chunks))
+        basis = (key, whole, tuple((c.index, c.revision, c.etag) for c in chunks))
         if (reused := self.still_proven(record.stream_id, basis)) is not None:
             self.ctx.log.info("assembled_object_reused", **log_fields, key=key, etag=reused.etag)
             return reused
@@ -205,10 +206,10 @@ class Assembler:
         else:
             ahead = 0
             with open_regular(record.path) as f:
-                reader = HashingReader(f)
+                reader = HashingReader(f, whole.algorithm)
                 etag = s3.put_stream(key, reader, finish.size, kind, expect)
             self.made[record.stream_id] = etag
-            if reader.hexdigest() != sha256:
+            if reader.hexdigest() != whole.value:
                 raise SourceChanged(f"{record.path} changed while it was being assembled")
         self.abort_strays(key, log_fields)
         self.ctx.log.info(

@@ -21,14 +21,14 @@ from streamer.logs import describe
 from streamer.messages import Finish, FinishDeclined, StreamFinished
 from streamer.policy import UploadChunk, final_status
 from streamer.publishing import Published, publish
-from streamer.records import ChunkRecord, StreamRecord
+from streamer.records import ChunkRecord, StreamRecord, whole_crc64nvme, whole_digest
 from streamer.uploader.assembly import Assembler, content_type
 from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.ledger import Ledger
 from streamer.uploader.reports import Finished, PrefixHash, Sent, Survey
 from streamer.uploader.sending import digest_chunk, place_chunk
-from streamer.uploader.survey import Surveyor, still_holds, survey
+from streamer.uploader.survey import Surveyor, still_holds, survey, wants_sha256
 
 
 def bring_up(
@@ -147,7 +147,8 @@ class Completion:
         nor the jobs: `finished` records the outcome."""
         check_still_idle(record.path, finish)
         granularity = self.ctx.granularity_of(record.path)
-        quiet = still_holds(quiet, finish, chunks, sent_hash, granularity)
+        take_sha256 = wants_sha256(self.ctx.config, chunks)
+        quiet = still_holds(quiet, finish, chunks, sent_hash, granularity, take_sha256)
         if quiet is None:
             quiet = survey(
                 record,
@@ -157,6 +158,7 @@ class Completion:
                 sent_hash,
                 self.ctx.buffers,
                 granularity_ns=granularity,
+                sha256=take_sha256,
             )
             self.surveyor.log(quiet, while_quiet=False, log_fields=log_fields)
         revised = self.reconcile(record, chunks, quiet, log_fields)
@@ -171,7 +173,8 @@ class Completion:
         assembled = None
         if self.ctx.config.stream.assemble:
             kind = content_type(facts.is_mp4)
-            assembled = self.assembler.assemble(record, final, finish, sha256, kind, log_fields)
+            whole = whole_digest(sha256, final)
+            assembled = self.assembler.assemble(record, final, finish, whole, kind, log_fields)
             check_still_idle(record.path, finish)
         return Finished(finish, sha256, revised, drop_from, facts, assembled)
 
@@ -206,7 +209,7 @@ class Completion:
         # A crash after an earlier re-upload's PUT may have left its bytes at that key.
         revision = max(old.revision + 1, record.min_revision)
         revision, etag, digest, seconds = place_chunk(
-            s3, record.stream_id, old.index, revision, first.body, first.digest, probe=True
+            s3, record.stream_id, old.index, revision, first.body, first.sums, probe=True
         )
         if seconds is not None:
             metrics.BYTES_UPLOADED.inc(len(span))
@@ -220,7 +223,7 @@ class Completion:
             reason=reason,
         )
         chunk = UploadChunk(old.index, old.offset, len(span))
-        sent = Sent(chunk, revision, digest, etag, first.head, seconds, None, None)
+        sent = Sent(chunk, revision, digest, first.crc64nvme, etag, first.head, seconds, None, None)
         return sent.record(reason), first.head
 
     def finished(self, job: Job, future: Future, now: float) -> None:
@@ -279,8 +282,9 @@ class Completion:
         ctx = self.ctx
         completion["completed_at"] = datetime.now(UTC)
         completion["assembly"] = None  # completed, or aborted
-        done = msgspec.structs.replace(job.record, **completion)
         chunks = ctx.store.chunks(job.stream_id)
+        completion["crc64nvme"] = whole_crc64nvme(chunks)
+        done = msgspec.structs.replace(job.record, **completion)
         job.finishing = ctx.submit(
             "finisher",
             job,

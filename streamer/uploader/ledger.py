@@ -17,7 +17,7 @@ from streamer.uploader.reports import Sent
 class Ledger:
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self.told_crc32c_refused = False
+        self.told_checksum_refused = False
 
     def chunk_returned(self, job: Job, index: int, future: Future, now: float) -> None:
         """A chunk came back from its sender thread. A failed one is sent again after the
@@ -58,12 +58,15 @@ class Ledger:
             "size": chunk.size,
             "digest": str(sent.digest),
         }
-        if ctx.s3.crc32c_refused and not self.told_crc32c_refused:
-            self.told_crc32c_refused = True
+        refused = ctx.s3.checksum_refused
+        if refused and not self.told_checksum_refused:
+            self.told_checksum_refused = True
             ctx.log.warning(
-                "crc32c_refused",
-                message="S3 refuses x-amz-checksum-crc32c: chunks go with their sha256 signed "
-                "instead, which costs a sha256 of every byte",
+                "checksum_refused",
+                refused=refused,
+                checksum=ctx.s3.checksum,
+                message=f"S3 refuses x-amz-checksum-{refused}: chunks go with the next "
+                "checksum it takes (sha256 is signed, and costs a sha256 of every byte)",
             )
         if sent.seconds is None:
             ctx.log.info("chunk_found_in_s3", **fields)

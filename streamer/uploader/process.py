@@ -345,7 +345,11 @@ class Uploader:
         job = Job(
             record=record,
             probe_below=record.chunk_count + ctx.window,
-            sent_hash=PrefixHash() if record.chunk_count == 0 else None,
+            sent_hash=(
+                PrefixHash()
+                if record.chunk_count == 0 and ctx.config.integrity.file_sha256
+                else None
+            ),
             log_fields={"stream_id": stream_id},
         )
         if record.chunk_count:

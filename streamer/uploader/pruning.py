@@ -1,6 +1,7 @@
 """Deleting a finished stream's chunk objects (stream.keep_chunks off), as the supervisor
 asks: only once its assembled object is in S3 with the stream's size and ETag and its
-bytes read back hash to the stream's sha256. Every object under the stream's chunks/
+bytes read back hash to the stream's digest (its sha256, or with integrity.file_sha256
+off the crc64nvme of its chunks together). Every object under the stream's chunks/
 goes (older revisions too), then metadata.json says so, then the checkpoint records it;
 the supervisor is always answered."""
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from streamer import mp4
-from streamer.digests import Digest
+from streamer.digests import CRC64NVME, Digest
 from streamer.messages import Finish
 from streamer.policy import UploadChunk
 from streamer.records import Assembled, AssemblyUpload, ChunkRecord
@@ -27,7 +27,8 @@ class Sent:
 
     chunk: UploadChunk
     revision: int
-    digest: Digest
+    digest: Digest  # what S3 checked it by
+    crc64nvme: str  # taken on the same pass, whatever it was sent with
     etag: str
     head: bytes | None  # the file's first bytes, with chunk 0
     seconds: float | None  # None: found in S3 already, not sent again
@@ -40,7 +41,7 @@ class Sent:
             index=self.chunk.index,
             offset=self.chunk.offset,
             size=self.chunk.size,
-            **{self.digest.algorithm: self.digest.value},
+            **{CRC64NVME: self.crc64nvme, self.digest.algorithm: self.digest.value},
             etag=self.etag,
             uploaded_at=datetime.now(UTC),
             revision=self.revision,
@@ -54,16 +55,16 @@ class PrefixHash:
     """sha256 of a file's first `size` bytes, fed by the sender threads in chunk order, on
     their first pass over a chunk (the one that digests it): a thread waits its turn, until
     the chunks before its own are fed, so the first passes of one stream run one after
-    another while its sends overlap. It keeps the digest each chunk was fed with, and holds
-    for a list of chunks only if those are the digests S3 holds them by. A chunk read again
-    with other bytes (sent again after its file was rewritten), a chunk that does not
-    start where the bytes fed end, or a turn not finished, breaks it: completion then
-    hashes the file itself."""
+    another while its sends overlap. It keeps the crc64nvme each chunk was fed with, and
+    holds for a list of chunks only if those are the ones they were committed with. A
+    chunk read again with other bytes (sent again after its file was rewritten), a chunk
+    that does not start where the bytes fed end, or a turn not finished, breaks it:
+    completion then hashes the file itself."""
 
     def __init__(self, wait_s: float = TURN_WAIT_S):
         self._turns = threading.Condition()
         self._sha256 = hashlib.sha256()
-        self._fed: dict[int, Digest] = {}
+        self._fed: dict[int, str] = {}  # crc64nvme, by offset
         self._wait_s = wait_s
         self._feeding = False  # a turn is taken: the sha256 is part way through a chunk
         self.next_index = 0
@@ -86,9 +87,9 @@ class PrefixHash:
             self._feeding = True
             return self._sha256
 
-    def fed(self, index: int, size: int, digest: Digest) -> None:
+    def fed(self, index: int, size: int, crc64nvme: str) -> None:
         with self._turns:
-            self._fed[self.size] = digest
+            self._fed[self.size] = crc64nvme
             self.size += size
             self.next_index = index + 1
             self._feeding = False
@@ -100,10 +101,10 @@ class PrefixHash:
         with self._turns:
             self._break()
 
-    def seen(self, offset: int, digest: Digest) -> None:
+    def seen(self, offset: int, crc64nvme: str) -> None:
         """A chunk fed before was read again: with other bytes, the hash no longer holds."""
         with self._turns:
-            if self._fed.get(offset) != digest:
+            if self._fed.get(offset) != crc64nvme:
                 self._break()
 
     def _break(self) -> None:
@@ -116,7 +117,7 @@ class PrefixHash:
         exactly those; else None."""
         with self._turns:
             held = not (self.broken or self._feeding) and self.size == sum(c.size for c in chunks)
-            if held and all(self._fed.get(c.offset) == c.digest for c in chunks):
+            if held and all(self._fed.get(c.offset) == c.crc64nvme for c in chunks):
                 return self._sha256.copy()
             return None
 

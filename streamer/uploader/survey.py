@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from streamer import bodies
 from streamer.buffers import BufferPool
+from streamer.config import Config
 from streamer.digests import SHA256
 from streamer.fileio import Span, stat_source
 from streamer.logs import describe
@@ -29,22 +30,30 @@ def still_holds(
     chunks: list[ChunkRecord],
     sent: PrefixHash | None,
     granularity_ns: int = 0,
+    sha256: bool = True,
 ) -> Survey | None:
-    """The survey made ahead, with its sha256, if the file is still what it surveyed and
-    every chunk committed since was read after its last write; else None: survey it now."""
+    """The survey made ahead, with its sha256 (if `sha256`: one is wanted), if the file is
+    still what it surveyed and every chunk committed since was read after its last write;
+    else None: survey it now."""
     if survey is None or not survey.holds(finish):
         return None
     later = chunks[survey.checked :]
     final = finish.mtime_ns
     if not all(settled(c.read_at_ns, c.read_mtime_ns, final, granularity_ns) for c in later):
         return None
-    if survey.sha256 is not None:
+    if survey.sha256 is not None or not sha256:
         return survey
     # The tail has been sent since: the sender threads' sha256 is the file's, if they fed
     # it these chunks' bytes, in order.
     covers = sum(c.size for c in chunks) == finish.size
     whole = sent.state(chunks) if sent and covers else None
     return replace(survey, sha256=whole.hexdigest()) if whole else None
+
+
+def wants_sha256(config: Config, chunks: list[ChunkRecord]) -> bool:
+    """Is the whole file's sha256 taken? With integrity.file_sha256, and for a stream with
+    chunks from before crc64nvme, whose whole cannot be combined from its chunks'."""
+    return config.integrity.file_sha256 or any(c.crc64nvme is None for c in chunks)
 
 
 def survey(
@@ -56,15 +65,16 @@ def survey(
     buffers: BufferPool,
     ahead: bool = False,
     granularity_ns: int = 0,
+    sha256: bool = True,
 ) -> Survey:
     """Compare the uploaded chunks with the file, of `size` bytes last written at
     `mtime_ns`. Chunks read after that write are known to hold its bytes (not read
-    again); the file's sha256 is taken on from what the sender threads hashed, if the
-    file still holds what they sent: one pass over the file instead of two. `ahead`:
-    the tail is still to be sent."""
+    again); the file's sha256 (if `sha256`: one is wanted) is taken on from what the
+    sender threads hashed, if the file still holds what they sent: one pass over the file
+    instead of two. `ahead`: the tail is still to be sent."""
     covered = sum(c.size for c in chunks)
     prefix = sent_hash.state(chunks) if sent_hash and covered <= size else None
-    whole = None if prefix else hashlib.sha256()
+    whole = None if prefix or not sha256 else hashlib.sha256()
     also = () if whole is None else (whole,)
     stale, drop_from = [], None
     for chunk in chunks:
@@ -81,19 +91,21 @@ def survey(
             stale.append((chunk.index, "file shrank"))
         if shrank or known:
             bodies.feed(span, *also)
-        elif bodies.digest(chunk.digest.algorithm, span, *also) != chunk.digest:
+        elif bodies.digest(chunk.quick_digest.algorithm, span, *also) != chunk.quick_digest:
             stale.append((chunk.index, "bytes changed after upload"))
-    if whole is None and stale:
+    if not sha256:
+        digest = None
+    elif whole is None and stale:
         # What was sent is no longer the file.
-        sha256 = bodies.digest(SHA256, Span(record, 0, size, buffers)).value
+        digest = bodies.digest(SHA256, Span(record, 0, size, buffers)).value
     elif whole is None and ahead:
-        sha256 = None
+        digest = None
     else:
         whole = prefix if whole is None else whole
         if covered < size:  # the tail, not uploaded yet
             bodies.feed(Span(record, covered, size - covered, buffers), whole)
-        sha256 = whole.hexdigest()
-    return Survey(size, mtime_ns, sha256, stale, drop_from, checked=len(chunks))
+        digest = whole.hexdigest()
+    return Survey(size, mtime_ns, digest, stale, drop_from, checked=len(chunks))
 
 
 class Surveyor:
@@ -151,6 +163,7 @@ class Surveyor:
             self.ctx.buffers,
             ahead=True,
             granularity_ns=self.ctx.granularity_of(record.path),
+            sha256=wants_sha256(self.ctx.config, chunks),
         )
         st = stat_source(record.path)
         return quiet if (st.st_size, st.st_mtime_ns) == planned else None
