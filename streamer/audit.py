@@ -72,13 +72,20 @@ def stored_digest(s3: ChunkStore, key: str) -> Digest | None:
     return found.digest if found is not None else None
 
 
-def assembled_problem(record: StreamRecord, s3: ChunkStore, read_back: bool = False) -> str | None:
+def assembled_problem(
+    record: StreamRecord,
+    s3: ChunkStore,
+    look: Literal["stat", "checksum", "bytes"] = "stat",
+) -> str | None:
     """What keeps the stream's assembled object in S3 from being the one made: there, with
-    the stream's size and the recorded ETag, and, `read_back`, bytes hashing to the
-    stream's digest (its sha256, or the crc64nvme of its chunks, where either is known);
-    None if nothing does."""
+    the stream's size and the recorded ETag; None if nothing does. `look` says how deep:
+    that alone; or also the crc64nvme S3 keeps of it, where S3 checked its bytes against
+    the chunks' as it joined them (else as `bytes`); or also its bytes read back, hashing
+    to the stream's digest (its sha256, or the crc64nvme of its chunks, where either is
+    known)."""
     assembled = record.assembled
-    found = s3.stat(assembled.key)
+    by_s3 = look == "checksum" and record.checked_by_s3
+    found = s3.stat(assembled.key, checksum=by_s3)
     if found is None:
         return f"the assembled object is missing from S3 ({assembled.key})"
     if (found.size, found.etag) != (assembled.size, assembled.etag) or (
@@ -88,8 +95,12 @@ def assembled_problem(record: StreamRecord, s3: ChunkStore, read_back: bool = Fa
             f"the assembled object in S3 is not the one made: {found.size} bytes, ETag "
             f"{found.etag} (recorded: {assembled.size} bytes, ETag {assembled.etag})"
         )
+    if by_s3:
+        if found.crc64nvme != record.crc64nvme:
+            return f"the assembled object's crc64nvme in S3 is not the stream's ({assembled.key})"
+        return None
     whole = record.whole
-    if not (read_back and whole):
+    if look == "stat" or whole is None:
         return None
     from streamer.chunkstore import Taken  # here: the admin commands load audit without it
 

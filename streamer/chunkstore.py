@@ -6,6 +6,7 @@ A ChunkStore holds a client (`s3client`); build it in the process that uses it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import count
 from typing import BinaryIO
+from xml.etree import ElementTree as ET
 
 from minio.commonconfig import ComposeSource
 from minio.datatypes import CompleteMultipartUploadResult
 from minio.error import S3Error
 from minio.helpers import genheaders, get_part_info, md5sum_hash
-from minio.xml import Element, SubElement, getbytes
+from minio.xml import Element, SubElement, findtext, getbytes
 
 from streamer import bodies, digests, s3client
 from streamer.bandwidth import TokenBucket
@@ -36,6 +38,11 @@ TAGS_REFUSED = ("NotImplemented", "AccessDenied", "InvalidArgument", "InvalidReq
 # What a server says to a checksum algorithm it does not know.
 CHECKSUM_REFUSED = ("NotImplemented", "InvalidArgument", "InvalidRequest")
 
+
+# What asks S3 to keep one crc64nvme of a whole object joined from parts.
+CHECKSUM_ALGORITHM = "x-amz-checksum-algorithm"
+CHECKSUM_TYPE = "x-amz-checksum-type"
+FULL_OBJECT = "FULL_OBJECT"
 
 # As the `expect` of a write: no object at the key (else, the ETag of the one there).
 ABSENT = ""
@@ -58,6 +65,8 @@ class StoredObject:
     etag: str
     digest: Digest | None  # what streamer stored it with, if anything
     modified: datetime | None = None
+    # The crc64nvme of its bytes S3 keeps (asked for by `stat(key, checksum=True)`)
+    crc64nvme: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,13 +85,25 @@ class UploadGone(Exception):
 
 @dataclass(frozen=True)
 class PartSource:
-    """An object to copy into a multipart upload as a part, pinned to its ETag; `copied`
-    is the part's ETag if it is in the upload already."""
+    """An object to copy into a multipart upload as a part, pinned to its ETag, with its
+    crc64nvme (None: not known); `copied` is the part's ETag if it is in the upload
+    already."""
 
     key: str
     size: int
     etag: str
+    crc64nvme: str | None = None
     copied: str | None = None
+
+
+class CopiesUnchecked(Exception):
+    """The server will not copy a part into an upload that asked for a whole-object
+    crc64nvme (MinIO: its copies carry no checksum): nothing was copied, and uploads begun
+    from now on ask for none."""
+
+
+class PartDiffers(Exception):
+    """S3 copied a part whose crc64nvme is not its source's as recorded."""
 
 
 @contextlib.contextmanager
@@ -119,6 +140,9 @@ class ChunkStore:
         # the next. sha256 is the last, and is then signed.
         self._checksums = (CRC64NVME, SHA256) if self._signs else (CRC64NVME, CRC32C, SHA256)
         self._checksum = self._checksums[0]
+        # Uploads that join chunks ask S3 to check the whole object's crc64nvme against
+        # its parts', until the server refuses to copy a part into one.
+        self._checked_copies = True
         self._client = s3client.client(config, connections)
 
     def ensure_bucket(self, create: bool) -> bool:
@@ -379,54 +403,110 @@ class ChunkStore:
             self._client.remove_object(self.bucket, key)  # checked by the HEAD alone
         return True
 
-    def begin_upload(self, key: str, content_type: str) -> str:
-        """Start a multipart upload to `key`; return its upload id."""
-        headers = genheaders({"Content-Type": content_type}, self._sse, None, None, False)
-        return self._client._create_multipart_upload(self.bucket, key, headers)
+    @property
+    def checks_copies(self) -> bool:
+        """Does an upload that joins chunks ask S3 to check the whole's crc64nvme?"""
+        return self._checked_copies and self._checksum == CRC64NVME
 
-    def copy_part(self, key: str, upload_id: str, number: int, part: PartSource) -> str:
+    def begin_upload(self, key: str, content_type: str, checked: bool = False) -> str:
+        """Start a multipart upload to `key`; return its upload id. `checked`: S3 is to
+        take a crc64nvme of each part and check the whole object's against them."""
+        headers = genheaders({"Content-Type": content_type}, self._sse, None, None, False)
+        if checked:
+            headers[CHECKSUM_ALGORITHM] = "CRC64NVME"
+            headers[CHECKSUM_TYPE] = FULL_OBJECT
+        try:
+            return self._client._create_multipart_upload(self.bucket, key, headers)
+        except S3Error as exc:
+            if not checked or exc.code not in CHECKSUM_REFUSED:
+                raise
+        self._checked_copies = False
+        return self.begin_upload(key, content_type)
+
+    def copy_part(
+        self, key: str, upload_id: str, number: int, part: PartSource, checked: bool = False
+    ) -> str:
         """Copy `part`'s source object, pinned to its ETag, into the upload as part
-        `number`; return the part's ETag."""
+        `number`; return the part's ETag. `checked`: the upload asked for a whole-object
+        crc64nvme, and the part's, as S3 took it, must be its source's (PartDiffers)."""
         copy = ComposeSource(self.bucket, part.key)
         copy.build_headers(part.size, part.etag)
-        with _upload_gone_if_missing(upload_id):
-            etag, _ = self._client._upload_part_copy(
-                self.bucket, key, upload_id, number, copy.headers
+        try:
+            with _upload_gone_if_missing(upload_id):
+                response = self._client._execute(
+                    "PUT",
+                    self.bucket,
+                    key,
+                    headers=copy.headers,
+                    query_params={"partNumber": str(number), "uploadId": upload_id},
+                )
+        except S3Error as exc:
+            if not checked or exc.code not in CHECKSUM_REFUSED:
+                raise
+            self._checked_copies = False
+            raise CopiesUnchecked(
+                f"S3 copies no part into an upload that asks for a crc64nvme ({exc.message})"
+            ) from None
+        result = ET.fromstring(response.data.decode())
+        etag = findtext(result, "ETag", True).strip('"')
+        taken = findtext(result, "ChecksumCRC64NVME")
+        if checked and _hex(taken) != part.crc64nvme:
+            raise PartDiffers(
+                f"part {number} copied from {part.key} has crc64nvme {_hex(taken)}, its "
+                f"source {part.crc64nvme}"
             )
         return etag
 
     def complete_upload(
-        self, key: str, upload_id: str, etags: list[str], expect: str | None = None
+        self,
+        key: str,
+        upload_id: str,
+        etags: list[str],
+        expect: str | None = None,
+        crcs: list[str] | None = None,
     ) -> str:
         """Join the parts, numbered from 1 in the order given, into `key`; return its ETag.
         Parts of the upload not listed are discarded by S3. `expect`: as for `put`; an
-        object joined from these very parts there already is taken as written."""
+        object joined from these very parts there already is taken as written. `crcs`:
+        the parts' crc64nvme, and last the whole object's, for S3 to check (an upload
+        begun `checked`)."""
         if expect is not None and not self._conditional:
             self._check_holds(key, expect)
         try:
             with _upload_gone_if_missing(upload_id):
-                return self._complete(key, upload_id, etags, self._condition(expect))
+                return self._complete(key, upload_id, etags, self._condition(expect), crcs)
         except S3Error as exc:
             if expect is None or not self._conditional or exc.code != "NotImplemented":
                 raise
             self._conditional = False
-            return self.complete_upload(key, upload_id, etags, expect)
+            return self.complete_upload(key, upload_id, etags, expect, crcs)
         except Taken:
             etag = self._identical(key, multipart_etag(etags))
             self.abort_upload(key, upload_id)
             return etag
 
     def _complete(
-        self, key: str, upload_id: str, etags: list[str], condition: dict[str, str]
+        self,
+        key: str,
+        upload_id: str,
+        etags: list[str],
+        condition: dict[str, str],
+        crcs: list[str] | None,
     ) -> str:
-        """CompleteMultipartUpload as minio-py sends it, with the condition's headers."""
+        """CompleteMultipartUpload as minio-py sends it, with the condition's headers, and
+        the checksums of the parts and of the whole where `crcs` gives them."""
         element = Element("CompleteMultipartUpload")
         for number, etag in enumerate(etags, start=1):
             part = SubElement(element, "Part")
             SubElement(part, "PartNumber", str(number))
             SubElement(part, "ETag", f'"{etag}"')
+            if crcs:
+                SubElement(part, "ChecksumCRC64NVME", Digest(CRC64NVME, crcs[number - 1]).b64)
         body = getbytes(element)
         headers = {"Content-Type": "application/xml", "Content-MD5": md5sum_hash(body)}
+        if crcs:
+            headers["x-amz-checksum-crc64nvme"] = Digest(CRC64NVME, crcs[-1]).b64
+            headers[CHECKSUM_TYPE] = FULL_OBJECT
         try:
             response = self._client._execute(
                 "POST",
@@ -457,24 +537,37 @@ class ChunkStore:
         parts: list[PartSource],
         content_type: str,
         pool: Executor,
-        upload_id: str | None = None,
+        upload: tuple[str, bool] | None = None,
         expect: str | None = None,
-    ) -> str:
+        crc64nvme: str | None = None,
+    ) -> tuple[str, bool]:
         """Join `parts` (each but the last >= 5 MiB) into `key`: the parts not copied yet
-        are copied several at a time on `pool`, into `upload_id` or a new upload.
-        minio-py's compose_object would first stat every source and then copy one part at
-        a time: on a long recording most of the time to completion. So its multipart verbs
-        are used directly (minio is pinned to 7.2 for this). Raises UploadGone if
-        `upload_id` is no longer there. `expect`: as for `put`."""
-        fresh = upload_id is None
-        upload_id = upload_id or self.begin_upload(key, content_type)
+        are copied several at a time on `pool`, into `upload` (its id, and whether it was
+        begun checked) or a new upload. Returns the object's ETag, and whether S3 checked
+        its bytes against `crc64nvme`, the whole's: an upload begun checked, where the
+        server takes a crc64nvme of the parts it copies (versitygw and AWS S3 do; MinIO
+        does not, which raises CopiesUnchecked, and uploads are begun unchecked from then
+        on). minio-py's compose_object would first stat every source and then copy one
+        part at a time: on a long recording most of the time to completion. So its
+        multipart verbs are used directly (minio is pinned to 7.2 for this). Raises
+        UploadGone if `upload` is no longer there. `expect`: as for `put`."""
+        fresh = upload is None
+        wanted = crc64nvme is not None and all(p.crc64nvme for p in parts)
+        upload_id, checked = upload or (None, False)
+        if fresh:
+            checked = wanted and self.checks_copies
+            upload_id = self.begin_upload(key, content_type, checked)
+        elif checked and not wanted:
+            # S3 wants each part's checksum to complete it: parts from before crc64nvme.
+            raise CopiesUnchecked("the crc64nvme of a part (or of the whole) is not known")
 
         def part_etag(number: int, part: PartSource) -> str:
-            return part.copied or self.copy_part(key, upload_id, number, part)
+            return part.copied or self.copy_part(key, upload_id, number, part, checked)
 
         try:
             etags = list(pool.map(part_etag, count(1), parts))
-            return self.complete_upload(key, upload_id, etags, expect)
+            crcs = [*(p.crc64nvme for p in parts), crc64nvme] if checked else None
+            return self.complete_upload(key, upload_id, etags, expect, crcs), checked
         except BaseException:
             if fresh:  # an upload given is the caller's, and may be used again
                 with contextlib.suppress(Exception):
@@ -548,9 +641,12 @@ class ChunkStore:
             response.close()
             response.release_conn()
 
-    def stat(self, key: str) -> StoredObject | None:
+    def stat(self, key: str, checksum: bool = False) -> StoredObject | None:
+        """An object's size, ETag and stored digest; `checksum`: and the crc64nvme S3
+        keeps of its whole bytes, if it keeps one."""
+        asked = {"x-amz-checksum-mode": "ENABLED"} if checksum else None
         try:
-            info = self._client.stat_object(self.bucket, key)
+            info = self._client.stat_object(self.bucket, key, extra_headers=asked)
         except S3Error as exc:
             if exc.code in MISSING:
                 # minio-py's frames and this error form a reference cycle, which would keep
@@ -559,13 +655,23 @@ class ChunkStore:
                 exc.__traceback__ = None
                 return None
             raise
-        return StoredObject(info.size, info.etag, _stored_digest(info.metadata.items()))
+        headers = {k.lower(): v for k, v in info.metadata.items()}
+        whole = headers.get(CHECKSUM_TYPE, FULL_OBJECT) == FULL_OBJECT
+        crc = _hex(headers.get("x-amz-checksum-crc64nvme")) if whole else None
+        return StoredObject(
+            info.size, info.etag, _stored_digest(info.metadata.items()), crc64nvme=crc
+        )
 
 
 def _not_held(exc: S3Error, condition: dict[str, str]) -> bool:
     """Did a write fail because its condition does not hold? S3 answers an If-Match on a
     key that holds nothing with NoSuchKey."""
     return exc.code in PRECONDITION_FAILED or ("If-Match" in condition and exc.code in MISSING)
+
+
+def _hex(b64: str | None) -> str | None:
+    """A checksum as S3 gives it (base64) in hex, as streamer keeps it."""
+    return base64.b64decode(b64).hex() if b64 else None
 
 
 def multipart_etag(etags: list[str]) -> str:

@@ -42,10 +42,14 @@ class Digest(Struct, frozen=True):
             raise ValueError(f"not a digest: {text!r}")
         return cls(algorithm, value)
 
+    @property
+    def b64(self) -> str:
+        """Its value as S3 writes a checksum: base64 of its bytes."""
+        return base64.b64encode(bytes.fromhex(self.value)).decode()
+
     def header(self) -> tuple[str, str]:
         """The S3 checksum header that makes S3 check a body against this digest."""
-        value = base64.b64encode(bytes.fromhex(self.value)).decode()
-        return f"x-amz-checksum-{self.algorithm}", value
+        return f"x-amz-checksum-{self.algorithm}", self.b64
 
 
 def recorded(sha256: str | None, crc32c: str | None, crc64nvme: str | None = None) -> Digest | None:

@@ -19,6 +19,7 @@ SCHEMA_VERSION = 3
 # Who took the whole stream's crc64nvme: streamer, combining its chunks' (each checked by
 # S3 as it arrived), or S3, checking the assembled object's bytes against it.
 COMBINED_BY_STREAMER = "streamer"
+CHECKED_BY_S3 = "s3"
 
 
 class ManifestChunk(Struct, kw_only=True, omit_defaults=True):
@@ -119,7 +120,7 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
         total_size=record.total_size,
         sha256=record.sha256,
         crc64nvme=record.crc64nvme,
-        crc64nvme_checked_by=COMBINED_BY_STREAMER if record.crc64nvme is not None else None,
+        crc64nvme_checked_by=checked_by(record),
         chunk_size=record.chunk_size,
         chunk_count=len(chunks),
         reuploaded_chunks=record.reuploaded_chunks,
@@ -151,6 +152,13 @@ def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Ma
         ),
         mp4=record.mp4,
     )
+
+
+def checked_by(record: StreamRecord) -> str | None:
+    """Who took the stream's crc64nvme (None: nobody could)."""
+    if record.crc64nvme is None:
+        return None
+    return CHECKED_BY_S3 if record.checked_by_s3 else COMBINED_BY_STREAMER
 
 
 def to_records(

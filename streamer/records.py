@@ -91,6 +91,9 @@ class Assembled(Struct, frozen=True, kw_only=True):
     size: int
     etag: str
     method: str  # "compose" (server-side copy of the chunks) or "upload" (streamed from disk)
+    # The crc64nvme S3 checked the object's bytes against as it joined the parts (their
+    # crc64nvme, taken as it copied them), and keeps; None where it checked none.
+    crc64nvme: str | None = None
 
 
 class AssemblyUpload(Struct, frozen=True, kw_only=True):
@@ -101,6 +104,7 @@ class AssemblyUpload(Struct, frozen=True, kw_only=True):
     key: str
     upload_id: str
     content_type: str
+    checked: bool = False  # begun asking S3 to check the whole's crc64nvme (ChunkStore)
 
 
 class StreamRecord(Struct, kw_only=True):
@@ -161,6 +165,15 @@ class StreamRecord(Struct, kw_only=True):
         if self.sha256 is not None:
             return Digest(SHA256, self.sha256)
         return Digest(CRC64NVME, self.crc64nvme) if self.crc64nvme is not None else None
+
+    @property
+    def checked_by_s3(self) -> bool:
+        """Did S3 check the assembled object's bytes against the stream's crc64nvme as it
+        joined the parts (and keep that checksum)?"""
+        assembled = self.assembled
+        return self.crc64nvme is not None and (
+            assembled is not None and assembled.crc64nvme == self.crc64nvme
+        )
 
     @property
     def position(self) -> Position:

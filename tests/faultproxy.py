@@ -40,6 +40,7 @@ class FaultProxy:
         # all its open ones are busy, so this is the peak of requests in flight.
         self.peak_connections = 0
         self.uploaded = 0  # bytes passed from clients to the server
+        self.downloaded = 0  # and from the server to clients (plain http)
         self.damaged = 0  # PUT bodies damaged so far
         self.slowed_down = 0  # PUTs answered 503 SlowDownWrite so far
         self.holding = 0  # PUTs held, in slow_down mode, before their answer
@@ -257,9 +258,11 @@ class FaultProxy:
                 elif flip_at is not None:
                     flip_at -= len(data)
                 sink.sendall(data)
-                if upload:
-                    with self._lock:
+                with self._lock:
+                    if upload:
                         self.uploaded += len(data)
+                    else:
+                        self.downloaded += len(data)
                 if self.mode == "throttle" and self.rate:
                     time.sleep(len(data) / self.rate)
         except OSError:

@@ -4,6 +4,7 @@ S3 server; uploads are lost, daemons killed and files renamed for real."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 
@@ -11,10 +12,12 @@ import pytest
 from conftest import (
     AT_LEAST_ONE,
     FAST_RETRIES,
+    FaultProxy,
     MinioUser,
     at_least,
     both_servers,
     cli,
+    free_port,
     manifest_of,
     object_bytes,
     others_flow,
@@ -253,3 +256,60 @@ def test_a_refused_final_compose_waits_and_finishes_once_allowed(
     assembled_exactly(minio, daemon, stream_id, path)
     assert daemon.find("stream_assembled", stream_id=stream_id)[0]["parts_copied_live"] == 2
     assert len(daemon.find("uploader_spawned")) == 1, "the uploader lived through it"
+
+
+def checksum_of(server, bucket: str, key: str) -> dict:
+    response = server.client._execute(
+        "HEAD", bucket, key, headers={"x-amz-checksum-mode": "ENABLED"}
+    )
+    return {k.lower(): v for k, v in response.headers.items() if "checksum" in k.lower()}
+
+
+@both_servers
+def test_s3_checks_the_whole_object_s_crc64nvme_where_it_takes_one_of_copied_parts(
+    make_daemon, server
+):
+    """versitygw takes a crc64nvme of each part it copies and checks the whole object's
+    against the chunks' combined: metadata.json says S3 checked it, and pruning takes
+    that as its proof instead of reading the object back. MinIO copies no part into an
+    upload that asks for one: the uploader begins another, once, and the whole is proven
+    by the crc64nvme streamer combined, read back."""
+    from awscrt.checksums import crc64nvme
+
+    proxy = FaultProxy(("127.0.0.1", server.port), free_port())  # counts the bytes read
+    settings = {"stream": {**LIVE, "keep_chunks": False}, "s3": {"endpoint": proxy.endpoint}}
+    daemon = make_daemon(**settings, workers=1).start()
+    data = recording("checked", 12 * MiB)
+    path = daemon.watch / "checked.mp4"
+    append(path, data[: 6 * MiB])
+    stream_id = daemon.wait_for("assembly_begun")[0]["stream_id"]
+    read_before = proxy.downloaded  # nothing but the look at the bucket, and listings
+    append(path, data[6 * MiB :])
+    deleted = daemon.wait_for("chunks_deleted", timeout=90)[0]
+    read_to_prove = proxy.downloaded - read_before
+    manifest = manifest_of(server.client, daemon.bucket, stream_id)
+    crc = f"{crc64nvme(data):016x}"
+    assert manifest["crc64nvme"] == crc and manifest["sha256"] == sha256_file(path)
+    whole = manifest["assembled"]["key"]
+    assert object_bytes(server.client, daemon.bucket, whole) == data
+    stored = checksum_of(server, daemon.bucket, whole)
+    if server.name == "versitygw":
+        assert manifest["crc64nvme_checked_by"] == "s3"
+        assert manifest["assembled"]["crc64nvme"] == crc
+        assert stored["x-amz-checksum-crc64nvme"] == base64.b64encode(bytes.fromhex(crc)).decode()
+        assert stored["x-amz-checksum-type"] == "FULL_OBJECT"
+        assert deleted["proven_by"] == "the crc64nvme S3 checked"
+        assert read_to_prove < MiB, "not read back"
+        assert not daemon.find("assembly_unchecked")
+        assert daemon.find("stream_assembled")[0]["checked_by_s3"] is True
+    else:
+        assert manifest["crc64nvme_checked_by"] == "streamer"
+        assert manifest["assembled"]["crc64nvme"] is None
+        assert len(daemon.find("assembly_unchecked")) == 1, "learnt once, per uploader"
+        assert deleted["proven_by"] == "reading it back"
+        assert read_to_prove >= len(data)
+    assert open_uploads(server, daemon.bucket) == [], "an upload was left open"
+    checked = cli(daemon, "verify", stream_id)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert daemon.stop() == 0
+    proxy.close()

@@ -354,3 +354,36 @@ def test_without_file_sha256_the_whole_is_proven_by_its_crc64nvme(make_daemon, s
     wrong = cli(daemon, "verify", stream_id)
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert "the assembled object's bytes are not the stream's" in wrong.stdout
+
+
+@pytest.mark.parametrize("server", ["versitygw"], indirect=True)
+def test_s3_refuses_a_whole_object_whose_crc64nvme_is_not_its_parts(server, bucket):
+    """Where the server takes a crc64nvme of each part it copies, it checks the whole's
+    given at completion against them; and streamer checks each part's against its
+    source's as recorded. Either refusal leaves no object and no upload open."""
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from streamer.chunkstore import PartDiffers, PartSource
+
+    s3 = chunk_store(server, bucket)
+    pieces = [os.urandom(5 * 1024 * KiB), os.urandom(1000)]
+    parts = []
+    for n, piece in enumerate(pieces):
+        body = InMemory(piece)
+        etag, _ = s3.put_chunk(f"rec/part{n}", body, digests_of(s3.chunk_algorithms, body), None)
+        parts.append(PartSource(f"rec/part{n}", len(piece), etag, crc64_of(piece)))
+    whole = crc64_of(b"".join(pieces))
+    kind = "application/octet-stream"
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(S3Error) as refused:
+            s3.compose("rec/whole", parts, kind, pool, crc64nvme=crc64_of(b"other"))
+        assert refused.value.code in TRANSIENT_CODES
+        with pytest.raises(PartDiffers, match="part 1 copied from rec/part0"):
+            lying = [replace(parts[0], crc64nvme=whole), parts[1]]
+            s3.compose("rec/whole", lying, kind, pool, crc64nvme=whole)
+        assert s3.stat("rec/whole") is None
+        assert not s3.open_uploads("rec/whole")
+        etag, checked = s3.compose("rec/whole", parts, kind, pool, crc64nvme=whole)
+    assert checked and s3.get("rec/whole") == b"".join(pieces)
+    assert s3.stat("rec/whole", checksum=True).crc64nvme == whole

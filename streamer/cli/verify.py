@@ -122,7 +122,7 @@ def verify_stream(
         if finished:
             verdict.problems += manifest_problems(s3, record, chunks)
         if record.assembled is not None and (
-            problem := assembled_problem(record, s3, read_back=not quick)
+            problem := assembled_problem(record, s3, look="stat" if quick else "bytes")
         ):
             verdict.problems.append(problem)
     except away as exc:

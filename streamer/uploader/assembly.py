@@ -6,19 +6,26 @@ or streams the file where S3 cannot join the chunks)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 from concurrent.futures import Future
 
 import msgspec
 
 from streamer import metrics, mp4, naming
-from streamer.chunkstore import ABSENT, PartSource, UploadGone
+from streamer.chunkstore import ABSENT, CopiesUnchecked, PartSource, UploadGone
 from streamer.digests import Digest
 from streamer.fileio import HashingReader, SourceChanged, open_regular
 from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import assembly_method, copies_ahead, upload_to_finish
-from streamer.records import Assembled, AssemblyUpload, ChunkRecord, StreamRecord
+from streamer.records import (
+    Assembled,
+    AssemblyUpload,
+    ChunkRecord,
+    StreamRecord,
+    whole_crc64nvme,
+)
 from streamer.uploader.context import STEP_EVENTS, Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.reports import Copied
@@ -83,22 +90,41 @@ class Assembler:
         should the finished file say otherwise, completion assembles afresh."""
         key = self.assembled_key(record)
         kind = content_type(mp4.inspect_bytes(record.head or b"").is_mp4)
-        upload_id = self.ctx.s3.begin_upload(key, kind)
-        return AssemblyUpload(key=key, upload_id=upload_id, content_type=kind)
+        checked = self.ctx.s3.checks_copies
+        upload_id = self.ctx.s3.begin_upload(key, kind, checked)
+        return AssemblyUpload(key=key, upload_id=upload_id, content_type=kind, checked=checked)
 
     def copy_parts(
         self, stream_id: str, upload: AssemblyUpload, chunks: list[ChunkRecord]
     ) -> Copied:
-        """In the copier thread: chunk N becomes part N + 1."""
+        """In the copier thread: chunk N becomes part N + 1. An upload begun asking S3 to
+        check the whole's crc64nvme that S3 will not copy into gives way to one that asks
+        for none."""
         parts: list[tuple[ChunkRecord, str]] = []
+        unchecked = None
         try:
             for chunk in chunks:
                 source = self.part_source(stream_id, chunk, None)
-                etag = self.ctx.s3.copy_part(upload.key, upload.upload_id, chunk.index + 1, source)
+                try:
+                    etag = self.copy_part(upload, chunk.index + 1, source)
+                except CopiesUnchecked as exc:
+                    upload, unchecked = self.begin_unchecked(upload), str(exc)
+                    etag = self.copy_part(upload, chunk.index + 1, source)
                 parts.append((chunk, etag))
         except Exception as exc:
-            return Copied(upload, parts, exc)
-        return Copied(upload, parts, None)
+            return Copied(upload, parts, exc, unchecked)
+        return Copied(upload, parts, None, unchecked)
+
+    def copy_part(self, upload: AssemblyUpload, number: int, source: PartSource) -> str:
+        return self.ctx.s3.copy_part(upload.key, upload.upload_id, number, source, upload.checked)
+
+    def begin_unchecked(self, upload: AssemblyUpload) -> AssemblyUpload:
+        """In the copier thread: `upload` aborted (should that fail, completion's look for
+        strays aborts it), and another begun that asks S3 to check nothing."""
+        with contextlib.suppress(Exception):
+            self.ctx.s3.abort_upload(upload.key, upload.upload_id)
+        upload_id = self.ctx.s3.begin_upload(upload.key, upload.content_type)
+        return msgspec.structs.replace(upload, upload_id=upload_id, checked=False)
 
     def copied(self, job: Job, future: Future, now: float) -> None:
         """Record what the copier thread reports; a failed copy is tried again after the
@@ -117,6 +143,14 @@ class Assembler:
             )
             self.ctx.log.info("assembly_begun", **job.log_fields, key=report.key)
             return
+        if report.unchecked is not None:
+            job.record = store.update_stream(
+                stream_id, lambda r: msgspec.structs.replace(r, assembly=report.upload)
+            )
+            key = report.upload.key
+            self.ctx.log.info(
+                "assembly_unchecked", **job.log_fields, key=key, reason=report.unchecked
+            )
         store.record_parts(stream_id, report.upload.upload_id, report.parts)
         for _ in report.parts:
             job.uncopied.popleft()
@@ -200,8 +234,11 @@ class Assembler:
         upload = upload_to_finish(record.assembly, key, kind, method)
         if record.assembly is not None and upload is None:
             s3.abort_upload(record.assembly.key, record.assembly.upload_id)
+        crc, checked = whole_crc64nvme(chunks), False
         if method == "compose":
-            etag, ahead = self.compose(record, chunks, key, kind, upload, expect, log_fields)
+            etag, ahead, checked = self.compose(
+                record, chunks, key, kind, upload, expect, crc, log_fields
+            )
             self.made[record.stream_id] = etag
         else:
             ahead = 0
@@ -219,8 +256,15 @@ class Assembler:
             method=method,
             size=finish.size,
             parts_copied_live=ahead,
+            checked_by_s3=checked,
         )
-        assembled = Assembled(key=key, size=finish.size, etag=etag, method=method)
+        assembled = Assembled(
+            key=key,
+            size=finish.size,
+            etag=etag,
+            method=method,
+            crc64nvme=crc if checked else None,
+        )
         self.proven[record.stream_id] = (basis, assembled)
         return assembled
 
@@ -240,24 +284,33 @@ class Assembler:
         kind: str,
         upload: AssemblyUpload | None,
         expect: str,
+        crc: str | None,
         log_fields: dict,
-    ) -> tuple[str, int]:
-        """The object's ETag, and how many of its parts were copied while live."""
+    ) -> tuple[str, int, bool]:
+        """The object's ETag, how many of its parts were copied while live, and whether S3
+        checked its bytes against `crc`, the crc64nvme of the chunks together."""
         s3, senders = self.ctx.s3, self.ctx.tasks.lane("sender")
         if upload is not None:
             parts = [self.part_source(record.stream_id, c, upload.upload_id) for c in chunks]
             ahead = sum(1 for p in parts if p.copied)
+            begun = (upload.upload_id, upload.checked)
             try:
-                etag = s3.compose(key, parts, kind, senders, upload.upload_id, expect)
+                etag, checked = s3.compose(key, parts, kind, senders, begun, expect, crc)
             except UploadGone as exc:
                 self.ctx.log.warning("assembly_upload_lost", **log_fields, error=str(exc))
+            except CopiesUnchecked as exc:  # left to abort_strays
+                self.ctx.log.info("assembly_unchecked", **log_fields, key=key, reason=str(exc))
             else:
                 metrics.PARTS_COPIED.labels(when="completion").inc(len(parts) - ahead)
-                return etag, ahead
+                return etag, ahead, checked
         parts = [self.part_source(record.stream_id, c, None) for c in chunks]
-        etag = s3.compose(key, parts, kind, senders, expect=expect)
+        try:
+            etag, checked = s3.compose(key, parts, kind, senders, expect=expect, crc64nvme=crc)
+        except CopiesUnchecked as exc:  # the uploader begins unchecked uploads from now on
+            self.ctx.log.info("assembly_unchecked", **log_fields, key=key, reason=str(exc))
+            etag, checked = s3.compose(key, parts, kind, senders, expect=expect, crc64nvme=crc)
         metrics.PARTS_COPIED.labels(when="completion").inc(len(parts))
-        return etag, 0
+        return etag, 0, checked
 
     def abort_strays(self, key: str, log_fields: dict) -> None:
         """Uploads to the object begun but never recorded (a crash just after beginning
@@ -271,7 +324,7 @@ class Assembler:
 
     def part_source(self, stream_id: str, chunk: ChunkRecord, upload_id: str | None) -> PartSource:
         key = self.ctx.s3.layout.chunk_key(stream_id, chunk.index, chunk.revision)
-        return PartSource(key, chunk.size, chunk.etag, chunk.part_in(upload_id))
+        return PartSource(key, chunk.size, chunk.etag, chunk.crc64nvme, chunk.part_in(upload_id))
 
     def assembled_key(self, record: StreamRecord) -> str:
         return self.ctx.s3.layout.assembled_key(record.stream_id, naming.object_name(record.name))

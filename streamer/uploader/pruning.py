@@ -1,9 +1,10 @@
 """Deleting a finished stream's chunk objects (stream.keep_chunks off), as the supervisor
-asks: only once its assembled object is in S3 with the stream's size and ETag and its
-bytes read back hash to the stream's digest (its sha256, or with integrity.file_sha256
-off the crc64nvme of its chunks together). Every object under the stream's chunks/
-goes (older revisions too), then metadata.json says so, then the checkpoint records it;
-the supervisor is always answered."""
+asks: only once its assembled object is in S3 with the stream's size and ETag, and S3
+checked its bytes against the crc64nvme of the chunks together as it joined them (and
+keeps that checksum), or else its bytes read back hash to the stream's digest (its
+sha256, or with integrity.file_sha256 off that crc64nvme). Every object under the
+stream's chunks/ goes (older revisions too), then metadata.json says so, then the
+checkpoint records it; the supervisor is always answered."""
 
 from __future__ import annotations
 
@@ -30,10 +31,15 @@ class Pruning:
     chunks/, and why; and metadata.json written (or the error that refused it)."""
 
     record: StreamRecord
+    proven_by: str  # how the assembled object was proven
     left: list[str]
     left_because: str
     published: Published | None
     manifest_error: Exception | None
+
+
+# How pruning proves the assembled object holds every byte, by what S3 did when it made it.
+PROOFS = {True: ("checksum", "the crc64nvme S3 checked"), False: ("bytes", "reading it back")}
 
 
 class NotProven(Exception):
@@ -62,7 +68,8 @@ class Pruner:
     def delete_chunks(self, record: StreamRecord, chunks: list[ChunkRecord]) -> Pruning:
         """In a finisher thread: prove the assembled object, delete, say so."""
         s3 = self.ctx.s3
-        if problem := assembled_problem(record, s3, read_back=True):
+        look, proven_by = PROOFS[record.checked_by_s3]
+        if problem := assembled_problem(record, s3, look=look):
             raise NotProven(problem)
         # The read back is long: the object is looked at once more just before the deletes.
         if problem := assembled_problem(record, s3):
@@ -85,8 +92,8 @@ class Pruner:
         try:
             published = publish(s3, pruned, chunks)
         except Exception as exc:
-            return Pruning(pruned, left, left_because, None, exc)
-        return Pruning(pruned, left, left_because, published, None)
+            return Pruning(pruned, proven_by, left, left_because, None, exc)
+        return Pruning(pruned, proven_by, left, left_because, published, None)
 
     def chunks_prefix(self, record: StreamRecord) -> str:
         return self.ctx.s3.layout.stream_prefix(record.stream_id) + "chunks/"
@@ -109,6 +116,7 @@ class Pruner:
             chunks=record.chunk_count,
             size=record.total_size,
             kept=record.assembled.key,
+            proven_by=done.proven_by,
         )
         self.answer(stream_id, deleted=True)
 

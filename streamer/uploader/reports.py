@@ -144,11 +144,13 @@ class Survey:
 @dataclass(frozen=True)
 class Copied:
     """The copier thread's report: these chunks are parts of the upload now; `error`
-    stopped it before the rest."""
+    stopped it before the rest. `unchecked`: why the upload is another than the stream's,
+    begun without asking S3 to check the whole's crc64nvme."""
 
     upload: AssemblyUpload
     parts: list[tuple[ChunkRecord, str]]  # (chunk, part ETag)
     error: Exception | None
+    unchecked: str | None = None
 
 
 @dataclass(frozen=True)
