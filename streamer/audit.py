@@ -68,7 +68,7 @@ def chunk_problems(
 def stored_digest(s3: ChunkStore, key: str) -> Digest | None:
     """The digest an object was stored with (None: none, or the object is gone since the
     listing, which the next look reports)."""
-    found = s3.stat(key)
+    found = s3.stat(key, checksum=True)
     return found.digest if found is not None else None
 
 

@@ -2,7 +2,7 @@
 pass to digest them, another to send them). `InMemory` is bytes at hand (a claim,
 metadata.json); `fileio.Span` is a chunk of a recording, read from the file on each
 pass, so that no chunk is held in memory whole; `Checked` is a span that must read as it
-did on its first pass."""
+did on its first pass; `Tapped`, one whose bytes feed hashers as they are sent."""
 
 from __future__ import annotations
 
@@ -52,6 +52,23 @@ class Checked:
             read += len(piece)
             if read == total and hasher.hexdigest() != self.crc.value:
                 raise SourceChanged("the bytes changed since they were digested")
+            yield piece
+
+
+class Tapped:
+    """A body whose pieces also feed `hashers` as they pass, on every pass."""
+
+    def __init__(self, body: Body, *hashers):
+        self.body = body
+        self.hashers = hashers
+
+    def __len__(self) -> int:
+        return len(self.body)
+
+    def pieces(self) -> Iterator[memoryview]:
+        for piece in self.body.pieces():
+            for hasher in self.hashers:
+                hasher.update(piece)
             yield piece
 
 

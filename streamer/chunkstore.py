@@ -29,6 +29,7 @@ from streamer.bandwidth import TokenBucket
 from streamer.bodies import Body, InMemory
 from streamer.config import S3Config
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest
+from streamer.fileio import PIECE, SourceChanged
 from streamer.layout import Layout
 
 # What S3 (and servers like it) answer for a key that holds no object.
@@ -140,6 +141,10 @@ class ChunkStore:
         # the next. sha256 is the last, and is then signed.
         self._checksums = (CRC64NVME, SHA256) if self._signs else (CRC64NVME, CRC32C, SHA256)
         self._checksum = self._checksums[0]
+        # An unsigned chunk's CRC goes in a trailer, after its body (aws-chunked, as the
+        # AWS SDKs send it): the body is read once, hashed as it is sent, until the server
+        # refuses that, when it is digested on a pass of its own before it is sent.
+        self._trails = not self._signs
         # Uploads that join chunks ask S3 to check the whole object's crc64nvme against
         # its parts', until the server refuses to copy a part into one.
         self._checked_copies = True
@@ -171,6 +176,17 @@ class ChunkStore:
         """The checksum the server refused, if it refused one: chunks go with the next."""
         at = self._checksums.index(self._checksum)
         return self._checksums[at - 1] if at else None
+
+    @property
+    def trails(self) -> bool:
+        """Is a chunk's checksum sent after its body, taken as the body is sent?"""
+        return self._trails and self._checksum != SHA256
+
+    @property
+    def trailer_refused(self) -> bool:
+        """The server refused a checksum in a trailer: chunks are digested before they are
+        sent, each read twice."""
+        return not self._trails and not self._signs
 
     @property
     def chunk_algorithms(self) -> tuple[str, ...]:
@@ -251,19 +267,36 @@ class ChunkStore:
             raise Taken(key)
 
     def put_chunk(
-        self, key: str, body: Body, sums: dict[str, Digest], tags: dict[str, str] | None
-    ) -> tuple[str, Digest]:
+        self,
+        key: str,
+        body: Body,
+        sums: dict[str, Digest] | None,
+        tags: dict[str, str] | None,
+    ) -> tuple[str, dict[str, Digest], Digest]:
         """A chunk's PUT, never over an object already at `key` (raises Taken) where the
-        server can tell; `sums`: its digests, as `chunk_algorithms` asks. Returns its ETag
-        and the digest S3 checked it by. A checksum the server refuses is given up for the
-        next one (its digest taken on another pass over the body), but only if the same
-        PUT, with the same tags and condition, then goes through with it: a refusal with
-        the same code may be of the tags or the condition instead."""
+        server can tell; `sums`: its digests, as `chunk_algorithms` asks, or None where
+        the store `trails` (they are taken as the body is sent). Returns its ETag, its
+        digests and the one S3 checked it by. A checksum the server refuses is given up
+        for the next one (its digest taken on another pass over the body), but only if the
+        same PUT, with the same tags and condition, then goes through with it: a refusal
+        with the same code may be of the tags or the condition instead. A trailer the
+        server refuses is given up the same way, for the checksum in a header."""
         content_type = "application/octet-stream"
         tags = tags if self._tagging else None
         if not self._conditional:
             self._check_holds(key, ABSENT)
         condition = self._condition(ABSENT)
+        trailed = None  # the checksum a refused trailer carried
+        if sums is None and self.trails:
+            try:
+                return self._send_trailing(key, body, content_type, condition, tags)
+            except S3Error as exc:
+                if exc.code not in CHECKSUM_REFUSED:
+                    raise
+            trailed = self._checksum
+        if sums is None or not sums.keys() >= set(self.chunk_algorithms):
+            sums = {**(sums or {}), **bodies.digests_of(self.chunk_algorithms, body)}
+            body = bodies.Checked(body, sums[CRC64NVME])
         tried = self._checksums[self._checksums.index(self._checksum) :]
         for algorithm in tried:
             if algorithm not in sums:
@@ -278,10 +311,56 @@ class ChunkStore:
                     raise
                 # Perhaps the tags or the condition: `_put` tries without them.
                 etag = self._put(key, body, sums[algorithm], signed, content_type, ABSENT, tags)
-                return etag, sums[SHA256] if signed else sums[algorithm]
+                return etag, sums, sums[SHA256] if signed else sums[algorithm]
+            if algorithm == trailed:  # the trailer was refused, not its checksum
+                self._trails = False
             self._checksum = algorithm  # those before it were refused
-            return etag, self.checked_by(sums)
+            return etag, sums, self.checked_by(sums)
         raise AssertionError("sha256, the last checksum tried, either goes or raises")
+
+    def _send_trailing(
+        self,
+        key: str,
+        body: Body,
+        content_type: str,
+        condition: dict[str, str],
+        tags: dict[str, str] | None,
+    ) -> tuple[str, dict[str, Digest], Digest]:
+        """One PUT of `body`, read once: each piece hashed and sent in aws-chunked framing,
+        the checksum S3 checks it by in a trailer after the last. What S3 stores is what
+        was hashed, whatever the file did meanwhile."""
+        checksum = self._checksum
+        hashers = {a: digests.hasher(a) for a in self.chunk_algorithms}
+        size = len(body)
+        headers = genheaders({"Content-Type": content_type}, self._sse, tags, None, False)
+        headers.update(condition)
+        headers["x-amz-content-sha256"] = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        headers["Content-Encoding"] = "aws-chunked"
+        headers["x-amz-decoded-content-length"] = str(size)
+        headers["x-amz-trailer"] = f"x-amz-checksum-{checksum}"
+
+        def trailer(digest: Digest) -> bytes:
+            return f"0\r\nx-amz-checksum-{checksum}:{digest.b64}\r\n\r\n".encode()
+
+        nothing = Digest(checksum, hashers[checksum].hexdigest())  # as wide as any CRC
+        headers["Content-Length"] = str(_framed_length(size) + len(trailer(nothing)))
+
+        def framed():
+            left = size
+            for piece in body.pieces():
+                if len(piece) != min(PIECE, left):  # the framing's lengths are sent first
+                    raise SourceChanged("a piece of the chunk was read short")
+                left -= len(piece)
+                for hasher in hashers.values():
+                    hasher.update(piece)
+                yield f"{len(piece):x}\r\n".encode()
+                yield piece
+                yield b"\r\n"
+            yield trailer(Digest(checksum, hashers[checksum].hexdigest()))
+
+        etag = self._put_body(key, framed(), headers, condition)
+        sums = {a: Digest(a, h.hexdigest()) for a, h in hashers.items()}
+        return etag, sums, sums[checksum]
 
     def _send(
         self,
@@ -311,7 +390,10 @@ class ChunkStore:
         name, value = checksum.header()
         headers[name] = value
         headers.update(condition)
-        pieces = body.pieces()
+        return self._put_body(key, body.pieces(), headers, condition)
+
+    def _put_body(self, key: str, pieces, headers: dict, condition: dict[str, str]) -> str:
+        """PutObject of the bytes `pieces` gives, paced to the bandwidth cap; its ETag."""
         if self._bandwidth:
             pieces = self._bandwidth.pace(pieces)
         # Closed here, not when the error's frames go: a body read from a file holds it open.
@@ -598,7 +680,7 @@ class ChunkStore:
         one the object was stored with, sha256 if none)."""
         size = 0
         with self._response(key) as response:
-            stored = _stored_digest(response.headers.items())
+            stored = _stored_digest({k.lower(): v for k, v in response.headers.items()})
             algorithm = algorithm or (stored.algorithm if stored else SHA256)
             digest = digests.hasher(algorithm)
             for data in response.stream(block):
@@ -658,15 +740,21 @@ class ChunkStore:
         headers = {k.lower(): v for k, v in info.metadata.items()}
         whole = headers.get(CHECKSUM_TYPE, FULL_OBJECT) == FULL_OBJECT
         crc = _hex(headers.get("x-amz-checksum-crc64nvme")) if whole else None
-        return StoredObject(
-            info.size, info.etag, _stored_digest(info.metadata.items()), crc64nvme=crc
-        )
+        return StoredObject(info.size, info.etag, _stored_digest(headers, whole), crc64nvme=crc)
 
 
 def _not_held(exc: S3Error, condition: dict[str, str]) -> bool:
     """Did a write fail because its condition does not hold? S3 answers an If-Match on a
     key that holds nothing with NoSuchKey."""
     return exc.code in PRECONDITION_FAILED or ("If-Match" in condition and exc.code in MISSING)
+
+
+def _framed_length(size: int) -> int:
+    """The length of `size` bytes in aws-chunked framing, in pieces of PIECE bytes (the
+    last shorter), up to the last piece: each is its length in hex, CRLF, itself, CRLF."""
+    full, rest = divmod(size, PIECE)
+    frame = len(f"{PIECE:x}") + 4
+    return size + full * frame + (len(f"{rest:x}") + 4 if rest else 0)
 
 
 def _hex(b64: str | None) -> str | None:
@@ -683,9 +771,17 @@ def multipart_etag(etags: list[str]) -> str:
     return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(etags)}"
 
 
-def _stored_digest(headers) -> Digest | None:
-    names = {f"x-amz-meta-{algorithm}": algorithm for algorithm in digests.ALGORITHMS}
-    return next((Digest(names[k.lower()], v) for k, v in headers if k.lower() in names), None)
+def _stored_digest(headers: dict[str, str], whole: bool = False) -> Digest | None:
+    """The digest streamer stored an object with (x-amz-meta-<algorithm>); else, `whole`,
+    the checksum of its whole bytes S3 keeps (a chunk whose CRC went in a trailer, asked
+    for with x-amz-checksum-mode), which S3 checked as it took them."""
+    for algorithm in digests.ALGORITHMS:
+        if (value := headers.get(f"x-amz-meta-{algorithm}")) is not None:
+            return Digest(algorithm, value)
+    for algorithm in (CRC64NVME, CRC32C) if whole else ():
+        if (value := headers.get(f"x-amz-checksum-{algorithm}")) is not None:
+            return Digest(algorithm, _hex(value))
+    return None
 
 
 class _PacedReader:

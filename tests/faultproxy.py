@@ -5,9 +5,11 @@ reset), reset (every connection reset), blackhole (connections, open or new, go 
 bytes are read and dropped, nothing is answered), throttle (forward at a byte rate),
 refuse_puts (a connection that starts a PUT request is reset; other requests pass),
 refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it),
-refuse_checksums (a PUT with one of the checksum headers named, crc64nvme and crc32c by
-default, is answered 400 InvalidRequest, as a server that does not know the algorithm
-answers it), refuse_conditions (a PUT with If-None-Match
+refuse_checksums (a PUT with one of the checksums named, crc64nvme and crc32c by default,
+in a header or a trailer, is answered 400 InvalidRequest, as a server that does not know
+the algorithm answers it), refuse_trailers (a PUT with a checksum in a trailer, x-amz-trailer, is
+answered 501 NotImplemented, as a server without aws-chunked uploads answers it),
+refuse_conditions (a PUT with If-None-Match
 or If-Match is answered 501 NotImplemented, as a server without conditional writes does),
 slow_down (every PUT is held a moment, then answered 503 SlowDownWrite on a connection
 kept open, as MinIO answers a write it cannot take: an erasure set without write quorum,
@@ -58,7 +60,7 @@ class FaultProxy:
     def set(
         self, mode: str, rate: int = 0, checksums: tuple[str, ...] = ("crc64nvme", "crc32c")
     ) -> None:
-        refusals = ("refuse_tags", "refuse_checksums", "refuse_conditions")
+        refusals = ("refuse_tags", "refuse_checksums", "refuse_trailers", "refuse_conditions")
         assert self.tls is None or mode in ("pass", *refusals), mode
         assert mode in (
             "pass", "refuse", "reset", "blackhole", "throttle", "refuse_puts", "slow_down",
@@ -182,11 +184,13 @@ class FaultProxy:
         if self.mode == "refuse_tags" and _puts_header(data, b"x-amz-tagging"):
             answer = NOT_IMPLEMENTED
         elif self.mode == "refuse_checksums" and any(
-            _puts_header(data, name) for name in self.checksums
+            _puts_header(data, name) or _puts_header(data, b"x-amz-trailer", name)
+            for name in self.checksums
         ):
             answer = INVALID_REQUEST
-        elif self.mode == "refuse_conditions" and (
-            _puts_header(data, b"if-none-match") or _puts_header(data, b"if-match")
+        elif (self.mode == "refuse_trailers" and _puts_header(data, b"x-amz-trailer")) or (
+            self.mode == "refuse_conditions"
+            and (_puts_header(data, b"if-none-match") or _puts_header(data, b"if-match"))
         ):
             answer = NOT_IMPLEMENTED
         else:
@@ -341,9 +345,11 @@ def _content_length(data: bytes) -> int:
     return 0
 
 
-def _puts_header(data: bytes, name: bytes) -> bool:
+def _puts_header(data: bytes, name: bytes, value: bytes = b"") -> bool:
+    """Is this a PUT with header `name` (with `value`, if given)?"""
     head = data.split(b"\r\n\r\n", 1)[0].lower()
-    return data.startswith(b"PUT ") and b"\r\n" + name + b":" in head
+    line = b"\r\n" + name + b":" + (b" " + value if value else b"")
+    return data.startswith(b"PUT ") and line in head
 
 
 def _reset(conn: socket.socket) -> None:

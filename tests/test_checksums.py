@@ -26,12 +26,12 @@ from conftest import (
 )
 from minio.error import S3Error
 
-from streamer.bodies import InMemory, digest, digests_of
+from streamer.bodies import Checked, InMemory, digest, digests_of
 from streamer.checkpoint import CheckpointStore
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest, combine, of, recorded
 from streamer.fileio import SourceChanged, Span
 from streamer.policy import TRANSIENT_CODES
-from streamer.uploader.sending import digest_chunk, place_chunk, same_bytes
+from streamer.uploader.sending import place_chunk, put_span, same_bytes
 
 KiB = 1024
 on_tls_servers = pytest.mark.parametrize("server", ["tls_minio", "tls_versitygw"], indirect=True)
@@ -116,7 +116,7 @@ def test_over_https_chunks_go_unsigned_and_s3_checks_their_crc64nvme(make_daemon
         # S3's own record of the checksum it verified, and the one streamer stored.
         stored = head_checksums(server, daemon.bucket, chunk["key"])
         assert stored["x-amz-checksum-crc64nvme"] == b64(crc64nvme(piece))
-        assert stored["x-amz-meta-crc64nvme"] == chunk["crc64nvme"]
+        assert "x-amz-meta-crc64nvme" not in stored, "sent after the body: S3 keeps it"
     uploaded = daemon.find("chunk_uploaded")
     assert [e["digest"] for e in uploaded] == [
         f"crc64nvme:{c['crc64nvme']}" for c in manifest["chunks"]
@@ -166,7 +166,7 @@ def test_over_http_a_chunk_is_signed_by_its_sha256_and_checked_by_its_crc64nvme(
     assert s3.chunk_algorithms == (CRC64NVME, SHA256)
     body = InMemory(b"signed chunk" * 5000)
     sums = digests_of(s3.chunk_algorithms, body)
-    _, checked = s3.put_chunk("rec/signed", body, sums, None)
+    _, _, checked = s3.put_chunk("rec/signed", body, sums, None)
     assert checked == sums[SHA256]
     stored = head_checksums(server, bucket, "rec/signed")
     assert stored["x-amz-checksum-crc64nvme"] == b64(int(sums[CRC64NVME].value, 16))
@@ -231,6 +231,7 @@ def test_a_server_that_refuses_a_checksum_gets_the_next(
             assert "crc32c" not in chunk
     told = daemon.find("checksum_refused")
     assert [(e["refused"], e["checksum"]) for e in told] == [(refused[-1], fallback)]
+    assert not daemon.find("trailer_refused"), "the checksum was refused, not the trailer"
     assert all(e["digest"].startswith(f"{fallback}:") for e in daemon.find("chunk_uploaded"))
     checked = cli(daemon, "verify", event["stream_id"])
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -279,24 +280,28 @@ def test_a_chunk_whose_file_changes_between_its_digest_and_its_send_is_not_store
             f.seek(at)
             f.write(b"b")
 
-    digested = digests_of(s3.chunk_algorithms, span)
+    def digested(span: Span) -> tuple[Checked, dict]:
+        sums = digests_of(s3.chunk_algorithms, span)
+        return Checked(span, sums[CRC64NVME]), sums
+
+    sums = digests_of(s3.chunk_algorithms, span)
     rewrite(100 * KiB)
     with pytest.raises(S3Error) as refused:
-        place_chunk(s3, "s", 0, 0, span, digested, probe=False)
+        place_chunk(s3, "s", 0, 0, span, sums, probe=False)
     assert refused.value.code in TRANSIENT_CODES
-    first = digest_chunk(s3, span, 0)
+    body, sums = digested(span)
     rewrite(200 * KiB)
     with pytest.raises(SourceChanged, match="changed since they were digested"):
-        place_chunk(s3, "s", 0, 0, first.body, first.sums, probe=False)
-    first = digest_chunk(s3, span, 0)
+        place_chunk(s3, "s", 0, 0, body, sums, probe=False)
+    body, sums = digested(span)
     os.truncate(path, 200 * KiB)
     with pytest.raises(SourceChanged, match="ends before"):
-        place_chunk(s3, "s", 0, 0, first.body, first.sums, probe=False)
+        place_chunk(s3, "s", 0, 0, body, sums, probe=False)
     assert s3.stat(key) is None
-    first = digest_chunk(s3, Span(record_of(path), 0, 200 * KiB), 0)
-    place_chunk(s3, "s", 0, 0, first.body, first.sums, probe=False)
+    sent = put_span(s3, "s", 0, 0, Span(record_of(path), 0, 200 * KiB), probe=False)
     assert s3.get(key) == path.read_bytes()
-    assert first.head == path.read_bytes()[: len(first.head)]
+    assert sent.head == path.read_bytes()[: len(sent.head)]
+    assert sent.crc64nvme == crc64_of(path.read_bytes())
 
 
 @pytest.mark.parametrize("server", ["tls_minio"], indirect=True)
@@ -371,7 +376,7 @@ def test_s3_refuses_a_whole_object_whose_crc64nvme_is_not_its_parts(server, buck
     parts = []
     for n, piece in enumerate(pieces):
         body = InMemory(piece)
-        etag, _ = s3.put_chunk(f"rec/part{n}", body, digests_of(s3.chunk_algorithms, body), None)
+        etag, _, _ = s3.put_chunk(f"rec/part{n}", body, None, None)
         parts.append(PartSource(f"rec/part{n}", len(piece), etag, crc64_of(piece)))
     whole = crc64_of(b"".join(pieces))
     kind = "application/octet-stream"
@@ -387,3 +392,50 @@ def test_s3_refuses_a_whole_object_whose_crc64nvme_is_not_its_parts(server, buck
         etag, checked = s3.compose("rec/whole", parts, kind, pool, crc64nvme=whole)
     assert checked and s3.get("rec/whole") == b"".join(pieces)
     assert s3.stat("rec/whole", checksum=True).crc64nvme == whole
+
+
+class CountedSpan(Span):
+    """A span that counts its passes over the file."""
+
+    passes = 0
+
+    def pieces(self):
+        self.passes += 1
+        return super().pieces()
+
+
+@on_tls_servers
+def test_over_https_a_chunk_is_read_once_its_crc64nvme_sent_in_a_trailer(server, bucket, tmp_path):
+    s3 = chunk_store(server, bucket, **over_tls(server))
+    assert s3.trails
+    path = tmp_path / "once.mp4"
+    path.write_bytes(os.urandom(2 * 1024 * KiB + 123))  # three pieces, the last short
+    span = CountedSpan(record_of(path), 0, path.stat().st_size)
+    sent = put_span(s3, "s", 0, 0, span, probe=False)
+    assert span.passes == 1
+    data = path.read_bytes()
+    assert sent.crc64nvme == crc64_of(data) and sent.digest == of(CRC64NVME, data)
+    assert sent.head == data[: len(sent.head)]
+    key = s3.layout.chunk_key("s", 0)
+    assert s3.get(key) == data
+    assert head_checksums(server, bucket, key)["x-amz-checksum-crc64nvme"] == b64(crc64nvme(data))
+    # Found there after a crash: read once more, to compare.
+    again = CountedSpan(record_of(path), 0, path.stat().st_size)
+    found = put_span(s3, "s", 0, 0, again, probe=True)
+    assert (found.revision, found.seconds, again.passes) == (0, None, 1)
+
+
+@pytest.mark.parametrize("server", ["minio"], indirect=True)
+def test_a_server_that_refuses_a_trailer_gets_the_checksum_in_a_header(
+    make_daemon, server, tls_proxy
+):
+    tls_proxy.set("refuse_trailers")
+    daemon = make_daemon(s3=over_tls(tls_proxy, endpoint=tls_proxy.endpoint)).start()
+    path = daemon.watch / "header.mp4"
+    path.write_bytes(os.urandom(300 * KiB))
+    event = daemon.wait_for("stream_finished", timeout=60)[0]
+    manifest = assert_exact(server, daemon, event["stream_id"], path)
+    assert all(set(c) & {"sha256", "crc32c"} == set() for c in manifest["chunks"])
+    assert len(daemon.find("trailer_refused")) >= 1
+    assert not daemon.find("checksum_refused"), "crc64nvme itself is taken"
+    assert daemon.stop() == 0

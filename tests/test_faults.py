@@ -754,7 +754,7 @@ def test_a_chunk_put_never_overwrites_an_object_it_did_not_write(server, bucket)
     data = b"the chunk's bytes"
     body = InMemory(data)
     sums = bodies.digests_of(s3.chunk_algorithms, body)
-    revision, _, _, seconds = place_chunk(s3, "s", 0, 0, body, sums, False)
+    revision, _, _, _, seconds = place_chunk(s3, "s", 0, 0, body, sums, False)
     assert (revision, seconds is not None) == (1, True)
     assert object_bytes(server.client, bucket, key) == foreign
     assert object_bytes(server.client, bucket, s3.layout.chunk_key("s", 0, 1)) == data

@@ -9,6 +9,7 @@ Figures from one run are compared with each other only: the machine is shared an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -339,7 +340,7 @@ def throughput(work, minio, tools, sets) -> list[tuple]:
 IDLE_LEAVES = ("select", "poll", "_worker", "wait", "serve_forever", "sleep", "get", "acquire")
 
 
-def profile(work: Path, minio: MinioServer, source: Path, py_spy: str, top=10) -> list:
+def profile(work: Path, minio: MinioServer, source: Path, py_spy: str, top=10, **settings) -> list:
     """Where streamer's CPU goes, uploading `source` like for like (no assembly): py-spy's
     samples of every process, by the line on top of the stack (C code, hashing or TLS,
     counts on the Python line that called it), as a share of the busy samples."""
@@ -347,7 +348,12 @@ def profile(work: Path, minio: MinioServer, source: Path, py_spy: str, top=10) -
     home = Path(tempfile.mkdtemp(dir=work))
     out = home / "profile.txt"
     daemon = Streamer(
-        home, minio, source, stream_idle_timeout=IDLE_TIMEOUT, stream_assemble="false"
+        home,
+        minio,
+        source,
+        stream_idle_timeout=IDLE_TIMEOUT,
+        stream_assemble="false",
+        **settings,
     ).start()
     spy = subprocess.Popen(
         [py_spy, "record", "--pid", str(daemon.process.pid), "--subprocesses", "--nonblocking",
@@ -761,6 +767,283 @@ def fleet_throughput(work: Path, minio: MinioServer, args, total: int, pattern: 
 # The report
 
 
+# Integrity and CPU: streamer's two integrity modes against mc and s5cmd, like for like,
+# with the floor each is measured against
+
+
+INTEGRITY_BEGIN, INTEGRITY_END = "<!-- integrity: begin -->", "<!-- integrity: end -->"
+MODES = {"file_sha256 on": {}, "file_sha256 off": {"integrity_file_sha256": "false"}}
+# CPU over mc's a mode may spend, by link: one sha256 more than mc where the file's is taken.
+CPU_TARGETS = {
+    ("http", "file_sha256 on"): 1.3,
+    ("https", "file_sha256 on"): 1.5,
+    ("http", "file_sha256 off"): 1.0,
+    ("https", "file_sha256 off"): 1.0,
+}
+# What a chunk's bytes cost at least, by link and mode: one read, the hashes its checks
+# need, and the transport. Over http a chunk's sha256 is signed, and the file's is another.
+FLOOR_PARTS = {
+    ("https", "file_sha256 off"): ("read", "crc64nvme", "tls"),
+    ("https", "file_sha256 on"): ("read", "crc64nvme", "sha256", "tls"),
+    ("http", "file_sha256 off"): ("read", "crc64nvme", "sha256", "tcp"),
+    ("http", "file_sha256 on"): ("read", "crc64nvme", "sha256", "sha256", "tcp"),
+}
+SINK = """
+import socket, ssl, sys
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+if len(sys.argv) > 1:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[1], sys.argv[2])
+    conn = context.wrap_socket(conn, server_side=True)
+while conn.recv(1 << 20):
+    pass
+"""
+
+
+def floors(source: Path, certs: Path) -> dict[str, float]:
+    """CPU-seconds per GiB, in this process, of what a chunk's bytes cost at least: one
+    read of `source` from the page cache in 1 MiB pieces, a crc64nvme and a sha256 of as
+    many bytes, and sending them over TLS 1.3 (Python's ssl, as streamer sends) and over
+    plain TCP, each to a sink in another process."""
+    import hashlib
+    import socket
+    import ssl
+
+    from awscrt.checksums import crc64nvme
+
+    buffer = memoryview(bytearray(MiB))
+    size = source.stat().st_size
+    pieces = size // MiB
+
+    def cpu(step) -> float:
+        started = time.process_time()
+        step()
+        return (time.process_time() - started) / (size / GiB)
+
+    def read() -> None:
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            offset = 0
+            while got := os.preadv(fd, [buffer], offset):
+                offset += got
+        finally:
+            os.close(fd)
+
+    def crc() -> None:
+        value = 0
+        for _ in range(pieces):
+            value = crc64nvme(buffer, value)
+
+    def sha() -> None:
+        digest = hashlib.sha256()
+        for _ in range(pieces):
+            digest.update(buffer)
+
+    def send(tls: bool) -> float:
+        args = [str(certs / "public.crt"), str(certs / "private.key")] if tls else []
+        sink = subprocess.Popen(
+            [sys.executable, "-c", SINK, *args], stdout=subprocess.PIPE, text=True
+        )
+        port = int(sink.stdout.readline())
+        conn = socket.create_connection(("127.0.0.1", port))
+        if tls:
+            context = ssl.create_default_context(cafile=str(certs / "CAs" / "ca.crt"))
+            conn = context.wrap_socket(conn, server_hostname="127.0.0.1")
+        try:
+            return cpu(lambda: [conn.sendall(buffer) for _ in range(pieces)])
+        finally:
+            conn.close()
+            sink.wait(timeout=60)
+
+    return {
+        "read": cpu(read),
+        "crc64nvme": cpu(crc),
+        "sha256": cpu(sha),
+        "tls": send(tls=True),
+        "tcp": send(tls=False),
+    }
+
+
+def integrity_runs(work: Path, minio: MinioServer, tools: dict, sets) -> list[tuple]:
+    """Each set uploaded by streamer in each integrity mode (no assembly), by mc, by s5cmd."""
+    rows = []
+    env = peer_env(minio, work)
+    for label, source in sets:
+        size = sum(p.stat().st_size for p in source.iterdir())
+        runs = {
+            f"streamer, {mode}": streamer_upload(
+                work, minio, source, stream_assemble="false", **settings
+            )
+            for mode, settings in MODES.items()
+        }
+        commands = peer_commands({**tools, "aws": "", "rclone": ""}, minio, *peer_source(source))
+        for tool in ("mc", "s5cmd"):
+            clear(minio)
+            runs[tool] = measured(commands[tool], env)
+        rows.append((label, size, runs))
+    return rows
+
+
+def integrity_section(
+    work: Path, minio: MinioServer, tls: MinioServer, args, sets, certs: Path, pattern: bytes
+) -> str:
+    """The integrity section of RESULTS.md: targets, floors, what each tool checks, the
+    profiles, and the memory at 50 streams."""
+    tools = {"mc": args.mc, "s5cmd": args.s5cmd}
+    measured_floors = floors(next(sets[1][1].iterdir()), certs)
+    runs = {
+        "http": integrity_runs(work, minio, tools, sets),
+        "https": integrity_runs(work, tls, tools, sets),
+    }
+    profiles = {
+        mode: profile(work, tls, sets[1][1], args.py_spy, **settings)
+        for mode, settings in MODES.items()
+    }
+    fifty = make_set(work / "fifty", 50, GiB, pattern)
+    many = streamer_upload(work, minio, fifty)
+    shutil.rmtree(fifty)
+    return integrity_report(runs, measured_floors, profiles, sets[1][0], many, args.s5cmd)
+
+
+# The profile before this work on the hot path: the run of 2026-11-30 (commit 92e4a49,
+# of 5c1430b), 1 GiB in 1 file over https, no assembly; chunks crc32c'd, then sent.
+PROFILE_BEFORE = [
+    ("SSLSocket.send (ssl.py:1243)", 0.27),
+    ("feed (streamer/bodies.py:75)", 0.22),
+    ("Span.pieces (streamer/fileio.py:103)", 0.14),
+    ("CRC32CHash.update (crc32c/_crc32hash.py:56)", 0.04),
+    ("CheckpointStore._write (streamer/checkpoint.py:381)", 0.04),
+    ("_create_fn (dataclasses.py:433)", 0.03),
+    ("Uploader.handle_commands (streamer/uploader/process.py:240)", 0.03),
+    ("SSLSocket.read (ssl.py:1167)", 0.03),
+]
+# What each tool's PUTs carry, seen in their request heads through a proxy (mc and s5cmd
+# at the versions pinned in the Makefile, December 2026), and what streamer's carry.
+CHECKS = [
+    ("mc", "each part's sha256, signed piece by piece (`STREAMING-AWS4-HMAC-SHA256-PAYLOAD`)",
+     "nothing: `UNSIGNED-PAYLOAD`, no checksum (TLS alone)"),
+    ("s5cmd", "the body's sha256, signed, and its MD5 (`Content-MD5`)",
+     "the same: sha256 signed, and MD5"),
+    ("streamer, file_sha256 on", "each chunk's sha256, signed, and its crc64nvme; the whole "
+     "file's sha256", "each chunk's crc64nvme, in a trailer (TLS against tampering); the "
+     "whole file's sha256"),
+    ("streamer, file_sha256 off", "each chunk's sha256, signed, and its crc64nvme",
+     "each chunk's crc64nvme, in a trailer (TLS against tampering)"),
+]  # fmt: skip
+
+
+def integrity_report(
+    runs: dict, floor: dict, profiles: dict, profiled: str, many: Run, s5cmd: str
+) -> str:
+    lines = [
+        INTEGRITY_BEGIN,
+        "## Like for like, against the targets: integrity and CPU",
+        "",
+        run_line("Run")
+        + f" One MinIO on loopback; s5cmd {s5cmd_version(s5cmd)}. Already finished MP4 files "
+        "(real ffmpeg output copied to size); streamer without assembly, as the peers make "
+        "one object and no more.",
+        "",
+        "| link | set | streamer | MiB/s | vs the faster of mc and s5cmd | CPU-s/GiB | "
+        "CPU over mc's | target | floor, CPU-s/GiB | CPU over its floor | peak PSS MiB |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for link, rows in runs.items():
+        for label, size, by_tool in rows:
+            mc, fastest = by_tool["mc"], min(by_tool["mc"].seconds, by_tool["s5cmd"].seconds)
+            for mode in MODES:
+                run, target = by_tool[f"streamer, {mode}"], CPU_TARGETS[(link, mode)]
+                cpu, low = run.cpu / (size / GiB), sum(floor[p] for p in FLOOR_PARTS[(link, mode)])
+                pace = fastest / run.seconds
+                met = "met" if run.cpu / mc.cpu <= target and pace >= 1.0 else "not met"
+                lines.append(
+                    f"| {link} | {label} | {mode} | {size / MiB / run.seconds:.0f} | "
+                    f"{pace:.2f}x | {cpu:.2f} | {ratio(run.cpu, mc.cpu)} | "
+                    f"<= {target:.1f}x CPU, >= 1.00x pace: {met} | {low:.2f} | "
+                    f"{cpu / low:.2f}x | {run.peak_rss / MiB:.0f} |"
+                )
+    lines += [
+        "",
+        "The peers, in the same run:",
+        "",
+        "| link | set | tool | MiB/s | CPU-s/GiB | peak PSS MiB |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for link, rows in runs.items():
+        for label, size, by_tool in rows:
+            for tool in ("mc", "s5cmd"):
+                run = by_tool[tool]
+                lines.append(
+                    f"| {link} | {label} | {tool} | {size / MiB / run.seconds:.0f} | "
+                    f"{run.cpu / (size / GiB):.2f} | {run.peak_rss / MiB:.0f} |"
+                )
+    lines += [
+        "",
+        "Pace above 1 means streamer is faster; CPU is of the whole process tree (streamer: "
+        "the supervisor and its uploaders), memory the summed proportional set size at its "
+        f"peak. With 50 streams at once (1 GiB in all, the defaults): peak PSS "
+        f"{many.peak_rss / MiB:.0f} MiB (target < 100).",
+        "",
+        "Each floor is the least its bytes can cost, measured in the same run on one core: "
+        "one read of the file, the hashes the mode's checks need, and sending the bytes. "
+        + ", ".join(f"{part}: {value:.2f}" for part, value in floor.items())
+        + " CPU-s/GiB (tls: Python's TLS 1.3 `sendall` of 1 MiB buffers to a local sink; tcp: "
+        "plain `sendall`). Over https: one read, the crc64nvme, TLS, and with the file's "
+        "sha256 that too; over http: one read, the crc64nvme, the chunk's signed sha256, "
+        "plain TCP, and with the file's sha256 a second sha256.",
+        "",
+        "### What each tool checks",
+        "",
+        "| tool | over http | over https |",
+        "| --- | --- | --- |",
+        *[f"| {tool} | {http} | {https} |" for tool, http, https in CHECKS],
+        "",
+        "S3 checks every byte against what the PUT carries; nothing checks what it does not. "
+        "mc over https sends the bytes with nothing to check them by but TLS: it spends the "
+        "least CPU, and proves the least.",
+        "",
+        f"### Where streamer's CPU goes over https ({profiled}, no assembly)",
+        "",
+        "| before: share of busy samples | line on top of the stack |",
+        "| ---: | --- |",
+        *[f"| {share:.0%} | `{leaf}` |" for leaf, share in PROFILE_BEFORE],
+        "",
+        "Before: the run of 2026-11-30 (commit 92e4a49): each chunk read and crc32c'd, then "
+        "read again and sent, and the whole file's sha256 fed on the first pass.",
+        "",
+    ]
+    for mode, profiled in profiles.items():
+        lines += [
+            f"| now, {mode}: share of busy samples | line on top of the stack |",
+            "| ---: | --- |",
+            *[f"| {share:.0%} | `{leaf}` |" for leaf, share in profiled],
+            "",
+        ]
+    lines += [
+        "py-spy's samples of the supervisor and its uploaders, idle waits left out. Time in C "
+        "(a hash, TLS, a read) counts on the Python line that called it.",
+        INTEGRITY_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def s5cmd_version(s5cmd: str) -> str:
+    return subprocess.run([s5cmd, "version"], capture_output=True, text=True).stdout.strip()
+
+
+def with_block(text: str, block: str, begin: str, end: str) -> str:
+    """`text` (a RESULTS.md) with its block between `begin` and `end` replaced by `block`
+    (which holds them), or `block` added at its end: the other sections stay as their own
+    run left them."""
+    if begin in text and end in text:
+        before, _, rest = text.partition(begin)
+        _, _, after = rest.partition(end)
+        return before + block.rstrip("\n") + after
+    return text.rstrip("\n") + "\n\n" + block
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -784,46 +1067,6 @@ def throughput_table(title: str, rows) -> list[str]:
                 f"{run.cpu / (size / GiB):.2f} | {run.peak_rss / MiB:.0f} |"
             )
     return [*lines, ""]
-
-
-def targets_table(throughputs: dict) -> list[str]:
-    """The figures the targets are set in, like for like (streamer without assembly)."""
-    lines = [
-        "## Like for like, against the targets",
-        "",
-        "| link | set | streamer vs the faster of mc and s5cmd | streamer CPU over mc's | "
-        "peak memory MiB: all, supervisor, largest uploader |",
-        "| --- | --- | ---: | ---: | ---: |",
-    ]
-    for link, rows in throughputs.items():
-        for label, _, runs in rows:
-            lean, mc = runs["streamer, no assembly"], runs["mc"]
-            fastest = min(mc.seconds, runs["s5cmd"].seconds)
-            lines.append(
-                f"| {link} | {label} | {ratio(fastest, lean.seconds)} | "
-                f"{ratio(lean.cpu, mc.cpu)} | {lean.peak_rss / MiB:.0f}, "
-                f"{lean.peak_root / MiB:.0f}, {lean.peak_child / MiB:.0f} |"
-            )
-    lines += [
-        "",
-        "Throughput above 1 means streamer is faster; CPU below 1 means it uses less.",
-        "",
-    ]
-    return lines
-
-
-def profile_table(label: str, profiled: list) -> list[str]:
-    return [
-        f"## Where streamer's CPU goes over https ({label}, no assembly)",
-        "",
-        "| share of busy samples | line on top of the stack |",
-        "| ---: | --- |",
-        *[f"| {share:.0%} | `{leaf}` |" for leaf, share in profiled],
-        "",
-        "py-spy's samples of the supervisor and its uploaders, idle waits left out. Time in C "
-        "(sha256, crc32c, TLS, a read) counts on the Python line that called it.",
-        "",
-    ]
 
 
 def assembly_table(results: dict) -> list[str]:
@@ -853,7 +1096,7 @@ def assembly_table(results: dict) -> list[str]:
     return lines
 
 
-def report(versions: dict, throughputs, profiled, lags, costs, total, idle, ready, assembly) -> str:
+def report(versions: dict, throughputs, lags, costs, total, idle, ready, assembly) -> str:
     live, long = lags
     lines = [
         "# streamer benchmark",
@@ -865,7 +1108,6 @@ def report(versions: dict, throughputs, profiled, lags, costs, total, idle, read
         "",
         "Figures from one run; compare them with each other, not with another run's.",
         "",
-        *targets_table(throughputs),
         *throughput_table(
             "Throughput over http (already finished MP4 files, real ffmpeg output copied to size)",
             throughputs["http"],
@@ -882,14 +1124,10 @@ def report(versions: dict, throughputs, profiled, lags, costs, total, idle, read
         "directly, so `no assembly` is the like-for-like comparison of moving the bytes. "
         "CPU and memory are of the whole process tree (streamer: the supervisor and its "
         "uploaders); memory is the summed proportional set size (PSS), in which a page shared "
-        "by forked processes counts once, at its peak. Over https, streamer sends each chunk "
-        "unsigned with a crc32c S3 checks (over http, signed with its sha256), and hashes "
-        "the whole file with sha256 for `metadata.json` either way. What each protects "
-        "against: a chunk's crc32c, accidental changes on the way (all but one in 2^32), "
-        "while TLS stops deliberate ones; over http the signed sha256 stops both; the whole "
-        "file's sha256 proves the recording at rest (`verify`, `restore`).",
+        "by forked processes counts once, at its peak. streamer runs with its defaults here "
+        "(the whole file's sha256 taken); what each tool checks, and both of streamer's "
+        "integrity modes against the targets, are in the section on integrity and CPU.",
         "",
-        *profile_table(throughputs["https"][1][0], profiled),
         *assembly_table(assembly),
         "## Live lag (10 MiB chunks, idle timeout 5 s)",
         "",
@@ -1036,16 +1274,6 @@ def fleet_report(reading: dict, aggregate: dict, total: int) -> str:
     return "\n".join(lines)
 
 
-def with_fleet(text: str, fleet: str) -> str:
-    """`text` (a RESULTS.md) with its fleet sections replaced by `fleet`, or `fleet` added
-    at its end: the other sections stay as their own run left them."""
-    if FLEET_BEGIN in text and FLEET_END in text:
-        before, _, rest = text.partition(FLEET_BEGIN)
-        _, _, after = rest.partition(FLEET_END)
-        return before + fleet.rstrip("\n") + after
-    return text.rstrip("\n") + "\n\n" + fleet
-
-
 def versions(tools: dict, pins: str) -> dict:
     from streamer import __version__
 
@@ -1069,14 +1297,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["fleet"],
+        choices=["fleet", "integrity"],
         help="run only these sections and replace them in --out, the others left as they are",
     )
     args = parser.parse_args()
     tools = {k: getattr(args, k) for k in ("minio", "mc", "s5cmd", "aws", "rclone")}
-    missing = [f"--{k.replace('_', '-')}" for k in (*tools, "py_spy") if not getattr(args, k)]
-    if missing and not args.only:
-        parser.error(f"the whole benchmark needs {', '.join(missing)} (or give --only fleet)")
+    needed = {None: (*tools, "py_spy"), "integrity": ("s5cmd", "py_spy"), "fleet": ()}
+    missing = [f"--{k.replace('_', '-')}" for k in needed[args.only] if not getattr(args, k)]
+    if missing:
+        parser.error(f"{args.only or 'the whole benchmark'} needs {', '.join(missing)}")
     work = Path(tempfile.mkdtemp(prefix="streamer-bench-", dir=args.work))
     minio = MinioServer(args.minio, work / "minio" / "data")
     minio.client.make_bucket("bench")
@@ -1084,18 +1313,20 @@ def main() -> None:
         ffmpeg = shutil.which("ffmpeg") or "ffmpeg"
         pattern = make_recording(ffmpeg, work / "source.mp4")
         gib = int(GiB * args.size)
-        fleet = fleet_report(
-            fleet_reading(
-                work, minio, args.mc, counts=[max(100, round(n * args.size)) for n in FLEET_COUNTS]
-            ),
-            fleet_throughput(work, minio, args, 2 * gib, pattern),
-            2 * gib,
-        )
-        if args.only:
-            before = Path(args.out).read_text() if Path(args.out).exists() else ""
-            text = with_fleet(before, fleet)
-        else:
-            text = with_fleet(whole_report(work, minio, args, tools, ffmpeg, pattern, gib), fleet)
+        text = Path(args.out).read_text() if args.only and Path(args.out).exists() else ""
+        if args.only is None:
+            text = whole_report(work, minio, args, tools, ffmpeg, pattern, gib)
+        if args.only in (None, "integrity"):
+            section = integrity(work, minio, args, pattern, gib)
+            text = with_block(text, section, INTEGRITY_BEGIN, INTEGRITY_END)
+        if args.only in (None, "fleet"):
+            counts = [max(100, round(n * args.size)) for n in FLEET_COUNTS]
+            fleet = fleet_report(
+                fleet_reading(work, minio, args.mc, counts=counts),
+                fleet_throughput(work, minio, args, 2 * gib, pattern),
+                2 * gib,
+            )
+            text = with_block(text, fleet, FLEET_BEGIN, FLEET_END)
     finally:
         minio.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -1103,22 +1334,43 @@ def main() -> None:
     print(text)
 
 
-def whole_report(work, minio, args, tools, ffmpeg: str, pattern: bytes, gib: int) -> str:
-    """Every section but the fleet's."""
-    sets = [
+def both_sets(work: Path, gib: int, pattern: bytes) -> list[tuple[str, Path]]:
+    return [
         (f"{2 * gib / GiB:g} GiB, 8 files", make_set(work / "set-2g", 8, 2 * gib, pattern)),
         (f"{gib / GiB:g} GiB, 1 file", make_set(work / "set-1g", 1, gib, pattern)),
     ]
-    throughputs = {"http": throughput(work, minio, tools, sets)}
-    tls = MinioServer(
-        args.minio, work / "tls-minio" / "data", certs_dir=make_certificates(work / "certs")
-    )
+
+
+@contextlib.contextmanager
+def tls_minio(work: Path, binary: str):
+    """A second MinIO, over https with a certificate from a private CA; and the CA's
+    directory."""
+    certs = make_certificates(work / "certs")
+    tls = MinioServer(binary, work / "tls-minio" / "data", certs_dir=certs)
     try:
         tls.client.make_bucket("bench")
-        throughputs["https"] = throughput(work, tls, tools, sets)
-        profiled = profile(work, tls, sets[1][1], args.py_spy)
+        yield tls, certs
     finally:
         tls.stop()
+        shutil.rmtree(work / "tls-minio", ignore_errors=True)
+
+
+def integrity(work: Path, minio: MinioServer, args, pattern: bytes, gib: int) -> str:
+    sets = both_sets(work, gib, pattern)
+    try:
+        with tls_minio(work, args.minio) as (tls, certs):
+            return integrity_section(work, minio, tls, args, sets, certs, pattern)
+    finally:
+        for _, source in sets:
+            shutil.rmtree(source)
+
+
+def whole_report(work, minio, args, tools, ffmpeg: str, pattern: bytes, gib: int) -> str:
+    """Every section but the integrity and fleet ones."""
+    sets = both_sets(work, gib, pattern)
+    throughputs = {"http": throughput(work, minio, tools, sets)}
+    with tls_minio(work, args.minio) as (tls, _):
+        throughputs["https"] = throughput(work, tls, tools, sets)
     for _, source in sets:
         shutil.rmtree(source)
     live = live_lag(work, minio, pattern, seconds=max(20, round(60 * args.size)))
@@ -1132,7 +1384,6 @@ def whole_report(work, minio, args, tools, ffmpeg: str, pattern: bytes, gib: int
     return report(
         versions(tools, args.pins),
         throughputs,
-        profiled,
         (live, long),
         costs,
         gib,

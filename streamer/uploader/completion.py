@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import Future
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import msgspec
@@ -19,15 +20,15 @@ from streamer.failures import NotInS3
 from streamer.fileio import Span, open_regular, stat_source, touching
 from streamer.logs import describe
 from streamer.messages import Finish, FinishDeclined, StreamFinished
-from streamer.policy import UploadChunk, final_status
+from streamer.policy import final_status
 from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord, whole_crc64nvme, whole_digest
 from streamer.uploader.assembly import Assembler, content_type
 from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.ledger import Ledger
-from streamer.uploader.reports import Finished, PrefixHash, Sent, Survey
-from streamer.uploader.sending import digest_chunk, place_chunk
+from streamer.uploader.reports import Finished, PrefixHash, Survey
+from streamer.uploader.sending import put_span
 from streamer.uploader.survey import Surveyor, still_holds, survey, wants_sha256
 
 
@@ -204,14 +205,10 @@ class Completion:
         reason: str,
         log_fields: dict,
     ) -> tuple[ChunkRecord, bytes | None]:
-        s3 = self.ctx.s3
-        first = digest_chunk(s3, span, old.index)
         # A crash after an earlier re-upload's PUT may have left its bytes at that key.
         revision = max(old.revision + 1, record.min_revision)
-        revision, etag, digest, seconds = place_chunk(
-            s3, record.stream_id, old.index, revision, first.body, first.sums, probe=True
-        )
-        if seconds is not None:
+        sent = put_span(self.ctx.s3, record.stream_id, old.index, revision, span, probe=True)
+        if sent.seconds is not None:
             metrics.BYTES_UPLOADED.inc(len(span))
         self.ctx.log.info(
             "chunk_reuploaded",
@@ -219,12 +216,12 @@ class Completion:
             index=old.index,
             offset=old.offset,
             size=len(span),
-            revision=revision,
+            revision=sent.revision,
             reason=reason,
         )
-        chunk = UploadChunk(old.index, old.offset, len(span))
-        sent = Sent(chunk, revision, digest, first.crc64nvme, etag, first.head, seconds, None, None)
-        return sent.record(reason), first.head
+        # Read at completion: settled by then, whenever the pass began.
+        settled = replace(sent, read_at_ns=None, read_mtime_ns=None)
+        return settled.record(reason), sent.head
 
     def finished(self, job: Job, future: Future, now: float) -> None:
         """Record what a finisher thread reports: the chunks it uploaded again, then the

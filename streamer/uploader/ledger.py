@@ -18,6 +18,7 @@ class Ledger:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.told_checksum_refused = False
+        self.told_trailer_refused = False
 
     def chunk_returned(self, job: Job, index: int, future: Future, now: float) -> None:
         """A chunk came back from its sender thread. A failed one is sent again after the
@@ -67,6 +68,13 @@ class Ledger:
                 checksum=ctx.s3.checksum,
                 message=f"S3 refuses x-amz-checksum-{refused}: chunks go with the next "
                 "checksum it takes (sha256 is signed, and costs a sha256 of every byte)",
+            )
+        if ctx.s3.trailer_refused and not self.told_trailer_refused:
+            self.told_trailer_refused = True
+            ctx.log.warning(
+                "trailer_refused",
+                message="S3 refuses a checksum sent after the body (aws-chunked): each chunk "
+                "is digested on a pass of its own before it is sent, read twice",
             )
         if sent.seconds is None:
             ctx.log.info("chunk_found_in_s3", **fields)

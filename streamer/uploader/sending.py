@@ -1,14 +1,15 @@
-"""Sending chunks: a sender thread digests a chunk, then puts it in S3 (or finds it there,
-after a crash), reading it from the file on each pass; it touches neither the checkpoint
-nor the jobs, and reports what S3 holds as a `Sent`. The ledger commits it."""
+"""Sending chunks: a sender thread puts a chunk in S3 (or finds it there, after a crash),
+read from the file once as it is sent and hashed on the way where the store sends its
+checksum in a trailer, or else digested on one pass and sent on the next; it touches
+neither the checkpoint nor the jobs, and reports what S3 holds as a `Sent`. The ledger
+commits it."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from streamer import bodies
-from streamer.bodies import Body, Checked, Head
+from streamer.bodies import Body, Checked, Head, Tapped
 from streamer.chunkstore import ChunkStore, StoredObject, Taken
 from streamer.digests import CRC64NVME, Digest
 from streamer.fileio import Span
@@ -28,29 +29,32 @@ def place_chunk(
     index: int,
     revision: int,
     body: Body,
-    sums: dict[str, Digest],
+    sums: dict[str, Digest] | None,
     probe: bool,
-) -> tuple[int, str, Digest, float | None]:
-    """Put a chunk's bytes (whose digests are `sums`) under the first revision key, from
-    `revision` on, that is free or already holds exactly these bytes; `probe` says one may
-    be taken. An object once written is never overwritten: bytes an unrecorded upload left
+) -> tuple[int, str, dict[str, Digest], Digest, float | None]:
+    """Put a chunk's bytes under the first revision key, from `revision` on, that is free
+    or already holds exactly these bytes; `probe` says one may be taken. `sums`: their
+    digests, taken on a pass before, or None where the store `trails` (taken as they are
+    sent). An object once written is never overwritten: bytes an unrecorded upload left
     there that the file no longer has stay, and these go to the next revision. Returns the
-    revision, the ETag, the digest S3 holds it by, and the seconds the PUT took (None:
-    found in S3)."""
+    revision, the ETag, the chunk's digests, the one S3 holds it by, and the seconds the
+    PUT took (None: found in S3)."""
     while True:
         key = s3.layout.chunk_key(stream_id, index, revision)
-        stored = s3.stat(key) if probe else None
+        stored = s3.stat(key, checksum=True) if probe else None
         if stored is None:
             started = time.perf_counter()
             try:
-                etag, digest = s3.put_chunk(key, body, sums, CHUNK_TAGS)
-                return revision, etag, digest, time.perf_counter() - started
+                etag, sent, digest = s3.put_chunk(key, body, sums, CHUNK_TAGS)
+                return revision, etag, sent, digest, time.perf_counter() - started
             except Taken:
                 # Written by someone else since (another host under this instance name,
                 # or an upload no checkpoint recorded): never overwritten.
-                stored = s3.stat(key)
-        if stored is not None and same_bytes(stored, body, sums):
-            return revision, stored.etag, stored.digest, None
+                stored = s3.stat(key, checksum=True)
+        if stored is not None:
+            known = sums or bodies.digests_of(s3.chunk_algorithms, body)
+            if same_bytes(stored, body, known):
+                return revision, stored.etag, known, stored.digest, None
         revision += 1
 
 
@@ -63,25 +67,61 @@ def same_bytes(stored: StoredObject, body: Body, sums: dict[str, Digest]) -> boo
     return (known or bodies.digest(stored.digest.algorithm, body)) == stored.digest
 
 
-@dataclass(frozen=True)
-class Digested:
-    """A chunk's first pass: its digests (`ChunkStore.chunk_algorithms`), the file's head
-    with chunk 0, and the chunk to send, checked to read again as it did."""
-
-    sums: dict[str, Digest]
-    head: bytes | None
-    body: Checked
-
-    @property
-    def crc64nvme(self) -> str:
-        return self.sums[CRC64NVME].value
-
-
-def digest_chunk(s3: ChunkStore, span: Span, index: int, *also) -> Digested:
-    """Read a chunk once to digest it; `also`, other hashers, are fed its bytes too."""
+def put_span(
+    s3: ChunkStore,
+    stream_id: str,
+    index: int,
+    revision: int,
+    span: Span,
+    probe: bool,
+    sent_hash: PrefixHash | None = None,
+) -> Sent:
+    """Put chunk `index`, the bytes of `span`, in S3 unless S3 holds exactly these bytes
+    already (`probe`: after a crash, an upload may have finished that no checkpoint
+    recorded); `sent_hash`, the file's sha256, is fed them in turn. Where the store
+    `trails`, the chunk is read once, hashed as it is sent (and once more before, for the
+    sha256, if one is taken); else it is digested on a pass of its own, and read again as
+    it is sent: bytes that are not the ones digested are stopped before the body is whole,
+    and refused by S3."""
     head = Head(HEAD_SIZE) if index == 0 else None
-    sums = bodies.digests_of(s3.chunk_algorithms, span, *(h for h in (*also, head) if h))
-    return Digested(sums, head.data if head else None, Checked(span, sums[CRC64NVME]))
+    if s3.trails:
+        if sent_hash is not None:
+            feed_in_turn(span, index, sent_hash, (CRC64NVME,))
+        body, sums = Tapped(span, head) if head else span, None
+    else:
+        sums = feed_in_turn(span, index, sent_hash, s3.chunk_algorithms, head)
+        body = Checked(span, sums[CRC64NVME])
+    revision, etag, sums, digest, seconds = place_chunk(
+        s3, stream_id, index, revision, body, sums, probe
+    )
+    chunk = UploadChunk(index, span.offset, span.size)
+    crc, read = sums[CRC64NVME].value, (span.read_at_ns, span.read_mtime_ns)
+    return Sent(chunk, revision, digest, crc, etag, head.data if head else None, seconds, *read)
+
+
+def feed_in_turn(
+    span: Span,
+    index: int,
+    sent_hash: PrefixHash | None,
+    algorithms: tuple[str, ...],
+    head: Head | None = None,
+) -> dict[str, Digest]:
+    """A pass over a chunk for its digests by `algorithms` (and its file's `head`, with
+    chunk 0), feeding the file's sha256 when its turn comes."""
+    also = (head,) if head else ()
+    whole = sent_hash.take_turn(index, span.offset) if sent_hash else None
+    if whole is None:
+        sums = bodies.digests_of(algorithms, span, *also)
+        if sent_hash:
+            sent_hash.seen(span.offset, sums[CRC64NVME].value)
+        return sums
+    try:
+        sums = bodies.digests_of(algorithms, span, whole, *also)
+    except BaseException:
+        sent_hash.give_up()
+        raise
+    sent_hash.fed(index, span.size, sums[CRC64NVME].value)
+    return sums
 
 
 class Sender:
@@ -112,31 +152,8 @@ class Sender:
         probe: bool,
         sent_hash: PrefixHash | None,
     ) -> Sent:
-        """In a sender thread: digest the chunk, then put it in S3 unless S3 holds exactly
-        these bytes already (`probe`: after a crash, an upload may have finished that no
-        checkpoint recorded). The PUT reads the file again as it sends: bytes that are not
-        the ones digested are stopped before the body is whole, and refused by S3."""
+        """In a sender thread: the chunk in S3 (`put_span`)."""
         span = Span(record, chunk.offset, chunk.size, self.ctx.buffers)
-        first = self.digest_in_turn(span, chunk.index, sent_hash)
-        read_at_ns, mtime_ns = span.read_at_ns, span.read_mtime_ns
-        revision, etag, digest, seconds = place_chunk(
-            self.ctx.s3, record.stream_id, chunk.index, revision, first.body, first.sums, probe
+        return put_span(
+            self.ctx.s3, record.stream_id, chunk.index, revision, span, probe, sent_hash
         )
-        crc = first.crc64nvme
-        return Sent(chunk, revision, digest, crc, etag, first.head, seconds, read_at_ns, mtime_ns)
-
-    def digest_in_turn(self, span: Span, index: int, sent_hash: PrefixHash | None) -> Digested:
-        """The chunk's first pass, feeding the file's sha256 when its turn comes."""
-        whole = sent_hash.take_turn(index, span.offset) if sent_hash else None
-        if whole is None:
-            first = digest_chunk(self.ctx.s3, span, index)
-            if sent_hash:
-                sent_hash.seen(span.offset, first.crc64nvme)
-            return first
-        try:
-            first = digest_chunk(self.ctx.s3, span, index, whole)
-        except BaseException:
-            sent_hash.give_up()
-            raise
-        sent_hash.fed(index, span.size, first.crc64nvme)
-        return first
