@@ -29,8 +29,9 @@ from streamer.bandwidth import TokenBucket
 from streamer.bodies import Body, InMemory
 from streamer.config import S3Config
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest
-from streamer.fileio import PIECE, SourceChanged
+from streamer.fileio import PIECE
 from streamer.layout import Layout
+from streamer.policy import TRANSIENT_CODES
 
 # What S3 (and servers like it) answer for a key that holds no object.
 MISSING = ("NoSuchKey", "NoSuchObject", "NotFound")
@@ -196,7 +197,7 @@ class ChunkStore:
         wanted = (CRC64NVME, self._checksum, SHA256 if self._signs else CRC64NVME)
         return tuple(dict.fromkeys(wanted))
 
-    def checked_by(self, sums: dict[str, Digest]) -> Digest:
+    def checking_digest(self, sums: dict[str, Digest]) -> Digest:
         """Of a chunk's digests, the one S3 checks it by: its sha256 where that is signed,
         else its checksum."""
         return sums[SHA256 if self._signs else self._checksum]
@@ -291,7 +292,11 @@ class ChunkStore:
             try:
                 return self._send_trailing(key, body, content_type, condition, tags)
             except S3Error as exc:
-                if exc.code not in CHECKSUM_REFUSED:
+                # A server without trailers may say so in many ways; one that took them
+                # and failed for a while says that in the codes worth retrying.
+                if exc.code in TRANSIENT_CODES or (
+                    exc.response.status >= 500 and exc.code not in CHECKSUM_REFUSED
+                ):
                     raise
             trailed = self._checksum
         if sums is None or not sums.keys() >= set(self.chunk_algorithms):
@@ -315,7 +320,7 @@ class ChunkStore:
             if algorithm == trailed:  # the trailer was refused, not its checksum
                 self._trails = False
             self._checksum = algorithm  # those before it were refused
-            return etag, sums, self.checked_by(sums)
+            return etag, sums, self.checking_digest(sums)
         raise AssertionError("sha256, the last checksum tried, either goes or raises")
 
     def _send_trailing(
@@ -330,7 +335,7 @@ class ChunkStore:
         the checksum S3 checks it by in a trailer after the last. What S3 stores is what
         was hashed, whatever the file did meanwhile."""
         checksum = self._checksum
-        hashers = {a: digests.hasher(a) for a in self.chunk_algorithms}
+        hashers = {a: digests.hasher(a) for a in dict.fromkeys((CRC64NVME, checksum))}
         size = len(body)
         headers = genheaders({"Content-Type": content_type}, self._sse, tags, None, False)
         headers.update(condition)
@@ -338,6 +343,8 @@ class ChunkStore:
         headers["Content-Encoding"] = "aws-chunked"
         headers["x-amz-decoded-content-length"] = str(size)
         headers["x-amz-trailer"] = f"x-amz-checksum-{checksum}"
+        # As the AWS SDKs send it: what an Object Lock bucket asks of a PUT.
+        headers["x-amz-sdk-checksum-algorithm"] = checksum.upper()
 
         def trailer(digest: Digest) -> bytes:
             return f"0\r\nx-amz-checksum-{checksum}:{digest.b64}\r\n\r\n".encode()
@@ -346,16 +353,15 @@ class ChunkStore:
         headers["Content-Length"] = str(_framed_length(size) + len(trailer(nothing)))
 
         def framed():
-            left = size
+            # In frames of PIECE bytes, as counted above: a span's pieces are whole ones.
             for piece in body.pieces():
-                if len(piece) != min(PIECE, left):  # the framing's lengths are sent first
-                    raise SourceChanged("a piece of the chunk was read short")
-                left -= len(piece)
-                for hasher in hashers.values():
-                    hasher.update(piece)
-                yield f"{len(piece):x}\r\n".encode()
-                yield piece
-                yield b"\r\n"
+                for start in range(0, len(piece), PIECE):
+                    frame = piece[start : start + PIECE]
+                    for hasher in hashers.values():
+                        hasher.update(frame)
+                    yield f"{len(frame):x}\r\n".encode()
+                    yield frame
+                    yield b"\r\n"
             yield trailer(Digest(checksum, hashers[checksum].hexdigest()))
 
         etag = self._put_body(key, framed(), headers, condition)
@@ -440,7 +446,7 @@ class ChunkStore:
                 return self.put(key, InMemory(data), digests.of(SHA256, data), content_type, expect)
             except Taken:
                 return self._identical(key, hashlib.md5(data, usedforsecurity=False).hexdigest())
-        upload_id = self.begin_upload(key, content_type)
+        upload_id, _ = self.begin_upload(key, content_type)
         try:
             etags = [
                 self._client._upload_part(
@@ -490,15 +496,16 @@ class ChunkStore:
         """Does an upload that joins chunks ask S3 to check the whole's crc64nvme?"""
         return self._checked_copies and self._checksum == CRC64NVME
 
-    def begin_upload(self, key: str, content_type: str, checked: bool = False) -> str:
-        """Start a multipart upload to `key`; return its upload id. `checked`: S3 is to
-        take a crc64nvme of each part and check the whole object's against them."""
+    def begin_upload(self, key: str, content_type: str, checked: bool = False) -> tuple[str, bool]:
+        """Start a multipart upload to `key`; return its upload id, and whether it is
+        checked. `checked`: S3 is to take a crc64nvme of each part and check the whole
+        object's against them; a server that refuses that gets an upload without."""
         headers = genheaders({"Content-Type": content_type}, self._sse, None, None, False)
         if checked:
             headers[CHECKSUM_ALGORITHM] = "CRC64NVME"
             headers[CHECKSUM_TYPE] = FULL_OBJECT
         try:
-            return self._client._create_multipart_upload(self.bucket, key, headers)
+            return self._client._create_multipart_upload(self.bucket, key, headers), checked
         except S3Error as exc:
             if not checked or exc.code not in CHECKSUM_REFUSED:
                 raise
@@ -510,7 +517,11 @@ class ChunkStore:
     ) -> str:
         """Copy `part`'s source object, pinned to its ETag, into the upload as part
         `number`; return the part's ETag. `checked`: the upload asked for a whole-object
-        crc64nvme, and the part's, as S3 took it, must be its source's (PartDiffers)."""
+        crc64nvme, and the part's, as S3 took it, must be its source's (PartDiffers);
+        a part whose crc64nvme is not known (uploaded before crc64nvme) cannot go into
+        such an upload (CopiesUnchecked)."""
+        if checked and part.crc64nvme is None:
+            raise CopiesUnchecked(f"the crc64nvme of {part.key} is not known")
         copy = ComposeSource(self.bucket, part.key)
         copy.build_headers(part.size, part.etag)
         try:
@@ -532,6 +543,9 @@ class ChunkStore:
         result = ET.fromstring(response.data.decode())
         etag = findtext(result, "ETag", True).strip('"')
         taken = findtext(result, "ChecksumCRC64NVME")
+        if checked and taken is None:
+            self._checked_copies = False
+            raise CopiesUnchecked("S3 took no crc64nvme of a part it copied")
         if checked and _hex(taken) != part.crc64nvme:
             raise PartDiffers(
                 f"part {number} copied from {part.key} has crc64nvme {_hex(taken)}, its "
@@ -637,8 +651,7 @@ class ChunkStore:
         wanted = crc64nvme is not None and all(p.crc64nvme for p in parts)
         upload_id, checked = upload or (None, False)
         if fresh:
-            checked = wanted and self.checks_copies
-            upload_id = self.begin_upload(key, content_type, checked)
+            upload_id, checked = self.begin_upload(key, content_type, wanted and self.checks_copies)
         elif checked and not wanted:
             # S3 wants each part's checksum to complete it: parts from before crc64nvme.
             raise CopiesUnchecked("the crc64nvme of a part (or of the whole) is not known")
@@ -738,9 +751,10 @@ class ChunkStore:
                 return None
             raise
         headers = {k.lower(): v for k, v in info.metadata.items()}
-        whole = headers.get(CHECKSUM_TYPE, FULL_OBJECT) == FULL_OBJECT
-        crc = _hex(headers.get("x-amz-checksum-crc64nvme")) if whole else None
-        return StoredObject(info.size, info.etag, _stored_digest(headers, whole), crc64nvme=crc)
+        full_object = headers.get(CHECKSUM_TYPE, FULL_OBJECT) == FULL_OBJECT
+        crc = _hex(headers.get("x-amz-checksum-crc64nvme")) if full_object else None
+        digest = _stored_digest(headers, full_object)
+        return StoredObject(info.size, info.etag, digest, crc64nvme=crc)
 
 
 def _not_held(exc: S3Error, condition: dict[str, str]) -> bool:
@@ -771,14 +785,15 @@ def multipart_etag(etags: list[str]) -> str:
     return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(etags)}"
 
 
-def _stored_digest(headers: dict[str, str], whole: bool = False) -> Digest | None:
-    """The digest streamer stored an object with (x-amz-meta-<algorithm>); else, `whole`,
-    the checksum of its whole bytes S3 keeps (a chunk whose CRC went in a trailer, asked
-    for with x-amz-checksum-mode), which S3 checked as it took them."""
+def _stored_digest(headers: dict[str, str], full_object: bool = False) -> Digest | None:
+    """The digest streamer stored an object with (x-amz-meta-<algorithm>); else, where
+    S3 gives a `full_object` one, the checksum of all its bytes S3 keeps (a chunk whose
+    CRC went in a trailer, asked for with x-amz-checksum-mode), which S3 checked as it
+    took them."""
     for algorithm in digests.ALGORITHMS:
         if (value := headers.get(f"x-amz-meta-{algorithm}")) is not None:
             return Digest(algorithm, value)
-    for algorithm in (CRC64NVME, CRC32C) if whole else ():
+    for algorithm in (CRC64NVME, CRC32C) if full_object else ():
         if (value := headers.get(f"x-amz-checksum-{algorithm}")) is not None:
             return Digest(algorithm, _hex(value))
     return None

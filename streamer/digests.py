@@ -97,6 +97,14 @@ def of(algorithm: str, data) -> Digest:
     return Digest(algorithm, h.hexdigest())
 
 
+def whole(sha256: str | None, crc64nvme: str | None) -> Digest | None:
+    """What a recording's bytes together are proven by: the file's sha256 where it was
+    taken, else the crc64nvme of its chunks together; None if neither is known."""
+    if sha256 is not None:
+        return Digest(SHA256, sha256)
+    return Digest(CRC64NVME, crc64nvme) if crc64nvme is not None else None
+
+
 def combine(pieces: Iterable[tuple[str, int]]) -> str | None:
     """The crc64nvme of consecutive pieces' bytes from each one's crc64nvme (hex) and size,
     without the bytes; None if a piece's CRC is not known."""

@@ -148,15 +148,22 @@ class Span:
                 view = memoryview(buffer)[:length]
                 position = self.offset
                 while position < end:
-                    with (
-                        reading(f"reading {record.path} at byte {position}"),
-                        touching(record.path),
-                    ):
-                        read = os.preadv(fd, [view[: end - position]], position)
-                    if not read:
-                        raise SourceChanged(f"{record.path} ends before byte {end}")
-                    yield view[:read]
-                    position += read
+                    piece = view[: end - position]
+                    filled = 0
+                    # Whole pieces, however the filesystem returns them (FUSE, NFS and
+                    # CIFS may return fewer bytes than asked): a framed body states each
+                    # piece's length before its bytes.
+                    while filled < len(piece):
+                        with (
+                            reading(f"reading {record.path} at byte {position + filled}"),
+                            touching(record.path),
+                        ):
+                            read = os.preadv(fd, [piece[filled:]], position + filled)
+                        if not read:
+                            raise SourceChanged(f"{record.path} ends before byte {end}")
+                        filled += read
+                    yield piece
+                    position += filled
             finally:
                 if self._buffers:
                     self._buffers.give(buffer)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import msgspec
 from msgspec import Struct
 
-from streamer.digests import CRC64NVME, SHA256, Digest, recorded
+from streamer import digests
+from streamer.digests import Digest, recorded
 from streamer.layout import Layout
 from streamer.mp4 import Mp4Facts
 from streamer.records import UTC as UTCTime
@@ -92,11 +93,7 @@ class Manifest(Struct, kw_only=True):
 
     @property
     def whole(self) -> Digest | None:
-        """What the stream's bytes together are checked by: the file's sha256, else the
-        crc64nvme of its chunks together; None if it says neither."""
-        if self.sha256 is not None:
-            return Digest(SHA256, self.sha256)
-        return Digest(CRC64NVME, self.crc64nvme) if self.crc64nvme is not None else None
+        return digests.whole(self.sha256, self.crc64nvme)
 
 
 def build(record: StreamRecord, chunks: list[ChunkRecord], layout: Layout) -> Manifest:

@@ -10,7 +10,8 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-from streamer.digests import CRC64NVME, SHA256, Digest, combine, recorded
+from streamer import digests
+from streamer.digests import CRC64NVME, Digest, combine, recorded
 from streamer.mp4 import Mp4Facts
 
 UTC = Annotated[datetime, Meta(tz=True)]
@@ -73,15 +74,6 @@ def whole_crc64nvme(chunks: list[ChunkRecord]) -> str | None:
     """The crc64nvme of the chunks' bytes one after another, combined from theirs without
     the bytes; None if one of them has none."""
     return combine((c.crc64nvme, c.size) for c in chunks)
-
-
-def whole_digest(sha256: str | None, chunks: list[ChunkRecord]) -> Digest | None:
-    """What the whole recording, made of `chunks`, is checked by: its sha256 where it was
-    taken, else the crc64nvme combined from its chunks'."""
-    if sha256 is not None:
-        return Digest(SHA256, sha256)
-    crc = whole_crc64nvme(chunks)
-    return Digest(CRC64NVME, crc) if crc is not None else None
 
 
 class Assembled(Struct, frozen=True, kw_only=True):
@@ -160,11 +152,7 @@ class StreamRecord(Struct, kw_only=True):
 
     @property
     def whole(self) -> Digest | None:
-        """What its bytes together are proven by: the file's sha256 where it was taken,
-        else the crc64nvme of its chunks together; None if neither is known."""
-        if self.sha256 is not None:
-            return Digest(SHA256, self.sha256)
-        return Digest(CRC64NVME, self.crc64nvme) if self.crc64nvme is not None else None
+        return digests.whole(self.sha256, self.crc64nvme)
 
     @property
     def checked_by_s3(self) -> bool:

@@ -6,9 +6,10 @@ bytes are read and dropped, nothing is answered), throttle (forward at a byte ra
 refuse_puts (a connection that starts a PUT request is reset; other requests pass),
 refuse_tags (a PUT with tags is answered 501 NotImplemented, as R2 or B2 answer it),
 refuse_checksums (a PUT with one of the checksums named, crc64nvme and crc32c by default,
-in a header or a trailer, is answered 400 InvalidRequest, as a server that does not know
-the algorithm answers it), refuse_trailers (a PUT with a checksum in a trailer, x-amz-trailer, is
-answered 501 NotImplemented, as a server without aws-chunked uploads answers it),
+in a header or a trailer, or a multipart upload begun asking for it, is answered 400
+InvalidRequest, as a server that does not know the algorithm answers it),
+refuse_trailers (a PUT with a checksum in a trailer, x-amz-trailer, is answered 501
+NotImplemented, as a server without aws-chunked uploads answers it),
 refuse_conditions (a PUT with If-None-Match
 or If-Match is answered 501 NotImplemented, as a server without conditional writes does),
 slow_down (every PUT is held a moment, then answered 503 SlowDownWrite on a connection
@@ -184,7 +185,11 @@ class FaultProxy:
         if self.mode == "refuse_tags" and _puts_header(data, b"x-amz-tagging"):
             answer = NOT_IMPLEMENTED
         elif self.mode == "refuse_checksums" and any(
-            _puts_header(data, name) or _puts_header(data, b"x-amz-trailer", name)
+            _puts_header(data, name)
+            or _puts_header(data, b"x-amz-trailer", name)
+            or _begins_upload_with(
+                data, b"x-amz-checksum-algorithm", name[len(b"x-amz-checksum-") :]
+            )
             for name in self.checksums
         ):
             answer = INVALID_REQUEST
@@ -345,11 +350,15 @@ def _content_length(data: bytes) -> int:
     return 0
 
 
-def _puts_header(data: bytes, name: bytes, value: bytes = b"") -> bool:
-    """Is this a PUT with header `name` (with `value`, if given)?"""
+def _puts_header(data: bytes, name: bytes, value: bytes = b"", method: bytes = b"PUT ") -> bool:
+    """Is this a PUT (or `method`) with header `name` (with `value`, if given)?"""
     head = data.split(b"\r\n\r\n", 1)[0].lower()
     line = b"\r\n" + name + b":" + (b" " + value if value else b"")
-    return data.startswith(b"PUT ") and line in head
+    return data.startswith(method) and line in head
+
+
+def _begins_upload_with(data: bytes, name: bytes, value: bytes) -> bool:
+    return b"?uploads" in data.split(b"\r\n", 1)[0] and _puts_header(data, name, value, b"POST ")
 
 
 def _reset(conn: socket.socket) -> None:

@@ -439,3 +439,41 @@ def test_a_server_that_refuses_a_trailer_gets_the_checksum_in_a_header(
     assert len(daemon.find("trailer_refused")) >= 1
     assert not daemon.find("checksum_refused"), "crc64nvme itself is taken"
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("server", ["versitygw"], indirect=True)
+def test_a_part_whose_crc64nvme_is_not_known_goes_into_no_checked_upload(server, bucket):
+    """A chunk uploaded before crc64nvme: its part cannot be checked, so the upload that
+    asks for a check gives way (CopiesUnchecked), and the uploader goes on asking."""
+    from streamer.chunkstore import CopiesUnchecked, PartSource
+
+    s3 = chunk_store(server, bucket)
+    data = os.urandom(1000)
+    etag, _, _ = s3.put_chunk("rec/old", InMemory(data), None, None)
+    upload_id, checked = s3.begin_upload("rec/whole", "application/octet-stream", True)
+    assert checked
+    with pytest.raises(CopiesUnchecked, match="crc64nvme of rec/old is not known"):
+        s3.copy_part("rec/whole", upload_id, 1, PartSource("rec/old", 1000, etag), checked)
+    assert s3.checks_copies, "the server was not at fault"
+    s3.abort_upload("rec/whole", upload_id)
+
+
+@pytest.mark.parametrize("server", ["minio"], indirect=True)
+def test_a_server_that_refuses_a_checked_upload_gets_one_without(server, bucket, proxy):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamer.chunkstore import PartSource
+
+    proxy.set("refuse_checksums", checksums=("crc64nvme",))
+    s3 = chunk_store(proxy, bucket)
+    data = os.urandom(1000)
+    etag, sums, _ = chunk_store(server, bucket).put_chunk("rec/part", InMemory(data), None, None)
+    assert s3.checks_copies
+    part = PartSource("rec/part", 1000, etag, sums[CRC64NVME].value)
+    with ThreadPoolExecutor(1) as pool:
+        etag, checked = s3.compose(
+            "rec/whole", [part], "application/octet-stream", pool, crc64nvme=crc64_of(data)
+        )
+    assert not checked and not s3.checks_copies
+    assert s3.get("rec/whole") == data
+    assert not s3.open_uploads("rec/whole")

@@ -229,7 +229,7 @@ class Doctor:
         upload_id = None
         try:
             etag = put_scratch(s3, source, data)
-            upload_id = s3.begin_upload(target, "application/octet-stream")
+            upload_id, _ = s3.begin_upload(target, "application/octet-stream")
             part = s3.copy_part(target, upload_id, 1, PartSource(source, len(data), etag))
             s3.complete_upload(target, upload_id, [part])
             upload_id = None
@@ -306,4 +306,5 @@ def rejected_hint() -> str:
 def put_scratch(s3, key: str, data: bytes) -> str:
     """A scratch object put as a chunk is (its checksum, unsigned over https); its ETag."""
     body = InMemory(data)
-    return s3.put_chunk(key, body, bodies.digests_of(s3.chunk_algorithms, body), None)[0]
+    sums = None if s3.trails else bodies.digests_of(s3.chunk_algorithms, body)
+    return s3.put_chunk(key, body, sums, None)[0]

@@ -90,8 +90,7 @@ class Assembler:
         should the finished file say otherwise, completion assembles afresh."""
         key = self.assembled_key(record)
         kind = content_type(mp4.inspect_bytes(record.head or b"").is_mp4)
-        checked = self.ctx.s3.checks_copies
-        upload_id = self.ctx.s3.begin_upload(key, kind, checked)
+        upload_id, checked = self.ctx.s3.begin_upload(key, kind, self.ctx.s3.checks_copies)
         return AssemblyUpload(key=key, upload_id=upload_id, content_type=kind, checked=checked)
 
     def copy_parts(
@@ -123,7 +122,7 @@ class Assembler:
         strays aborts it), and another begun that asks S3 to check nothing."""
         with contextlib.suppress(Exception):
             self.ctx.s3.abort_upload(upload.key, upload.upload_id)
-        upload_id = self.ctx.s3.begin_upload(upload.key, upload.content_type)
+        upload_id, _ = self.ctx.s3.begin_upload(upload.key, upload.content_type)
         return msgspec.structs.replace(upload, upload_id=upload_id, checked=False)
 
     def copied(self, job: Job, future: Future, now: float) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from streamer import metrics, mp4
+from streamer import digests, metrics, mp4
 from streamer.audit import chunk_problems
 from streamer.checkpoint import UnknownStream
 from streamer.chunkstore import ChunkStore
@@ -22,7 +22,7 @@ from streamer.logs import describe
 from streamer.messages import Finish, FinishDeclined, StreamFinished
 from streamer.policy import final_status
 from streamer.publishing import Published, publish
-from streamer.records import ChunkRecord, StreamRecord, whole_crc64nvme, whole_digest
+from streamer.records import ChunkRecord, StreamRecord, whole_crc64nvme
 from streamer.uploader.assembly import Assembler, content_type
 from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job, Phase
@@ -174,7 +174,7 @@ class Completion:
         assembled = None
         if self.ctx.config.stream.assemble:
             kind = content_type(facts.is_mp4)
-            whole = whole_digest(sha256, final)
+            whole = digests.whole(sha256, whole_crc64nvme(final))
             assembled = self.assembler.assemble(record, final, finish, whole, kind, log_fields)
             check_still_idle(record.path, finish)
         return Finished(finish, sha256, revised, drop_from, facts, assembled)
@@ -334,4 +334,5 @@ class Completion:
             chunks=len(chunks),
             reuploaded_chunks=done.reuploaded_chunks,
             sha256=done.sha256,
+            crc64nvme=done.crc64nvme,
         )

@@ -1,6 +1,7 @@
 """Sending chunks: a sender thread puts a chunk in S3 (or finds it there, after a crash),
 read from the file once as it is sent and hashed on the way where the store sends its
-checksum in a trailer, or else digested on one pass and sent on the next; it touches
+checksum in a trailer (and on a pass before, for the file's sha256, where it is taken),
+or else digested on one pass and sent on the next; it touches
 neither the checkpoint nor the jobs, and reports what S3 holds as a `Sent`. The ledger
 commits it."""
 
@@ -52,7 +53,8 @@ def place_chunk(
                 # or an upload no checkpoint recorded): never overwritten.
                 stored = s3.stat(key, checksum=True)
         if stored is not None:
-            known = sums or bodies.digests_of(s3.chunk_algorithms, body)
+            wanted = (*s3.chunk_algorithms, *((stored.digest.algorithm,) if stored.digest else ()))
+            known = sums or bodies.digests_of(tuple(dict.fromkeys(wanted)), body)
             if same_bytes(stored, body, known):
                 return revision, stored.etag, known, stored.digest, None
         revision += 1
