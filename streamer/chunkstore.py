@@ -342,23 +342,22 @@ class ChunkStore:
         headers["x-amz-content-sha256"] = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
         headers["Content-Encoding"] = "aws-chunked"
         headers["x-amz-decoded-content-length"] = str(size)
-        headers["x-amz-trailer"] = f"x-amz-checksum-{checksum}"
+        # As wide as any CRC of this algorithm: what the trailer's length is counted by.
+        nothing = Digest(checksum, hashers[checksum].hexdigest())
+        headers["x-amz-trailer"] = nothing.header()[0]
         # As the AWS SDKs send it: what an Object Lock bucket asks of a PUT.
         headers["x-amz-sdk-checksum-algorithm"] = checksum.upper()
 
         def trailer(digest: Digest) -> bytes:
-            return f"0\r\nx-amz-checksum-{checksum}:{digest.b64}\r\n\r\n".encode()
+            return "0\r\n{}:{}\r\n\r\n".format(*digest.header()).encode()
 
-        nothing = Digest(checksum, hashers[checksum].hexdigest())  # as wide as any CRC
         headers["Content-Length"] = str(_framed_length(size) + len(trailer(nothing)))
 
         def framed():
             # In frames of PIECE bytes, as counted above: a span's pieces are whole ones.
-            for piece in body.pieces():
+            for piece in bodies.Tapped(body, *hashers.values()).pieces():
                 for start in range(0, len(piece), PIECE):
                     frame = piece[start : start + PIECE]
-                    for hasher in hashers.values():
-                        hasher.update(frame)
                     yield f"{len(frame):x}\r\n".encode()
                     yield frame
                     yield b"\r\n"
@@ -601,7 +600,8 @@ class ChunkStore:
         body = getbytes(element)
         headers = {"Content-Type": "application/xml", "Content-MD5": md5sum_hash(body)}
         if crcs:
-            headers["x-amz-checksum-crc64nvme"] = Digest(CRC64NVME, crcs[-1]).b64
+            name, value = Digest(CRC64NVME, crcs[-1]).header()
+            headers[name] = value
             headers[CHECKSUM_TYPE] = FULL_OBJECT
         try:
             response = self._client._execute(

@@ -1,9 +1,8 @@
 """Sending chunks: a sender thread puts a chunk in S3 (or finds it there, after a crash),
 read from the file once as it is sent and hashed on the way where the store sends its
 checksum in a trailer (and on a pass before, for the file's sha256, where it is taken),
-or else digested on one pass and sent on the next; it touches
-neither the checkpoint nor the jobs, and reports what S3 holds as a `Sent`. The ledger
-commits it."""
+or else digested on one pass and sent on the next; it touches neither the checkpoint nor
+the jobs, and reports what S3 holds as a `Sent`. The ledger commits it."""
 
 from __future__ import annotations
 
