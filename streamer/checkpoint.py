@@ -305,25 +305,35 @@ class CheckpointStore:
     ) -> StreamRecord:
         """Record a chunk S3 confirmed: the next in order, or a re-upload of an earlier one.
         `head` is the file's first bytes, given with chunk 0."""
+        return self.commit_chunks(stream_id, [chunk], head)
+
+    def commit_chunks(
+        self, stream_id: str, chunks: list[ChunkRecord], head: bytes | None = None
+    ) -> StreamRecord:
+        """Record chunks S3 confirmed, in order, in one transaction: all of them or none
+        (one that would leave a gap refuses the lot). `head` as for `commit_chunk`."""
 
         def write(txn):
             record = self._load(txn, stream_id)
             if head is not None:
                 record.head = head
-            if chunk.index > record.chunk_count:
-                raise ChunkOutOfOrder(f"{record.position}: chunk {chunk.index} would leave a gap")
-            if chunk.index == record.chunk_count:
-                record.chunk_count += 1
-                record.committed_bytes = chunk.offset + chunk.size
-                record.first_upload_at = record.first_upload_at or chunk.uploaded_at
-            else:
-                record.reuploaded_chunks += 1
-                if chunk.index == record.chunk_count - 1:
+            for chunk in chunks:
+                if chunk.index > record.chunk_count:
+                    raise ChunkOutOfOrder(
+                        f"{record.position}: chunk {chunk.index} would leave a gap"
+                    )
+                if chunk.index == record.chunk_count:
+                    record.chunk_count += 1
                     record.committed_bytes = chunk.offset + chunk.size
-            record.last_upload_at = chunk.uploaded_at
-            key = _chunk_key(stream_id, chunk.index)
-            kept = _superseding(txn.get(key, db=self._chunks), chunk)
-            txn.put(key, _encoder.encode(kept), db=self._chunks)
+                    record.first_upload_at = record.first_upload_at or chunk.uploaded_at
+                else:
+                    record.reuploaded_chunks += 1
+                    if chunk.index == record.chunk_count - 1:
+                        record.committed_bytes = chunk.offset + chunk.size
+                record.last_upload_at = chunk.uploaded_at
+                key = _chunk_key(stream_id, chunk.index)
+                kept = _superseding(txn.get(key, db=self._chunks), chunk)
+                txn.put(key, _encoder.encode(kept), db=self._chunks)
             self._save(txn, record)
             return record
 

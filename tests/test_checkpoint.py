@@ -56,6 +56,17 @@ def test_a_gap_is_refused(store):
         store.commit_chunk("cam-1", chunk(1))
 
 
+def test_chunks_that_land_together_commit_together_all_or_none(store):
+    store.create_stream(stream())
+    record = store.commit_chunks("cam-1", [chunk(0), chunk(1), chunk(2)], head=b"ftyp")
+    assert (record.chunk_count, record.committed_bytes, record.head) == (3, 300, b"ftyp")
+    with pytest.raises(ChunkOutOfOrder):
+        store.commit_chunks("cam-1", [chunk(3), chunk(5)])
+    record = store.get_stream("cam-1")
+    assert (record.chunk_count, record.committed_bytes) == (3, 300), "chunk 3 is not in"
+    assert [c.index for c in store.chunks("cam-1")] == [0, 1, 2]
+
+
 def test_a_reupload_replaces_the_chunk_and_is_counted(store):
     store.create_stream(stream())
     store.commit_chunk("cam-1", chunk(0))

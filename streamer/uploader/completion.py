@@ -241,7 +241,7 @@ class Completion:
         if report.drop_from is not None:
             job.record = self.ctx.store.drop_chunks_from(job.stream_id, report.drop_from)
         for chunk, head in report.revised:
-            self.ledger.commit(job, chunk, head)
+            self.ledger.commit(job, [chunk], head)
         state, reason = final_status(report.facts)
         self.conclude(
             job,

@@ -34,21 +34,30 @@ class Ledger:
         self.land_in_order(job, now)
 
     def land_in_order(self, job: Job, now: float) -> None:
-        while (sent := job.arrived.pop(job.record.chunk_count, None)) is not None:
-            try:
-                self.land(job, sent)
-            except Exception as exc:
-                # In S3 but not committed: look there before sending it again.
-                job.probe_below = max(job.probe_below, sent.chunk.index + 1)
-                self.ctx.retry_later(job, exc, now)
-                return
+        """Commit the chunks that came back and follow the last committed, in one
+        transaction however many they are."""
+        landing: list[Sent] = []
+        while (sent := job.arrived.pop(job.record.chunk_count + len(landing), None)) is not None:
+            landing.append(sent)
+        if not landing:
+            return
+        records = [sent.record() for sent in landing]
+        try:
+            self.ctx.s3_state(True)
+            for chunk in records:
+                end = chunk.offset + chunk.size
+                self.ctx.events.put(ChunkUploaded(stream_id=job.stream_id, end=end))
+            self.commit(job, records, landing[0].head)
+        except Exception as exc:
+            # In S3 but not committed: look there before sending them again.
+            job.probe_below = max(job.probe_below, records[-1].index + 1)
+            self.ctx.retry_later(job, exc, now)
+            return
+        for sent, committed in zip(landing, records, strict=True):
+            self.landed(job, sent, committed)
 
-    def land(self, job: Job, sent: Sent) -> None:
+    def landed(self, job: Job, sent: Sent, committed: ChunkRecord) -> None:
         ctx, record, chunk = self.ctx, job.record, sent.chunk
-        ctx.s3_state(True)
-        ctx.events.put(ChunkUploaded(stream_id=record.stream_id, end=chunk.offset + chunk.size))
-        committed = sent.record()
-        self.commit(job, committed, sent.head)
         if copies_ahead(ctx.config.stream.assemble, record.chunk_size, chunk.index, chunk.size):
             job.uncopied.append(committed)
         ctx.step_succeeded(job)
@@ -73,8 +82,9 @@ class Ledger:
             self.told_trailer_refused = True
             ctx.log.warning(
                 "trailer_refused",
-                message="S3 refuses a checksum sent after the body (aws-chunked): each chunk "
-                "is digested on a pass of its own before it is sent, read twice",
+                message="S3 refuses a checksum sent after the body (aws-chunked), or the "
+                "body's signed pieces: each chunk is digested on a pass of its own before it "
+                "is sent, read twice",
             )
         if sent.seconds is None:
             ctx.log.info("chunk_found_in_s3", **fields)
@@ -84,9 +94,9 @@ class Ledger:
         metrics.BYTES_UPLOADED.inc(chunk.size)
         ctx.log.info("chunk_uploaded", **fields, seconds=round(sent.seconds, 3))
 
-    def commit(self, job: Job, chunk: ChunkRecord, head: bytes | None) -> None:
+    def commit(self, job: Job, chunks: list[ChunkRecord], head: bytes | None) -> None:
         with metrics.CHECKPOINT_COMMIT_SECONDS.time():
-            job.record = self.ctx.store.commit_chunk(job.stream_id, chunk, head)
+            job.record = self.ctx.store.commit_chunks(job.stream_id, chunks, head)
         self.ctx.checkpoint_state(True)
         self.ctx.events.put(
             ChunkCommitted(stream_id=job.stream_id, committed_bytes=job.record.committed_bytes)
