@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +105,13 @@ class CopiesUnchecked(Exception):
     from now on ask for none."""
 
 
+class PiecedBodyRefused(Exception):
+    """S3 refused a body sent in pieces with its checksum in a trailer (aws-chunked): as
+    one damaged on the way would be (a piece not as signed, its framing broken), worth
+    sending again at once. Refused again, the store takes it for a server that takes no
+    such bodies, and sends chunks with their digests in the header."""
+
+
 class PartDiffers(Exception):
     """S3 copied a part whose crc64nvme is not its source's as recorded."""
 
@@ -134,7 +142,8 @@ class ChunkStore:
         self._tagging = True  # the server (and the policy) take tags on a PUT
         # Over https a chunk goes unsigned, checked by its CRC (see streamer.digests); not
         # without verification either: anyone on the path could then forge a CRC. Over
-        # http its sha256 is signed, unless s3.unsigned_payload_over_http trades that away.
+        # http its bytes' sha256 is signed (each piece's, or where the server refuses that
+        # the whole chunk's), unless s3.unsigned_payload_over_http trades that away.
         self._signs = (
             config.tls_skip_verify if config.secure else not config.unsigned_payload_over_http
         )
@@ -142,10 +151,12 @@ class ChunkStore:
         # the next. sha256 is the last, and is then signed.
         self._checksums = (CRC64NVME, SHA256) if self._signs else (CRC64NVME, CRC32C, SHA256)
         self._checksum = self._checksums[0]
-        # An unsigned chunk's CRC goes in a trailer, after its body (aws-chunked, as the
-        # AWS SDKs send it): the body is read once, hashed as it is sent, until the server
-        # refuses that, when it is digested on a pass of its own before it is sent.
-        self._trails = not self._signs
+        # A chunk's CRC goes in a trailer, after its body (aws-chunked, as the AWS SDKs
+        # send it; signed, each piece's sha256 is signed as it goes, as mc sends it): the
+        # body is read once, hashed as it is sent, until the server refuses that, when it
+        # is digested on a pass of its own before it is sent.
+        self._trails = True
+        self._pieced_refused = False  # the last body sent in pieces was refused
         # Uploads that join chunks ask S3 to check the whole object's crc64nvme against
         # its parts', until the server refuses to copy a part into one.
         self._checked_copies = True
@@ -187,7 +198,7 @@ class ChunkStore:
     def trailer_refused(self) -> bool:
         """The server refused a checksum in a trailer: chunks are digested before they are
         sent, each read twice."""
-        return not self._trails and not self._signs
+        return not self._trails
 
     @property
     def chunk_algorithms(self) -> tuple[str, ...]:
@@ -290,7 +301,9 @@ class ChunkStore:
         trailed = None  # the checksum a refused trailer carried
         if sums is None and self.trails:
             try:
-                return self._send_trailing(key, body, content_type, condition, tags)
+                sent = self._send_trailing(key, body, content_type, condition, tags)
+                self._pieced_refused = False
+                return sent
             except S3Error as exc:
                 # A server without trailers may say so in many ways; one that took them
                 # and failed for a while says that in the codes worth retrying.
@@ -298,6 +311,13 @@ class ChunkStore:
                     exc.response.status >= 500 and exc.code not in CHECKSUM_REFUSED
                 ):
                     raise
+                # A body damaged on the way (a piece not as signed, its framing broken) is
+                # refused once; by a server that takes no such bodies, every time. What
+                # says plainly that it is not taken (or its tags, or its condition) is
+                # not sent again as it was.
+                if exc.code not in TAGS_REFUSED and not self._pieced_refused:
+                    self._pieced_refused = True
+                    raise PiecedBodyRefused(f"S3 refused a body sent in pieces: {exc}") from exc
             trailed = self._checksum
         if sums is None or not sums.keys() >= set(self.chunk_algorithms):
             sums = {**(sums or {}), **bodies.digests_of(self.chunk_algorithms, body)}
@@ -332,14 +352,20 @@ class ChunkStore:
         tags: dict[str, str] | None,
     ) -> tuple[str, dict[str, Digest], Digest]:
         """One PUT of `body`, read once: each piece hashed and sent in aws-chunked framing,
-        the checksum S3 checks it by in a trailer after the last. What S3 stores is what
-        was hashed, whatever the file did meanwhile."""
+        the checksum S3 checks it by in a trailer after the last. Where the store signs,
+        each piece's sha256 is signed as it goes, and the trailer too (as mc signs its
+        bodies over http). What S3 stores is what was hashed, whatever the file did
+        meanwhile."""
         checksum = self._checksum
         hashers = {a: digests.hasher(a) for a in dict.fromkeys((CRC64NVME, checksum))}
         size = len(body)
         headers = genheaders({"Content-Type": content_type}, self._sse, tags, None, False)
         headers.update(condition)
-        headers["x-amz-content-sha256"] = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        headers["x-amz-content-sha256"] = (
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+            if self._signs
+            else "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        )
         headers["Content-Encoding"] = "aws-chunked"
         headers["x-amz-decoded-content-length"] = str(size)
         # As wide as any CRC of this algorithm: what the trailer's length is counted by.
@@ -347,21 +373,17 @@ class ChunkStore:
         headers["x-amz-trailer"] = nothing.header()[0]
         # As the AWS SDKs send it: what an Object Lock bucket asks of a PUT.
         headers["x-amz-sdk-checksum-algorithm"] = checksum.upper()
-
-        def trailer(digest: Digest) -> bytes:
-            return "0\r\n{}:{}\r\n\r\n".format(*digest.header()).encode()
-
-        headers["Content-Length"] = str(_framed_length(size) + len(trailer(nothing)))
+        # Signed as it is sent: the request's own signature, made as it is sent, is where
+        # the pieces' begin.
+        framing = _Framing(functools.partial(self._client.piece_signer, headers), self._signs)
+        headers["Content-Length"] = str(framing.length(size, nothing))
 
         def framed():
             # In frames of PIECE bytes, as counted above: a span's pieces are whole ones.
             for piece in bodies.Tapped(body, *hashers.values()).pieces():
                 for start in range(0, len(piece), PIECE):
-                    frame = piece[start : start + PIECE]
-                    yield f"{len(frame):x}\r\n".encode()
-                    yield frame
-                    yield b"\r\n"
-            yield trailer(Digest(checksum, hashers[checksum].hexdigest()))
+                    yield from framing.frame(piece[start : start + PIECE])
+            yield framing.last(Digest(checksum, hashers[checksum].hexdigest()))
 
         etag = self._put_body(key, framed(), headers, condition)
         sums = {a: Digest(a, h.hexdigest()) for a, h in hashers.items()}
@@ -690,10 +712,13 @@ class ChunkStore:
     ) -> Fetched:
         """Write an object's bytes into the open file `fd` from `offset`, a block at a time
         (memory stays at one block), hashing them on the way with `algorithm` (None: the
-        one the object was stored with, sha256 if none)."""
+        one the object was stored with, sha256 if none). The digest it was stored with is
+        S3's own checksum of it where no other went with it (its CRC in a trailer)."""
         size = 0
-        with self._response(key) as response:
-            stored = _stored_digest({k.lower(): v for k, v in response.headers.items()})
+        with self._response(key, checksum=True) as response:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            full_object = headers.get(CHECKSUM_TYPE, FULL_OBJECT) == FULL_OBJECT
+            stored = _stored_digest(headers, full_object)
             algorithm = algorithm or (stored.algorithm if stored else SHA256)
             digest = digests.hasher(algorithm)
             for data in response.stream(block):
@@ -720,12 +745,14 @@ class ChunkStore:
         return Digest(algorithm, digest.hexdigest())
 
     @contextlib.contextmanager
-    def _response(self, key: str, etag: str | None = None):
+    def _response(self, key: str, etag: str | None = None, checksum: bool = False):
         """An object's body (only if its ETag is `etag`, if given), its connection given
-        back to the pool afterwards."""
-        pinned = {"If-Match": f'"{etag}"'} if etag is not None else None
+        back to the pool afterwards; `checksum`: with the checksum S3 keeps of it."""
+        asked = {"If-Match": f'"{etag}"'} if etag is not None else {}
+        if checksum:
+            asked["x-amz-checksum-mode"] = "ENABLED"
         try:
-            response = self._client.get_object(self.bucket, key, request_headers=pinned)
+            response = self._client.get_object(self.bucket, key, request_headers=asked or None)
         except S3Error as exc:
             if exc.code in PRECONDITION_FAILED:
                 raise Taken(key) from None
@@ -763,12 +790,53 @@ def _not_held(exc: S3Error, condition: dict[str, str]) -> bool:
     return exc.code in PRECONDITION_FAILED or ("If-Match" in condition and exc.code in MISSING)
 
 
-def _framed_length(size: int) -> int:
-    """The length of `size` bytes in aws-chunked framing, in pieces of PIECE bytes (the
-    last shorter), up to the last piece: each is its length in hex, CRLF, itself, CRLF."""
-    full, rest = divmod(size, PIECE)
-    frame = len(f"{PIECE:x}") + 4
-    return size + full * frame + (len(f"{rest:x}") + 4 if rest else 0)
+class _Framing:
+    """aws-chunked framing: each piece its length in hex, CRLF, itself, CRLF; then an empty
+    piece and the trailer. Signed, each piece's length is followed by its signature, and
+    the trailer by its own."""
+
+    SIGNATURE = len(";chunk-signature=") + 64
+
+    def __init__(self, signer: Callable[[], s3client.PieceSigner], signed: bool):
+        self._signed = signed
+        self._make_signer = signer
+        self._signer: s3client.PieceSigner | None = None
+
+    def length(self, size: int, checksum: Digest) -> int:
+        """The framed length of `size` bytes in pieces of PIECE (the last shorter), with a
+        trailer of `checksum`'s width."""
+        full, rest = divmod(size, PIECE)
+        frames = [PIECE] * full + ([rest] if rest else []) + [0]
+        extra = self.SIGNATURE if self._signed else 0
+        framed = sum(len(f"{n:x}") + extra + 4 + n for n in frames) - 2
+        return framed + len(self._trailer(checksum, "0" * 64))
+
+    def frame(self, piece: memoryview):
+        yield self._head(piece)
+        yield piece
+        yield b"\r\n"
+
+    @property
+    def signer(self) -> s3client.PieceSigner:
+        if self._signer is None:
+            self._signer = self._make_signer()
+        return self._signer
+
+    def _head(self, piece) -> bytes:
+        signature = f";chunk-signature={self.signer.piece(piece)}" if self._signed else ""
+        return f"{len(piece):x}{signature}\r\n".encode()
+
+    def last(self, checksum: Digest) -> bytes:
+        """The empty piece that ends the body, and the trailer carrying `checksum`."""
+        head = self._head(b"")
+        if not self._signed:
+            return head + self._trailer(checksum, "")
+        line = "{}:{}\n".format(*checksum.header()).encode()
+        return head + self._trailer(checksum, self.signer.trailer(line))
+
+    def _trailer(self, checksum: Digest, signature: str) -> bytes:
+        signed = f"x-amz-trailer-signature:{signature}\r\n" if self._signed else ""
+        return "{}:{}\r\n{}\r\n".format(*checksum.header(), signed).encode()
 
 
 def _hex(b64: str | None) -> str | None:

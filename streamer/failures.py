@@ -10,7 +10,7 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from streamer.checkpoint import CheckpointUnwritable
-from streamer.chunkstore import BucketMissing, Taken, UploadGone
+from streamer.chunkstore import BucketMissing, PiecedBodyRefused, Taken, UploadGone
 from streamer.fileio import SourceChanged, SourceUnreadable
 from streamer.policy import OtherRecording, is_rejection, retry_delay
 from streamer.preflight import BUCKET_HINT
@@ -20,10 +20,11 @@ from streamer.s3client import NoCredentials
 # is not: S3 answered.
 S3_TROUBLE = (MinioException, urllib3.exceptions.HTTPError, NoCredentials)
 # The errors a fault can cause, which may go away by themselves: S3 or the network away,
-# the file changed or unreadable, the checkpoint's disk full, or S3 dropped the assembly
-# upload (begun again). Any other exception, an OSError of streamer's own among them, is
-# a bug: it is not retried quietly.
+# a body damaged on the way, the file changed or unreadable, the checkpoint's disk full,
+# or S3 dropped the assembly upload (begun again). Any other exception, an OSError of
+# streamer's own among them, is a bug: it is not retried quietly.
 AWAY = (
+    PiecedBodyRefused,
     SourceChanged,
     SourceUnreadable,
     UploadGone,

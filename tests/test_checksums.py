@@ -1,6 +1,8 @@
-"""How S3 checks each chunk's bytes (streamer.digests): over https a chunk goes unsigned
-with a crc64nvme S3 checks, over http its sha256 is signed and its crc64nvme checked too;
-a server that refuses crc64nvme gets crc32c, then signed sha256. The whole recording's
+"""How S3 checks each chunk's bytes (streamer.digests): a chunk is read once and sent with
+its crc64nvme in a trailer S3 checks; over https unsigned, over http with each piece's
+sha256 signed as it goes. A server that refuses the trailer gets the checksum in a header
+(over http beside the chunk's signed sha256), one that refuses crc64nvme gets crc32c,
+then signed sha256. The whole recording's
 crc64nvme is combined from its chunks'. Against MinIO and versitygw, over http and over
 https with a private CA."""
 
@@ -28,9 +30,11 @@ from minio.error import S3Error
 
 from streamer.bodies import Checked, InMemory, digest, digests_of
 from streamer.checkpoint import CheckpointStore
+from streamer.chunkstore import PiecedBodyRefused
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest, combine, of, recorded
 from streamer.fileio import SourceChanged, Span
 from streamer.policy import TRANSIENT_CODES
+from streamer.s3client import PieceSigner
 from streamer.uploader.sending import place_chunk, put_span, same_bytes
 
 KiB = 1024
@@ -404,9 +408,49 @@ class CountedSpan(Span):
         return super().pieces()
 
 
-@on_tls_servers
-def test_over_https_a_chunk_is_read_once_its_crc64nvme_sent_in_a_trailer(server, bucket, tmp_path):
-    s3 = chunk_store(server, bucket, **over_tls(server))
+def test_a_chunk_s_pieces_are_signed_as_aws_signs_them():
+    """The example of AWS's "Signature Calculations for the Authorization Header:
+    Transferring Payload in Multiple Chunks": 64 KiB of "a", 1 KiB of "a", the end."""
+    authorization = (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
+        "SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;"
+        "x-amz-decoded-content-length;x-amz-storage-class,"
+        "Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
+    )
+    headers = {"Authorization": authorization, "x-amz-date": "20130524T000000Z"}
+    signer = PieceSigner("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", headers)
+    assert [signer.piece(b"a" * 65536), signer.piece(b"a" * 1024), signer.piece(b"")] == [
+        "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+        "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+        "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+    ]
+
+
+@on_http_servers
+def test_over_http_a_piece_signed_without_the_key_is_refused(server, bucket):
+    s3 = chunk_store(server, bucket)
+    assert s3.trails
+    # The pieces signed by one who has not the secret key: S3 checks each signature, and
+    # refuses the body, as it would one damaged on the way: to be sent again.
+    s3._client.piece_signer = lambda headers: PieceSigner("not the key", headers)
+    body = InMemory(b"forged" * 5000)
+    with pytest.raises(PiecedBodyRefused):
+        s3.put_chunk("rec/forged", body, None, None)
+    assert s3.stat("rec/forged") is None and not s3.trailer_refused
+    # Refused again: the store takes it for a server that cannot check signed pieces, and
+    # sends the chunk with its sha256 signed in the header instead.
+    _, sums, checked = s3.put_chunk("rec/forged", body, None, None)
+    assert s3.trailer_refused
+    assert checked == sums[SHA256] == of(SHA256, b"forged" * 5000)
+    assert s3.get("rec/forged") == b"forged" * 5000
+
+
+@pytest.mark.parametrize(
+    "server", ["minio", "versitygw", "tls_minio", "tls_versitygw"], indirect=True
+)
+def test_a_chunk_is_read_once_its_crc64nvme_sent_in_a_trailer(server, bucket, tmp_path):
+    """Over http each piece's sha256 is signed as it goes, and the trailer too."""
+    s3 = chunk_store(server, bucket, **(over_tls(server) if server.ca_file else {}))
     assert s3.trails
     path = tmp_path / "once.mp4"
     path.write_bytes(os.urandom(2 * 1024 * KiB + 123))  # three pieces, the last short

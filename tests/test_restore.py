@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from awscrt.checksums import crc64nvme
 from conftest import both_servers, chunk_store, cli, manifest_of, record, sha256_file
 from minio.commonconfig import CopySource
 
@@ -500,14 +501,18 @@ def test_a_chunk_of_an_unfinished_stream_with_other_bytes_is_caught_as_it_arrive
     assert whole.returncode == 0, whole.stderr
     assert out.read_bytes() == data[: 4 * 64 * KiB]
 
-    # Chunk 2 with one bit changed, claiming the digest its own bytes were stored with:
-    # there is no whole-file sha256 to catch it later.
+    # Chunk 2 with one bit changed, claiming the digest its own bytes were stored with
+    # (S3 kept their crc64nvme, sent in a trailer; the forger says it in the object's
+    # metadata, where streamer puts a digest sent in a header): there is no whole-file
+    # digest to catch it later.
     key = chunk_key(stream_id, 2)
-    claims = stored_with(minio, daemon.bucket, key)
-    forged = bytearray(data[2 * 64 * KiB : 3 * 64 * KiB])
+    assert stored_with(minio, daemon.bucket, key) == {}, "its CRC went in a trailer"
+    original = data[2 * 64 * KiB : 3 * 64 * KiB]
+    claims = {"x-amz-meta-crc64nvme": f"{crc64nvme(original):016x}"}
+    forged = bytearray(original)
     forged[100] ^= 1
     minio.client.put_object(daemon.bucket, key, io.BytesIO(forged), len(forged), metadata=claims)
-    assert stored_with(minio, daemon.bucket, key) == claims != {}
+    assert {k.lower(): v for k, v in stored_with(minio, daemon.bucket, key).items()} == claims
     bad = tmp_path / "bad.mp4"
     caught = cli(daemon, "restore", stream_id, "-o", str(bad))
     assert caught.returncode == 1, caught.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 import signal
@@ -101,10 +102,12 @@ def test_metadata_describes_the_stream(make_daemon, server):
     assert [c["size"] for c in manifest["chunks"]] == [65536, 65536, 65536, 8192]
     for chunk in manifest["chunks"]:
         assert chunk["key"] == f"rec/test-host/{event['stream_id']}/chunks/{chunk['index']:06d}"
-        assert len(chunk["sha256"]) == 64 and chunk["etag"]
-        # Each chunk carries its own sha256, readable from S3 alone.
-        stored = server.client.stat_object(daemon.bucket, chunk["key"])
-        assert stored.metadata["x-amz-meta-sha256"] == chunk["sha256"]
+        assert len(chunk["crc64nvme"]) == 16 and chunk["etag"]
+        # Each chunk carries its own crc64nvme, S3's checksum of it, readable from S3 alone.
+        asked = {"x-amz-checksum-mode": "ENABLED"}
+        stored = server.client.stat_object(daemon.bucket, chunk["key"], extra_headers=asked)
+        crc = base64.b64decode(stored.metadata["x-amz-checksum-crc64nvme"]).hex()
+        assert crc == chunk["crc64nvme"]
     stamps = [
         manifest[k] for k in ("first_seen_at", "first_upload_at", "last_upload_at", "completed_at")
     ]
