@@ -1016,7 +1016,7 @@ def integrity_report(
         + ", ".join(f"{part}: {value:.2f}" for part, value in floor.items())
         + " CPU-s/GiB (tls: Python's TLS 1.3 `sendall` of 1 MiB buffers to a local sink; tcp: "
         "plain `sendall`). Over https: one read, the crc64nvme, TLS, and with the file's "
-        "sha256 that too; over http: one read, the crc64nvme, the chunk's signed sha256, "
+        "sha256 that too; over http: one read, the crc64nvme, the sha256 signed piece by piece, "
         "plain TCP, and with the file's sha256 a second sha256.",
         "",
         "### What each tool checks",
