@@ -19,6 +19,7 @@ from itertools import count
 from typing import BinaryIO
 from xml.etree import ElementTree as ET
 
+import urllib3
 from minio.commonconfig import ComposeSource
 from minio.datatypes import CompleteMultipartUploadResult
 from minio.error import S3Error
@@ -313,9 +314,9 @@ class ChunkStore:
                     raise
                 # A body damaged on the way (a piece not as signed, its framing broken) is
                 # refused once; by a server that takes no such bodies, every time. What
-                # says plainly that it is not taken (or its tags, or its condition) is
-                # not sent again as it was.
-                if exc.code not in TAGS_REFUSED and not self._pieced_refused:
+                # says plainly that it is not taken (or its tags, or its condition), or a
+                # refusal of every request (wrong credentials), is not sent again as it was.
+                if exc.code not in TAGS_REFUSED and not self._pieced_refused and self._answers():
                     self._pieced_refused = True
                     raise PiecedBodyRefused(f"S3 refused a body sent in pieces: {exc}") from exc
             trailed = self._checksum
@@ -342,6 +343,13 @@ class ChunkStore:
             self._checksum = algorithm  # those before it were refused
             return etag, sums, self.checking_digest(sums)
         raise AssertionError("sha256, the last checksum tried, either goes or raises")
+
+    def _answers(self) -> bool:
+        """Does S3 take this store's requests without a body (a HEAD of the bucket)?"""
+        try:
+            return self._client.bucket_exists(self.bucket)
+        except (S3Error, urllib3.exceptions.HTTPError):
+            return False
 
     def _send_trailing(
         self,

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from awscrt.checksums import crc32c, crc64nvme
 from conftest import (
+    ACCESS_KEY,
     GrowingFile,
     assert_exact,
     chunk_store,
@@ -30,7 +31,8 @@ from minio.error import S3Error
 
 from streamer.bodies import Checked, InMemory, digest, digests_of
 from streamer.checkpoint import CheckpointStore
-from streamer.chunkstore import PiecedBodyRefused
+from streamer.chunkstore import ChunkStore, PiecedBodyRefused
+from streamer.config import S3Config
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest, combine, of, recorded
 from streamer.fileio import SourceChanged, Span
 from streamer.policy import TRANSIENT_CODES
@@ -443,6 +445,19 @@ def test_over_http_a_piece_signed_without_the_key_is_refused(server, bucket):
     assert s3.trailer_refused
     assert checked == sums[SHA256] == of(SHA256, b"forged" * 5000)
     assert s3.get("rec/forged") == b"forged" * 5000
+
+
+@on_http_servers
+def test_over_http_wrong_credentials_are_a_refusal_not_a_damaged_body(server, bucket):
+    # Every request is refused, one without a body too: not a body to send again at once.
+    config = S3Config(
+        endpoint=server.endpoint, bucket=bucket, access_key=ACCESS_KEY, secret_key="wrong"
+    )
+    s3 = ChunkStore(config, "test-host")
+    with pytest.raises(S3Error) as refused:
+        s3.put_chunk("rec/denied", InMemory(b"denied" * 5000), None, None)
+    assert refused.value.code == "SignatureDoesNotMatch"
+    assert s3.trails and not s3.trailer_refused
 
 
 @pytest.mark.parametrize(
