@@ -203,7 +203,8 @@ def test_wrong_credentials_are_a_clear_slow_error_and_the_secret_stays_secret(ma
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
         exposed = r.read().decode()
     assert 'streamer_upload_errors_total{kind="rejected"}' in exposed
-    stream_id = daemon.find("stream_discovered")[0]["stream_id"]
+    # The uploaders' bucket checks may be refused before the file is found.
+    stream_id = daemon.wait_for("stream_discovered")[0]["stream_id"]
     outputs = [
         cli(daemon, *args)
         for args in (
