@@ -383,7 +383,8 @@ class ChunkStore:
         headers["x-amz-sdk-checksum-algorithm"] = checksum.upper()
         # Signed as it is sent: the request's own signature, made as it is sent, is where
         # the pieces' begin.
-        framing = _Framing(functools.partial(self._client.piece_signer, headers), self._signs)
+        signer = functools.partial(self._client.piece_signer, headers) if self._signs else None
+        framing = _Framing(signer)
         headers["Content-Length"] = str(framing.length(size, nothing))
 
         def framed():
@@ -805,8 +806,8 @@ class _Framing:
 
     SIGNATURE = len(";chunk-signature=") + 64
 
-    def __init__(self, signer: Callable[[], s3client.PieceSigner], signed: bool):
-        self._signed = signed
+    def __init__(self, signer: Callable[[], s3client.PieceSigner] | None):
+        self._signed = signer is not None  # None: the pieces go unsigned
         self._make_signer = signer
         self._signer: s3client.PieceSigner | None = None
 
