@@ -10,7 +10,7 @@ import os
 import time
 from datetime import UTC, datetime
 
-from streamer import naming
+from streamer import fileio, naming
 from streamer.checkpoint import CheckpointError, CheckpointUnwritable, UnreadableStream
 from streamer.logs import describe
 from streamer.messages import Finish, Moved
@@ -25,10 +25,10 @@ REWRITTEN = "another recording was written over it before it finished"
 
 
 class Discovery:
-    def __init__(self, ctx: Context, table: StreamTable, finished: Retirement):
+    def __init__(self, ctx: Context, table: StreamTable, retirement: Retirement):
         self.ctx = ctx
         self.table = table
-        self.finished = finished
+        self.retirement = retirement
         self.next_rescan = 0.0
         self.next_idle_at = math.inf  # when the next stream falls idle
         self.unreadable: set[str] = set()  # streams whose records do not decode, reported
@@ -75,7 +75,7 @@ class Discovery:
         self.unreadable_folders = set(watcher.unreadable)
         for folder, exc in watcher.unreadable.items():
             self.say_failed(folder, describe(exc))
-        for path in found.keys() | self.table.paths.keys() | self.finished.retainable.keys():
+        for path in found.keys() | self.table.paths.keys() | self.retirement.retainable.keys():
             self.observe_safely(path, now, found.get(path))
         if self.discovering:
             self.adopt_untracked(now)
@@ -137,7 +137,7 @@ class Discovery:
             self.lose(tracked, now)
             tracked = None
         if file is None:
-            self.finished.unsettle(path)
+            self.retirement.unsettle(path)
             return
         if tracked is None:
             moved = self.table.holding(file)
@@ -146,7 +146,7 @@ class Discovery:
             elif (
                 (self.discovering or path in self.only)
                 and watcher.matches(os.path.basename(path))
-                and not self.finished.is_settled(file)
+                and not self.retirement.is_settled(file)
             ):
                 self.discover(file, now)
             return
@@ -168,7 +168,7 @@ class Discovery:
         """A renamed recording keeps what was uploaded of it: at least as many bytes, and the
         same first bytes. A new file that merely reuses a deleted file's inode does not."""
         record = self.ctx.store.get_stream(stream_id)
-        return file.size >= record.committed_bytes and not self.ctx.watcher.head_changed(
+        return file.size >= record.committed_bytes and not fileio.head_changed(
             file.path, record.head
         )
 
@@ -192,7 +192,7 @@ class Discovery:
         """A file no tracked stream owns: an unfinished stream from before a restart, a
         finished one (perhaps renamed), or a new stream."""
         store = self.ctx.store
-        self.finished.unsettle(file.path)
+        self.retirement.unsettle(file.path)
         record = store.stream_at(file.path)
         if record is None or not file.is_of(record):
             record = store.stream_with_inode(file.device, file.inode)
@@ -208,7 +208,7 @@ class Discovery:
                 if record.path != file.path:
                     record = self.move_record(record.stream_id, file.path)
                 tracked = self.table.track(record, file, now, "stream_resumed")
-                if self.ctx.watcher.head_changed(file.path, record.head):
+                if fileio.head_changed(file.path, record.head):
                     self.table.abandon(tracked, REWRITTEN)
                     self.start_stream(file.path, now)
                 return
@@ -218,7 +218,7 @@ class Discovery:
             ):
                 if record.path != file.path:
                     record = self.move_record(record.stream_id, file.path)
-                self.finished.settle(file.path, identity(file), record)
+                self.retirement.settle(file.path, identity(file), record)
                 return
         record = self.new_stream(file)
         self.table.track(record, file, now, "stream_discovered")
@@ -257,7 +257,7 @@ class Discovery:
         if file is None or not file.is_of(record):
             file = watcher.find(record.inode, record.device)
         if file is not None:
-            self.finished.unsettle(file.path)
+            self.retirement.unsettle(file.path)
             self.discover(file, now)
         if record.stream_id not in self.table:
             gone = FileStat(record.path, record.inode, record.device, record.committed_bytes, 0)
@@ -331,5 +331,5 @@ class Discovery:
         if held_path:
             path = tracked.file.path
             settled = (tracked.file.inode, size, mtime_ns)
-            self.finished.settle(path, settled, self.ctx.store.find_stream(stream_id))
+            self.retirement.settle(path, settled, self.ctx.store.find_stream(stream_id))
             self.observe_safely(path, now)
