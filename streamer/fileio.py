@@ -84,6 +84,24 @@ def open_regular(path: str) -> BinaryIO:
         raise
 
 
+# How many first bytes tell one recording from another written over it in place.
+HEAD_SIZE = 16
+
+
+def head_changed(path: str, head: bytes | None) -> bool:
+    """Do the file's first bytes differ from `head` (a recording rewritten in place by
+    another one)? Only bytes both have are compared; an unreadable file has not."""
+    if not head:
+        return False
+    try:
+        with open_regular(path) as f:
+            now = f.read(HEAD_SIZE)
+    except (OSError, SourceChanged, SourceUnreadable):
+        return False
+    common = min(len(now), len(head))
+    return now[:common] != head[:common]
+
+
 # A chunk is read in pieces of this size, into a buffer of the uploader's pool: each pass
 # over a 10 MiB chunk costs 1 MiB of memory, not 10.
 PIECE = 1024 * 1024

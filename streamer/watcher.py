@@ -24,10 +24,6 @@ from dataclasses import dataclass
 from inotify_simple import INotify
 from inotify_simple import flags as F
 
-from streamer.fileio import SourceChanged, SourceUnreadable, open_regular
-
-# How many first bytes tell one recording from another written over it in place.
-HEAD_SIZE = 16
 WATCH_FLAGS = (
     F.CREATE
     | F.MODIFY
@@ -219,20 +215,6 @@ class Watcher:
         folder = self._folders.pop(wd, None)
         if folder is not None and self._watched.get(folder) == wd:
             del self._watched[folder]
-
-    @staticmethod
-    def head_changed(path: str, head: bytes | None) -> bool:
-        """Do the file's first bytes differ from `head` (a recording rewritten in place by
-        another one)? Only bytes both have are compared; an unreadable file has not."""
-        if not head:
-            return False
-        try:
-            with open_regular(path) as f:
-                now = f.read(HEAD_SIZE)
-        except (OSError, SourceChanged, SourceUnreadable):
-            return False
-        common = min(len(now), len(head))
-        return now[:common] != head[:common]
 
     @staticmethod
     def stat(path: str) -> FileStat | None:

@@ -51,13 +51,28 @@ def test_the_value_modules_import_nothing_of_the_project_but_each_other():
 
 
 def test_policy_decides_without_io():
-    reached, todo = set(), ["policy"]
+    reached = reached_from("policy")
+    io = {"lmdb", "minio", "urllib3", "inotify_simple", "prometheus_client", "socket"}
+    assert not {name for m in reached for name in imports(m)} & io, reached
+
+
+def reached_from(*starts: str) -> set[str]:
+    """Every project module that `starts` import, directly or through others."""
+    reached, todo = set(), list(starts)
     while todo:
         module = todo.pop()
         reached.add(module)
         todo += [m for m in project_imports(module) if m not in reached]
-    io = {"lmdb", "minio", "urllib3", "inotify_simple", "prometheus_client", "socket"}
-    assert not {name for m in reached for name in imports(m)} & io, reached
+    return reached
+
+
+def test_the_uploader_reaches_nothing_of_the_supervisor():
+    """What both sides need (a file's head, its size) lives below both, in `fileio`: the
+    uploader never loads the supervisor's inotify watcher, nor anything of its own."""
+    uploader = [m for m in MODULES if m == "uploader" or m.startswith("uploader.")]
+    reached = reached_from(*uploader)
+    assert not {m for m in reached if m == "watcher" or m.split(".")[0] == "supervisor"}
+    assert "inotify_simple" not in {name for m in reached for name in imports(m)}
 
 
 def test_the_supervisor_loads_what_uploaders_use_before_it_forks():

@@ -65,9 +65,9 @@ class Supervisor:
         self.clock = clock
         self.workers = Workers(self.ctx, self.inherited_fds)
         self.table = StreamTable(self.ctx, self.workers)
-        self.finished = Retirement(self.ctx, self.workers)
+        self.retirement = Retirement(self.ctx, self.workers)
         self.pruning = Pruning(self.ctx, self.workers)
-        self.discovery = Discovery(self.ctx, self.table, self.finished)
+        self.discovery = Discovery(self.ctx, self.table, self.retirement)
         self.signals: deque[int] = deque()
         self.metrics_server: metrics.MetricsServer | None = None
         self.stop_deadline: float | None = None
@@ -151,7 +151,7 @@ class Supervisor:
         self.readiness.update_gauges(self.clock())
         self.published = self.readiness.checks(running=True)
         if config.retention.guarded:
-            self.finished.measure_disk()
+            self.retirement.measure_disk()
         if self.metrics_server:
             self.metrics_server.start()
             self.log.info(
@@ -215,7 +215,7 @@ class Supervisor:
 
     def deletions_due(self, now: float) -> tuple[list[str], list[str]]:
         """Retention's files and pruning's streams due now (or asked for)."""
-        return self.finished.due(now), self.pruning.due(now)
+        return self.retirement.due(now), self.pruning.due(now)
 
     def may_delete(self) -> bool:
         """`run --once` counts every answer to a deletion: it asks none before each
@@ -259,11 +259,10 @@ class Supervisor:
         self.table.tell_stuck(now)
         if not self.may_delete():
             return
-        if self.config.retention.enabled and now >= self.finished.next_retention:
-            self.finished.apply(now, busy=self.pruning.busy)
+        if self.config.retention.enabled and now >= self.retirement.next_retention:
+            self.retirement.apply(now, busy=self.pruning.asked.stream_id)
         if self.pruning.enabled:
-            retiring = self.finished.retiring
-            self.pruning.apply(now, busy=retiring[0] if retiring else None)
+            self.pruning.apply(now, busy=self.retirement.asked.stream_id)
 
     def shutdown(self) -> None:
         self.ctx.watcher.close()
@@ -360,7 +359,7 @@ class Supervisor:
                 if self.ctx.checkpoint_state(writable, error) and writable:
                     self.discovery.next_rescan = now  # what was passed over meanwhile
             case Retired():
-                path = self.finished.retired(message, now)
+                path = self.retirement.retired(message, now)
                 if self.batch is not None and path is not None:
                     self.batch.retired(path, message, os.path.lexists)
             case Pruned():
@@ -477,7 +476,7 @@ class Supervisor:
         """A new uploader in its place; its streams, deletions and prunings go on from the
         checkpoint. (A stalled one is not counted against the restart budget: what
         stalls it, a dead mount, is the host's, and halting would not heal it.)"""
-        self.finished.uploader_died(worker.worker_id)
+        self.retirement.uploader_died(worker.worker_id)
         self.pruning.uploader_died(worker.worker_id)
         self.workers.spawn(worker.worker_id)
         self.table.reassign_from(worker.worker_id, now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from streamer.messages import Prune, Pruned
 from streamer.policy import prunable
 from streamer.supervisor.context import Context
+from streamer.supervisor.errands import OneAtATime
 from streamer.supervisor.workers import Workers
 
 PRUNE_RETRY = 60.0  # seconds before a stream whose pruning failed is asked for again
@@ -17,14 +18,8 @@ PRUNE_RETRY = 60.0  # seconds before a stream whose pruning failed is asked for 
 class Pruning:
     def __init__(self, ctx: Context, workers: Workers):
         self.ctx = ctx
-        self.workers = workers
         self.waiting: dict[str, float] = {}  # stream id -> not before
-        self.asked: tuple[str, int] | None = None  # (stream, uploader)
-
-    @property
-    def busy(self) -> tuple[str, ...]:
-        """The stream being pruned, if one is."""
-        return (self.asked[0],) if self.asked is not None else ()
+        self.asked = OneAtATime(workers)
 
     @property
     def enabled(self) -> bool:
@@ -50,20 +45,14 @@ class Pruning:
     def apply(self, now: float, busy: str | None = None) -> None:
         """Ask for the next stream due, unless one is being pruned; not `busy`, the one
         retention is deleting the file of (both rewrite metadata.json)."""
-        if self.asked is not None:
+        if self.asked.errand is not None:
             return
-        due = next(
-            (s for s, at in self.waiting.items() if at <= now and s != busy),
-            None,
-        )
-        uploader = self.workers.least_loaded() if due is not None else None
-        if uploader is not None:
-            self.asked = (due, uploader)
-            self.workers[uploader].send(Prune(stream_id=due))
+        due = next((s for s, at in self.waiting.items() if at <= now and s != busy), None)
+        if due is not None:
+            self.asked.ask(Prune(stream_id=due))
 
     def pruned(self, message: Pruned, now: float) -> None:
-        if self.asked is not None and self.asked[0] == message.stream_id:
-            self.asked = None
+        self.asked.answered(message.stream_id)
         if message.deleted or message.final:
             self.waiting.pop(message.stream_id, None)
         elif message.stream_id in self.waiting:
@@ -71,5 +60,4 @@ class Pruning:
 
     def uploader_died(self, worker_id: int) -> None:
         """Its pruning, if it was asked for one, will never be answered: asked again."""
-        if self.asked is not None and self.asked[1] == worker_id:
-            self.asked = None
+        self.asked.uploader_died(worker_id)

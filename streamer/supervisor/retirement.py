@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection
 from dataclasses import dataclass
 
 from streamer import metrics
@@ -14,6 +13,7 @@ from streamer.messages import Retire, Retired
 from streamer.policy import next_to_retire, old_enough, retirable, space_to_free
 from streamer.records import StreamRecord
 from streamer.supervisor.context import Context
+from streamer.supervisor.errands import OneAtATime
 from streamer.supervisor.workers import Workers
 from streamer.watcher import FileStat
 
@@ -38,12 +38,11 @@ def identity(file: FileStat) -> tuple[int, int, int]:
 class Retirement:
     def __init__(self, ctx: Context, workers: Workers):
         self.ctx = ctx
-        self.workers = workers
         self.settled: dict[str, tuple[int, int, int]] = {}  # path -> identity
         self.retainable: dict[str, Retainable] = {}  # by path
-        self.retiring: tuple[str, int] | None = None  # (stream, uploader) asked to delete
-        # Its path: the deletion's own file events may unsettle it before the answer comes.
-        self.retiring_path = ""
+        # The file asked to be deleted, by path: the deletion's own file events may unsettle
+        # it before the answer comes.
+        self.asked = OneAtATime(workers)
         self.next_retention = 0.0
         self.disk_pressure = False
 
@@ -67,15 +66,15 @@ class Retirement:
         self.settled.pop(path, None)
         self.retainable.pop(path, None)
 
-    def apply(self, now: float, busy: Collection[str] = ()) -> None:
+    def apply(self, now: float, busy: str | None = None) -> None:
         """One file at a time, the oldest first: under disk pressure the oldest that may
         go, else (retention.delete_after_upload) the oldest finished. The next is asked
-        for as soon as the uploader answers. `busy` streams wait (their chunks are being
+        for as soon as the uploader answers. A `busy` stream waits (its chunks are being
         pruned: both rewrite metadata.json)."""
         self.next_retention = now + RETENTION_INTERVAL
         retention = self.ctx.config.retention
         need, free = self.free_space_needed() if retention.guarded else (0, 0)
-        if self.retiring is not None:
+        if self.asked.errand is not None:
             return
         if need == 0 and not retention.delete_after_upload:
             self.set_disk_pressure(False, free, free)
@@ -84,9 +83,9 @@ class Retirement:
         if chosen is not None:
             self.ask_to_retire(*chosen)
         if retention.guarded:
-            self.set_disk_pressure(need > 0 and self.retiring is None, free, free + need)
+            self.set_disk_pressure(need > 0 and self.asked.errand is None, free, free + need)
 
-    def candidates(self, now: float, busy: Collection[str] = ()) -> list[tuple[int, str]]:
+    def candidates(self, now: float, busy: str | None = None) -> list[tuple[int, str]]:
         """(mtime_ns, stream id) of the files that may be deleted now."""
         wall_ns = time.time_ns()
         min_age = self.ctx.config.retention.min_age
@@ -95,7 +94,7 @@ class Retirement:
             for e in self.retainable.values()
             if now >= e.not_before
             and old_enough(e.mtime_ns, wall_ns, min_age)
-            and e.stream_id not in busy
+            and e.stream_id != busy
         ]
 
     def due(self, now: float) -> list[str]:
@@ -110,8 +109,8 @@ class Retirement:
             chosen = next_to_retire(candidates, need, delete_after_upload=False)
             due = {chosen[0]} if chosen is not None else set()
         paths = {path for path, e in self.retainable.items() if e.stream_id in due}
-        if self.retiring is not None:
-            paths.add(self.retiring_path)
+        if self.asked.errand is not None:
+            paths.add(self.asked.errand.path)
         return sorted(paths)
 
     def free_space_needed(self) -> tuple[int, int]:
@@ -152,20 +151,14 @@ class Retirement:
             self.ctx.log.info("disk_pressure_relieved", free_bytes=free)
 
     def ask_to_retire(self, stream_id: str, reason: str) -> None:
-        uploader = self.workers.least_loaded()
-        if uploader is not None:
-            self.retiring = (stream_id, uploader)
-            self.retiring_path = next(
-                path for path, e in self.retainable.items() if e.stream_id == stream_id
-            )
-            self.workers[uploader].send(Retire(stream_id=stream_id, reason=reason))
+        path = next(path for path, e in self.retainable.items() if e.stream_id == stream_id)
+        self.asked.ask(Retire(stream_id=stream_id, reason=reason), path)
 
     def retired(self, message: Retired, now: float) -> str | None:
         """The uploader's answer; returns the path of the file it is about, if retention
         held one."""
-        found = None
-        if self.retiring is not None and self.retiring[0] == message.stream_id:
-            self.retiring, found = None, self.retiring_path
+        errand = self.asked.answered(message.stream_id)
+        found = errand.path if errand is not None else None
         self.next_retention = now
         for path, entry in list(self.retainable.items()):
             if entry.stream_id != message.stream_id:
@@ -181,5 +174,4 @@ class Retirement:
 
     def uploader_died(self, worker_id: int) -> None:
         """Its deletion, if it was asked for one, will never be answered."""
-        if self.retiring is not None and self.retiring[1] == worker_id:
-            self.retiring = None
+        self.asked.uploader_died(worker_id)

@@ -4,6 +4,7 @@ uploader: a stream that finds it full waits until any chunk comes back."""
 
 from __future__ import annotations
 
+from streamer import fileio
 from streamer.fileio import size_of
 from streamer.messages import SourceRewritten
 from streamer.policy import Finalise, Pending, UploadChunk, Wait, next_step
@@ -12,7 +13,6 @@ from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job, Phase
 from streamer.uploader.sending import Sender
 from streamer.uploader.survey import Surveyor
-from streamer.watcher import Watcher
 
 IDLE_WAIT = 1.0
 
@@ -94,7 +94,7 @@ class Schedule:
         record = job.record
         if size >= record.committed_bytes or job.shrank:
             return False
-        if Watcher.head_changed(record.path, record.head):
+        if fileio.head_changed(record.path, record.head):
             # Not this recording any more: the supervisor ends it and starts a new one.
             self.ctx.events.put(SourceRewritten(stream_id=record.stream_id))
             job.waiting = True

@@ -12,7 +12,7 @@ from streamer import bodies
 from streamer.bodies import Body, Checked, Head, Tapped
 from streamer.chunkstore import ChunkStore, StoredObject, Taken
 from streamer.digests import CRC64NVME, Digest
-from streamer.fileio import Span
+from streamer.fileio import HEAD_SIZE, Span
 from streamer.layout import CHUNK_TAGS
 from streamer.policy import UploadChunk
 from streamer.records import StreamRecord
@@ -20,7 +20,6 @@ from streamer.uploader.context import Context
 from streamer.uploader.jobs import Job
 from streamer.uploader.reports import PrefixHash, Sent
 from streamer.uploader.tasks import Handler
-from streamer.watcher import HEAD_SIZE
 
 
 def place_chunk(
