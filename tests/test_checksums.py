@@ -29,68 +29,24 @@ from conftest import (
 )
 from minio.error import S3Error
 
-from streamer.bodies import Checked, InMemory, digest, digests_of
+from streamer.bodies import Checked, InMemory, digests_of
 from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ChunkStore, PiecedBodyRefused
 from streamer.config import S3Config
-from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest, combine, of, recorded
+from streamer.digests import CRC32C, CRC64NVME, SHA256, of
 from streamer.fileio import SourceChanged, Span
 from streamer.policy import TRANSIENT_CODES
 from streamer.s3client import PieceSigner
-from streamer.uploader.sending import place_chunk, put_span, same_bytes
+from streamer.uploader.sending import place_chunk, put_span
 
 KiB = 1024
+pytestmark = pytest.mark.integration
 on_tls_servers = pytest.mark.parametrize("server", ["tls_minio", "tls_versitygw"], indirect=True)
 on_http_servers = pytest.mark.parametrize("server", ["minio", "versitygw"], indirect=True)
 
 
 def crc64_of(data: bytes) -> str:
     return f"{crc64nvme(data):016x}"
-
-
-def test_a_digest_has_one_string_form_and_the_header_s3_checks():
-    check = of(CRC64NVME, b"123456789")
-    assert str(check) == "crc64nvme:ae8b14860a799888"  # the CRC-64/NVME check value
-    assert str(of(CRC32C, b"123456789")) == "crc32c:e3069283"  # the CRC-32C check value
-    assert Digest.parse(str(check)) == check
-    assert check.header() == (
-        "x-amz-checksum-crc64nvme",
-        base64.b64encode(bytes.fromhex("ae8b14860a799888")).decode(),
-    )
-    signed = of(SHA256, b"abc")
-    assert signed.value == hashlib.sha256(b"abc").hexdigest()
-    assert signed.header()[1] == base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
-    assert digest(CRC64NVME, InMemory(b"123456789")) == check
-    assert digest(CRC64NVME, InMemory(b"123456780")) != check
-    # What S3 checked a chunk by: a signed sha256 first, then the CRC it went with.
-    assert recorded(None, None, check.value) == check
-    assert recorded(None, "e3069283", check.value) == of(CRC32C, b"123456789")
-    assert recorded(signed.value, None, check.value) == signed
-    with pytest.raises(ValueError, match="not a digest"):
-        Digest.parse("md5:abc")
-
-
-def test_the_whole_crc64nvme_is_combined_from_its_pieces_without_the_bytes():
-    pieces = [os.urandom(n) for n in (5 * KiB, 1, 64 * KiB + 3, 0, 7)]
-    assert combine((crc64_of(p), len(p)) for p in pieces) == crc64_of(b"".join(pieces))
-    assert combine([]) == crc64_of(b"")
-    assert combine([(crc64_of(pieces[0]), len(pieces[0])), (None, 1)]) is None
-    swapped = [pieces[1], pieces[0], *pieces[2:]]
-    assert combine((crc64_of(p), len(p)) for p in swapped) != crc64_of(b"".join(pieces))
-
-
-def test_an_object_holds_the_same_bytes_by_the_digest_it_was_stored_with():
-    from streamer.chunkstore import StoredObject
-
-    data = InMemory(b"chunk bytes")
-    sums = digests_of((CRC64NVME,), data)
-    crc, sha = sums[CRC64NVME], of(SHA256, b"chunk bytes")
-    assert same_bytes(StoredObject(len(data), "e", sha), data, sums)  # read again, by sha256
-    assert same_bytes(StoredObject(len(data), "e", crc), data, sums)
-    assert same_bytes(StoredObject(len(data), "e", of(CRC32C, b"chunk bytes")), data, sums)
-    assert not same_bytes(StoredObject(len(data), "e", of(SHA256, b"other bytes")), data, sums)
-    assert not same_bytes(StoredObject(len(data) + 1, "e", crc), data, sums)
-    assert not same_bytes(StoredObject(len(data), "e", None), data, sums)
 
 
 def head_checksums(server, bucket: str, key: str) -> dict:
@@ -408,24 +364,6 @@ class CountedSpan(Span):
     def pieces(self):
         self.passes += 1
         return super().pieces()
-
-
-def test_a_chunk_s_pieces_are_signed_as_aws_signs_them():
-    """The example of AWS's "Signature Calculations for the Authorization Header:
-    Transferring Payload in Multiple Chunks": 64 KiB of "a", 1 KiB of "a", the end."""
-    authorization = (
-        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
-        "SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;"
-        "x-amz-decoded-content-length;x-amz-storage-class,"
-        "Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
-    )
-    headers = {"Authorization": authorization, "x-amz-date": "20130524T000000Z"}
-    signer = PieceSigner("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", headers)
-    assert [signer.piece(b"a" * 65536), signer.piece(b"a" * 1024), signer.piece(b"")] == [
-        "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
-        "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
-        "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
-    ]
 
 
 @on_http_servers
