@@ -1,7 +1,7 @@
 """Every message between the supervisor and its uploaders, and the mailbox that carries them.
 
 Each uploader has two mailboxes of its own (commands in, events out): a process killed
-while writing to a queue can only corrupt that one queue, which dies with it.
+while writing to a pipe can only corrupt that one pipe, which dies with it.
 """
 
 from __future__ import annotations

@@ -2,20 +2,23 @@
 
 docs/observability.md lists every log event and every metric, both ways; every relative
 link in the README, CONTRIBUTING.md and docs/ leads somewhere; every setting in
-config.example.json is in docs/configuration.md; the README stays short."""
+config.example.json is in docs/configuration.md; the README stays short; the module map in
+docs/architecture.md is the package's modules, and its diagram names every message."""
 
 from __future__ import annotations
 
 import ast
 import json
 import re
+import typing
 from pathlib import Path
 
 import click
+import msgspec
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from streamer import metrics
+from streamer import messages, metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -354,3 +357,111 @@ def test_the_readme_shows_commands_and_make_targets_there_are():
     named = {target for line in code for target in MAKE.findall(line)}
     assert {"test", "run"} <= named
     assert sorted(named - targets) == []
+
+
+# Architecture: the module map in docs/architecture.md is the package's modules, both
+# ways, and its diagram names every message on the arrow it travels.
+
+ARCHITECTURE = DOCS / "architecture.md"
+# A line of the map that names a module (`name.py`) or a folder (`name/`), then its words.
+MAP_ENTRY = re.compile(r"^( *)([a-z_][a-z0-9_]*(?:\.py|/))(?:\s|$)")
+
+
+def module_map(path: Path) -> set[str]:
+    """The modules the `## Module map` block of a Markdown file names, as paths from the
+    project (`streamer/cli/doctor.py`): a name ending in `/` is a folder, and the names
+    indented two more below it are in it. A line indented deeper than that carries on a
+    description."""
+    modules: set[str] = set()
+    folders: list[tuple[int, str]] = []  # (indent, name) of the folders the line is in
+    for line in code_blocks(section(path, "Module map")):
+        entry = MAP_ENTRY.match(line)
+        indent = len(line) - len(line.lstrip())
+        if entry is None or (folders and indent > folders[-1][0] + 2):
+            continue
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        name = entry.group(2)
+        if name.endswith("/"):
+            folders.append((indent, name))
+        else:
+            modules.add("".join(folder for _, folder in folders) + name)
+    return modules
+
+
+def package_modules() -> set[str]:
+    """Every module of the package, as a path from the project; a package's `__init__.py`
+    and `__main__.py` go by its folder's name, and have no line of their own."""
+    return {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "streamer").rglob("*.py")
+        if path.name not in {"__init__.py", "__main__.py"}
+    }
+
+
+def test_the_module_map_reader_follows_folders_and_skips_descriptions(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Page\n\n## Module map\n\n```\nstreamer/\n  cli/         the command:\n"
+        "    doctor.py    `doctor`, and a description\n"
+        "                 chunks/ and notes.py, the same description going on\n"
+        "  supervisor/  the main process:\n    daemon.py    its life\n"
+        "  config.py    settings\n```\n\n## Glossary\n\n```\nstreamer/\n  gone.py\n```\n"
+    )
+    assert module_map(page) == {
+        "streamer/cli/doctor.py",
+        "streamer/supervisor/daemon.py",
+        "streamer/config.py",
+    }
+
+
+def test_the_module_map_in_the_architecture_is_the_package_s_modules():
+    mapped = module_map(ARCHITECTURE)
+    modules = package_modules()
+    assert "streamer/supervisor/workers.py" in mapped
+    missing = sorted(modules - mapped)
+    assert missing == [], f"not in the module map of docs/architecture.md: {missing}"
+    gone = sorted(mapped - modules)
+    assert gone == [], f"in the module map of docs/architecture.md, no such module: {gone}"
+
+
+def sent_messages() -> dict[str, set[str]]:
+    """The messages supervisor and uploaders send, by way: the tagged Structs of
+    `streamer.messages` that its `Command` union decodes (to an uploader) and those its
+    `Event` union decodes (to the supervisor)."""
+    return {
+        way: {kind.__name__ for kind in typing.get_args(union)}
+        for way, union in (("commands", messages.Command), ("events", messages.Event))
+    }
+
+
+def tagged_structs() -> set[str]:
+    """Every tagged Struct `streamer.messages` defines, but a base the others share."""
+    return {
+        value.__name__
+        for value in vars(messages).values()
+        if isinstance(value, type)
+        and issubclass(value, msgspec.Struct)
+        and value.__module__ == messages.__name__
+        and value.__struct_config__.tag is not None
+        and not value.__subclasses__()
+    }
+
+
+def test_the_diagram_names_every_message_on_the_arrow_it_travels():
+    sent = sent_messages()
+    assert {"Assign", "Stop"} <= sent["commands"] and {"ChunkCommitted"} <= sent["events"]
+    assert sent["commands"] | sent["events"] == tagged_structs(), "a message in no union"
+    # The diagram's commands arrow comes first, then its events arrow: each name is
+    # written below the arrow it goes on, before the next one.
+    diagram = code_blocks(section(ARCHITECTURE, "How it works"))
+    labels = [i for i, line in enumerate(diagram) if re.search(r"\b(commands|events)\b", line)]
+    assert len(labels) == 2, "the diagram labels two arrows, `commands` then `events`"
+    ways = {
+        "commands": "\n".join(diagram[labels[0] : labels[1]]),
+        "events": "\n".join(diagram[labels[1] :]),
+    }
+    for way, names in sent.items():
+        missing = sorted(n for n in names if not re.search(rf"\b{n}\b", ways[way]))
+        where = f"by the {way} arrow in the diagram of docs/architecture.md"
+        assert missing == [], f"not {where}: {missing}"
