@@ -50,7 +50,7 @@ def is_stream_file(st: os.stat_result, record: StreamRecord) -> bool:
     return (st.st_dev, st.st_ino) == (record.device, record.inode)
 
 
-def is_finalised_file(st: os.stat_result, record: StreamRecord) -> bool:
+def is_finished_file(st: os.stat_result, record: StreamRecord) -> bool:
     """Is this, a regular file, still the file as its stream finished it: same device,
     inode, size and mtime?"""
     return (

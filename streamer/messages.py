@@ -34,7 +34,7 @@ class Grow(Message):
 
 
 class Finish(Message):
-    """The file has been idle with this size and mtime: finalise it if it still has them."""
+    """The file has been idle with this size and mtime: finish it if it still has them."""
 
     stream_id: str
     size: int

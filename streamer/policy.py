@@ -27,7 +27,7 @@ class UploadChunk:
 
 
 @dataclass(frozen=True)
-class Finalise:
+class Complete:
     pass
 
 
@@ -41,7 +41,7 @@ class Pending:
     """Nothing to send until a chunk in flight comes back."""
 
 
-Step = UploadChunk | Finalise | Wait | Pending
+Step = UploadChunk | Complete | Wait | Pending
 
 
 def next_step(
@@ -69,7 +69,7 @@ def next_step(
         break
     if in_flight:
         return Pending()
-    return Finalise() if finishing else Wait()
+    return Complete() if finishing else Wait()
 
 
 # Coarser than any local filesystem's timestamp granularity.

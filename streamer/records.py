@@ -44,7 +44,7 @@ class ChunkRecord(Struct, frozen=True, kw_only=True):
     # Chunk objects are never overwritten: bytes the recorder rewrote go to a new revision's key.
     revision: int = 0
     reason: str | None = None  # why this revision was uploaded, if it is not the first
-    # When the bytes were read (wall clock), and the file's mtime just before: finalisation
+    # When the bytes were read (wall clock), and the file's mtime just before: completion
     # need not read them again if the file has not been written since (policy.settled).
     read_at_ns: int | None = None
     read_mtime_ns: int | None = None

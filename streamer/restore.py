@@ -27,12 +27,12 @@ from typing import BinaryIO
 
 from streamer import digests, mp4
 from streamer.audit import stored_digest
+from streamer.bucket import RemoteStream
 from streamer.chunkstore import ChunkStore
 from streamer.digests import SHA256, Digest
 from streamer.fileio import digest_of_fd_range, move_noreplace
 from streamer.layout import Layout
 from streamer.manifest import Manifest
-from streamer.remote import RemoteStream
 
 CONNECTIONS = 4
 BLOCK = 1024 * 1024  # bytes copied at a time from a piece's temporary file to the pipe
@@ -54,7 +54,7 @@ class RestoreError(Exception):
     describe this stream's file: the output is not written."""
 
 
-class Refused(Exception):
+class InTheWay(Exception):
     """A file on the disk is in the way (the output, or a temporary file that is not this
     restore's): it is left as it is."""
 
@@ -292,7 +292,7 @@ def open_partial(partial: str, stream_id: str) -> int:
         return reopen(partial, marker, stream_id)
     if (stale := read_mark(marker)) is not None:
         if not stale.startswith(MARK):
-            raise Refused(f"{marker} is there, and is not restore's mark: {LEFT}")
+            raise InTheWay(f"{marker} is there, and is not restore's mark: {LEFT}")
         os.unlink(marker)  # an earlier restore's, whose temporary file was removed since
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
@@ -309,11 +309,11 @@ def reopen(partial: str, marker: str, stream_id: str) -> int:
     file: looked at before it is opened, and again once open, in case it was replaced."""
     found = read_mark(marker)
     if found != mark(stream_id, os.lstat(partial)):
-        raise Refused(not_ours(partial, marker, stream_id, found))
+        raise InTheWay(not_ours(partial, marker, stream_id, found))
     fd = os.open(partial, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     if found != mark(stream_id, os.fstat(fd)):
         os.close(fd)
-        raise Refused(not_ours(partial, marker, stream_id, found))
+        raise InTheWay(not_ours(partial, marker, stream_id, found))
     return fd
 
 
@@ -358,7 +358,7 @@ def settle(partial: str, output: str, force: bool) -> None:
     try:
         move_noreplace(partial, output)
     except FileExistsError:
-        raise Refused(
+        raise InTheWay(
             f"{output} appeared while restoring: it is left as it is, the restored file "
             f"is {partial}; run again with --force to replace it"
         ) from None

@@ -9,7 +9,7 @@ keeps the file:
      assembled object's bytes read back as the file's sha256);
   3. the assembled object, if there is one, is in S3 with the file's size and its ETag;
   4. metadata.json is in S3 and reads back as this stream;
-  5. the file on disk is still the one that was finalised (inode, size, mtime), and a
+  5. the file on disk is still the one that was finished (inode, size, mtime), and a
      regular file: a symlink's target is never deleted;
   6. it is inside the watch directory;
 and, where the kernel lets streamer take a lease on it, no process has it open for
@@ -34,7 +34,7 @@ from streamer.audit import assembled_problem, chunk_problems
 from streamer.chunkstore import ChunkStore
 from streamer.fileio import (
     BLIND_MIN_AGE,
-    is_finalised_file,
+    is_finished_file,
     move_noreplace,
     renameat2_noreplace,
 )
@@ -126,7 +126,7 @@ def check_same_file(record: StreamRecord) -> None:
         raise Kept("the file is gone", final=True) from None
     if stat.S_ISLNK(st.st_mode):
         raise Kept("the path is a symbolic link now: its target is never deleted", final=True)
-    if not is_finalised_file(st, record):
+    if not is_finished_file(st, record):
         raise Kept("the file changed after it was uploaded", final=True)
 
 
@@ -168,7 +168,7 @@ def unlink_same_file(record: StreamRecord, directory: str) -> str | None:
         fd = os.open(record.name, flags, dir_fd=parent)
         try:
             checked = os.fstat(fd)
-            if not is_finalised_file(checked, record):
+            if not is_finished_file(checked, record):
                 raise Kept("the file changed after it was uploaded", final=True)
             blind = _lease(fd, checked)
             if blind is not None:

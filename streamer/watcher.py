@@ -57,7 +57,7 @@ class FileStat:
 
 
 @dataclass(frozen=True)
-class Batch:
+class Changes:
     """What one read of the inotify queue said: paths to look at again (whatever their
     name: a stream's file may be renamed to anything), paths whose file was unlinked,
     whether events were lost, and whether a folder came or went (both: everything is looked
@@ -99,7 +99,7 @@ class Watcher:
         """The descriptors it holds open: a forked child closes them."""
         return [] if self._inotify is None else [self._inotify.fileno()]
 
-    def read(self) -> Batch:
+    def read(self) -> Changes:
         events = self._inotify.read(timeout=0)
         paths, deleted, overflow, folders_changed = set(), set(), False, False
         for event in events:
@@ -122,7 +122,7 @@ class Watcher:
             paths.add(path)
             if event.mask & F.DELETE:
                 deleted.add(path)
-        return Batch(frozenset(paths), frozenset(deleted), overflow, folders_changed)
+        return Changes(frozenset(paths), frozenset(deleted), overflow, folders_changed)
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name.lower(), self._pattern)

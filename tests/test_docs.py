@@ -425,6 +425,21 @@ def test_the_module_map_in_the_architecture_is_the_package_s_modules():
     assert gone == [], f"in the module map of docs/architecture.md, no such module: {gone}"
 
 
+@pytest.mark.parametrize("package", ["supervisor", "uploader"])
+def test_each_process_package_lists_its_roles_as_its_modules(package):
+    """The roles a process package's docstring lists, one module each, are its modules."""
+    folder = ROOT / "streamer" / package
+    listed = set(
+        re.findall(
+            r"^- (\w+) ", ast.get_docstring(ast.parse((folder / "__init__.py").read_text())), re.M
+        )
+    )
+    modules = {path.stem for path in folder.glob("*.py") if path.name != "__init__.py"}
+    assert listed == modules, (
+        f"listed, no such module: {listed - modules}; not listed: {modules - listed}"
+    )
+
+
 def sent_messages() -> dict[str, set[str]]:
     """The messages supervisor and uploaders send, by way: the tagged Structs of
     `streamer.messages` that its `Command` union decodes (to an uploader) and those its

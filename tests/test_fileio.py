@@ -26,7 +26,7 @@ from streamer.fileio import (
     Span,
     file_granularity_ns,
     filesystem_type,
-    is_finalised_file,
+    is_finished_file,
     lease_blindness,
     open_regular,
     raise_capability,
@@ -35,19 +35,19 @@ from streamer.fileio import (
 )
 
 
-def test_a_finalised_file_is_the_same_inode_size_and_mtime_and_a_regular_file(tmp_path):
+def test_a_finished_file_is_the_same_inode_size_and_mtime_and_a_regular_file(tmp_path):
     path = tmp_path / "cam.mp4"
     path.write_bytes(b"0123456789")
     record = record_of(path)
-    assert is_finalised_file(os.stat(path), record)
-    assert not is_finalised_file(os.stat(path), record_of(path, total_size=9))
-    assert not is_finalised_file(os.stat(path), record_of(path, mtime_ns=1))
-    assert not is_finalised_file(os.stat(path), record_of(path, device=record.device + 1))
+    assert is_finished_file(os.stat(path), record)
+    assert not is_finished_file(os.stat(path), record_of(path, total_size=9))
+    assert not is_finished_file(os.stat(path), record_of(path, mtime_ns=1))
+    assert not is_finished_file(os.stat(path), record_of(path, device=record.device + 1))
     path.write_bytes(b"0123456789")  # same size, written again: a new mtime
     os.utime(path, ns=(record.mtime_ns + 10**9, record.mtime_ns + 10**9))
-    assert not is_finalised_file(os.stat(path), record)
+    assert not is_finished_file(os.stat(path), record)
     (tmp_path / "dir.mp4").mkdir()
-    assert not is_finalised_file(os.stat(tmp_path / "dir.mp4"), record_of(tmp_path / "dir.mp4"))
+    assert not is_finished_file(os.stat(tmp_path / "dir.mp4"), record_of(tmp_path / "dir.mp4"))
 
 
 def test_bytes_are_read_from_the_stream_s_file_only_and_whole(tmp_path):

@@ -102,7 +102,7 @@ def test_the_admin_commands_never_reach_the_supervisor():
     assert not {m for m in reached if m.split(".")[0] in ("supervisor", "uploader")}
     [run] = [
         node
-        for node in ast.walk(MODULES["cli.daemon"])
+        for node in ast.walk(MODULES["cli.run"])
         if isinstance(node, ast.FunctionDef) and node.name == "run"
     ]
     lazy = {
@@ -181,3 +181,13 @@ def test_no_module_reaches_into_a_library_s_private_names():
             ):
                 reaches.append(f"{module}.py:{node.lineno} {ast.unparse(node)}")
     assert reaches == []
+
+
+def test_no_two_classes_share_a_name_across_the_package():
+    """One word, one thing: a class's name says which one it is wherever it is imported."""
+    defined: dict[str, list[str]] = {}
+    for module, tree in MODULES.items():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                defined.setdefault(node.name, []).append(module)
+    assert {name: where for name, where in defined.items() if len(where) > 1} == {}

@@ -27,7 +27,7 @@ from conftest import (
 )
 
 from streamer.messages import Retired
-from streamer.supervisor.batch import Batch
+from streamer.supervisor.once import OneShotRun
 
 pytestmark = pytest.mark.integration
 
@@ -136,18 +136,18 @@ def test_one_daemon_per_checkpoint_store(make_daemon):
 
 
 def test_a_batch_is_done_when_each_stream_found_at_start_has_ended():
-    batch = Batch.of(["a", "b"])
+    batch = OneShotRun.of(["a", "b"])
     batch.concluded("a", "complete")
     batch.concluded("z", "complete")  # not of the batch
     assert not batch.done and batch.summary()["unfinished"] == ["b"]
     batch.concluded("b", "partial")
     assert batch.done and batch.all_finished
     assert batch.describe() == "2 of 2 streams finished (1 complete, 1 partial)"
-    assert Batch.of([]).done and Batch.of([]).describe() == "0 of 0 streams finished"
+    assert OneShotRun.of([]).done and OneShotRun.of([]).describe() == "0 of 0 streams finished"
 
 
 def test_a_batch_follows_missed_files_taken_up_and_recordings_written_over_its_own():
-    batch = Batch.of(["a"], missed={"/in/m.mp4", "/in/gone.mp4"}, lost={"x"})
+    batch = OneShotRun.of(["a"], missed={"/in/m.mp4", "/in/gone.mp4"}, lost={"x"})
     batch.follow({"/in/a.mp4": "a"}, exists=lambda path: path != "/in/gone.mp4")
     assert batch.missed == {"/in/m.mp4"} and not batch.done
     batch.follow({"/in/a.mp4": "a", "/in/m.mp4": "m"}, exists=lambda path: True)
@@ -288,7 +288,7 @@ def test_once_exits_1_naming_the_chunks_s3_would_not_let_it_delete(
 
 
 def test_a_batch_counts_its_deletions_and_names_what_is_left():
-    batch = Batch.of(["a"])
+    batch = OneShotRun.of(["a"])
     batch.concluded("a", "complete")
     batch.pruned("a", deleted=False)
     kept = Retired(stream_id="a", deleted=False, kept_because="not proven in S3")
@@ -310,7 +310,7 @@ def test_a_batch_counts_its_deletions_and_names_what_is_left():
         "1 of 1 streams finished (1 complete); 1 files deleted; chunks of 1 streams pruned"
     )
 
-    stopped = Batch.of([])
+    stopped = OneShotRun.of([])
     stopped.stopping(["/in/x.mp4"], ["s"])
     stopped.stopping([], [])  # as its uploaders wind down: the first stop counts
     assert not stopped.succeeded and stopped.describe() == (

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from streamer.records import StreamRecord
-from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.jobs import Job, JobPhase
 
 
 def job() -> Job:
@@ -18,21 +18,21 @@ def job() -> Job:
 
 def test_a_stream_finishes_or_streams_on_then_concludes():
     streaming = job()
-    for phase in (Phase.FINISHING, Phase.STREAMING, Phase.FINISHING, Phase.CONCLUDED):
+    for phase in (JobPhase.FINISHING, JobPhase.STREAMING, JobPhase.FINISHING, JobPhase.CONCLUDED):
         streaming.move_to(phase)
     abandoned = job()
-    for phase in (Phase.FINISHING, Phase.ABANDONING, Phase.CONCLUDED):
+    for phase in (JobPhase.FINISHING, JobPhase.ABANDONING, JobPhase.CONCLUDED):
         abandoned.move_to(phase)
-    assert (streaming.phase, abandoned.phase) == (Phase.CONCLUDED, Phase.CONCLUDED)
+    assert (streaming.phase, abandoned.phase) == (JobPhase.CONCLUDED, JobPhase.CONCLUDED)
 
 
 @pytest.mark.parametrize(
     ("path", "refused"),
     [
-        ((), Phase.CONCLUDED),  # never concluded without finishing or abandoning
-        ((Phase.ABANDONING,), Phase.STREAMING),  # an abandoned stream never streams again
-        ((Phase.ABANDONING,), Phase.FINISHING),
-        ((Phase.FINISHING, Phase.CONCLUDED), Phase.STREAMING),
+        ((), JobPhase.CONCLUDED),  # never concluded without finishing or abandoning
+        ((JobPhase.ABANDONING,), JobPhase.STREAMING),  # an abandoned stream never streams again
+        ((JobPhase.ABANDONING,), JobPhase.FINISHING),
+        ((JobPhase.FINISHING, JobPhase.CONCLUDED), JobPhase.STREAMING),
     ],
 )
 def test_moves_outside_the_table_are_refused(path, refused):

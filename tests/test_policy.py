@@ -12,7 +12,7 @@ from streamer.digests import CRC64NVME, of
 from streamer.messages import Finish
 from streamer.naming import slug, stream_id_for
 from streamer.policy import (
-    Finalise,
+    Complete,
     Pending,
     UploadChunk,
     Wait,
@@ -48,9 +48,9 @@ CS = 100
         (2, 200, 250, False, Wait()),
         (2, 200, 250, True, UploadChunk(2, 200, 50)),
         (2, 200, 350, True, UploadChunk(2, 200, 100)),
-        (3, 250, 250, True, Finalise()),
-        (0, 0, 0, True, Finalise()),
-        (3, 300, 250, True, Finalise()),  # shrank: finalisation reconciles
+        (3, 250, 250, True, Complete()),
+        (0, 0, 0, True, Complete()),
+        (3, 300, 250, True, Complete()),  # shrank: completion reconciles
     ],
 )
 def test_next_step(chunks, committed, size, finishing, expected):
@@ -66,7 +66,7 @@ def test_next_step(chunks, committed, size, finishing, expected):
         (0, 0, 500, False, {1}, UploadChunk(0, 0, 100)),  # a failed chunk goes again first
         (0, 0, 150, False, {0}, Pending()),  # chunk 1 is not all there yet
         (0, 0, 150, True, {0}, UploadChunk(1, 100, 50)),  # the tail, once done
-        (2, 200, 200, True, {}, Finalise()),
+        (2, 200, 200, True, {}, Complete()),
         (2, 200, 250, False, {}, Wait()),
     ],
 )

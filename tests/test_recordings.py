@@ -266,7 +266,7 @@ def test_a_file_that_shrinks_then_grows_again_is_exact(make_daemon, server):
     with open(path, "r+b") as f:
         f.truncate(100 * KiB)
     daemon.wait_for("stream_shrank")
-    # Let finalisation start on the shrunk file, then grow it well past where it was.
+    # Let completion start on the shrunk file, then grow it well past where it was.
     daemon.wait_for("chunk_reuploaded", timeout=30)
     with open(path, "ab") as f:
         f.write(hashlib.shake_256(b"more").digest(400 * KiB))

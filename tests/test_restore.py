@@ -21,10 +21,10 @@ from conftest import both_servers, chunk_store, cli, manifest_of, record, sha256
 from minio.commonconfig import CopySource
 
 from streamer import manifest, mp4
+from streamer.bucket import find, listed, read_manifests
 from streamer.layout import Layout
 from streamer.records import ChunkRecord, StreamRecord, StreamState
-from streamer.remote import find, listed, read_manifests
-from streamer.restore import Refused, restore
+from streamer.restore import InTheWay, restore
 
 pytestmark = pytest.mark.integration
 
@@ -397,7 +397,7 @@ def test_an_output_that_appears_while_restoring_is_not_replaced(make_daemon, tmp
         if not out.exists():
             out.write_bytes(b"written meanwhile")
 
-    with pytest.raises(Refused, match=f"{out} appeared while restoring"):
+    with pytest.raises(InTheWay, match=f"{out} appeared while restoring"):
         restore(s3, stream, str(out), progress=appears)
     assert out.read_bytes() == b"written meanwhile"
     # Run again with --force: it goes on from the temporary file, whole already.

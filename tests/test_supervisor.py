@@ -12,7 +12,7 @@ import pytest
 from streamer import config
 from streamer.records import StreamRecord, StreamState
 from streamer.supervisor.daemon import Supervisor
-from streamer.supervisor.streams import Phase
+from streamer.supervisor.table import StreamPhase
 from streamer.watcher import Watcher
 
 
@@ -52,7 +52,7 @@ def test_a_stream_found_while_every_uploader_stops_waits_for_the_next_start(supe
     tracked = supervisor.table.track(record, file, 0.0, "stream_discovered")
     assert tracked.owner == -1 and tracked.stream_id in supervisor.table
     supervisor.table.abandon(tracked, "deleted before it finished")
-    assert tracked.phase is Phase.ABANDONING
+    assert tracked.phase is StreamPhase.ABANDONING
 
 
 def test_a_stream_forgotten_while_tracked_is_not_a_crash(supervisor):
@@ -64,7 +64,7 @@ def test_a_stream_forgotten_while_tracked_is_not_a_crash(supervisor):
     )
     supervisor.ctx.store.forget_stream(record.stream_id)
     supervisor.discovery.check_cancellations()
-    assert tracked.phase is Phase.UPLOADING
+    assert tracked.phase is StreamPhase.UPLOADING
 
 
 def test_a_stale_heartbeat_is_judged_from_when_the_supervisor_itself_came_back():

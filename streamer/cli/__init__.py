@@ -9,9 +9,9 @@ import click
 
 from streamer import __version__
 from streamer.cli.common import root_config_option, root_json_option
-from streamer.cli.daemon import health, run
 from streamer.cli.doctor import doctor
 from streamer.cli.remote import remote, restore
+from streamer.cli.run import health, run
 from streamer.cli.settings import config_group
 from streamer.cli.status import status
 from streamer.cli.store import checkpoint_group

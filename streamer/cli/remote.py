@@ -106,7 +106,7 @@ def list_remote(
     """
     if instance and all_instances:
         raise click.UsageError("give --instance or --all-instances, not both")
-    from streamer.remote import listed, read_manifests
+    from streamer.bucket import listed, read_manifests
 
     cfg = load_or_exit(config_path)
     instances = None if all_instances else [instance or cfg.instance or naming.host_instance()]
@@ -236,7 +236,7 @@ def restore(
     into = os.path.isdir(output) and not to_stdout
     if not to_stdout and not into:
         refuse_if_there(output, force)  # before S3 is asked
-    from streamer.restore import NotPlayable, Refused, RestoreError, restore_to_pipe
+    from streamer.restore import InTheWay, NotPlayable, RestoreError, restore_to_pipe
     from streamer.restore import restore as rebuild
 
     cfg = load_or_exit(config_path)
@@ -260,7 +260,7 @@ def restore(
             "stdout has what went out before this" if to_stdout else f"{output} is not written"
         )
         fail(f"{stream_id}: {exc}; {written}", EXIT_MISSING)
-    except Refused as exc:
+    except InTheWay as exc:
         fail(f"{stream_id}: {exc}", EXIT_REFUSED)
     except NotPlayable as exc:
         fail(f"{stream_id}: {exc}", EXIT_NOT_PLAYABLE)
@@ -311,7 +311,7 @@ def chosen(s3, bucket: str, name: str | None, instance: str | None, latest: bool
     """The stream NAME means: the stream of that id, or the newest of the streams whose
     recording it names (of whatever recording, with `latest`). Exits saying why there is
     none, or listing the candidates when it cannot tell which."""
-    from streamer.remote import Ambiguous, find, listed, nearest, newest, read_manifests
+    from streamer.bucket import Ambiguous, find, listed, nearest, newest, read_manifests
 
     where = f"instance {instance}" if instance else "any instance"
     if name is not None and not any(c in name for c in "*?["):
@@ -370,8 +370,8 @@ def candidates(why: str, streams) -> None:
 
 
 def s3_of(cfg: Config):
+    from streamer.bucket import MANIFEST_READERS
     from streamer.chunkstore import ChunkStore
-    from streamer.remote import MANIFEST_READERS
     from streamer.restore import CONNECTIONS
 
     return ChunkStore(cfg.s3, cfg.instance, connections=max(CONNECTIONS, MANIFEST_READERS))

@@ -143,7 +143,9 @@ def cancel_stream(config_path: str | None, stream_id: str) -> None:
 
     def cancel(record: StreamRecord) -> StreamRecord:
         if record.state is not StreamState.ACTIVE:
-            raise Refused(f"stream {stream_id} is {record.state.value} already: nothing to cancel")
+            raise Forbidden(
+                f"stream {stream_id} is {record.state.value} already: nothing to cancel"
+            )
         return msgspec.structs.replace(record, cancel_requested=True)
 
     with open_store(config_path) as store:
@@ -161,12 +163,12 @@ def retry_stream(config_path: str | None, stream_id: str) -> None:
 
     def retry(record: StreamRecord) -> StreamRecord:
         if record.state not in (StreamState.CANCELLED, StreamState.PARTIAL):
-            raise Refused(
+            raise Forbidden(
                 f"stream {stream_id} is {record.state.value}: only cancelled or partial "
                 "streams can be retried"
             )
         if record.chunks_deleted_at is not None:
-            raise Refused(
+            raise Forbidden(
                 f"stream {stream_id} cannot be retried: its chunks were deleted from S3 at "
                 f"{display.timestamp(record.chunks_deleted_at)} (stream.keep_chunks off), and "
                 "a retry resumes from them; what was uploaded is in its assembled object"
@@ -201,7 +203,7 @@ def forget_stream(config_path: str | None, stream_id: str, yes: bool) -> None:
 
         def unchanged(record: StreamRecord) -> None:
             if record.state is not asked.state:
-                raise Refused(
+                raise Forbidden(
                     f"stream {stream_id} changed meanwhile: it is {record.state.value} now, "
                     f"no longer {asked.state.value}; nothing was forgotten"
                 )
@@ -210,7 +212,7 @@ def forget_stream(config_path: str | None, stream_id: str, yes: bool) -> None:
     click.echo(f"{stream_id}: forgotten")
 
 
-class Refused(Exception):
+class Forbidden(Exception):
     """The stream, as it is when the command acts, forbids it."""
 
 
@@ -222,5 +224,5 @@ def in_one_write(stream_id: str, write: Callable, check: Callable) -> None:
         write(stream_id, check)
     except UnknownStream:
         fail(f"no stream {stream_id!r}; `streamer streams list` shows them")
-    except (Refused, CheckpointError) as exc:
+    except (Forbidden, CheckpointError) as exc:
         fail(str(exc))

@@ -24,7 +24,7 @@ from streamer.cli.common import (
     s3_errors,
 )
 from streamer.digests import SHA256
-from streamer.fileio import Span, is_finalised_file
+from streamer.fileio import Span, is_finished_file
 from streamer.logs import describe
 from streamer.records import ChunkRecord, StreamRecord, StreamState
 
@@ -185,4 +185,4 @@ def file_unchanged(record: StreamRecord) -> bool:
         st = os.stat(record.path)
     except OSError:
         return False
-    return record.state is not StreamState.ACTIVE and is_finalised_file(st, record)
+    return record.state is not StreamState.ACTIVE and is_finished_file(st, record)

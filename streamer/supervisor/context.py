@@ -14,7 +14,7 @@ from streamer.watcher import Watcher
 
 
 @dataclass(eq=False)
-class Context:
+class SupervisorContext:
     config: Config
     clock: Callable[[], float]
     log: logs.EventLog

@@ -35,13 +35,13 @@ from streamer.messages import (
     StreamResumed,
 )
 from streamer.supervisor import startup
-from streamer.supervisor.batch import Batch
-from streamer.supervisor.context import Context
+from streamer.supervisor.context import SupervisorContext
 from streamer.supervisor.discovery import Discovery
-from streamer.supervisor.pruning import Pruning
+from streamer.supervisor.once import OneShotRun
+from streamer.supervisor.prune_queue import PruneQueue
 from streamer.supervisor.readiness import Readiness
 from streamer.supervisor.retirement import Retirement
-from streamer.supervisor.streams import StreamTable
+from streamer.supervisor.table import StreamTable
 from streamer.supervisor.workers import MAX_RESTARTS, RESTART_WINDOW, Worker, Workers, WorkerState
 from streamer.watcher import Watcher
 
@@ -60,13 +60,13 @@ class Supervisor:
         timeout: float | None = None,
     ):
         watcher = Watcher(config.watch.directory, config.watch.pattern, config.watch.depth)
-        self.ctx = Context(config, clock, logs.EventLog("supervisor"), watcher)
+        self.ctx = SupervisorContext(config, clock, logs.EventLog("supervisor"), watcher)
         self.log = self.ctx.log
         self.clock = clock
         self.workers = Workers(self.ctx, self.inherited_fds)
         self.table = StreamTable(self.ctx, self.workers)
         self.retirement = Retirement(self.ctx, self.workers)
-        self.pruning = Pruning(self.ctx, self.workers)
+        self.pruning = PruneQueue(self.ctx, self.workers)
         self.discovery = Discovery(self.ctx, self.table, self.retirement)
         self.signals: deque[int] = deque()
         self.metrics_server: metrics.MetricsServer | None = None
@@ -80,7 +80,7 @@ class Supervisor:
         # What /readyz answers, as the loop last saw it.
         self.published = self.readiness.checks(running=True)
         self.once = once
-        self.batch: Batch | None = None  # with `once`: the streams found at start
+        self.batch: OneShotRun | None = None  # with `once`: the streams found at start
         self.batch_timeout = timeout  # seconds `once` may take; None: as long as it takes
         self.batch_deadline = math.inf
         self.store_lock: int | None = None
@@ -184,7 +184,7 @@ class Supervisor:
         """`run --once`: the files found now are the work; no file that comes later is."""
         discovery = self.discovery
         discovery.quiet_by_mtime(now)
-        self.batch = Batch.of(
+        self.batch = OneShotRun.of(
             (t.stream_id for t in self.table.all()), discovery.missed, discovery.unreadable
         )
         discovery.discovering = False

@@ -16,16 +16,16 @@ from streamer.logs import describe
 from streamer.messages import Finish, Moved
 from streamer.policy import changed_at_by_mtime, is_idle
 from streamer.records import StreamRecord, StreamState
-from streamer.supervisor.context import Context
+from streamer.supervisor.context import SupervisorContext
 from streamer.supervisor.retirement import Retirement, identity
-from streamer.supervisor.streams import Phase, StreamTable, Tracked
+from streamer.supervisor.table import StreamPhase, StreamTable, Tracked
 from streamer.watcher import WATCHES_SYSCTL, FileStat
 
 REWRITTEN = "another recording was written over it before it finished"
 
 
 class Discovery:
-    def __init__(self, ctx: Context, table: StreamTable, retirement: Retirement):
+    def __init__(self, ctx: SupervisorContext, table: StreamTable, retirement: Retirement):
         self.ctx = ctx
         self.table = table
         self.retirement = retirement
@@ -231,7 +231,7 @@ class Discovery:
     def rewritten(self, tracked: Tracked, now: float) -> None:
         """Its uploader found another recording written over its file: it ends, and the
         new recording is a new stream."""
-        if tracked.phase is not Phase.ABANDONING:
+        if tracked.phase is not StreamPhase.ABANDONING:
             self.table.abandon(tracked, REWRITTEN)
             self.contained(tracked.file.path, self.start_stream, tracked.file.path, now)
 
@@ -266,7 +266,7 @@ class Discovery:
 
     def check_cancellations(self) -> None:
         for tracked in self.table.all():
-            if tracked.phase is Phase.ABANDONING:
+            if tracked.phase is StreamPhase.ABANDONING:
                 continue
             record = self.ctx.store.find_stream(tracked.stream_id)
             if record is not None and record.cancel_requested:  # None: forgotten meanwhile
@@ -303,14 +303,14 @@ class Discovery:
         timeout = self.ctx.config.stream.idle_timeout
         self.next_idle_at = math.inf
         for tracked in self.table.all():
-            if tracked.phase is not Phase.UPLOADING:
+            if tracked.phase is not StreamPhase.UPLOADING:
                 continue
             if not is_idle(tracked.changed_at, now, timeout):
                 self.next_idle_at = min(self.next_idle_at, tracked.changed_at + timeout)
                 continue
             self.observe_safely(tracked.file.path, now)  # a fresh stat, not the last event
-            if tracked.phase is Phase.UPLOADING and is_idle(tracked.changed_at, now, timeout):
-                tracked.move_to(Phase.FINISHING)
+            if tracked.phase is StreamPhase.UPLOADING and is_idle(tracked.changed_at, now, timeout):
+                tracked.move_to(StreamPhase.FINISHING)
                 file = tracked.file
                 self.table.tell_owner(
                     tracked,
@@ -319,8 +319,8 @@ class Discovery:
 
     def finish_declined(self, tracked: Tracked, now: float) -> None:
         """Its file changed while its uploader was finishing it: it streams on."""
-        if tracked.phase is Phase.FINISHING:
-            tracked.move_to(Phase.UPLOADING)
+        if tracked.phase is StreamPhase.FINISHING:
+            tracked.move_to(StreamPhase.UPLOADING)
             tracked.changed_at = now
             self.observe_safely(tracked.file.path, now)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from streamer import metrics
 from streamer.policy import oldest_uncommitted_age
-from streamer.supervisor.context import Context
-from streamer.supervisor.streams import Phase, StreamTable
+from streamer.supervisor.context import SupervisorContext
+from streamer.supervisor.table import StreamPhase, StreamTable
 from streamer.supervisor.workers import Workers
 
 
 class Readiness:
-    def __init__(self, ctx: Context, workers: Workers, table: StreamTable):
+    def __init__(self, ctx: SupervisorContext, workers: Workers, table: StreamTable):
         self.ctx = ctx
         self.workers = workers
         self.table = table
@@ -68,9 +68,9 @@ class Readiness:
         streams = self.table.all()
         stuck_after = self.ctx.config.stream.stuck_after
         states = [t.condition(now, stuck_after) or t.phase.value for t in streams]
-        for state in [*(p.value for p in Phase), "parked", "stuck"]:
+        for state in [*(p.value for p in StreamPhase), "parked", "stuck"]:
             metrics.STREAMS.labels(state=state).set(states.count(state))
-        live = [t for t in streams if t.phase is not Phase.ABANDONING]
+        live = [t for t in streams if t.phase is not StreamPhase.ABANDONING]
         metrics.BYTES_ON_DISK.set(sum(t.file.size for t in live))
         metrics.BYTES_CONFIRMED.set(sum(t.confirmed for t in live))
         metrics.BYTES_COMMITTED.set(sum(t.committed for t in live))

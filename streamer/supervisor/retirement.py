@@ -12,7 +12,7 @@ from streamer import metrics
 from streamer.messages import Retire, Retired
 from streamer.policy import next_to_retire, old_enough, retirable, space_to_free
 from streamer.records import StreamRecord
-from streamer.supervisor.context import Context
+from streamer.supervisor.context import SupervisorContext
 from streamer.supervisor.errands import OneAtATime
 from streamer.supervisor.workers import Workers
 from streamer.watcher import FileStat
@@ -36,7 +36,7 @@ def identity(file: FileStat) -> tuple[int, int, int]:
 
 
 class Retirement:
-    def __init__(self, ctx: Context, workers: Workers):
+    def __init__(self, ctx: SupervisorContext, workers: Workers):
         self.ctx = ctx
         self.settled: dict[str, tuple[int, int, int]] = {}  # path -> identity
         self.retainable: dict[str, Retainable] = {}  # by path

@@ -16,7 +16,7 @@ from streamer import checkpoint, metrics, naming, preflight
 from streamer.config import Config
 from streamer.fileio import BLIND_MIN_AGE, CAP_LEASE, lease_blindness, raise_capability
 from streamer.layout import Layout
-from streamer.supervisor.context import Context
+from streamer.supervisor.context import SupervisorContext
 
 
 def check_directories(config: Config) -> None:
@@ -68,7 +68,7 @@ def bind_metrics(
         ) from None
 
 
-def check_leases(ctx: Context) -> None:
+def check_leases(ctx: SupervisorContext) -> None:
     raise_capability(CAP_LEASE)  # where the image and the container grant it
     blind = lease_blindness(ctx.config.watch.directory)
     metrics.RETENTION_BLIND.set(1 if blind else 0)
@@ -86,7 +86,7 @@ def check_leases(ctx: Context) -> None:
         )
 
 
-def prepare_store(ctx: Context) -> bool:
+def prepare_store(ctx: SupervisorContext) -> bool:
     """Before any uploader opens it: clear what killed processes left, settle this
     host's instance name, which every uploader then writes its keys under, and begin a
     start, which the first uploader moves the instance's claim in S3 on to. Returns
@@ -109,7 +109,7 @@ def prepare_store(ctx: Context) -> bool:
     return fresh
 
 
-def release_instance(ctx: Context) -> None:
+def release_instance(ctx: SupervisorContext) -> None:
     """A start that fixed a fresh store's instance name and failed before any uploader
     reached S3 (the name claimed by another store, say): unless an uploader held the
     claim meanwhile, nothing was written under the name, and the store is left free to

@@ -23,7 +23,7 @@ from streamer.bandwidth import TokenBucket
 from streamer.childproc import FORK_BLOCKED_SIGNALS, Heartbeat
 from streamer.messages import Mailbox, Stop
 from streamer.policy import choose_uploader
-from streamer.supervisor.context import Context
+from streamer.supervisor.context import SupervisorContext
 from streamer.uploader import process as uploader
 
 MAX_RESTARTS = 5
@@ -63,7 +63,7 @@ class Worker:
 
 
 class Workers:
-    def __init__(self, ctx: Context, inherited_fds: Callable[[], list[int]]):
+    def __init__(self, ctx: SupervisorContext, inherited_fds: Callable[[], list[int]]):
         self.ctx = ctx
         self.inherited_fds = inherited_fds  # what the child closes first
         self.fork = multiprocessing.get_context("fork")

@@ -26,8 +26,8 @@ from streamer.records import (
     StreamRecord,
     whole_crc64nvme,
 )
-from streamer.uploader.context import STEP_EVENTS, Context
-from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.context import STEP_EVENTS, UploaderContext
+from streamer.uploader.jobs import Job, JobPhase
 from streamer.uploader.reports import Copied
 
 COPY_BATCH = 4  # parts the copier copies before the loop records them
@@ -38,7 +38,7 @@ def content_type(is_mp4: bool) -> str:
 
 
 class Assembler:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: UploaderContext):
         self.ctx = ctx
         # The whole object made for a stream whose finishing was then called off (its
         # file changed): made again over that one, which is this uploader's own.
@@ -79,7 +79,7 @@ class Assembler:
     def copyable(self, job: Job, now: float) -> bool:
         if not job.uncopied or job.copy_backoff.due > now:
             return False
-        if job.phase is not Phase.STREAMING:
+        if job.phase is not JobPhase.STREAMING:
             return False  # completion copies what is left, several at a time
         upload = job.record.assembly
         # Renamed since the upload began: completion assembles afresh, under the new name.

@@ -24,8 +24,8 @@ from streamer.policy import final_status
 from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord, whole_crc64nvme
 from streamer.uploader.assembly import Assembler, content_type
-from streamer.uploader.context import Context
-from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.context import UploaderContext
+from streamer.uploader.jobs import Job, JobPhase
 from streamer.uploader.ledger import Ledger
 from streamer.uploader.reports import Finished, PrefixHash, Survey
 from streamer.uploader.sending import put_span
@@ -33,7 +33,7 @@ from streamer.uploader.survey import Surveyor, still_holds, survey, wants_sha256
 
 
 def bring_up(
-    ctx: Context, record: StreamRecord, published: Published
+    ctx: UploaderContext, record: StreamRecord, published: Published
 ) -> tuple[StreamRecord, list[ChunkRecord]]:
     """S3's record of the stream is further along than this store's: the store takes it
     as it is, and S3 is left alone."""
@@ -50,7 +50,9 @@ def bring_up(
     return brought, chunks
 
 
-def delete_superseded(ctx: Context, record: StreamRecord, chunks: list[ChunkRecord]) -> None:
+def delete_superseded(
+    ctx: UploaderContext, record: StreamRecord, chunks: list[ChunkRecord]
+) -> None:
     """The earlier revisions of chunks the recorder rewrote, once metadata.json lists the
     later ones, deleted in a finisher thread: each only while it is the object this store
     wrote there. Their record stays until they are gone (pruning tries them again)."""
@@ -72,7 +74,7 @@ def remove_exactly(s3: ChunkStore, keys: list[tuple[str, str]]) -> list[str]:
     return [k for k, etag in keys if not s3.remove_if(k, etag) and s3.stat(k) is not None]
 
 
-def superseded_deleted(ctx: Context, stream_id: str, future: Future) -> None:
+def superseded_deleted(ctx: UploaderContext, stream_id: str, future: Future) -> None:
     if future.exception() is not None:
         ctx.log.warning("superseded_kept", stream_id=stream_id, error=describe(future.exception()))
         return
@@ -108,7 +110,9 @@ def check_still_idle(path: str, finish: Finish) -> None:
 
 
 class Completion:
-    def __init__(self, ctx: Context, ledger: Ledger, surveyor: Surveyor, assembler: Assembler):
+    def __init__(
+        self, ctx: UploaderContext, ledger: Ledger, surveyor: Surveyor, assembler: Assembler
+    ):
         self.ctx = ctx
         self.ledger = ledger
         self.surveyor = surveyor
@@ -228,13 +232,13 @@ class Completion:
         stream's completion. A file that changed meanwhile goes on streaming."""
         job.finishing = None
         job.wake()
-        if job.phase is Phase.ABANDONING:
+        if job.phase is JobPhase.ABANDONING:
             return  # the file went away, or an operator cancelled it: abandoned instead
         try:
             report = future.result()
         except FinishCalledOff as exc:
             job.finish = None
-            job.move_to(Phase.STREAMING)
+            job.move_to(JobPhase.STREAMING)
             self.ctx.events.put(FinishDeclined(stream_id=job.stream_id))
             self.ctx.log.info("finish_declined", **job.log_fields, size=exc.size)
             return
@@ -313,7 +317,7 @@ class Completion:
             ctx.store.update_stream(stream_id, lambda r: msgspec.structs.replace(r, **completion))
             delete_superseded(ctx, done, chunks)
         self.assembler.forget(stream_id)
-        job.move_to(Phase.CONCLUDED)
+        job.move_to(JobPhase.CONCLUDED)
         del ctx.jobs[stream_id]
         ctx.wake_starved()
         metrics.STREAMS_FINISHED.labels(status=done.state.value).inc()

@@ -28,7 +28,7 @@ STEP_EVENTS = {"transient": "upload_retry", "rejected": "s3_rejected", "failed":
 
 
 @dataclass(eq=False)
-class Context:
+class UploaderContext:
     worker_id: int
     config: Config
     store: CheckpointStore

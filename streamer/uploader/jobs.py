@@ -14,7 +14,7 @@ from streamer.records import ChunkRecord, StreamRecord, StreamState
 from streamer.uploader.reports import PrefixHash, Sent, Survey
 
 
-class Phase(enum.Enum):
+class JobPhase(enum.Enum):
     """A stream's life in the uploader that owns it (the supervisor's side of it is
     supervisor.streams.Phase). Every change goes through Job.move_to, along _PHASE_MOVES.
 
@@ -33,10 +33,10 @@ class Phase(enum.Enum):
 
 
 _PHASE_MOVES = {
-    Phase.STREAMING: {Phase.FINISHING, Phase.ABANDONING},
-    Phase.FINISHING: {Phase.STREAMING, Phase.ABANDONING, Phase.CONCLUDED},
-    Phase.ABANDONING: {Phase.CONCLUDED},
-    Phase.CONCLUDED: set(),
+    JobPhase.STREAMING: {JobPhase.FINISHING, JobPhase.ABANDONING},
+    JobPhase.FINISHING: {JobPhase.STREAMING, JobPhase.ABANDONING, JobPhase.CONCLUDED},
+    JobPhase.ABANDONING: {JobPhase.CONCLUDED},
+    JobPhase.CONCLUDED: set(),
 }
 
 
@@ -45,7 +45,7 @@ class Job:
     """One owned stream, as this uploader sees it."""
 
     record: StreamRecord
-    phase: Phase = Phase.STREAMING
+    phase: JobPhase = JobPhase.STREAMING
     finish: Finish | None = None  # the idle size and mtime it is finishing at
     # Why it is abandoning, and as what (file gone, or cancelled).
     abandon: tuple[str, StreamState] | None = None
@@ -87,6 +87,6 @@ class Job:
     def wake(self) -> None:
         self.waiting = False
 
-    def move_to(self, phase: Phase) -> None:
+    def move_to(self, phase: JobPhase) -> None:
         assert phase in _PHASE_MOVES[self.phase], f"{self.stream_id}: {self.phase} -> {phase}"
         self.phase = phase

@@ -9,13 +9,13 @@ from streamer import metrics
 from streamer.messages import ChunkCommitted, ChunkUploaded
 from streamer.policy import copies_ahead
 from streamer.records import ChunkRecord
-from streamer.uploader.context import Context
+from streamer.uploader.context import UploaderContext
 from streamer.uploader.jobs import Job
 from streamer.uploader.reports import Sent
 
 
 class Ledger:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: UploaderContext):
         self.ctx = ctx
         self.told_checksum_refused = False
         self.told_trailer_refused = False

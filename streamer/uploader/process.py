@@ -35,8 +35,8 @@ from streamer.messages import (
 from streamer.records import StreamState
 from streamer.uploader.assembly import Assembler
 from streamer.uploader.completion import Completion
-from streamer.uploader.context import STEP_EVENTS, Context
-from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.context import STEP_EVENTS, UploaderContext
+from streamer.uploader.jobs import Job, JobPhase
 from streamer.uploader.ledger import Ledger
 from streamer.uploader.pruning import Pruner
 from streamer.uploader.reports import PrefixHash
@@ -145,7 +145,7 @@ class Uploader:
         # behind the uploads, not beside them.
         tasks = Tasks({"sender": window, "finisher": window, "copier": 1}, self.boundary)
         s3 = ChunkStore(self.config.s3, self.config.instance, 2 * window + 2, self.bandwidth)
-        self.ctx = ctx = Context(
+        self.ctx = ctx = UploaderContext(
             self.worker_id,
             self.config,
             store,
@@ -307,7 +307,7 @@ class Uploader:
             case Finish(stream_id=stream_id) if stream_id in jobs:
                 job = jobs[stream_id]
                 job.finish = message
-                job.move_to(Phase.FINISHING)
+                job.move_to(JobPhase.FINISHING)
                 job.wake()
             case Moved(stream_id=stream_id) if stream_id in jobs:
                 job = jobs[stream_id]
@@ -317,7 +317,7 @@ class Uploader:
             case Abandon(stream_id=stream_id, reason=reason, status=status) if stream_id in jobs:
                 job = jobs[stream_id]
                 job.abandon = (reason, StreamState(status))
-                job.move_to(Phase.ABANDONING)
+                job.move_to(JobPhase.ABANDONING)
                 job.backoff.retry_now()
                 job.wake()
             # Deletions wait until this start holds the instance's claim: a store behind

@@ -22,7 +22,7 @@ from streamer.policy import prunable
 from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord
 from streamer.uploader.completion import bring_up, superseded_keys
-from streamer.uploader.context import Context
+from streamer.uploader.context import UploaderContext
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class NotProven(Exception):
 
 
 class Pruner:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: UploaderContext):
         self.ctx = ctx
 
     def prune(self, stream_id: str) -> None:

@@ -18,11 +18,11 @@ from streamer.messages import Retired
 from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord
 from streamer.uploader.completion import bring_up
-from streamer.uploader.context import Context
+from streamer.uploader.context import UploaderContext
 
 
 class Retirer:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: UploaderContext):
         self.ctx = ctx
 
     def retire(self, stream_id: str, reason: str) -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from streamer import fileio
 from streamer.fileio import size_of
 from streamer.messages import SourceRewritten
-from streamer.policy import Finalise, Pending, UploadChunk, Wait, next_step
+from streamer.policy import Complete, Pending, UploadChunk, Wait, next_step
 from streamer.uploader.completion import Completion
-from streamer.uploader.context import Context
-from streamer.uploader.jobs import Job, Phase
+from streamer.uploader.context import UploaderContext
+from streamer.uploader.jobs import Job, JobPhase
 from streamer.uploader.sending import Sender
 from streamer.uploader.survey import Surveyor
 
@@ -18,7 +18,9 @@ IDLE_WAIT = 1.0
 
 
 class Schedule:
-    def __init__(self, ctx: Context, sender: Sender, surveyor: Surveyor, completion: Completion):
+    def __init__(
+        self, ctx: UploaderContext, sender: Sender, surveyor: Surveyor, completion: Completion
+    ):
         self.ctx = ctx
         self.sender = sender
         self.surveyor = surveyor
@@ -47,7 +49,7 @@ class Schedule:
         if job.finishing is not None:
             job.waiting = True  # woken when the finisher thread reports
             return
-        if job.phase is Phase.ABANDONING:
+        if job.phase is JobPhase.ABANDONING:
             if job.in_flight or job.copying is not None:
                 job.waiting = True  # what is on the wire lands first
                 return
@@ -64,7 +66,7 @@ class Schedule:
             record.committed_bytes,
             record.chunk_size,
             size,
-            finishing=job.phase is Phase.FINISHING,
+            finishing=job.phase is JobPhase.FINISHING,
             in_flight=held,
             window=max(1, min(ctx.window, len(held) + room)),
         ):
@@ -78,9 +80,9 @@ class Schedule:
                 # stream does not keep the slots it holds while others wait.
                 job.waiting = True
                 ctx.starved.add(record.stream_id)
-            case Finalise() if job.copying is not None or job.surveying is not None:
+            case Complete() if job.copying is not None or job.surveying is not None:
                 job.waiting = True  # the part being copied, the survey, are taken first
-            case Finalise():
+            case Complete():
                 self.completion.start(job)
             case Wait():
                 job.waiting = True

@@ -16,7 +16,7 @@ from streamer.fileio import HEAD_SIZE, Span
 from streamer.layout import CHUNK_TAGS
 from streamer.policy import UploadChunk
 from streamer.records import StreamRecord
-from streamer.uploader.context import Context
+from streamer.uploader.context import UploaderContext
 from streamer.uploader.jobs import Job
 from streamer.uploader.reports import PrefixHash, Sent
 from streamer.uploader.tasks import Handler
@@ -125,7 +125,7 @@ def feed_in_turn(
 
 
 class Sender:
-    def __init__(self, ctx: Context, landed: Handler):
+    def __init__(self, ctx: UploaderContext, landed: Handler):
         self.ctx = ctx
         self.landed = landed  # takes a chunk back: ledger.Ledger.chunk_returned
 

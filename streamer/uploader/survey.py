@@ -19,7 +19,7 @@ from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import SETTLED_NS, settled
 from streamer.records import ChunkRecord, StreamRecord
-from streamer.uploader.context import Context
+from streamer.uploader.context import UploaderContext
 from streamer.uploader.jobs import Job
 from streamer.uploader.reports import PrefixHash, Survey
 
@@ -109,7 +109,7 @@ def survey(
 
 
 class Surveyor:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: UploaderContext):
         self.ctx = ctx
 
     def quiet_after(self, path: str) -> float:

@@ -1,4 +1,4 @@
-"""The supervisor's table of unfinished streams: each with its phase (guarded moves), its
+"""The supervisor's table of active streams: each with its phase (guarded moves), its
 file, its one owner, and how far its bytes have got; and the index of which stream's file
 is at which path."""
 
@@ -11,25 +11,25 @@ from dataclasses import dataclass, field
 from streamer.messages import Abandon, Assign, Grow, StreamParked
 from streamer.policy import choose_uploader, stream_condition
 from streamer.records import StreamRecord
-from streamer.supervisor.context import Context
+from streamer.supervisor.context import SupervisorContext
 from streamer.supervisor.workers import Workers
 from streamer.watcher import FileStat
 
 
-class Phase(enum.Enum):
+class StreamPhase(enum.Enum):
     """A stream's life in the supervisor (the uploader's side of it is
     uploader.jobs.Phase). Every change goes through Tracked.move_to, along _PHASE_MOVES;
     the stream leaves the table when its owner reports it finished."""
 
     UPLOADING = "uploading"  # its uploader sends chunks as they fill
-    FINISHING = "finishing"  # idle: its uploader was told to finalise it
+    FINISHING = "finishing"  # idle: its uploader was told to finish it
     ABANDONING = "abandoning"  # its file is gone: its uploader was told to finish it as partial
 
 
 _PHASE_MOVES = {
-    Phase.UPLOADING: {Phase.FINISHING, Phase.ABANDONING},
-    Phase.FINISHING: {Phase.UPLOADING, Phase.ABANDONING},
-    Phase.ABANDONING: set(),
+    StreamPhase.UPLOADING: {StreamPhase.FINISHING, StreamPhase.ABANDONING},
+    StreamPhase.FINISHING: {StreamPhase.UPLOADING, StreamPhase.ABANDONING},
+    StreamPhase.ABANDONING: set(),
 }
 
 
@@ -55,7 +55,7 @@ class Tracked:
     changed_at: float
     owner: int
     told_size: int
-    phase: Phase = Phase.UPLOADING
+    phase: StreamPhase = StreamPhase.UPLOADING
     abandon: Abandon | None = None  # what its uploader was told, once it is abandoning
     # Delivery state: bytes S3 confirmed, bytes in the checkpoint, and when the file reached
     # each size not yet committed (for the age of the oldest byte waiting).
@@ -74,9 +74,9 @@ class Tracked:
     def is_at(self, file: FileStat) -> bool:
         """Could `file` be this stream's file under another name? (Its inode, at least: a
         deleted file's inode number is soon given to a new file.)"""
-        return self.phase is not Phase.ABANDONING and file.same_file(self.file)
+        return self.phase is not StreamPhase.ABANDONING and file.same_file(self.file)
 
-    def move_to(self, phase: Phase) -> None:
+    def move_to(self, phase: StreamPhase) -> None:
         assert phase in _PHASE_MOVES[self.phase], f"{self.stream_id}: {self.phase} -> {phase}"
         self.phase = phase
 
@@ -90,7 +90,7 @@ class Tracked:
 
 
 class StreamTable:
-    def __init__(self, ctx: Context, workers: Workers):
+    def __init__(self, ctx: SupervisorContext, workers: Workers):
         self.ctx = ctx
         self.workers = workers
         self.streams: dict[str, Tracked] = {}  # by stream id
@@ -176,8 +176,8 @@ class StreamTable:
         if not loads:
             return  # stopping: no uploader takes it now; the next start resumes it
         tracked.owner = choose_uploader(loads)
-        if tracked.phase is Phase.FINISHING:
-            tracked.move_to(Phase.UPLOADING)
+        if tracked.phase is StreamPhase.FINISHING:
+            tracked.move_to(StreamPhase.UPLOADING)
             tracked.changed_at = now
         self.workers[tracked.owner].streams.add(tracked.stream_id)
         self.tell_owner(tracked, Assign(stream_id=tracked.stream_id))
@@ -230,7 +230,7 @@ class StreamTable:
     def abandon(self, tracked: Tracked, reason: str, status: str = "partial") -> None:
         if self.paths.get(tracked.file.path) == tracked.stream_id:
             del self.paths[tracked.file.path]
-        tracked.move_to(Phase.ABANDONING)
+        tracked.move_to(StreamPhase.ABANDONING)
         tracked.abandon = Abandon(stream_id=tracked.stream_id, reason=reason, status=status)
         self.ctx.log.warning(
             "stream_lost",

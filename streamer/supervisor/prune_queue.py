@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from streamer.messages import Prune, Pruned
 from streamer.policy import prunable
-from streamer.supervisor.context import Context
+from streamer.supervisor.context import SupervisorContext
 from streamer.supervisor.errands import OneAtATime
 from streamer.supervisor.workers import Workers
 
 PRUNE_RETRY = 60.0  # seconds before a stream whose pruning failed is asked for again
 
 
-class Pruning:
-    def __init__(self, ctx: Context, workers: Workers):
+class PruneQueue:
+    def __init__(self, ctx: SupervisorContext, workers: Workers):
         self.ctx = ctx
         self.waiting: dict[str, float] = {}  # stream id -> not before
         self.asked = OneAtATime(workers)

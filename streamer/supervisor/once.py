@@ -12,7 +12,7 @@ from streamer.messages import Retired
 
 
 @dataclass
-class Batch:
+class OneShotRun:
     pending: set[str]  # streams of the batch not finished yet
     # Paths found at start that could not be taken up yet (tried again at each scan).
     missed: set[str] = field(default_factory=set)
@@ -27,7 +27,7 @@ class Batch:
     deletions_done: bool | None = None
 
     @classmethod
-    def of(cls, stream_ids: Iterable[str], missed=(), lost=()) -> Batch:
+    def of(cls, stream_ids: Iterable[str], missed=(), lost=()) -> OneShotRun:
         return cls(pending=set(stream_ids), missed=set(missed), lost=set(lost))
 
     def follow(self, tracked: Mapping[str, str], exists: Callable[[str], bool]) -> None:
