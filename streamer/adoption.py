@@ -13,7 +13,7 @@ import msgspec
 
 from streamer import claim, manifest
 from streamer.checkpoint import CheckpointStore
-from streamer.chunkstore import ChunkStore
+from streamer.objectstore import ObjectStore
 from streamer.publishing import publish
 from streamer.records import StreamRecord
 
@@ -27,7 +27,7 @@ class Adopted:
     claim: claim.Claim | None = None
 
 
-def adopt(s3: ChunkStore, store: CheckpointStore) -> Adopted:
+def adopt(s3: ObjectStore, store: CheckpointStore) -> Adopted:
     """Reconcile every stream with S3, then take the claim. Raises claim.InstanceTaken
     where another store's claim holds the instance name."""
     done = Adopted()
@@ -40,7 +40,7 @@ def adopt(s3: ChunkStore, store: CheckpointStore) -> Adopted:
     return done
 
 
-def reconcile(s3: ChunkStore, store: CheckpointStore, record: StreamRecord, done: Adopted) -> None:
+def reconcile(s3: ObjectStore, store: CheckpointStore, record: StreamRecord, done: Adopted) -> None:
     found = s3.read(s3.layout.manifest_key(record.stream_id))
     if found is None:
         done.unchanged += 1  # unfinished in S3 too: resumed, never written over

@@ -8,21 +8,19 @@ deeper: at the digest stored with each chunk (a HEAD each), or at its bytes (rea
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from streamer import digests
 from streamer.digests import Digest
+from streamer.objectstore import ObjectStore, Taken
 from streamer.records import ChunkRecord, StreamRecord
-
-if TYPE_CHECKING:
-    from streamer.chunkstore import ChunkStore
 
 
 def chunk_problems(
     stream_id: str,
     chunks: list[ChunkRecord],
     size: int | None,
-    s3: ChunkStore,
+    s3: ObjectStore,
     look: Literal["listing", "stored", "bytes"] = "listing",
     progress: Callable[[int], None] = lambda done: None,
     whole: Digest | None = None,
@@ -65,7 +63,7 @@ def chunk_problems(
     return problems
 
 
-def stored_digest(s3: ChunkStore, key: str) -> Digest | None:
+def stored_digest(s3: ObjectStore, key: str) -> Digest | None:
     """The digest an object was stored with (None: none, or the object is gone since the
     listing, which the next look reports)."""
     found = s3.stat(key, checksum=True)
@@ -74,7 +72,7 @@ def stored_digest(s3: ChunkStore, key: str) -> Digest | None:
 
 def assembled_problem(
     record: StreamRecord,
-    s3: ChunkStore,
+    s3: ObjectStore,
     look: Literal["stat", "checksum", "bytes"] = "stat",
 ) -> str | None:
     """What keeps the stream's assembled object in S3 from being the one made: there, with
@@ -102,8 +100,6 @@ def assembled_problem(
     whole = record.whole
     if look == "stat" or whole is None:
         return None
-    from streamer.chunkstore import Taken  # here: the admin commands load audit without it
-
     try:
         read = s3.digest_of(assembled.key, whole.algorithm, etag=assembled.etag)
     except Taken:

@@ -18,9 +18,9 @@ from typing import TypeVar
 import msgspec
 
 from streamer import manifest
-from streamer.chunkstore import ChunkStore, StoredObject
 from streamer.layout import KeyOf
 from streamer.manifest import Manifest
+from streamer.objectstore import ObjectStore, StoredObject
 from streamer.records import Assembled, StreamState
 
 # metadata.json files read at once: a listing of a fleet's streams waits on round trips.
@@ -289,7 +289,7 @@ T = TypeVar("T", bound=ListedStream)
 
 
 def listed(
-    s3: ChunkStore,
+    s3: ObjectStore,
     instances: list[str] | None,
     stream_id: str | None = None,
     kind: type[T] = ListedStream,
@@ -317,7 +317,7 @@ def listed(
     return [found[k] for k in sorted(found)]
 
 
-def read_manifests(s3: ChunkStore, streams: list[T]) -> list[T]:
+def read_manifests(s3: ObjectStore, streams: list[T]) -> list[T]:
     """Their metadata.json read, MANIFEST_READERS at once, MANIFESTS_AHEAD asked for at a
     time however many streams there are; each decoded one is let go once what is shown
     of it is kept (a RemoteStream keeps it whole)."""
@@ -327,7 +327,7 @@ def read_manifests(s3: ChunkStore, streams: list[T]) -> list[T]:
     return streams
 
 
-def read_manifest(s3: ChunkStore, stream: ListedStream) -> None:
+def read_manifest(s3: ObjectStore, stream: ListedStream) -> None:
     if stream.manifest_key is None:
         return
     data = s3.get_if_exists(stream.manifest_key)
@@ -340,7 +340,7 @@ def read_manifest(s3: ChunkStore, stream: ListedStream) -> None:
         stream.manifest_error = str(exc)
 
 
-def find(s3: ChunkStore, stream_id: str, instance: str | None) -> list[RemoteStream]:
+def find(s3: ObjectStore, stream_id: str, instance: str | None) -> list[RemoteStream]:
     """The stream under this instance, or, with None, under whichever instances have it,
     with every object of it and its metadata.json read."""
     return read_manifests(

@@ -1,4 +1,5 @@
-"""The S3 side: the verbs to put and inspect objects (where they go is `layout`).
+"""The ObjectStore over S3: the verbs to put and inspect objects, through minio-py (where
+they go is `layout`; what each verb promises is `objectstore`).
 
 No policy lives here: what to upload and when to retry is the uploader's business.
 A ChunkStore holds a client (`s3client`); build it in the process that uses it.
@@ -13,8 +14,6 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from datetime import datetime
 from itertools import count
 from typing import BinaryIO
 from xml.etree import ElementTree as ET
@@ -33,6 +32,18 @@ from streamer.config import S3Config
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest
 from streamer.fileio import PIECE
 from streamer.layout import Layout
+from streamer.objectstore import (
+    ABSENT,
+    BucketMissing,
+    CopiesUnchecked,
+    Fetched,
+    PartDiffers,
+    PartSource,
+    PiecedBodyRefused,
+    StoredObject,
+    Taken,
+    UploadGone,
+)
 from streamer.policy import TRANSIENT_CODES
 
 # What S3 (and servers like it) answer for a key that holds no object.
@@ -48,73 +59,8 @@ CHECKSUM_ALGORITHM = "x-amz-checksum-algorithm"
 CHECKSUM_TYPE = "x-amz-checksum-type"
 FULL_OBJECT = "FULL_OBJECT"
 
-# As the `expect` of a write: no object at the key (else, the ETag of the one there).
-ABSENT = ""
 # What a server says when a write's condition does not hold.
 PRECONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
-
-
-class Taken(Exception):
-    """A conditional write found the key not as the writer last saw it (an object where
-    there was none, or another than the one it named): nothing was written."""
-
-
-class BucketMissing(Exception):
-    """The bucket is not there, and streamer may not create it."""
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    size: int
-    etag: str
-    digest: Digest | None  # what streamer stored it with, if anything
-    modified: datetime | None = None
-    # The crc64nvme of its bytes S3 keeps (asked for by `stat(key, checksum=True)`)
-    crc64nvme: str | None = None
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """An object's bytes, written to a file: how many, their digest, and the digest the
-    object was stored with (None if none)."""
-
-    size: int
-    digest: Digest
-    stored: Digest | None
-
-
-class UploadGone(Exception):
-    """The multipart upload is no longer there: aborted, or expired by the server."""
-
-
-@dataclass(frozen=True)
-class PartSource:
-    """An object to copy into a multipart upload as a part, pinned to its ETag, with its
-    crc64nvme (None: not known); `copied` is the part's ETag if it is in the upload
-    already."""
-
-    key: str
-    size: int
-    etag: str
-    crc64nvme: str | None = None
-    copied: str | None = None
-
-
-class CopiesUnchecked(Exception):
-    """The server will not copy a part into an upload that asked for a whole-object
-    crc64nvme (MinIO: its copies carry no checksum): nothing was copied, and uploads begun
-    from now on ask for none."""
-
-
-class PiecedBodyRefused(Exception):
-    """S3 refused a body sent in pieces with its checksum in a trailer (aws-chunked): as
-    one damaged on the way would be (a piece not as signed, its framing broken), worth
-    sending again at once. Refused again, the store takes it for a server that takes no
-    such bodies, and sends chunks with their digests in the header."""
-
-
-class PartDiffers(Exception):
-    """S3 copied a part whose crc64nvme is not its source's as recorded."""
 
 
 @contextlib.contextmanager

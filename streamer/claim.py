@@ -14,9 +14,9 @@ import msgspec
 from streamer import digests
 from streamer.bodies import InMemory
 from streamer.checkpoint import CheckpointStore
-from streamer.chunkstore import ABSENT, ChunkStore, Taken
 from streamer.digests import SHA256
 from streamer.logs import describe
+from streamer.objectstore import ABSENT, ObjectStore, Taken
 from streamer.policy import ClaimVerdict, claim_verdict
 
 ATTEMPTS = 5
@@ -52,7 +52,7 @@ def decode(data: bytes) -> Claim:
         return Claim(store=data.decode(errors="replace").strip(), generation=0, start=None)
 
 
-def hold(s3: ChunkStore, store: CheckpointStore, take_over: bool = False) -> Claim:
+def hold(s3: ObjectStore, store: CheckpointStore, take_over: bool = False) -> Claim:
     """Make sure this start holds the instance's claim, moving it on where it is this
     store's from an earlier start. Raises InstanceTaken or Behind where it is not;
     `take_over` (`streamer checkpoint adopt`): moves on a claim this store is behind."""
@@ -98,7 +98,7 @@ def hold(s3: ChunkStore, store: CheckpointStore, take_over: bool = False) -> Cla
     raise Taken(key)
 
 
-def check_owner(s3: ChunkStore, store: CheckpointStore) -> None:
+def check_owner(s3: ObjectStore, store: CheckpointStore) -> None:
     """Raise InstanceTaken where another checkpoint store claims the instance name."""
     key = s3.layout.owner_key()
     found = s3.read(key)
@@ -107,13 +107,13 @@ def check_owner(s3: ChunkStore, store: CheckpointStore) -> None:
         raise InstanceTaken(taken_message(s3, key, owner, mine))
 
 
-def move_on(s3: ChunkStore, store: CheckpointStore) -> Claim:
+def move_on(s3: ObjectStore, store: CheckpointStore) -> Claim:
     """Move the claim on from this start to a new token of this store's (a clean stop)."""
     store.begin_start()
     return hold(s3, store)
 
 
-def taken_message(s3: ChunkStore, key: str, owner: str, mine: str) -> str:
+def taken_message(s3: ObjectStore, key: str, owner: str, mine: str) -> str:
     where = f"s3://{s3.bucket}/{key}"
     return (
         f"instance {s3.layout.instance!r} is claimed by another checkpoint store ({owner}; "
@@ -123,7 +123,7 @@ def taken_message(s3: ChunkStore, key: str, owner: str, mine: str) -> str:
     )
 
 
-def behind_message(s3: ChunkStore, key: str, claim: Claim) -> str:
+def behind_message(s3: ObjectStore, key: str, claim: Claim) -> str:
     when = f" at {claim.claimed_at:%Y-%m-%d %H:%M:%S} UTC" if claim.claimed_at else ""
     return (
         f"this checkpoint store is behind S3: the claim on instance {s3.layout.instance!r} "

@@ -10,8 +10,8 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from streamer.checkpoint import CheckpointUnwritable
-from streamer.chunkstore import BucketMissing, PiecedBodyRefused, Taken, UploadGone
 from streamer.fileio import SourceChanged, SourceUnreadable
+from streamer.objectstore import BucketMissing, PiecedBodyRefused, Taken, UploadGone
 from streamer.policy import OtherRecording, is_rejection, retry_delay
 from streamer.preflight import BUCKET_HINT
 from streamer.s3client import NoCredentials

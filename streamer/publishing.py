@@ -13,9 +13,9 @@ import msgspec
 
 from streamer import digests, manifest
 from streamer.bodies import InMemory
-from streamer.chunkstore import ABSENT, ChunkStore, Taken
 from streamer.digests import SHA256
 from streamer.manifest import Manifest
+from streamer.objectstore import ABSENT, ObjectStore, Taken
 from streamer.policy import OtherRecording, reconciled_record
 from streamer.records import ChunkRecord, StreamRecord
 
@@ -36,7 +36,7 @@ class Published:
         return manifest.to_records(self.manifest, record, self.etag)
 
 
-def publish(s3: ChunkStore, record: StreamRecord, chunks: list[ChunkRecord]) -> Published:
+def publish(s3: ObjectStore, record: StreamRecord, chunks: list[ChunkRecord]) -> Published:
     """Write the stream's metadata.json as `record` and `chunks` say, unless S3 holds a
     record further along. Raises OtherRecording where S3's is of another recording (or
     cannot be read), Taken where writers keep racing."""

@@ -28,11 +28,11 @@ from typing import BinaryIO
 from streamer import digests, mp4
 from streamer.audit import stored_digest
 from streamer.bucket import RemoteStream
-from streamer.chunkstore import ChunkStore
 from streamer.digests import SHA256, Digest
 from streamer.fileio import digest_of_fd_range, move_noreplace
 from streamer.layout import Layout
 from streamer.manifest import Manifest
+from streamer.objectstore import ObjectStore
 
 CONNECTIONS = 4
 BLOCK = 1024 * 1024  # bytes copied at a time from a piece's temporary file to the pipe
@@ -174,7 +174,7 @@ class Restored:
 
 
 def restore(
-    s3: ChunkStore,
+    s3: ObjectStore,
     stream: RemoteStream,
     output: str,
     playable: bool = False,
@@ -217,7 +217,7 @@ def restore(
 
 
 def restore_to_pipe(
-    s3: ChunkStore,
+    s3: ObjectStore,
     stream: RemoteStream,
     out: int,
     progress: Callable[[int], None] = lambda size: None,
@@ -260,7 +260,7 @@ def in_order(
             waiting.cancel()
 
 
-def spooled(s3: ChunkStore, piece: Piece) -> BinaryIO:
+def spooled(s3: ObjectStore, piece: Piece) -> BinaryIO:
     """The piece in a temporary file of its own (unnamed: nothing is left behind), checked."""
     spool = tempfile.TemporaryFile()  # noqa: SIM115 (handed on, closed once written out)
     try:
@@ -364,7 +364,7 @@ def settle(partial: str, output: str, force: bool) -> None:
         ) from None
 
 
-def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ChunkStore) -> set[int]:
+def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ObjectStore) -> set[int]:
     """The pieces a temporary file from an earlier run holds already, each checked against
     its digest (asked of S3 where metadata.json does not say it)."""
     have = os.fstat(fd).st_size
@@ -380,7 +380,7 @@ def held(fd: int, pieces: list[Piece], stream: RemoteStream, s3: ChunkStore) -> 
     return found
 
 
-def fetch(s3: ChunkStore, fd: int, piece: Piece, at: int | None = None) -> Piece:
+def fetch(s3: ObjectStore, fd: int, piece: Piece, at: int | None = None) -> Piece:
     """The piece written into `fd` at its offset in the recording (or at `at`), checked."""
     expected = piece.digest
     offset = piece.offset if at is None else at

@@ -31,13 +31,13 @@ import msgspec
 
 from streamer import manifest
 from streamer.audit import assembled_problem, chunk_problems
-from streamer.chunkstore import ChunkStore
 from streamer.fileio import (
     BLIND_MIN_AGE,
     is_finished_file,
     move_noreplace,
     renameat2_noreplace,
 )
+from streamer.objectstore import ObjectStore
 from streamer.policy import retirable
 from streamer.records import ChunkRecord, StreamRecord
 
@@ -56,7 +56,7 @@ class Kept(Exception):
 def delete_if_proven(
     record: StreamRecord,
     chunks: list[ChunkRecord],
-    s3: ChunkStore,
+    s3: ObjectStore,
     directory: str,
     delete_partial: bool,
 ) -> str | None:
@@ -78,19 +78,19 @@ def check_status(record: StreamRecord, delete_partial: bool) -> None:
         raise Kept(f"its stream finished {record.state.value}, not complete", final=True)
 
 
-def check_chunks(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
+def check_chunks(record: StreamRecord, chunks: list[ChunkRecord], s3: ObjectStore) -> None:
     if record.chunks_deleted_at is not None:
         return  # deleted once the assembled object was read back whole: check_assembled
     if problems := chunk_problems(record.stream_id, chunks, record.total_size, s3):
         raise Kept(problems[0])
 
 
-def check_assembled(record: StreamRecord, s3: ChunkStore) -> None:
+def check_assembled(record: StreamRecord, s3: ObjectStore) -> None:
     if record.assembled is not None and (problem := assembled_problem(record, s3)):
         raise Kept(problem)
 
 
-def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ChunkStore) -> None:
+def check_manifest(record: StreamRecord, chunks: list[ChunkRecord], s3: ObjectStore) -> None:
     key = s3.layout.manifest_key(record.stream_id)
     body = s3.get_if_exists(key)
     if body is None:

@@ -25,6 +25,7 @@ from streamer.config import Config
 from streamer.digests import SHA256
 from streamer.fileio import lease_blindness
 from streamer.logs import describe
+from streamer.objectstore import ABSENT, BucketMissing, PartSource, Taken
 from streamer.preflight import Unmet
 
 ASSEMBLE_HINT = "this server cannot copy objects into a multipart upload: set stream.assemble=false"
@@ -133,7 +134,7 @@ class Doctor:
         return f"{path}: opened, writable, {display.counted(count, 'stream')}"
 
     def s3(self) -> None:
-        from streamer.chunkstore import BucketMissing, ChunkStore  # the S3 client is heavy
+        from streamer.chunkstore import ChunkStore  # the S3 client is heavy
 
         s3_config = self.config.s3
         later = ["scratch object", "conditional writes", "multipart copy", "instance name"]
@@ -202,8 +203,6 @@ class Doctor:
     def conditional(self, s3) -> str:
         """How metadata.json and the instance's claim will be written: over exactly what
         this store last saw there, by the server's check or by streamer's own."""
-        from streamer.chunkstore import ABSENT, Taken
-
         key = s3.layout.scratch_key(uuid.uuid4().hex)
         body = InMemory(b"{}")
         digest = bodies.digest(SHA256, body)
@@ -222,8 +221,6 @@ class Doctor:
         return "refused by the server: streamer reads each record, compares, then writes"
 
     def multipart_copy(self, s3) -> str:
-        from streamer.chunkstore import PartSource
-
         source, target = (s3.layout.scratch_key(uuid.uuid4().hex) for _ in range(2))
         data = os.urandom(64 * 1024)
         upload_id = None

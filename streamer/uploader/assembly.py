@@ -13,11 +13,11 @@ from concurrent.futures import Future
 import msgspec
 
 from streamer import metrics, mp4, naming
-from streamer.chunkstore import ABSENT, CopiesUnchecked, PartSource, UploadGone
 from streamer.digests import Digest
 from streamer.fileio import HashingReader, SourceChanged, open_regular
 from streamer.logs import describe
 from streamer.messages import Finish
+from streamer.objectstore import ABSENT, CopiesUnchecked, PartSource, UploadGone
 from streamer.policy import assembly_method, copies_ahead, upload_to_finish
 from streamer.records import (
     Assembled,

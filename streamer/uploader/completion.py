@@ -15,11 +15,11 @@ import msgspec
 from streamer import digests, metrics, mp4
 from streamer.audit import chunk_problems
 from streamer.checkpoint import UnknownStream
-from streamer.chunkstore import ChunkStore
 from streamer.failures import NotInS3
 from streamer.fileio import Span, open_regular, stat_source, touching
 from streamer.logs import describe
 from streamer.messages import Finish, FinishDeclined, StreamFinished
+from streamer.objectstore import ObjectStore
 from streamer.policy import final_status
 from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord, whole_crc64nvme
@@ -68,7 +68,7 @@ def delete_superseded(
         )
 
 
-def remove_exactly(s3: ChunkStore, keys: list[tuple[str, str]]) -> list[str]:
+def remove_exactly(s3: ObjectStore, keys: list[tuple[str, str]]) -> list[str]:
     """Delete each (key, ETag) while the key holds that very object; return those that
     did not (another object there now)."""
     return [k for k, etag in keys if not s3.remove_if(k, etag) and s3.stat(k) is not None]
@@ -85,7 +85,7 @@ def superseded_deleted(ctx: UploaderContext, stream_id: str, future: Future) -> 
 
 
 def superseded_keys(
-    s3: ChunkStore, stream_id: str, chunks: list[ChunkRecord]
+    s3: ObjectStore, stream_id: str, chunks: list[ChunkRecord]
 ) -> list[tuple[str, str]]:
     """(key, ETag) of every earlier revision of `chunks` this store wrote."""
     return [

@@ -14,12 +14,12 @@ from minio.error import S3Error
 from streamer import logs, metrics
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointStore, CheckpointUnwritable
-from streamer.chunkstore import ChunkStore
 from streamer.config import Config
 from streamer.failures import S3_TROUBLE, Backoff, classify, hint
 from streamer.fileio import file_granularity_ns
 from streamer.logs import describe
 from streamer.messages import CheckpointState, Mailbox, S3State, StreamParked, StreamResumed
+from streamer.objectstore import ObjectStore
 from streamer.uploader.jobs import Job
 from streamer.uploader.tasks import Handler, Tasks
 
@@ -32,7 +32,7 @@ class UploaderContext:
     worker_id: int
     config: Config
     store: CheckpointStore
-    s3: ChunkStore
+    s3: ObjectStore
     buffers: BufferPool
     tasks: Tasks
     events: Mailbox  # to the supervisor

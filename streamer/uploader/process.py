@@ -16,7 +16,7 @@ from streamer.bandwidth import TokenBucket
 from streamer.buffers import BufferPool
 from streamer.checkpoint import CheckpointError, CheckpointStore
 from streamer.childproc import EXIT_BOOT_ERROR, EXIT_OK, FORK_BLOCKED_SIGNALS, Heartbeat
-from streamer.chunkstore import BucketMissing, ChunkStore
+from streamer.chunkstore import ChunkStore
 from streamer.config import Config, MiB
 from streamer.failures import Backoff
 from streamer.logs import describe
@@ -32,6 +32,7 @@ from streamer.messages import (
     Stop,
     StreamFinished,
 )
+from streamer.objectstore import BucketMissing
 from streamer.records import StreamState
 from streamer.uploader.assembly import Assembler
 from streamer.uploader.completion import Completion

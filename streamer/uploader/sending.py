@@ -10,10 +10,10 @@ import time
 
 from streamer import bodies
 from streamer.bodies import Body, Checked, Head, Tapped
-from streamer.chunkstore import ChunkStore, StoredObject, Taken
 from streamer.digests import CRC64NVME, Digest
 from streamer.fileio import HEAD_SIZE, Span
 from streamer.layout import CHUNK_TAGS
+from streamer.objectstore import ObjectStore, StoredObject, Taken
 from streamer.policy import UploadChunk
 from streamer.records import StreamRecord
 from streamer.uploader.context import UploaderContext
@@ -23,7 +23,7 @@ from streamer.uploader.tasks import Handler
 
 
 def place_chunk(
-    s3: ChunkStore,
+    s3: ObjectStore,
     stream_id: str,
     index: int,
     revision: int,
@@ -68,7 +68,7 @@ def same_bytes(stored: StoredObject, body: Body, sums: dict[str, Digest]) -> boo
 
 
 def put_span(
-    s3: ChunkStore,
+    s3: ObjectStore,
     stream_id: str,
     index: int,
     revision: int,
