@@ -32,7 +32,8 @@ from streamer.policy import (
 )
 from streamer.records import AssemblyUpload, ChunkRecord, StreamState
 from streamer.supervisor.daemon import TICK, Supervisor
-from streamer.uploader.reports import PrefixHash, Survey
+from streamer.uploader.file_sha256 import PrefixHash
+from streamer.uploader.reports import Survey
 from streamer.uploader.survey import still_holds
 
 CS = 100
@@ -394,7 +395,7 @@ def test_a_failing_stream_is_parked_until_due_and_stuck_after_a_while_or_at_once
 
 def test_without_the_file_s_sha256_a_survey_made_ahead_holds_without_one():
     from streamer.config import Config, IntegrityConfig
-    from streamer.uploader.survey import wants_sha256
+    from streamer.uploader.file_sha256 import wanted
 
     mtime = 7 * SECOND
     head = chunk_record(
@@ -408,8 +409,8 @@ def test_without_the_file_s_sha256_a_survey_made_ahead_holds_without_one():
     assert still_holds(ahead, finish, [head, tail], None) is None, "a sha256 is wanted"
     assert still_holds(ahead, finish, [head, tail], None, sha256=False) is ahead
     off = Config(integrity=IntegrityConfig(file_sha256=False))
-    assert not wants_sha256(off, [head, tail])
+    assert not wanted(off, [head, tail])
     # A chunk from before crc64nvme: the whole cannot be combined, so its sha256 is taken.
     older = chunk_record(200, 100, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime)
-    assert wants_sha256(off, [head, msgspec.structs.replace(older, crc64nvme=None)])
-    assert wants_sha256(Config(), [head, tail])
+    assert wanted(off, [head, msgspec.structs.replace(older, crc64nvme=None)])
+    assert wanted(Config(), [head, tail])

@@ -11,6 +11,8 @@ idle. Its roles, one module each:
 - sending     a chunk read, hashed and put in S3, in a sender thread
 - ledger      chunks S3 confirmed, committed strictly in index order
 - survey      a file compared with its chunks, ahead of completion or at it
+- file_sha256 the whole file's sha256: fed by the senders in chunk order, taken on by a
+              survey, or read whole
 - assembly    the whole object in S3: part copies while live, the final join
 - completion  a stream checked, reconciled, assembled and concluded
 - retiring    retention's deletions, proven in S3 first

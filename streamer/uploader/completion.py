@@ -23,13 +23,15 @@ from streamer.objectstore import ObjectStore
 from streamer.policy import final_status
 from streamer.publishing import Published, publish
 from streamer.records import ChunkRecord, StreamRecord, whole_crc64nvme
+from streamer.uploader import file_sha256
 from streamer.uploader.assembly import Assembler, content_type
 from streamer.uploader.context import UploaderContext
+from streamer.uploader.file_sha256 import PrefixHash
 from streamer.uploader.jobs import Job, JobPhase
 from streamer.uploader.ledger import Ledger
-from streamer.uploader.reports import Finished, PrefixHash, Survey
+from streamer.uploader.reports import Finished, Survey
 from streamer.uploader.sending import put_span
-from streamer.uploader.survey import Surveyor, still_holds, survey, wants_sha256
+from streamer.uploader.survey import Surveyor, still_holds, survey
 
 
 def bring_up(
@@ -152,7 +154,7 @@ class Completion:
         nor the jobs: `finished` records the outcome."""
         check_still_idle(record.path, finish)
         granularity = self.ctx.granularity_of(record.path)
-        take_sha256 = wants_sha256(self.ctx.config, chunks)
+        take_sha256 = file_sha256.wanted(self.ctx.config, chunks)
         quiet = still_holds(quiet, finish, chunks, sent_hash, granularity, take_sha256)
         if quiet is None:
             quiet = survey(

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from streamer.failures import Backoff
 from streamer.messages import Finish
 from streamer.records import ChunkRecord, StreamRecord, StreamState
-from streamer.uploader.reports import PrefixHash, Sent, Survey
+from streamer.uploader.file_sha256 import PrefixHash
+from streamer.uploader.reports import Sent, Survey
 
 
 class JobPhase(enum.Enum):

@@ -37,10 +37,10 @@ from streamer.records import StreamState
 from streamer.uploader.assembly import Assembler
 from streamer.uploader.completion import Completion
 from streamer.uploader.context import STEP_EVENTS, UploaderContext
+from streamer.uploader.file_sha256 import PrefixHash
 from streamer.uploader.jobs import Job, JobPhase
 from streamer.uploader.ledger import Ledger
 from streamer.uploader.pruning import Pruner
-from streamer.uploader.reports import PrefixHash
 from streamer.uploader.retiring import Retirer
 from streamer.uploader.schedule import IDLE_WAIT, Schedule
 from streamer.uploader.sending import Sender

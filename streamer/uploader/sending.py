@@ -16,9 +16,11 @@ from streamer.layout import CHUNK_TAGS
 from streamer.objectstore import ObjectStore, StoredObject, Taken
 from streamer.policy import UploadChunk
 from streamer.records import StreamRecord
+from streamer.uploader import file_sha256
 from streamer.uploader.context import UploaderContext
+from streamer.uploader.file_sha256 import PrefixHash
 from streamer.uploader.jobs import Job
-from streamer.uploader.reports import PrefixHash, Sent
+from streamer.uploader.reports import Sent
 from streamer.uploader.tasks import Handler
 
 
@@ -86,10 +88,10 @@ def put_span(
     head = Head(HEAD_SIZE) if index == 0 else None
     if s3.trails:
         if sent_hash is not None:
-            feed_in_turn(span, index, sent_hash, (CRC64NVME,))
+            file_sha256.feed_in_turn(span, index, sent_hash, (CRC64NVME,))
         body, sums = Tapped(span, head) if head else span, None
     else:
-        sums = feed_in_turn(span, index, sent_hash, s3.chunk_algorithms, head)
+        sums = file_sha256.feed_in_turn(span, index, sent_hash, s3.chunk_algorithms, head)
         body = Checked(span, sums[CRC64NVME])
     revision, etag, sums, digest, seconds = place_chunk(
         s3, stream_id, index, revision, body, sums, probe
@@ -97,31 +99,6 @@ def put_span(
     chunk = UploadChunk(index, span.offset, span.size)
     crc, read = sums[CRC64NVME].value, (span.read_at_ns, span.read_mtime_ns)
     return Sent(chunk, revision, digest, crc, etag, head.data if head else None, seconds, *read)
-
-
-def feed_in_turn(
-    span: Span,
-    index: int,
-    sent_hash: PrefixHash | None,
-    algorithms: tuple[str, ...],
-    head: Head | None = None,
-) -> dict[str, Digest]:
-    """A pass over a chunk for its digests by `algorithms` (and its file's `head`, with
-    chunk 0), feeding the file's sha256 when its turn comes."""
-    also = (head,) if head else ()
-    whole = sent_hash.take_turn(index, span.offset) if sent_hash else None
-    if whole is None:
-        sums = bodies.digests_of(algorithms, span, *also)
-        if sent_hash:
-            sent_hash.seen(span.offset, sums[CRC64NVME].value)
-        return sums
-    try:
-        sums = bodies.digests_of(algorithms, span, whole, *also)
-    except BaseException:
-        sent_hash.give_up()
-        raise
-    sent_hash.fed(index, span.size, sums[CRC64NVME].value)
-    return sums
 
 
 class Sender:

@@ -5,23 +5,22 @@ that completion need not (on a long recording, most of its time)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import Future
 from dataclasses import replace
 
 from streamer import bodies
 from streamer.buffers import BufferPool
-from streamer.config import Config
-from streamer.digests import SHA256
 from streamer.fileio import Span, stat_source
 from streamer.logs import describe
 from streamer.messages import Finish
 from streamer.policy import SETTLED_NS, settled
 from streamer.records import ChunkRecord, StreamRecord
+from streamer.uploader import file_sha256
 from streamer.uploader.context import UploaderContext
+from streamer.uploader.file_sha256 import PrefixHash
 from streamer.uploader.jobs import Job
-from streamer.uploader.reports import PrefixHash, Survey
+from streamer.uploader.reports import Survey
 
 
 def still_holds(
@@ -43,17 +42,9 @@ def still_holds(
         return None
     if survey.sha256 is not None or not sha256:
         return survey
-    # The tail has been sent since: the sender threads' sha256 is the file's, if they fed
-    # it these chunks' bytes, in order.
-    covers = sum(c.size for c in chunks) == finish.size
-    whole = sent.state(chunks) if sent and covers else None
-    return replace(survey, sha256=whole.hexdigest()) if whole else None
-
-
-def wants_sha256(config: Config, chunks: list[ChunkRecord]) -> bool:
-    """Is the whole file's sha256 taken? With integrity.file_sha256, and for a stream with
-    chunks from before crc64nvme, whose whole cannot be combined from its chunks'."""
-    return config.integrity.file_sha256 or any(c.crc64nvme is None for c in chunks)
+    # The tail has been sent since.
+    whole = file_sha256.sent_whole(sent, chunks, finish.size)
+    return replace(survey, sha256=whole) if whole else None
 
 
 def survey(
@@ -72,10 +63,7 @@ def survey(
     again); the file's sha256 (if `sha256`: one is wanted) is taken on from what the
     sender threads hashed, if the file still holds what they sent: one pass over the file
     instead of two. `ahead`: the tail is still to be sent."""
-    covered = sum(c.size for c in chunks)
-    prefix = sent_hash.state(chunks) if sent_hash and covered <= size else None
-    whole = None if prefix or not sha256 else hashlib.sha256()
-    also = () if whole is None else (whole,)
+    taking = file_sha256.Taking(sent_hash, chunks, size, sha256)
     stale, drop_from = [], None
     for chunk in chunks:
         if chunk.offset >= size:
@@ -83,28 +71,17 @@ def survey(
             break
         length = min(chunk.size, size - chunk.offset)
         known = settled(chunk.read_at_ns, chunk.read_mtime_ns, mtime_ns, granularity_ns)
-        if known and length == chunk.size and whole is None:
+        if known and length == chunk.size and not taking.feeds:
             continue
         span = Span(record, chunk.offset, length, buffers)
         shrank = length != chunk.size
         if shrank:
             stale.append((chunk.index, "file shrank"))
         if shrank or known:
-            bodies.feed(span, *also)
-        elif bodies.digest(chunk.quick_digest.algorithm, span, *also) != chunk.quick_digest:
+            bodies.feed(span, *taking.feeds)
+        elif bodies.digest(chunk.quick_digest.algorithm, span, *taking.feeds) != chunk.quick_digest:
             stale.append((chunk.index, "bytes changed after upload"))
-    if not sha256:
-        digest = None
-    elif whole is None and stale:
-        # What was sent is no longer the file.
-        digest = bodies.digest(SHA256, Span(record, 0, size, buffers)).value
-    elif whole is None and ahead:
-        digest = None
-    else:
-        whole = prefix if whole is None else whole
-        if covered < size:  # the tail, not uploaded yet
-            bodies.feed(Span(record, covered, size - covered, buffers), whole)
-        digest = whole.hexdigest()
+    digest = taking.result(record, buffers, stale=bool(stale), ahead=ahead)
     return Survey(size, mtime_ns, digest, stale, drop_from, checked=len(chunks))
 
 
@@ -163,7 +140,7 @@ class Surveyor:
             self.ctx.buffers,
             ahead=True,
             granularity_ns=self.ctx.granularity_of(record.path),
-            sha256=wants_sha256(self.ctx.config, chunks),
+            sha256=file_sha256.wanted(self.ctx.config, chunks),
         )
         st = stat_source(record.path)
         return quiet if (st.st_size, st.st_mtime_ns) == planned else None
