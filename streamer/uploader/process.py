@@ -163,7 +163,7 @@ class Uploader:
         self.completion = Completion(ctx, self.ledger, self.surveyor, self.assembler)
         self.retirer = Retirer(ctx)
         self.pruner = Pruner(ctx)
-        sender = Sender(ctx, self.ledger.chunk_returned)
+        sender = Sender(ctx, self.ledger)
         self.schedule = Schedule(ctx, sender, self.surveyor, self.completion)
 
     def handle_term(self, signum, frame) -> None:

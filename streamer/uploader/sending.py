@@ -2,10 +2,14 @@
 read from the file once as it is sent and hashed on the way where the store sends its
 checksum in a trailer (and on a pass before, for the file's sha256, where it is taken),
 or else digested on one pass and sent on the next; it touches neither the checkpoint nor
-the jobs, and reports what S3 holds as a `Sent`. The ledger commits it."""
+the jobs, and reports what S3 holds as a `Sent`. Whatever it ends with comes back, on the
+main thread, to `Ledger.chunk_returned`: a `Sent` is committed in chunk order; an error
+goes to `UploaderContext.retry_later`, which classifies it (`failures.classify`) and parks
+the stream with its backoff (`policy.Backoff`)."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 from streamer import bodies
@@ -20,8 +24,8 @@ from streamer.uploader import file_sha256
 from streamer.uploader.context import UploaderContext
 from streamer.uploader.file_sha256 import PrefixHash
 from streamer.uploader.jobs import Job
+from streamer.uploader.ledger import Ledger
 from streamer.uploader.reports import Sent
-from streamer.uploader.tasks import Handler
 
 
 def place_chunk(
@@ -102,9 +106,9 @@ def put_span(
 
 
 class Sender:
-    def __init__(self, ctx: UploaderContext, landed: Handler):
+    def __init__(self, ctx: UploaderContext, ledger: Ledger):
         self.ctx = ctx
-        self.landed = landed  # takes a chunk back: ledger.Ledger.chunk_returned
+        self.ledger = ledger
 
     def send(self, job: Job, chunk: UploadChunk) -> None:
         record = job.record
@@ -118,7 +122,7 @@ class Sender:
             record.min_revision,
             probe,
             job.sent_hash,
-            then=lambda future, now: self.landed(job, chunk.index, future, now),
+            then=functools.partial(self.ledger.chunk_returned, job, chunk.index),
         )
 
     def transfer(
