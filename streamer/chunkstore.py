@@ -247,8 +247,11 @@ class ChunkStore:
         condition = self._condition(ABSENT)
         trailed = None  # the checksum a refused trailer carried
         if sums is None and self.trails:
+            # As it is now: another sender may give it up for the next while this one is
+            # on the wire, and what this trailer's refusal says is about this checksum.
+            checksum = self._checksum
             try:
-                sent = self._send_trailing(key, body, content_type, condition, tags)
+                sent = self._send_trailing(key, body, checksum, content_type, condition, tags)
                 self._pieced_refused = False
                 return sent
             except S3Error as exc:
@@ -265,7 +268,7 @@ class ChunkStore:
                 if exc.code not in TAGS_REFUSED and not self._pieced_refused and self._answers():
                     self._pieced_refused = True
                     raise PiecedBodyRefused(f"S3 refused a body sent in pieces: {exc}") from exc
-            trailed = self._checksum
+            trailed = checksum
         if sums is None or not sums.keys() >= set(self.chunk_algorithms):
             sums = {**(sums or {}), **bodies.digests_of(self.chunk_algorithms, body)}
             body = bodies.Checked(body, sums[CRC64NVME])
@@ -301,6 +304,7 @@ class ChunkStore:
         self,
         key: str,
         body: Body,
+        checksum: str,
         content_type: str,
         condition: dict[str, str],
         tags: dict[str, str] | None,
@@ -310,7 +314,6 @@ class ChunkStore:
         each piece's sha256 is signed as it goes, and the trailer too (as mc signs its
         bodies over http). What S3 stores is what was hashed, whatever the file did
         meanwhile."""
-        checksum = self._checksum
         hashers = {a: digests.hasher(a) for a in dict.fromkeys((CRC64NVME, checksum))}
         size = len(body)
         headers = genheaders({"Content-Type": content_type}, self._sse, tags, None, False)
