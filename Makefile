@@ -14,7 +14,7 @@ MC_BIN ?= $(BIN)/mc
 VERSITYGW_MODULE := github.com/versity/versitygw/cmd/versitygw@v1.8.0
 VERSITYGW_BIN ?= $(BIN)/versitygw
 # Prometheus scrapes a test daemon, so that every panel of the dashboard and every alert is
-# seen to work (tests/test_dashboard.py).
+# seen to work (tests/integration/test_dashboard.py).
 PROMETHEUS_MODULE := github.com/prometheus/prometheus/cmd/prometheus@v0.316.0
 PROMETHEUS_BIN ?= $(BIN)/prometheus
 PROMTOOL_MODULE := github.com/prometheus/prometheus/cmd/promtool@v0.316.0

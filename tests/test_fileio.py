@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from awscrt.checksums import crc32c, crc64nvme
-from conftest import record_of
+from recordings import record_of
 
 from streamer import fileio
 from streamer.bodies import Checked, digest, feed

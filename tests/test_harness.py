@@ -9,7 +9,7 @@ import json
 import sys
 
 import pytest
-from conftest import AT_LEAST_ONE, Daemon, at_least, parse_log_line
+from harness import AT_LEAST_ONE, Daemon, at_least, parse_log_line
 
 STAND_IN = """
 import json, os, pathlib, signal, sys

@@ -6,9 +6,9 @@ import random
 import struct
 
 import pytest
-from conftest import ffprobe_duration, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recordings import ffprobe_duration, record
 
 from streamer import mp4
 

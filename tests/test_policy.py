@@ -1,16 +1,5 @@
-import hashlib
-import threading
-from datetime import UTC, datetime
-
-import msgspec
 import pytest
 
-from streamer.bandwidth import TokenBucket
-from streamer.buffers import BufferPool
-from streamer.config import Config
-from streamer.digests import CRC64NVME, of
-from streamer.messages import Finish
-from streamer.naming import slug, stream_id_for
 from streamer.policy import (
     Complete,
     Pending,
@@ -30,11 +19,7 @@ from streamer.policy import (
     space_to_free,
     upload_to_finish,
 )
-from streamer.records import AssemblyUpload, ChunkRecord, StreamState
-from streamer.supervisor.daemon import TICK, Supervisor
-from streamer.uploader.file_sha256 import PrefixHash
-from streamer.uploader.reports import Survey
-from streamer.uploader.survey import still_holds
+from streamer.records import AssemblyUpload, StreamState
 
 CS = 100
 
@@ -92,30 +77,6 @@ def test_backoff_grows_to_its_cap_with_full_jitter():
     assert backoff_delay(3, 0.5, 30, rand=lambda: 0.0) == 0.0
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("cam1.mp4", "cam1"),
-        ("Front Door (2).MP4", "Front_Door_2"),
-        ("café.mp4", "cafe"),
-        ("../../etc/passwd.mp4", "etc_passwd"),
-        (".hidden.mp4", "hidden"),
-        ("录像.mp4", "stream"),
-        ("a\nb.mp4", "a_b"),
-        ("x" * 300 + ".mp4", "x" * 80),
-    ],
-)
-def test_slug_is_key_safe(name, expected):
-    assert slug(name) == expected
-
-
-def test_stream_ids_are_readable_and_unique_per_generation():
-    seen = datetime(2026, 11, 25, 3, 4, 5, tzinfo=UTC)
-    taken = {"cam-20261125T030405Z", "cam-20261125T030405Z-2"}
-    assert stream_id_for("cam.mp4", seen, lambda s: False) == "cam-20261125T030405Z"
-    assert stream_id_for("cam.mp4", seen, taken.__contains__) == "cam-20261125T030405Z-3"
-
-
 S = 1_000_000_000
 
 
@@ -143,83 +104,6 @@ def test_on_fat_a_chunk_is_settled_only_past_its_2_s_timestamps(read_after, expe
     it was, so a read must come a second past the granularity."""
     mtime = 90 * S
     assert settled(mtime + int(read_after * S), mtime, mtime, 2 * S) is expected
-
-
-SECOND = 1_000_000_000
-
-
-def fed(prefix: PrefixHash, index: int, offset: int, part: bytes) -> str:
-    """Feed chunk `index` as a sender thread does, in its turn; return its crc64nvme."""
-    whole = prefix.take_turn(index, offset)
-    whole.update(part)
-    crc = of(CRC64NVME, part).value
-    prefix.fed(index, len(part), crc)
-    return crc
-
-
-def test_the_prefix_hash_is_fed_in_turn_and_holds_for_the_digests_it_was_fed():
-    data = bytes(range(256)) * 40
-    parts = [(0, 0, data[:4000]), (1, 4000, data[4000:8000]), (2, 8000, data[8000:])]
-    prefix = PrefixHash()
-    order, crcs = [], {}
-
-    def send(index: int, offset: int, part: bytes) -> None:
-        crcs[offset] = fed(prefix, index, offset, part)
-        order.append(offset)
-
-    later = [threading.Thread(target=send, args=part) for part in reversed(parts[1:])]
-    for thread in later:
-        thread.start()
-    send(*parts[0])
-    for thread in later:
-        thread.join()
-    assert order == [0, 4000, 8000]  # each waited for the bytes before its own
-    chunks = [chunk_record(o, len(p), crc64nvme=crcs[o]) for _, o, p in parts]
-    state = prefix.state(chunks)
-    assert state.hexdigest() == hashlib.sha256(data).hexdigest()
-    state.update(b"tail")  # a copy: going on with it leaves the prefix as it was
-    assert prefix.state(chunks).hexdigest() == hashlib.sha256(data).hexdigest()
-    assert prefix.state(chunks[:2]) is None  # it holds more than those
-    other = chunk_record(4000, 4000, crc64nvme=of(CRC64NVME, b"other bytes").value)
-    assert prefix.state([chunks[0], other, chunks[2]]) is None  # S3 holds other bytes
-    prefix.seen(4000, of(CRC64NVME, parts[1][2]).value)  # read again, the same bytes
-    assert prefix.state(chunks) is not None
-    prefix.seen(4000, of(CRC64NVME, b"rewritten").value)  # read again, other bytes
-    assert prefix.state(chunks) is None
-
-
-def test_a_turn_given_up_or_never_taken_breaks_the_prefix_hash_and_frees_who_waits():
-    prefix = PrefixHash()
-    waiting = []
-    thread = threading.Thread(target=lambda: waiting.append(prefix.take_turn(1, 100)))
-    thread.start()
-    assert prefix.take_turn(0, 0) is not None
-    assert prefix.state([]) is None  # part way through a chunk
-    prefix.give_up()  # the chunk's first pass failed part way
-    thread.join()
-    assert waiting == [None] and prefix.state([]) is None
-    lonely = PrefixHash(wait_s=0.01)
-    assert lonely.take_turn(1, 100) is None  # the chunk before it never came
-    assert lonely.broken
-    gap = PrefixHash()
-    fed(gap, 0, 0, b"a short tail")  # sent as the tail, then the file grew
-    assert gap.take_turn(1, 100) is None and gap.broken  # not where the bytes fed end
-
-
-def test_the_buffer_pool_reuses_what_is_given_back_and_lets_it_go_when_told():
-    pool = BufferPool()
-    one, two = pool.take(10), pool.take(10)
-    assert one is not two and len(one) == 10
-    pool.give(one)
-    assert pool.take(8) is one  # large enough
-    pool.give(one)
-    assert pool.take(11) is not one  # too small: a new one
-    pool.give(two)
-    pool.give(pool.take(4))  # a tail's buffer, given back last
-    assert pool.take(10) is two  # a buffer large enough is found behind it
-    pool.give(two)
-    pool.release()
-    assert pool.take(10) is not two
 
 
 def test_only_complete_streams_are_retirable_unless_partial_ones_are_allowed():
@@ -260,49 +144,6 @@ def test_a_body_damaged_on_the_way_is_sent_again_soon():
     assert is_rejection(403, "AccessDenied")
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_the_token_bucket_grants_its_rate_after_a_short_burst():
-    clock = FakeClock()
-    bucket = TokenBucket(640 * 1024, clock=clock)  # a tenth of a second: one 64 KiB piece
-    piece = bucket.piece
-    assert piece == 64 * 1024
-    assert bucket.take(piece) == 0  # the burst
-    assert bucket.take(piece) == pytest.approx(0.1)  # each next piece waits its turn
-    assert bucket.take(piece) == pytest.approx(0.2)
-    clock.now += 0.2  # the debt is paid
-    assert bucket.take(piece) == pytest.approx(0.1)
-    clock.now += 60  # idle for a minute: the burst is still one piece, not a minute's worth
-    assert bucket.take(piece) == 0
-    assert bucket.take(piece) == pytest.approx(0.1)
-
-
-def test_on_a_thin_link_pieces_are_small_so_no_request_waits_long():
-    bucket = TokenBucket(8 * 1024, clock=FakeClock())
-    assert bucket.piece == 4 * 1024
-    waits = [bucket.take(bucket.piece) for _ in range(6)]  # six senders at once
-    assert max(waits) <= 3.0
-
-
-def test_the_supervisor_wakes_when_a_stream_falls_idle_and_not_a_tick_later():
-    clock = FakeClock()
-    supervisor = Supervisor(Config(), clock=clock)
-    supervisor.discovery.next_idle_at = clock.now + 0.2
-    assert supervisor.sleep_time() == pytest.approx(0.2)
-    supervisor.discovery.next_idle_at = clock.now + 60
-    assert supervisor.sleep_time() == TICK
-    supervisor.discovery.next_idle_at = clock.now - 0.1  # passed while it slept: finish it now
-    assert supervisor.sleep_time() == 0
-    supervisor.stop_deadline = clock.now + 10  # stopping: nothing is finished any more
-    assert supervisor.sleep_time() == TICK
-
-
 MiB = 1024 * 1024
 
 
@@ -324,55 +165,6 @@ def test_the_live_upload_is_finished_only_if_name_type_and_method_still_fit():
     assert upload_to_finish(upload, "p/s/cam.mp4", "video/mp4", "upload") is None
 
 
-def test_a_survey_made_ahead_is_used_only_while_it_holds_and_its_sha256_is_known():
-    data = b"x" * 300
-    sent = PrefixHash()
-    first = fed(sent, 0, 0, data[:200])
-    mtime = 7 * SECOND
-    head = chunk_record(
-        0, 200, crc64nvme=first, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
-    )
-    ahead = Survey(size=300, mtime_ns=mtime, sha256=None, stale=[], drop_from=None, checked=1)
-    finish = Finish(stream_id="s", size=300, mtime_ns=mtime)
-    assert still_holds(None, finish, [head], sent) is None
-    assert (
-        still_holds(ahead, Finish(stream_id="s", size=300, mtime_ns=mtime + 1), [head], sent)
-        is None
-    )
-    # The tail not sent yet: its sha256 is not known.
-    assert still_holds(ahead, finish, [head], sent) is None
-    last = fed(sent, 1, 200, data[200:])
-    tail = chunk_record(
-        200, 100, crc64nvme=last, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime
-    )
-    used = still_holds(ahead, finish, [head, tail], sent)
-    assert used.sha256 == hashlib.sha256(data).hexdigest() and used.stale == ahead.stale
-    assert still_holds(used, finish, [head, tail], None) is used
-    # A chunk the survey did not compare, read before the file's last write: its bytes
-    # may have been rewritten since (a recorder that went on after the survey was planned).
-    early = chunk_record(
-        200, 100, crc64nvme=last, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
-    )
-    assert still_holds(used, finish, [head, early], None) is None
-    sent.seen(
-        200, of(CRC64NVME, b"y" * 100).value
-    )  # the tail read again, rewritten: not the file's
-    assert still_holds(ahead, finish, [head, tail], sent) is None
-    assert still_holds(ahead, finish, [head, tail], None) is None
-
-
-def chunk_record(offset: int, size: int, crc64nvme: str = "", **read) -> ChunkRecord:
-    return ChunkRecord(
-        index=offset // 200,
-        offset=offset,
-        size=size,
-        crc64nvme=crc64nvme,
-        etag="",
-        uploaded_at=datetime.now(UTC),
-        **read,
-    )
-
-
 def test_a_file_found_quiet_is_dated_by_its_mtime_and_a_future_mtime_counts_as_now():
     wall = 1_800_000_000 * 10**9
     assert changed_at_by_mtime(100.0, wall, wall - 45 * 10**9) == 55.0
@@ -391,26 +183,3 @@ def test_a_failing_stream_is_parked_until_due_and_stuck_after_a_while_or_at_once
     assert stream_condition(40.0, 99.0, False, now=100.0, stuck_after=60.0) == "stuck"
     assert stream_condition(40.0, 105.0, False, now=100.0, stuck_after=60.0) == "stuck"
     assert stream_condition(99.0, 130.0, True, now=100.0, stuck_after=60.0) == "stuck"
-
-
-def test_without_the_file_s_sha256_a_survey_made_ahead_holds_without_one():
-    from streamer.config import Config, IntegrityConfig
-    from streamer.uploader.file_sha256 import wanted
-
-    mtime = 7 * SECOND
-    head = chunk_record(
-        0, 200, crc64nvme="0" * 16, read_at_ns=mtime - SECOND, read_mtime_ns=mtime - SECOND
-    )
-    tail = chunk_record(
-        200, 100, crc64nvme="1" * 16, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime
-    )
-    ahead = Survey(size=300, mtime_ns=mtime, sha256=None, stale=[], drop_from=None, checked=1)
-    finish = Finish(stream_id="s", size=300, mtime_ns=mtime)
-    assert still_holds(ahead, finish, [head, tail], None) is None, "a sha256 is wanted"
-    assert still_holds(ahead, finish, [head, tail], None, sha256=False) is ahead
-    off = Config(integrity=IntegrityConfig(file_sha256=False))
-    assert not wanted(off, [head, tail])
-    # A chunk from before crc64nvme: the whole cannot be combined, so its sha256 is taken.
-    older = chunk_record(200, 100, read_at_ns=mtime + 2 * SECOND, read_mtime_ns=mtime)
-    assert wanted(off, [head, msgspec.structs.replace(older, crc64nvme=None)])
-    assert wanted(Config(), [head, tail])

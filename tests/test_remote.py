@@ -12,7 +12,7 @@ import click
 import msgspec
 import pytest
 from click.testing import CliRunner
-from conftest import record
+from recordings import record
 
 from streamer import mp4
 from streamer.bucket import Ambiguous, ListedStream, RemoteStream, nearest, newest

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import record_of
+from recordings import record_of
 
 from streamer import fileio, retention
 

@@ -31,19 +31,14 @@ LONG_RATE = 64 * MiB  # a long recording, written fast enough to be one in secon
 HERE = Path(__file__).resolve().parent
 # The test suite's real parts: a MinIO server process, and its small helpers.
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
-from conftest import ACCESS_KEY as ACCESS  # noqa: E402
-from conftest import SECRET_KEY as SECRET  # noqa: E402
-from conftest import (  # noqa: E402
-    Daemon,
-    MinioServer,
-    free_port,
-    make_certificates,
-    scrape,
-    wait_until,
-)
-from distributed import DistributedMinio  # noqa: E402
+from conftest import free_port, wait_until  # noqa: E402
+from harness import Daemon, scrape  # noqa: E402
+from integration.distributed import DistributedMinio  # noqa: E402
+from integration.servers import ACCESS_KEY as ACCESS  # noqa: E402
+from integration.servers import SECRET_KEY as SECRET  # noqa: E402
+from integration.servers import MinioServer, make_certificates  # noqa: E402
+from integration.test_restore import written_stream  # noqa: E402
 from minio.deleteobjects import DeleteObject  # noqa: E402
-from test_restore import written_stream  # noqa: E402
 
 from streamer.layout import Layout  # noqa: E402
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, free_port, record
+from conftest import clean_env, free_port
 from minio import Minio
+from recordings import record
 
 import streamer
 

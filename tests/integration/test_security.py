@@ -8,21 +8,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import (
-    ACCESS_KEY,
-    FAST_RETRIES,
-    KMS_KEY_ID,
-    SECRET_KEY,
-    GrowingFile,
-    assert_exact,
-    at_least,
-    cli,
-    free_port,
-    object_bytes,
-    over_tls,
-    port_of,
-    wait_until,
-)
+from conftest import free_port, wait_until
+from harness import at_least, cli, port_of
+from recordings import GrowingFile
+
+from integration.daemons import FAST_RETRIES, assert_exact
+from integration.servers import ACCESS_KEY, KMS_KEY_ID, SECRET_KEY, object_bytes, over_tls
 
 pytestmark = pytest.mark.integration
 

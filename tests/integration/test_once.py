@@ -13,19 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
-    SUMMARY,
-    GrowingFile,
-    MinioUser,
-    assert_exact,
-    free_port,
-    is_trouble,
-    manifest_of,
-    object_bytes,
-    parse_log_line,
-    record,
-)
+from conftest import free_port
+from harness import SUMMARY, is_trouble, parse_log_line
+from recordings import GrowingFile, record
 
+from integration.daemons import assert_exact
+from integration.servers import MinioUser, manifest_of, object_bytes
 from streamer.messages import Retired
 from streamer.supervisor.once import OneShotRun
 
@@ -34,7 +27,7 @@ pytestmark = pytest.mark.integration
 KiB = 1024
 
 
-OPERATIONS = Path(__file__).parent.parent / "docs" / "operations.md"
+OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
 
 
 def recordings(ffmpeg, directory, names, seconds=2, age=60):

@@ -9,23 +9,13 @@ import hashlib
 import json
 
 import pytest
-from conftest import (
-    AT_LEAST_ONE,
-    FAST_RETRIES,
-    FaultProxy,
-    MinioUser,
-    at_least,
-    both_servers,
-    cli,
-    free_port,
-    manifest_of,
-    object_bytes,
-    others_flow,
-    reassemble,
-    scrape,
-    sha256_file,
-    wait_until,
-)
+from conftest import free_port, wait_until
+from harness import AT_LEAST_ONE, at_least, cli, scrape
+from recordings import sha256_file
+
+from integration.daemons import FAST_RETRIES, others_flow
+from integration.faultproxy import FaultProxy
+from integration.servers import MinioUser, both_servers, manifest_of, object_bytes, reassemble
 
 pytestmark = pytest.mark.integration
 

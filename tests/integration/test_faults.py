@@ -13,28 +13,20 @@ import urllib.request
 
 import lmdb
 import pytest
-from conftest import (
-    AT_LEAST_ONE,
-    FAST_RETRIES,
-    GrowingFile,
+from conftest import wait_until
+from harness import AT_LEAST_ONE, at_least, cli, get_json, port_of, scrape
+from recordings import GrowingFile, sha256_file
+
+from integration.daemons import FAST_RETRIES, assert_exact, others_flow
+from integration.filesystems import fill_up
+from integration.servers import (
     MinioUser,
-    assert_exact,
-    at_least,
     both_servers,
     chunk_store,
-    cli,
-    fill_up,
-    get_json,
     manifest_of,
     object_bytes,
     objects,
-    others_flow,
-    port_of,
-    scrape,
-    sha256_file,
-    wait_until,
 )
-
 from streamer import bodies
 from streamer.bodies import InMemory
 from streamer.config import Config

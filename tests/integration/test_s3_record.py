@@ -12,19 +12,11 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
-from conftest import (
-    AT_LEAST_ONE,
-    MinioUser,
-    both_servers,
-    chunk_store,
-    cli,
-    manifest_of,
-    object_bytes,
-    record,
-    sha256_file,
-    wait_until,
-)
+from conftest import wait_until
+from harness import AT_LEAST_ONE, cli
+from recordings import record, sha256_file
 
+from integration.servers import MinioUser, both_servers, chunk_store, manifest_of, object_bytes
 from streamer import claim, manifest
 from streamer.adoption import adopt
 from streamer.checkpoint import CheckpointStore

@@ -9,8 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import AT_LEAST_ONE, FAST_RETRIES, SECRET_KEY, cli, get_json, scrape, wait_until
+from conftest import wait_until
+from harness import AT_LEAST_ONE, cli, get_json, scrape
 
+from integration.daemons import FAST_RETRIES
+from integration.servers import SECRET_KEY
 from streamer.failures import REJECTED_HINT
 from streamer.preflight import BUCKET_HINT
 

@@ -10,16 +10,11 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import (
-    GrowingFile,
-    alive,
-    assert_exact,
-    both_servers,
-    manifest_of,
-    objects,
-    record,
-    wait_until,
-)
+from conftest import alive, wait_until
+from recordings import GrowingFile, record
+
+from integration.daemons import assert_exact
+from integration.servers import both_servers, manifest_of, objects
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GrowingFile, alive, manifest_of, reassemble, sha256_file, wait_until
+from conftest import alive, wait_until
+from recordings import GrowingFile, sha256_file
+
+from integration.servers import manifest_of, reassemble
 
 pytestmark = pytest.mark.integration
 

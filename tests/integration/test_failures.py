@@ -17,23 +17,11 @@ import urllib.request
 from datetime import datetime
 
 import pytest
-from conftest import (
-    ACCESS_KEY,
-    SECRET_KEY,
-    Daemon,
-    GrowingFile,
-    alive,
-    at_least,
-    clean_env,
-    free_port,
-    manifest_of,
-    objects,
-    port_of,
-    reassemble,
-    scrape,
-    sha256_file,
-    wait_until,
-)
+from conftest import alive, clean_env, free_port, wait_until
+from harness import Daemon, at_least, port_of, scrape
+from recordings import GrowingFile, sha256_file
+
+from integration.servers import ACCESS_KEY, SECRET_KEY, manifest_of, objects, reassemble
 
 pytestmark = pytest.mark.integration
 

@@ -16,20 +16,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import (
-    AT_LEAST_ONE,
-    FAST_RETRIES,
-    MinioUser,
-    binary,
-    free_port,
-    port_of,
-    record,
-    wait_until,
-)
+from conftest import free_port, wait_until
+from harness import AT_LEAST_ONE, port_of
+from recordings import record
+
+from integration.daemons import FAST_RETRIES
+from integration.servers import MinioUser, binary
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "streamer.json"
 PROMETHEUS_CONFIG = ROOT / "ops" / "prometheus" / "prometheus.yml"
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"

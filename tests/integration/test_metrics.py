@@ -9,7 +9,9 @@ import threading
 import time
 
 import pytest
-from conftest import GrowingFile, free_port, get_json, port_of, scrape, wait_until
+from conftest import free_port, wait_until
+from harness import get_json, port_of, scrape
+from recordings import GrowingFile
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,8 @@ import os
 import urllib.request
 
 import pytest
-from conftest import free_port, get_json, port_of
+from conftest import free_port
+from harness import get_json, port_of
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration

@@ -19,18 +19,11 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import (
-    GrowingFile,
-    alive,
-    binary,
-    clean_env,
-    cli,
-    free_port,
-    port_of,
-    record,
-    wait_until,
-)
+from conftest import alive, clean_env, free_port, wait_until
+from harness import cli, port_of
+from recordings import GrowingFile, record
 
+from integration.servers import binary
 from streamer import config
 from streamer.checkpoint import CheckpointStore
 from streamer.health import HEALTHY_WITHIN
@@ -39,7 +32,7 @@ from streamer.naming import host_instance
 pytestmark = pytest.mark.integration
 
 KiB = 1024
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

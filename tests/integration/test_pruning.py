@@ -9,16 +9,10 @@ import os
 import shutil
 
 import pytest
-from conftest import (
-    Mc,
-    MinioUser,
-    both_servers,
-    cli,
-    manifest_of,
-    object_bytes,
-    record,
-    sha256_file,
-)
+from harness import cli
+from recordings import record, sha256_file
+
+from integration.servers import Mc, MinioUser, both_servers, manifest_of, object_bytes
 
 pytestmark = pytest.mark.integration
 

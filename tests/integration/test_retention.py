@@ -14,18 +14,11 @@ from datetime import datetime
 
 import msgspec
 import pytest
-from conftest import (
-    FAST_RETRIES,
-    GrowingFile,
-    assert_exact,
-    chunk_store,
-    cli,
-    manifest_of,
-    object_bytes,
-    record,
-    scrape,
-)
+from harness import cli, scrape
+from recordings import GrowingFile, record
 
+from integration.daemons import FAST_RETRIES, assert_exact
+from integration.servers import chunk_store, manifest_of, object_bytes
 from streamer import retention
 from streamer.checkpoint import CheckpointStore
 from streamer.records import StreamState

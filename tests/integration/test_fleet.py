@@ -10,7 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import cli, manifest_of, port_of, reassemble, record, scrape, sha256_file
+from harness import cli, port_of, scrape
+from recordings import record, sha256_file
+
+from integration.servers import manifest_of, reassemble
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +22,7 @@ RECORDINGS = {"front.mp4": "plain", "back.mp4": "fragmented"}
 # Each host's recordings a little longer than the last: the same names, other bytes, so a
 # recording under another host's keys cannot pass for that host's.
 SECONDS = {"cam-north": 10, "cam-south": 10.4, "cam-east": 10.8}
-DASHBOARD = Path(__file__).parent.parent / "ops" / "grafana" / "dashboards" / "streamer.json"
+DASHBOARD = Path(__file__).parents[2] / "ops" / "grafana" / "dashboards" / "streamer.json"
 
 
 def test_hosts_on_one_bucket_keep_to_their_own_instance(make_daemon, server, ffmpeg, tmp_path):

@@ -2,7 +2,8 @@
 processes, each on its own port with two drives, one erasure set of eight drives (parity
 4: writes need five drives, so one node of four may go; two gone is quorum lost). In front
 of it a round-robin load balancer, and between the balancer and each node a FaultProxy
-(tests/faultproxy.py), so one node can be made to misbehave while the others serve.
+(tests/integration/faultproxy.py), so one node can be made to misbehave while the others
+serve.
 
 The balancer does what nginx does in MinIO's own compose example: each new connection goes
 to the next node; a node that refuses the connection is skipped for the next one; a
@@ -23,9 +24,11 @@ import threading
 from pathlib import Path
 
 import urllib3
-from conftest import ACCESS_KEY, SECRET_KEY, clean_env, free_port, wait_until
-from faultproxy import FaultProxy
+from conftest import clean_env, free_port, wait_until
 from minio import Minio
+
+from integration.faultproxy import FaultProxy
+from integration.servers import ACCESS_KEY, SECRET_KEY
 
 SIOCGIFADDR = 0x8915
 
@@ -154,7 +157,7 @@ class DistributedMinio:
             }
         )
         self.processes: list[subprocess.Popen | None] = [None] * nodes
-        # A FaultProxy before each node, so one node can misbehave (tests/faultproxy.py).
+        # A FaultProxy before each node, so one node can misbehave (faultproxy.py).
         self.node_proxies = [FaultProxy((address, port), free_port()) for port in self.node_ports]
         for n in range(nodes):
             self.start_node(n, wait=False)

@@ -1,7 +1,7 @@
 """A distributed store under streamer: a MinIO of four nodes of two drives behind a load
-balancer (tests/distributed.py), while three recordings grow: a node killed and brought
-back, a node refusing writes then resetting, and write quorum lost and regained. Every
-recording lands exact, no chunk is committed twice, nothing is lost."""
+balancer (tests/integration/distributed.py), while three recordings grow: a node killed and
+brought back, a node refusing writes then resetting, and write quorum lost and regained.
+Every recording lands exact, no chunk is committed twice, nothing is lost."""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
-    FAST_RETRIES,
-    GrowingFile,
-    assert_exact,
-    binary,
-    get_json,
-    record,
-    wait_until,
-)
-from distributed import DistributedMinio
+from conftest import wait_until
+from harness import get_json
+from recordings import GrowingFile, record
+
+from integration.daemons import FAST_RETRIES, assert_exact
+from integration.distributed import DistributedMinio
+from integration.servers import binary
 
 pytestmark = pytest.mark.integration
 

@@ -16,19 +16,12 @@ import os
 import msgspec
 import pytest
 from awscrt.checksums import crc32c, crc64nvme
-from conftest import (
-    ACCESS_KEY,
-    GrowingFile,
-    assert_exact,
-    chunk_store,
-    cli,
-    manifest_of,
-    object_bytes,
-    over_tls,
-    record_of,
-)
+from harness import cli
 from minio.error import S3Error
+from recordings import GrowingFile, record_of
 
+from integration.daemons import assert_exact
+from integration.servers import ACCESS_KEY, chunk_store, manifest_of, object_bytes, over_tls
 from streamer.bodies import Checked, InMemory, digests_of
 from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ChunkStore, PiecedBodyRefused

@@ -18,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import cli, port_of, wait_until
+from conftest import wait_until
+from harness import cli, port_of
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from streamer.metrics import MAX_REQUEST

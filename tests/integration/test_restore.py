@@ -17,9 +17,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from awscrt.checksums import crc64nvme
-from conftest import both_servers, chunk_store, cli, manifest_of, record, sha256_file
+from harness import cli
 from minio.commonconfig import CopySource
+from recordings import record, sha256_file
 
+from integration.servers import both_servers, chunk_store, manifest_of
 from streamer import manifest, mp4
 from streamer.bucket import find, listed, read_manifests
 from streamer.layout import Layout

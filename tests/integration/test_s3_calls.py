@@ -10,12 +10,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import Mc, cli, wait_until
+from conftest import wait_until
+from harness import cli
+
+from integration.servers import Mc
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
-S3_SERVERS_DOC = (Path(__file__).resolve().parent.parent / "docs" / "s3-servers.md").read_text()
+S3_SERVERS_DOC = (Path(__file__).resolve().parents[2] / "docs" / "s3-servers.md").read_text()
 # MinIO's names for the S3 API calls that it names differently.
 S3_NAMES = {
     "PutBucket": "CreateBucket",

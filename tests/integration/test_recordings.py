@@ -9,18 +9,10 @@ import signal
 import time
 
 import pytest
-from conftest import (
-    GrowingFile,
-    both_servers,
-    ffprobe_duration,
-    manifest_of,
-    object_bytes,
-    objects,
-    reassemble,
-    record,
-    sha256_file,
-    wait_until,
-)
+from conftest import wait_until
+from recordings import GrowingFile, ffprobe_duration, record, sha256_file
+
+from integration.servers import both_servers, manifest_of, object_bytes, objects, reassemble
 
 pytestmark = pytest.mark.integration
 

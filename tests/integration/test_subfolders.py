@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import assert_exact, manifest_of, record
+from recordings import record
 
+from integration.daemons import assert_exact
+from integration.servers import manifest_of
 from streamer import retention
 from streamer.layout import KeyOf, Layout
 from streamer.naming import stream_id_for
