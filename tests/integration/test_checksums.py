@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 
 import msgspec
 import pytest
@@ -388,7 +389,7 @@ def test_over_http_wrong_credentials_are_a_refusal_not_a_damaged_body(server, bu
     with pytest.raises(S3Error) as refused:
         s3.put_chunk("rec/denied", InMemory(b"denied" * 5000), None, None)
     assert refused.value.code == "SignatureDoesNotMatch"
-    assert s3.trails and not s3.trailer_refused
+    assert not s3.trailer_refused
 
 
 @pytest.mark.parametrize(
@@ -467,3 +468,40 @@ def test_a_server_that_refuses_a_checked_upload_gets_one_without(server, bucket,
     assert not checked and not s3.checks_copies
     assert s3.get("rec/whole") == data
     assert not s3.open_uploads("rec/whole")
+
+
+@pytest.mark.parametrize("server", ["minio"], indirect=True)
+def test_a_trailer_refused_after_another_sender_gave_its_checksum_up_means_no_more(
+    server, bucket, proxy
+):
+    """Two chunks on the wire with crc64nvme in a trailer, both refused: the one answered
+    first gives crc64nvme up for the next checksum; the other is judged by the checksum its own
+    trailer carried, not by crc32c, and trailers are not given up for it."""
+    proxy.set("refuse_checksums", checksums=("crc64nvme",))
+    s3 = chunk_store(proxy, bucket)
+    on_the_wire, go_on = threading.Event(), threading.Event()
+
+    class Held(InMemory):
+        def pieces(self):
+            on_the_wire.set()  # its headers are sent: the body is asked for
+            assert go_on.wait(10)
+            yield from super().pieces()
+
+    data = os.urandom(100 * KiB)
+    outcome = {}
+
+    def second() -> None:
+        outcome["put"] = s3.put_chunk("rec/second", Held(data), None, None)
+
+    sender = threading.Thread(target=second)
+    sender.start()
+    assert on_the_wire.wait(10)
+    s3.put_chunk("rec/first", InMemory(data), None, None)
+    # Over http, a chunk whose crc64nvme is refused goes with its signed sha256 alone.
+    assert (s3.checksum, s3.checksum_refused) == (SHA256, CRC64NVME)
+    go_on.set()
+    sender.join(30)
+    _, sums, checked = outcome["put"]
+    assert checked == of(SHA256, data) and sums[CRC64NVME] == of(CRC64NVME, data)
+    assert not s3.trailer_refused
+    assert object_bytes(server.client, bucket, "rec/second") == data
