@@ -32,7 +32,7 @@ from streamer.messages import (
     Stop,
     StreamFinished,
 )
-from streamer.objectstore import BucketMissing
+from streamer.objectstore import BucketMissing, ObjectStore
 from streamer.records import StreamState
 from streamer.uploader.assembly import Assembler
 from streamer.uploader.completion import Completion
@@ -135,17 +135,21 @@ class Uploader:
         for fd in self.inherited_fds:
             os.close(fd)
         logs.configure(self.config.log.level, self.config.log.format)
-        self.build(CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size))
+        window = self.config.stream.upload_window
+        self.build(
+            CheckpointStore(self.config.checkpoint.path, self.config.checkpoint.map_size),
+            ChunkStore(self.config.s3, self.config.instance, 2 * window + 2, self.bandwidth),
+        )
 
-    def build(self, store: CheckpointStore) -> None:
-        """The roles of the process, around one context."""
+    def build(self, store: CheckpointStore, s3: ObjectStore) -> None:
+        """The roles of the process, around one context (in this process too, on any
+        store: tests/uploaders.py)."""
         window = self.config.stream.upload_window
         # Completions (reading the file again, assembling in S3) take their own threads:
         # they would otherwise hold the senders live streams need, and wait for the part
         # copies they hand to the senders. One copier: part copies are S3's work, and run
         # behind the uploads, not beside them.
         tasks = Tasks({"sender": window, "finisher": window, "copier": 1}, self.boundary)
-        s3 = ChunkStore(self.config.s3, self.config.instance, 2 * window + 2, self.bandwidth)
         self.ctx = ctx = UploaderContext(
             self.worker_id,
             self.config,
