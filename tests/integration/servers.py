@@ -70,8 +70,10 @@ class S3Server:
         context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
         try:
             urllib.request.urlopen(f"{scheme}://{self.endpoint}/", timeout=1, context=context)
-        except urllib.error.HTTPError:
-            return True  # it answers
+        except urllib.error.HTTPError as exc:
+            # It answers; a 503 (MinIO's object layer not up yet, with a Retry-After the
+            # tests' client would wait out) is not ready.
+            return exc.code != 503
         except OSError:
             return False
         return True
