@@ -64,7 +64,7 @@ def test_a_stream_forgotten_while_tracked_is_not_a_crash(supervisor):
     )
     supervisor.ctx.store.forget_stream(record.stream_id)
     supervisor.discovery.check_cancellations()
-    assert tracked.phase is StreamPhase.UPLOADING
+    assert tracked.phase is StreamPhase.STREAMING
 
 
 def test_a_stale_heartbeat_is_judged_from_when_the_supervisor_itself_came_back():

@@ -303,13 +303,13 @@ class Discovery:
         timeout = self.ctx.config.stream.idle_timeout
         self.next_idle_at = math.inf
         for tracked in self.table.all():
-            if tracked.phase is not StreamPhase.UPLOADING:
+            if tracked.phase is not StreamPhase.STREAMING:
                 continue
             if not is_idle(tracked.changed_at, now, timeout):
                 self.next_idle_at = min(self.next_idle_at, tracked.changed_at + timeout)
                 continue
             self.observe_safely(tracked.file.path, now)  # a fresh stat, not the last event
-            if tracked.phase is StreamPhase.UPLOADING and is_idle(tracked.changed_at, now, timeout):
+            if tracked.phase is StreamPhase.STREAMING and is_idle(tracked.changed_at, now, timeout):
                 tracked.move_to(StreamPhase.FINISHING)
                 file = tracked.file
                 self.table.tell_owner(
@@ -320,7 +320,7 @@ class Discovery:
     def finish_declined(self, tracked: Tracked, now: float) -> None:
         """Its file changed while its uploader was finishing it: it streams on."""
         if tracked.phase is StreamPhase.FINISHING:
-            tracked.move_to(StreamPhase.UPLOADING)
+            tracked.move_to(StreamPhase.STREAMING)
             tracked.changed_at = now
             self.observe_safely(tracked.file.path, now)
 

@@ -21,14 +21,14 @@ class StreamPhase(enum.Enum):
     uploader.jobs.Phase). Every change goes through Tracked.move_to, along _PHASE_MOVES;
     the stream leaves the table when its owner reports it finished."""
 
-    UPLOADING = "uploading"  # its uploader sends chunks as they fill
+    STREAMING = "streaming"  # its uploader sends chunks as they fill
     FINISHING = "finishing"  # idle: its uploader was told to finish it
     ABANDONING = "abandoning"  # its file is gone: its uploader was told to finish it as partial
 
 
 _PHASE_MOVES = {
-    StreamPhase.UPLOADING: {StreamPhase.FINISHING, StreamPhase.ABANDONING},
-    StreamPhase.FINISHING: {StreamPhase.UPLOADING, StreamPhase.ABANDONING},
+    StreamPhase.STREAMING: {StreamPhase.FINISHING, StreamPhase.ABANDONING},
+    StreamPhase.FINISHING: {StreamPhase.STREAMING, StreamPhase.ABANDONING},
     StreamPhase.ABANDONING: set(),
 }
 
@@ -55,7 +55,7 @@ class Tracked:
     changed_at: float
     owner: int
     told_size: int
-    phase: StreamPhase = StreamPhase.UPLOADING
+    phase: StreamPhase = StreamPhase.STREAMING
     abandon: Abandon | None = None  # what its uploader was told, once it is abandoning
     # Delivery state: bytes S3 confirmed, bytes in the checkpoint, and when the file reached
     # each size not yet committed (for the age of the oldest byte waiting).
@@ -177,7 +177,7 @@ class StreamTable:
             return  # stopping: no uploader takes it now; the next start resumes it
         tracked.owner = choose_uploader(loads)
         if tracked.phase is StreamPhase.FINISHING:
-            tracked.move_to(StreamPhase.UPLOADING)
+            tracked.move_to(StreamPhase.STREAMING)
             tracked.changed_at = now
         self.workers[tracked.owner].streams.add(tracked.stream_id)
         self.tell_owner(tracked, Assign(stream_id=tracked.stream_id))

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 
-STATES = ("uploading", "finishing", "abandoning", "parked", "stuck")
+STATES = ("streaming", "finishing", "abandoning", "parked", "stuck")
 FEATURES = ("streamer_retention_blind", "streamer_disk_free_bytes", "streamer_disk_pressure")
 
 

@@ -59,7 +59,7 @@ def test_a_text_log_says_what_is_watched_where_it_goes_and_where_unfinished_stre
         "event": "stream_still_active",
         "stream_id": stream["stream_id"],
         "path": str(daemon.watch / "cam1.mp4"),
-        "phase": "uploading",
+        "phase": "streaming",
         "uploaded_bytes": str(3 * 64 * KiB),
         "size": str(200 * KiB),
     }
