@@ -13,8 +13,6 @@ import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
-from itertools import count
 from typing import BinaryIO
 from xml.etree import ElementTree as ET
 
@@ -606,48 +604,6 @@ class ChunkStore:
         """The ids of the multipart uploads to `key` not completed or aborted yet."""
         result = self._client._list_multipart_uploads(self.bucket, prefix=key)
         return [u.upload_id for u in result.uploads if u.object_name == key]
-
-    def compose(
-        self,
-        key: str,
-        parts: list[PartSource],
-        content_type: str,
-        pool: Executor,
-        upload: tuple[str, bool] | None = None,
-        expect: str | None = None,
-        crc64nvme: str | None = None,
-    ) -> tuple[str, bool]:
-        """Join `parts` (each but the last >= 5 MiB) into `key`: the parts not copied yet
-        are copied several at a time on `pool`, into `upload` (its id, and whether it was
-        begun checked) or a new upload. Returns the object's ETag, and whether S3 checked
-        its bytes against `crc64nvme`, the whole's: an upload begun checked, where the
-        server takes a crc64nvme of the parts it copies (versitygw and AWS S3 do; MinIO
-        does not, which raises CopiesUnchecked, and uploads are begun unchecked from then
-        on). minio-py's compose_object would first stat every source and then copy one
-        part at a time: on a long recording most of the time to completion. So its
-        multipart verbs are used directly (minio is pinned to 7.2 for this). Raises
-        UploadGone if `upload` is no longer there. `expect`: as for `put`."""
-        fresh = upload is None
-        wanted = crc64nvme is not None and all(p.crc64nvme for p in parts)
-        upload_id, checked = upload or (None, False)
-        if fresh:
-            upload_id, checked = self.begin_upload(key, content_type, wanted and self.checks_copies)
-        elif checked and not wanted:
-            # S3 wants each part's checksum to complete it: parts from before crc64nvme.
-            raise CopiesUnchecked("the crc64nvme of a part (or of the whole) is not known")
-
-        def part_etag(number: int, part: PartSource) -> str:
-            return part.copied or self.copy_part(key, upload_id, number, part, checked)
-
-        try:
-            etags = list(pool.map(part_etag, count(1), parts))
-            crcs = [*(p.crc64nvme for p in parts), crc64nvme] if checked else None
-            return self.complete_upload(key, upload_id, etags, expect, crcs), checked
-        except BaseException:
-            if fresh:  # an upload given is the caller's, and may be used again
-                with contextlib.suppress(Exception):
-                    self.abort_upload(key, upload_id)
-            raise
 
     def children(self, prefix: str) -> list[str]:
         """The 'folders' right under `prefix` (one listing with a delimiter)."""

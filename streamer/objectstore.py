@@ -1,16 +1,19 @@
 """What streamer asks of S3, apart from how it is asked: the verbs (`ObjectStore`), what
 they return, and the outcomes a caller acts on (a write whose condition did not hold, an
-upload S3 no longer has, …). `chunkstore.ChunkStore` is the one over S3 (minio-py); every
+upload S3 no longer has, …); and `compose`, a whole object joined from parts with those
+verbs on any store. `chunkstore.ChunkStore` is the one over S3 (minio-py); every
 implementation passes the one contract suite (tests/test_store_contract.py).
 
-Everything here is plain values: importing it loads no S3 client."""
+Importing it loads no S3 client."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import count
 from typing import BinaryIO, Protocol
 
 from streamer.bodies import Body
@@ -169,13 +172,46 @@ class ObjectStore(Protocol):
     ) -> str: ...
     def abort_upload(self, key: str, upload_id: str) -> None: ...
     def open_uploads(self, key: str) -> list[str]: ...
-    def compose(
-        self,
-        key: str,
-        parts: list[PartSource],
-        content_type: str,
-        pool: Executor,
-        upload: tuple[str, bool] | None = None,
-        expect: str | None = None,
-        crc64nvme: str | None = None,
-    ) -> tuple[str, bool]: ...
+
+
+def compose(
+    s3: ObjectStore,
+    key: str,
+    parts: list[PartSource],
+    content_type: str,
+    pool: Executor,
+    upload: tuple[str, bool] | None = None,
+    expect: str | None = None,
+    crc64nvme: str | None = None,
+) -> tuple[str, bool]:
+    """Join `parts` (each but the last >= 5 MiB) into `key` in `s3`: the parts not copied yet
+    are copied several at a time on `pool`, into `upload` (its id, and whether it was
+    begun checked) or a new upload. Returns the object's ETag, and whether S3 checked
+    its bytes against `crc64nvme`, the whole's: an upload begun checked, where the
+    server takes a crc64nvme of the parts it copies (versitygw and AWS S3 do; MinIO
+    does not, which raises CopiesUnchecked, and uploads are begun unchecked from then
+    on). minio-py's compose_object would first stat every source and then copy one
+    part at a time: on a long recording most of the time to completion. So its
+    multipart verbs are used directly (minio is pinned to 7.2 for this). Raises
+    UploadGone if `upload` is no longer there. `expect`: as for `put`."""
+    fresh = upload is None
+    wanted = crc64nvme is not None and all(p.crc64nvme for p in parts)
+    upload_id, checked = upload or (None, False)
+    if fresh:
+        upload_id, checked = s3.begin_upload(key, content_type, wanted and s3.checks_copies)
+    elif checked and not wanted:
+        # S3 wants each part's checksum to complete it: parts from before crc64nvme.
+        raise CopiesUnchecked("the crc64nvme of a part (or of the whole) is not known")
+
+    def part_etag(number: int, part: PartSource) -> str:
+        return part.copied or s3.copy_part(key, upload_id, number, part, checked)
+
+    try:
+        etags = list(pool.map(part_etag, count(1), parts))
+        crcs = [*(p.crc64nvme for p in parts), crc64nvme] if checked else None
+        return s3.complete_upload(key, upload_id, etags, expect, crcs), checked
+    except BaseException:
+        if fresh:  # an upload given is the caller's, and may be used again
+            with contextlib.suppress(Exception):
+                s3.abort_upload(key, upload_id)
+        raise

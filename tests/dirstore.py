@@ -23,9 +23,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Executor
 from datetime import UTC, datetime
-from itertools import count
 from pathlib import Path
 from typing import BinaryIO
 
@@ -351,38 +349,6 @@ class DirectoryStore:
         with self._lock:
             found = {d.name: _json(d / "upload.json") for d in self._uploads().iterdir()}
         return sorted(upload_id for upload_id, u in found.items() if u and u["key"] == key)
-
-    def compose(
-        self,
-        key: str,
-        parts: list[PartSource],
-        content_type: str,
-        pool: Executor,
-        upload: tuple[str, bool] | None = None,
-        expect: str | None = None,
-        crc64nvme: str | None = None,
-    ) -> tuple[str, bool]:
-        """As ChunkStore's: the parts not copied yet copied on `pool`, then joined."""
-        fresh = upload is None
-        wanted = crc64nvme is not None and all(p.crc64nvme for p in parts)
-        upload_id, checked = upload or (None, False)
-        if fresh:
-            upload_id, checked = self.begin_upload(key, content_type, wanted and self.checks_copies)
-        elif checked and not wanted:
-            raise CopiesUnchecked("the crc64nvme of a part (or of the whole) is not known")
-
-        def part_etag(number: int, part: PartSource) -> str:
-            return part.copied or self.copy_part(key, upload_id, number, part, checked)
-
-        try:
-            etags = list(pool.map(part_etag, count(1), parts))
-            crcs = [*(p.crc64nvme for p in parts), crc64nvme] if checked else None
-            return self.complete_upload(key, upload_id, etags, expect, crcs), checked
-        except BaseException:
-            if fresh:
-                with contextlib.suppress(Exception):
-                    self.abort_upload(key, upload_id)
-            raise
 
     # Where things are
 

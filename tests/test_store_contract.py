@@ -17,6 +17,7 @@ from dirstore import DirectoryStore
 from integration.servers import chunk_store, over_tls
 from minio.error import S3Error
 
+from streamer import objectstore
 from streamer.bodies import InMemory, digests_of
 from streamer.chunkstore import MISSING
 from streamer.digests import CRC64NVME, SHA256, combine, hasher, of
@@ -404,7 +405,7 @@ def test_an_aborted_upload_is_gone(store):
         store.copy_part(key, "no-such-upload", 1, parts[0])
     copied = [PartSource(p.key, p.size, p.etag, None, first) for p in parts[:1]] + parts[1:]
     with ThreadPoolExecutor(2) as pool, pytest.raises(UploadGone):
-        store.compose(key, copied, MP4, pool, (upload_id, checked))
+        objectstore.compose(store, key, copied, MP4, pool, (upload_id, checked))
     assert store.stat(key) is None
 
 
@@ -414,15 +415,19 @@ def test_compose_copies_the_parts_not_copied_yet_and_joins_them(store):
     with ThreadPoolExecutor(2) as pool:
         key = store.layout.assembled_key("cam", "fresh.mp4")
         try:
-            etag, checked = store.compose(key, parts, MP4, pool, expect=ABSENT, crc64nvme=whole)
+            etag, checked = objectstore.compose(
+                store, key, parts, MP4, pool, expect=ABSENT, crc64nvme=whole
+            )
         except CopiesUnchecked:  # as the uploader: composed again, unchecked from now on
-            etag, checked = store.compose(key, parts, MP4, pool, expect=ABSENT, crc64nvme=whole)
+            etag, checked = objectstore.compose(
+                store, key, parts, MP4, pool, expect=ABSENT, crc64nvme=whole
+            )
         assert checked == store.checks_copies
         assert store.get(key) == BIG + SMALL
         assert etag == joined_etag([p.etag for p in parts])
         if checked:
             assert store.stat(key, checksum=True).crc64nvme == whole
-        again = store.compose(key, parts, MP4, pool, expect=ABSENT, crc64nvme=whole)
+        again = objectstore.compose(store, key, parts, MP4, pool, expect=ABSENT, crc64nvme=whole)
         assert again == (etag, checked), "an object of these very parts is taken as written"
         assert not store.open_uploads(key)
 
@@ -431,7 +436,9 @@ def test_compose_copies_the_parts_not_copied_yet_and_joins_them(store):
         upload_id, checked = store.begin_upload(key, MP4, store.checks_copies)
         first = store.copy_part(key, upload_id, 1, parts[0], checked)
         ahead = [PartSource(p.key, p.size, p.etag, p.crc64nvme, first) for p in parts[:1]]
-        made = store.compose(key, ahead + parts[1:], MP4, pool, (upload_id, checked), ABSENT, whole)
+        made = objectstore.compose(
+            store, key, ahead + parts[1:], MP4, pool, (upload_id, checked), ABSENT, whole
+        )
         assert made == (etag, checked)
         assert store.get(key) == BIG + SMALL
         assert not store.open_uploads(key)

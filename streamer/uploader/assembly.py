@@ -12,7 +12,7 @@ from concurrent.futures import Future
 
 import msgspec
 
-from streamer import metrics, mp4, naming
+from streamer import metrics, mp4, naming, objectstore
 from streamer.digests import Digest
 from streamer.fileio import HashingReader, SourceChanged, open_regular
 from streamer.logs import describe
@@ -294,7 +294,9 @@ class Assembler:
             ahead = sum(1 for p in parts if p.copied)
             begun = (upload.upload_id, upload.checked)
             try:
-                etag, checked = s3.compose(key, parts, kind, senders, begun, expect, crc)
+                etag, checked = objectstore.compose(
+                    s3, key, parts, kind, senders, begun, expect, crc
+                )
             except UploadGone as exc:
                 self.ctx.log.warning("assembly_upload_lost", **log_fields, error=str(exc))
             except CopiesUnchecked as exc:  # left to abort_strays
@@ -304,10 +306,14 @@ class Assembler:
                 return etag, ahead, checked
         parts = [self.part_source(record.stream_id, c, None) for c in chunks]
         try:
-            etag, checked = s3.compose(key, parts, kind, senders, expect=expect, crc64nvme=crc)
+            etag, checked = objectstore.compose(
+                s3, key, parts, kind, senders, expect=expect, crc64nvme=crc
+            )
         except CopiesUnchecked as exc:  # the uploader begins unchecked uploads from now on
             self.ctx.log.info("assembly_unchecked", **log_fields, key=key, reason=str(exc))
-            etag, checked = s3.compose(key, parts, kind, senders, expect=expect, crc64nvme=crc)
+            etag, checked = objectstore.compose(
+                s3, key, parts, kind, senders, expect=expect, crc64nvme=crc
+            )
         metrics.PARTS_COPIED.labels(when="completion").inc(len(parts))
         return etag, 0, checked
 

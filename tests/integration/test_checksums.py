@@ -23,6 +23,7 @@ from recordings import GrowingFile, record_of
 
 from integration.daemons import assert_exact
 from integration.servers import ACCESS_KEY, chunk_store, manifest_of, object_bytes, over_tls
+from streamer import objectstore
 from streamer.bodies import Checked, InMemory, digests_of
 from streamer.checkpoint import CheckpointStore
 from streamer.chunkstore import ChunkStore, PiecedBodyRefused
@@ -338,14 +339,14 @@ def test_s3_refuses_a_whole_object_whose_crc64nvme_is_not_its_parts(server, buck
     kind = "application/octet-stream"
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(S3Error) as refused:
-            s3.compose("rec/whole", parts, kind, pool, crc64nvme=crc64_of(b"other"))
+            objectstore.compose(s3, "rec/whole", parts, kind, pool, crc64nvme=crc64_of(b"other"))
         assert refused.value.code in TRANSIENT_CODES
         with pytest.raises(PartDiffers, match="part 1 copied from rec/part0"):
             lying = [replace(parts[0], crc64nvme=whole), parts[1]]
-            s3.compose("rec/whole", lying, kind, pool, crc64nvme=whole)
+            objectstore.compose(s3, "rec/whole", lying, kind, pool, crc64nvme=whole)
         assert s3.stat("rec/whole") is None
         assert not s3.open_uploads("rec/whole")
-        etag, checked = s3.compose("rec/whole", parts, kind, pool, crc64nvme=whole)
+        etag, checked = objectstore.compose(s3, "rec/whole", parts, kind, pool, crc64nvme=whole)
     assert checked and s3.get("rec/whole") == b"".join(pieces)
     assert s3.stat("rec/whole", checksum=True).crc64nvme == whole
 
@@ -462,8 +463,8 @@ def test_a_server_that_refuses_a_checked_upload_gets_one_without(server, bucket,
     assert s3.checks_copies
     part = PartSource("rec/part", 1000, etag, sums[CRC64NVME].value)
     with ThreadPoolExecutor(1) as pool:
-        etag, checked = s3.compose(
-            "rec/whole", [part], "application/octet-stream", pool, crc64nvme=crc64_of(data)
+        etag, checked = objectstore.compose(
+            s3, "rec/whole", [part], "application/octet-stream", pool, crc64nvme=crc64_of(data)
         )
     assert not checked and not s3.checks_copies
     assert s3.get("rec/whole") == data
