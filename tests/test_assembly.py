@@ -9,7 +9,6 @@ import json
 import os
 
 import pytest
-from uploaders import InProcess
 
 from streamer.digests import CRC64NVME, of
 from streamer.messages import StreamFinished
@@ -17,13 +16,7 @@ from streamer.messages import StreamFinished
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-def uploader(tmp_path):
-    made = InProcess(tmp_path, chunk_size=5 * MiB)
-    yield made
-    made.close()
-
-
+@pytest.mark.parametrize("uploader", [{"chunk_size": 5 * MiB}], indirect=True)
 def test_the_whole_object_is_joined_from_the_chunks_copied_while_live(uploader):
     data = os.urandom(11 * MiB)
     record = uploader.track("cam.mp4", data[: 10 * MiB])

@@ -7,19 +7,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from uploaders import InProcess
 
 from streamer.messages import FinishDeclined, StreamFinished
 
 SIZE = 64 * 1024
-
-
-@pytest.fixture
-def uploader(tmp_path):
-    made = InProcess(tmp_path)
-    yield made
-    made.close()
 
 
 def manifest_of(uploader: InProcess, stream_id: str) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-import pytest
 from uploaders import InProcess
 
 from streamer.digests import CRC64NVME, of
@@ -15,13 +14,6 @@ from streamer.policy import UploadChunk
 from streamer.uploader.reports import Sent
 
 SIZE = 64 * 1024
-
-
-@pytest.fixture
-def uploader(tmp_path):
-    made = InProcess(tmp_path)
-    yield made
-    made.close()
 
 
 def adopted(uploader: InProcess, chunks: int):

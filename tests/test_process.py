@@ -6,19 +6,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from uploaders import InProcess
-
 from streamer.messages import ChunkCommitted, StreamFinished
 
 KiB = 1024
-
-
-@pytest.fixture
-def uploader(tmp_path):
-    made = InProcess(tmp_path)
-    yield made
-    made.close()
 
 
 def test_a_growing_file_is_sent_chunk_by_chunk_and_finished_when_told(uploader):

@@ -4,19 +4,9 @@ on the directory-backed store (tests/uploaders.py)."""
 
 from __future__ import annotations
 
-import pytest
-from uploaders import InProcess
-
 from streamer.messages import StreamParked
 
 SIZE = 64 * 1024
-
-
-@pytest.fixture
-def uploader(tmp_path):
-    made = InProcess(tmp_path, upload_window=2)
-    yield made
-    made.close()
 
 
 def test_streams_share_the_window_and_each_gets_its_turn(uploader):

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from dirstore import DirectoryStore
 
 from streamer.checkpoint import CheckpointStore
@@ -130,3 +131,12 @@ class InProcess:
         self.store.close()
         self.commands.close()
         self.events.close()
+
+
+@pytest.fixture
+def uploader(request, tmp_path):
+    """An InProcess uploader; its stream settings, if any, are the test's indirect
+    parameter (`@pytest.mark.parametrize("uploader", [{"chunk_size": ...}], indirect=True)`)."""
+    made = InProcess(tmp_path, **getattr(request, "param", {}))
+    yield made
+    made.close()
