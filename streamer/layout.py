@@ -69,6 +69,8 @@ class Layout:
         else:
             stream_id, _, name = below.rpartition("/")
             kind = "manifest" if name == "metadata.json" else "object"
+            if not name:  # a folder marker (an S3 console's "create folder"): no object
+                return None
         if not instance or not stream_id or stream_id.startswith("."):
             return None
         if any(not part for part in stream_id.split("/")):
