@@ -101,7 +101,9 @@ class ChunkStore:
         # body is read once, hashed as it is sent, until the server refuses that, when it
         # is digested on a pass of its own before it is sent.
         self._trails = True
-        self._pieced_refused = False  # the last body sent in pieces was refused
+        # The keys whose body, sent in pieces, was refused once (per key: other senders'
+        # bodies on the wire meanwhile say nothing of this one's).
+        self._pieced_refused: set[str] = set()
         # Uploads that join chunks ask S3 to check the whole object's crc64nvme against
         # its parts', until the server refuses to copy a part into one.
         self._checked_copies = True
@@ -244,13 +246,13 @@ class ChunkStore:
             self._check_holds(key, ABSENT)
         condition = self._condition(ABSENT)
         trailed = None  # the checksum a refused trailer carried
-        if sums is None and self.trails:
-            # As it is now: another sender may give it up for the next while this one is
-            # on the wire, and what this trailer's refusal says is about this checksum.
-            checksum = self._checksum
+        # Read once: another sender may give it up for the next while this one is on the
+        # wire, and what this trailer's refusal says is about this checksum.
+        checksum = self._checksum
+        if sums is None and self._trails and checksum != SHA256:
             try:
                 sent = self._send_trailing(key, body, checksum, content_type, condition, tags)
-                self._pieced_refused = False
+                self._pieced_refused.discard(key)
                 return sent
             except S3Error as exc:
                 # A server without trailers may say so in many ways; one that took them
@@ -263,9 +265,11 @@ class ChunkStore:
                 # refused once; by a server that takes no such bodies, every time. What
                 # says plainly that it is not taken (or its tags, or its condition), or a
                 # refusal of every request (wrong credentials), is not sent again as it was.
-                if exc.code not in TAGS_REFUSED and not self._pieced_refused and self._answers():
-                    self._pieced_refused = True
+                once = exc.code not in TAGS_REFUSED and key not in self._pieced_refused
+                if once and self._answers():
+                    self._pieced_refused.add(key)
                     raise PiecedBodyRefused(f"S3 refused a body sent in pieces: {exc}") from exc
+            self._pieced_refused.discard(key)
             trailed = checksum
         if sums is None or not sums.keys() >= set(self.chunk_algorithms):
             sums = {**(sums or {}), **bodies.digests_of(self.chunk_algorithms, body)}

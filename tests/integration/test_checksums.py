@@ -26,10 +26,11 @@ from integration.servers import ACCESS_KEY, chunk_store, manifest_of, object_byt
 from streamer import objectstore
 from streamer.bodies import Checked, InMemory, digests_of
 from streamer.checkpoint import CheckpointStore
-from streamer.chunkstore import ChunkStore, PiecedBodyRefused
+from streamer.chunkstore import ChunkStore
 from streamer.config import S3Config
 from streamer.digests import CRC32C, CRC64NVME, SHA256, of
 from streamer.fileio import SourceChanged, Span
+from streamer.objectstore import PiecedBodyRefused
 from streamer.policy import TRANSIENT_CODES
 from streamer.s3client import PieceSigner
 from streamer.uploader.sending import place_chunk, put_span
@@ -326,7 +327,7 @@ def test_s3_refuses_a_whole_object_whose_crc64nvme_is_not_its_parts(server, buck
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
-    from streamer.chunkstore import PartDiffers, PartSource
+    from streamer.objectstore import PartDiffers, PartSource
 
     s3 = chunk_store(server, bucket)
     pieces = [os.urandom(5 * 1024 * KiB), os.urandom(1000)]
@@ -390,7 +391,7 @@ def test_over_http_wrong_credentials_are_a_refusal_not_a_damaged_body(server, bu
     with pytest.raises(S3Error) as refused:
         s3.put_chunk("rec/denied", InMemory(b"denied" * 5000), None, None)
     assert refused.value.code == "SignatureDoesNotMatch"
-    assert not s3.trailer_refused
+    assert s3.trails and not s3.trailer_refused
 
 
 @pytest.mark.parametrize(
@@ -437,7 +438,7 @@ def test_a_server_that_refuses_a_trailer_gets_the_checksum_in_a_header(
 def test_a_part_whose_crc64nvme_is_not_known_goes_into_no_checked_upload(server, bucket):
     """A chunk uploaded before crc64nvme: its part cannot be checked, so the upload that
     asks for a check gives way (CopiesUnchecked), and the uploader goes on asking."""
-    from streamer.chunkstore import CopiesUnchecked, PartSource
+    from streamer.objectstore import CopiesUnchecked, PartSource
 
     s3 = chunk_store(server, bucket)
     data = os.urandom(1000)
@@ -454,7 +455,7 @@ def test_a_part_whose_crc64nvme_is_not_known_goes_into_no_checked_upload(server,
 def test_a_server_that_refuses_a_checked_upload_gets_one_without(server, bucket, proxy):
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamer.chunkstore import PartSource
+    from streamer.objectstore import PartSource
 
     proxy.set("refuse_checksums", checksums=("crc64nvme",))
     s3 = chunk_store(proxy, bucket)
@@ -506,3 +507,19 @@ def test_a_trailer_refused_after_another_sender_gave_its_checksum_up_means_no_mo
     assert checked == of(SHA256, data) and sums[CRC64NVME] == of(CRC64NVME, data)
     assert not s3.trailer_refused
     assert object_bytes(server.client, bucket, "rec/second") == data
+
+
+@pytest.mark.parametrize("server", ["minio"], indirect=True)
+def test_two_bodies_damaged_on_the_way_are_each_sent_again_and_trailers_kept(server, bucket, proxy):
+    """A body refused once is sent again; another's refusal meanwhile is its own first,
+    not this one's second: each is remembered by its key."""
+    s3 = chunk_store(proxy, bucket)
+    proxy.damage_puts(2)
+    data = {key: os.urandom(100 * KiB) for key in ("rec/one", "rec/two")}
+    for key, sent in data.items():
+        with pytest.raises(PiecedBodyRefused):
+            s3.put_chunk(key, InMemory(sent), None, None)
+    for key, sent in data.items():
+        s3.put_chunk(key, InMemory(sent), None, None)
+        assert s3.get(key) == sent
+    assert s3.trails and not s3.trailer_refused
