@@ -16,11 +16,11 @@ from recordings import record
 
 from streamer import mp4
 from streamer.bucket import Ambiguous, ListedStream, RemoteStream, nearest, newest
-from streamer.chunkstore import StoredObject
 from streamer.cli import main
 from streamer.cli.remote import Moment
 from streamer.layout import KeyOf, Layout
 from streamer.manifest import Manifest
+from streamer.objectstore import StoredObject
 from streamer.restore import CONNECTIONS, Piece, RestoreError, in_order, plan
 
 LAYOUT = Layout("rec", "cam")

@@ -5,11 +5,11 @@ import select
 import msgspec
 import pytest
 
-from streamer.chunkstore import UploadGone
 from streamer.failures import Backoff, NotInS3, classify, hint
 from streamer.fileio import SourceChanged
 from streamer.logs import MAX_ERROR, describe
 from streamer.messages import Retired, S3State
+from streamer.objectstore import UploadGone
 
 
 def test_one_backoff_counts_schedules_and_resets():

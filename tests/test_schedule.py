@@ -4,7 +4,7 @@ on the directory-backed store (tests/uploaders.py)."""
 
 from __future__ import annotations
 
-from streamer.messages import StreamParked
+from streamer.messages import ChunkCommitted, StreamParked
 
 SIZE = 64 * 1024
 
@@ -20,7 +20,11 @@ def test_streams_share_the_window_and_each_gets_its_turn(uploader):
         return all(store.get_stream(r.stream_id).chunk_count == 5 for r in records)
 
     uploader.run_until(done)
-    assert most == 2, "never more chunks on the wire than the window, however many streams"
+    assert 1 <= most <= 2, "never more chunks on the wire than the window"
+    # Turns: each stream has a chunk committed before any has all five.
+    order = [m.stream_id for m in uploader.of(ChunkCommitted)]
+    last = {stream_id: i for i, stream_id in enumerate(order)}
+    assert {r.stream_id for r in records} <= set(order[: min(last.values()) + 1])
     for n, record in enumerate(records):
         key = uploader.s3.layout.chunk_key(record.stream_id, 4)
         assert uploader.s3.get(key) == bytes([n]) * SIZE

@@ -4,8 +4,8 @@ digest it was stored with."""
 from __future__ import annotations
 
 from streamer.bodies import InMemory, digests_of
-from streamer.chunkstore import StoredObject
 from streamer.digests import CRC32C, CRC64NVME, SHA256, of
+from streamer.objectstore import StoredObject
 from streamer.uploader.sending import same_bytes
 
 

@@ -23,6 +23,7 @@ from streamer.records import StreamRecord
 from streamer.uploader.process import Uploader
 
 INSTANCE = "test-host"
+TICK = 0.02  # seconds of real time the loop may wait at a time
 
 
 class Clock:
@@ -71,6 +72,10 @@ class InProcess:
             clock=self.clock,
         )
         self.uploader.build(self.store, self.s3)
+        # The loop waits for work in real time, as long as the test's clock says: a tick
+        # at most here, so a backoff that clock runs out takes as many ticks, not seconds.
+        waits = self.uploader.wait_time
+        self.uploader.wait_time = lambda now: min(waits(now), TICK)
         self.seen: list[Message] = []
 
     def track(self, name: str, data: bytes = b"") -> StreamRecord:

@@ -18,7 +18,7 @@ from streamer.watcher import FileStat
 
 class StreamPhase(enum.Enum):
     """A stream's life in the supervisor (the uploader's side of it is
-    uploader.jobs.Phase). Every change goes through Tracked.move_to, along _PHASE_MOVES;
+    uploader.jobs.JobPhase). Every change goes through Tracked.move_to, along _PHASE_MOVES;
     the stream leaves the table when its owner reports it finished."""
 
     STREAMING = "streaming"  # its uploader sends chunks as they fill

@@ -17,7 +17,7 @@ from streamer.uploader.reports import Sent, Survey
 
 class JobPhase(enum.Enum):
     """A stream's life in the uploader that owns it (the supervisor's side of it is
-    supervisor.streams.Phase). Every change goes through Job.move_to, along _PHASE_MOVES.
+    supervisor.table.StreamPhase). Every change goes through Job.move_to, along _PHASE_MOVES.
 
     STREAMING   it sends chunks as its file grows
     FINISHING   the supervisor found its file idle: a finisher thread checks, reconciles

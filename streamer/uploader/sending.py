@@ -5,7 +5,7 @@ or else digested on one pass and sent on the next; it touches neither the checkp
 the jobs, and reports what S3 holds as a `Sent`. Whatever it ends with comes back, on the
 main thread, to `Ledger.chunk_returned`: a `Sent` is committed in chunk order; an error
 goes to `UploaderContext.retry_later`, which classifies it (`failures.classify`) and parks
-the stream with its backoff (`policy.Backoff`)."""
+the stream with its backoff (`failures.Backoff`)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def test_delivery_state_moves_during_an_upload(make_daemon, minio):
         samples.append(scrape(daemon))
         time.sleep(0.5)
     during = samples[len(samples) // 2]
-    assert during["streamer_streams{state=uploading}"] == 1
+    assert during["streamer_streams{state=streaming}"] == 1
     assert during["streamer_s3_reachable"] == 1
     assert (
         0
@@ -48,7 +48,7 @@ def test_delivery_state_moves_during_an_upload(make_daemon, minio):
 
     daemon.wait_for("stream_finished", timeout=30)
     after = scrape(daemon)
-    assert after["streamer_streams{state=uploading}"] == 0
+    assert after["streamer_streams{state=streaming}"] == 0
     assert after["streamer_streams_finished_total{status=invalid}"] == 1
     assert after["streamer_bytes_uploaded_total"] == 1536 * KiB
     assert after["streamer_chunks_uploaded_total"] == 24

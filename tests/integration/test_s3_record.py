@@ -20,7 +20,7 @@ from integration.servers import MinioUser, both_servers, chunk_store, manifest_o
 from streamer import claim, manifest
 from streamer.adoption import adopt
 from streamer.checkpoint import CheckpointStore
-from streamer.chunkstore import ABSENT, Taken
+from streamer.objectstore import ABSENT, Taken
 from streamer.records import ChunkRecord, StreamRecord, StreamState
 
 pytestmark = pytest.mark.integration
