@@ -52,8 +52,8 @@ def run(config_path: str | None, once: bool, timeout: float | None) -> None:
 
     supervisor = Supervisor(cfg, once=once, timeout=timeout)
     code = supervisor.run()
-    if supervisor.batch is not None:
-        click.echo(supervisor.batch.describe())
+    if supervisor.one_shot is not None:
+        click.echo(supervisor.one_shot.describe())
     sys.exit(code)
 
 

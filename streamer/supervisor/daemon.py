@@ -80,9 +80,9 @@ class Supervisor:
         # What /readyz answers, as the loop last saw it.
         self.published = self.readiness.checks(running=True)
         self.once = once
-        self.batch: OneShotRun | None = None  # with `once`: the streams found at start
-        self.batch_timeout = timeout  # seconds `once` may take; None: as long as it takes
-        self.batch_deadline = math.inf
+        self.one_shot: OneShotRun | None = None  # with `once`: the streams found at start
+        self.one_shot_timeout = timeout  # seconds `once` may take; None: as long as it takes
+        self.one_shot_deadline = math.inf
         self.store_lock: int | None = None
         self.fixed_instance = False  # this start fixed a fresh store's instance name
         # The uploaders (by their event mailbox) that reached S3, holding the claim: they
@@ -160,7 +160,7 @@ class Supervisor:
         self.discovery.rescan(self.clock())
         self.log.info("started", streams=len(self.table))
         if self.once:
-            self.start_batch(self.clock())
+            self.start_one_shot(self.clock())
 
     def log_start(self) -> None:
         """The first line: what is watched and where it goes. The settings go with it in
@@ -180,34 +180,34 @@ class Supervisor:
         else:
             self.log.info("starting", **where, config=redacted(config), credentials=credentials)
 
-    def start_batch(self, now: float) -> None:
+    def start_one_shot(self, now: float) -> None:
         """`run --once`: the files found now are the work; no file that comes later is."""
         discovery = self.discovery
         discovery.quiet_by_mtime(now)
-        self.batch = OneShotRun.of(
+        self.one_shot = OneShotRun.of(
             (t.stream_id for t in self.table.all()), discovery.missed, discovery.unreadable
         )
         discovery.discovering = False
-        discovery.only = self.batch.missed  # tried again at each scan
-        if self.batch_timeout is not None:
-            self.batch_deadline = now + self.batch_timeout
+        discovery.only = self.one_shot.missed  # tried again at each scan
+        if self.one_shot_timeout is not None:
+            self.one_shot_deadline = now + self.one_shot_timeout
         self.log.info("batch_started", streams=len(self.table), passed_over=len(discovery.missed))
 
-    def tend_batch(self, now: float) -> bool:
-        """Is the batch over (every stream ended, and no deletion due: retention and
+    def tend_one_shot(self, now: float) -> bool:
+        """Is the one-shot run over (every stream ended, and no deletion due: retention and
         pruning did theirs, as the daemon would), or its time up? Then stop."""
-        batch = self.batch
-        batch.follow({t.file.path: t.stream_id for t in self.table.all()}, os.path.lexists)
-        timed_out = now >= self.batch_deadline
-        if not batch.done and not timed_out:
+        run = self.one_shot
+        run.follow({t.file.path: t.stream_id for t in self.table.all()}, os.path.lexists)
+        timed_out = now >= self.one_shot_deadline
+        if not run.done and not timed_out:
             return False
         files, streams = self.deletions_due(now)
-        if batch.done and not files and not streams:
-            batch.stopping(files, streams)
-            self.log.info("batch_finished", **batch.summary())
+        if run.done and not files and not streams:
+            run.stopping(files, streams)
+            self.log.info("batch_finished", **run.summary())
         elif timed_out:
-            batch.stopping(files, streams)
-            self.log.warning("batch_timed_out", timeout=self.batch_timeout, **batch.summary())
+            run.stopping(files, streams)
+            self.log.warning("batch_timed_out", timeout=self.one_shot_timeout, **run.summary())
         else:
             return False
         self.handle_term()
@@ -220,7 +220,7 @@ class Supervisor:
     def may_delete(self) -> bool:
         """`run --once` counts every answer to a deletion: it asks none before each
         uploader reached S3, when "not yet" is all it would hear."""
-        return self.batch is None or set(self.workers.event_mailboxes()) <= self.at_s3
+        return self.one_shot is None or set(self.workers.event_mailboxes()) <= self.at_s3
 
     def loop(self, now: float) -> None:
         if now - self.last_turn > AWAY:
@@ -248,7 +248,7 @@ class Supervisor:
     def tend_streams(self, now: float) -> None:
         """The timed work of a running supervisor."""
         discovery = self.discovery
-        if self.batch is not None and self.tend_batch(now):
+        if self.one_shot is not None and self.tend_one_shot(now):
             return
         if now >= discovery.next_rescan:
             discovery.rescan(now)
@@ -351,8 +351,8 @@ class Supervisor:
             case StreamResumed(stream_id=stream_id) if stream_id in table:
                 table.resumed(table[stream_id])
             case StreamFinished(stream_id=stream_id) if stream_id in table:
-                if self.batch is not None:
-                    self.batch.concluded(stream_id, message.status)
+                if self.one_shot is not None:
+                    self.one_shot.concluded(stream_id, message.status)
                 self.pruning.finished(stream_id, now)
                 self.discovery.concluded(stream_id, message.size, message.mtime_ns, now)
             case CheckpointState(writable=writable, error=error):
@@ -360,12 +360,12 @@ class Supervisor:
                     self.discovery.next_rescan = now  # what was passed over meanwhile
             case Retired():
                 path = self.retirement.retired(message, now)
-                if self.batch is not None and path is not None:
-                    self.batch.retired(path, message, os.path.lexists)
+                if self.one_shot is not None and path is not None:
+                    self.one_shot.retired(path, message, os.path.lexists)
             case Pruned():
                 self.pruning.pruned(message, now)
-                if self.batch is not None:
-                    self.batch.pruned(message.stream_id, message.deleted)
+                if self.one_shot is not None:
+                    self.one_shot.pruned(message.stream_id, message.deleted)
 
     # Signals
 
@@ -407,12 +407,12 @@ class Supervisor:
     def stopped_status(self) -> int:
         """A graceful stop is a success, unless `run --once` stopped before all its
         streams finished and every deletion due was done."""
-        batch = self.batch
-        if batch is None:
+        run = self.one_shot
+        if run is None:
             return EXIT_OK
-        # Noted here where a signal stopped the run (a stop of tend_batch's noted its own).
-        batch.stopping(*self.deletions_due(self.clock()))
-        return EXIT_OK if batch.succeeded else EXIT_FAILURE
+        # Noted here where a signal stopped the run (a stop of tend_one_shot's noted its own).
+        run.stopping(*self.deletions_due(self.clock()))
+        return EXIT_OK if run.succeeded else EXIT_FAILURE
 
     def release_instance(self) -> None:
         """A start that failed before any uploader reached S3 does not leave a fresh

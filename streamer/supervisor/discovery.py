@@ -42,14 +42,14 @@ class Discovery:
         self.unreadable_folders: set[str] = set()  # as the last scan found them
 
     def handle_file_events(self, now: float) -> None:
-        batch = self.ctx.watcher.read()
-        if batch.overflow:
+        changes = self.ctx.watcher.read()
+        if changes.overflow:
             self.ctx.log.warning("inotify_overflow")
-        if batch.overflow or batch.folders_changed:
+        if changes.overflow or changes.folders_changed:
             self.rescan(now)
-        for path in batch.deleted:
+        for path in changes.deleted:
             self.forget_deleted(path)
-        for path in batch.paths:
+        for path in changes.paths:
             self.observe_safely(path, now)
 
     def forget_deleted(self, path: str) -> None:

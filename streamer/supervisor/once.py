@@ -13,7 +13,7 @@ from streamer.messages import Retired
 
 @dataclass
 class OneShotRun:
-    pending: set[str]  # streams of the batch not finished yet
+    pending: set[str]  # streams of the run not finished yet
     # Paths found at start that could not be taken up yet (tried again at each scan).
     missed: set[str] = field(default_factory=set)
     # Streams whose records cannot be read: never finished by this run.
@@ -31,8 +31,8 @@ class OneShotRun:
         return cls(pending=set(stream_ids), missed=set(missed), lost=set(lost))
 
     def follow(self, tracked: Mapping[str, str], exists: Callable[[str], bool]) -> None:
-        """Every stream the daemon tracks (by path) is of the batch: a missed file taken up
-        since, or a recording written over one of the batch's. A missed path no longer
+        """Every stream the daemon tracks (by path) is of the run: a missed file taken up
+        since, or a recording written over one of the run's. A missed path no longer
         there has nothing left to finish."""
         self.pending.update(s for s in tracked.values() if s not in self.ended)
         for path in list(self.missed):
