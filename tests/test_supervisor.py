@@ -1,18 +1,17 @@
-"""The supervisor's stream table and discovery on a real checkpoint store and real files,
-without processes: the moments where no uploader can take a stream, or its record went."""
+"""The supervisor's pieces on a real checkpoint store and real files, without processes:
+the `supervisor` fixture and `recording` helper the tests of its modules share
+(test_table.py, test_discovery.py, ...), and its uploaders' heartbeats."""
 
 from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
 
-import msgspec
 import pytest
 
 from streamer import config
-from streamer.records import StreamRecord, StreamState
+from streamer.records import StreamRecord
 from streamer.supervisor.daemon import Supervisor
-from streamer.supervisor.table import StreamPhase
 from streamer.watcher import Watcher
 
 
@@ -43,28 +42,6 @@ def recording(supervisor, name: str) -> tuple[StreamRecord, object]:
     )  # fmt: skip
     supervisor.ctx.store.create_stream(record)
     return record, file
-
-
-def test_a_stream_found_while_every_uploader_stops_waits_for_the_next_start(supervisor):
-    """No running uploader (all told to stop): the stream is tracked, owned by none, and
-    nothing is sent; losing it then tells no one either."""
-    record, file = recording(supervisor, "late.mp4")
-    tracked = supervisor.table.track(record, file, 0.0, "stream_discovered")
-    assert tracked.owner == -1 and tracked.stream_id in supervisor.table
-    supervisor.table.abandon(tracked, "deleted before it finished")
-    assert tracked.phase is StreamPhase.ABANDONING
-
-
-def test_a_stream_forgotten_while_tracked_is_not_a_crash(supervisor):
-    record, file = recording(supervisor, "gone.mp4")
-    tracked = supervisor.table.track(record, file, 0.0, "stream_discovered")
-    supervisor.ctx.store.update_stream(
-        record.stream_id,
-        lambda r: msgspec.structs.replace(r, state=StreamState.CANCELLED),
-    )
-    supervisor.ctx.store.forget_stream(record.stream_id)
-    supervisor.discovery.check_cancellations()
-    assert tracked.phase is StreamPhase.STREAMING
 
 
 def test_a_stale_heartbeat_is_judged_from_when_the_supervisor_itself_came_back():
