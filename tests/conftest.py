@@ -21,6 +21,7 @@ pytest.register_assert_rewrite("harness", "integration")
 # run on every store, say).
 pytest_plugins = [
     "recordings",
+    "supervisors",
     "uploaders",
     "integration.servers",
     "integration.daemons",

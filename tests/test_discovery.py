@@ -7,18 +7,12 @@ from __future__ import annotations
 import os
 
 import msgspec
-import test_supervisor
-import test_table
-from test_supervisor import recording
-from test_table import configure, sent
+from supervisors import configure, recording, sent
 
 from streamer.messages import Abandon, Assign, Finish, Grow, Moved
 from streamer.records import StreamState
 from streamer.supervisor.table import StreamPhase
 from streamer.watcher import Watcher
-
-supervisor = test_supervisor.supervisor  # the fixtures: a supervisor on a real store,
-workers = test_table.workers  # and two uploaders without processes
 
 
 def write(supervisor, name: str, size: int = 1000) -> str:

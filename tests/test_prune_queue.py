@@ -8,16 +8,10 @@ from datetime import UTC, datetime
 
 import msgspec
 import pytest
-import test_supervisor
-import test_table
-from test_supervisor import recording
-from test_table import configure, sent
+from supervisors import configure, recording, sent
 
 from streamer.messages import Prune, Pruned
 from streamer.records import Assembled, StreamState
-
-supervisor = test_supervisor.supervisor  # the fixtures: a supervisor on a real store,
-workers = test_table.workers  # and two uploaders without processes
 
 ASSEMBLED = Assembled(key="cam/a.mp4", size=1000, etag='"e"', method="upload")
 

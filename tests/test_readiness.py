@@ -4,19 +4,14 @@ with two uploaders without processes and the clock set by the test."""
 from __future__ import annotations
 
 import pytest
-import test_supervisor
-import test_table
 from prometheus_client import REGISTRY
+from supervisors import recording
 from test_bandwidth import FakeClock
-from test_supervisor import recording
 
 from streamer.messages import StreamParked
 from streamer.supervisor.readiness import Readiness
 from streamer.supervisor.table import StreamPhase
 from streamer.supervisor.workers import WorkerState
-
-supervisor = test_supervisor.supervisor  # the fixtures: a supervisor on a real store,
-workers = test_table.workers  # and two uploaders without processes (workers.count is 2)
 
 
 @pytest.fixture

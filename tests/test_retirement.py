@@ -8,19 +8,13 @@ import time
 from datetime import UTC, datetime
 
 import msgspec
-import test_supervisor
-import test_table
 from prometheus_client import REGISTRY
-from test_supervisor import recording
-from test_table import configure, sent
+from supervisors import configure, recording, sent
 
 from streamer.messages import Retire, Retired
 from streamer.records import StreamState
 from streamer.supervisor.retirement import identity
 from streamer.watcher import Watcher
-
-supervisor = test_supervisor.supervisor  # the fixtures: a supervisor on a real store,
-workers = test_table.workers  # and two uploaders without processes
 
 
 def finished(supervisor, name: str, age: float, **changes):

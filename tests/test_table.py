@@ -7,56 +7,15 @@ process behind it: `sent` reads back what an uploader was told."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 
-import msgspec
 import pytest
-import test_supervisor
-from test_supervisor import recording
+from supervisors import recording, sent
 
-from streamer.messages import Abandon, Assign, Grow, Mailbox, StreamParked
+from streamer.messages import Abandon, Assign, Grow, StreamParked
 from streamer.supervisor.table import StreamPhase
-from streamer.supervisor.workers import Worker, WorkerState
+from streamer.supervisor.workers import WorkerState
 from streamer.watcher import Watcher
-
-supervisor = test_supervisor.supervisor  # the fixture: a supervisor on a real store
-
-FORK = multiprocessing.get_context("fork")
-
-
-class Up:
-    """An uploader's process as `Workers` asks after it: running."""
-
-    pid = 0
-
-    def is_alive(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def workers(supervisor):
-    """Two running uploaders in the supervisor's `Workers`."""
-    for worker_id in (0, 1):
-        commands = Mailbox.for_commands(FORK)
-        supervisor.workers.workers[worker_id] = Worker(worker_id, Up(), commands, None, None)
-    yield supervisor.workers
-    for worker in supervisor.workers.workers.values():
-        worker.commands.close()
-    supervisor.workers.workers.clear()
-
-
-def sent(workers, worker_id: int) -> list:
-    """What the uploader was told since the last look."""
-    commands = workers[worker_id].commands
-    return list(iter(lambda: commands.get(0), None))
-
-
-def configure(supervisor, section: str, **changes) -> None:
-    """The supervisor's settings with `changes` to one section, as every role reads them."""
-    config = supervisor.ctx.config
-    changed = msgspec.structs.replace(getattr(config, section), **changes)
-    supervisor.ctx.config = msgspec.structs.replace(config, **{section: changed})
 
 
 def grow_to(file, size: int):
