@@ -47,6 +47,7 @@ class FaultProxy:
         self.damaged = 0  # PUT bodies damaged so far
         self.slowed_down = 0  # PUTs answered 503 SlowDownWrite so far
         self.holding = 0  # PUTs held, in slow_down mode, before their answer
+        self.cut = 0  # connections reset so far, in reset or refuse mode
         self._waiting: set[socket.socket] = set()  # connections whose request is unanswered
         self._to_damage = 0
         self._open = 0
@@ -121,6 +122,8 @@ class FaultProxy:
         with self._lock:
             mode = self.mode
             self._conns.append(client)
+            if mode in ("reset", "refuse"):
+                self.cut += 1
         if mode in ("reset", "refuse"):
             # Refusing, a connection accepted just before the listener closed is cut too,
             # not forwarded for as long as the client keeps it alive.
@@ -285,6 +288,7 @@ class FaultProxy:
     def _cut_all(self) -> None:
         for conn in self._conns:
             _reset(conn)
+        self.cut += len(self._conns)
         self._conns.clear()
 
 
