@@ -11,7 +11,6 @@ import base64
 import contextlib
 import functools
 import hashlib
-import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 from xml.etree import ElementTree as ET
@@ -28,7 +27,7 @@ from streamer.bandwidth import TokenBucket
 from streamer.bodies import Body, InMemory
 from streamer.config import S3Config
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest
-from streamer.fileio import PIECE
+from streamer.fileio import PIECE, write_before
 from streamer.layout import Layout
 from streamer.objectstore import (
     ABSENT,
@@ -626,13 +625,20 @@ class ChunkStore:
             yield item.object_name, StoredObject(item.size, item.etag, None, item.last_modified)
 
     def fetch_into(
-        self, key: str, fd: int, offset: int, algorithm: str | None, block: int = 1024 * 1024
+        self,
+        key: str,
+        fd: int,
+        offset: int,
+        size: int,
+        algorithm: str | None,
+        block: int = 1024 * 1024,
     ) -> Fetched:
-        """Write an object's bytes into the open file `fd` from `offset`, a block at a time
-        (memory stays at one block), hashing them on the way with `algorithm` (None: the
-        one the object was stored with, sha256 if none). The digest it was stored with is
-        S3's own checksum of it where no other went with it (its CRC in a trailer)."""
-        size = 0
+        """Write an object's bytes into the open file `fd` from `offset`, at most `size`
+        of them, a block at a time (memory stays at one block), hashing them all on the
+        way with `algorithm` (None: the one the object was stored with, sha256 if none).
+        The digest it was stored with is S3's own checksum of it where no other went with
+        it (its CRC in a trailer)."""
+        length = 0
         with self._response(key, checksum=True) as response:
             headers = {k.lower(): v for k, v in response.headers.items()}
             full_object = headers.get(CHECKSUM_TYPE, FULL_OBJECT) == FULL_OBJECT
@@ -641,11 +647,9 @@ class ChunkStore:
             digest = digests.hasher(algorithm)
             for data in response.stream(block):
                 digest.update(data)
-                written = 0
-                while written < len(data):
-                    written += os.pwrite(fd, memoryview(data)[written:], offset + size + written)
-                size += len(data)
-        return Fetched(size, Digest(algorithm, digest.hexdigest()), stored)
+                write_before(fd, data, offset + length, offset + size)
+                length += len(data)
+        return Fetched(length, Digest(algorithm, digest.hexdigest()), stored)
 
     def get(self, key: str) -> bytes:
         with self._response(key) as response:

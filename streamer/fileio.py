@@ -203,6 +203,15 @@ def digest_of_fd_range(
     return Digest(algorithm, whole.hexdigest())
 
 
+def write_before(fd: int, data: bytes | memoryview, at: int, end: int) -> None:
+    """`data` written into `fd` from byte `at`, as much of it as falls before byte `end`:
+    what lies past it is not the caller's to write (pwrite may take fewer than given)."""
+    data = memoryview(data)[: max(0, end - at)]
+    while data:
+        written = os.pwrite(fd, data, at)
+        data, at = data[written:], at + written
+
+
 class HashingReader:
     """A file object's reads, hashed as they pass with `algorithm` (the whole file's
     digest of a streamed upload)."""

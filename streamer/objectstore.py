@@ -2,7 +2,7 @@
 they return, and the outcomes a caller acts on (a write whose condition did not hold, an
 upload S3 no longer has, …); and `compose`, a whole object joined from parts with those
 verbs on any store. `chunkstore.ChunkStore` is the one over S3 (minio-py); every
-implementation passes the one contract suite (tests/test_store_contract.py).
+implementation passes the one contract suite (tests/test_objectstore.py).
 
 Importing it loads no S3 client."""
 
@@ -143,7 +143,13 @@ class ObjectStore(Protocol):
     def get_if_exists(self, key: str) -> bytes | None: ...
     def read(self, key: str) -> tuple[bytes, str] | None: ...
     def fetch_into(
-        self, key: str, fd: int, offset: int, algorithm: str | None, block: int = 1 << 20
+        self,
+        key: str,
+        fd: int,
+        offset: int,
+        size: int,
+        algorithm: str | None,
+        block: int = 1 << 20,
     ) -> Fetched: ...
     def digest_of(self, key: str, algorithm: str, also=None, etag: str | None = None) -> Digest: ...
     def stat(self, key: str, checksum: bool = False) -> StoredObject | None: ...

@@ -384,7 +384,7 @@ def fetch(s3: ObjectStore, fd: int, piece: Piece, at: int | None = None) -> Piec
     """The piece written into `fd` at its offset in the recording (or at `at`), checked."""
     expected = piece.digest
     offset = piece.offset if at is None else at
-    got = s3.fetch_into(piece.key, fd, offset, expected.algorithm if expected else None)
+    got = s3.fetch_into(piece.key, fd, offset, piece.size, expected.algorithm if expected else None)
     expected = expected or got.stored
     if got.size != piece.size:
         raise RestoreError(

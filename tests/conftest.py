@@ -1,13 +1,18 @@
 """What every test shares: the check that a test which starts an S3 server is marked
-`integration`, and small helpers (free ports, waiting, processes, a clean environment).
-What the tests start has modules of its own: recordings (recordings.py), the streamer
-daemon (harness.py), and, for the integration tests, the S3 servers and proxies
-(integration/servers.py) and daemons on them (integration/daemons.py)."""
+`integration`, and small helpers (free ports, waiting, processes, a clean environment,
+logfmt lines). What the tests start has modules of its own: recordings (recordings.py),
+the streamer daemon (harness.py), and, for the integration tests, the S3 servers and
+proxies (integration/servers.py) and daemons on them (integration/daemons.py); for the unit
+tests, the directory-backed S3 (dirstore.py), an uploader or a supervisor in this process
+(uploaders.py, supervisors.py), records and stores made by hand (sample_records.py,
+commands.py) and a clock the test holds (clock.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import socket
 import time
 
@@ -91,3 +96,13 @@ def clean_env(extra: dict | None = None) -> dict:
     MINIO_* settings, only what the test sets."""
     keep = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL")
     return {**{k: os.environ[k] for k in keep if k in os.environ}, **(extra or {})}
+
+
+PAIR = re.compile(r'([a-z0-9_.]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_logfmt(line: str) -> dict:
+    """A logfmt line's fields, its quoted values decoded; nothing may stand outside them."""
+    pairs = PAIR.findall(line)
+    assert " ".join(f"{k}={v}" for k, v in pairs) == line, "nothing outside key=value pairs"
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}

@@ -1,5 +1,5 @@
 """`DirectoryStore`: an ObjectStore over a local directory, for unit tests. What it does
-is pinned by the contract suite (test_store_contract.py), which runs the same tests on
+is pinned by the contract suite (test_objectstore.py), which runs the same tests on
 ChunkStore over real S3 servers.
 
 An object is the file <root>/<bucket>/<key>; its metadata (ETag, content type, the digest
@@ -35,6 +35,7 @@ from streamer import digests
 from streamer.bodies import Body, InMemory
 from streamer.chunkstore import multipart_etag
 from streamer.digests import CRC64NVME, SHA256, Digest
+from streamer.fileio import write_before
 from streamer.layout import Layout
 from streamer.objectstore import (
     ABSENT,
@@ -194,20 +195,18 @@ class DirectoryStore:
             return f.read(), meta["etag"]
 
     def fetch_into(
-        self, key: str, fd: int, offset: int, algorithm: str | None, block: int = BLOCK
+        self, key: str, fd: int, offset: int, size: int, algorithm: str | None, block: int = BLOCK
     ) -> Fetched:
         meta, f = self._opened(key)
         stored = _stored(meta, checksum=True)
         algorithm = algorithm or (stored.algorithm if stored else SHA256)
-        digest, size = digests.hasher(algorithm), 0
+        digest, length = digests.hasher(algorithm), 0
         with f:
             for data in _blocks(f, block):
                 digest.update(data)
-                written = 0
-                while written < len(data):
-                    written += os.pwrite(fd, data[written:], offset + size + written)
-                size += len(data)
-        return Fetched(size, Digest(algorithm, digest.hexdigest()), stored)
+                write_before(fd, data, offset + length, offset + size)
+                length += len(data)
+        return Fetched(length, Digest(algorithm, digest.hexdigest()), stored)
 
     def digest_of(self, key: str, algorithm: str, also=None, etag: str | None = None) -> Digest:
         meta, f = self._opened(key)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 from dirstore import DirectoryStore
-from test_publishing import chunks
-from test_reconciling import NOW, finished
+from sample_records import NOW, chunks, finished
 
 from streamer import claim, digests, manifest
 from streamer.adoption import adopt

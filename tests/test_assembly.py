@@ -1,7 +1,7 @@
-"""Assembly: the whole recording made in S3 from its chunks, each copied into a multipart
-upload as a part while the recording is live, the rest at completion; S3 checks the
-whole's crc64nvme against its parts'. In this process, on the directory-backed store
-(tests/uploaders.py), which checks it as S3 does."""
+"""Assembly (streamer/uploader/assembly.py): the whole recording made in S3 from its chunks,
+each copied into a multipart upload as a part while the recording is live, the rest at
+completion; S3 checks the whole's crc64nvme against its parts'. In this process, on the
+directory-backed store (tests/uploaders.py), which checks it as S3 does."""
 
 from __future__ import annotations
 

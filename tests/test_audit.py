@@ -12,7 +12,7 @@ import os
 import msgspec
 import pytest
 from dirstore import DirectoryStore
-from test_reconciling import NOW, finished
+from sample_records import NOW, finished
 
 from streamer import digests
 from streamer.audit import assembled_problem, chunk_problems

@@ -2,20 +2,13 @@
 enough on a thin link that no request waits long."""
 
 import pytest
+from clock import Clock
 
 from streamer.bandwidth import TokenBucket
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_token_bucket_grants_its_rate_after_a_short_burst():
-    clock = FakeClock()
+    clock = Clock()
     bucket = TokenBucket(640 * 1024, clock=clock)  # a tenth of a second: one 64 KiB piece
     piece = bucket.piece
     assert piece == 64 * 1024
@@ -30,7 +23,7 @@ def test_the_token_bucket_grants_its_rate_after_a_short_burst():
 
 
 def test_on_a_thin_link_pieces_are_small_so_no_request_waits_long():
-    bucket = TokenBucket(8 * 1024, clock=FakeClock())
+    bucket = TokenBucket(8 * 1024, clock=Clock())
     assert bucket.piece == 4 * 1024
     waits = [bucket.take(bucket.piece) for _ in range(6)]  # six senders at once
     assert max(waits) <= 3.0

@@ -1,32 +1,13 @@
 """The checkpoint store on real LMDB files, across real processes."""
 
 import multiprocessing
-from datetime import UTC, datetime
 
 import msgspec
 import pytest
+from sample_records import chunk, stream
 
 from streamer.checkpoint import CheckpointStore, ChunkOutOfOrder, UnknownStream
-from streamer.records import ChunkRecord, StreamRecord, StreamState
-
-NOW = datetime(2026, 11, 25, tzinfo=UTC)
-
-
-def stream(stream_id="cam-1", path="/in/cam.mp4") -> StreamRecord:
-    return StreamRecord(
-        stream_id=stream_id, path=path, inode=7, device=1, chunk_size=100, first_seen_at=NOW
-    )
-
-
-def chunk(index, size=100) -> ChunkRecord:
-    return ChunkRecord(
-        index=index,
-        offset=index * 100,
-        size=size,
-        sha256=f"{index:064x}",
-        etag=f"e{index}",
-        uploaded_at=NOW,
-    )
+from streamer.records import StreamState
 
 
 @pytest.fixture
@@ -151,7 +132,7 @@ def test_a_chunk_uploaded_again_carries_the_revisions_it_supersedes(store):
     store.commit_chunk("cam-1", msgspec.structs.replace(chunk(0), revision=1, etag="r1"))
     store.commit_chunk("cam-1", msgspec.structs.replace(chunk(0), revision=2, etag="r2"))
     first, second = store.chunks("cam-1")
-    assert first.superseded == ((0, "e0"), (1, "r1")) and second.superseded == ()
+    assert first.superseded == ((0, chunk(0).etag), (1, "r1")) and second.superseded == ()
     store.forget_superseded("cam-1")
     assert [c.superseded for c in store.chunks("cam-1")] == [(), ()]
 

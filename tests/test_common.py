@@ -2,71 +2,18 @@
 the command or after it, a configuration that does not load, a checkpoint store that is not
 there or does not open, a stream that is not in it, and a stream as --json gives it. Through
 click's CliRunner, in this process, on real config files and a real checkpoint store; no
-daemon and no S3. The helpers here make those for the other tests of the commands."""
+daemon and no S3 (tests/commands.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from test_reconciling import chunk, finished
+from commands import configured, stored, stream, streamer
 
-from streamer.checkpoint import CheckpointStore
-from streamer.cli import main
 from streamer.cli.common import get_or_exit, open_store, summary
-from streamer.records import StreamRecord, StreamState
-
-MAP_SIZE = 64 * 1024 * 1024
-
-
-def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **sections) -> Path:
-    """A config file in tmp_path, found through $STREAMER_CONFIG, whose checkpoint store is
-    tmp_path/checkpoint, with metrics off (no daemon to ask) unless `sections` say
-    otherwise; and none of the developer's STREAMER_* settings, nor their own config file."""
-    for name in [n for n in os.environ if n.startswith("STREAMER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # `main` drops it
-    settings = {
-        "checkpoint": {"path": str(tmp_path / "checkpoint"), "map_size": MAP_SIZE},
-        "metrics": {"enabled": False},
-        **sections,
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(settings))
-    monkeypatch.setenv("STREAMER_CONFIG", str(path))
-    return path
-
-
-def stored(checkpoint: Path, *records: StreamRecord) -> None:
-    """A checkpoint store at `checkpoint` holding `records`, each with its chunks (as
-    test_reconciling makes them: 100 bytes each), closed again for the command to open."""
-    store = CheckpointStore(str(checkpoint), MAP_SIZE)
-    try:
-        for record in records:
-            store.create_stream(record)
-            store.replace_stream(record, [chunk(i) for i in range(record.chunk_count)])
-    finally:
-        store.close()
-
-
-def stream(stream_id: str, state: StreamState = StreamState.COMPLETE, **changes) -> StreamRecord:
-    """A stream of its own file and inode, finished as `state` unless it is active."""
-    number = int.from_bytes(stream_id.encode(), "big") % 10_000
-    changes = {"stream_id": stream_id, "path": f"/in/{stream_id}.mp4", "inode": number, **changes}
-    if state is StreamState.ACTIVE:
-        changes = {"total_size": None, "sha256": None, "completed_at": None, **changes}
-    return finished(state, **changes)
-
-
-def streamer(*args: str, input: str | None = None) -> Result:
-    """The `streamer` command, run in this process; an error that is not an exit fails the
-    test rather than passing for exit status 1."""
-    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+from streamer.records import StreamState
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Completion: a stream the supervisor found idle is compared with its file, reconciled
-(chunks whose bytes changed after they went are sent again, as a new revision), and
-concluded with its metadata.json. In this process, on the directory-backed store
-(tests/uploaders.py)."""
+"""Completion (streamer/uploader/completion.py): a stream the supervisor found idle is
+compared with its file, reconciled (chunks whose bytes changed after they went are sent
+again, as a new revision), and concluded with its metadata.json. In this process, on the
+directory-backed store (tests/uploaders.py)."""
 
 from __future__ import annotations
 

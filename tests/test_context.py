@@ -1,10 +1,16 @@
-"""The one way an uploader retries a failed step (`UploaderContext.retry_later`, `fail`,
-`step_succeeded`): the failure is classified, the stream parked and the supervisor told why,
-for how long and since when (`StreamParked`: whether it heals by itself, whether it is a
-bug), told once when it goes through again (`StreamResumed`); its backoff grows to the cap;
-S3 and the checkpoint store are told unreachable or unwritable once, when that changes; a
-bug's traceback is logged once. In this process (tests/uploaders.py), on a job adopted by
-hand, the failures made up."""
+"""What each process's roles work with: its context.
+
+The uploader's (streamer/uploader/context.py) is the one way an uploader retries a failed
+step (`UploaderContext.retry_later`, `fail`, `step_succeeded`): the failure is classified,
+the stream parked and the supervisor told why, for how long and since when (`StreamParked`:
+whether it heals by itself, whether it is a bug), told once when it goes through again
+(`StreamResumed`); its backoff grows to the cap; S3 and the checkpoint store are told
+unreachable or unwritable once, when that changes; a bug's traceback is logged once. In
+this process (tests/uploaders.py), on a job adopted by hand, the failures made up.
+
+The supervisor's (streamer/supervisor/context.py) says once when the checkpoint store
+stops taking writes and once when it takes them again, and opens and closes the store
+around every fork (tests/supervisors.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import random
 
 import urllib3
 from dirstore import s3_error
+from sample_records import stream
 from uploaders import InProcess
 
 from streamer.checkpoint import CheckpointUnwritable
@@ -106,3 +113,35 @@ def test_a_bug_parks_the_stream_as_one_and_its_traceback_is_logged_once(uploader
     assert [event for event, _ in lines] == ["stream_failed", "step_failed_again"]
     assert "ValueError: no such box" in lines[0][1]["traceback"]
     assert "traceback" not in lines[1][1] and lines[1][1]["attempt"] == 2
+
+
+def events(caplog) -> list[tuple[str, dict]]:
+    return [(r.getMessage(), r.fields) for r in caplog.records if r.name.startswith("streamer")]
+
+
+def test_the_supervisor_says_once_when_the_store_stops_taking_writes_and_once_when_it_takes_them(
+    supervisor, caplog
+):
+    ctx = supervisor.ctx
+    caplog.set_level(logging.DEBUG, logger="streamer")
+    path = ctx.config.checkpoint.path
+    assert not ctx.checkpoint_state(True), "it was writable already"
+    assert ctx.checkpoint_state(False, "No space left on device")
+    assert not ctx.checkpoint_state(False, "No space left on device")
+    assert (ctx.checkpoint_writable, ctx.checkpoint_error) == (False, "No space left on device")
+    assert ctx.checkpoint_state(True)
+    assert ctx.checkpoint_writable
+    assert events(caplog) == [
+        ("checkpoint_unwritable", {"path": path, "error": "No space left on device"}),
+        ("checkpoint_writable", {"path": path}),
+    ]
+
+
+def test_the_supervisor_closes_the_store_for_a_fork_and_opens_the_same_one_again(supervisor):
+    ctx = supervisor.ctx
+    ctx.store.create_stream(stream("cam-1"))
+    ctx.close_store()
+    assert ctx.store is None
+    ctx.close_store()  # closed already: nothing to do
+    ctx.open_store()
+    assert [r.stream_id for r in ctx.store.streams()] == ["cam-1"]

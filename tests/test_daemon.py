@@ -2,14 +2,14 @@
 the next stream falls idle."""
 
 import pytest
-from test_bandwidth import FakeClock
+from clock import Clock
 
 from streamer.config import Config
 from streamer.supervisor.daemon import TICK, Supervisor
 
 
 def test_the_supervisor_wakes_when_a_stream_falls_idle_and_not_a_tick_later():
-    clock = FakeClock()
+    clock = Clock()
     supervisor = Supervisor(Config(), clock=clock)
     supervisor.discovery.next_idle_at = clock.now + 0.2
     assert supervisor.sleep_time() == pytest.approx(0.2)

@@ -1,6 +1,7 @@
-"""What the supervisor learns from the watched directory, on a real checkpoint store and
-real files, without processes: recordings discovered, grown, moved, lost and idle, by
-scans and by file events. The clock is the `now` each call is given."""
+"""What the supervisor learns from the watched directory (streamer/supervisor/discovery.py),
+on a real checkpoint store and real files, without processes: recordings discovered, grown,
+moved, lost and idle, by scans and by file events. The clock is the `now` each call is
+given."""
 
 from __future__ import annotations
 

@@ -50,6 +50,8 @@ def test_table_columns_line_up_whatever_their_width():
         "a            1 B  /x",
         "longer  10.0 MiB  /y z",
     ]
+    last = display.table(("NAME", "SIZE"), [("a", "1 B"), ("b", "10.0 MiB")], right={1})
+    assert last == ["NAME      SIZE", "a          1 B", "b     10.0 MiB"]
     assert display.bar(5, 10, width=10) == "[#####.....]"
     assert display.bar(0, 0, width=4) == "[####]"
 

@@ -4,20 +4,11 @@ taken."""
 
 import hashlib
 import threading
-from datetime import UTC, datetime
+
+from sample_records import chunk_record, fed
 
 from streamer.digests import CRC64NVME, of
-from streamer.records import ChunkRecord
 from streamer.uploader.file_sha256 import PrefixHash
-
-
-def fed(prefix: PrefixHash, index: int, offset: int, part: bytes) -> str:
-    """Feed chunk `index` as a sender thread does, in its turn; return its crc64nvme."""
-    whole = prefix.take_turn(index, offset)
-    whole.update(part)
-    crc = of(CRC64NVME, part).value
-    prefix.fed(index, len(part), crc)
-    return crc
 
 
 def test_the_prefix_hash_is_fed_in_turn_and_holds_for_the_digests_it_was_fed():
@@ -67,15 +58,3 @@ def test_a_turn_given_up_or_never_taken_breaks_the_prefix_hash_and_frees_who_wai
     gap = PrefixHash()
     fed(gap, 0, 0, b"a short tail")  # sent as the tail, then the file grew
     assert gap.take_turn(1, 100) is None and gap.broken  # not where the bytes fed end
-
-
-def chunk_record(offset: int, size: int, crc64nvme: str = "", **read) -> ChunkRecord:
-    return ChunkRecord(
-        index=offset // 200,
-        offset=offset,
-        size=size,
-        crc64nvme=crc64nvme,
-        etag="",
-        uploaded_at=datetime.now(UTC),
-        **read,
-    )

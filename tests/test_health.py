@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from test_common import configured, streamer
+from commands import configured, streamer
 
 from streamer.health import HEALTHY_WITHIN, beat, heartbeat_path, since_beat
 

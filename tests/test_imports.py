@@ -191,3 +191,52 @@ def test_no_two_classes_share_a_name_across_the_package():
             if isinstance(node, ast.ClassDef):
                 defined.setdefault(node.name, []).append(module)
     assert {name: where for name, where in defined.items() if len(where) > 1} == {}
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_every_module_has_its_test_file_which_names_it():
+    """tests/test_<module>.py, or tests/integration/test_<module>.py for what only a server
+    or a daemon can show; the file imports the module or names its path, which tells two
+    modules of one name apart."""
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        relative = path.relative_to(PACKAGE.parent)
+        dotted = ".".join(relative.with_suffix("").parts)
+        tested = [TESTS / f"test_{path.stem}.py", TESTS / "integration" / f"test_{path.stem}.py"]
+        if not any(t.exists() and names(t, dotted, str(relative)) for t in tested):
+            missing.append(str(relative))
+    assert missing == []
+
+
+def names(test: Path, dotted: str, path: str) -> bool:
+    """Does `test` import the module `dotted` (or a name of it), or name its `path`?"""
+    source = test.read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == dotted or any(
+                f"{node.module}.{alias.name}" == dotted for alias in node.names
+            ):
+                return True
+        elif isinstance(node, ast.Import) and any(a.name == dotted for a in node.names):
+            return True
+    return path in source
+
+
+def test_no_test_file_imports_another():
+    """What several test files use is a helper module of its own (conftest.py, commands.py,
+    sample_records.py, …): a test file is read alone."""
+    found = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module.split(".")[-1]]
+            elif isinstance(node, ast.Import):
+                names = [alias.name.split(".")[-1] for alias in node.names]
+            else:
+                continue
+            found += [f"{path.name}: {n}" for n in names if n.startswith("test_")]
+    assert found == []

@@ -1,6 +1,7 @@
-"""The ledger: chunks S3 confirmed, committed strictly in index order, however they come
-back; a chunk that failed parks its stream, and those after it wait for it. In this
-process, on the directory-backed store (tests/uploaders.py), the futures made by hand."""
+"""The ledger (streamer/uploader/ledger.py): chunks S3 confirmed, committed strictly in
+index order, however they come back; a chunk that failed parks its stream, and those after
+it wait for it. In this process, on the directory-backed store (tests/uploaders.py), the
+futures made by hand."""
 
 from __future__ import annotations
 

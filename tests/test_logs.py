@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
-from streamer.logs import JsonFormatter, TextFormatter
+from conftest import parse_logfmt
 
-PAIR = re.compile(r'([a-z0-9_.]+)=("(?:[^"\\]|\\.)*"|\S*)')
+from streamer.logs import JsonFormatter, TextFormatter
 
 
 def record(event: str, **fields) -> logging.LogRecord:
     line = logging.LogRecord("streamer.uploader.0", logging.WARNING, "", 0, event, None, None)
     line.fields = fields
     return line
-
-
-def parse_logfmt(line: str) -> dict:
-    pairs = PAIR.findall(line)
-    assert " ".join(f"{k}={v}" for k, v in pairs) == line, "nothing outside key=value pairs"
-    return {k: json.loads(v) if v.startswith('"') else v for k, v in pairs}
 
 
 def test_text_lines_are_logfmt_and_say_what_the_json_lines_say():

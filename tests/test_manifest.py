@@ -2,7 +2,7 @@
 one, through its bytes and back, what its JSON carries (docs/metadata.md), who took the
 stream's crc64nvme, its durations, one of an older schema, one that cannot be read, and
 the records a store behind S3 is brought up to. Which of two records wins is
-tests/test_reconciling.py's."""
+tests/test_policy.py's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import msgspec
 import pytest
-from test_reconciling import LAYOUT, NOW, chunk, finished
+from sample_records import LAYOUT, NOW, chunk, finished
 
 from streamer import manifest
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest
@@ -156,3 +156,26 @@ def test_a_store_brought_up_to_a_record_holds_its_chunks_in_order_and_its_mtime(
     assert abs(moved.mtime_ns - later.mtime_ns) < 1000, "another instant: S3's"
     gone, _ = manifest.to_records(built(mtime_ns=None), behind, "etag-3")
     assert gone.mtime_ns is None and gone.state is StreamState.COMPLETE
+
+
+def test_a_store_brought_up_to_s3_s_record_holds_what_it_says():
+    behind = finished(
+        StreamState.ACTIVE,
+        size=None,
+        sha256=None,
+        committed_bytes=100,
+        chunk_count=1,
+        completed_at=None,
+    )
+    assembled = Assembled(key="rec/host/cam-1/cam.mp4", size=300, etag="whole-2", method="compose")
+    ahead = finished(assembled=assembled, chunks_deleted_at=NOW, source_deleted_at=NOW)
+    chunks = [chunk(0), chunk(1), chunk(2, revision=1)]
+    record = manifest.build(ahead, chunks, LAYOUT)
+    brought, brought_chunks = manifest.to_records(record, behind, "etag-1")
+    assert brought_chunks == chunks
+    assert brought.state is StreamState.COMPLETE and brought.manifest_etag == "etag-1"
+    assert (brought.total_size, brought.committed_bytes, brought.chunk_count) == (300, 300, 3)
+    assert brought.assembled == assembled and brought.assembly is None
+    assert brought.chunks_deleted_at == NOW and brought.source_deleted_at == NOW
+    assert manifest.build(brought, brought_chunks, LAYOUT) == record
+    assert brought.mtime_ns is not None and abs(brought.mtime_ns - ahead.mtime_ns) < 1000

@@ -1,25 +1,37 @@
-import pytest
+"""The decisions as pure functions of state and time: what an uploader does next, when a
+stream is idle, settled or due for retirement, which uploader takes a stream, how long a
+failure waits, which record of a stream wins (S3's or this store's), and what an
+instance's claim says to a start."""
 
+import msgspec
+import pytest
+from sample_records import LAYOUT, NOW, chunk, finished
+
+from streamer import manifest
 from streamer.policy import (
+    ClaimVerdict,
     Complete,
+    OtherRecording,
     Pending,
     UploadChunk,
     Wait,
     backoff_delay,
     changed_at_by_mtime,
     choose_uploader,
+    claim_verdict,
     copies_ahead,
     is_idle,
     is_rejection,
     next_step,
     next_to_retire,
     old_enough,
+    reconciled_record,
     retirable,
     settled,
     space_to_free,
     upload_to_finish,
 )
-from streamer.records import AssemblyUpload, StreamState
+from streamer.records import AssemblyUpload, StreamRecord, StreamState
 
 CS = 100
 
@@ -183,3 +195,74 @@ def test_a_failing_stream_is_parked_until_due_and_stuck_after_a_while_or_at_once
     assert stream_condition(40.0, 99.0, False, now=100.0, stuck_after=60.0) == "stuck"
     assert stream_condition(40.0, 105.0, False, now=100.0, stuck_after=60.0) == "stuck"
     assert stream_condition(99.0, 130.0, True, now=100.0, stuck_after=60.0) == "stuck"
+
+
+# Which record of a stream wins, S3's or this store's, and what a claim says to a start.
+
+
+def record_of(record: StreamRecord) -> manifest.Manifest:
+    count = (record.total_size or 0) // 100
+    return manifest.build(record, [chunk(i) for i in range(count)], LAYOUT)
+
+
+COMPLETE = record_of(finished())
+PARTIAL = record_of(finished(StreamState.PARTIAL, size=100, sha256=None))
+
+
+def test_a_record_further_along_in_s3_is_never_replaced_by_a_lesser_one():
+    assert reconciled_record(PARTIAL, COMPLETE) == COMPLETE
+    cancelled = record_of(finished(StreamState.CANCELLED, size=200, sha256=None))
+    assert reconciled_record(cancelled, COMPLETE) == COMPLETE
+    assert reconciled_record(PARTIAL, cancelled) == cancelled, "more bytes over fewer"
+
+
+def test_a_record_further_along_in_this_store_goes_over_s3_s():
+    assert reconciled_record(COMPLETE, PARTIAL) == COMPLETE
+
+
+def test_what_either_learned_after_the_end_is_kept_whichever_wins():
+    deleted = record_of(finished(source_deleted_at=NOW))
+    pruned = record_of(finished(chunks_deleted_at=NOW))
+    merged = reconciled_record(pruned, deleted)
+    assert merged.source.deleted_at == NOW and merged.chunks_deleted_at == NOW
+    assert reconciled_record(PARTIAL, deleted) == deleted
+
+
+def test_another_recording_is_never_written_over():
+    other = record_of(finished(sha256="cd" * 32))
+    with pytest.raises(OtherRecording, match="another recording"):
+        reconciled_record(COMPLETE, other)
+    with pytest.raises(OtherRecording):
+        reconciled_record(COMPLETE, msgspec.structs.replace(COMPLETE, stream_id="cam-2"))
+
+
+def test_without_the_file_s_sha256_another_recording_is_told_by_its_crc64nvme():
+    ours = msgspec.structs.replace(COMPLETE, sha256=None, crc64nvme="1" * 16)
+    theirs = msgspec.structs.replace(ours, crc64nvme="2" * 16)
+    with pytest.raises(OtherRecording, match="crc64nvme:2222"):
+        reconciled_record(ours, theirs)
+    with pytest.raises(OtherRecording):
+        reconciled_record(msgspec.structs.replace(ours, sha256="ab" * 32), theirs)
+    assert reconciled_record(ours, msgspec.structs.replace(ours, source=COMPLETE.source)) == ours
+    # A partial record holds fewer bytes: its CRC is not the whole's.
+    partial = msgspec.structs.replace(PARTIAL, crc64nvme="3" * 16)
+    assert reconciled_record(partial, ours) == ours
+    assert reconciled_record(ours, msgspec.structs.replace(ours, total_size=200)) == ours
+
+
+@pytest.mark.parametrize(
+    ("store", "start", "own", "confirmed", "expected"),
+    [
+        (None, None, ["s2"], False, ClaimVerdict.MOVE_ON),  # unclaimed
+        ("other", "x", ["s2"], True, ClaimVerdict.TAKEN),
+        ("mine", "s2", ["s1", "s2"], True, ClaimVerdict.HELD),  # a sibling moved it on
+        ("mine", "s1", ["s1", "s2"], True, ClaimVerdict.MOVE_ON),
+        ("mine", "s0", ["s1", "s2"], True, ClaimVerdict.BEHIND),  # moved on by a copy
+        ("mine", "s0", ["s1", "s2"], False, ClaimVerdict.BEHIND),
+        # A claim from before starts were named: this store's until it names one.
+        ("mine", None, ["s1", "s2"], False, ClaimVerdict.MOVE_ON),
+        ("mine", None, ["s2"], True, ClaimVerdict.BEHIND),
+    ],
+)
+def test_the_claim_tells_a_start_what_to_do(store, start, own, confirmed, expected):
+    assert claim_verdict(store, start, "mine", "s2", own, confirmed) is expected

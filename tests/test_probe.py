@@ -1,91 +1,26 @@
 """Asking the running daemon how it is (streamer/cli/probe.py): /healthz, /readyz and
 /metrics as a tiny local HTTP server in a thread answers them (canned answers, the daemon's
-and others'), a port where nothing listens, one that never answers, and, with metrics off,
-the heartbeat file."""
+and others'; tests/commands.py), a port where nothing listens, one that never answers, and,
+with metrics off, the heartbeat file."""
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import json
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-from test_common import stream
+from commands import CHECKS, PARKED, answering, nothing_listening, stream
 
 from streamer.cli import probe
 from streamer.config import CheckpointConfig, Config, MetricsConfig
 from streamer.records import StreamState
 
 
-class Canned(http.server.BaseHTTPRequestHandler):
-    """Answers GET with the server's `answers[path]`: (status, body), or a list of them
-    given one after another (the last one again once they run out); 404 otherwise."""
-
-    def do_GET(self) -> None:
-        answer = self.server.answers.get(self.path, (404, b"not here"))
-        if isinstance(answer, list):
-            answer = answer.pop(0) if len(answer) > 1 else answer[0]
-        status, body = answer
-        body = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def answering(answers: dict) -> Iterator[int]:
-    """A server on loopback giving the canned `answers`; its port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Canned)
-    server.answers = answers
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-@contextlib.contextmanager
-def nothing_listening() -> Iterator[int]:
-    """A port of ours where nothing listens: a connection to it is refused at once, and no
-    other program can take it meanwhile."""
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        yield held.getsockname()[1]
-
-
 def metrics_at(port: int, checkpoint: str = "/nonexistent") -> Config:
     return Config(metrics=MetricsConfig(port=port), checkpoint=CheckpointConfig(path=checkpoint))
 
 
-# What the daemon answers, as streamer/metrics.py and supervisor/readiness.py make it.
-PARKED = {
-    "stream_id": "cam-1",
-    "path": "/in/cam-1.mp4",
-    "reason": "S3 away",
-    "heals": True,
-    "failing_for": 12.0,
-    "due_in": 30.0,
-}
-CHECKS = {
-    "s3": {"ok": False, "error": "timeout"},
-    "bucket": {"ok": True, "error": ""},
-    "checkpoint": {"ok": True, "error": ""},
-    "uploaders": {"ok": True, "alive": 2, "expected": 2},
-    "running": {"ok": True},
-    "streams": {"ok": True, "parked": [PARKED], "stuck": []},
-}
 METRICS = b"""# HELP streamer_bytes_uploaded_total Bytes uploaded
 # TYPE streamer_bytes_uploaded_total counter
 streamer_bytes_uploaded_total 1000.0

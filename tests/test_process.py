@@ -1,6 +1,7 @@
-"""An uploader's own loop, stepped by hand in this process on the directory-backed store
-(tests/uploaders.py): a stream assigned, its chunks sent and committed in order as its
-file grows, finished at the supervisor's word, its metadata.json written."""
+"""An uploader's own loop (streamer/uploader/process.py), stepped by hand in this process on
+the directory-backed store (tests/uploaders.py): a stream assigned, its chunks sent and
+committed in order as its file grows, finished at the supervisor's word, its metadata.json
+written."""
 
 from __future__ import annotations
 

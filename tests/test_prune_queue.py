@@ -1,6 +1,7 @@
-"""The finished streams whose chunk objects are to go (stream.keep_chunks off), on a real
-checkpoint store, without processes: which are due, one asked for at a time, again a
-minute after a failure, never the stream retention is deleting the file of."""
+"""The finished streams whose chunk objects are to go (stream.keep_chunks off;
+streamer/supervisor/prune_queue.py), on a real checkpoint store, without processes: which
+are due, one asked for at a time, again a minute after a failure, never the stream retention
+is deleting the file of."""
 
 from __future__ import annotations
 

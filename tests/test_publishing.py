@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 from dirstore import DirectoryStore
-from test_reconciling import chunk, finished
+from sample_records import chunks, finished
 
 from streamer import manifest
 from streamer.policy import OtherRecording
@@ -24,10 +24,6 @@ def s3(tmp_path):
 
 def in_s3(s3: DirectoryStore, stream_id: str = "cam-1") -> manifest.Manifest:
     return manifest.decode(s3.get(s3.layout.manifest_key(stream_id)))
-
-
-def chunks(count: int) -> list:
-    return [chunk(i) for i in range(count)]
 
 
 def test_a_record_is_written_and_then_written_over_what_this_store_saw(s3):

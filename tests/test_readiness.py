@@ -4,9 +4,9 @@ with two uploaders without processes and the clock set by the test."""
 from __future__ import annotations
 
 import pytest
+from clock import Clock
 from prometheus_client import REGISTRY
 from supervisors import recording
-from test_bandwidth import FakeClock
 
 from streamer.messages import StreamParked
 from streamer.supervisor.readiness import Readiness
@@ -16,7 +16,7 @@ from streamer.supervisor.workers import WorkerState
 
 @pytest.fixture
 def clock(supervisor):
-    supervisor.ctx.clock = FakeClock()  # at 1000.0
+    supervisor.ctx.clock = Clock()  # at 1000.0
     return supervisor.ctx.clock
 
 

@@ -11,7 +11,7 @@ import os
 import msgspec
 import pytest
 from awscrt.checksums import crc64nvme
-from test_reconciling import NOW, chunk, finished
+from sample_records import NOW, chunk, finished
 
 from streamer.digests import CRC32C, CRC64NVME, SHA256, Digest
 from streamer.records import (

@@ -1,8 +1,8 @@
-"""Retention's deletions as the supervisor asks for them (`Retire`): a finished stream's
-local file is deleted only once every byte of it is proven in S3, the checkpoint and
-metadata.json say so, and the supervisor is always answered (`Retired`), deleted or kept,
-and whether asking again could change that. In this process, on the directory-backed store
-(tests/uploaders.py)."""
+"""Retention's deletions as the supervisor asks for them (`Retire`;
+streamer/uploader/retiring.py): a finished stream's local file is deleted only once every
+byte of it is proven in S3, the checkpoint and metadata.json say so, and the supervisor is
+always answered (`Retired`), deleted or kept, and whether asking again could change that. In
+this process, on the directory-backed store (tests/uploaders.py)."""
 
 from __future__ import annotations
 

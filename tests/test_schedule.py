@@ -1,6 +1,6 @@
-"""Turn-taking in an uploader: its streams share one window of chunks on the wire, take
-turns, and a parked stream waits out its backoff while the others go on. In this process,
-on the directory-backed store (tests/uploaders.py)."""
+"""Turn-taking in an uploader (streamer/uploader/schedule.py): its streams share one window
+of chunks on the wire, take turns, and a parked stream waits out its backoff while the
+others go on. In this process, on the directory-backed store (tests/uploaders.py)."""
 
 from __future__ import annotations
 

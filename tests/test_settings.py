@@ -9,7 +9,7 @@ import json
 import os
 
 import pytest
-from test_common import configured, streamer
+from commands import configured, streamer
 
 from streamer import config
 

@@ -10,8 +10,7 @@ import json
 import time
 
 import pytest
-from test_common import configured, stored, stream, streamer
-from test_probe import CHECKS, answering, nothing_listening
+from commands import CHECKS, answering, configured, nothing_listening, stored, stream, streamer
 
 from streamer.records import StreamState
 

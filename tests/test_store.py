@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_common import MAP_SIZE, configured, stored, stream, streamer
-from test_probe import nothing_listening
+from commands import MAP_SIZE, configured, nothing_listening, stored, stream, streamer
 
 from streamer import checkpoint
 from streamer.checkpoint import CheckpointStore, lock_store

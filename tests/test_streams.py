@@ -12,8 +12,8 @@ import json
 import click
 import msgspec
 import pytest
-from test_common import MAP_SIZE, configured, stored, stream, streamer
-from test_reconciling import NOW
+from commands import MAP_SIZE, configured, stored, stream, streamer
+from sample_records import NOW
 
 from streamer.checkpoint import CheckpointStore
 from streamer.cli import probe

@@ -4,7 +4,7 @@ chunks' bytes still hold and the file's sha256 is known, or not wanted."""
 import hashlib
 
 import msgspec
-from test_file_sha256 import chunk_record, fed
+from sample_records import chunk_record, fed
 
 from streamer.digests import CRC64NVME, of
 from streamer.messages import Finish

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from clock import Clock
 from dirstore import DirectoryStore
 
 from streamer.checkpoint import CheckpointStore
@@ -24,19 +25,6 @@ from streamer.uploader.process import Uploader
 
 INSTANCE = "test-host"
 TICK = 0.02  # seconds of real time the loop may wait at a time
-
-
-class Clock:
-    """The loop's time, moved by the test; it starts at 1000 (any time will do)."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class InProcess:

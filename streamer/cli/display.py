@@ -74,12 +74,12 @@ def value(v) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
     """Aligned columns; `right` holds the positions of right-aligned (numeric) columns. The
-    last column is not padded."""
+    last column is padded only if it is one of them."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         padded = [
-            c if i == len(cells) - 1 else (c.rjust(w) if i in right else c.ljust(w))
+            c.rjust(w) if i in right else (c if i == len(cells) - 1 else c.ljust(w))
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ]
         return "  ".join(padded).rstrip()

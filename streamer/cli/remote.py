@@ -47,7 +47,10 @@ class Moment(click.ParamType):
             return value
         text = value.strip()
         if span := SPAN.match(text):
-            return datetime.now(UTC) - timedelta(seconds=int(span[1]) * SPAN_SECONDS[span[2]])
+            try:
+                return datetime.now(UTC) - timedelta(seconds=int(span[1]) * SPAN_SECONDS[span[2]])
+            except OverflowError:
+                self.fail(f"{value!r} reaches back before the year 1", param, ctx)
         try:
             at = datetime.fromisoformat(text)
         except ValueError:

@@ -1,6 +1,7 @@
-"""`streamer doctor` against a real MinIO, a real checkpoint store and real mounts: every
-check passes on a good setup, and each broken part gives its ✗, a hint and exit 1; and
-what `run` checks too, `run` says in the same words, with the same hint."""
+"""`streamer doctor` (streamer/cli/doctor.py) against a real MinIO, a real checkpoint store
+and real mounts: every check passes on a good setup, and each broken part gives its ✗, a
+hint and exit 1; and what `run` checks too, `run` says in the same words, with the same
+hint."""
 
 from __future__ import annotations
 

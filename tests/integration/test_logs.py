@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import wait_until
+from conftest import parse_logfmt, wait_until
 from harness import cli
-from test_logs import parse_logfmt
 
 KiB = 1024
 

@@ -1,4 +1,5 @@
-"""The metrics endpoint, scraped while streams upload: the values move as they should."""
+"""The metrics endpoint (streamer/metrics.py), scraped while streams upload: the values move
+as they should."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""stream.keep_chunks off: a finished stream's chunk objects go once its assembled
-object is proven; verify, retention and restore then work from that object."""
+"""stream.keep_chunks off (streamer/uploader/pruning.py): a finished stream's chunk objects
+go once its assembled object is proven; verify, retention and restore then work from that
+object."""
 
 from __future__ import annotations
 

@@ -243,7 +243,7 @@ def test_a_key_that_holds_nothing(store, tmp_path):
     try:
         for read in (
             lambda: store.get("rec/none"),
-            lambda: store.fetch_into("rec/none", fd, 0, None),
+            lambda: store.fetch_into("rec/none", fd, 0, 10, None),
             lambda: store.digest_of("rec/none", SHA256),
         ):
             with pytest.raises(S3Error) as missing:
@@ -291,15 +291,29 @@ def test_fetch_into_writes_the_bytes_at_an_offset_with_their_digest(store, tmp_p
     path.write_bytes(b"head")
     fd = os.open(path, os.O_RDWR)
     try:
-        got = store.fetch_into("rec/piece", fd, 4, None, block=1000)
+        got = store.fetch_into("rec/piece", fd, 4, len(data), None, block=1000)
         assert (got.size, got.digest, got.stored) == (len(data), digest, digest)
-        got = store.fetch_into(chunk, fd, 4 + len(data), CRC64NVME)
+        got = store.fetch_into(chunk, fd, 4 + len(data), len(data), CRC64NVME)
         assert (got.digest, got.stored) == (of(CRC64NVME, data), checked)
-        got = store.fetch_into(chunk, fd, 4 + len(data), None)
+        got = store.fetch_into(chunk, fd, 4 + len(data), len(data), None)
         assert got.digest == got.stored == checked, "hashed as it was stored"
     finally:
         os.close(fd)
     assert path.read_bytes() == b"head" + data + data
+
+
+def test_fetch_into_writes_no_byte_past_its_size_and_says_how_long_the_object_is(store, tmp_path):
+    data = b"a longer object than its place" * 100
+    store.put("rec/long", InMemory(data), of(SHA256, data), JSON)
+    path = tmp_path / "restored"
+    path.write_bytes(b"x" * 40)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        got = store.fetch_into("rec/long", fd, 10, 20, None, block=7)
+    finally:
+        os.close(fd)
+    assert (got.size, got.digest) == (len(data), of(SHA256, data))
+    assert path.read_bytes() == b"x" * 10 + data[:20] + b"x" * 10
 
 
 def test_digest_of_reads_the_object_pinned_to_its_etag(store):
