@@ -82,14 +82,20 @@ class Doctor:
         path = self.config.watch.directory
         try:
             preflight.watch_directory(path)
+            entries = len(os.listdir(path))
         except Unmet as exc:
             self.unmet("watch directory", exc)
-        else:
-            self.passed("watch directory", f"{path}: readable, {len(os.listdir(path))} entries")
+            self.skipped(["retention sees writers"], "no watch directory")
+            return
+        except OSError as exc:
+            self.failed("watch directory", f"{path}: {describe(exc)}", "see its permissions")
+            self.skipped(["retention sees writers"], "the watch directory cannot be listed")
+            return
+        self.passed("watch directory", f"{path}: readable, {entries} entries")
         self.retention_sight(path)
 
     def retention_sight(self, path: str) -> None:
-        blind = lease_blindness(path) if os.path.isdir(path) else "no watch directory"
+        blind = lease_blindness(path)
         retention = self.config.retention.enabled
         if blind is None:
             self.passed("retention sees writers", "a file open for writing is never deleted")
@@ -170,9 +176,11 @@ class Doctor:
         if isinstance(exc, S3Error):
             self.passed("S3 reachable", self.config.s3.endpoint)
             self.failed("S3 credentials", describe(exc), rejected_hint())
-        elif isinstance(exc, NoCredentials):
-            self.passed("S3 reachable", self.config.s3.endpoint)
+            self.skipped(["bucket"], "S3 refused the credentials")
+        elif isinstance(exc, NoCredentials):  # found out before any request was sent
+            self.skipped(["S3 reachable"], "no credentials to sign a request with")
             self.failed("S3 credentials", str(exc), rejected_hint())
+            self.skipped(["bucket"], "no credentials")
         else:
             self.failed("S3 reachable", describe(exc), preflight.S3_HINT)
             self.skipped(["S3 credentials", "bucket"], "S3 unreachable")

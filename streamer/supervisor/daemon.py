@@ -197,7 +197,8 @@ class Supervisor:
         """Is the one-shot run over (every stream ended, and no deletion due: retention and
         pruning did theirs, as the daemon would), or its time up? Then stop."""
         run = self.one_shot
-        run.follow({t.file.path: t.stream_id for t in self.table.all()}, os.path.lexists)
+        tracked = {t.file.path: t.stream_id for t in self.table.all()}
+        run.follow(tracked, self.discovery.missed, os.path.lexists)
         timed_out = now >= self.one_shot_deadline
         if not run.done and not timed_out:
             return False
@@ -365,7 +366,7 @@ class Supervisor:
             case Pruned():
                 self.pruning.pruned(message, now)
                 if self.one_shot is not None:
-                    self.one_shot.pruned(message.stream_id, message.deleted)
+                    self.one_shot.pruned(message)
 
     # Signals
 

@@ -5,10 +5,10 @@ the daemon stops; its exit status says whether all finished and every deletion w
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
-from streamer.messages import Retired
+from streamer.messages import Pruned, Retired
 
 
 @dataclass
@@ -30,13 +30,16 @@ class OneShotRun:
     def of(cls, stream_ids: Iterable[str], missed=(), lost=()) -> OneShotRun:
         return cls(pending=set(stream_ids), missed=set(missed), lost=set(lost))
 
-    def follow(self, tracked: Mapping[str, str], exists: Callable[[str], bool]) -> None:
+    def follow(
+        self, tracked: Mapping[str, str], failing: Set[str], exists: Callable[[str], bool]
+    ) -> None:
         """Every stream the daemon tracks (by path) is of the run: a missed file taken up
-        since, or a recording written over one of the run's. A missed path no longer
-        there has nothing left to finish."""
+        since, or a recording written over one of the run's. A missed path is missed only
+        while discovery's look at it fails (`failing`) and it is there: one looked at
+        since and not taken up (a recording finished before) has nothing to finish."""
         self.pending.update(s for s in tracked.values() if s not in self.ended)
         for path in list(self.missed):
-            if path in tracked or not exists(path):
+            if path in tracked or path not in failing or not exists(path):
                 self.missed.discard(path)
 
     def concluded(self, stream_id: str, status: str) -> None:
@@ -56,13 +59,17 @@ class OneShotRun:
         else:
             self.left.pop(path, None)
 
-    def pruned(self, stream_id: str, deleted: bool) -> None:
-        what = f"chunks of {stream_id}"
-        if deleted:
-            self.chunks_pruned.add(stream_id)
+    def pruned(self, answer: Pruned) -> None:
+        """Pruning's answer for a stream: chunks kept for good say why in its record
+        (chunks_kept); a failure asked again later is not pruned yet."""
+        what = f"chunks of {answer.stream_id}"
+        if answer.deleted:
+            self.chunks_pruned.add(answer.stream_id)
             self.left.pop(what, None)
-        else:
+        elif answer.final:
             self.left[what] = "kept, chunks_kept says why"
+        else:
+            self.left[what] = "not pruned yet"
 
     def stopping(self, files: list[str], streams: list[str]) -> None:
         """The deletions still due as the run stops (retention's files, pruning's

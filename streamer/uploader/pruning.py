@@ -79,11 +79,12 @@ class Pruner:
         ]
         ours += superseded_keys(s3, record.stream_id, chunks)
         left_because = "not written by this store, or changed since"
-        for done, (key, etag) in enumerate(ours):
+        deleted = 0
+        for key, etag in ours:
             try:
-                s3.remove_if(key, etag)
+                deleted += s3.remove_if(key, etag)
             except Exception as exc:
-                if done == 0 or classify(exc) != "rejected":
+                if deleted == 0 or classify(exc) != "rejected":
                     raise  # asked again (the deletes done are not done twice), or kept
                 left_because = f"S3 refused the rest of the deletes: {describe(exc)}"
                 break

@@ -213,6 +213,7 @@ def test_wrong_credentials_a_missing_bucket_and_another_store_s_instance_each_fa
     assert "not-the-secret-at-all" not in wrong.stdout + wrong.stderr
     assert SECRET_KEY not in wrong.stdout + wrong.stderr
     assert "- scratch object" in wrong.stdout, "what cannot be tried says so"
+    assert "- bucket" in wrong.stdout, "every check has its line"
 
     assert f"hint: {REJECTED_HINT}" in wrong.stdout, "the hint `run` gives its s3_rejected"
 

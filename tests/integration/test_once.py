@@ -19,8 +19,6 @@ from recordings import GrowingFile, record
 
 from integration.daemons import assert_exact
 from integration.servers import MinioUser, manifest_of, object_bytes
-from streamer.messages import Retired
-from streamer.supervisor.once import OneShotRun
 
 pytestmark = pytest.mark.integration
 
@@ -126,32 +124,6 @@ def test_one_daemon_per_checkpoint_store(make_daemon):
     assert "(checkpoint.path, STREAMER_CHECKPOINT_PATH)" in failed["error"]
     first.stop()
     assert second.start().stop() == 0, "free again once the first has stopped"
-
-
-def test_a_batch_is_done_when_each_stream_found_at_start_has_ended():
-    batch = OneShotRun.of(["a", "b"])
-    batch.concluded("a", "complete")
-    batch.concluded("z", "complete")  # not of the batch
-    assert not batch.done and batch.summary()["unfinished"] == ["b"]
-    batch.concluded("b", "partial")
-    assert batch.done and batch.all_finished
-    assert batch.describe() == "2 of 2 streams finished (1 complete, 1 partial)"
-    assert OneShotRun.of([]).done and OneShotRun.of([]).describe() == "0 of 0 streams finished"
-
-
-def test_a_batch_follows_missed_files_taken_up_and_recordings_written_over_its_own():
-    batch = OneShotRun.of(["a"], missed={"/in/m.mp4", "/in/gone.mp4"}, lost={"x"})
-    batch.follow({"/in/a.mp4": "a"}, exists=lambda path: path != "/in/gone.mp4")
-    assert batch.missed == {"/in/m.mp4"} and not batch.done
-    batch.follow({"/in/a.mp4": "a", "/in/m.mp4": "m"}, exists=lambda path: True)
-    assert batch.pending == {"a", "m"} and not batch.missed
-    batch.concluded("a", "partial")  # written over: its successor joins
-    batch.follow({"/in/m.mp4": "m", "/in/a.mp4": "a2"}, exists=lambda path: True)
-    batch.concluded("m", "complete")
-    batch.concluded("a2", "complete")
-    assert batch.done and not batch.all_finished, "an unreadable record is not finished"
-    assert batch.summary()["unfinished"] == ["x"]
-    assert batch.describe() == "3 of 4 streams finished (2 complete, 1 partial); not finished: x"
 
 
 def test_the_cron_recipe_beside_a_daemon_prunes_the_chunks_deletes_the_files_and_exits_0(
@@ -278,34 +250,3 @@ def test_once_exits_1_naming_the_chunks_s3_would_not_let_it_delete(
     )
     left = daemon.find("batch_finished")[0]["left"]
     assert left == {f"chunks of {stream_id}": "kept, chunks_kept says why"}
-
-
-def test_a_batch_counts_its_deletions_and_names_what_is_left():
-    batch = OneShotRun.of(["a"])
-    batch.concluded("a", "complete")
-    batch.pruned("a", deleted=False)
-    kept = Retired(stream_id="a", deleted=False, kept_because="not proven in S3")
-    batch.retired("/in/a.mp4", kept, exists=lambda path: True)
-    young = Retired(stream_id="y", deleted=False, kept_because="no lease", retry_in=300.0)
-    batch.retired("/in/young.mp4", young, exists=lambda path: True)
-    gone = Retired(stream_id="g", deleted=False, final=True, kept_because="the file is gone")
-    batch.retired("/in/gone.mp4", gone, exists=lambda path: False)
-    assert batch.summary()["left"] == {
-        "/in/a.mp4": "kept: not proven in S3",
-        "chunks of a": "kept, chunks_kept says why",
-    }
-    # Asked again later in a long run, and done.
-    batch.pruned("a", deleted=True)
-    batch.retired("/in/a.mp4", Retired(stream_id="a", deleted=True), exists=lambda path: False)
-    batch.stopping([], [])
-    assert batch.succeeded and batch.summary()["left"] == {}
-    assert batch.describe() == (
-        "1 of 1 streams finished (1 complete); 1 files deleted; chunks of 1 streams pruned"
-    )
-
-    stopped = OneShotRun.of([])
-    stopped.stopping(["/in/x.mp4"], ["s"])
-    stopped.stopping([], [])  # as its uploaders wind down: the first stop counts
-    assert not stopped.succeeded and stopped.describe() == (
-        "0 of 0 streams finished; left: /in/x.mp4 (not deleted yet), chunks of s (not pruned yet)"
-    )
