@@ -1,8 +1,8 @@
 """The admin commands run in this process (`streamer`, through click's CliRunner), on a
-config file in the test's folder (`configured`) and a real
-checkpoint store there (`stored`, holding streams made by `stream`); and a stand-in for
-the daemon's HTTP endpoint (`answering` its canned answers, such as `CHECKS`), or a port
-where nothing listens (`nothing_listening`)."""
+config file in the test's folder (`configured`) and a real checkpoint store there (`stored`,
+holding streams made by `stream`); and a stand-in for the daemon's HTTP endpoint
+(`answering` its canned answers, such as `CHECKS`), or a port where nothing listens
+(`nothing_listening`); the checks `streamer doctor` lists."""
 
 from __future__ import annotations
 
@@ -133,3 +133,18 @@ CHECKS = {
     "running": {"ok": True},
     "streams": {"ok": True, "parked": [PARKED], "stuck": []},
 }
+
+
+# The checks `streamer doctor` makes, in the order it lists them.
+DOCTOR_CHECKS = [
+    "watch directory",
+    "retention sees writers",
+    "checkpoint store",
+    "S3 reachable",
+    "S3 credentials",
+    "bucket",
+    "scratch object",
+    "conditional writes",
+    "multipart copy",
+    "instance name",
+]

@@ -14,7 +14,15 @@ import json
 import os
 
 import pytest
-from commands import MAP_SIZE, configured, nothing_listening, stored, stream, streamer
+from commands import (
+    DOCTOR_CHECKS,
+    MAP_SIZE,
+    configured,
+    nothing_listening,
+    stored,
+    stream,
+    streamer,
+)
 from dirstore import DirectoryStore, s3_error
 
 from streamer import chunkstore, naming, preflight
@@ -24,18 +32,6 @@ from streamer.preflight import Unmet
 
 doctor_command = importlib.import_module("streamer.cli.doctor")  # not the command itself
 
-NAMES = [
-    "watch directory",
-    "retention sees writers",
-    "checkpoint store",
-    "S3 reachable",
-    "S3 credentials",
-    "bucket",
-    "scratch object",
-    "conditional writes",
-    "multipart copy",
-    "instance name",
-]
 MARKS = {True: "✓", False: "✗", None: "-"}
 
 
@@ -77,7 +73,7 @@ def test_a_good_local_setup_with_s3_away_passes_the_local_checks_and_fails_at_s3
     assert result.exit_code == 1, result.stdout + result.stderr
     said = json.loads(result.stdout)
     assert said["ok"] is False
-    assert [c["name"] for c in said["checks"]] == NAMES
+    assert [c["name"] for c in said["checks"]] == DOCTOR_CHECKS
     assert all(set(c) == {"name", "ok", "detail", "hint"} for c in said["checks"])
     [watched, retention, store, reachable, *rest] = said["checks"]
     assert watched["ok"] is True and watched["detail"] == f"{watch}: readable, 2 entries"
@@ -162,7 +158,7 @@ def test_a_watch_directory_that_cannot_be_listed_fails_with_its_error_not_a_trac
     assert said["watch directory"]["detail"].startswith(f"{watch}: ")
     assert "Permission denied" in said["watch directory"]["detail"]
     assert said["retention sees writers"]["ok"] is None
-    assert list(said) == NAMES
+    assert list(said) == DOCTOR_CHECKS
 
 
 @pytest.mark.parametrize("where", ["a file", "below a file"])
@@ -261,7 +257,7 @@ def test_no_credentials_to_be_had_fails_with_the_hint_run_gives_a_refusal(
     # No request was sent: whether S3 answers is not known, and no bucket was asked for.
     assert said["S3 reachable"]["ok"] is None and said["bucket"]["ok"] is None
     assert said["scratch object"]["ok"] is None and said["instance name"]["ok"] is None
-    assert list(said) == NAMES
+    assert list(said) == DOCTOR_CHECKS
 
 
 def test_an_invalid_configuration_exits_2_before_any_check(tmp_path, monkeypatch, s3_away):
@@ -297,7 +293,7 @@ def test_every_check_passing_exits_0_and_leaves_no_scratch_object(tmp_path, monk
     said = json.loads(result.stdout)
     assert result.exit_code == 0, result.stdout
     assert said["ok"] is True
-    assert [c["name"] for c in said["checks"] if c["ok"] is True] == NAMES
+    assert [c["name"] for c in said["checks"] if c["ok"] is True] == DOCTOR_CHECKS
     assert checks(result)["bucket"]["detail"] == "cams: created"
     left = [p for p in (tmp_path / "s3" / "cams").rglob("*") if p.is_file()]
     assert left == [], "scratch objects are deleted"

@@ -275,7 +275,7 @@ def test_the_summary_counts_the_streams_and_deletions_and_names_what_is_unfinish
     run.retired("/in/k.mp4", kept("not proven in S3"), there)
     summary = run.summary()
     assert summary == {
-        "streams": len(pending) + len(lost) + len(endings),
+        "streams": len(pending) + len(lost) + len(endings) + len(missed),
         "finished": len(endings),
         "by_status": {"complete": 2, "partial": 1},
         # Streams first, then the paths not taken up, which would sort before them.
@@ -299,7 +299,7 @@ def test_describe_says_in_one_line_what_finished_what_did_not_and_what_was_delet
     run.pruned(Pruned(stream_id="b", deleted=False, final=True))
     run.stopping(["/in/b.mp4"], [])
     assert run.describe() == (
-        "2 of 3 streams finished (1 complete, 1 partial); not finished: c, /in/m.mp4"
+        "2 of 4 streams finished (1 complete, 1 partial); not finished: c, /in/m.mp4"
         "; 1 files deleted; chunks of 1 streams pruned"
         "; left: /in/b.mp4 (not deleted yet), chunks of b (kept, chunks_kept says why)"
     )
@@ -392,3 +392,19 @@ def test_chunks_kept_for_now_are_not_pruned_yet_and_kept_for_good_say_where_why_
     assert run.left == {"chunks of a": "not pruned yet"}
     run.pruned(Pruned(stream_id="a", deleted=False, final=True))
     assert run.left == {"chunks of a": "kept, chunks_kept says why"}
+
+
+def test_a_run_stopped_with_deletions_due_says_so_though_they_were_done_since():
+    run = OneShotRun.of(["a"])
+    run.concluded("a", "complete")
+    run.stopping(["/in/a.mp4"], [])  # timed out, say
+    run.retired("/in/a.mp4", DELETED, gone)  # as its uploaders wound down
+    assert not run.succeeded and run.left == {}
+    assert run.describe() == (
+        "1 of 1 streams finished (1 complete); 1 files deleted; stopped with deletions still due"
+    )
+
+
+def test_a_path_passed_over_counts_among_the_streams_it_did_not_finish():
+    run = OneShotRun.of([], missed={"/in/m.mp4"})
+    assert run.describe() == "0 of 1 streams finished; not finished: /in/m.mp4"

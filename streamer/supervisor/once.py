@@ -99,7 +99,7 @@ class OneShotRun:
     def summary(self) -> dict:
         unfinished = sorted(self.pending | self.lost) + sorted(self.missed)
         return {
-            "streams": len(self.pending) + len(self.lost) + len(self.ended),
+            "streams": len(self.pending) + len(self.lost) + len(self.ended) + len(self.missed),
             "finished": len(self.ended),
             "by_status": dict(sorted(Counter(self.ended.values()).items())),
             "unfinished": unfinished,
@@ -123,4 +123,6 @@ class OneShotRun:
             line += f"; chunks of {s['chunks_pruned']} streams pruned"
         if s["left"]:
             line += "; left: " + ", ".join(f"{what} ({why})" for what, why in s["left"].items())
+        elif self.deletions_done is False:  # done since, as its uploaders wound down
+            line += "; stopped with deletions still due"
         return line

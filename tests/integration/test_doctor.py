@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from commands import DOCTOR_CHECKS
 from conftest import wait_until
 from harness import AT_LEAST_ONE, cli, get_json, scrape
 
@@ -53,19 +54,7 @@ def test_every_check_passes_on_a_good_setup_before_and_after_the_first_run(make_
     before = cli(daemon, "doctor")
     assert before.returncode == 0, before.stdout + before.stderr
     lines = before.stdout.splitlines()
-    names = [
-        "watch directory",
-        "retention sees writers",
-        "checkpoint store",
-        "S3 reachable",
-        "S3 credentials",
-        "bucket",
-        "scratch object",
-        "conditional writes",
-        "multipart copy",
-        "instance name",
-    ]
-    assert [line[2:].split("  ")[0].strip() for line in lines] == names
+    assert [line[2:].split("  ")[0].strip() for line in lines] == DOCTOR_CHECKS
     assert all(line.startswith("✓ ") for line in lines)
     assert "none yet, created at first start" in before.stdout
     assert "test-host: unclaimed" in before.stdout
