@@ -1,7 +1,7 @@
 """The admin commands run in this process (`streamer`, through click's CliRunner), on a
 config file in the test's folder (`configured`) and a real checkpoint store there (`stored`,
 holding streams made by `stream`); and a stand-in for the daemon's HTTP endpoint
-(`answering` its canned answers, such as `CHECKS`), or a port where nothing listens
+(`answering` its canned answers, such as `READINESS`), or a port where nothing listens
 (`nothing_listening`); the checks `streamer doctor` lists."""
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ PARKED = {
     "failing_for": 12.0,
     "due_in": 30.0,
 }
-CHECKS = {
+READINESS = {
     "s3": {"ok": False, "error": "timeout"},
     "bucket": {"ok": True, "error": ""},
     "checkpoint": {"ok": True, "error": ""},

@@ -133,7 +133,7 @@ def test_a_watch_directory_that_is_not_one_fails_as_run_says_and_the_rest_is_che
     assert retention == {
         "name": "retention sees writers",
         "ok": None,
-        "detail": "not tried: no watch directory",
+        "detail": "not tried: the watch directory cannot be used",
         "hint": "",
     }
     assert said["checkpoint store"]["ok"] is True

@@ -233,10 +233,15 @@ def test_no_test_file_imports_another():
     for path in sorted(TESTS.rglob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module.split(".")[-1]]
+                # `from test_x import y`, and `from integration import test_x`
+                imported = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
             elif isinstance(node, ast.Import):
-                names = [alias.name.split(".")[-1] for alias in node.names]
+                imported = [alias.name for alias in node.names]
             else:
                 continue
-            found += [f"{path.name}: {n}" for n in names if n.startswith("test_")]
+            found += [
+                f"{path.name}: {name}"
+                for name in imported
+                if name.split(".")[-1].startswith("test_")
+            ]
     assert found == []

@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from commands import CHECKS, PARKED, answering, nothing_listening, stream
+from commands import PARKED, READINESS, answering, nothing_listening, stream
 
 from streamer.cli import probe
 from streamer.config import CheckpointConfig, Config, MetricsConfig
@@ -82,7 +82,7 @@ def test_a_daemon_that_never_answers_is_given_up_on_after_the_timeout(monkeypatc
 
 def test_readyz_gives_the_parked_and_stuck_streams_by_id_even_when_not_ready():
     stuck = {**PARKED, "stream_id": "cam-2", "heals": False}
-    checks = {**CHECKS, "streams": {"ok": False, "parked": [PARKED], "stuck": [stuck]}}
+    checks = {**READINESS, "streams": {"ok": False, "parked": [PARKED], "stuck": [stuck]}}
     answers = {"/readyz": (503, {"ready": False, "checks": checks})}
     with answering(answers) as port:
         config = metrics_at(port)

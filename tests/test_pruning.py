@@ -369,6 +369,29 @@ def test_s3_failing_midway_leaves_the_stream_unpruned_to_be_asked_again(failing,
     assert manifest_in_s3(uploader, stream_id).chunks_deleted_at is not None
 
 
+def test_a_refusal_when_asked_again_after_deletes_went_leaves_the_rest_not_all(failing, caplog):
+    """The deletes an earlier attempt made count: S3 refusing the next one is a refusal
+    partway, not one from the first (which would keep chunks that are gone for good)."""
+    caplog.set_level(logging.INFO, logger="streamer")
+    uploader, s3 = failing, failing.s3
+    record, chunks = finished(uploader)
+    stream_id = record.stream_id
+    keys = chunk_keys(uploader, stream_id, chunks)
+    s3.error, s3.after = urllib3.exceptions.ProtocolError("connection cut"), 2
+    assert prune(uploader, stream_id) == Pruned(stream_id=stream_id, deleted=False)
+
+    asked = len(s3.asked)
+    s3.error, s3.after = s3_error("AccessDenied", 403, "chunks"), asked + 2
+    answer = prune(uploader, stream_id)
+    assert s3.asked[asked:] == keys[:3], "the two gone, then the one refused"
+    assert answer == Pruned(stream_id=stream_id, deleted=True)
+    assert chunk_objects(uploader, stream_id) == keys[2:]
+    stored = uploader.store.get_stream(stream_id)
+    assert stored.chunks_deleted_at is not None and stored.chunks_kept_because is None
+    [left] = logged(caplog, "objects_kept")
+    assert left["keys"] == keys[2:] and "AccessDenied" in left["reason"]
+
+
 def test_deletes_s3_refuses_from_the_first_keep_the_chunks_for_good(failing):
     uploader, s3 = failing, failing.s3
     record, chunks = finished(uploader)

@@ -195,6 +195,13 @@ def test_a_span_back_past_the_year_1_is_refused_not_a_traceback(given):
         Moment().convert(given, None, None)
 
 
+def test_a_span_of_more_digits_than_any_time_has_is_not_a_time():
+    given = "9" * 5000 + "d"  # more than int() takes from a string
+    with pytest.raises(click.BadParameter) as refused:
+        Moment().convert(given, None, None)
+    assert refused.value.message.startswith(f"{given!r} is not a time")
+
+
 # An output file in the way
 
 

@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from commands import CHECKS, answering, configured, nothing_listening, stored, stream, streamer
+from commands import READINESS, answering, configured, nothing_listening, stored, stream, streamer
 
 from streamer.records import StreamState
 
@@ -87,7 +87,7 @@ def test_the_daemon_s_own_view_its_upload_rate_and_a_parked_stream(tmp_path, mon
 
     answers = {
         "/healthz": (200, {"status": "ok"}),
-        "/readyz": (503, {"ready": False, "checks": CHECKS}),
+        "/readyz": (503, {"ready": False, "checks": READINESS}),
     }
     with answering(answers) as port:
         configured(tmp_path, monkeypatch, metrics={"enabled": True, "port": port})

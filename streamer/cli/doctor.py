@@ -42,7 +42,7 @@ class Problem(Exception):
 @dataclass
 class Check:
     name: str
-    ok: bool | None  # None: not tried, an earlier check failed
+    ok: bool | None  # None: not tried, what it needs being missing
     detail: str
     hint: str = ""
 
@@ -85,7 +85,7 @@ class Doctor:
             entries = len(os.listdir(path))
         except Unmet as exc:
             self.unmet("watch directory", exc)
-            self.skipped(["retention sees writers"], "no watch directory")
+            self.skipped(["retention sees writers"], "the watch directory cannot be used")
             return
         except OSError as exc:
             self.failed("watch directory", f"{path}: {describe(exc)}", "see its permissions")

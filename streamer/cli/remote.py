@@ -32,7 +32,7 @@ EXIT_MISSING = 1  # a chunk missing or not its bytes; no such stream
 EXIT_REFUSED = 1  # a file on the disk in the way: it is left as it is
 EXIT_NOT_PLAYABLE = 4
 STDOUT = "-"
-SPAN = re.compile(r"^(\d+)\s*(s|m|min|h|d|w)$")
+SPAN = re.compile(r"^(\d{1,15})\s*(s|m|min|h|d|w)$")
 SPAN_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

@@ -79,12 +79,15 @@ class Pruner:
         ]
         ours += superseded_keys(s3, record.stream_id, chunks)
         left_because = "not written by this store, or changed since"
-        deleted = 0
+        # Begun once one of ours is gone, by this attempt or an earlier one: a refusal
+        # then leaves the rest, one before it keeps them all.
+        present = s3.listing(self.chunks_prefix(record))
+        begun = any(key not in present for key, _ in ours)
         for key, etag in ours:
             try:
-                deleted += s3.remove_if(key, etag)
+                begun = s3.remove_if(key, etag) or begun
             except Exception as exc:
-                if deleted == 0 or classify(exc) != "rejected":
+                if not begun or classify(exc) != "rejected":
                     raise  # asked again (the deletes done are not done twice), or kept
                 left_because = f"S3 refused the rest of the deletes: {describe(exc)}"
                 break
